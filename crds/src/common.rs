@@ -1,0 +1,112 @@
+//! Types shared by several kinds: sinks, references, status conditions and KEDA scale options.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where events are delivered synchronously: an HTTP endpoint given as a URI, or a reference to a
+/// Kubernetes object (a Knative Service or an OpenFunction Function) that resolves to one.
+///
+/// When both are set, `uri` wins, as in OpenFunction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// A reference to a Knative Service (`serving.knative.dev/v1`) or an OpenFunction Function
+    /// (`core.openfunction.io/v1beta1`) whose address is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<Reference>,
+    /// The absolute HTTP(S) URL events are POSTed to. It wins over `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+/// A reference to a Kubernetes object that exposes an address.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Reference {
+    /// Kind of the referent, e.g. `Service` or `Function`.
+    pub kind: String,
+    /// Namespace of the referent. Defaults to the namespace of the referring object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the referent.
+    pub name: String,
+    /// API version of the referent, e.g. `serving.knative.dev/v1`.
+    pub api_version: String,
+}
+
+/// One status condition, in OpenFunction's shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// When the condition was recorded (RFC 3339).
+    #[serde(default)]
+    pub timestamp: String,
+    /// Type of condition, e.g. `Ready`, `Error` or `Pending`.
+    pub r#type: String,
+    /// Status of the condition: `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One-word CamelCase reason for the condition's last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable details of the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// KEDA scaling options shared by the Kafka source and the NATS Streaming bus.
+///
+/// ofe accepts these fields so that OpenFunction manifests load unchanged; how they map onto
+/// autoscaling in ofe is described in the docs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScaleOption {
+    /// Older OpenFunction releases carried the workload type here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_type: Option<String>,
+    /// KEDA polling interval in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling_interval: Option<i32>,
+    /// KEDA cooldown period in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_period: Option<i32>,
+    /// Minimum replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replica_count: Option<i32>,
+    /// Maximum replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_count: Option<i32>,
+    /// KEDA `AdvancedConfig`, passed through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub advanced: Option<serde_json::Value>,
+    /// KEDA trigger metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// KEDA `ScaledObjectAuthRef`, passed through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub auth_ref: Option<serde_json::Value>,
+    /// Kafka consumer group (Kafka scale option). OpenFunction ignored it; so does ofe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+    /// Kafka topic (Kafka scale option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Lag that triggers scaling, as a string (Kafka and NATS Streaming scale options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_threshold: Option<String>,
+    /// NATS monitoring endpoint (NATS Streaming scale option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_server_monitoring_endpoint: Option<String>,
+    /// NATS Streaming queue group (ignored, as in OpenFunction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_group: Option<String>,
+    /// NATS Streaming durable name (ignored, as in OpenFunction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_name: Option<String>,
+    /// NATS Streaming subject (ignored, as in OpenFunction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}

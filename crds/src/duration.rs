@@ -1,0 +1,80 @@
+//! Durations in the Go format OpenFunction and Dapr use (`300ms`, `5s`, `1h30m`).
+
+use std::time::Duration;
+
+/// Parses a Go-style duration: one or more `<number><unit>` terms, units `ns`, `us`/`µs`, `ms`,
+/// `s`, `m` and `h`, with decimal fractions allowed (`1.5h`). Negative values are rejected, since
+/// every duration in ofe's API is a length of time.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(ofe_crds::duration::parse("1m30s"), Ok(Duration::from_secs(90)));
+/// assert!(ofe_crds::duration::parse("5 seconds").is_err());
+/// ```
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration; write e.g. `30s`, `5m` or `1h30m`".into());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!("`{text}` is not a duration; write e.g. `30s`, `5m` or `1h30m`"));
+        }
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("`{text}` has a malformed number; write e.g. `1.5h`"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => {
+                return Err(format!(
+                    "`{text}` lacks a unit; add one of ns, us, ms, s, m, h (e.g. `{text}s`)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{text}` has unknown unit `{other}`; use one of ns, us, ms, s, m, h"
+                ));
+            }
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| format!("`{text}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_malformed_durations_with_a_hint() {
+        assert!(parse("").is_err());
+        assert!(parse("10").unwrap_err().contains("lacks a unit"));
+        assert!(parse("5d").unwrap_err().contains("unknown unit `d`"));
+        assert!(parse("-5s").is_err());
+        assert!(parse("s").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! The `EventBus` and `ClusterEventBus` kinds: where events are kept between sources and triggers.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::ScaleOption;
+
+/// The desired state of an EventBus. Exactly one backend should be set; none at all means the
+/// embedded bus.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "events.openfunction.io",
+    version = "v1alpha1",
+    kind = "EventBus",
+    namespaced,
+    shortname = "eb"
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventBusSpec {
+    /// Name of the message channel. OpenFunction never used it; ofe accepts and ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// NATS Streaming (end-of-life). ofe serves it with JetStream on the same `natsURL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_streaming: Option<NatsStreamingSpec>,
+    /// The embedded durable bus (ofe addition): one process, data on local disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedBusSpec>,
+    /// NATS JetStream (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamBusSpec>,
+    /// Kafka (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaBusSpec>,
+}
+
+/// The desired state of a ClusterEventBus: the same fields as an EventBus, cluster-scoped. A
+/// namespaced EventBus of the same name wins over it.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "events.openfunction.io",
+    version = "v1alpha1",
+    kind = "ClusterEventBus",
+    shortname = "ceb"
+)]
+#[serde(transparent)]
+pub struct ClusterEventBusSpec(pub EventBusSpec);
+
+/// Settings of the embedded bus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EmbeddedBusSpec {
+    /// Retention by size: the oldest events are dropped once the log exceeds this many bytes.
+    /// Default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<i64>,
+    /// Retention by age, as a duration such as `72h`. Default `168h` (7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// A NATS JetStream bus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JetStreamBusSpec {
+    /// Server URL(s), comma-separated, e.g. `nats://nats:4222`.
+    pub url: String,
+    /// Stream name. Default `OFE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+/// A Kafka bus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KafkaBusSpec {
+    /// Comma-separated bootstrap brokers.
+    pub brokers: String,
+    /// Prefix of the topics ofe creates. Default `ofe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+}
+
+/// OpenFunction's NATS Streaming settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsStreamingSpec {
+    /// Server URL, e.g. `nats://nats.default:4222`.
+    #[serde(rename = "natsURL")]
+    pub nats_url: String,
+    /// NATS Streaming cluster id (unused by JetStream).
+    #[serde(rename = "natsStreamingClusterID")]
+    pub nats_streaming_cluster_id: String,
+    /// `topic` or `queue`.
+    pub subscription_type: String,
+    /// Durable subscription name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_subscription_name: Option<String>,
+    /// Ack wait time, e.g. `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_wait_time: Option<String>,
+    /// Maximum unacknowledged messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<i64>,
+    /// Start with new messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_new: Option<bool>,
+    /// Start at a sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_sequence: Option<i64>,
+    /// Start with the last received message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_with_last_received: Option<bool>,
+    /// Deliver all available messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_all: Option<bool>,
+    /// Start at a time delta, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_time_delta: Option<String>,
+    /// Start at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_time: Option<String>,
+    /// Format of `startAtTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_time_format: Option<String>,
+    /// Consumer id. OpenFunction overrode it; ofe ignores it.
+    #[serde(default, rename = "consumerID", skip_serializing_if = "Option::is_none")]
+    pub consumer_id: Option<String>,
+    /// KEDA scaling options for Triggers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_option: Option<ScaleOption>,
+}
+
+/// The backend an EventBus spec selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusBackend {
+    /// The embedded bus.
+    Embedded,
+    /// NATS JetStream (also for `natsStreaming`).
+    JetStream,
+    /// Kafka.
+    Kafka,
+}
+
+impl EventBusSpec {
+    /// The backends this spec sets, in field order. More than one is a configuration error.
+    pub fn backends(&self) -> Vec<(BusBackend, &'static str)> {
+        let mut set = Vec::new();
+        if self.nats_streaming.is_some() {
+            set.push((BusBackend::JetStream, "natsStreaming"));
+        }
+        if self.embedded.is_some() {
+            set.push((BusBackend::Embedded, "embedded"));
+        }
+        if self.jetstream.is_some() {
+            set.push((BusBackend::JetStream, "jetstream"));
+        }
+        if self.kafka.is_some() {
+            set.push((BusBackend::Kafka, "kafka"));
+        }
+        set
+    }
+}

@@ -1,0 +1,239 @@
+//! The `EventSource` kind: where events come from.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, ScaleOption, SinkSpec};
+
+/// The desired state of an EventSource. Each source kind is a map keyed by **event name**; one
+/// EventSource may hold several kinds and several events at once.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "events.openfunction.io",
+    version = "v1alpha1",
+    kind = "EventSource",
+    namespaced,
+    status = "EventSourceStatus",
+    shortname = "es",
+    printcolumn(name = "EventBus", type_ = "string", json_path = ".spec.eventBus"),
+    printcolumn(name = "Sink", type_ = "string", json_path = ".spec.sink.uri"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[-1].type")
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventSourceSpec {
+    /// Name of the EventBus (namespaced first, then ClusterEventBus) events are published to.
+    /// A name that no loaded bus defines, such as `default`, means the embedded bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_bus: Option<String>,
+    /// Redis sources, keyed by event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<BTreeMap<String, RedisSpec>>,
+    /// Kafka sources, keyed by event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<BTreeMap<String, KafkaSpec>>,
+    /// Cron sources, keyed by event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<BTreeMap<String, CronSpec>>,
+    /// MQTT sources, keyed by event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<BTreeMap<String, MqttSpec>>,
+    /// A function called with every event of this EventSource. With `eventBus` also set, both
+    /// receive every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+    /// OpenFunction build settings. Accepted for compatibility; ofe does not build images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub build: Option<serde_json::Value>,
+    /// Log verbosity, "1" (default) to "3". Maps onto ofe's log filter for this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+impl EventSourceSpec {
+    /// Every event this EventSource defines, as `(kind, event name)` pairs in a stable order.
+    pub fn events(&self) -> Vec<(SourceKind, &str)> {
+        fn names<T>(
+            kind: SourceKind,
+            map: &Option<BTreeMap<String, T>>,
+        ) -> Vec<(SourceKind, &str)> {
+            map.iter().flatten().map(|(name, _)| (kind, name.as_str())).collect()
+        }
+        let mut all = names(SourceKind::Cron, &self.cron);
+        all.extend(names(SourceKind::Kafka, &self.kafka));
+        all.extend(names(SourceKind::Mqtt, &self.mqtt));
+        all.extend(names(SourceKind::Redis, &self.redis));
+        all
+    }
+}
+
+/// The kinds of input an EventSource can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// `spec.cron`
+    Cron,
+    /// `spec.kafka`
+    Kafka,
+    /// `spec.mqtt`
+    Mqtt,
+    /// `spec.redis`
+    Redis,
+}
+
+impl SourceKind {
+    /// The field name under `spec`.
+    pub const fn field(self) -> &'static str {
+        match self {
+            Self::Cron => "cron",
+            Self::Kafka => "kafka",
+            Self::Mqtt => "mqtt",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+/// The observed state of an EventSource.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventSourceStatus {
+    /// Conditions of the EventSource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A cron schedule that emits an event each time it fires.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CronSpec {
+    /// `@every 5s`, `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`, or a 5-field
+    /// (`m h dom mon dow`) or 6-field (`s m h dom mon dow`) cron expression.
+    pub schedule: String,
+    /// IANA time zone the schedule is read in (ofe addition), e.g. `Europe/Berlin`. Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// A Kafka topic to consume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Comma-separated bootstrap brokers.
+    pub brokers: String,
+    /// Whether SASL authentication is used.
+    pub auth_required: bool,
+    /// Topic to consume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// SASL user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_password: Option<String>,
+    /// Largest message accepted, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<i64>,
+    /// KEDA scaling options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_option: Option<ScaleOption>,
+}
+
+/// An MQTT topic to subscribe to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MqttSpec {
+    /// Broker URL (`tcp://`, `ssl://`, `ws://`), optionally with credentials.
+    pub url: String,
+    /// Topic filter, wildcards allowed.
+    pub topic: String,
+    /// Client id. OpenFunction overrode it; ofe derives a unique one when it is not set.
+    #[serde(default, rename = "consumerID", skip_serializing_if = "Option::is_none")]
+    pub consumer_id: Option<String>,
+    /// Subscription QoS (0, 1 or 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<i64>,
+    /// Retain flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
+    /// Clean session flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_session: Option<bool>,
+    /// CA certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// Client certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// Client key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+/// A Redis connection, with OpenFunction's fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// `host:port` of the Redis server.
+    pub redis_host: String,
+    /// Password; may be empty.
+    pub redis_password: String,
+    /// Use TLS.
+    #[serde(default, rename = "enableTLS", skip_serializing_if = "Option::is_none")]
+    pub enable_tls: Option<bool>,
+    /// Sentinel failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<bool>,
+    /// Sentinel master name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_master_name: Option<String>,
+    /// Redelivery interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeliver_interval: Option<String>,
+    /// Processing timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_timeout: Option<String>,
+    /// `node` or `cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_type: Option<String>,
+    /// Database number.
+    #[serde(default, rename = "redisDB", skip_serializing_if = "Option::is_none")]
+    pub redis_db: Option<i64>,
+    /// Maximum retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_max_retries: Option<i64>,
+    /// Minimum retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_min_retry_interval: Option<String>,
+    /// Maximum retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_max_retry_interval: Option<String>,
+    /// Dial timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<String>,
+    /// Read timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<String>,
+    /// Write timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_timeout: Option<String>,
+    /// Connection pool size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<i64>,
+    /// Pool wait timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_timeout: Option<String>,
+    /// Maximum connection age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conn_age: Option<String>,
+    /// Minimum idle connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_idle_conns: Option<i64>,
+    /// Idle check frequency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_check_frequency: Option<String>,
+    /// Idle timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}

@@ -1,0 +1,34 @@
+//! The `events.openfunction.io/v1alpha1` API of ofe: EventSource, EventBus, ClusterEventBus and
+//! Trigger, field for field as OpenFunction defines them, plus ofe's optional additions.
+//!
+//! Layout:
+//! - [`common`], [`eventsource`], [`eventbus`], [`trigger`]: the types, derived with kube's
+//!   `CustomResource` and schemars, so the CRDs in [`crd`] are generated, never hand-written.
+//! - [`manifest`]: reading multi-document YAML into [`manifest::Resource`]s, with every problem a
+//!   [`diagnostic::Diagnostic`] that names the file, document and field path.
+//! - [`validate`]: structural checks; the CEL and cron checks live beside their engines.
+//! - [`duration`]: Go-style durations (`5s`, `1h30m`), the format OpenFunction uses.
+//!
+//! This crate sits at the bottom of the workspace and depends on no other ofe crate.
+
+pub mod common;
+pub mod crd;
+pub mod diagnostic;
+pub mod duration;
+pub mod eventbus;
+pub mod eventsource;
+pub mod manifest;
+mod schema;
+pub mod trigger;
+pub mod validate;
+
+pub use common::{Condition, Reference, ScaleOption, SinkSpec};
+pub use eventbus::{
+    BusBackend, ClusterEventBus, ClusterEventBusSpec, EmbeddedBusSpec, EventBus, EventBusSpec,
+    JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec,
+};
+pub use eventsource::{
+    CronSpec, EventSource, EventSourceSpec, EventSourceStatus, KafkaSpec, MqttSpec, RedisSpec,
+    SourceKind,
+};
+pub use trigger::{Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};

@@ -1,0 +1,289 @@
+//! Loading OpenFunction event manifests from multi-document YAML files and folders.
+//!
+//! Every problem becomes a [`Diagnostic`] naming the file, the document and the field path,
+//! rather than the first serde error aborting the whole load.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, Origin};
+use crate::{ClusterEventBus, EventBus, EventSource, Trigger};
+
+/// The API group and version of every ofe resource.
+pub const API_VERSION: &str = "events.openfunction.io/v1alpha1";
+
+/// The namespace of a namespaced resource that does not name one, as kubectl does.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One resource of any of the four kinds.
+#[derive(Clone, Debug)]
+pub enum Resource {
+    /// An EventSource.
+    EventSource(EventSource),
+    /// A namespaced EventBus.
+    EventBus(EventBus),
+    /// A cluster-scoped EventBus.
+    ClusterEventBus(ClusterEventBus),
+    /// A Trigger.
+    Trigger(Trigger),
+}
+
+impl Resource {
+    /// The kind, as written in manifests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::EventSource(_) => "EventSource",
+            Self::EventBus(_) => "EventBus",
+            Self::ClusterEventBus(_) => "ClusterEventBus",
+            Self::Trigger(_) => "Trigger",
+        }
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Self::EventSource(r) => &r.metadata,
+            Self::EventBus(r) => &r.metadata,
+            Self::ClusterEventBus(r) => &r.metadata,
+            Self::Trigger(r) => &r.metadata,
+        }
+    }
+
+    /// `metadata.name` (validated to be present when loaded).
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The namespace: `metadata.namespace`, else `default`; `None` for cluster-scoped kinds.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::ClusterEventBus(_) => None,
+            _ => Some(self.meta().namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)),
+        }
+    }
+}
+
+/// A resource and where it was read.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// File and document.
+    pub origin: Origin,
+    /// The parsed resource.
+    pub resource: Resource,
+}
+
+/// Everything read from a set of paths: the resources that parsed, and what did not.
+#[derive(Debug, Default)]
+pub struct ManifestSet {
+    /// Resources that parsed, in file and document order.
+    pub manifests: Vec<Manifest>,
+    /// Problems found while reading and parsing.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Reads every `.yaml`/`.yml` file named, or found (recursively, in name order) under a folder
+/// named, and parses each document.
+pub fn load(paths: &[PathBuf]) -> ManifestSet {
+    let mut set = ManifestSet::default();
+    let mut files = Vec::new();
+    for path in paths {
+        if let Err(e) = collect_files(path, &mut files) {
+            set.diagnostics.push(Diagnostic::error(
+                "",
+                format!("{}: cannot read: {e}; check the path", path.display()),
+            ));
+        }
+    }
+    if files.is_empty() && set.diagnostics.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        set.diagnostics.push(Diagnostic::error(
+            "",
+            format!("no .yaml or .yml files found in {}", names.join(", ")),
+        ));
+    }
+    for file in files {
+        match fs::read_to_string(&file) {
+            Ok(text) => parse_file(&file, &text, &mut set),
+            Err(e) => set
+                .diagnostics
+                .push(Diagnostic::error("", format!("{}: cannot read: {e}", file.display()))),
+        }
+    }
+    set
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> =
+            fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        entries.sort();
+        for entry in entries {
+            let is_yaml = entry.extension().is_some_and(|x| x == "yaml" || x == "yml");
+            if entry.is_dir() || is_yaml {
+                collect_files(&entry, out)?;
+            }
+        }
+    } else {
+        fs::metadata(path)?;
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Parses the documents of one file's text into `set`.
+pub fn parse_file(file: &Path, text: &str, set: &mut ManifestSet) {
+    let documents: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            set.diagnostics
+                .push(Diagnostic::error("", format!("{}: not valid YAML: {e}", file.display())));
+            return;
+        }
+    };
+    for (index, doc) in documents.into_iter().enumerate() {
+        let origin = Origin { file: file.to_path_buf(), document: index + 1 };
+        if doc.is_null() {
+            continue;
+        }
+        match parse_document(doc) {
+            Ok(Some(resource)) => set.manifests.push(Manifest { origin, resource }),
+            Ok(None) => {}
+            Err(diags) => set.diagnostics.extend(diags.into_iter().map(|d| d.at(&origin))),
+        }
+    }
+}
+
+/// Parses one document. `Ok(None)` means it is some other API's object, which is skipped.
+pub fn parse_document(doc: Value) -> Result<Option<Resource>, Vec<Diagnostic>> {
+    let Value::Object(map) = &doc else {
+        return Err(vec![Diagnostic::error("", "a manifest must be a YAML mapping")]);
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str);
+    let kind = map.get("kind").and_then(Value::as_str);
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        return Err(vec![Diagnostic::error(
+            "",
+            "missing apiVersion or kind; add `apiVersion: events.openfunction.io/v1alpha1` and a kind",
+        )]);
+    };
+    if api_version != API_VERSION {
+        if api_version.starts_with("events.openfunction.io/") {
+            return Err(vec![Diagnostic::error(
+                "apiVersion",
+                format!("`{api_version}` is not served; use `{API_VERSION}`"),
+            )]);
+        }
+        return Ok(None);
+    }
+    let mut errors = Vec::new();
+    for key in map.keys() {
+        if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec" | "status") {
+            errors.push(Diagnostic::error(key.clone(), "unknown field; remove it"));
+        }
+    }
+    let name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
+    if name.is_none_or(str::is_empty) {
+        errors.push(Diagnostic::error("metadata.name", "missing; every resource needs a name"));
+    }
+    let resource = match kind {
+        "EventSource" => typed(doc).map(Resource::EventSource),
+        "EventBus" => typed(doc).map(Resource::EventBus),
+        "ClusterEventBus" => typed(doc).map(Resource::ClusterEventBus),
+        "Trigger" => typed(doc).map(Resource::Trigger),
+        other => Err(Diagnostic::error(
+            "kind",
+            format!(
+                "unknown kind `{other}`; expected EventSource, EventBus, ClusterEventBus or Trigger"
+            ),
+        )),
+    };
+    match resource {
+        Ok(resource) if errors.is_empty() => Ok(Some(resource)),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(e);
+            Err(errors)
+        }
+    }
+}
+
+/// Deserializes with the failing field's path, and turns serde's wording into a fix.
+fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, Diagnostic> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        Diagnostic::error(path, explain_serde_error(&e.into_inner().to_string()))
+    })
+}
+
+fn explain_serde_error(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return format!("unknown field {rest}; remove it or fix its spelling");
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        return format!("required field {rest} is missing; add it");
+    }
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        return format!("{message}; change the value to that type");
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> ManifestSet {
+        let mut set = ManifestSet::default();
+        parse_file(Path::new("t.yaml"), text, &mut set);
+        set
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let set = parse(
+            "apiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: {name: t}\n\
+             spec:\n  eventBus: default\n  inputs: {a: {eventSource: s, event: e}}\n  \
+             subscribers:\n  - condition: a\n    sink: {uri: 'http://x'}\n  - condition: a\n    sink: {urii: 'http://x'}\n",
+        );
+        assert_eq!(set.manifests.len(), 0);
+        let text = set.diagnostics[0].to_string();
+        assert!(text.starts_with("t.yaml:document 1: spec.subscribers[1].sink"), "{text}");
+        assert!(text.contains("unknown field `urii`"), "{text}");
+        assert!(text.contains("fix its spelling"), "{text}");
+    }
+
+    #[test]
+    fn missing_field_names_its_path() {
+        let set = parse(
+            "apiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: {name: t}\n\
+             spec:\n  inputs: {a: {eventSource: s, event: e}}\n  subscribers: []\n",
+        );
+        let text = set.diagnostics[0].to_string();
+        assert!(text.contains("spec: required field `eventBus` is missing; add it"), "{text}");
+    }
+
+    #[test]
+    fn documents_are_numbered_and_foreign_kinds_skipped() {
+        let set = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n\
+             apiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\nmetadata: {name: default}\nspec: {}\n---\n\
+             apiVersion: events.openfunction.io/v1alpha1\nkind: Nope\nmetadata: {name: x}\n",
+        );
+        assert_eq!(set.manifests.len(), 1);
+        assert_eq!(set.manifests[0].origin.document, 2);
+        assert_eq!(set.manifests[0].resource.namespace(), Some("default"));
+        assert_eq!(set.diagnostics.len(), 1);
+        assert!(
+            set.diagnostics[0].to_string().starts_with("t.yaml:document 3: kind: unknown kind")
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_is_reported_with_the_file() {
+        let set = parse("kind: [unclosed\n");
+        assert!(set.diagnostics[0].to_string().starts_with("t.yaml: not valid YAML"));
+    }
+}

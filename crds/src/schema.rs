@@ -1,0 +1,13 @@
+//! Schema helpers that keep the generated CRDs structural.
+
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+/// An object whose fields Kubernetes must keep as they are (for pass-through KEDA and build
+/// settings). A bare `{}` schema would not be structural.
+pub fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

@@ -1,0 +1,85 @@
+//! The `Trigger` kind: routing from bus inputs to subscribers under CEL conditions.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SinkSpec};
+
+/// The desired state of a Trigger.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "events.openfunction.io",
+    version = "v1alpha1",
+    kind = "Trigger",
+    namespaced,
+    status = "TriggerStatus",
+    printcolumn(name = "EventBus", type_ = "string", json_path = ".spec.eventBus"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[-1].type")
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TriggerSpec {
+    /// Name of the EventBus (namespaced first, then ClusterEventBus) the inputs are read from.
+    pub event_bus: String,
+    /// Inputs keyed by name. Each name is a boolean variable in subscriber conditions.
+    pub inputs: BTreeMap<String, Input>,
+    /// Subscribers, each with a condition and a destination.
+    pub subscribers: Vec<Subscriber>,
+    /// Log verbosity, "1" (default) to "3".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// How long an input stays true after its last event (ofe addition), e.g. `60s`, `5m`.
+    /// Default `60s`, as in OpenFunction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// One input of a Trigger: an event of an EventSource, or (ofe addition) a bus topic.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Input {
+    /// Namespace of the EventSource or topic. Defaults to the Trigger's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the EventSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_source: Option<String>,
+    /// Name of the event within the EventSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// A bus topic that Trigger subscribers publish to (ofe addition), instead of
+    /// `eventSource`/`event`. This is how an async function chain continues inside ofe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// One routing rule of a Trigger.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Subscriber {
+    /// CEL over the input names, e.g. `eventA && eventB`. Only an event of an input named here
+    /// can fire this subscriber.
+    pub condition: String,
+    /// Synchronous destination: the CloudEvent is POSTed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+    /// Where an event goes when `sink` still fails after all retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink: Option<SinkSpec>,
+    /// Asynchronous destination: a topic on the Trigger's EventBus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Where an event goes when publishing to `topic` still fails after all retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// The observed state of a Trigger.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerStatus {
+    /// Conditions of the Trigger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

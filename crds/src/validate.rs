@@ -1,0 +1,328 @@
+//! Structural checks that need no CEL or cron engine: which fields must go together, names, URLs
+//! and durations. The CEL and schedule checks live beside their engines (the trigger and
+//! eventsource crates) and are composed by `ofe validate`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::common::SinkSpec;
+use crate::diagnostic::Diagnostic;
+use crate::duration;
+use crate::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
+use crate::{EventBusSpec, EventSource, Trigger};
+
+/// CEL's reserved words, which cannot name an input.
+const CEL_RESERVED: &[&str] = &[
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
+];
+
+/// Whether `name` can be used as a CEL variable: `[_a-zA-Z][_a-zA-Z0-9]*` and not reserved.
+pub fn is_cel_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic());
+    first_ok
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && !CEL_RESERVED.contains(&name)
+}
+
+/// Whether an event name is usable: non-empty, letters, digits, `-`, `_` and `.` only.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Checks one resource on its own.
+pub fn check_resource(resource: &Resource) -> Vec<Diagnostic> {
+    match resource {
+        Resource::EventSource(es) => check_event_source(es),
+        Resource::Trigger(t) => check_trigger(t),
+        Resource::EventBus(b) => check_bus(&b.spec),
+        Resource::ClusterEventBus(b) => check_bus(&b.spec.0),
+    }
+}
+
+fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
+    let spec = &es.spec;
+    let mut out = Vec::new();
+    let has_bus = spec.event_bus.as_deref().is_some_and(|b| !b.is_empty());
+    if !has_bus && spec.sink.is_none() {
+        out.push(Diagnostic::error(
+            "spec",
+            "neither eventBus nor sink is set; set spec.eventBus to publish to a bus, \
+             spec.sink to call a function, or both",
+        ));
+    }
+    if let Some(sink) = &spec.sink {
+        out.extend(check_sink("spec.sink", sink));
+    }
+    let events = spec.events();
+    if events.is_empty() {
+        out.push(Diagnostic::error(
+            "spec",
+            "defines no events; add one under spec.cron, spec.kafka, spec.mqtt or spec.redis",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (kind, name) in events {
+        let path = format!("spec.{}.{name}", kind.field());
+        if !is_event_name(name) {
+            out.push(Diagnostic::error(
+                path.clone(),
+                "event names may use only letters, digits, `-`, `_` and `.`; rename the event",
+            ));
+        }
+        if !seen.insert(name) {
+            out.push(Diagnostic::error(
+                path,
+                format!("event `{name}` is defined by more than one source kind; rename one"),
+            ));
+        }
+    }
+    out
+}
+
+/// Checks a sink: `uri` or `ref` must be set, and a `uri` must be an absolute HTTP(S) URL.
+pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    match (&sink.uri, &sink.r#ref) {
+        (None, None) => out.push(Diagnostic::error(
+            path,
+            "neither uri nor ref is set; add `uri: http://...` or a `ref` to a Knative Service or Function",
+        )),
+        (Some(uri), _) => {
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.len() < 10 {
+                out.push(Diagnostic::error(
+                    format!("{path}.uri"),
+                    format!("`{uri}` is not an absolute http:// or https:// URL; write the full URL"),
+                ));
+            }
+        }
+        (None, Some(r)) => {
+            let supported = matches!(
+                (r.api_version.as_str(), r.kind.as_str()),
+                ("serving.knative.dev/v1", "Service")
+                    | ("core.openfunction.io/v1beta1" | "core.openfunction.io/v1beta2", "Function")
+            );
+            if !supported {
+                out.push(Diagnostic::error(
+                    format!("{path}.ref"),
+                    format!(
+                        "{} {} cannot be resolved to an address; reference a serving.knative.dev/v1 \
+                         Service or a core.openfunction.io/v1beta1 Function, or use uri",
+                        r.api_version, r.kind
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn check_trigger(t: &Trigger) -> Vec<Diagnostic> {
+    let spec = &t.spec;
+    let mut out = Vec::new();
+    if spec.event_bus.is_empty() {
+        out.push(Diagnostic::error("spec.eventBus", "is empty; name an EventBus, e.g. `default`"));
+    }
+    if spec.inputs.is_empty() {
+        out.push(Diagnostic::error("spec.inputs", "is empty; add at least one input"));
+    }
+    for (name, input) in &spec.inputs {
+        let path = format!("spec.inputs.{name}");
+        if !is_cel_identifier(name) {
+            out.push(Diagnostic::error(
+                path.clone(),
+                format!(
+                    "`{name}` is not a valid CEL identifier, so conditions cannot refer to it; \
+                     use letters, digits and `_`, not starting with a digit (e.g. `{}`)",
+                    suggest_identifier(name)
+                ),
+            ));
+        }
+        match (&input.topic, &input.event_source, &input.event) {
+            (Some(_), None, None) => {}
+            (Some(_), _, _) => out.push(Diagnostic::error(
+                path,
+                "sets topic together with eventSource/event; an input reads either a topic or an event",
+            )),
+            (None, Some(_), Some(_)) => {}
+            (None, None, _) => out.push(Diagnostic::error(
+                path,
+                "required field `eventSource` is missing; add it (or `topic` to read a bus topic)",
+            )),
+            (None, Some(_), None) => out.push(Diagnostic::error(
+                path,
+                "required field `event` is missing; add the event name defined by the EventSource",
+            )),
+        }
+    }
+    if spec.subscribers.is_empty() {
+        out.push(Diagnostic::error("spec.subscribers", "is empty; add at least one subscriber"));
+    }
+    for (i, sub) in spec.subscribers.iter().enumerate() {
+        let path = format!("spec.subscribers[{i}]");
+        if sub.sink.is_none() && sub.topic.is_none() {
+            out.push(Diagnostic::error(
+                path.clone(),
+                "has neither sink nor topic; add `sink: {uri: ...}` or `topic: <name>`",
+            ));
+        }
+        for (field, sink) in [("sink", &sub.sink), ("deadLetterSink", &sub.dead_letter_sink)] {
+            if let Some(sink) = sink {
+                out.extend(check_sink(&format!("{path}.{field}"), sink));
+            }
+        }
+        for (field, topic) in [("topic", &sub.topic), ("deadLetterTopic", &sub.dead_letter_topic)] {
+            if topic.as_deref().is_some_and(|t| !is_event_name(t)) {
+                out.push(Diagnostic::error(
+                    format!("{path}.{field}"),
+                    "topic names may use only letters, digits, `-`, `_` and `.`; rename it",
+                ));
+            }
+        }
+        if sub.dead_letter_sink.is_some() && sub.sink.is_none() {
+            out.push(Diagnostic::warning(
+                format!("{path}.deadLetterSink"),
+                "has no effect without sink; it receives events whose sink delivery failed",
+            ));
+        }
+        if sub.dead_letter_topic.is_some() && sub.topic.is_none() {
+            out.push(Diagnostic::warning(
+                format!("{path}.deadLetterTopic"),
+                "has no effect without topic; it receives events whose topic publish failed",
+            ));
+        }
+    }
+    if let Some(window) = &spec.window {
+        if let Err(e) = duration::parse(window) {
+            out.push(Diagnostic::error("spec.window", e));
+        }
+    }
+    out
+}
+
+fn suggest_identifier(name: &str) -> String {
+    let mut s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if s.chars().next().is_none_or(|c| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let backends = spec.backends();
+    if backends.len() > 1 {
+        let names: Vec<&str> = backends.iter().map(|(_, n)| *n).collect();
+        out.push(Diagnostic::error(
+            "spec",
+            format!("sets several backends ({}); keep exactly one", names.join(", ")),
+        ));
+    }
+    if spec.nats_streaming.is_some() {
+        out.push(Diagnostic::warning(
+            "spec.natsStreaming",
+            "NATS Streaming is end-of-life; ofe serves this bus with NATS JetStream at natsURL \
+             (enable JetStream on that server, or switch to spec.jetstream)",
+        ));
+    }
+    if let Some(age) = spec.embedded.as_ref().and_then(|e| e.max_age.as_ref()) {
+        if let Err(e) = duration::parse(age) {
+            out.push(Diagnostic::error("spec.embedded.maxAge", e));
+        }
+    }
+    if spec.embedded.as_ref().and_then(|e| e.max_bytes).is_some_and(|b| b < 1 << 20) {
+        out.push(Diagnostic::error("spec.embedded.maxBytes", "must be at least 1048576 (1 MiB)"));
+    }
+    out
+}
+
+/// Checks that span resources: duplicates, and Trigger inputs naming events no EventSource in
+/// the set defines (a warning, since the EventSource may be applied separately).
+pub fn check_set(manifests: &[Manifest]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut seen = BTreeMap::new();
+    let mut events = BTreeSet::new();
+    for m in manifests {
+        let key = (m.resource.kind(), m.resource.namespace(), m.resource.name());
+        if let Some(first) = seen.insert(key, &m.origin) {
+            out.push(
+                Diagnostic::error(
+                    "metadata.name",
+                    format!(
+                        "{} `{}` is defined twice (first at {first}); rename or remove one",
+                        m.resource.kind(),
+                        m.resource.name()
+                    ),
+                )
+                .at(&m.origin),
+            );
+        }
+        if let Resource::EventSource(es) = &m.resource {
+            for (_, event) in es.spec.events() {
+                events.insert((
+                    m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE),
+                    m.resource.name(),
+                    event,
+                ));
+            }
+        }
+    }
+    for m in manifests {
+        let Resource::Trigger(t) = &m.resource else { continue };
+        let own_ns = m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE);
+        for (name, input) in &t.spec.inputs {
+            let (Some(es), Some(event)) = (&input.event_source, &input.event) else { continue };
+            let ns = input.namespace.as_deref().unwrap_or(own_ns);
+            if !events.contains(&(ns, es.as_str(), event.as_str())) {
+                out.push(
+                    Diagnostic::warning(
+                        format!("spec.inputs.{name}"),
+                        format!(
+                            "no EventSource `{ns}/{es}` with event `{event}` is defined in these files; \
+                             check the names, or make sure it is applied separately"
+                        ),
+                    )
+                    .at(&m.origin),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cel_identifiers() {
+        assert!(is_cel_identifier("eventA"));
+        assert!(is_cel_identifier("_x1"));
+        assert!(!is_cel_identifier("event-a"));
+        assert!(!is_cel_identifier("1a"));
+        assert!(!is_cel_identifier("in"));
+        assert!(!is_cel_identifier(""));
+        assert_eq!(suggest_identifier("event-a"), "event_a");
+        assert_eq!(suggest_identifier("1a"), "_1a");
+    }
+}
