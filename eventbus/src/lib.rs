@@ -1,1 +1,20 @@
-//! placeholder
+//! The ofe EventBus: where events wait, durably, between EventSources and Triggers.
+//!
+//! - [`EventBus`] is the broker-agnostic contract: durable publish, durable named consumers,
+//!   explicit ack and nack-with-delay, bounded in-flight deliveries.
+//! - [`embedded::EmbeddedBus`] is the default backend: a log on local disk for one process.
+//! - [`Subject`] names where an event lives, unambiguously.
+//! - [`event`] holds the CloudEvent extension names ofe sets and the storage encoding.
+//! - [`testing`] is the behaviour suite every backend must pass.
+
+mod bus;
+pub mod embedded;
+pub mod event;
+mod subject;
+pub mod testing;
+
+pub use bus::{
+    Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+};
+pub use cloudevents::Event;
+pub use subject::Subject;

@@ -1,0 +1,191 @@
+//! The broker-agnostic EventBus contract.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cloudevents::Event;
+use futures::future::BoxFuture;
+
+use crate::Subject;
+
+/// Errors at the bus boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus was closed (shutdown); no further operations will succeed.
+    #[error("the event bus is closed")]
+    Closed,
+    /// The backing store or broker failed.
+    #[error("event bus storage failed: {0}")]
+    Storage(String),
+    /// The broker cannot be reached right now; the operation may succeed later.
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+    /// An event could not be encoded for the bus.
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+    /// A stored record could not be decoded.
+    #[error("cannot decode event: {0}")]
+    Decode(String),
+    /// A consumer name is already in use with different subjects.
+    #[error("consumer `{consumer}` already exists with other subjects; use another consumer name")]
+    ConsumerConflict {
+        /// The consumer name.
+        consumer: String,
+    },
+    /// The configuration does not make sense for this backend.
+    #[error("invalid bus configuration: {0}")]
+    Config(String),
+}
+
+/// What a successful publish returns. Returning at all means the event is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Position of the event in the bus.
+    pub sequence: u64,
+    /// The bus already had an event with this `source` and `id` within its duplicate window, so
+    /// nothing new was stored; `sequence` is the earlier event's.
+    pub duplicate: bool,
+}
+
+/// Where a consumer that does not exist yet starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartPosition {
+    /// With events published after the consumer was created (Knative and Argo behave so).
+    #[default]
+    New,
+    /// With the oldest event the bus still holds.
+    All,
+}
+
+/// How to subscribe.
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    /// Durable consumer name. Subscriptions with the same name share the work; different names
+    /// each receive every event. The position survives restarts.
+    pub consumer: String,
+    /// Subjects to receive.
+    pub subjects: Vec<Subject>,
+    /// At most this many deliveries of the consumer are unacknowledged at once; further events
+    /// wait (backpressure, not memory growth).
+    pub max_in_flight: usize,
+    /// Where a new consumer starts.
+    pub start: StartPosition,
+}
+
+impl SubscribeOptions {
+    /// Options for `consumer` over `subjects`, with 256 in flight, starting with new events.
+    pub fn new(consumer: impl Into<String>, subjects: Vec<Subject>) -> Self {
+        Self { consumer: consumer.into(), subjects, max_in_flight: 256, start: StartPosition::New }
+    }
+}
+
+/// A broker-agnostic event bus: durable publish, and durable named consumers with explicit
+/// acknowledgement.
+///
+/// Contract every backend keeps (the suite in [`crate::testing`] checks it):
+/// - `publish` returns only after the event is durable in the backend.
+/// - A delivery is redelivered until it is acked (at-least-once). A nack redelivers after its
+///   delay; a delivery dropped without ack or nack counts as a nack with no delay.
+/// - Subscriptions with one consumer name share the events; different names each get all.
+/// - A consumer has at most `max_in_flight` unacknowledged deliveries.
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Short backend name for logs and metrics, e.g. `embedded`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores `event` under `subject`, returning once it is durable.
+    async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError>;
+
+    /// Opens a subscription on a durable consumer, creating the consumer if needed.
+    async fn subscribe(&self, options: SubscribeOptions)
+    -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Flushes state and stops; waiting subscriptions return [`BusError::Closed`].
+    async fn close(&self) -> Result<(), BusError>;
+}
+
+/// A stream of deliveries for one consumer.
+#[async_trait]
+pub trait Subscription: Send {
+    /// Waits for the next delivery. [`BusError::Closed`] means the bus shut down.
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+}
+
+/// Backend-specific settlement of one delivery.
+pub trait Acker: Send + Sync {
+    /// Acknowledges: the event will not be delivered to this consumer again.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Negative acknowledgement: deliver again after `delay`.
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Called when a delivery is dropped unsettled. The backend makes the event deliverable
+    /// again, now or after its ack timeout.
+    fn abandon(self: Box<Self>);
+}
+
+/// One event delivered to a consumer. Settle it with [`Delivery::ack`] or [`Delivery::nack`];
+/// dropping it unsettled makes the bus deliver it again.
+pub struct Delivery {
+    /// The event, shared rather than copied between everything that looks at it.
+    pub event: Arc<Event>,
+    /// The subject it was published under.
+    pub subject: Subject,
+    /// Its position in the bus.
+    pub sequence: u64,
+    /// How many times it has been delivered to this consumer, starting at 1.
+    pub attempt: u32,
+    /// When the bus stored it. Trigger windows use this time, so a consumer that lags or
+    /// replays sees the same window as one that keeps up.
+    pub published_at: DateTime<Utc>,
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl Delivery {
+    /// Builds a delivery; for backends.
+    pub fn new(
+        event: Arc<Event>,
+        subject: Subject,
+        sequence: u64,
+        attempt: u32,
+        published_at: DateTime<Utc>,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Self { event, subject, sequence, attempt, published_at, acker: Some(acker) }
+    }
+
+    /// Acknowledges the delivery.
+    pub async fn ack(mut self) -> Result<(), BusError> {
+        match self.acker.take() {
+            Some(acker) => acker.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn nack(mut self, delay: Duration) -> Result<(), BusError> {
+        match self.acker.take() {
+            Some(acker) => acker.nack(delay).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            acker.abandon();
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.subject.to_string())
+            .field("sequence", &self.sequence)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

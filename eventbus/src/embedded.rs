@@ -1,0 +1,723 @@
+//! The embedded bus: a durable log on local disk, for one process.
+//!
+//! Storage is [fjall], an LSM-tree store. Chosen because it keeps the journal-and-batch model
+//! this bus needs (one atomic batch, one `fdatasync`, for many publishes and cursor updates),
+//! recovers by replaying its journal rather than walking the whole file, and drops whole tables
+//! for size and age retention (FIFO compaction) instead of deleting events one by one.
+//!
+//! Layout: keyspace `log` maps a big-endian `u64` sequence to a record (subject, duplicate key,
+//! publish time, CloudEvent JSON); keyspace `cursors` maps a consumer name to the highest
+//! sequence below which it has settled everything; keyspace `meta` keeps the last sequence, so
+//! numbering continues after retention has emptied the log.
+//!
+//! Writes go through one committer thread. It takes every publish waiting in its queue, writes
+//! them in one batch with `SyncData` durability, and only then answers the publishers: this is
+//! group commit, so many concurrent publishers share one fsync. Consumer cursors ride along in
+//! the same batches; a cursor is never ahead of an unacknowledged event, so a crash can only
+//! cause redelivery (duplicates), never loss.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use cloudevents::Event;
+use fjall::compaction::Fifo;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::bus::{
+    Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+};
+use crate::{Subject, event};
+
+/// Settings of the embedded bus.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// Directory holding the store. Created if missing.
+    pub dir: PathBuf,
+    /// Retention by size: whole old tables are dropped once the log is larger. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Retention by age. Default 7 days.
+    pub max_age: Duration,
+    /// Events with a `source` and `id` already stored within this window are not stored
+    /// again. Default 2 minutes, as JetStream's duplicate window.
+    pub dedup_window: Duration,
+}
+
+impl EmbeddedConfig {
+    /// Defaults for a store in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> BusError {
+    BusError::Storage(e.to_string())
+}
+
+/// How many writes one batch takes at most.
+const MAX_BATCH: usize = 1024;
+/// How often dirty consumer cursors are written when nothing else is.
+const CURSOR_FLUSH: Duration = Duration::from_millis(100);
+/// How many records one scan under the consumer lock examines before yielding.
+const SCAN_LIMIT: usize = 1024;
+
+enum WriteOp {
+    Append {
+        subject: String,
+        dedup: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Published, BusError>>,
+    },
+    /// Create a consumer's cursor durably before it is used.
+    Cursor { name: String, floor: u64, reply: oneshot::Sender<Result<(), BusError>> },
+}
+
+type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
+
+/// The embedded, durable, single-process bus. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    log: Keyspace,
+    cursors: Keyspace,
+    db: Database,
+    writes: Mutex<Option<mpsc::SyncSender<WriteOp>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Last committed sequence; also wakes waiting subscriptions on close.
+    head: watch::Sender<u64>,
+    closed: std::sync::atomic::AtomicBool,
+    groups: Groups,
+}
+
+impl EmbeddedBus {
+    /// Opens (or creates) the store and recovers its state. A store left by a crash is
+    /// recovered from its journal; a torn last batch is dropped, and its publishers were never
+    /// answered.
+    pub fn open(config: EmbeddedConfig) -> Result<Self, BusError> {
+        std::fs::create_dir_all(&config.dir).map_err(storage)?;
+        let db = Database::builder(&config.dir).open().map_err(storage)?;
+        let (limit, ttl) = (config.max_bytes, config.max_age.as_secs().max(1));
+        let log = db
+            .keyspace("log", || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(8 << 20)
+                    .compaction_strategy(Arc::new(Fifo::new(limit, Some(ttl))))
+            })
+            .map_err(storage)?;
+        let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(storage)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
+
+        let from_meta = meta.get("last_seq").map_err(storage)?.and_then(|v| read_u64(&v));
+        let from_log = match log.last_key_value() {
+            Some(kv) => kv.key().map_err(storage).map(|k| read_u64(&k))?,
+            None => None,
+        };
+        let last = from_meta.unwrap_or(0).max(from_log.unwrap_or(0));
+        let dedup = Dedup::recover(&log, config.dedup_window)?;
+
+        let (head, _) = watch::channel(last);
+        let groups: Groups = Arc::default();
+        let (tx, rx) = mpsc::sync_channel(4 * MAX_BATCH);
+        let committer = Committer {
+            db: db.clone(),
+            log: log.clone(),
+            cursors: cursors.clone(),
+            meta,
+            head: head.clone(),
+            groups: groups.clone(),
+            last,
+            dedup,
+        };
+        let writer = std::thread::Builder::new()
+            .name("ofe-bus-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(storage)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log,
+                cursors,
+                db,
+                writes: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                head,
+                closed: false.into(),
+                groups,
+            }),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::SyncSender<WriteOp>, BusError> {
+        let guard = self.inner.writes.lock().map_err(|_| BusError::Closed)?;
+        guard.clone().ok_or(BusError::Closed)
+    }
+
+    /// Queues a write without blocking the async runtime when the queue is full.
+    async fn submit(&self, op: WriteOp) -> Result<(), BusError> {
+        let tx = self.sender()?;
+        match tx.try_send(op) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(op)) => tokio::task::spawn_blocking(move || tx.send(op))
+                .await
+                .map_err(storage)?
+                .map_err(|_| BusError::Closed),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(BusError::Closed),
+        }
+    }
+
+    /// The sequence of the last durable event.
+    pub fn last_sequence(&self) -> u64 {
+        *self.inner.head.borrow()
+    }
+
+    fn first_sequence(&self) -> Result<u64, BusError> {
+        match self.inner.log.first_key_value() {
+            Some(kv) => Ok(kv.key().map_err(storage).map(|k| read_u64(&k))?.unwrap_or(1)),
+            None => Ok(self.last_sequence() + 1),
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for EmbeddedBus {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
+        let payload = event::encode(event)?;
+        let (reply, answer) = oneshot::channel();
+        let op = WriteOp::Append {
+            subject: subject.to_string(),
+            dedup: event::dedup_key(event),
+            payload,
+            reply,
+        };
+        self.submit(op).await?;
+        answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    async fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        if options.max_in_flight == 0 {
+            return Err(BusError::Config("max_in_flight must be at least 1".into()));
+        }
+        let filter: HashSet<String> = options.subjects.iter().map(ToString::to_string).collect();
+        let existing = {
+            let groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
+            groups.get(&options.consumer).cloned()
+        };
+        let group = match existing {
+            Some(group) if group.filter == filter => group,
+            Some(_) => return Err(BusError::ConsumerConflict { consumer: options.consumer }),
+            None => {
+                let stored = self.inner.cursors.get(&options.consumer).map_err(storage)?;
+                let floor = match stored.and_then(|v| read_u64(&v)) {
+                    Some(floor) => floor,
+                    None => {
+                        let floor = match options.start {
+                            StartPosition::New => self.last_sequence(),
+                            StartPosition::All => 0,
+                        };
+                        // Persist the starting point first, so a restart resumes here rather
+                        // than at a later "new".
+                        let (reply, answer) = oneshot::channel();
+                        let name = options.consumer.clone();
+                        self.submit(WriteOp::Cursor { name, floor, reply }).await?;
+                        answer.await.map_err(|_| BusError::Closed)??;
+                        floor
+                    }
+                };
+                let read_pos = floor.max(self.first_sequence()?.saturating_sub(1));
+                let group = Arc::new(Group {
+                    filter,
+                    max_in_flight: options.max_in_flight,
+                    state: Mutex::new(GroupState {
+                        read_pos,
+                        in_flight: BTreeMap::new(),
+                        redeliver: BTreeMap::new(),
+                        persisted: floor,
+                    }),
+                    changed: Notify::new(),
+                });
+                let mut groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
+                groups.entry(options.consumer.clone()).or_insert(group).clone()
+            }
+        };
+        Ok(Box::new(EmbeddedSubscription {
+            bus: self.clone(),
+            group,
+            head: self.inner.head.subscribe(),
+        }))
+    }
+
+    async fn close(&self) -> Result<(), BusError> {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.head.send_modify(|_| {});
+        let groups: Vec<Arc<Group>> = match self.inner.groups.lock() {
+            Ok(g) => g.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        for group in groups {
+            group.changed.notify_waiters();
+        }
+        // Dropping the sender lets the committer drain its queue, flush cursors and stop.
+        drop(self.inner.writes.lock().map_err(|_| BusError::Closed)?.take());
+        let writer = self.inner.writer.lock().map_err(|_| BusError::Closed)?.take();
+        if let Some(writer) = writer {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(storage)?
+                .map_err(|_| BusError::Storage("commit thread panicked".into()))?;
+        }
+        self.inner.db.persist(PersistMode::SyncAll).map_err(storage)
+    }
+}
+
+/// A record in the log, decoded lazily.
+struct Record<'a> {
+    subject: &'a str,
+    dedup: &'a str,
+    published_ms: i64,
+    payload: &'a [u8],
+}
+
+const RECORD_VERSION: u8 = 1;
+
+fn encode_record(subject: &str, dedup: &str, published_ms: i64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 4 + subject.len() + dedup.len() + 8 + payload.len());
+    out.push(RECORD_VERSION);
+    for part in [subject, dedup] {
+        let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
+    }
+    out.extend_from_slice(&published_ms.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn decode_record(bytes: &[u8]) -> Option<Record<'_>> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != RECORD_VERSION {
+        return None;
+    }
+    let (subject, rest) = take_str(rest)?;
+    let (dedup, rest) = take_str(rest)?;
+    let (time, payload) = rest.split_at_checked(8)?;
+    let published_ms = i64::from_be_bytes(time.try_into().ok()?);
+    Some(Record { subject, dedup, published_ms, payload })
+}
+
+fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let (len, rest) = bytes.split_at_checked(2)?;
+    let len = usize::from(u16::from_be_bytes(len.try_into().ok()?));
+    let (text, rest) = rest.split_at_checked(len)?;
+    Some((std::str::from_utf8(text).ok()?, rest))
+}
+
+fn read_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Recently stored `(source, id)` keys, to drop republished events.
+struct Dedup {
+    window: Duration,
+    keys: HashMap<String, u64>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedup {
+    /// Rebuilds the window from the newest records, so a restart does not forget it.
+    fn recover(log: &Keyspace, window: Duration) -> Result<Self, BusError> {
+        let mut dedup = Self { window, keys: HashMap::new(), order: VecDeque::new() };
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let horizon = now_ms().saturating_sub(window_ms);
+        let now = Instant::now();
+        let mut recent = Vec::new();
+        for kv in log.iter().rev() {
+            let (key, value) = kv.into_inner().map_err(storage)?;
+            let Some(record) = decode_record(&value) else { continue };
+            if record.published_ms < horizon {
+                break;
+            }
+            let age =
+                Duration::from_millis(u64::try_from(now_ms() - record.published_ms).unwrap_or(0));
+            let at = now.checked_sub(age).unwrap_or(now);
+            recent.push((at, record.dedup.to_string(), read_u64(&key).unwrap_or(0)));
+        }
+        for (at, key, seq) in recent.into_iter().rev() {
+            dedup.keys.insert(key.clone(), seq);
+            dedup.order.push_back((at, key));
+        }
+        Ok(dedup)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.window {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
+struct Committer {
+    db: Database,
+    log: Keyspace,
+    cursors: Keyspace,
+    meta: Keyspace,
+    head: watch::Sender<u64>,
+    groups: Groups,
+    last: u64,
+    dedup: Dedup,
+}
+
+enum Reply {
+    Published(oneshot::Sender<Result<Published, BusError>>, Published),
+    Cursor(oneshot::Sender<Result<(), BusError>>),
+}
+
+impl Committer {
+    fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
+        loop {
+            let first = match rx.recv_timeout(CURSOR_FLUSH) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut ops: Vec<WriteOp> = first.into_iter().collect();
+            while ops.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(ops);
+        }
+        self.commit(Vec::new());
+    }
+
+    /// Commits `ops` and any moved consumer cursors in one batch.
+    fn commit(&mut self, ops: Vec<WriteOp>) {
+        let mut batch = self.db.batch();
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut added_keys = Vec::new();
+        let mut seq = self.last;
+        let now = Instant::now();
+        let published_ms = now_ms();
+        self.dedup.expire(now);
+        for op in ops {
+            match op {
+                WriteOp::Append { subject, dedup, payload, reply } => {
+                    if let Some(&earlier) = self.dedup.keys.get(&dedup) {
+                        let done = Published { sequence: earlier, duplicate: true };
+                        replies.push(Reply::Published(reply, done));
+                        continue;
+                    }
+                    seq += 1;
+                    let record = encode_record(&subject, &dedup, published_ms, &payload);
+                    batch.insert(&self.log, seq.to_be_bytes(), record);
+                    self.dedup.keys.insert(dedup.clone(), seq);
+                    added_keys.push(dedup);
+                    replies.push(Reply::Published(
+                        reply,
+                        Published { sequence: seq, duplicate: false },
+                    ));
+                }
+                WriteOp::Cursor { name, floor, reply } => {
+                    batch.insert(&self.cursors, name.as_bytes(), floor.to_be_bytes());
+                    replies.push(Reply::Cursor(reply));
+                }
+            }
+        }
+        let moved = self.moved_cursors();
+        for (name, floor) in &moved {
+            batch.insert(&self.cursors, name.as_bytes(), floor.to_be_bytes());
+        }
+        if batch.is_empty() {
+            for reply in replies {
+                if let Reply::Published(tx, done) = reply {
+                    let _ = tx.send(Ok(done));
+                }
+            }
+            return;
+        }
+        let durable = !replies.is_empty();
+        if seq != self.last {
+            batch.insert(&self.meta, "last_seq", seq.to_be_bytes());
+        }
+        // Publishes and cursor creations must be on disk before they are answered; a batch of
+        // moved cursors alone may sit in OS buffers, since losing it only causes redelivery.
+        let result = batch.durability(durable.then_some(PersistMode::SyncData)).commit();
+        match result {
+            Ok(()) => {
+                for (name, floor) in moved {
+                    self.mark_persisted(&name, floor);
+                }
+                for key in added_keys {
+                    self.dedup.order.push_back((now, key));
+                }
+                self.last = seq;
+                self.head.send_replace(seq);
+                for reply in replies {
+                    match reply {
+                        Reply::Published(tx, done) => {
+                            let _ = tx.send(Ok(done));
+                        }
+                        Reply::Cursor(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded bus commit failed");
+                for key in added_keys {
+                    self.dedup.keys.remove(&key);
+                }
+                for reply in replies {
+                    match reply {
+                        Reply::Published(tx, _) => {
+                            let _ = tx.send(Err(storage(&e)));
+                        }
+                        Reply::Cursor(tx) => {
+                            let _ = tx.send(Err(storage(&e)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn moved_cursors(&self) -> Vec<(String, u64)> {
+        let Ok(groups) = self.groups.lock() else { return Vec::new() };
+        groups
+            .iter()
+            .filter_map(|(name, group)| {
+                let state = group.state.lock().ok()?;
+                let floor = state.floor();
+                (floor > state.persisted).then(|| (name.clone(), floor))
+            })
+            .collect()
+    }
+
+    fn mark_persisted(&self, name: &str, floor: u64) {
+        let Ok(groups) = self.groups.lock() else { return };
+        if let Some(mut state) = groups.get(name).and_then(|g| g.state.lock().ok()) {
+            state.persisted = state.persisted.max(floor);
+        }
+    }
+}
+
+/// A named consumer: shared by every subscription with its name.
+struct Group {
+    filter: HashSet<String>,
+    max_in_flight: usize,
+    state: Mutex<GroupState>,
+    /// Woken on ack and nack, which free capacity or schedule a redelivery.
+    changed: Notify,
+}
+
+struct GroupState {
+    /// The last sequence examined for new deliveries.
+    read_pos: u64,
+    /// Delivered and not yet settled: sequence → attempt.
+    in_flight: BTreeMap<u64, u32>,
+    /// Waiting for redelivery: sequence → (due, attempts so far).
+    redeliver: BTreeMap<u64, (Instant, u32)>,
+    /// The floor last written to disk.
+    persisted: u64,
+}
+
+impl GroupState {
+    /// Every sequence up to here is settled: acked, not for this consumer, or dropped by
+    /// retention. It is what a restart resumes after.
+    fn floor(&self) -> u64 {
+        let lowest_open = [self.in_flight.keys().next(), self.redeliver.keys().next()]
+            .into_iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(self.read_pos + 1);
+        lowest_open.min(self.read_pos + 1) - 1
+    }
+
+    fn outstanding(&self) -> usize {
+        self.in_flight.len() + self.redeliver.len()
+    }
+}
+
+struct EmbeddedSubscription {
+    bus: EmbeddedBus,
+    group: Arc<Group>,
+    head: watch::Receiver<u64>,
+}
+
+/// What a scan under the lock found.
+enum Found {
+    Record {
+        seq: u64,
+        attempt: u32,
+        raw: fjall::Slice,
+    },
+    Nothing {
+        wake_at: Option<Instant>,
+    },
+    /// The scan hit its limit; look again without waiting.
+    Busy,
+}
+
+impl EmbeddedSubscription {
+    fn scan(&self, head: u64) -> Result<Found, BusError> {
+        let log = &self.bus.inner.log;
+        let mut state = self.group.state.lock().map_err(|_| BusError::Closed)?;
+        let now = Instant::now();
+        if state.in_flight.len() < self.group.max_in_flight {
+            let due = state
+                .redeliver
+                .iter()
+                .filter(|(_, (at, _))| *at <= now)
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(seq, (_, attempts))| (*seq, *attempts));
+            if let Some((seq, attempts)) = due {
+                state.redeliver.remove(&seq);
+                // An event dropped by retention while waiting counts as settled.
+                if let Some(raw) = log.get(seq.to_be_bytes()).map_err(storage)? {
+                    state.in_flight.insert(seq, attempts + 1);
+                    return Ok(Found::Record { seq, attempt: attempts + 1, raw });
+                }
+            }
+        }
+        if state.outstanding() < self.group.max_in_flight && state.read_pos < head {
+            let start = state.read_pos + 1;
+            for (examined, kv) in log.range(start.to_be_bytes()..=head.to_be_bytes()).enumerate() {
+                if examined >= SCAN_LIMIT {
+                    return Ok(Found::Busy);
+                }
+                let (key, value) = kv.into_inner().map_err(storage)?;
+                let Some(seq) = read_u64(&key) else { continue };
+                state.read_pos = seq;
+                let wanted =
+                    decode_record(&value).is_some_and(|r| self.group.filter.contains(r.subject));
+                if wanted {
+                    state.in_flight.insert(seq, 1);
+                    return Ok(Found::Record { seq, attempt: 1, raw: value });
+                }
+            }
+            // Whatever is missing below head was removed by retention.
+            state.read_pos = head;
+        }
+        let wake_at = state.redeliver.values().map(|(at, _)| *at).min();
+        Ok(Found::Nothing { wake_at })
+    }
+
+    fn settle(group: &Group, seq: u64, redeliver_after: Option<Duration>) {
+        if let Ok(mut state) = group.state.lock() {
+            if let Some(attempts) = state.in_flight.remove(&seq) {
+                if let Some(delay) = redeliver_after {
+                    state.redeliver.insert(seq, (Instant::now() + delay, attempts));
+                }
+            }
+        }
+        group.changed.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let changed = self.group.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.bus.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(BusError::Closed);
+            }
+            let head = *self.head.borrow_and_update();
+            match self.scan(head)? {
+                Found::Record { seq, attempt, raw } => {
+                    match deliver(&self.group, seq, attempt, &raw) {
+                        Some(delivery) => return Ok(delivery),
+                        None => {
+                            // A record that cannot be decoded can never be processed; settle it
+                            // so it does not block the consumer, and say so loudly.
+                            tracing::error!(
+                                sequence = seq,
+                                "skipping undecodable record in embedded bus"
+                            );
+                            Self::settle(&self.group, seq, None);
+                        }
+                    }
+                }
+                Found::Busy => tokio::task::yield_now().await,
+                Found::Nothing { wake_at } => {
+                    let sleep = async {
+                        match wake_at {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = &mut changed => {}
+                        r = self.head.changed() => { if r.is_err() { return Err(BusError::Closed); } }
+                        () = sleep => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deliver(group: &Arc<Group>, seq: u64, attempt: u32, raw: &[u8]) -> Option<Delivery> {
+    let record = decode_record(raw)?;
+    let subject = Subject::parse(record.subject)?;
+    let event = event::decode(record.payload).ok()?;
+    let published_at: DateTime<Utc> = Utc.timestamp_millis_opt(record.published_ms).single()?;
+    let acker = Box::new(EmbeddedAcker { group: group.clone(), seq });
+    Some(Delivery::new(Arc::new(event), subject, seq, attempt, published_at, acker))
+}
+
+struct EmbeddedAcker {
+    group: Arc<Group>,
+    seq: u64,
+}
+
+impl Acker for EmbeddedAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        EmbeddedSubscription::settle(&self.group, self.seq, None);
+        async { Ok(()) }.boxed()
+    }
+
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>> {
+        EmbeddedSubscription::settle(&self.group, self.seq, Some(delay));
+        async { Ok(()) }.boxed()
+    }
+
+    fn abandon(self: Box<Self>) {
+        EmbeddedSubscription::settle(&self.group, self.seq, Some(Duration::ZERO));
+    }
+}

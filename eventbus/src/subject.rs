@@ -1,0 +1,123 @@
+//! Bus subjects that name namespace, EventSource and event unambiguously.
+//!
+//! OpenFunction joined names with `-` (`<ns>-<es>-<event>`), so namespace `a-b` with source `c`
+//! and namespace `a` with source `b-c` collided. Here every name is one token, tokens are joined
+//! with `.`, and any character outside `[A-Za-z0-9_-]` inside a token is percent-escaped, so a
+//! token never contains the separator and two different names never render the same.
+
+use std::fmt;
+
+/// Where an event lives on the bus.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    /// An event of an EventSource: `ofe.event.<namespace>.<eventsource>.<event>`.
+    Event {
+        /// Namespace of the EventSource.
+        namespace: String,
+        /// Name of the EventSource.
+        source: String,
+        /// Name of the event within the EventSource.
+        event: String,
+    },
+    /// A topic that Trigger subscribers publish to: `ofe.topic.<namespace>.<topic>`.
+    Topic {
+        /// Namespace of the Trigger that publishes.
+        namespace: String,
+        /// Topic name.
+        topic: String,
+    },
+}
+
+impl Subject {
+    /// The subject of an EventSource's event.
+    pub fn event(namespace: &str, source: &str, event: &str) -> Self {
+        Self::Event { namespace: namespace.into(), source: source.into(), event: event.into() }
+    }
+
+    /// The subject of a topic in a namespace.
+    pub fn topic(namespace: &str, topic: &str) -> Self {
+        Self::Topic { namespace: namespace.into(), topic: topic.into() }
+    }
+
+    /// Parses the rendered form back; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let parts: Vec<&str> = text.split('.').collect();
+        match parts.as_slice() {
+            ["ofe", "event", ns, es, ev] => Some(Self::Event {
+                namespace: unescape(ns)?,
+                source: unescape(es)?,
+                event: unescape(ev)?,
+            }),
+            ["ofe", "topic", ns, t] => {
+                Some(Self::Topic { namespace: unescape(ns)?, topic: unescape(t)? })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Event { namespace, source, event } => {
+                write!(f, "ofe.event.{}.{}.{}", escape(namespace), escape(source), escape(event))
+            }
+            Self::Topic { namespace, topic } => {
+                write!(f, "ofe.topic.{}.{}", escape(namespace), escape(topic))
+            }
+        }
+    }
+}
+
+fn escape(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    for byte in token.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn unescape(token: &str) -> Option<String> {
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = token.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_collided_in_openfunction_do_not_collide() {
+        let a = Subject::event("a-b", "c", "e").to_string();
+        let b = Subject::event("a", "b-c", "e").to_string();
+        assert_ne!(a, b);
+        assert_eq!(a, "ofe.event.a-b.c.e");
+    }
+
+    #[test]
+    fn dots_and_wildcards_are_escaped_and_round_trip() {
+        let s = Subject::event("ns", "my.source", "evt*>%");
+        let text = s.to_string();
+        assert_eq!(text, "ofe.event.ns.my%2Esource.evt%2A%3E%25");
+        assert_eq!(Subject::parse(&text), Some(s));
+        let t = Subject::topic("ns", "metrics");
+        assert_eq!(Subject::parse(&t.to_string()), Some(t));
+        assert_eq!(Subject::parse("ofe.event.a.b"), None);
+    }
+}

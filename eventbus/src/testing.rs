@@ -1,0 +1,210 @@
+//! The behaviour every [`EventBus`] backend must show, as reusable async checks.
+//!
+//! Each check takes a bus and a unique prefix (so checks can share one broker) and panics with
+//! a description of what went wrong. Backends run them from their integration tests; the
+//! embedded backend runs them in `tests/embedded.rs`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+
+use crate::{EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
+
+/// How long a check waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A CloudEvent with the given id and a JSON body `{"n": n}`.
+pub fn sample_event(id: &str, n: u64) -> Event {
+    EventBuilderV10::new()
+        .id(id)
+        .source("ofe-test")
+        .ty("ofe.test")
+        .data("application/json", serde_json::json!({ "n": n }))
+        .build()
+        .unwrap_or_else(|e| panic!("test event builds: {e}"))
+}
+
+/// Subscribes from the start of the bus.
+pub async fn subscribe(
+    bus: &dyn EventBus,
+    consumer: &str,
+    subject: &Subject,
+    max_in_flight: usize,
+) -> Box<dyn Subscription> {
+    let mut options = SubscribeOptions::new(consumer, vec![subject.clone()]);
+    options.max_in_flight = max_in_flight;
+    options.start = StartPosition::All;
+    bus.subscribe(options).await.unwrap_or_else(|e| panic!("subscribe {consumer}: {e}"))
+}
+
+async fn next_id(sub: &mut Box<dyn Subscription>) -> (String, crate::Delivery) {
+    let delivery = tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("no delivery within {PATIENCE:?}"))
+        .unwrap_or_else(|e| panic!("subscription failed: {e}"));
+    (delivery.event.id().to_string(), delivery)
+}
+
+/// Asserts that nothing is delivered within `wait`.
+pub async fn assert_quiet(sub: &mut Box<dyn Subscription>, wait: Duration) {
+    if let Ok(Ok(d)) = tokio::time::timeout(wait, sub.next()).await {
+        panic!("expected no delivery, got {}", d.event.id());
+    }
+}
+
+async fn publish_n(bus: &dyn EventBus, subject: &Subject, prefix: &str, n: u64) {
+    for i in 0..n {
+        bus.publish(subject, &sample_event(&format!("{prefix}-{i}"), i))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+    }
+}
+
+/// One consumer receives every event of its subject, in publish order, and none of another.
+pub async fn delivers_in_order_with_filter(bus: &dyn EventBus, prefix: &str) {
+    let a = Subject::event("ns", &format!("{prefix}-src"), "a");
+    let b = Subject::event("ns", &format!("{prefix}-src"), "b");
+    let mut sub = subscribe(bus, &format!("{prefix}-c"), &a, 1).await;
+    for i in 0..20 {
+        let subject = if i % 2 == 0 { &a } else { &b };
+        bus.publish(subject, &sample_event(&format!("{prefix}-{i}"), i)).await.expect("publish");
+    }
+    for i in (0..20).step_by(2) {
+        let (id, d) = next_id(&mut sub).await;
+        assert_eq!(id, format!("{prefix}-{i}"), "order or filter broken");
+        assert_eq!(d.subject, a);
+        d.ack().await.expect("ack");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(200)).await;
+}
+
+/// A nacked delivery comes back after its delay, with its attempt count raised.
+pub async fn nack_redelivers_after_delay(bus: &dyn EventBus, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let mut sub = subscribe(bus, &format!("{prefix}-c"), &s, 8).await;
+    publish_n(bus, &s, prefix, 1).await;
+    let (id, d) = next_id(&mut sub).await;
+    assert_eq!(d.attempt, 1);
+    let nacked_at = std::time::Instant::now();
+    d.nack(Duration::from_millis(300)).await.expect("nack");
+    let (again, d) = next_id(&mut sub).await;
+    assert_eq!(again, id);
+    assert_eq!(d.attempt, 2, "attempt count must grow on redelivery");
+    assert!(nacked_at.elapsed() >= Duration::from_millis(250), "redelivered before its delay");
+    d.ack().await.expect("ack");
+    assert_quiet(&mut sub, Duration::from_millis(400)).await;
+}
+
+/// A delivery dropped without ack (a consumer that died) is delivered again.
+pub async fn dropped_delivery_is_redelivered(bus: &dyn EventBus, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let consumer = format!("{prefix}-c");
+    let mut first = subscribe(bus, &consumer, &s, 8).await;
+    publish_n(bus, &s, prefix, 3).await;
+    let (id0, d0) = next_id(&mut first).await;
+    d0.ack().await.expect("ack");
+    let (id1, d1) = next_id(&mut first).await;
+    drop(d1);
+    drop(first);
+    let mut second = subscribe(bus, &consumer, &s, 8).await;
+    let mut seen = HashSet::new();
+    for _ in 0..2 {
+        let (id, d) = next_id(&mut second).await;
+        seen.insert(id);
+        d.ack().await.expect("ack");
+    }
+    assert!(seen.contains(&id1), "the unacked event {id1} was lost");
+    assert!(!seen.contains(&id0), "the acked event {id0} came back");
+}
+
+/// Two subscriptions with one name split the events; another name gets all of them.
+pub async fn same_name_shares_other_name_gets_all(bus: Arc<dyn EventBus>, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let shared = format!("{prefix}-shared");
+    let one = subscribe(bus.as_ref(), &shared, &s, 4).await;
+    let two = subscribe(bus.as_ref(), &shared, &s, 4).await;
+    let other = subscribe(bus.as_ref(), &format!("{prefix}-other"), &s, 64).await;
+    let total = 40;
+    publish_n(bus.as_ref(), &s, prefix, total).await;
+    let (a, b, all) = tokio::join!(
+        tokio::spawn(drain(one)),
+        tokio::spawn(drain(two)),
+        tokio::spawn(drain(other))
+    );
+    let (a, b, all) = (a.expect("join"), b.expect("join"), all.expect("join"));
+    let union: HashSet<_> = a.iter().chain(&b).cloned().collect();
+    assert_eq!(union.len(), a.len() + b.len(), "shared consumer delivered an event twice");
+    assert_eq!(union.len(), 40, "shared consumer lost events");
+    assert!(!a.is_empty() && !b.is_empty(), "one member got nothing: {} / {}", a.len(), b.len());
+    assert_eq!(all.len(), 40, "a second consumer name must get every event");
+}
+
+/// Acks everything until the subscription is quiet for half a second; returns the ids.
+async fn drain(mut sub: Box<dyn Subscription>) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        ids.push(d.event.id().to_string());
+        // Hold each delivery a moment, so that both members of a shared consumer get a share.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        d.ack().await.expect("ack");
+    }
+    ids
+}
+
+/// A consumer never has more than `max_in_flight` unacknowledged deliveries.
+pub async fn in_flight_is_bounded(bus: &dyn EventBus, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let mut sub = subscribe(bus, &format!("{prefix}-c"), &s, 3).await;
+    publish_n(bus, &s, prefix, 10).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next_id(&mut sub).await.1);
+    }
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    let first = held.remove(0);
+    first.ack().await.expect("ack");
+    let (_, d) = next_id(&mut sub).await;
+    held.push(d);
+    for d in held {
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Events of 1 MiB go through intact.
+pub async fn large_events_round_trip(bus: &dyn EventBus, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let mut sub = subscribe(bus, &format!("{prefix}-c"), &s, 8).await;
+    let body = vec![b'x'; 1 << 20];
+    let event = EventBuilderV10::new()
+        .id(format!("{prefix}-big"))
+        .source("ofe-test")
+        .ty("ofe.test")
+        .data("application/octet-stream", body.clone())
+        .build()
+        .expect("event");
+    bus.publish(&s, &event).await.expect("publish 1 MiB");
+    let (_, d) = next_id(&mut sub).await;
+    let got: Vec<u8> = match d.event.data() {
+        Some(cloudevents::Data::Binary(b)) => b.clone(),
+        other => panic!("unexpected data {other:?}"),
+    };
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "1 MiB body corrupted");
+    d.ack().await.expect("ack");
+}
+
+/// Publishing the same `source` + `id` twice stores it once.
+pub async fn duplicates_are_dropped(bus: &dyn EventBus, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let mut sub = subscribe(bus, &format!("{prefix}-c"), &s, 8).await;
+    let event = sample_event(&format!("{prefix}-same"), 1);
+    let first = bus.publish(&s, &event).await.expect("publish");
+    let second = bus.publish(&s, &event).await.expect("publish again");
+    assert!(!first.duplicate);
+    assert!(second.duplicate, "second publish of the same id must be recognised");
+    assert_eq!(first.sequence, second.sequence);
+    next_id(&mut sub).await.1.ack().await.expect("ack");
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+}

@@ -1,0 +1,134 @@
+//! The embedded bus passes the backend suite, and keeps what it acknowledged across restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudevents::AttributesReader as _;
+use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
+use ofe_eventbus::testing::{self, sample_event, subscribe};
+use ofe_eventbus::{EventBus, Subject};
+
+fn open(dir: &std::path::Path) -> EmbeddedBus {
+    EmbeddedBus::open(EmbeddedConfig::new(dir)).expect("open embedded bus")
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let bus = open(dir.path());
+            testing::$name(&bus, stringify!($name)).await;
+            bus.close().await.expect("close");
+        }
+    )*};
+}
+
+suite!(
+    delivers_in_order_with_filter,
+    nack_redelivers_after_delay,
+    dropped_delivery_is_redelivered,
+    in_flight_is_bounded,
+    large_events_round_trip,
+    duplicates_are_dropped,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_shares_other_name_gets_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = open(dir.path());
+    let shared: Arc<dyn EventBus> = Arc::new(bus.clone());
+    testing::same_name_shares_other_name_gets_all(shared, "share").await;
+    bus.close().await.expect("close");
+}
+
+/// Acked events stay acked after a restart; unacked ones come back; new ones continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_after_the_last_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Subject::event("ns", "src", "e");
+    {
+        let bus = open(dir.path());
+        let mut sub = subscribe(&bus, "c", &s, 16).await;
+        for i in 0..10 {
+            bus.publish(&s, &sample_event(&format!("e-{i}"), i)).await.expect("publish");
+        }
+        for _ in 0..4 {
+            let d = sub.next().await.expect("next");
+            d.ack().await.expect("ack");
+        }
+        let held = sub.next().await.expect("next");
+        assert_eq!(held.event.id(), "e-4");
+        std::mem::forget(held); // as if the process died holding it
+        bus.close().await.expect("close");
+    }
+    let bus = open(dir.path());
+    assert_eq!(bus.last_sequence(), 10, "sequence numbering must survive a restart");
+    let mut sub = subscribe(&bus, "c", &s, 16).await;
+    let first = sub.next().await.expect("next");
+    assert_eq!(first.event.id(), "e-4", "resume must start at the first unacked event");
+    first.ack().await.expect("ack");
+    bus.publish(&s, &sample_event("e-10", 10)).await.expect("publish after restart");
+    let mut rest = Vec::new();
+    for _ in 0..6 {
+        let d = sub.next().await.expect("next");
+        rest.push(d.event.id().to_string());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(rest, ["e-5", "e-6", "e-7", "e-8", "e-9", "e-10"]);
+    bus.close().await.expect("close");
+}
+
+/// A new consumer starting at `New` does not see history, and that start point is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_consumer_starts_at_new_and_remembers_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Subject::event("ns", "src", "e");
+    {
+        let bus = open(dir.path());
+        bus.publish(&s, &sample_event("old", 0)).await.expect("publish");
+        let options = ofe_eventbus::SubscribeOptions::new("late", vec![s.clone()]);
+        let mut sub = bus.subscribe(options).await.expect("subscribe");
+        testing::assert_quiet(&mut sub, Duration::from_millis(200)).await;
+        bus.publish(&s, &sample_event("during", 1)).await.expect("publish");
+        bus.close().await.expect("close");
+    }
+    let bus = open(dir.path());
+    let options = ofe_eventbus::SubscribeOptions::new("late", vec![s.clone()]);
+    let mut sub = bus.subscribe(options).await.expect("subscribe");
+    let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    assert_eq!(d.event.id(), "during", "an event published after the consumer existed was lost");
+    d.ack().await.expect("ack");
+    bus.close().await.expect("close");
+}
+
+/// The duplicate window survives a restart, so a re-fired deterministic id is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_window_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Subject::event("ns", "src", "e");
+    let event = sample_event("fixed-id", 1);
+    {
+        let bus = open(dir.path());
+        assert!(!bus.publish(&s, &event).await.expect("publish").duplicate);
+        bus.close().await.expect("close");
+    }
+    let bus = open(dir.path());
+    assert!(bus.publish(&s, &event).await.expect("publish").duplicate);
+    bus.close().await.expect("close");
+}
+
+/// After close, publishing fails instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_bus_refuses_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = open(dir.path());
+    let s = Subject::event("ns", "src", "e");
+    let mut sub = subscribe(&bus, "c", &s, 1).await;
+    bus.close().await.expect("close");
+    assert!(bus.publish(&s, &sample_event("x", 0)).await.is_err());
+    assert!(matches!(sub.next().await, Err(ofe_eventbus::BusError::Closed)));
+}
