@@ -201,12 +201,9 @@ impl EventBus for EmbeddedBus {
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
         let payload = event::encode(event)?;
         let (reply, answer) = oneshot::channel();
-        let op = WriteOp::Append {
-            subject: subject.to_string(),
-            dedup: event::dedup_key(event),
-            payload,
-            reply,
-        };
+        let subject = subject.to_string();
+        let dedup = event::dedup_key(&subject, event);
+        let op = WriteOp::Append { subject, dedup, payload, reply };
         self.submit(op).await?;
         answer.await.map_err(|_| BusError::Closed)?
     }

@@ -22,8 +22,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, BusError> {
     serde_json::from_slice(bytes).map_err(|e| BusError::Decode(e.to_string()))
 }
 
-/// The key under which duplicates are recognised: per the CloudEvents spec, `source` + `id`
-/// identify an event.
-pub fn dedup_key(event: &Event) -> String {
-    format!("{}\u{0}{}", event.source(), event.id())
+/// The key under which duplicates are recognised. Per the CloudEvents spec `source` + `id`
+/// identify an event; the subject is part of the key too, because a Trigger republishing an
+/// event to a topic is a new placement of the same event, not a duplicate.
+pub fn dedup_key(subject: &str, event: &Event) -> String {
+    format!("{subject}\u{0}{}\u{0}{}", event.source(), event.id())
 }

@@ -207,4 +207,7 @@ pub async fn duplicates_are_dropped(bus: &dyn EventBus, prefix: &str) {
     assert_eq!(first.sequence, second.sequence);
     next_id(&mut sub).await.1.ack().await.expect("ack");
     assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    let elsewhere = Subject::topic("ns", &format!("{prefix}-topic"));
+    let moved = bus.publish(&elsewhere, &event).await.expect("publish to a topic");
+    assert!(!moved.duplicate, "the same event under another subject is not a duplicate");
 }

@@ -1,0 +1,153 @@
+//! The cron EventSource: emits an event each time its schedule fires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use cloudevents::{Event, EventBuilder, EventBuilderV10};
+use ofe_eventbus::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
+use ofe_eventbus::{BusError, EventBus, Subject};
+use tokio_util::sync::CancellationToken;
+
+use crate::Schedule;
+use crate::metrics::{EventLabels, SourceMetrics};
+
+/// The CloudEvents `type` of cron events.
+pub const CRON_EVENT_TYPE: &str = "io.openfunction.events.cron";
+
+/// UUID namespace for deterministic cron event ids.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6372_6f6e_8000_0000_0000_0001);
+
+/// Fires older than this when the loop gets to them (after a long bus outage) are skipped.
+const MAX_CATCH_UP: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// One cron event of one EventSource.
+#[derive(Clone, Debug)]
+pub struct CronSource {
+    /// Namespace of the EventSource.
+    pub namespace: String,
+    /// Name of the EventSource.
+    pub eventsource: String,
+    /// Event name (the key under `spec.cron`).
+    pub event: String,
+    /// The schedule as written, for the event's data.
+    pub schedule_text: String,
+    /// The parsed schedule.
+    pub schedule: Schedule,
+}
+
+impl CronSource {
+    /// The `source` attribute of this EventSource's events.
+    pub fn source_uri(&self) -> String {
+        source_uri(&self.namespace, &self.eventsource)
+    }
+
+    /// The event for the fire at `scheduled`. Its id depends only on namespace, EventSource,
+    /// event and scheduled time, so a restart or a second replica that fires the same tick
+    /// produces the same id, which the bus recognises as a duplicate.
+    pub fn event_for(&self, scheduled: DateTime<Utc>) -> Result<Event, String> {
+        let time = scheduled.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let key = format!("{}/{}/{}/{}", self.namespace, self.eventsource, self.event, time);
+        let id = uuid::Uuid::new_v5(&ID_NAMESPACE, key.as_bytes());
+        EventBuilderV10::new()
+            .id(id.to_string())
+            .source(self.source_uri())
+            .ty(CRON_EVENT_TYPE)
+            .subject(self.event.clone())
+            .time(scheduled)
+            .extension(EXT_NAMESPACE, self.namespace.clone())
+            .extension(EXT_EVENTSOURCE, self.eventsource.clone())
+            .extension(EXT_EVENT, self.event.clone())
+            .data(
+                "application/json",
+                serde_json::json!({ "schedule": self.schedule_text, "scheduledTime": time }),
+            )
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs until `shutdown`: waits for each fire time and publishes its event, retrying a
+    /// failed publish with backoff. A fire is counted as published only once the bus has it.
+    pub async fn run(
+        self,
+        bus: Arc<dyn EventBus>,
+        metrics: SourceMetrics,
+        shutdown: CancellationToken,
+    ) {
+        let labels = EventLabels {
+            namespace: self.namespace.clone(),
+            eventsource: self.eventsource.clone(),
+            event: self.event.clone(),
+        };
+        let subject = Subject::event(&self.namespace, &self.eventsource, &self.event);
+        let mut after = Utc::now();
+        loop {
+            let Some(next) = self.schedule.next_after(after) else {
+                tracing::info!(event = %self.event, "schedule has no further fire times");
+                return;
+            };
+            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            after = next;
+            if Utc::now() - next > MAX_CATCH_UP {
+                tracing::warn!(event = %self.event, scheduled = %next, "skipping fires missed during a long bus outage");
+                after = Utc::now();
+                continue;
+            }
+            metrics.received.get_or_create(&labels).inc();
+            let event = match self.event_for(next) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build cron event");
+                    continue;
+                }
+            };
+            if !publish_with_retry(&*bus, &subject, &event, &labels, &metrics, &shutdown).await {
+                return;
+            }
+        }
+    }
+}
+
+/// The `source` attribute for events of an EventSource.
+pub fn source_uri(namespace: &str, eventsource: &str) -> String {
+    format!("/apis/events.openfunction.io/v1alpha1/namespaces/{namespace}/eventsources/{eventsource}")
+}
+
+/// Publishes until the bus has the event; `false` if shutdown or a closed bus stopped it.
+pub async fn publish_with_retry(
+    bus: &dyn EventBus,
+    subject: &Subject,
+    event: &Event,
+    labels: &EventLabels,
+    metrics: &SourceMetrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match bus.publish(subject, event).await {
+            Ok(published) => {
+                if published.duplicate {
+                    metrics.duplicates.get_or_create(labels).inc();
+                    tracing::debug!(subject = %subject, "bus already had this event");
+                } else {
+                    metrics.published.get_or_create(labels).inc();
+                }
+                return true;
+            }
+            Err(BusError::Closed) => return false,
+            Err(error) => {
+                metrics.publish_errors.get_or_create(labels).inc();
+                tracing::warn!(%error, subject = %subject, retry_in = ?backoff, "publish failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

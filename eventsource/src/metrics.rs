@@ -1,0 +1,45 @@
+//! Prometheus metrics of EventSources.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Labels naming one event of one EventSource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Namespace of the EventSource.
+    pub namespace: String,
+    /// Name of the EventSource.
+    pub eventsource: String,
+    /// Name of the event.
+    pub event: String,
+}
+
+/// Counters of every EventSource in the process.
+#[derive(Clone, Default)]
+pub struct SourceMetrics {
+    /// Inputs received from upstream (for cron: schedule fires).
+    pub received: Family<EventLabels, Counter>,
+    /// Events the bus acknowledged as durable.
+    pub published: Family<EventLabels, Counter>,
+    /// Publishes the bus recognised as duplicates (same source and id).
+    pub duplicates: Family<EventLabels, Counter>,
+    /// Failed publish attempts (each is retried).
+    pub publish_errors: Family<EventLabels, Counter>,
+}
+
+impl SourceMetrics {
+    /// Registers the counters under `ofe_eventsource_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("ofe_eventsource");
+        sub.register("events_received", "Inputs received from upstream", self.received.clone());
+        sub.register("events_published", "Events stored durably on the bus", self.published.clone());
+        sub.register(
+            "events_duplicate",
+            "Publishes the bus dropped as duplicates of an earlier event",
+            self.duplicates.clone(),
+        );
+        sub.register("publish_errors", "Failed bus publish attempts", self.publish_errors.clone());
+    }
+}
