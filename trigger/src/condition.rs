@@ -1,0 +1,242 @@
+//! Subscriber conditions: CEL over input names, compiled once.
+//!
+//! Meaning (kept from OpenFunction, without its bugs): an input is `true` while an event of it
+//! was published within the Trigger's window (default 60 s) before the event being evaluated.
+//! Only an event of an input the condition names can fire the subscriber, and what the
+//! subscriber receives is that event. See `docs/trigger-semantics.md` for the table of cases.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock};
+
+use cel::{Context, Env, Program, Value};
+
+/// Conditions with more inputs than this are not checked exhaustively for satisfiability.
+const EXHAUSTIVE_LIMIT: usize = 12;
+
+/// The CEL environment, built once: `Context::default()` rebuilds the standard library on
+/// every call, which costs tens of microseconds.
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+
+/// A compiled condition.
+#[derive(Debug)]
+pub struct Condition {
+    text: String,
+    program: Program,
+    /// The input names the expression refers to, sorted.
+    names: Vec<String>,
+}
+
+/// Why a condition cannot be used. The message shows the expression with a caret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConditionError {
+    /// What is wrong, the expression, a caret line, and the fix.
+    pub message: String,
+    /// 1-based column the caret points at, when known.
+    pub column: Option<usize>,
+}
+
+fn caret(text: &str, column: usize, what: &str, fix: &str) -> ConditionError {
+    let pad = " ".repeat(column.saturating_sub(1));
+    ConditionError {
+        message: format!("{what} (column {column}); {fix}\n    {text}\n    {pad}^"),
+        column: Some(column),
+    }
+}
+
+/// Finds the 1-based column of identifier `name` in `text`, outside string literals.
+fn column_of(text: &str, name: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if let Some(q) = quote {
+            if c == b'\\' {
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+        } else if c == b'"' || c == b'\'' {
+            quote = Some(c);
+        } else if text[i..].starts_with(name) {
+            let before_ok = i == 0 || !is_ident_byte(bytes[i - 1]) && bytes[i - 1] != b'.';
+            let after = i + name.len();
+            let after_ok = after >= bytes.len() || !is_ident_byte(bytes[after]);
+            if before_ok && after_ok {
+                return Some(text[..i].chars().count() + 1);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    b == b'_' || b.is_ascii_alphanumeric()
+}
+
+impl Condition {
+    /// Compiles `text` for a Trigger whose inputs are `inputs`. Rejects syntax errors, names
+    /// that are not inputs, expressions that are not boolean, and conditions no event of the
+    /// inputs they name could ever make true.
+    pub fn compile(text: &str, inputs: &BTreeSet<String>) -> Result<Self, ConditionError> {
+        if text.trim().is_empty() {
+            return Err(ConditionError {
+                message: "is empty; write a CEL expression over the input names, e.g. `eventA && eventB`"
+                    .into(),
+                column: None,
+            });
+        }
+        let program = ENV.compile(text).map_err(|errors| match errors.errors.first() {
+            Some(first) => {
+                let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
+                caret(text, column, &format!("does not compile: {}", first.msg), "fix the expression")
+            }
+            None => ConditionError { message: format!("does not compile: {errors}"), column: None },
+        })?;
+        let references = program.references();
+        let mut names = Vec::new();
+        for variable in references.variables() {
+            if !inputs.contains(variable) {
+                let column = column_of(text, variable).unwrap_or(1);
+                let known = inputs.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+                return Err(caret(
+                    text,
+                    column,
+                    &format!("`{variable}` is not an input of this Trigger"),
+                    &format!("use one of: {known}"),
+                ));
+            }
+            names.push(variable.to_string());
+        }
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Err(ConditionError {
+                message: format!(
+                    "`{text}` names no input, so no event could fire it; refer to at least one input"
+                ),
+                column: None,
+            });
+        }
+        let condition = Self { text: text.to_string(), program, names };
+        condition.check_satisfiable()?;
+        Ok(condition)
+    }
+
+    /// The expression as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The inputs the expression names. Only their events can fire it.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Evaluates with `true` for the names in `active` and `false` for the rest.
+    pub fn evaluate(&self, active: &HashMap<&str, bool>) -> Result<bool, String> {
+        let mut context = Context::with_env(ENV.clone());
+        for name in &self.names {
+            context.add_variable_from_value(name.as_str(), active.get(name.as_str()).copied().unwrap_or(false));
+        }
+        match self.program.execute(&context) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!("evaluated to {other:?}, not a bool")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Tries every assignment (for a handful of inputs): the result must be a bool, and for at
+    /// least one named input there must be a state where its own event makes the condition
+    /// true — otherwise the subscriber could never fire (e.g. `!eventA`).
+    fn check_satisfiable(&self) -> Result<(), ConditionError> {
+        let n = self.names.len();
+        if n > EXHAUSTIVE_LIMIT {
+            return Ok(());
+        }
+        let mut can_fire = false;
+        for bits in 0u32..(1 << n) {
+            let active: HashMap<&str, bool> = self
+                .names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (name.as_str(), bits & (1 << i) != 0))
+                .collect();
+            match self.evaluate(&active) {
+                Ok(true) if bits != 0 => can_fire = true,
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ConditionError {
+                        message: format!("`{}` {e}; conditions must be boolean expressions", self.text),
+                        column: None,
+                    });
+                }
+            }
+        }
+        if can_fire {
+            Ok(())
+        } else {
+            Err(ConditionError {
+                message: format!(
+                    "`{}` can never fire: it is false whenever an input it names has just fired, and \
+                     only those inputs' events can fire a subscriber; name an input positively",
+                    self.text
+                ),
+                column: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> BTreeSet<String> {
+        ["eventA", "eventB"].into_iter().map(String::from).collect()
+    }
+
+    fn eval(c: &Condition, a: bool, b: bool) -> bool {
+        c.evaluate(&HashMap::from([("eventA", a), ("eventB", b)])).expect("evaluates")
+    }
+
+    #[test]
+    fn boolean_logic_over_inputs() {
+        let and = Condition::compile("eventA && eventB", &inputs()).expect("compiles");
+        assert!(eval(&and, true, true));
+        assert!(!eval(&and, true, false));
+        let or = Condition::compile("eventA || eventB", &inputs()).expect("compiles");
+        assert!(eval(&or, false, true));
+        let not = Condition::compile("eventA && !eventB", &inputs()).expect("compiles");
+        assert!(!eval(&not, true, true));
+        assert_eq!(not.names(), ["eventA", "eventB"]);
+    }
+
+    #[test]
+    fn syntax_error_points_at_its_column() {
+        let err = Condition::compile("eventA && && eventB", &inputs()).unwrap_err();
+        assert!(err.message.contains("does not compile"), "{}", err.message);
+        let column = err.column.expect("column");
+        assert_eq!(column, 11, "{}", err.message);
+        assert!(err.message.ends_with(&format!("\n    {}^", " ".repeat(column - 1))), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_name_points_at_it() {
+        let err = Condition::compile("eventA && eventC", &inputs()).unwrap_err();
+        assert_eq!(err.column, Some(11));
+        assert!(err.message.contains("`eventC` is not an input"), "{}", err.message);
+        assert!(err.message.contains("use one of: eventA, eventB"), "{}", err.message);
+        assert!(err.message.ends_with("\n    eventA && eventC\n              ^"), "{}", err.message);
+    }
+
+    #[test]
+    fn conditions_that_cannot_fire_or_are_not_boolean_are_rejected() {
+        assert!(Condition::compile("!eventA", &inputs()).unwrap_err().message.contains("can never fire"));
+        assert!(Condition::compile("true", &inputs()).unwrap_err().message.contains("names no input"));
+        assert!(Condition::compile("eventA ? 1 : 2", &inputs()).unwrap_err().message.contains("not a bool"));
+        assert!(Condition::compile("  ", &inputs()).unwrap_err().message.contains("is empty"));
+    }
+}

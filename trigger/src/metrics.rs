@@ -1,0 +1,69 @@
+//! Prometheus metrics of Triggers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming one subscriber of one Trigger.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriberLabels {
+    /// Namespace of the Trigger (or EventSource, for an EventSource's own sink).
+    pub namespace: String,
+    /// Trigger name, or `eventsource/<name>` for an EventSource's `sink`.
+    pub trigger: String,
+    /// Index of the subscriber in `spec.subscribers`, or `sink`.
+    pub subscriber: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Counters and histograms of every subscriber in the process.
+#[derive(Clone)]
+pub struct TriggerMetrics {
+    /// Events the subscriber's consumer received from the bus.
+    pub received: Family<SubscriberLabels, Counter>,
+    /// Events whose condition was false.
+    pub filtered: Family<SubscriberLabels, Counter>,
+    /// Events delivered to a destination.
+    pub delivered: Family<SubscriberLabels, Counter>,
+    /// Retries of failed attempts.
+    pub retried: Family<SubscriberLabels, Counter>,
+    /// Events sent to a dead-letter destination.
+    pub dead_lettered: Family<SubscriberLabels, Counter>,
+    /// Events that failed with no dead-letter destination configured.
+    pub dropped: Family<SubscriberLabels, Counter>,
+    /// Time from receiving an event to its successful delivery, in seconds.
+    pub latency: Family<SubscriberLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for TriggerMetrics {
+    fn default() -> Self {
+        Self {
+            received: Family::default(),
+            filtered: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            dropped: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl TriggerMetrics {
+    /// Registers everything under `ofe_trigger_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("ofe_trigger");
+        sub.register("events_received", "Events received from the bus", self.received.clone());
+        sub.register("events_filtered", "Events whose condition was false", self.filtered.clone());
+        sub.register("events_delivered", "Events delivered to a destination", self.delivered.clone());
+        sub.register("delivery_retries", "Retried delivery attempts", self.retried.clone());
+        sub.register("events_dead_lettered", "Events sent to a dead-letter destination", self.dead_lettered.clone());
+        sub.register("events_dropped", "Events that failed with no dead-letter destination", self.dropped.clone());
+        sub.register("delivery_duration_seconds", "Receive-to-delivered time", self.latency.clone());
+    }
+}

@@ -1,0 +1,245 @@
+//! Running one subscriber: a durable bus consumer, the condition, and bounded concurrent
+//! delivery.
+//!
+//! Each subscriber of a Trigger has a durable consumer of its own (named after the Trigger and
+//! the subscriber's index), so replicas share its work, and a slow or failing destination holds
+//! back only its own subscriber, never the others. The consumer reads only the inputs the
+//! condition names, which is what makes "only a named input's event can fire" hold by
+//! construction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use cloudevents::AttributesReader;
+use ofe_eventbus::{BusError, Delivery, EventBus, StartPosition, SubscribeOptions, Subject};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::condition::Condition;
+use crate::delivery::{Deliverer, Destination, Outcome, RetryPolicy, dead_letter_event};
+use crate::metrics::{SubscriberLabels, TriggerMetrics};
+
+/// How long a dead-letter failure waits before the event is tried again from the start.
+const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
+
+/// A destination and where its failures go.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Where the event is delivered.
+    pub destination: Destination,
+    /// Where it goes when that still fails after retries.
+    pub dead_letter: Option<Destination>,
+}
+
+/// Everything one subscriber needs to run.
+#[derive(Clone, Debug)]
+pub struct SubscriberPlan {
+    /// Metric labels, which also name it in logs.
+    pub labels: SubscriberLabels,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// The condition; `None` delivers every event (an EventSource's own sink).
+    pub condition: Option<Arc<Condition>>,
+    /// Input names and their subjects, restricted to the inputs the condition names.
+    pub inputs: Vec<(String, Subject)>,
+    /// How long an input stays true after its last event.
+    pub window: Duration,
+    /// Destinations, in order (sink first, then topic, as OpenFunction did).
+    pub routes: Vec<Route>,
+    /// Deliveries in flight at once.
+    pub max_in_flight: usize,
+    /// Retry settings.
+    pub retry: RetryPolicy,
+}
+
+/// The per-consumer memory of when each input last fired, in bus time.
+#[derive(Debug, Default)]
+pub struct WindowState {
+    last_seen: HashMap<String, DateTime<Utc>>,
+}
+
+impl WindowState {
+    /// Records that `inputs` fired at `at`, then says which of `names` are active at `at`:
+    /// fired within `window` before it.
+    pub fn observe<'a>(
+        &mut self,
+        inputs: &[&str],
+        at: DateTime<Utc>,
+        names: &'a [String],
+        window: Duration,
+    ) -> HashMap<&'a str, bool> {
+        for input in inputs {
+            let seen = self.last_seen.entry((*input).to_string()).or_insert(at);
+            *seen = (*seen).max(at);
+        }
+        let window = chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
+        names
+            .iter()
+            .map(|name| {
+                let active = self.last_seen.get(name).is_some_and(|seen| at - *seen < window);
+                (name.as_str(), active)
+            })
+            .collect()
+    }
+}
+
+/// Runs a subscriber until `shutdown`, then lets in-flight deliveries finish for up to
+/// `drain`; what is still unfinished then is left unacknowledged and is redelivered on the
+/// next start.
+pub async fn run(
+    plan: SubscriberPlan,
+    bus: Arc<dyn EventBus>,
+    deliverer: Deliverer,
+    metrics: TriggerMetrics,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), BusError> {
+    let subjects: BTreeSet<Subject> = plan.inputs.iter().map(|(_, s)| s.clone()).collect();
+    let options = SubscribeOptions {
+        consumer: plan.consumer.clone(),
+        subjects: subjects.into_iter().collect(),
+        max_in_flight: plan.max_in_flight,
+        start: StartPosition::New,
+    };
+    let mut subscription = bus.subscribe(options).await?;
+    let permits = Arc::new(Semaphore::new(plan.max_in_flight));
+    let plan = Arc::new(plan);
+    let mut window = WindowState::default();
+    let mut tasks = JoinSet::new();
+    // Deliveries keep going through shutdown until `drain` ends, so they get their own token.
+    let interrupt = CancellationToken::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.map_err(|_| BusError::Closed)?,
+        };
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => break,
+            d = subscription.next() => match d {
+                Ok(d) => d,
+                Err(BusError::Closed) => break,
+                Err(e) => return Err(e),
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        metrics.received.get_or_create(&plan.labels).inc();
+        if !fires(&plan, &mut window, &delivery) {
+            metrics.filtered.get_or_create(&plan.labels).inc();
+            delivery.ack().await?;
+            continue;
+        }
+        let (plan, deliverer, metrics, interrupt) =
+            (plan.clone(), deliverer.clone(), metrics.clone(), interrupt.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            deliver(&plan, &deliverer, &metrics, &interrupt, delivery).await;
+        });
+    }
+    let drained = tokio::time::timeout(drain, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(subscriber = ?plan.labels, "deliveries still running at shutdown; they will be redelivered");
+        interrupt.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+fn fires(plan: &SubscriberPlan, window: &mut WindowState, delivery: &Delivery) -> bool {
+    let Some(condition) = &plan.condition else { return true };
+    let inputs: Vec<&str> = plan
+        .inputs
+        .iter()
+        .filter(|(_, subject)| *subject == delivery.subject)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let active = window.observe(&inputs, delivery.published_at, condition.names(), plan.window);
+    match condition.evaluate(&active) {
+        Ok(fire) => fire,
+        Err(error) => {
+            tracing::error!(subscriber = ?plan.labels, %error, "condition failed to evaluate; treating it as false");
+            false
+        }
+    }
+}
+
+/// Delivers to every route, dead-lettering failures, then settles the bus delivery.
+async fn deliver(
+    plan: &SubscriberPlan,
+    deliverer: &Deliverer,
+    metrics: &TriggerMetrics,
+    interrupt: &CancellationToken,
+    delivery: Delivery,
+) {
+    let started = Instant::now();
+    let labels = &plan.labels;
+    let event = delivery.event.clone();
+    for route in &plan.routes {
+        let on_retry = || {
+            metrics.retried.get_or_create(labels).inc();
+        };
+        match deliverer.send(&route.destination, &event, &plan.retry, interrupt, on_retry).await {
+            Outcome::Delivered(_) => {
+                metrics.delivered.get_or_create(labels).inc();
+                metrics.latency.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+            }
+            Outcome::Interrupted => return drop(delivery),
+            Outcome::Failed(failure, attempts) => {
+                let Some(dead_letter) = &route.dead_letter else {
+                    metrics.dropped.get_or_create(labels).inc();
+                    tracing::error!(
+                        subscriber = ?labels, destination = %route.destination, id = %event.id(),
+                        reason = %failure.reason, attempts,
+                        "delivery failed and no dead-letter destination is configured; event dropped"
+                    );
+                    continue;
+                };
+                let dead = dead_letter_event(&event, &route.destination, &failure, attempts);
+                match deliverer.send(dead_letter, &dead, &plan.retry, interrupt, on_retry).await {
+                    Outcome::Delivered(_) => {
+                        metrics.dead_lettered.get_or_create(labels).inc();
+                        tracing::warn!(
+                            subscriber = ?labels, destination = %route.destination, dead_letter = %dead_letter,
+                            id = %event.id(), reason = %failure.reason, "event dead-lettered"
+                        );
+                    }
+                    Outcome::Interrupted => return drop(delivery),
+                    Outcome::Failed(dl_failure, _) => {
+                        tracing::error!(
+                            subscriber = ?labels, dead_letter = %dead_letter, id = %event.id(),
+                            reason = %dl_failure.reason, "dead-letter delivery failed too; the event will be retried"
+                        );
+                        let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if let Err(error) = delivery.ack().await {
+        tracing::warn!(%error, "ack failed; the event may be delivered again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_uses_bus_time() {
+        let names = vec!["a".to_string(), "b".to_string()];
+        let t0 = Utc::now();
+        let mut w = WindowState::default();
+        let s = w.observe(&["b"], t0, &names, Duration::from_secs(60));
+        assert_eq!((s["a"], s["b"]), (false, true));
+        let s = w.observe(&["a"], t0 + chrono::TimeDelta::seconds(59), &names, Duration::from_secs(60));
+        assert_eq!((s["a"], s["b"]), (true, true));
+        let s = w.observe(&["a"], t0 + chrono::TimeDelta::seconds(61), &names, Duration::from_secs(60));
+        assert_eq!((s["a"], s["b"]), (true, false));
+    }
+}
