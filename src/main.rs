@@ -1,1 +1,69 @@
-fn main() {}
+//! `ofe`: OpenFunction Events in one binary.
+//!
+//! - `ofe run -f PATH...` runs every EventSource and Trigger found, with the embedded bus.
+//! - `ofe validate -f PATH...` checks manifests and explains every problem.
+//! - `ofe crds` prints the CustomResourceDefinitions.
+
+mod check;
+mod run;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// OpenFunction Events, rebuilt: event sources, a durable event bus and CEL triggers.
+#[derive(Parser)]
+#[command(name = "ofe", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every EventSource and Trigger in the given manifests, in this process.
+    Run(run::RunArgs),
+    /// Check manifests: schema, conditions, schedules, sinks and references.
+    Validate {
+        /// Files or folders of YAML manifests (multi-document files allowed).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the four CustomResourceDefinitions as YAML.
+    Crds {
+        /// Write one file per CRD into this folder instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { paths } => Ok(check::validate_command(&paths)),
+        Command::Crds { out } => crds(out),
+        Command::Run(args) => run::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn crds(out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    match out {
+        None => print!("{}", ofe_crds::crd::all_yaml()?),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, crd) in ofe_crds::crd::all() {
+                std::fs::write(dir.join(file), ofe_crds::crd::to_yaml(&crd)?)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -114,7 +114,9 @@ impl CronSource {
 
 /// The `source` attribute for events of an EventSource.
 pub fn source_uri(namespace: &str, eventsource: &str) -> String {
-    format!("/apis/events.openfunction.io/v1alpha1/namespaces/{namespace}/eventsources/{eventsource}")
+    format!(
+        "/apis/events.openfunction.io/v1alpha1/namespaces/{namespace}/eventsources/{eventsource}"
+    )
 }
 
 /// Publishes until the bus has the event; `false` if shutdown or a closed bus stopped it.

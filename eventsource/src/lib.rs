@@ -72,9 +72,10 @@ pub fn spawn(
         }
     }
     for (event, spec) in es.spec.cron.iter().flatten() {
-        let schedule = Schedule::parse(&spec.schedule, spec.timezone.as_deref()).map_err(|message| {
-            SourceError::Invalid { path: format!("spec.cron.{event}.schedule"), message }
-        })?;
+        let schedule =
+            Schedule::parse(&spec.schedule, spec.timezone.as_deref()).map_err(|message| {
+                SourceError::Invalid { path: format!("spec.cron.{event}.schedule"), message }
+            })?;
         sources.push(CronSource {
             namespace: namespace.clone(),
             eventsource: name.clone(),

@@ -34,7 +34,11 @@ impl SourceMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("ofe_eventsource");
         sub.register("events_received", "Inputs received from upstream", self.received.clone());
-        sub.register("events_published", "Events stored durably on the bus", self.published.clone());
+        sub.register(
+            "events_published",
+            "Events stored durably on the bus",
+            self.published.clone(),
+        );
         sub.register(
             "events_duplicate",
             "Publishes the bus dropped as duplicates of an earlier event",

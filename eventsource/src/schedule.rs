@@ -29,7 +29,9 @@ impl Schedule {
         let tz: Tz = match timezone {
             None => Tz::UTC,
             Some(name) => name.parse().map_err(|_| {
-                format!("unknown time zone `{name}`; use an IANA name such as `Europe/Berlin` or `UTC`")
+                format!(
+                    "unknown time zone `{name}`; use an IANA name such as `Europe/Berlin` or `UTC`"
+                )
             })?,
         };
         let text = schedule.trim();
@@ -128,6 +130,10 @@ mod tests {
         assert!(Schedule::parse("@sometimes", None).unwrap_err().contains("unknown descriptor"));
         assert!(Schedule::parse("* * *", None).unwrap_err().contains("has 3 fields"));
         assert!(Schedule::parse("61 * * * *", None).unwrap_err().contains("not a valid cron"));
-        assert!(Schedule::parse("@hourly", Some("Mars/Base")).unwrap_err().contains("unknown time zone"));
+        assert!(
+            Schedule::parse("@hourly", Some("Mars/Base"))
+                .unwrap_err()
+                .contains("unknown time zone")
+        );
     }
 }

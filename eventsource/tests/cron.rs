@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudevents::AttributesReader;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{EventBus, StartPosition, SubscribeOptions, Subject};
+use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::{CronSource, Schedule, SourceMetrics};
 use tokio_util::sync::CancellationToken;
 
@@ -43,10 +43,15 @@ async fn cron_events_reach_the_bus_with_their_attributes() {
             .expect("delivery");
         let e = &d.event;
         assert_eq!(e.ty(), "io.openfunction.events.cron");
-        assert_eq!(e.source().to_string(), "/apis/events.openfunction.io/v1alpha1/namespaces/team-a/eventsources/clock");
+        assert_eq!(
+            e.source().to_string(),
+            "/apis/events.openfunction.io/v1alpha1/namespaces/team-a/eventsources/clock"
+        );
         assert_eq!(e.subject(), Some("tick"));
         assert_eq!(e.datacontenttype(), Some("application/json"));
-        for (ext, want) in [("ofenamespace", "team-a"), ("ofeeventsource", "clock"), ("ofeevent", "tick")] {
+        for (ext, want) in
+            [("ofenamespace", "team-a"), ("ofeeventsource", "clock"), ("ofeevent", "tick")]
+        {
             assert_eq!(e.extension(ext).map(ToString::to_string).as_deref(), Some(want), "{ext}");
         }
         let time = e.time().copied().expect("time set");

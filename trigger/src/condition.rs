@@ -83,15 +83,21 @@ impl Condition {
     pub fn compile(text: &str, inputs: &BTreeSet<String>) -> Result<Self, ConditionError> {
         if text.trim().is_empty() {
             return Err(ConditionError {
-                message: "is empty; write a CEL expression over the input names, e.g. `eventA && eventB`"
-                    .into(),
+                message:
+                    "is empty; write a CEL expression over the input names, e.g. `eventA && eventB`"
+                        .into(),
                 column: None,
             });
         }
         let program = ENV.compile(text).map_err(|errors| match errors.errors.first() {
             Some(first) => {
                 let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
-                caret(text, column, &format!("does not compile: {}", first.msg), "fix the expression")
+                caret(
+                    text,
+                    column,
+                    &format!("does not compile: {}", first.msg),
+                    "fix the expression",
+                )
             }
             None => ConditionError { message: format!("does not compile: {errors}"), column: None },
         })?;
@@ -139,7 +145,10 @@ impl Condition {
     pub fn evaluate(&self, active: &HashMap<&str, bool>) -> Result<bool, String> {
         let mut context = Context::with_env(ENV.clone());
         for name in &self.names {
-            context.add_variable_from_value(name.as_str(), active.get(name.as_str()).copied().unwrap_or(false));
+            context.add_variable_from_value(
+                name.as_str(),
+                active.get(name.as_str()).copied().unwrap_or(false),
+            );
         }
         match self.program.execute(&context) {
             Ok(Value::Bool(b)) => Ok(b),
@@ -169,7 +178,10 @@ impl Condition {
                 Ok(_) => {}
                 Err(e) => {
                     return Err(ConditionError {
-                        message: format!("`{}` {e}; conditions must be boolean expressions", self.text),
+                        message: format!(
+                            "`{}` {e}; conditions must be boolean expressions",
+                            self.text
+                        ),
                         column: None,
                     });
                 }
@@ -220,7 +232,11 @@ mod tests {
         assert!(err.message.contains("does not compile"), "{}", err.message);
         let column = err.column.expect("column");
         assert_eq!(column, 11, "{}", err.message);
-        assert!(err.message.ends_with(&format!("\n    {}^", " ".repeat(column - 1))), "{}", err.message);
+        assert!(
+            err.message.ends_with(&format!("\n    {}^", " ".repeat(column - 1))),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -229,14 +245,30 @@ mod tests {
         assert_eq!(err.column, Some(11));
         assert!(err.message.contains("`eventC` is not an input"), "{}", err.message);
         assert!(err.message.contains("use one of: eventA, eventB"), "{}", err.message);
-        assert!(err.message.ends_with("\n    eventA && eventC\n              ^"), "{}", err.message);
+        assert!(
+            err.message.ends_with("\n    eventA && eventC\n              ^"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn conditions_that_cannot_fire_or_are_not_boolean_are_rejected() {
-        assert!(Condition::compile("!eventA", &inputs()).unwrap_err().message.contains("can never fire"));
-        assert!(Condition::compile("true", &inputs()).unwrap_err().message.contains("names no input"));
-        assert!(Condition::compile("eventA ? 1 : 2", &inputs()).unwrap_err().message.contains("not a bool"));
+        assert!(
+            Condition::compile("!eventA", &inputs())
+                .unwrap_err()
+                .message
+                .contains("can never fire")
+        );
+        assert!(
+            Condition::compile("true", &inputs()).unwrap_err().message.contains("names no input")
+        );
+        assert!(
+            Condition::compile("eventA ? 1 : 2", &inputs())
+                .unwrap_err()
+                .message
+                .contains("not a bool")
+        );
         assert!(Condition::compile("  ", &inputs()).unwrap_err().message.contains("is empty"));
     }
 }

@@ -150,7 +150,8 @@ impl Deliverer {
                     return Ok(());
                 }
                 let body = response.bytes().await.unwrap_or_default();
-                let text = String::from_utf8_lossy(&body[..body.len().min(BODY_LIMIT)]).into_owned();
+                let text =
+                    String::from_utf8_lossy(&body[..body.len().min(BODY_LIMIT)]).into_owned();
                 Err(Failure {
                     code: Some(status),
                     reason: format!("HTTP {status}: {text}"),
@@ -257,7 +258,12 @@ fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) {
 }
 
 /// The event to dead-letter: the original, with the failure recorded in extension attributes.
-pub fn dead_letter_event(event: &Event, dest: &Destination, failure: &Failure, attempts: u32) -> Event {
+pub fn dead_letter_event(
+    event: &Event,
+    dest: &Destination,
+    failure: &Failure,
+    attempts: u32,
+) -> Event {
     let mut dead = event.clone();
     let mut reason: String = failure.reason.chars().take(BODY_LIMIT + 64).collect();
     reason.retain(|c| !c.is_control() || c == ' ');
@@ -317,12 +323,22 @@ mod tests {
     #[test]
     fn dead_letters_record_the_failure() {
         let event = EventBuilderV10::new().id("1").source("/s").ty("t").build().expect("event");
-        let failure = Failure { code: Some(500), reason: "HTTP 500: boom\n".into(), retryable: true };
+        let failure =
+            Failure { code: Some(500), reason: "HTTP 500: boom\n".into(), retryable: true };
         let dest = Destination::Http { url: "http://127.0.0.1:1/x".into() };
         let dead = dead_letter_event(&event, &dest, &failure, 6);
-        assert_eq!(dead.extension(EXT_ERROR_DEST).map(ToString::to_string).as_deref(), Some("http://127.0.0.1:1/x"));
+        assert_eq!(
+            dead.extension(EXT_ERROR_DEST).map(ToString::to_string).as_deref(),
+            Some("http://127.0.0.1:1/x")
+        );
         assert_eq!(dead.extension(EXT_ERROR_CODE).map(ToString::to_string).as_deref(), Some("500"));
-        assert_eq!(dead.extension(EXT_ERROR_REASON).map(ToString::to_string).as_deref(), Some("HTTP 500: boom"));
-        assert_eq!(dead.extension(EXT_ERROR_ATTEMPTS).map(ToString::to_string).as_deref(), Some("6"));
+        assert_eq!(
+            dead.extension(EXT_ERROR_REASON).map(ToString::to_string).as_deref(),
+            Some("HTTP 500: boom")
+        );
+        assert_eq!(
+            dead.extension(EXT_ERROR_ATTEMPTS).map(ToString::to_string).as_deref(),
+            Some("6")
+        );
     }
 }

@@ -108,18 +108,27 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             })
             .collect();
         let mut routes = Vec::new();
-        let mut route = |dest: Result<Destination, Diagnostic>, dl: Option<Result<Destination, Diagnostic>>| {
+        let mut route = |dest: Result<Destination, Diagnostic>,
+                         dl: Option<Result<Destination, Diagnostic>>| {
             match (dest, dl.transpose()) {
-                (Ok(destination), Ok(dead_letter)) => routes.push(Route { destination, dead_letter }),
+                (Ok(destination), Ok(dead_letter)) => {
+                    routes.push(Route { destination, dead_letter })
+                }
                 (Err(e), _) | (_, Err(e)) => errors.push(e),
             }
         };
         if let Some(sink) = &sub.sink {
-            let dl = sub.dead_letter_sink.as_ref().map(|s| sink_destination(&format!("{path}.deadLetterSink"), s));
+            let dl = sub
+                .dead_letter_sink
+                .as_ref()
+                .map(|s| sink_destination(&format!("{path}.deadLetterSink"), s));
             route(sink_destination(&format!("{path}.sink"), sink), dl);
         }
         if let Some(topic) = &sub.topic {
-            let to = |t: &String| Destination::Topic { name: t.clone(), subject: Subject::topic(namespace, t) };
+            let to = |t: &String| Destination::Topic {
+                name: t.clone(),
+                subject: Subject::topic(namespace, t),
+            };
             route(Ok(to(topic)), sub.dead_letter_topic.as_ref().map(|t| Ok(to(t))));
         }
         plans.push(SubscriberPlan {

@@ -60,10 +60,26 @@ impl TriggerMetrics {
         let sub = registry.sub_registry_with_prefix("ofe_trigger");
         sub.register("events_received", "Events received from the bus", self.received.clone());
         sub.register("events_filtered", "Events whose condition was false", self.filtered.clone());
-        sub.register("events_delivered", "Events delivered to a destination", self.delivered.clone());
+        sub.register(
+            "events_delivered",
+            "Events delivered to a destination",
+            self.delivered.clone(),
+        );
         sub.register("delivery_retries", "Retried delivery attempts", self.retried.clone());
-        sub.register("events_dead_lettered", "Events sent to a dead-letter destination", self.dead_lettered.clone());
-        sub.register("events_dropped", "Events that failed with no dead-letter destination", self.dropped.clone());
-        sub.register("delivery_duration_seconds", "Receive-to-delivered time", self.latency.clone());
+        sub.register(
+            "events_dead_lettered",
+            "Events sent to a dead-letter destination",
+            self.dead_lettered.clone(),
+        );
+        sub.register(
+            "events_dropped",
+            "Events that failed with no dead-letter destination",
+            self.dropped.clone(),
+        );
+        sub.register(
+            "delivery_duration_seconds",
+            "Receive-to-delivered time",
+            self.latency.clone(),
+        );
     }
 }

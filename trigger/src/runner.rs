@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cloudevents::AttributesReader;
-use ofe_eventbus::{BusError, Delivery, EventBus, StartPosition, SubscribeOptions, Subject};
+use ofe_eventbus::{
+    BusError, Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -86,17 +88,12 @@ impl WindowState {
     }
 }
 
-/// Runs a subscriber until `shutdown`, then lets in-flight deliveries finish for up to
-/// `drain`; what is still unfinished then is left unacknowledged and is redelivered on the
-/// next start.
-pub async fn run(
-    plan: SubscriberPlan,
-    bus: Arc<dyn EventBus>,
-    deliverer: Deliverer,
-    metrics: TriggerMetrics,
-    shutdown: CancellationToken,
-    drain: Duration,
-) -> Result<(), BusError> {
+/// Opens the subscriber's durable consumer. Do this for every subscriber before any source
+/// starts, so that a consumer created now does not miss the first events.
+pub async fn subscribe(
+    plan: &SubscriberPlan,
+    bus: &dyn EventBus,
+) -> Result<Box<dyn Subscription>, BusError> {
     let subjects: BTreeSet<Subject> = plan.inputs.iter().map(|(_, s)| s.clone()).collect();
     let options = SubscribeOptions {
         consumer: plan.consumer.clone(),
@@ -104,7 +101,20 @@ pub async fn run(
         max_in_flight: plan.max_in_flight,
         start: StartPosition::New,
     };
-    let mut subscription = bus.subscribe(options).await?;
+    bus.subscribe(options).await
+}
+
+/// Runs a subscriber until `shutdown`, then lets in-flight deliveries finish for up to
+/// `drain`; what is still unfinished then is left unacknowledged and is redelivered on the
+/// next start.
+pub async fn run(
+    plan: SubscriberPlan,
+    mut subscription: Box<dyn Subscription>,
+    deliverer: Deliverer,
+    metrics: TriggerMetrics,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), BusError> {
     let permits = Arc::new(Semaphore::new(plan.max_in_flight));
     let plan = Arc::new(plan);
     let mut window = WindowState::default();
@@ -138,10 +148,8 @@ pub async fn run(
             deliver(&plan, &deliverer, &metrics, &interrupt, delivery).await;
         });
     }
-    let drained = tokio::time::timeout(drain, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(subscriber = ?plan.labels, "deliveries still running at shutdown; they will be redelivered");
         interrupt.cancel();
@@ -237,9 +245,11 @@ mod tests {
         let mut w = WindowState::default();
         let s = w.observe(&["b"], t0, &names, Duration::from_secs(60));
         assert_eq!((s["a"], s["b"]), (false, true));
-        let s = w.observe(&["a"], t0 + chrono::TimeDelta::seconds(59), &names, Duration::from_secs(60));
+        let s =
+            w.observe(&["a"], t0 + chrono::TimeDelta::seconds(59), &names, Duration::from_secs(60));
         assert_eq!((s["a"], s["b"]), (true, true));
-        let s = w.observe(&["a"], t0 + chrono::TimeDelta::seconds(61), &names, Duration::from_secs(60));
+        let s =
+            w.observe(&["a"], t0 + chrono::TimeDelta::seconds(61), &names, Duration::from_secs(60));
         assert_eq!((s["a"], s["b"]), (true, false));
     }
 }

@@ -22,7 +22,12 @@ fn fires(condition: &str, history: &[(&str, i64)], arrives: &str) -> bool {
     let mut window = WindowState::default();
     for (input, ago) in history {
         if condition.names().iter().any(|n| n == input) {
-            window.observe(&[input], now - TimeDelta::seconds(*ago), condition.names(), Duration::from_secs(60));
+            window.observe(
+                &[input],
+                now - TimeDelta::seconds(*ago),
+                condition.names(),
+                Duration::from_secs(60),
+            );
         }
     }
     let active = window.observe(&[arrives], now, condition.names(), Duration::from_secs(60));
@@ -48,7 +53,11 @@ fn table_of_cases() {
         ("A && B", &[("A", 1), ("B", 2)], "C", false), // C is not named
     ];
     for (condition, history, arrives, want) in rows {
-        assert_eq!(fires(condition, history, arrives), *want, "{condition} with {history:?} then {arrives}");
+        assert_eq!(
+            fires(condition, history, arrives),
+            *want,
+            "{condition} with {history:?} then {arrives}"
+        );
     }
 }
 
@@ -74,14 +83,22 @@ spec:
 "#,
     )
     .expect("yaml");
-    let Some(Resource::Trigger(trigger)) = parse_document(doc).expect("parses") else { panic!("trigger") };
+    let Some(Resource::Trigger(trigger)) = parse_document(doc).expect("parses") else {
+        panic!("trigger")
+    };
     let plans = plan(&trigger, RetryPolicy::default()).expect("plans");
     assert_eq!(plans.len(), 2);
     assert_eq!(plans[0].inputs, vec![("eventB".to_string(), Subject::event("other", "es-b", "e"))]);
     assert_eq!(plans[0].consumer, "trigger.ns.t.0");
     assert_eq!(
         plans[1].inputs,
-        vec![("chained".to_string(), Subject::topic("ns", "metrics")), ("eventA".to_string(), Subject::event("ns", "es-a", "e"))]
+        vec![
+            ("chained".to_string(), Subject::topic("ns", "metrics")),
+            ("eventA".to_string(), Subject::event("ns", "es-a", "e"))
+        ]
     );
-    assert_eq!(plans[1].routes[0].dead_letter.as_ref().map(ToString::to_string).as_deref(), Some("topic:out-dead"));
+    assert_eq!(
+        plans[1].routes[0].dead_letter.as_ref().map(ToString::to_string).as_deref(),
+        Some("topic:out-dead")
+    );
 }

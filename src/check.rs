@@ -1,0 +1,65 @@
+//! Loading and checking manifests, shared by `ofe validate` and `ofe run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ofe_crds::diagnostic::Diagnostic;
+use ofe_crds::manifest::{self, Manifest, Resource};
+
+/// Every resource found, and every problem with them.
+pub struct Checked {
+    /// Resources that parsed.
+    pub manifests: Vec<Manifest>,
+    /// Problems, errors and warnings, each naming file, document and field.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    /// Whether any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Loads `paths` and runs every check: structure, CEL conditions, cron schedules, and
+/// references between resources.
+pub fn load_and_check(paths: &[PathBuf]) -> Checked {
+    let set = manifest::load(paths);
+    let mut diagnostics = set.diagnostics;
+    for m in &set.manifests {
+        let mut found = ofe_crds::validate::check_resource(&m.resource);
+        match &m.resource {
+            Resource::Trigger(t) => found.extend(ofe_trigger::check(t)),
+            Resource::EventSource(es) => found.extend(ofe_eventsource::check(es)),
+            Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
+        }
+        diagnostics.extend(found.into_iter().map(|d| d.at(&m.origin)));
+    }
+    diagnostics.extend(ofe_crds::validate::check_set(&set.manifests));
+    Checked { manifests: set.manifests, diagnostics }
+}
+
+/// Prints diagnostics, errors first.
+pub fn report(diagnostics: &[Diagnostic]) {
+    for d in diagnostics.iter().filter(|d| d.is_error()) {
+        eprintln!("{d}");
+    }
+    for d in diagnostics.iter().filter(|d| !d.is_error()) {
+        eprintln!("{d}");
+    }
+}
+
+/// `ofe validate`: prints every problem; exit status 1 on any error.
+pub fn validate_command(paths: &[PathBuf]) -> ExitCode {
+    let checked = load_and_check(paths);
+    report(&checked.diagnostics);
+    let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = checked.diagnostics.len() - errors;
+    println!(
+        "{} resources checked: {errors} error{}, {warnings} warning{}",
+        checked.manifests.len(),
+        if errors == 1 { "" } else { "s" },
+        if warnings == 1 { "" } else { "s" },
+    );
+    if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
