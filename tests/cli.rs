@@ -1,0 +1,123 @@
+//! `ofe validate` and `ofe crds`, run as a user would.
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::ofe;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Each sample is a standalone manifest (two of them reuse the name `my-eventsource`), so each
+/// file is validated on its own.
+#[test]
+fn validate_accepts_every_openfunction_sample_unchanged() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("tests/fixtures/openfunction"))
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7);
+    for file in files {
+        let out = ofe().args(["validate", "-f"]).arg(&file).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{} failed:\n{stderr}\n{stdout}", file.display());
+        assert!(stdout.contains("0 errors"), "{stdout}");
+        if file.ends_with("eventbus-natsstreaming.yaml") {
+            assert!(stderr.contains("warning: NATS Streaming is end-of-life"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn validate_accepts_the_example() {
+    let out = ofe()
+        .args(["validate", "-f"])
+        .arg(repo("examples/cron-to-function"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn broken_condition_is_rejected_with_file_path_and_column() {
+    let file = repo("tests/fixtures/broken/trigger.yaml");
+    let out = ofe().args(["validate", "-f"]).arg(&file).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "a broken condition must exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want =
+        format!("{}:document 2: spec.subscribers[1].condition: does not compile", file.display());
+    assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    assert!(stderr.contains("(column 9)"), "{stderr}");
+    assert!(
+        stderr.contains("\n    tick && && tick\n            ^"),
+        "caret must point at column 9:\n{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_each_kind_of_mistake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = r#"
+apiVersion: events.openfunction.io/v1alpha1
+kind: EventSource
+metadata: { name: nowhere }
+spec:
+  cron:
+    tick: { schedule: "every five seconds" }
+---
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: { name: t }
+spec:
+  eventBus: default
+  inputs:
+    event-a: { eventSource: missing, event: e }
+  subscribers:
+  - condition: event_b
+    sink: {}
+"#;
+    let path = support::manifests(dir.path(), yaml).join("all.yaml");
+    let out = ofe().args(["validate", "-f"]).arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    for want in [
+        format!("{p}:document 1: spec: neither eventBus nor sink is set"),
+        format!("{p}:document 1: spec.cron.tick.schedule:"),
+        format!("{p}:document 2: spec.inputs.event-a: `event-a` is not a valid CEL identifier"),
+        format!("{p}:document 2: spec.subscribers[0].sink: neither uri nor ref is set"),
+        format!("{p}:document 2: spec.subscribers[0].condition: `event_b` is not an input"),
+        format!("{p}:document 2: spec.inputs.event-a: warning: no EventSource `default/missing`"),
+    ] {
+        assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn crds_prints_the_committed_files() {
+    let out = ofe().arg("crds").output().expect("run");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf8");
+    let mut committed = String::new();
+    for file in [
+        "events.openfunction.io_eventsources.yaml",
+        "events.openfunction.io_eventbus.yaml",
+        "events.openfunction.io_clustereventbus.yaml",
+        "events.openfunction.io_triggers.yaml",
+    ] {
+        committed.push_str("---\n");
+        committed
+            .push_str(&std::fs::read_to_string(repo("crds/generated").join(file)).expect("read"));
+    }
+    assert_eq!(printed, committed, "`ofe crds` must print exactly the committed CRDs");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&printed).expect("valid YAML");
+    assert_eq!(docs.len(), 4);
+    assert!(
+        docs.iter().all(|d| d["apiVersion"] == "apiextensions.k8s.io/v1"
+            && d["kind"] == "CustomResourceDefinition")
+    );
+}

@@ -1,0 +1,150 @@
+//! Helpers for tests that drive the `ofe` binary: a recording HTTP receiver, and process
+//! control.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+
+/// One request the receiver saw.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Request path.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+}
+
+impl Received {
+    /// A header as text, or "".
+    pub fn header(&self, name: &str) -> String {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    }
+}
+
+/// An HTTP server on a free loopback port that records every request. It answers 500 on
+/// `/fail` and 200 elsewhere.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    seen: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn record(
+    State(r): State<Receiver>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let path = uri.path().to_string();
+    let fail = path == "/fail";
+    let slow = path == "/slow";
+    r.seen.lock().expect("lock").push(Received { path, headers, body });
+    if slow {
+        // Keeps deliveries in flight, so a crash lands while some are unacknowledged.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    if fail { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+}
+
+impl Receiver {
+    /// Starts the receiver; returns it and its base URL.
+    pub async fn start() -> (Self, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = Self::default();
+        let app = Router::new().fallback(record).with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, format!("http://{addr}"))
+    }
+
+    /// Everything received on `path`.
+    pub fn on(&self, path: &str) -> Vec<Received> {
+        self.seen.lock().expect("lock").iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Waits until `done` holds for what was received, or panics after `limit`.
+    pub async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&Self) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The `ofe` binary built for these tests.
+pub fn ofe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ofe"))
+}
+
+/// Starts `ofe run` on `manifests` with `data_dir`, serving metrics on `listen`.
+pub fn start_ofe(manifests: &Path, data_dir: &Path, listen: SocketAddr) -> Child {
+    ofe()
+        .args(["run", "-f"])
+        .arg(manifests)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &listen.to_string(), "--log-level", "error"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn ofe run")
+}
+
+/// Waits until `ofe run` answers `/healthz` on `listen` (its signal handlers are installed by
+/// then).
+pub async fn wait_ready(listen: SocketAddr) {
+    let start = Instant::now();
+    while get(&format!("http://{listen}/healthz")).await != "ok\n" {
+        assert!(start.elapsed() < Duration::from_secs(30), "ofe did not become ready on {listen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGTERM and waits for the exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    child.wait().expect("wait for ofe")
+}
+
+/// GETs a URL on loopback and returns the body, or "" on failure.
+pub async fn get(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of a Prometheus counter line starting with `prefix` (labels included), or 0.
+pub fn counter(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Writes manifests into a temp folder as one file.
+pub fn manifests(dir: &Path, yaml: &str) -> std::path::PathBuf {
+    let folder = dir.join("manifests");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("all.yaml"), yaml).expect("write manifests");
+    folder
+}
