@@ -11,6 +11,9 @@
 //!
 //! This crate sits at the bottom of the workspace and depends on no other ofe crate.
 
+// kube-derive's `printcolumn(...)` repeats `type_ = ...` once per column by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod crd;
 pub mod diagnostic;

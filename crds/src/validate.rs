@@ -211,10 +211,8 @@ fn check_trigger(t: &Trigger) -> Vec<Diagnostic> {
             ));
         }
     }
-    if let Some(window) = &spec.window {
-        if let Err(e) = duration::parse(window) {
-            out.push(Diagnostic::error("spec.window", e));
-        }
+    if let Some(Err(e)) = spec.window.as_deref().map(duration::parse) {
+        out.push(Diagnostic::error("spec.window", e));
     }
     out
 }
@@ -245,10 +243,8 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
              (enable JetStream on that server, or switch to spec.jetstream)",
         ));
     }
-    if let Some(age) = spec.embedded.as_ref().and_then(|e| e.max_age.as_ref()) {
-        if let Err(e) = duration::parse(age) {
-            out.push(Diagnostic::error("spec.embedded.maxAge", e));
-        }
+    if let Some(Err(e)) = spec.embedded.as_ref().and_then(|e| e.max_age.as_deref()).map(duration::parse) {
+        out.push(Diagnostic::error("spec.embedded.maxAge", e));
     }
     if spec.embedded.as_ref().and_then(|e| e.max_bytes).is_some_and(|b| b < 1 << 20) {
         out.push(Diagnostic::error("spec.embedded.maxBytes", "must be at least 1048576 (1 MiB)"));

@@ -633,12 +633,11 @@ impl EmbeddedSubscription {
     }
 
     fn settle(group: &Group, seq: u64, redeliver_after: Option<Duration>) {
-        if let Ok(mut state) = group.state.lock() {
-            if let Some(attempts) = state.in_flight.remove(&seq) {
-                if let Some(delay) = redeliver_after {
-                    state.redeliver.insert(seq, (Instant::now() + delay, attempts));
-                }
-            }
+        if let Ok(mut state) = group.state.lock()
+            && let Some(attempts) = state.in_flight.remove(&seq)
+            && let Some(delay) = redeliver_after
+        {
+            state.redeliver.insert(seq, (Instant::now() + delay, attempts));
         }
         group.changed.notify_waiters();
     }

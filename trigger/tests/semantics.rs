@@ -34,10 +34,12 @@ fn fires(condition: &str, history: &[(&str, i64)], arrives: &str) -> bool {
     condition.evaluate(&active).expect("evaluates")
 }
 
+/// (condition, earlier events as (input, seconds ago), arriving event, fires?)
+type Row = (&'static str, &'static [(&'static str, i64)], &'static str, bool);
+
 #[test]
 fn table_of_cases() {
-    // (condition, earlier events, arriving event, fires?)
-    let rows: &[(&str, &[(&str, i64)], &str, bool)] = &[
+    let rows: &[Row] = &[
         ("A", &[], "A", true),
         ("A", &[("A", 10)], "B", false), // B is not named: never fires A's subscriber
         ("A && B", &[("B", 30)], "A", true),

