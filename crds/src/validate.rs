@@ -243,7 +243,9 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
              (enable JetStream on that server, or switch to spec.jetstream)",
         ));
     }
-    if let Some(Err(e)) = spec.embedded.as_ref().and_then(|e| e.max_age.as_deref()).map(duration::parse) {
+    if let Some(Err(e)) =
+        spec.embedded.as_ref().and_then(|e| e.max_age.as_deref()).map(duration::parse)
+    {
         out.push(Diagnostic::error("spec.embedded.maxAge", e));
     }
     if spec.embedded.as_ref().and_then(|e| e.max_bytes).is_some_and(|b| b < 1 << 20) {
