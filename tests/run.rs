@@ -8,29 +8,28 @@ use std::time::Duration;
 
 use support::{Receiver, counter, free_addr, get, manifests, start_ofe, terminate, wait_ready};
 
-fn cron_and_trigger(base: &str, subscribers: &str) -> String {
+/// The `clock` EventSource: `tick` every second on bus `default`, optionally with its own sink.
+fn clock(sink: Option<&str>) -> String {
+    let sink = sink.map(|uri| format!("  sink: {{ uri: \"{uri}\" }}\n")).unwrap_or_default();
     format!(
-        r#"
-apiVersion: events.openfunction.io/v1alpha1
-kind: EventSource
-metadata: {{ name: clock }}
-spec:
-  eventBus: default
-  cron:
-    tick: {{ schedule: "@every 1s" }}
----
-apiVersion: events.openfunction.io/v1alpha1
-kind: Trigger
-metadata: {{ name: route }}
-spec:
-  eventBus: default
-  inputs:
-    tick: {{ eventSource: clock, event: tick }}
-  subscribers:
-{}
-"#,
-        subscribers.replace("BASE", base)
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: clock }}\n\
+         spec:\n  eventBus: default\n  cron:\n    tick: {{ schedule: \"@every 1s\" }}\n{sink}"
     )
+}
+
+/// A Trigger on bus `default`; `inputs` and `subscribers` are YAML lines at two-space indent.
+fn trigger(name: &str, inputs: &str, subscribers: &str) -> String {
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: {{ name: {name} }}\n\
+         spec:\n  eventBus: default\n  inputs:\n{inputs}\n  subscribers:\n{subscribers}\n"
+    )
+}
+
+/// `clock` and a Trigger `route` whose subscribers (with `BASE` standing for the receiver's
+/// URL) read `tick`.
+fn cron_and_trigger(base: &str, subscribers: &str) -> String {
+    let tick = "    tick: { eventSource: clock, event: tick }";
+    clock(None) + &trigger("route", tick, &subscribers.replace("BASE", base))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,40 +197,17 @@ async fn failing_sink_is_retried_then_dead_lettered_while_others_keep_receiving(
 async fn topic_subscribers_feed_a_second_trigger_and_eventsource_sinks_work() {
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        r#"
-apiVersion: events.openfunction.io/v1alpha1
-kind: EventSource
-metadata: {{ name: clock }}
-spec:
-  eventBus: default
-  cron:
-    tick: {{ schedule: "@every 1s" }}
-  sink: {{ uri: "{base}/direct" }}
----
-apiVersion: events.openfunction.io/v1alpha1
-kind: Trigger
-metadata: {{ name: first }}
-spec:
-  eventBus: default
-  inputs:
-    tick: {{ eventSource: clock, event: tick }}
-  subscribers:
-  - condition: tick
-    topic: metrics
----
-apiVersion: events.openfunction.io/v1alpha1
-kind: Trigger
-metadata: {{ name: second }}
-spec:
-  eventBus: default
-  inputs:
-    metrics: {{ topic: metrics }}
-  subscribers:
-  - condition: metrics
-    sink: {{ uri: "{base}/async" }}
-"#
-    );
+    let yaml = clock(Some(&format!("{base}/direct")))
+        + &trigger(
+            "first",
+            "    tick: { eventSource: clock, event: tick }",
+            "  - condition: tick\n    topic: metrics",
+        )
+        + &trigger(
+            "second",
+            "    metrics: { topic: metrics }",
+            &format!("  - condition: metrics\n    sink: {{ uri: \"{base}/async\" }}"),
+        );
     let listen = free_addr();
     let mut ofe = start_ofe(&manifests(dir.path(), &yaml), &dir.path().join("data"), listen);
     wait_ready(listen).await;

@@ -66,9 +66,70 @@ pub struct EmbeddedBusSpec {
 pub struct JetStreamBusSpec {
     /// Server URL(s), comma-separated, e.g. `nats://nats:4222`.
     pub url: String,
-    /// Stream name. Default `OFE`.
+    /// Stream holding the events. Created when missing (subjects `ofe.>`), attached to when it
+    /// exists. Default `OFE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// Stream replicas when ofe creates the stream. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Stream retention by size, in bytes, when ofe creates the stream. Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<i64>,
+    /// Stream retention by age, e.g. `168h`, when ofe creates the stream. Default 7 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Window in which a republished event (same subject, source and id) is dropped. Default
+    /// `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_window: Option<String>,
+    /// How long a delivery may stay unacknowledged before the server redelivers it; ofe keeps
+    /// long deliveries alive with progress acks. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_wait: Option<String>,
+    /// How often a message is delivered at most; after that it goes to the dead-letter
+    /// subject. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<i64>,
+    /// Credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NatsAuthSpec>,
+    /// TLS to the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// NATS credentials: one of user/password, token, or a credentials file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsAuthSpec {
+    /// User name (with `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password (with `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Path of a `.creds` file (JWT and NKey seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+}
+
+/// TLS settings for a connection to a broker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// PEM file of the CA that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM client certificate, for mutual TLS (with `keyFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM client key (with `certFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// A Kafka bus.

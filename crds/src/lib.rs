@@ -28,7 +28,7 @@ pub mod validate;
 pub use common::{Condition, Reference, ScaleOption, SinkSpec};
 pub use eventbus::{
     BusBackend, ClusterEventBus, ClusterEventBusSpec, EmbeddedBusSpec, EventBus, EventBusSpec,
-    JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec,
+    JetStreamBusSpec, KafkaBusSpec, NatsAuthSpec, NatsStreamingSpec, TlsSpec,
 };
 pub use eventsource::{
     CronSpec, EventSource, EventSourceSpec, EventSourceStatus, KafkaSpec, MqttSpec, RedisSpec,

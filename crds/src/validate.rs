@@ -248,6 +248,47 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
     {
         out.push(Diagnostic::error("spec.embedded.maxAge", e));
     }
+    if let Some(js) = &spec.jetstream {
+        for (field, value) in [
+            ("maxAge", &js.max_age),
+            ("duplicateWindow", &js.duplicate_window),
+            ("ackWait", &js.ack_wait),
+        ] {
+            if let Some(Err(e)) = value.as_deref().map(duration::parse) {
+                out.push(Diagnostic::error(format!("spec.jetstream.{field}"), e));
+            }
+        }
+        if js.max_deliver.is_some_and(|n| n < 1) {
+            out.push(Diagnostic::error("spec.jetstream.maxDeliver", "must be at least 1"));
+        }
+        if let Some(auth) = &js.auth {
+            let ways = [
+                auth.user.is_some() || auth.password.is_some(),
+                auth.token.is_some(),
+                auth.credentials_file.is_some(),
+            ];
+            if ways.iter().filter(|w| **w).count() > 1 {
+                out.push(Diagnostic::error(
+                    "spec.jetstream.auth",
+                    "sets more than one way to authenticate; keep user/password, token or credentialsFile",
+                ));
+            }
+            if auth.user.is_some() != auth.password.is_some() {
+                out.push(Diagnostic::error(
+                    "spec.jetstream.auth",
+                    "user and password go together; set both",
+                ));
+            }
+        }
+        if let Some(tls) = &js.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            out.push(Diagnostic::error(
+                "spec.jetstream.tls",
+                "certFile and keyFile go together; set both",
+            ));
+        }
+    }
     if spec.embedded.as_ref().and_then(|e| e.max_bytes).is_some_and(|b| b < 1 << 20) {
         out.push(Diagnostic::error("spec.embedded.maxBytes", "must be at least 1048576 (1 MiB)"));
     }
