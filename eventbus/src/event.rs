@@ -28,3 +28,156 @@ pub fn decode(bytes: &[u8]) -> Result<Event, BusError> {
 pub fn dedup_key(subject: &str, event: &Event) -> String {
     format!("{subject}\u{0}{}\u{0}{}", event.source(), event.id())
 }
+
+/// The attributes and extensions of `event` as `(name, value)` pairs for a binary-mode binding
+/// (HTTP `ce-`, NATS `ce-`, Kafka `ce_` headers): every context attribute except
+/// `datacontenttype`, which travels as the content type. Values are percent-encoded where a
+/// header could not carry them, as the CloudEvents bindings ask.
+pub fn binary_attributes(event: &Event) -> Vec<(String, String)> {
+    use cloudevents::event::ExtensionValue;
+    let mut out = Vec::new();
+    for (name, value) in event.iter_attributes() {
+        if name != "datacontenttype" {
+            out.push((name.to_string(), percent_encode(&value.to_string())));
+        }
+    }
+    for (name, value) in event.iter_extensions() {
+        let text = match value {
+            ExtensionValue::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push((name.to_string(), percent_encode(&text)));
+    }
+    out
+}
+
+/// The event's data as bytes: the body of a binary-mode message.
+pub fn data_bytes(event: &Event) -> Vec<u8> {
+    match event.data() {
+        Some(cloudevents::Data::Binary(bytes)) => bytes.clone(),
+        Some(cloudevents::Data::String(text)) => text.clone().into_bytes(),
+        Some(cloudevents::Data::Json(json)) => serde_json::to_vec(json).unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
+/// Rebuilds an event from binary-mode attributes (names without their `ce-`/`ce_` prefix,
+/// values as sent), the content type and the body. JSON bodies become JSON data, others bytes.
+pub fn from_binary<'a>(
+    attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Event, BusError> {
+    use cloudevents::{EventBuilder, EventBuilderV10};
+    let mut builder = EventBuilderV10::new();
+    let mut specversion = None;
+    let mut dataschema = None;
+    for (name, raw) in attributes {
+        let value = percent_decode(raw);
+        builder = match name {
+            "specversion" => {
+                specversion = Some(value);
+                builder
+            }
+            "id" => builder.id(value),
+            "source" => builder.source(value),
+            "type" => builder.ty(value),
+            "subject" => builder.subject(value),
+            "dataschema" => {
+                dataschema = Some(value);
+                builder
+            }
+            "time" => {
+                let time = chrono::DateTime::parse_from_rfc3339(&value)
+                    .map_err(|e| BusError::Decode(format!("time `{value}`: {e}")))?;
+                builder.time(time.with_timezone(&chrono::Utc))
+            }
+            other => builder.extension(other, value),
+        };
+    }
+    if specversion.as_deref() != Some("1.0") {
+        return Err(BusError::Decode(format!(
+            "specversion {specversion:?} is not supported; only CloudEvents 1.0"
+        )));
+    }
+    if content_type.is_some() || !body.is_empty() {
+        let content_type = content_type.unwrap_or("application/octet-stream").to_string();
+        let is_json = content_type.starts_with("application/json")
+            || content_type.split(';').next().is_some_and(|m| m.trim().ends_with("+json"));
+        let data: cloudevents::Data = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(json) if is_json => json.into(),
+            _ => body.to_vec().into(),
+        };
+        builder = match dataschema {
+            Some(schema) => builder.data_with_schema(content_type, schema, data),
+            None => builder.data(content_type, data),
+        };
+    }
+    builder.build().map_err(|e| BusError::Decode(e.to_string()))
+}
+
+/// Percent-encodes `%`, `"` and every byte outside printable ASCII.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' && byte != b'"' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`percent_encode`]; malformed escapes are kept as they are.
+pub fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = value.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::{EventBuilder, EventBuilderV10};
+
+    #[test]
+    fn binary_mode_round_trips_attributes_extensions_and_data() {
+        let mut event = EventBuilderV10::new()
+            .id("id-1")
+            .source("/s")
+            .ty("t")
+            .subject("sub")
+            .time(chrono::Utc::now())
+            .data("application/json", serde_json::json!({"speed": 130}))
+            .build()
+            .expect("event");
+        event.set_extension("traceparent", "00-abc-def-01");
+        event.set_extension("note", "naïve \"quoted\" 100%");
+        let attrs = binary_attributes(&event);
+        let pairs: Vec<(&str, &str)> =
+            attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert!(pairs.contains(&("note", "na%C3%AFve %22quoted%22 100%25")));
+        let back =
+            from_binary(pairs, Some("application/json"), &data_bytes(&event)).expect("decodes");
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn binary_mode_rejects_other_spec_versions() {
+        let err = from_binary([("specversion", "0.3"), ("id", "1")], None, b"").unwrap_err();
+        assert!(err.to_string().contains("only CloudEvents 1.0"));
+    }
+}

@@ -10,6 +10,7 @@
 mod bus;
 pub mod embedded;
 pub mod event;
+pub mod jetstream;
 mod subject;
 pub mod testing;
 

@@ -211,3 +211,49 @@ pub async fn duplicates_are_dropped(bus: &dyn EventBus, prefix: &str) {
     let moved = bus.publish(&elsewhere, &event).await.expect("publish to a topic");
     assert!(!moved.duplicate, "the same event under another subject is not a duplicate");
 }
+
+/// Opens a fresh handle to the same bus, as a restarted process would.
+pub type Reopen =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Arc<dyn EventBus>> + Send + Sync>;
+
+/// A restarted process resumes at the first unacknowledged event: acked events stay acked,
+/// unacked ones come back, and publishing continues.
+pub async fn restart_resumes_after_the_last_ack(reopen: Reopen, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let consumer = format!("{prefix}-c");
+    {
+        let bus = reopen().await;
+        let mut sub = subscribe(bus.as_ref(), &consumer, &s, 16).await;
+        publish_n(bus.as_ref(), &s, prefix, 10).await;
+        for i in 0..4 {
+            let (id, d) = next_id(&mut sub).await;
+            assert_eq!(id, format!("{prefix}-{i}"));
+            d.ack().await.expect("ack");
+        }
+        let (held, d) = next_id(&mut sub).await;
+        assert_eq!(held, format!("{prefix}-4"));
+        std::mem::forget(d); // as if the process died holding it
+        bus.close().await.expect("close");
+    }
+    let bus = reopen().await;
+    let mut sub = subscribe(bus.as_ref(), &consumer, &s, 16).await;
+    bus.publish(&s, &sample_event(&format!("{prefix}-10"), 10))
+        .await
+        .expect("publish after restart");
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let (id, d) = next_id(&mut sub).await;
+        if !seen.contains(&id) {
+            seen.push(id);
+        }
+        d.ack().await.expect("ack");
+    }
+    let want: Vec<String> = (4..=10).map(|i| format!("{prefix}-{i}")).collect();
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|id| id.rsplit('-').next().and_then(|n| n.parse::<u32>().ok()));
+    assert_eq!(
+        sorted, want,
+        "after a restart every unacked event must come back, and no acked one"
+    );
+    bus.close().await.expect("close");
+}

@@ -132,3 +132,14 @@ async fn closed_bus_refuses_work() {
     assert!(bus.publish(&s, &sample_event("x", 0)).await.is_err());
     assert!(matches!(sub.next().await, Err(ofe_eventbus::BusError::Closed)));
 }
+
+/// The generic restart check of the suite, as every backend runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_restart_resumes_after_the_last_ack() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let reopen: testing::Reopen = Box::new(move || {
+        let dir = dir.clone();
+        Box::pin(async move { Arc::new(open(dir.path())) as Arc<dyn EventBus> })
+    });
+    testing::restart_resumes_after_the_last_ack(reopen, "restart").await;
+}

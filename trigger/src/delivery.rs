@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudevents::event::ExtensionValue;
-use cloudevents::{AttributesReader, Data, Event};
-use ofe_eventbus::{EventBus, Subject};
+use cloudevents::{AttributesReader, Event};
+use ofe_eventbus::{EventBus, Subject, event};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
@@ -215,46 +214,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// extensions as `ce-*` headers, `datacontenttype` as `Content-Type`, data as the body.
 pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
     let mut headers = HeaderMap::new();
-    for (name, value) in event.iter_attributes() {
-        if name == "datacontenttype" {
-            continue;
-        }
-        insert_header(&mut headers, &format!("ce-{name}"), &value.to_string());
-    }
-    for (name, value) in event.iter_extensions() {
-        let text = match value {
-            ExtensionValue::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        insert_header(&mut headers, &format!("ce-{name}"), &text);
-    }
-    if let Some(content_type) = event.datacontenttype() {
-        insert_header(&mut headers, CONTENT_TYPE.as_str(), content_type);
-    }
-    let body = match event.data() {
-        Some(Data::Binary(bytes)) => bytes.clone(),
-        Some(Data::String(text)) => text.clone().into_bytes(),
-        Some(Data::Json(json)) => serde_json::to_vec(json).unwrap_or_default(),
-        None => Vec::new(),
-    };
-    (headers, body)
-}
-
-/// Inserts a header, percent-encoding `%`, `"` and every byte outside printable ASCII, as the
-/// CloudEvents HTTP binding asks.
-fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) {
-    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { return };
-    let mut encoded = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' && byte != b'"' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+    for (name, value) in event::binary_attributes(event) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(format!("ce-{name}").as_bytes()), HeaderValue::from_str(&value))
+        {
+            headers.insert(name, value);
         }
     }
-    if let Ok(value) = HeaderValue::from_str(&encoded) {
-        headers.insert(name, value);
+    if let Some(Ok(value)) = event.datacontenttype().map(HeaderValue::from_str) {
+        headers.insert(CONTENT_TYPE, value);
     }
+    (headers, event::data_bytes(event))
 }
 
 /// The event to dead-letter: the original, with the failure recorded in extension attributes.

@@ -1,0 +1,523 @@
+//! The NATS JetStream backend, for clusters.
+//!
+//! - One stream (default `OFE`, subjects `ofe.>`) holds every event and topic. ofe creates it
+//!   when missing and attaches to it when it exists.
+//! - Each consumer name is a durable pull consumer, filtered to its subjects, with explicit
+//!   acks; its replicas share it. A nack asks the server to redeliver after its delay; a
+//!   dropped delivery is nacked at once; a long delivery is kept alive with progress acks, so
+//!   `ack_wait` bounds crash detection, not delivery time.
+//! - Events travel in CloudEvents binary mode: attributes as `ce-*` headers, data as payload.
+//! - `Nats-Msg-Id` is derived from the subject, `source` and `id` (a UUIDv5), so the stream's
+//!   duplicate window drops a republished event, while the same event placed on a topic by a
+//!   Trigger is not mistaken for a duplicate of itself.
+//! - Publish waits for the PubAck. The client reconnects with backoff on its own; the
+//!   connection log is one line when it drops and one when it is back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cloudevents::{AttributesReader, Event};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::oneshot;
+
+use crate::bus::{
+    Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+};
+use crate::{Subject, event};
+
+/// How a client authenticates to NATS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// User and password.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// A `.creds` file with a JWT and NKey seed.
+    CredentialsFile(PathBuf),
+}
+
+/// TLS files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// CA bundle that signed the server certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Settings of the JetStream backend.
+#[derive(Clone, Debug)]
+pub struct JetStreamConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Stream name.
+    pub stream: String,
+    /// Replicas when the stream is created.
+    pub replicas: usize,
+    /// Size limit when the stream is created; `None` for unlimited.
+    pub max_bytes: Option<i64>,
+    /// Age limit when the stream is created.
+    pub max_age: Duration,
+    /// The stream's duplicate window.
+    pub duplicate_window: Duration,
+    /// Redelivery timeout of an unacknowledged (and not kept alive) delivery.
+    pub ack_wait: Duration,
+    /// Deliveries per message at most, when the subscriber sets none.
+    pub max_deliver: u32,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS, when set.
+    pub tls: Option<NatsTls>,
+}
+
+impl JetStreamConfig {
+    /// Defaults for a server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream: "OFE".into(),
+            replicas: 1,
+            max_bytes: None,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 20,
+            auth: NatsAuth::None,
+            tls: None,
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+/// The subjects the stream must hold.
+const STREAM_SUBJECTS: &str = "ofe.>";
+
+/// The JetStream bus. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: Arc<tokio::sync::Mutex<stream::Stream>>,
+    config: Arc<JetStreamConfig>,
+}
+
+impl JetStreamBus {
+    /// Connects, then creates the stream or attaches to it.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
+        let mut options = ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the connection to NATS; reconnecting with backoff");
+                    }
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "NATS server error")
+                    }
+                    other => tracing::debug!(event = %other, "NATS client event"),
+                }
+            });
+        options = match &config.auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => options.token(token.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                options.credentials_file(path).await.map_err(|e| {
+                    BusError::Config(format!(
+                        "cannot read credentials file {}: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+        };
+        if let Some(tls) = &config.tls {
+            options = options.require_tls(true);
+            if let Some(ca) = &tls.ca_file {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
+        let client = options
+            .connect(servers.as_slice())
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to NATS at {}: {e}", config.url)))?;
+        let js = jetstream::new(client.clone());
+        let stream = Self::ensure_stream(&js, &config).await?;
+        Ok(Self {
+            client,
+            js,
+            stream: Arc::new(tokio::sync::Mutex::new(stream)),
+            config: Arc::new(config),
+        })
+    }
+
+    async fn ensure_stream(
+        js: &jetstream::Context,
+        config: &JetStreamConfig,
+    ) -> Result<stream::Stream, BusError> {
+        // Waits out a connection that is still being established (retry_on_initial_connect).
+        let mut attempt = 0;
+        let mut stream = loop {
+            match js.get_stream(&config.stream).await {
+                Ok(stream) => break Some(stream),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::GetStreamErrorKind::JetStream(ref err)
+                            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
+                    break None;
+                }
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "waiting for NATS");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(unavailable(format!(
+                        "cannot reach JetStream at {} (is the server up, with -js?): {e}",
+                        config.url
+                    )));
+                }
+            }
+        };
+        if let Some(existing) = stream.as_mut() {
+            let info = existing.info().await.map_err(unavailable)?;
+            let covers = info.config.subjects.iter().any(|s| s == STREAM_SUBJECTS || s == ">");
+            if !covers {
+                return Err(BusError::Config(format!(
+                    "stream `{}` exists but does not hold subjects `{STREAM_SUBJECTS}` (it has {:?}); \
+                     add them, or name another stream in spec.jetstream.stream",
+                    config.stream, info.config.subjects
+                )));
+            }
+            tracing::info!(stream = %config.stream, "attached to existing JetStream stream");
+        }
+        match stream {
+            Some(stream) => Ok(stream),
+            None => {
+                let created = js
+                    .create_stream(stream::Config {
+                        name: config.stream.clone(),
+                        subjects: vec![STREAM_SUBJECTS.into()],
+                        storage: stream::StorageType::File,
+                        num_replicas: config.replicas,
+                        max_bytes: config.max_bytes.unwrap_or(-1),
+                        max_age: config.max_age,
+                        duplicate_window: config.duplicate_window,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        unavailable(format!("cannot create stream `{}`: {e}", config.stream))
+                    })?;
+                tracing::info!(stream = %config.stream, "created JetStream stream");
+                Ok(created)
+            }
+        }
+    }
+
+    /// The NATS client, for tests and tools.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+/// A durable consumer name NATS accepts: the same escaping as subject tokens, so no `.`.
+fn durable_name(consumer: &str) -> String {
+    Subject::topic("x", consumer).to_string().trim_start_matches("ofe.topic.x.").to_string()
+}
+
+/// `Nats-Msg-Id`: stable for one event on one subject.
+fn msg_id(subject: &str, event: &Event) -> String {
+    const NS: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6e61_7473_8000_0000_0000_0001);
+    uuid::Uuid::new_v5(&NS, event::dedup_key(subject, event).as_bytes()).to_string()
+}
+
+#[async_trait]
+impl EventBus for JetStreamBus {
+    fn backend(&self) -> &'static str {
+        "jetstream"
+    }
+
+    async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
+        let subject = subject.to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id(&subject, event).as_str());
+        for (name, value) in event::binary_attributes(event) {
+            headers.insert(format!("ce-{name}").as_str(), value.as_str());
+        }
+        if let Some(content_type) = event.datacontenttype() {
+            headers.insert("content-type", content_type);
+        }
+        let payload = event::data_bytes(event);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    async fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        if options.max_in_flight == 0 {
+            return Err(BusError::Config("max_in_flight must be at least 1".into()));
+        }
+        let name = durable_name(&options.consumer);
+        let mut filters: Vec<String> = options.subjects.iter().map(ToString::to_string).collect();
+        filters.sort();
+        let max_ack_pending = i64::try_from(options.max_in_flight).unwrap_or(i64::MAX);
+        let config = |deliver_policy| consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait,
+            max_deliver: i64::from(self.config.max_deliver),
+            filter_subjects: filters.clone(),
+            max_ack_pending,
+            ..Default::default()
+        };
+        let stream = self.stream.lock().await;
+        let consumer: consumer::PullConsumer = match stream.get_consumer(&name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(unavailable)?.clone();
+                let mut current = info.config.filter_subjects.clone();
+                if !info.config.filter_subject.is_empty() {
+                    current.push(info.config.filter_subject.clone());
+                }
+                current.sort();
+                if current == filters && info.config.max_ack_pending == max_ack_pending {
+                    existing
+                } else {
+                    // The Trigger changed: keep the consumer's position, update what it reads.
+                    stream
+                        .update_consumer(config(info.config.deliver_policy))
+                        .await
+                        .map_err(|e| unavailable(format!("cannot update consumer `{name}`: {e}")))?
+                }
+            }
+            Err(_) => {
+                let start = match options.start {
+                    StartPosition::New => consumer::DeliverPolicy::New,
+                    StartPosition::All => consumer::DeliverPolicy::All,
+                };
+                stream
+                    .create_consumer(config(start))
+                    .await
+                    .map_err(|e| unavailable(format!("cannot create consumer `{name}`: {e}")))?
+            }
+        };
+        drop(stream);
+        Ok(Box::new(JetStreamSubscription {
+            consumer,
+            messages: None,
+            batch: options.max_in_flight.min(256),
+            ack_wait: self.config.ack_wait,
+            backoff: Duration::from_millis(100),
+            failing: false,
+        }))
+    }
+
+    async fn close(&self) -> Result<(), BusError> {
+        // Drain: pending publishes and acks go out, then the connection closes, which also ends
+        // the keep-alive of every delivery still held, so the server redelivers those.
+        self.client.drain().await.map_err(unavailable)
+    }
+}
+
+struct JetStreamSubscription {
+    consumer: consumer::PullConsumer,
+    messages: Option<consumer::pull::Stream>,
+    batch: usize,
+    ack_wait: Duration,
+    backoff: Duration,
+    /// Whether the last pull failed; the recovery is logged once, when it ends.
+    failing: bool,
+}
+
+impl JetStreamSubscription {
+    async fn pull(&mut self) -> Result<jetstream::Message, BusError> {
+        loop {
+            if self.messages.is_none() {
+                match self.consumer.stream().max_messages_per_batch(self.batch).messages().await {
+                    Ok(stream) => self.messages = Some(stream),
+                    Err(e) => {
+                        self.wait_after_error(&e.to_string()).await;
+                        continue;
+                    }
+                }
+            }
+            let next = match self.messages.as_mut() {
+                Some(stream) => stream.next().await,
+                None => continue,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    if self.failing {
+                        tracing::info!("JetStream consumer recovered");
+                        self.failing = false;
+                    }
+                    self.backoff = Duration::from_millis(100);
+                    return Ok(message);
+                }
+                Some(Err(e)) => {
+                    self.messages = None;
+                    self.wait_after_error(&e.to_string()).await;
+                }
+                None => {
+                    self.messages = None;
+                    return Err(BusError::Closed);
+                }
+            }
+        }
+    }
+
+    async fn wait_after_error(&mut self, error: &str) {
+        if self.failing {
+            tracing::debug!(%error, "JetStream consumer still failing");
+        } else {
+            tracing::warn!(%error, "JetStream consumer failed; retrying with backoff");
+            self.failing = true;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[async_trait]
+impl Subscription for JetStreamSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let message = self.pull().await?;
+            let (sequence, attempt, published_at) = match message.info() {
+                Ok(info) => {
+                    let nanos = info.published.unix_timestamp_nanos();
+                    let published = i64::try_from(nanos).ok().map(DateTime::from_timestamp_nanos);
+                    (
+                        info.stream_sequence,
+                        u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                        published,
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "JetStream message without metadata; skipping");
+                    continue;
+                }
+            };
+            let subject = Subject::parse(message.subject.as_str());
+            let decoded = decode(&message);
+            let (message, acker) = message.split();
+            let (Some(subject), Ok(event)) = (subject, decoded) else {
+                // A message that is not a CloudEvent can never be processed here: terminate it
+                // so it does not come back, and say so loudly.
+                tracing::error!(subject = %message.subject, "undecodable message on the bus; terminating it");
+                let _ = acker.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let acker = Arc::new(acker);
+            let (stop, stopped) = oneshot::channel();
+            tokio::spawn(keep_alive(acker.clone(), self.ack_wait, stopped));
+            let settle = Box::new(JetStreamAcker { acker, _keep_alive: stop });
+            return Ok(Delivery::new(
+                Arc::new(event),
+                subject,
+                sequence,
+                attempt,
+                published_at.unwrap_or_else(Utc::now),
+                settle,
+            ));
+        }
+    }
+}
+
+fn decode(message: &jetstream::Message) -> Result<Event, BusError> {
+    let headers = message.headers.as_ref().ok_or_else(|| BusError::Decode("no headers".into()))?;
+    let mut attributes = Vec::new();
+    let mut content_type = None;
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        let Some(value) = values.first() else { continue };
+        if let Some(attribute) = name.strip_prefix("ce-") {
+            attributes.push((attribute, value.as_str()));
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.as_str());
+        }
+    }
+    event::from_binary(attributes, content_type, &message.payload)
+}
+
+/// Sends progress acks while a delivery is held, so the server does not redeliver an event
+/// that is still being worked on. Stops when the delivery is settled.
+async fn keep_alive(
+    acker: Arc<jetstream::message::Acker>,
+    ack_wait: Duration,
+    stopped: oneshot::Receiver<()>,
+) {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(every) => {
+                if acker.ack_with(AckKind::Progress).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct JetStreamAcker {
+    acker: Arc<jetstream::message::Acker>,
+    /// Dropping it stops the keep-alive task.
+    _keep_alive: oneshot::Sender<()>,
+}
+
+impl Acker for JetStreamAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        async move { self.acker.double_ack().await.map_err(unavailable) }.boxed()
+    }
+
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>> {
+        async move { self.acker.ack_with(AckKind::Nak(Some(delay))).await.map_err(unavailable) }
+            .boxed()
+    }
+
+    fn abandon(self: Box<Self>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = self.acker.ack_with(AckKind::Nak(None)).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The JetStream backend passes the backend suite against a real NATS server.
+//!
+//! `OFE_TEST_NATS` names the server (e.g. `nats://127.0.0.1:14222`); unset, every test skips and
+//! says so. `OFE_TEST_NATS_SERVER` names a `nats-server` binary for the broker-restart test,
+//! which runs a server of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
+use ofe_eventbus::testing::{self, sample_event, subscribe};
+use ofe_eventbus::{EventBus, Subject};
+
+fn url() -> Option<String> {
+    match std::env::var("OFE_TEST_NATS") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("skipped: OFE_TEST_NATS is not set (run `eval \"$(scripts/services.sh)\"`)");
+            None
+        }
+    }
+}
+
+async fn connect(url: &str) -> JetStreamBus {
+    let mut config = JetStreamConfig::new(url);
+    config.ack_wait = Duration::from_secs(5);
+    JetStreamBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("OFE_TEST_NATS={url} is set but: {e}"))
+}
+
+/// A prefix unique to this run, so leftovers of earlier runs in the shared stream never match.
+fn prefix(test: &str) -> String {
+    format!("{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(url) = url() else { return };
+            let bus = connect(&url).await;
+            testing::$name(&bus, &prefix(stringify!($name))).await;
+        }
+    )*};
+}
+
+suite!(
+    delivers_in_order_with_filter,
+    nack_redelivers_after_delay,
+    dropped_delivery_is_redelivered,
+    in_flight_is_bounded,
+    large_events_round_trip,
+    duplicates_are_dropped,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_shares_other_name_gets_all() {
+    let Some(url) = url() else { return };
+    let bus: Arc<dyn EventBus> = Arc::new(connect(&url).await);
+    testing::same_name_shares_other_name_gets_all(bus, &prefix("share")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_after_the_last_ack() {
+    let Some(url) = url() else { return };
+    let reopen: testing::Reopen = Box::new(move || {
+        let url = url.clone();
+        Box::pin(async move { Arc::new(connect(&url).await) as Arc<dyn EventBus> })
+    });
+    testing::restart_resumes_after_the_last_ack(reopen, &prefix("restart")).await;
+}
+
+/// A server of our own, on a free port, that the test can stop and start again.
+struct Server {
+    binary: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Server {
+    fn spawn(binary: &str, port: u16, dir: tempfile::TempDir) -> Self {
+        let child = Self::start(binary, port, &dir);
+        Self { binary: binary.into(), port, dir, child }
+    }
+
+    fn start(binary: &str, port: u16, dir: &tempfile::TempDir) -> std::process::Child {
+        std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}"))
+    }
+
+    /// kill -9, then start again on the same port and store.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(500));
+        self.child = Self::start(&self.binary, self.port, &self.dir);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker is killed and started again while events flow: every event whose publish was
+/// acknowledged is delivered, and the subscription recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    let Ok(binary) = std::env::var("OFE_TEST_NATS_SERVER") else {
+        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary to restart)");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut server = Server::spawn(&binary, port, tempfile::tempdir().expect("tempdir"));
+    let url = format!("nats://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bus = connect(&url).await;
+    let s = Subject::event("ns", "restart", "e");
+    let mut sub = subscribe(&bus, "restart-c", &s, 64).await;
+    let mut acked = Vec::new();
+    for i in 0..40u64 {
+        if i == 20 {
+            server.restart();
+        }
+        let id = format!("r-{i}");
+        // Keep publishing through the outage, as a source does, until the bus acknowledges.
+        for _ in 0..100 {
+            if bus.publish(&s, &sample_event(&id, i)).await.is_ok() {
+                acked.push(id.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(acked.len(), 40, "publishing never recovered after the broker restart");
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < acked.len() {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("stalled after {} of {} events", received.len(), acked.len())
+            })
+            .expect("delivery");
+        received.insert(cloudevents::AttributesReader::id(d.event.as_ref()).to_string());
+        d.ack().await.expect("ack");
+    }
+    let missing: Vec<_> = acked.iter().filter(|id| !received.contains(*id)).collect();
+    assert!(missing.is_empty(), "lost across the broker restart: {missing:?}");
+    drop(server);
+}
