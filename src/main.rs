@@ -4,6 +4,7 @@
 //! - `ofe validate -f PATH...` checks manifests and explains every problem.
 //! - `ofe crds` prints the CustomResourceDefinitions.
 
+mod buses;
 mod check;
 mod run;
 mod telemetry;

@@ -6,23 +6,22 @@
 //! stop, subscribers stop taking events and finish in-flight deliveries (up to
 //! `--drain-timeout`), then the bus flushes and closes.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
-use ofe_crds::{BusBackend, EventBusSpec, EventSource};
-use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{EventBus, Subject};
+use ofe_eventbus::Subject;
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
 use ofe_trigger::{Deliverer, RetryPolicy, SubscriberLabels, TriggerMetrics};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::buses::Buses;
 use crate::{check, telemetry};
 
 /// Arguments of `ofe run`.
@@ -69,73 +68,6 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Which buses the manifests define, for resolving `eventBus` names.
-#[derive(Default)]
-struct Buses {
-    namespaced: BTreeMap<(String, String), EventBusSpec>,
-    cluster: BTreeMap<String, EventBusSpec>,
-}
-
-impl Buses {
-    /// Resolves `name` as OpenFunction does: the namespaced EventBus first, then the
-    /// ClusterEventBus. `None` means no loaded resource defines it.
-    fn resolve(&self, namespace: &str, name: &str) -> Option<&EventBusSpec> {
-        self.namespaced
-            .get(&(namespace.to_string(), name.to_string()))
-            .or_else(|| self.cluster.get(name))
-    }
-}
-
-/// Checks that every bus name used can run here. All embedded buses share one store in
-/// `--data-dir`; subjects carry namespace and names, so they never mix.
-fn plan_bus(resources: &[Resource], buses: &Buses) -> anyhow::Result<EmbeddedConfigPart> {
-    let mut undefined = HashSet::new();
-    let mut part = EmbeddedConfigPart::default();
-    for resource in resources {
-        let namespace = resource.namespace().unwrap_or(DEFAULT_NAMESPACE);
-        let bus_name = match resource {
-            Resource::EventSource(es) => es.spec.event_bus.clone(),
-            Resource::Trigger(t) => Some(t.spec.event_bus.clone()),
-            _ => None,
-        };
-        let Some(bus_name) = bus_name else { continue };
-        match buses.resolve(namespace, &bus_name) {
-            None => {
-                if undefined.insert(bus_name.clone()) {
-                    tracing::info!(
-                        bus = %bus_name,
-                        "no loaded EventBus or ClusterEventBus defines this bus; using the embedded bus"
-                    );
-                }
-            }
-            Some(spec) => match spec.backends().first() {
-                None | Some((BusBackend::Embedded, _)) => {
-                    if let Some(e) = &spec.embedded {
-                        part.max_bytes =
-                            part.max_bytes.max(e.max_bytes.and_then(|b| u64::try_from(b).ok()));
-                        if let Some(age) = &e.max_age {
-                            part.max_age = part.max_age.max(ofe_crds::duration::parse(age).ok());
-                        }
-                    }
-                }
-                Some((_, field)) => bail!(
-                    "{} `{}` uses the `{field}` bus `{bus_name}`, which standalone `ofe run` cannot \
-                     serve in this version; use the embedded bus (no backend, or `embedded: {{}}`)",
-                    resource.kind(),
-                    resource.name()
-                ),
-            },
-        }
-    }
-    Ok(part)
-}
-
-#[derive(Default)]
-struct EmbeddedConfigPart {
-    max_bytes: Option<u64>,
-    max_age: Option<Duration>,
-}
-
 /// The plan delivering an EventSource's events to its own `sink`.
 fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberPlan>> {
     let Some(sink) = &es.spec.sink else { return Ok(None) };
@@ -166,49 +98,30 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
 }
 
 async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
-    let mut buses = Buses::default();
-    for r in &resources {
-        match r {
-            Resource::EventBus(b) => {
-                let key =
-                    (r.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string(), r.name().to_string());
-                buses.namespaced.insert(key, b.spec.clone());
-            }
-            Resource::ClusterEventBus(b) => {
-                buses.cluster.insert(r.name().to_string(), b.spec.0.clone());
-            }
-            _ => {}
-        }
-    }
-    let part = plan_bus(&resources, &buses)?;
-
+    let mut buses = Buses::new(&resources);
+    // Every subscriber with the bus it reads, and every EventSource with the bus it writes.
     let mut plans = Vec::new();
     let mut sources = Vec::new();
     for r in &resources {
+        let namespace = r.namespace().unwrap_or(DEFAULT_NAMESPACE);
         match r {
             Resource::Trigger(t) => {
-                plans.extend(ofe_trigger::plan(t, RetryPolicy::default()).map_err(|ds| {
+                let bus = buses.get(namespace, Some(&t.spec.event_bus), &args.data_dir).await?;
+                let trigger_plans = ofe_trigger::plan(t, RetryPolicy::default()).map_err(|ds| {
                     let text: Vec<String> = ds.iter().map(ToString::to_string).collect();
                     anyhow::anyhow!("Trigger `{}`: {}", r.name(), text.join("; "))
-                })?)
+                })?;
+                plans.extend(trigger_plans.into_iter().map(|p| (p, bus.clone())));
             }
             Resource::EventSource(es) => {
-                plans.extend(event_source_sink_plan(es)?);
-                sources.push(es.clone());
+                let bus =
+                    buses.get(namespace, es.spec.event_bus.as_deref(), &args.data_dir).await?;
+                plans.extend(event_source_sink_plan(es)?.map(|p| (p, bus.clone())));
+                sources.push((es.clone(), bus));
             }
             _ => {}
         }
     }
-
-    let mut config = EmbeddedConfig::new(args.data_dir.join("bus"));
-    config.max_bytes = part.max_bytes.unwrap_or(config.max_bytes);
-    config.max_age = part.max_age.unwrap_or(config.max_age);
-    let store = config.dir.display().to_string();
-    let embedded = tokio::task::spawn_blocking(move || EmbeddedBus::open(config))
-        .await?
-        .with_context(|| format!("cannot open the embedded bus in {store}"))?;
-    tracing::info!(dir = %store, last_sequence = embedded.last_sequence(), "embedded bus open");
-    let bus: Arc<dyn EventBus> = Arc::new(embedded);
 
     let mut registry = Registry::default();
     let source_metrics = SourceMetrics::default();
@@ -224,10 +137,11 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
     let http = tokio::spawn(telemetry::serve(listener, Arc::new(registry), shutdown.clone()));
 
     // Consumers first, so that the sources' first events are not missed.
-    let deliverer = Deliverer::new(bus.clone()).context("cannot build the HTTP client")?;
+    let client = ofe_trigger::delivery::http_client().context("cannot build the HTTP client")?;
     let stop_subscribers = CancellationToken::new();
     let mut subscriber_tasks = Vec::new();
-    for plan in plans {
+    for (plan, bus) in plans {
+        let deliverer = Deliverer::with_client(client.clone(), bus.clone());
         let subscription = runner::subscribe(&plan, bus.as_ref())
             .await
             .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;
@@ -235,7 +149,7 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
         subscriber_tasks.push(tokio::spawn(runner::run(
             plan,
             subscription,
-            deliverer.clone(),
+            deliverer,
             trigger_metrics.clone(),
             stop_subscribers.clone(),
             args.drain_timeout,
@@ -243,7 +157,7 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
     }
     let stop_sources = CancellationToken::new();
     let mut source_tasks = Vec::new();
-    for es in &sources {
+    for (es, bus) in &sources {
         let name = es.metadata.name.clone().unwrap_or_default();
         let tasks = ofe_eventsource::spawn(es, bus.clone(), &source_metrics, &stop_sources)
             .with_context(|| format!("EventSource `{name}`"))?;
@@ -266,7 +180,7 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
             Ok(Ok(())) => {}
         }
     }
-    bus.close().await.context("closing the bus")?;
+    buses.close().await;
     shutdown.cancel();
     let _ = http.await;
     tracing::info!("stopped");

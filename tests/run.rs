@@ -8,28 +8,16 @@ use std::time::Duration;
 
 use support::{Receiver, counter, free_addr, get, manifests, start_ofe, terminate, wait_ready};
 
-/// The `clock` EventSource: `tick` every second on bus `default`, optionally with its own sink.
 fn clock(sink: Option<&str>) -> String {
-    let sink = sink.map(|uri| format!("  sink: {{ uri: \"{uri}\" }}\n")).unwrap_or_default();
-    format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: clock }}\n\
-         spec:\n  eventBus: default\n  cron:\n    tick: {{ schedule: \"@every 1s\" }}\n{sink}"
-    )
+    support::clock("default", sink)
 }
 
-/// A Trigger on bus `default`; `inputs` and `subscribers` are YAML lines at two-space indent.
 fn trigger(name: &str, inputs: &str, subscribers: &str) -> String {
-    format!(
-        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: {{ name: {name} }}\n\
-         spec:\n  eventBus: default\n  inputs:\n{inputs}\n  subscribers:\n{subscribers}\n"
-    )
+    support::trigger("default", name, inputs, subscribers)
 }
 
-/// `clock` and a Trigger `route` whose subscribers (with `BASE` standing for the receiver's
-/// URL) read `tick`.
 fn cron_and_trigger(base: &str, subscribers: &str) -> String {
-    let tick = "    tick: { eventSource: clock, event: tick }";
-    clock(None) + &trigger("route", tick, &subscribers.replace("BASE", base))
+    support::cron_and_trigger("default", base, subscribers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,3 +148,39 @@ pub fn manifests(dir: &Path, yaml: &str) -> std::path::PathBuf {
     std::fs::write(folder.join("all.yaml"), yaml).expect("write manifests");
     folder
 }
+
+/// The `clock` EventSource in `namespace`: `tick` every second on bus `default`, optionally
+/// with its own sink.
+pub fn clock(namespace: &str, sink: Option<&str>) -> String {
+    let sink = sink.map(|uri| format!("  sink: {{ uri: \"{uri}\" }}\n")).unwrap_or_default();
+    format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: clock, namespace: {namespace} }}\n\
+         spec:\n  eventBus: default\n  cron:\n    tick: {{ schedule: \"@every 1s\" }}\n{sink}"
+    )
+}
+
+/// A Trigger in `namespace` on bus `default`; `inputs` and `subscribers` are YAML lines at
+/// two-space indent.
+pub fn trigger(namespace: &str, name: &str, inputs: &str, subscribers: &str) -> String {
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\n\
+         metadata: {{ name: {name}, namespace: {namespace} }}\n\
+         spec:\n  eventBus: default\n  inputs:\n{inputs}\n  subscribers:\n{subscribers}\n"
+    )
+}
+
+/// `clock` and a Trigger `route` whose subscribers (with `BASE` standing for the receiver's
+/// URL) read `tick`.
+pub fn cron_and_trigger(namespace: &str, base: &str, subscribers: &str) -> String {
+    let tick = "    tick: { eventSource: clock, event: tick }";
+    clock(namespace, None) + &trigger(namespace, "route", tick, &subscribers.replace("BASE", base))
+}
+
+/// An EventBus `default` in `namespace` on the JetStream server at `url`.
+pub fn jetstream_bus(namespace: &str, url: &str) -> String {
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+         metadata: {{ name: default, namespace: {namespace} }}\nspec:\n  jetstream:\n    url: \"{url}\"\n"
+    )
+}

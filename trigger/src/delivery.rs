@@ -107,6 +107,11 @@ pub fn is_retryable(status: u16) -> bool {
     status >= 500 || matches!(status, 404 | 408 | 409 | 429)
 }
 
+/// The HTTP client deliveries use: a keep-alive connection pool. Clones share it.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().pool_max_idle_per_host(64).build()
+}
+
 /// Sends events to destinations. Cheap to clone; the HTTP connection pool is shared.
 #[derive(Clone)]
 pub struct Deliverer {
@@ -115,10 +120,14 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// A deliverer publishing topics to `bus`.
+    /// A deliverer with its own HTTP connection pool, publishing topics to `bus`.
     pub fn new(bus: Arc<dyn EventBus>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-        Ok(Self { http, bus })
+        Ok(Self::with_client(http_client()?, bus))
+    }
+
+    /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
+    pub fn with_client(http: reqwest::Client, bus: Arc<dyn EventBus>) -> Self {
+        Self { http, bus }
     }
 
     /// One attempt.

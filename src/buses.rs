@@ -1,0 +1,200 @@
+//! Resolving `eventBus` names to running buses.
+//!
+//! A name resolves as in OpenFunction: the namespaced EventBus, else the ClusterEventBus. A name
+//! no loaded resource defines runs on the embedded bus. Every embedded bus of the process
+//! shares one store (subjects keep them apart); each JetStream bus is one connection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
+use ofe_crds::{EventBusSpec, JetStreamBusSpec, NatsStreamingSpec};
+use ofe_eventbus::EventBus;
+use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth, NatsTls};
+
+/// Which bus a resource uses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BusKey {
+    /// The process's embedded bus.
+    Embedded,
+    /// A namespaced EventBus.
+    Namespaced(String, String),
+    /// A ClusterEventBus.
+    Cluster(String),
+}
+
+/// The buses the manifests define, and the running instances.
+pub struct Buses {
+    namespaced: BTreeMap<(String, String), EventBusSpec>,
+    cluster: BTreeMap<String, EventBusSpec>,
+    running: HashMap<BusKey, Arc<dyn EventBus>>,
+    announced: HashSet<String>,
+}
+
+fn duration(path: &str, text: Option<&String>, default: Duration) -> anyhow::Result<Duration> {
+    match text {
+        None => Ok(default),
+        Some(t) => ofe_crds::duration::parse(t).map_err(|e| anyhow::anyhow!("{path}: {e}")),
+    }
+}
+
+fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> {
+    let mut c = JetStreamConfig::new(&spec.url);
+    if let Some(stream) = &spec.stream {
+        c.stream.clone_from(stream);
+    }
+    c.replicas = spec.replicas.and_then(|r| usize::try_from(r).ok()).unwrap_or(1);
+    c.max_bytes = spec.max_bytes;
+    c.max_age = duration("spec.jetstream.maxAge", spec.max_age.as_ref(), c.max_age)?;
+    c.duplicate_window = duration(
+        "spec.jetstream.duplicateWindow",
+        spec.duplicate_window.as_ref(),
+        c.duplicate_window,
+    )?;
+    c.ack_wait = duration("spec.jetstream.ackWait", spec.ack_wait.as_ref(), c.ack_wait)?;
+    if let Some(n) = spec.max_deliver.and_then(|n| u32::try_from(n).ok()) {
+        c.max_deliver = n;
+    }
+    if let Some(auth) = &spec.auth {
+        c.auth = match (&auth.user, &auth.password, &auth.token, &auth.credentials_file) {
+            (Some(user), Some(password), _, _) => {
+                NatsAuth::UserPassword { user: user.clone(), password: password.clone() }
+            }
+            (_, _, Some(token), _) => NatsAuth::Token(token.clone()),
+            (_, _, _, Some(file)) => NatsAuth::CredentialsFile(PathBuf::from(file)),
+            _ => NatsAuth::None,
+        };
+    }
+    if let Some(tls) = &spec.tls {
+        c.tls = Some(NatsTls {
+            ca_file: tls.ca_file.as_ref().map(PathBuf::from),
+            client: tls
+                .cert_file
+                .as_ref()
+                .zip(tls.key_file.as_ref())
+                .map(|(c, k)| (c.into(), k.into())),
+        });
+    }
+    Ok(c)
+}
+
+/// NATS Streaming settings mapped onto JetStream at the same URL.
+fn nats_streaming_config(spec: &NatsStreamingSpec) -> anyhow::Result<JetStreamConfig> {
+    let mut c = JetStreamConfig::new(&spec.nats_url);
+    c.ack_wait =
+        duration("spec.natsStreaming.ackWaitTime", spec.ack_wait_time.as_ref(), c.ack_wait)?;
+    Ok(c)
+}
+
+impl Buses {
+    /// Indexes the EventBus and ClusterEventBus resources.
+    pub fn new(resources: &[Resource]) -> Self {
+        let mut buses = Self {
+            namespaced: BTreeMap::new(),
+            cluster: BTreeMap::new(),
+            running: HashMap::new(),
+            announced: HashSet::new(),
+        };
+        for r in resources {
+            match r {
+                Resource::EventBus(b) => {
+                    let key = (
+                        r.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string(),
+                        r.name().to_string(),
+                    );
+                    buses.namespaced.insert(key, b.spec.clone());
+                }
+                Resource::ClusterEventBus(b) => {
+                    buses.cluster.insert(r.name().to_string(), b.spec.0.clone());
+                }
+                _ => {}
+            }
+        }
+        buses
+    }
+
+    /// The key and spec `name` resolves to from `namespace`.
+    fn resolve(&mut self, namespace: &str, name: Option<&str>) -> (BusKey, Option<EventBusSpec>) {
+        let Some(name) = name.filter(|n| !n.is_empty()) else { return (BusKey::Embedded, None) };
+        if let Some(spec) = self.namespaced.get(&(namespace.to_string(), name.to_string())) {
+            return (BusKey::Namespaced(namespace.into(), name.into()), Some(spec.clone()));
+        }
+        if let Some(spec) = self.cluster.get(name) {
+            return (BusKey::Cluster(name.into()), Some(spec.clone()));
+        }
+        if self.announced.insert(name.to_string()) {
+            tracing::info!(bus = %name, "no loaded EventBus or ClusterEventBus defines this bus; using the embedded bus");
+        }
+        (BusKey::Embedded, None)
+    }
+
+    /// The running bus for `name` seen from `namespace`, opening it on first use.
+    pub async fn get(
+        &mut self,
+        namespace: &str,
+        name: Option<&str>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Arc<dyn EventBus>> {
+        let (mut key, spec) = self.resolve(namespace, name);
+        let spec = spec.unwrap_or_default();
+        let jetstream = match (&spec.jetstream, &spec.nats_streaming, &spec.kafka) {
+            (Some(js), _, _) => Some(jetstream_config(js)?),
+            (None, Some(stan), _) => {
+                tracing::warn!(bus = ?key, url = %stan.nats_url, "NATS Streaming is end-of-life; serving this bus with JetStream at the same URL");
+                Some(nats_streaming_config(stan)?)
+            }
+            (None, None, Some(_)) => bail!(
+                "bus {key:?} selects the kafka backend, which this version of ofe cannot serve yet; \
+                 use jetstream or the embedded bus"
+            ),
+            (None, None, None) => None,
+        };
+        if jetstream.is_none() {
+            key = BusKey::Embedded;
+        }
+        if let Some(bus) = self.running.get(&key) {
+            return Ok(bus.clone());
+        }
+        let bus: Arc<dyn EventBus> = match jetstream {
+            Some(config) => {
+                let url = config.url.clone();
+                let bus = JetStreamBus::connect(config)
+                    .await
+                    .with_context(|| format!("cannot open the JetStream bus at {url}"))?;
+                tracing::info!(bus = ?key, %url, "JetStream bus connected");
+                Arc::new(bus)
+            }
+            None => {
+                let mut config = EmbeddedConfig::new(data_dir.join("bus"));
+                if let Some(e) = &spec.embedded {
+                    if let Some(b) = e.max_bytes.and_then(|b| u64::try_from(b).ok()) {
+                        config.max_bytes = b;
+                    }
+                    config.max_age =
+                        duration("spec.embedded.maxAge", e.max_age.as_ref(), config.max_age)?;
+                }
+                let dir = config.dir.display().to_string();
+                let bus = tokio::task::spawn_blocking(move || EmbeddedBus::open(config))
+                    .await?
+                    .with_context(|| format!("cannot open the embedded bus in {dir}"))?;
+                tracing::info!(%dir, last_sequence = bus.last_sequence(), "embedded bus open");
+                Arc::new(bus)
+            }
+        };
+        self.running.insert(key, bus.clone());
+        Ok(bus)
+    }
+
+    /// Closes every running bus.
+    pub async fn close(&self) {
+        for (key, bus) in &self.running {
+            if let Err(e) = bus.close().await {
+                tracing::warn!(bus = ?key, error = %e, "closing the bus failed");
+            }
+        }
+    }
+}
