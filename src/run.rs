@@ -94,6 +94,7 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
         routes: vec![Route { destination, dead_letter: None }],
         max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
         retry: RetryPolicy::default(),
+        max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
     }))
 }
 

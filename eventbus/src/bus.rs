@@ -73,12 +73,22 @@ pub struct SubscribeOptions {
     pub max_in_flight: usize,
     /// Where a new consumer starts.
     pub start: StartPosition,
+    /// The consumer's owner dead-letters a delivery whose `attempt` exceeds this, so a backend
+    /// must deliver at least once more than this; backends with a server-side limit set it to
+    /// `max_deliver + 1`. `None`: no limit.
+    pub max_deliver: Option<u32>,
 }
 
 impl SubscribeOptions {
     /// Options for `consumer` over `subjects`, with 256 in flight, starting with new events.
     pub fn new(consumer: impl Into<String>, subjects: Vec<Subject>) -> Self {
-        Self { consumer: consumer.into(), subjects, max_in_flight: 256, start: StartPosition::New }
+        Self {
+            consumer: consumer.into(),
+            subjects,
+            max_in_flight: 256,
+            start: StartPosition::New,
+            max_deliver: None,
+        }
     }
 }
 

@@ -76,7 +76,7 @@ pub struct JetStreamConfig {
     pub duplicate_window: Duration,
     /// Redelivery timeout of an unacknowledged (and not kept alive) delivery.
     pub ack_wait: Duration,
-    /// Deliveries per message at most, when the subscriber sets none.
+    /// Deliveries per message before it is dead-lettered, when the subscriber sets none.
     pub max_deliver: u32,
     /// Credentials.
     pub auth: NatsAuth,
@@ -302,7 +302,7 @@ impl EventBus for JetStreamBus {
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
-            max_deliver: i64::from(self.config.max_deliver),
+            max_deliver: i64::from(options.max_deliver.unwrap_or(self.config.max_deliver)) + 1,
             filter_subjects: filters.clone(),
             max_ack_pending,
             ..Default::default()

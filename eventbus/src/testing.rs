@@ -257,3 +257,23 @@ pub async fn restart_resumes_after_the_last_ack(reopen: Reopen, prefix: &str) {
     );
     bus.close().await.expect("close");
 }
+
+/// With `max_deliver` set, a delivery is still made the `max_deliver + 1`-th time, so its owner
+/// can hand it to the dead-letter path.
+pub async fn delivers_once_past_max_deliver(bus: &dyn EventBus, prefix: &str) {
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let mut options = SubscribeOptions::new(format!("{prefix}-c"), vec![s.clone()]);
+    options.start = StartPosition::All;
+    options.max_deliver = Some(2);
+    let mut sub = bus.subscribe(options).await.expect("subscribe");
+    publish_n(bus, &s, prefix, 1).await;
+    for attempt in 1..=3 {
+        let (_, d) = next_id(&mut sub).await;
+        assert_eq!(d.attempt, attempt);
+        if attempt < 3 {
+            d.nack(Duration::ZERO).await.expect("nack");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+}

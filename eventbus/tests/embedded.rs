@@ -31,6 +31,7 @@ suite!(
     in_flight_is_bounded,
     large_events_round_trip,
     duplicates_are_dropped,
+    delivers_once_past_max_deliver,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// Deliveries in flight per subscriber.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
+/// Deliveries of one event to one subscriber before it is dead-lettered unattempted.
+pub const DEFAULT_MAX_DELIVER: u32 = 20;
+
 fn input_names(trigger: &Trigger) -> BTreeSet<String> {
     trigger.spec.inputs.keys().cloned().collect()
 }
@@ -144,6 +147,7 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             routes,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             retry,
+            max_deliver: DEFAULT_MAX_DELIVER,
         });
     }
     if errors.is_empty() { Ok(plans) } else { Err(errors) }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use cloudevents::AttributesReader;
+use cloudevents::AttributesReader as _;
 use ofe_eventbus::{
     BusError, Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription,
 };
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::condition::Condition;
-use crate::delivery::{Deliverer, Destination, Outcome, RetryPolicy, dead_letter_event};
+use crate::delivery::{Deliverer, Destination, Failure, Outcome, RetryPolicy, dead_letter_event};
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
 
 /// How long a dead-letter failure waits before the event is tried again from the start.
@@ -55,6 +55,9 @@ pub struct SubscriberPlan {
     pub max_in_flight: usize,
     /// Retry settings.
     pub retry: RetryPolicy,
+    /// A delivery that comes back from the bus more often than this (the process kept dying
+    /// while holding it: a poison event) goes to the dead-letter destination instead.
+    pub max_deliver: u32,
 }
 
 /// The per-consumer memory of when each input last fired, in bus time.
@@ -100,6 +103,7 @@ pub async fn subscribe(
         subjects: subjects.into_iter().collect(),
         max_in_flight: plan.max_in_flight,
         start: StartPosition::New,
+        max_deliver: Some(plan.max_deliver),
     };
     bus.subscribe(options).await
 }
@@ -136,6 +140,15 @@ pub async fn run(
         };
         while tasks.try_join_next().is_some() {}
         metrics.received.get_or_create(&plan.labels).inc();
+        if delivery.attempt > plan.max_deliver {
+            let (plan, deliverer, metrics, interrupt) =
+                (plan.clone(), deliverer.clone(), metrics.clone(), interrupt.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                give_up(&plan, &deliverer, &metrics, &interrupt, delivery).await;
+            });
+            continue;
+        }
         if !fires(&plan, &mut window, &delivery) {
             metrics.filtered.get_or_create(&plan.labels).inc();
             delivery.ack().await?;
@@ -176,6 +189,92 @@ fn fires(plan: &SubscriberPlan, window: &mut WindowState, delivery: &Delivery) -
     }
 }
 
+/// Sends a delivery that exceeded `max_deliver` to every route's dead letter, unattempted.
+async fn give_up(
+    plan: &SubscriberPlan,
+    deliverer: &Deliverer,
+    metrics: &TriggerMetrics,
+    interrupt: &CancellationToken,
+    delivery: Delivery,
+) {
+    let failure = Failure {
+        code: None,
+        reason: format!(
+            "delivered {} times without being settled (max_deliver {}); the process may be \
+             crashing on this event",
+            delivery.attempt, plan.max_deliver
+        ),
+        retryable: false,
+    };
+    for route in &plan.routes {
+        if !dead_letter(
+            plan,
+            deliverer,
+            metrics,
+            interrupt,
+            route,
+            &delivery.event,
+            &failure,
+            delivery.attempt,
+        )
+        .await
+        {
+            let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+            return;
+        }
+    }
+    if let Err(error) = delivery.ack().await {
+        tracing::warn!(%error, "ack failed; the event may be delivered again");
+    }
+}
+
+/// Sends `event` to `route`'s dead letter (or drops it, logged and counted, when there is
+/// none). `false` means the dead letter failed too and the event must stay on the bus.
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    plan: &SubscriberPlan,
+    deliverer: &Deliverer,
+    metrics: &TriggerMetrics,
+    interrupt: &CancellationToken,
+    route: &Route,
+    event: &cloudevents::Event,
+    failure: &Failure,
+    attempts: u32,
+) -> bool {
+    let labels = &plan.labels;
+    let Some(target) = &route.dead_letter else {
+        metrics.dropped.get_or_create(labels).inc();
+        tracing::error!(
+            subscriber = ?labels, destination = %route.destination, id = %event.id(),
+            reason = %failure.reason, attempts,
+            "delivery failed and no dead-letter destination is configured; event dropped"
+        );
+        return true;
+    };
+    let dead = dead_letter_event(event, &route.destination, failure, attempts);
+    let on_retry = || {
+        metrics.retried.get_or_create(labels).inc();
+    };
+    match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
+        Outcome::Delivered(_) => {
+            metrics.dead_lettered.get_or_create(labels).inc();
+            tracing::warn!(
+                subscriber = ?labels, destination = %route.destination, dead_letter = %target,
+                id = %event.id(), reason = %failure.reason, "event dead-lettered"
+            );
+            true
+        }
+        Outcome::Interrupted => false,
+        Outcome::Failed(dl_failure, _) => {
+            tracing::error!(
+                subscriber = ?labels, dead_letter = %target, id = %event.id(),
+                reason = %dl_failure.reason, "dead-letter delivery failed too; the event will be retried"
+            );
+            false
+        }
+    }
+}
+
 /// Delivers to every route, dead-lettering failures, then settles the bus delivery.
 async fn deliver(
     plan: &SubscriberPlan,
@@ -198,33 +297,16 @@ async fn deliver(
             }
             Outcome::Interrupted => return drop(delivery),
             Outcome::Failed(failure, attempts) => {
-                let Some(dead_letter) = &route.dead_letter else {
-                    metrics.dropped.get_or_create(labels).inc();
-                    tracing::error!(
-                        subscriber = ?labels, destination = %route.destination, id = %event.id(),
-                        reason = %failure.reason, attempts,
-                        "delivery failed and no dead-letter destination is configured; event dropped"
-                    );
-                    continue;
-                };
-                let dead = dead_letter_event(&event, &route.destination, &failure, attempts);
-                match deliverer.send(dead_letter, &dead, &plan.retry, interrupt, on_retry).await {
-                    Outcome::Delivered(_) => {
-                        metrics.dead_lettered.get_or_create(labels).inc();
-                        tracing::warn!(
-                            subscriber = ?labels, destination = %route.destination, dead_letter = %dead_letter,
-                            id = %event.id(), reason = %failure.reason, "event dead-lettered"
-                        );
+                if !dead_letter(
+                    plan, deliverer, metrics, interrupt, route, &event, &failure, attempts,
+                )
+                .await
+                {
+                    if interrupt.is_cancelled() {
+                        return drop(delivery);
                     }
-                    Outcome::Interrupted => return drop(delivery),
-                    Outcome::Failed(dl_failure, _) => {
-                        tracing::error!(
-                            subscriber = ?labels, dead_letter = %dead_letter, id = %event.id(),
-                            reason = %dl_failure.reason, "dead-letter delivery failed too; the event will be retried"
-                        );
-                        let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
-                        return;
-                    }
+                    let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                    return;
                 }
             }
         }
