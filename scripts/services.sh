@@ -62,5 +62,17 @@ if ! up 127.0.0.1 6379; then
 fi
 echo "export OFE_TEST_REDIS=redis://127.0.0.1:6379"
 
-# Kafka (tansu) comes with the Kafka bus and source; until then OFE_TEST_KAFKA stays unset and
-# no test needs it.
+# Kafka protocol: tansu (a Kafka-compatible broker in Rust, from crates.io), built once into
+# ~/.cache/ofe-tools (about 10 minutes on 2 cores; later runs reuse it), in-memory storage.
+if ! up 127.0.0.1 9092; then
+  tansu="$HOME/.cache/ofe-tools/bin/tansu"
+  if [ ! -x "$tansu" ]; then
+    log "installing tansu (cargo install, about 10 minutes)"
+    cargo install --quiet tansu --locked --features dynostore --root "$HOME/.cache/ofe-tools" >&2
+  fi
+  nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
+    >"$state/tansu.log" 2>&1 &
+  wait_port 127.0.0.1 9092 tansu
+fi
+echo "export OFE_TEST_KAFKA=127.0.0.1:9092"

@@ -11,6 +11,7 @@ mod bus;
 pub mod embedded;
 pub mod event;
 pub mod jetstream;
+pub mod kafka;
 mod subject;
 pub mod testing;
 

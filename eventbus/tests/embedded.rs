@@ -30,7 +30,8 @@ suite!(
     dropped_delivery_is_redelivered,
     in_flight_is_bounded,
     large_events_round_trip,
-    duplicates_are_dropped,
+    duplicates_are_delivered_once,
+    publish_reports_duplicates,
     delivers_once_past_max_deliver,
 );
 
@@ -39,7 +40,7 @@ async fn same_name_shares_other_name_gets_all() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = open(dir.path());
     let shared: Arc<dyn EventBus> = Arc::new(bus.clone());
-    testing::same_name_shares_other_name_gets_all(shared, "share").await;
+    testing::same_name_shares_other_name_gets_all(shared, "share", Duration::ZERO).await;
     bus.close().await.expect("close");
 }
 

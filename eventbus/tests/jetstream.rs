@@ -51,7 +51,8 @@ suite!(
     dropped_delivery_is_redelivered,
     in_flight_is_bounded,
     large_events_round_trip,
-    duplicates_are_dropped,
+    duplicates_are_delivered_once,
+    publish_reports_duplicates,
     delivers_once_past_max_deliver,
 );
 
@@ -59,7 +60,7 @@ suite!(
 async fn same_name_shares_other_name_gets_all() {
     let Some(url) = url() else { return };
     let bus: Arc<dyn EventBus> = Arc::new(connect(&url).await);
-    testing::same_name_shares_other_name_gets_all(bus, &prefix("share")).await;
+    testing::same_name_shares_other_name_gets_all(bus, &prefix("share"), Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

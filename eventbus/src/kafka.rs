@@ -1,0 +1,698 @@
+//! The Kafka backend, for clusters.
+//!
+//! Topic layout: one topic per bus, `<prefix>.events` (default `ofe.events`), holding every
+//! event and topic of that bus; the subject travels in the `ofe_subject` header. Every consumer
+//! group reads the topic and keeps the subjects it subscribed to. This is the layout of
+//! Knative's Kafka broker and Argo Events' Kafka bus, and it keeps the topic count independent
+//! of the number of EventSources.
+//!
+//! - Records use the CloudEvents Kafka binding in binary mode: `ce_*` headers, `content-type`,
+//!   data as the value. The key is the `partitionkey` extension, else the subject, so
+//!   everything with one key (by default, one subject) stays in one partition, in order.
+//! - The producer is idempotent with `acks=all`; publish returns when the broker acknowledged.
+//! - Each consumer name is a consumer group. Offsets are committed only up to the lowest
+//!   unsettled message of each partition, so a crash redelivers what was in flight, never
+//!   skips it. Kafka has no per-message nack: a nack keeps the message in the subscription and
+//!   delivers it again after the delay, holding back that partition's commit meanwhile.
+//! - Kafka has no duplicate window: each subscription drops a message whose subject, `source`
+//!   and `id` it saw within the window (2 minutes), and `publish` never reports duplicates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cloudevents::{AttributesReader, Event};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::bus::{
+    Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+};
+use crate::{Subject, event};
+
+/// SASL settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// TLS files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KafkaTls {
+    /// CA bundle (PEM file).
+    pub ca_file: Option<String>,
+    /// Client certificate and key (PEM files), for mutual TLS.
+    pub client: Option<(String, String)>,
+}
+
+/// Settings of the Kafka backend.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap brokers.
+    pub brokers: String,
+    /// Topic prefix; the topic is `<prefix>.events`.
+    pub topic_prefix: String,
+    /// Partitions when ofe creates the topic.
+    pub partitions: i32,
+    /// Replication factor when ofe creates the topic.
+    pub replication: i32,
+    /// SASL, when set.
+    pub sasl: Option<KafkaSasl>,
+    /// TLS, when set.
+    pub tls: Option<KafkaTls>,
+    /// Window in which a subscription drops repeated events.
+    pub dedup_window: Duration,
+}
+
+impl KafkaConfig {
+    /// Defaults for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: "ofe".into(),
+            partitions: 3,
+            replication: 1,
+            sasl: None,
+            tls: None,
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+
+    fn topic(&self) -> String {
+        format!("{}.events", self.topic_prefix)
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        // Resolve `localhost` and friends to IPv4 first, as the brokers here listen there.
+        c.set("broker.address.family", "v4");
+        let protocol = match (&self.sasl, &self.tls) {
+            (None, None) => "plaintext",
+            (None, Some(_)) => "ssl",
+            (Some(_), None) => "sasl_plaintext",
+            (Some(_), Some(_)) => "sasl_ssl",
+        };
+        c.set("security.protocol", protocol);
+        if let Some(sasl) = &self.sasl {
+            c.set("sasl.mechanisms", &sasl.mechanism);
+            c.set("sasl.username", &sasl.username);
+            c.set("sasl.password", &sasl.password);
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(ca) = &tls.ca_file {
+                c.set("ssl.ca.location", ca);
+            }
+            if let Some((cert, key)) = &tls.client {
+                c.set("ssl.certificate.location", cert);
+                c.set("ssl.key.location", key);
+            }
+        }
+        c
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+/// Header carrying the bus subject.
+const SUBJECT_HEADER: &str = "ofe_subject";
+/// Largest record accepted, so 1 MiB events with their headers fit.
+const MAX_MESSAGE_BYTES: &str = "8388608";
+
+/// The Kafka bus. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaBus {
+    config: Arc<KafkaConfig>,
+    topic: Arc<str>,
+    producer: FutureProducer,
+    partitions: i32,
+}
+
+impl KafkaBus {
+    /// Connects, and creates the topic when it is missing.
+    pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
+        let topic = config.topic();
+        let admin: AdminClient<DefaultClientContext> =
+            config.client_config().create().map_err(|e| BusError::Config(e.to_string()))?;
+        let new_topic =
+            NewTopic::new(&topic, config.partitions, TopicReplication::Fixed(config.replication))
+                .set("max.message.bytes", MAX_MESSAGE_BYTES);
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let created = admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(|e| unavailable(format!("cannot reach Kafka at {}: {e}", config.brokers)))?;
+        for result in created {
+            match result {
+                Ok(_) => tracing::info!(%topic, "created Kafka topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(unavailable(format!("cannot create Kafka topic {name}: {code}")));
+                }
+            }
+        }
+        let producer: FutureProducer = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.max.bytes", MAX_MESSAGE_BYTES)
+            .set("linger.ms", "1")
+            .create()
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        let partitions = {
+            let (producer, name) = (producer.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&name), Duration::from_secs(10))
+                    .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| unavailable(format!("cannot read metadata of {topic}: {e}")))?
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            topic: topic.into(),
+            producer,
+            partitions: i32::try_from(partitions).unwrap_or(0),
+        })
+    }
+
+    /// The topic this bus uses.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+/// A consumer group id Kafka accepts.
+fn group_id(consumer: &str) -> String {
+    let safe: String = consumer
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect();
+    format!("ofe.{safe}")
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    fn backend(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
+        let subject = subject.to_string();
+        let mut headers = OwnedHeaders::new();
+        let attributes = event::binary_attributes(event);
+        for (name, value) in &attributes {
+            let key = format!("ce_{name}");
+            headers = headers.insert(Header { key: &key, value: Some(value.as_bytes()) });
+        }
+        if let Some(content_type) = event.datacontenttype() {
+            headers = headers.insert(Header { key: "content-type", value: Some(content_type) });
+        }
+        headers = headers.insert(Header { key: SUBJECT_HEADER, value: Some(subject.as_str()) });
+        let key = match event.extension("partitionkey") {
+            Some(k) => k.to_string(),
+            None => subject.clone(),
+        };
+        let payload = event::data_bytes(event);
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload).headers(headers);
+        let delivered =
+            self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| {
+                unavailable(format!("Kafka did not acknowledge the event: {e}"))
+            })?;
+        Ok(Published { sequence: u64::try_from(delivered.offset).unwrap_or(0), duplicate: false })
+    }
+
+    async fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        if options.max_in_flight == 0 {
+            return Err(BusError::Config("max_in_flight must be at least 1".into()));
+        }
+        let group = group_id(&options.consumer);
+        let shared = Arc::new(Shared::default());
+        let consumer: BaseConsumer<Rebalancing> = self
+            .config
+            .client_config()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES)
+            .set("queued.max.messages.kbytes", "16384")
+            .set("session.timeout.ms", "10000")
+            .create_with_context(Rebalancing { shared: shared.clone() })
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        let consumer = Arc::new(consumer);
+        if options.start == StartPosition::New {
+            let (consumer, topic, partitions) =
+                (consumer.clone(), self.topic.clone(), self.partitions);
+            tokio::task::spawn_blocking(move || start_at_end_if_new(&consumer, &topic, partitions))
+                .await
+                .map_err(unavailable)??;
+        }
+        consumer.subscribe(&[&self.topic]).map_err(unavailable)?;
+        let filter: BTreeSet<String> = options.subjects.iter().map(ToString::to_string).collect();
+        let (tx, rx) = mpsc::channel(options.max_in_flight);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = Poller {
+            consumer: consumer.clone(),
+            shared: shared.clone(),
+            filter,
+            tx,
+            stop: stop.clone(),
+            max_in_flight: options.max_in_flight,
+            topic: self.topic.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("ofe-kafka-{group}"))
+            .spawn(move || poller.run())
+            .map_err(unavailable)?;
+        Ok(Box::new(KafkaSubscription {
+            rx,
+            shared,
+            stop,
+            recent: Recent::new(self.config.dedup_window),
+        }))
+    }
+
+    async fn close(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+    }
+}
+
+/// A new group (no committed offsets) starts at the current end of every partition, fixed
+/// now rather than when the group is first assigned, so events published in between are not
+/// missed.
+fn start_at_end_if_new(
+    consumer: &BaseConsumer<Rebalancing>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), BusError> {
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let committed =
+        consumer.committed_offsets(all, Duration::from_secs(10)).map_err(unavailable)?;
+    let fresh = committed.elements().iter().all(|e| matches!(e.offset(), Offset::Invalid));
+    if !fresh {
+        return Ok(());
+    }
+    let mut ends = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) =
+            consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(unavailable)?;
+        ends.add_partition_offset(topic, p, Offset::Offset(high)).map_err(unavailable)?;
+    }
+    consumer.commit(&ends, CommitMode::Sync).map_err(unavailable)
+}
+
+/// What the polling thread and the subscription share.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Tracker>,
+    /// Unsettled messages (in flight or waiting for redelivery); the poller stops fetching at
+    /// the limit.
+    outstanding: AtomicUsize,
+}
+
+/// Per-partition offsets: which are unsettled, and the highest handed out.
+#[derive(Default)]
+struct Tracker {
+    /// partition → unsettled offsets.
+    open: BTreeMap<i32, BTreeSet<i64>>,
+    /// partition → highest offset examined.
+    seen: BTreeMap<i32, i64>,
+    /// partition → last committed offset (the next one to read).
+    committed: BTreeMap<i32, i64>,
+    /// Waiting for redelivery, in due order.
+    redeliver: VecDeque<Pending>,
+    /// Partitions this member owns (a revoked partition's acks commit nothing).
+    owned: BTreeSet<i32>,
+}
+
+impl Tracker {
+    /// The offset to commit for `partition`: the lowest unsettled one, or one past the
+    /// highest examined.
+    fn floor(&self, partition: i32) -> Option<i64> {
+        let lowest_open = self.open.get(&partition).and_then(|o| o.iter().next().copied());
+        let next = self.seen.get(&partition).map(|s| s + 1)?;
+        Some(lowest_open.map_or(next, |o| o.min(next)))
+    }
+}
+
+struct Rebalancing {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Rebalancing {}
+
+impl ConsumerContext for Rebalancing {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(list), Ok(mut t)) = (rebalance, self.shared.state.lock()) {
+            for e in list.elements() {
+                t.owned.remove(&e.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(list), Ok(mut t)) = (rebalance, self.shared.state.lock()) {
+            for e in list.elements() {
+                t.owned.insert(e.partition());
+            }
+        }
+    }
+}
+
+/// A message handed from the polling thread to the subscription.
+struct Pending {
+    partition: i32,
+    offset: i64,
+    event: Arc<Event>,
+    subject: Subject,
+    published_at: DateTime<Utc>,
+    attempt: u32,
+    due: Instant,
+}
+
+struct Poller {
+    consumer: Arc<BaseConsumer<Rebalancing>>,
+    shared: Arc<Shared>,
+    filter: BTreeSet<String>,
+    tx: mpsc::Sender<Pending>,
+    stop: Arc<AtomicBool>,
+    max_in_flight: usize,
+    topic: Arc<str>,
+}
+
+impl Poller {
+    fn run(self) {
+        let mut failing = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.shared.outstanding.load(Ordering::SeqCst) >= self.max_in_flight {
+                // Backpressure: fetch nothing more until something is settled.
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Err(e)) if !failing => {
+                    tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                    failing = true;
+                }
+                None | Some(Err(_)) => {}
+                Some(Ok(message)) => {
+                    if failing {
+                        tracing::info!("Kafka consumer recovered");
+                        failing = false;
+                    }
+                    if !self.take(&message) {
+                        break;
+                    }
+                }
+            }
+            self.commit(CommitMode::Async);
+        }
+        self.commit(CommitMode::Sync);
+    }
+
+    /// Hands a message over, or settles it at once when it is not for this subscription.
+    /// `false` when the subscription is gone.
+    fn take(&self, message: &BorrowedMessage<'_>) -> bool {
+        let (partition, offset) = (message.partition(), message.offset());
+        let subject_text = header(message, SUBJECT_HEADER).unwrap_or_default();
+        let wanted = self.filter.contains(subject_text.as_str());
+        let decoded = if wanted { decode(message, &subject_text) } else { None };
+        let Ok(mut t) = self.shared.state.lock() else { return false };
+        let seen = t.seen.entry(partition).or_insert(offset);
+        *seen = (*seen).max(offset);
+        let Some((event, subject)) = decoded else {
+            if wanted {
+                tracing::error!(
+                    partition,
+                    offset,
+                    "undecodable record on the Kafka bus; skipping it"
+                );
+            }
+            return true;
+        };
+        t.open.entry(partition).or_default().insert(offset);
+        drop(t);
+        self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
+        let published_at = message
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let pending = Pending {
+            partition,
+            offset,
+            event: Arc::new(event),
+            subject,
+            published_at,
+            attempt: 1,
+            due: Instant::now(),
+        };
+        self.tx.blocking_send(pending).is_ok()
+    }
+
+    /// Commits every owned partition whose floor moved.
+    fn commit(&self, mode: CommitMode) {
+        let Ok(mut t) = self.shared.state.lock() else { return };
+        let mut list = TopicPartitionList::new();
+        let owned: Vec<i32> = t.owned.iter().copied().collect();
+        for partition in owned {
+            let Some(floor) = t.floor(partition) else { continue };
+            if t.committed.get(&partition).is_some_and(|c| *c >= floor) {
+                continue;
+            }
+            if list.add_partition_offset(&self.topic, partition, Offset::Offset(floor)).is_ok() {
+                t.committed.insert(partition, floor);
+            }
+        }
+        drop(t);
+        if list.count() > 0
+            && let Err(e) = self.consumer.commit(&list, mode)
+        {
+            tracing::debug!(error = %e, "Kafka offset commit failed; it is retried with the next one");
+        }
+    }
+}
+
+fn header(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn decode(message: &BorrowedMessage<'_>, subject: &str) -> Option<(Event, Subject)> {
+    let subject = Subject::parse(subject)?;
+    let headers = message.headers()?;
+    let mut owned = Vec::new();
+    let mut content_type = None;
+    for h in headers.iter() {
+        let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+        if let Some(name) = h.key.strip_prefix("ce_") {
+            owned.push((name.to_string(), value));
+        } else if h.key.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value);
+        }
+    }
+    let attributes = owned.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    let event = event::from_binary(
+        attributes,
+        content_type.as_deref(),
+        message.payload().unwrap_or_default(),
+    )
+    .ok()?;
+    Some((event, subject))
+}
+
+/// Recently delivered (subject, source, id) keys, to drop republished events.
+struct Recent {
+    window: Duration,
+    keys: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Recent {
+    fn new(window: Duration) -> Self {
+        Self { window, keys: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Whether `key` was seen within the window; records it otherwise.
+    fn repeat(&mut self, key: String) -> bool {
+        let now = Instant::now();
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.window {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        if self.keys.contains_key(&key) {
+            return true;
+        }
+        self.keys.insert(key.clone(), now);
+        self.order.push_back((now, key));
+        false
+    }
+}
+
+struct KafkaSubscription {
+    rx: mpsc::Receiver<Pending>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    recent: Recent,
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn settle(shared: &Shared, partition: i32, offset: i64) {
+    if let Ok(mut t) = shared.state.lock()
+        && let Some(open) = t.open.get_mut(&partition)
+        && open.remove(&offset)
+    {
+        shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let due = {
+                let mut t = self.shared.state.lock().map_err(|_| BusError::Closed)?;
+                match t.redeliver.front() {
+                    Some(p) if p.due <= Instant::now() => t.redeliver.pop_front(),
+                    _ => None,
+                }
+            };
+            let pending = match due {
+                Some(p) => p,
+                None => {
+                    let wake = {
+                        let t = self.shared.state.lock().map_err(|_| BusError::Closed)?;
+                        t.redeliver.iter().map(|p| p.due).min()
+                    };
+                    let sleep = async {
+                        match wake {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    };
+                    tokio::select! {
+                        message = self.rx.recv() => match message {
+                            Some(p) => {
+                                if self.recent.repeat(event::dedup_key(&p.subject.to_string(), &p.event)) {
+                                    settle(&self.shared, p.partition, p.offset);
+                                    continue;
+                                }
+                                p
+                            }
+                            None => return Err(BusError::Closed),
+                        },
+                        () = sleep => continue,
+                    }
+                }
+            };
+            let acker = Box::new(KafkaAcker {
+                shared: self.shared.clone(),
+                retained: Some(Pending { ..pending.clone_meta() }),
+            });
+            return Ok(Delivery::new(
+                pending.event.clone(),
+                pending.subject.clone(),
+                u64::try_from(pending.offset).unwrap_or(0),
+                pending.attempt,
+                pending.published_at,
+                acker,
+            ));
+        }
+    }
+}
+
+impl Pending {
+    fn clone_meta(&self) -> Self {
+        Self {
+            partition: self.partition,
+            offset: self.offset,
+            event: self.event.clone(),
+            subject: self.subject.clone(),
+            published_at: self.published_at,
+            attempt: self.attempt,
+            due: self.due,
+        }
+    }
+}
+
+struct KafkaAcker {
+    shared: Arc<Shared>,
+    /// Kept for redelivery after a nack.
+    retained: Option<Pending>,
+}
+
+impl KafkaAcker {
+    fn redeliver(&mut self, delay: Duration) {
+        let Some(mut p) = self.retained.take() else { return };
+        p.attempt += 1;
+        p.due = Instant::now() + delay;
+        if let Ok(mut t) = self.shared.state.lock() {
+            let at = t.redeliver.iter().position(|q| q.due > p.due).unwrap_or(t.redeliver.len());
+            t.redeliver.insert(at, p);
+        }
+    }
+}
+
+impl Acker for KafkaAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        if let Some(p) = self.retained.take() {
+            settle(&self.shared, p.partition, p.offset);
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn nack(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>> {
+        self.redeliver(delay);
+        async { Ok(()) }.boxed()
+    }
+
+    fn abandon(mut self: Box<Self>) {
+        self.redeliver(Duration::ZERO);
+    }
+}
