@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
-use ofe_crds::{EventBusSpec, JetStreamBusSpec, NatsStreamingSpec};
+use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
 use ofe_eventbus::EventBus;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth, NatsTls};
+use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl, KafkaTls};
 
 /// Which bus a resource uses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +83,25 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
     Ok(c)
 }
 
+fn kafka_config(spec: &KafkaBusSpec) -> KafkaConfig {
+    let mut c = KafkaConfig::new(&spec.brokers);
+    if let Some(prefix) = &spec.topic_prefix {
+        c.topic_prefix.clone_from(prefix);
+    }
+    c.partitions = spec.partitions.unwrap_or(c.partitions);
+    c.replication = spec.replication.unwrap_or(c.replication);
+    c.sasl = spec.sasl.as_ref().map(|s| KafkaSasl {
+        mechanism: s.mechanism.clone().unwrap_or_else(|| "PLAIN".into()),
+        username: s.username.clone(),
+        password: s.password.clone(),
+    });
+    c.tls = spec.tls.as_ref().map(|t| KafkaTls {
+        ca_file: t.ca_file.clone(),
+        client: t.cert_file.clone().zip(t.key_file.clone()),
+    });
+    c
+}
+
 /// NATS Streaming settings mapped onto JetStream at the same URL.
 fn nats_streaming_config(spec: &NatsStreamingSpec) -> anyhow::Result<JetStreamConfig> {
     let mut c = JetStreamConfig::new(&spec.nats_url);
@@ -141,26 +161,28 @@ impl Buses {
     ) -> anyhow::Result<Arc<dyn EventBus>> {
         let (mut key, spec) = self.resolve(namespace, name);
         let spec = spec.unwrap_or_default();
-        let jetstream = match (&spec.jetstream, &spec.nats_streaming, &spec.kafka) {
-            (Some(js), _, _) => Some(jetstream_config(js)?),
+        enum Backend {
+            Embedded,
+            JetStream(JetStreamConfig),
+            Kafka(KafkaConfig),
+        }
+        let backend = match (&spec.jetstream, &spec.nats_streaming, &spec.kafka) {
+            (Some(js), _, _) => Backend::JetStream(jetstream_config(js)?),
             (None, Some(stan), _) => {
                 tracing::warn!(bus = ?key, url = %stan.nats_url, "NATS Streaming is end-of-life; serving this bus with JetStream at the same URL");
-                Some(nats_streaming_config(stan)?)
+                Backend::JetStream(nats_streaming_config(stan)?)
             }
-            (None, None, Some(_)) => bail!(
-                "bus {key:?} selects the kafka backend, which this version of ofe cannot serve yet; \
-                 use jetstream or the embedded bus"
-            ),
-            (None, None, None) => None,
+            (None, None, Some(kafka)) => Backend::Kafka(kafka_config(kafka)),
+            (None, None, None) => Backend::Embedded,
         };
-        if jetstream.is_none() {
+        if matches!(backend, Backend::Embedded) {
             key = BusKey::Embedded;
         }
         if let Some(bus) = self.running.get(&key) {
             return Ok(bus.clone());
         }
-        let bus: Arc<dyn EventBus> = match jetstream {
-            Some(config) => {
+        let bus: Arc<dyn EventBus> = match backend {
+            Backend::JetStream(config) => {
                 let url = config.url.clone();
                 let bus = JetStreamBus::connect(config)
                     .await
@@ -168,7 +190,15 @@ impl Buses {
                 tracing::info!(bus = ?key, %url, "JetStream bus connected");
                 Arc::new(bus)
             }
-            None => {
+            Backend::Kafka(config) => {
+                let brokers = config.brokers.clone();
+                let bus = KafkaBus::connect(config)
+                    .await
+                    .with_context(|| format!("cannot open the Kafka bus at {brokers}"))?;
+                tracing::info!(bus = ?key, %brokers, topic = %bus.topic(), "Kafka bus connected");
+                Arc::new(bus)
+            }
+            Backend::Embedded => {
                 let mut config = EmbeddedConfig::new(data_dir.join("bus"));
                 if let Some(e) = &spec.embedded {
                     if let Some(b) = e.max_bytes.and_then(|b| u64::try_from(b).ok()) {

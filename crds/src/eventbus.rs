@@ -132,15 +132,40 @@ pub struct TlsSpec {
     pub key_file: Option<String>,
 }
 
-/// A Kafka bus.
+/// A Kafka bus. All its events share one topic, `<topicPrefix>.events`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KafkaBusSpec {
     /// Comma-separated bootstrap brokers.
     pub brokers: String,
-    /// Prefix of the topics ofe creates. Default `ofe`.
+    /// Prefix of the topic ofe uses (`<prefix>.events`). Default `ofe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_prefix: Option<String>,
+    /// Partitions when ofe creates the topic. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// Replication factor when ofe creates the topic. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<i32>,
+    /// SASL credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSpec>,
+    /// TLS to the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// SASL credentials for Kafka.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SaslSpec {
+    /// `PLAIN` (default), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<String>,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
 }
 
 /// OpenFunction's NATS Streaming settings.

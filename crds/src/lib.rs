@@ -28,7 +28,7 @@ pub mod validate;
 pub use common::{Condition, Reference, ScaleOption, SinkSpec};
 pub use eventbus::{
     BusBackend, ClusterEventBus, ClusterEventBusSpec, EmbeddedBusSpec, EventBus, EventBusSpec,
-    JetStreamBusSpec, KafkaBusSpec, NatsAuthSpec, NatsStreamingSpec, TlsSpec,
+    JetStreamBusSpec, KafkaBusSpec, NatsAuthSpec, NatsStreamingSpec, SaslSpec, TlsSpec,
 };
 pub use eventsource::{
     CronSpec, EventSource, EventSourceSpec, EventSourceStatus, KafkaSpec, MqttSpec, RedisSpec,

@@ -289,6 +289,27 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
             ));
         }
     }
+    if let Some(kafka) = &spec.kafka {
+        if let Some(m) = kafka.sasl.as_ref().and_then(|s| s.mechanism.as_deref())
+            && !matches!(m, "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")
+        {
+            out.push(Diagnostic::error(
+                "spec.kafka.sasl.mechanism",
+                format!("`{m}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            ));
+        }
+        if kafka.partitions.is_some_and(|p| p < 1) {
+            out.push(Diagnostic::error("spec.kafka.partitions", "must be at least 1"));
+        }
+        if let Some(tls) = &kafka.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            out.push(Diagnostic::error(
+                "spec.kafka.tls",
+                "certFile and keyFile go together; set both",
+            ));
+        }
+    }
     if spec.embedded.as_ref().and_then(|e| e.max_bytes).is_some_and(|b| b < 1 << 20) {
         out.push(Diagnostic::error("spec.embedded.maxBytes", "must be at least 1048576 (1 MiB)"));
     }

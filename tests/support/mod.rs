@@ -184,3 +184,12 @@ pub fn jetstream_bus(namespace: &str, url: &str) -> String {
          metadata: {{ name: default, namespace: {namespace} }}\nspec:\n  jetstream:\n    url: \"{url}\"\n"
     )
 }
+
+/// An EventBus `default` in `namespace` on the Kafka brokers `brokers`, with its own topic.
+pub fn kafka_bus(namespace: &str, brokers: &str) -> String {
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+         metadata: {{ name: default, namespace: {namespace} }}\nspec:\n  kafka:\n    \
+         brokers: \"{brokers}\"\n    topicPrefix: ofe-{namespace}\n"
+    )
+}
