@@ -505,7 +505,10 @@ struct JetStreamAcker {
 
 impl Acker for JetStreamAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
-        async move { self.acker.double_ack().await.map_err(unavailable) }.boxed()
+        // A plain ack, not a confirmed one: waiting for the server per message would cap a
+        // consumer at one round trip per event, and a lost ack only means a redelivery, which
+        // at-least-once already allows.
+        async move { self.acker.ack().await.map_err(unavailable) }.boxed()
     }
 
     fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>> {
