@@ -143,3 +143,87 @@ async fn nats_streaming_bus_is_served_by_jetstream() {
     assert!(!dir.path().join("data/bus").exists(), "the natsStreaming bus must run on JetStream");
     assert!(terminate(&mut ofe).success());
 }
+
+/// The NATS server is killed and restarted while `ofe run` streams: every event the bus
+/// acknowledged reaches the function, and the log says "lost" once and "connected" again, not
+/// a flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
+    let Ok(binary) = std::env::var("OFE_TEST_NATS_SERVER") else {
+        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary to restart)");
+        return;
+    };
+    let port = free_addr().port();
+    let store = tempfile::tempdir().expect("tempdir");
+    let start_server = || {
+        std::process::Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server")
+    };
+    let mut server = start_server();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ns = namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = support::cron_and_trigger(
+        &ns,
+        &base,
+        "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
+    ) + &support::jetstream_bus(&ns, &format!("nats://127.0.0.1:{port}"));
+    let listen = free_addr();
+    let log = dir.path().join("ofe.log");
+    let mut ofe = support::start_ofe_logged(
+        &manifests(dir.path(), &yaml),
+        &dir.path().join("data"),
+        listen,
+        &log,
+    );
+    wait_ready(listen).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "deliveries before the restart", |r| {
+            r.on("/fn").len() >= 2
+        })
+        .await;
+
+    server.kill().expect("kill nats-server");
+    server.wait().expect("reap");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut server = start_server();
+    let after_restart = receiver.on("/fn").len();
+    receiver
+        .wait_for(Duration::from_secs(30), "deliveries after the restart", |r| {
+            r.on("/fn").len() >= after_restart + 3
+        })
+        .await;
+    let metrics = get(&format!("http://{listen}/metrics")).await;
+    let published = counter(
+        &metrics,
+        &format!(
+            "ofe_eventsource_events_published_total{{namespace=\"{ns}\",eventsource=\"clock\""
+        ),
+    );
+    // Every event the bus acknowledged reaches the function.
+    receiver
+        .wait_for(Duration::from_secs(30), "every acknowledged event", |r| {
+            let ids: BTreeSet<String> = r.on("/fn").iter().map(|x| x.header("ce-id")).collect();
+            u64::try_from(ids.len()).unwrap_or(0) >= published
+        })
+        .await;
+    assert!(terminate(&mut ofe).success());
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lost = text.lines().filter(|l| l.contains("lost the connection to NATS")).count();
+    let connected = text.lines().filter(|l| l.contains("connected to NATS")).count();
+    let warnings = text.lines().filter(|l| l.contains(" WARN ")).count();
+    println!(
+        "broker restart: {published} acknowledged, all delivered; log: {lost} lost, {connected} connected, {warnings} warnings"
+    );
+    assert_eq!(lost, 1, "one 'lost' line per outage:\n{text}");
+    assert!(connected >= 2, "a 'connected' line at start and after the outage:\n{text}");
+    assert!(warnings <= 10, "the outage must not flood the log ({warnings} warnings):\n{text}");
+}

@@ -116,6 +116,27 @@ pub async fn wait_ready(listen: SocketAddr) {
     }
 }
 
+/// Starts `ofe run` like [`start_ofe`], logging at `info` into `log`.
+pub fn start_ofe_logged(
+    manifests: &Path,
+    data_dir: &Path,
+    listen: SocketAddr,
+    log: &Path,
+) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    ofe()
+        .args(["run", "-f"])
+        .arg(manifests)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &listen.to_string(), "--log-level", "info,lsm_tree=warn,fjall=warn"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawn ofe run")
+}
+
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
