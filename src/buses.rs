@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
-use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
-use ofe_eventbus::EventBus;
+use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec, TlsSpec};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth, NatsTls};
-use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl, KafkaTls};
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
+use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
+use ofe_eventbus::{EventBus, TlsFiles};
 
 /// Which bus a resource uses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +40,17 @@ fn duration(path: &str, text: Option<&String>, default: Duration) -> anyhow::Res
     match text {
         None => Ok(default),
         Some(t) => ofe_crds::duration::parse(t).map_err(|e| anyhow::anyhow!("{path}: {e}")),
+    }
+}
+
+fn tls_files(tls: &TlsSpec) -> TlsFiles {
+    TlsFiles {
+        ca_file: tls.ca_file.as_ref().map(PathBuf::from),
+        client: tls
+            .cert_file
+            .as_ref()
+            .zip(tls.key_file.as_ref())
+            .map(|(c, k)| (c.into(), k.into())),
     }
 }
 
@@ -70,16 +81,7 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
             _ => NatsAuth::None,
         };
     }
-    if let Some(tls) = &spec.tls {
-        c.tls = Some(NatsTls {
-            ca_file: tls.ca_file.as_ref().map(PathBuf::from),
-            client: tls
-                .cert_file
-                .as_ref()
-                .zip(tls.key_file.as_ref())
-                .map(|(c, k)| (c.into(), k.into())),
-        });
-    }
+    c.tls = spec.tls.as_ref().map(tls_files);
     Ok(c)
 }
 
@@ -95,10 +97,7 @@ fn kafka_config(spec: &KafkaBusSpec) -> KafkaConfig {
         username: s.username.clone(),
         password: s.password.clone(),
     });
-    c.tls = spec.tls.as_ref().map(|t| KafkaTls {
-        ca_file: t.ca_file.clone(),
-        client: t.cert_file.clone().zip(t.key_file.clone()),
-    });
+    c.tls = spec.tls.as_ref().map(tls_files);
     c
 }
 

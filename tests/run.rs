@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::{Receiver, counter, free_addr, get, manifests, start_ofe, terminate, wait_ready};
@@ -70,67 +70,18 @@ async fn cron_events_reach_the_function_as_cloudevents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_loses_no_acknowledged_event() {
     let (receiver, base) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let yaml = cron_and_trigger(&base, "  - condition: tick\n    sink: { uri: \"BASE/slow\" }");
-    let folder = manifests(dir.path(), &yaml);
-    let data = dir.path().join("data");
-    let listen = free_addr();
-    let mut first = start_ofe(&folder, &data, listen);
-    wait_ready(listen).await;
-    receiver
-        .wait_for(Duration::from_secs(20), "first deliveries", |r| r.on("/slow").len() >= 3)
-        .await;
-    let metrics = get(&format!("http://{listen}/metrics")).await;
-    let published = counter(
-        &metrics,
-        "ofe_eventsource_events_published_total{namespace=\"default\",eventsource=\"clock\"",
-    );
-    let delivered = counter(
-        &metrics,
-        "ofe_trigger_events_delivered_total{namespace=\"default\",trigger=\"route\"",
-    );
-    first.kill().expect("kill -9");
-    first.wait().expect("reap");
-    assert!(published >= 3, "too few events before the kill: {published}");
-    let seen_before = receiver.on("/slow").len();
-
-    let listen = free_addr();
-    let mut second = start_ofe(&folder, &data, listen);
-    wait_ready(listen).await;
-    // Acknowledged ticks have consecutive timestamps from the first one; all must arrive, and
-    // the restarted process must deliver something itself.
-    let first_time =
-        receiver.on("/slow").iter().map(|r| r.header("ce-time")).min().expect("a delivery");
-    let start = chrono::DateTime::parse_from_rfc3339(&first_time).expect("ce-time");
-    let wanted: BTreeSet<String> = (0..published)
-        .map(|i| (start + chrono::TimeDelta::seconds(i64::try_from(i).unwrap_or(0))).to_rfc3339())
-        .collect();
-    let times = |r: &Receiver| -> BTreeSet<String> {
-        r.on("/slow")
-            .iter()
-            .filter_map(|x| chrono::DateTime::parse_from_rfc3339(&x.header("ce-time")).ok())
-            .map(|t| t.to_rfc3339())
-            .collect()
-    };
-    receiver
-        .wait_for(Duration::from_secs(30), "every acknowledged event after restart", |r| {
-            wanted.is_subset(&times(r)) && r.on("/slow").len() > seen_before
-        })
-        .await;
-    let all = receiver.on("/slow");
-    let mut per_id: HashMap<String, usize> = HashMap::new();
-    for r in &all {
-        *per_id.entry(r.header("ce-id")).or_default() += 1;
-    }
-    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    let report =
+        support::kill_9_scenario(&yaml, "default", &receiver, Duration::from_secs(30)).await;
     println!(
-        "kill -9: {published} events acknowledged by the bus before the kill, {delivered} of them \
-         fully delivered; after restart all {published} arrived ({} deliveries, {} distinct, \
-         {duplicates} duplicates)",
-        all.len(),
-        per_id.len()
+        "kill -9: {} events acknowledged by the bus before the kill, {} of them fully delivered; \
+         after restart all arrived ({} deliveries, {} distinct, {} duplicates)",
+        report.published,
+        report.delivered_before,
+        report.deliveries,
+        report.distinct,
+        report.duplicates()
     );
-    assert!(terminate(&mut second).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

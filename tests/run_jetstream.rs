@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::{Receiver, counter, free_addr, get, manifests, start_ofe, terminate, wait_ready};
@@ -16,110 +16,40 @@ fn nats() -> Option<String> {
     url
 }
 
-/// A namespace of its own, so this run's subjects and consumers are new on the shared server.
-fn namespace() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_runs_on_jetstream() {
     let Some(url) = nats() else { return };
-    let ns = namespace();
+    let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let yaml = support::cron_and_trigger(
         &ns,
         &base,
         "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
     ) + &support::jetstream_bus(&ns, &url);
-    let listen = free_addr();
-    let mut ofe = start_ofe(&manifests(dir.path(), &yaml), &dir.path().join("data"), listen);
-    wait_ready(listen).await;
-    receiver
-        .wait_for(Duration::from_secs(20), "3 events via JetStream", |r| r.on("/fn").len() >= 3)
-        .await;
-    for got in receiver.on("/fn") {
-        assert_eq!(got.header("ce-specversion"), "1.0");
-        assert_eq!(got.header("ce-type"), "io.openfunction.events.cron");
-        assert_eq!(got.header("ce-ofenamespace"), ns);
-    }
-    assert!(
-        !dir.path().join("data/bus").exists(),
-        "a JetStream bus must not open the embedded store"
-    );
-    assert!(terminate(&mut ofe).success());
+    support::example_flow_on_broker(&yaml, &ns, &receiver).await;
 }
 
 /// kill -9 during a stream on JetStream, then a restart: every event the bus acknowledged
-/// reaches the function.
+/// reaches the function. Deliveries held at the kill come back after the ack wait (30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_on_jetstream_loses_no_acknowledged_event() {
     let Some(url) = nats() else { return };
-    let ns = namespace();
+    let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let yaml = support::cron_and_trigger(
         &ns,
         &base,
         "  - condition: tick\n    sink: { uri: \"BASE/slow\" }",
     ) + &support::jetstream_bus(&ns, &url);
-    let folder = manifests(dir.path(), &yaml);
-    let listen = free_addr();
-    let mut first = start_ofe(&folder, &dir.path().join("data"), listen);
-    wait_ready(listen).await;
-    receiver
-        .wait_for(Duration::from_secs(20), "first deliveries", |r| r.on("/slow").len() >= 3)
-        .await;
-    let metrics = get(&format!("http://{listen}/metrics")).await;
-    let published = counter(
-        &metrics,
-        &format!(
-            "ofe_eventsource_events_published_total{{namespace=\"{ns}\",eventsource=\"clock\""
-        ),
-    );
-    first.kill().expect("kill -9");
-    first.wait().expect("reap");
-    assert!(published >= 3, "too few events before the kill: {published}");
-    let seen_before = receiver.on("/slow").len();
-
-    let listen = free_addr();
-    let mut second = start_ofe(&folder, &dir.path().join("data"), listen);
-    wait_ready(listen).await;
-    let first_time =
-        receiver.on("/slow").iter().map(|r| r.header("ce-time")).min().expect("a delivery");
-    let start = chrono::DateTime::parse_from_rfc3339(&first_time).expect("ce-time");
-    let wanted: BTreeSet<String> = (0..published)
-        .map(|i| (start + chrono::TimeDelta::seconds(i64::try_from(i).unwrap_or(0))).to_rfc3339())
-        .collect();
-    let times = |r: &Receiver| -> BTreeSet<String> {
-        r.on("/slow")
-            .iter()
-            .filter_map(|x| chrono::DateTime::parse_from_rfc3339(&x.header("ce-time")).ok())
-            .map(|t| t.to_rfc3339())
-            .collect()
-    };
-    // Deliveries held at the kill come back once the server's ack wait (30 s) has passed.
-    receiver
-        .wait_for(Duration::from_secs(60), "every acknowledged event after restart", |r| {
-            wanted.is_subset(&times(r)) && r.on("/slow").len() > seen_before
-        })
-        .await;
-    let mut per_id: HashMap<String, usize> = HashMap::new();
-    for r in receiver.on("/slow") {
-        *per_id.entry(r.header("ce-id")).or_default() += 1;
-    }
-    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
-    println!(
-        "kill -9 on JetStream: {published} acknowledged before the kill, all received; {duplicates} duplicates"
-    );
-    assert!(terminate(&mut second).success());
+    let report = support::kill_9_scenario(&yaml, &ns, &receiver, Duration::from_secs(60)).await;
+    println!("kill -9 on JetStream: {report:?}, {} duplicates", report.duplicates());
 }
 
 /// An OpenFunction NATS Streaming bus, unchanged, is served by JetStream at its `natsURL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_streaming_bus_is_served_by_jetstream() {
     let Some(url) = nats() else { return };
-    let ns = namespace();
+    let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = format!(
@@ -166,7 +96,7 @@ async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
     };
     let mut server = start_server();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ns = namespace();
+    let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = support::cron_and_trigger(

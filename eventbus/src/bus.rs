@@ -79,7 +79,24 @@ pub struct SubscribeOptions {
     pub max_deliver: Option<u32>,
 }
 
+/// TLS files for a broker connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM bundle of the CA that signed the broker's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 impl SubscribeOptions {
+    /// Rejects options no backend can honour.
+    pub fn check(&self) -> Result<(), BusError> {
+        if self.max_in_flight == 0 {
+            return Err(BusError::Config("max_in_flight must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// Options for `consumer` over `subjects`, with 256 in flight, starting with new events.
     pub fn new(consumer: impl Into<String>, subjects: Vec<Subject>) -> Self {
         Self {

@@ -212,9 +212,7 @@ impl EventBus for EmbeddedBus {
         &self,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        if options.max_in_flight == 0 {
-            return Err(BusError::Config("max_in_flight must be at least 1".into()));
-        }
+        options.check()?;
         let filter: HashSet<String> = options.subjects.iter().map(ToString::to_string).collect();
         let existing = {
             let groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;

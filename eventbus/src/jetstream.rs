@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+    TlsFiles,
 };
 use crate::{Subject, event};
 
@@ -48,15 +49,6 @@ pub enum NatsAuth {
     Token(String),
     /// A `.creds` file with a JWT and NKey seed.
     CredentialsFile(PathBuf),
-}
-
-/// TLS files.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NatsTls {
-    /// CA bundle that signed the server certificate.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key, for mutual TLS.
-    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Settings of the JetStream backend.
@@ -81,7 +73,7 @@ pub struct JetStreamConfig {
     /// Credentials.
     pub auth: NatsAuth,
     /// TLS, when set.
-    pub tls: Option<NatsTls>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl JetStreamConfig {
@@ -290,9 +282,7 @@ impl EventBus for JetStreamBus {
         &self,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        if options.max_in_flight == 0 {
-            return Err(BusError::Config("max_in_flight must be at least 1".into()));
-        }
+        options.check()?;
         let name = durable_name(&options.consumer);
         let mut filters: Vec<String> = options.subjects.iter().map(ToString::to_string).collect();
         filters.sort();

@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::bus::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+    TlsFiles,
 };
 use crate::{Subject, event};
 
@@ -51,15 +52,6 @@ pub struct KafkaSasl {
     pub username: String,
     /// Password.
     pub password: String,
-}
-
-/// TLS files.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KafkaTls {
-    /// CA bundle (PEM file).
-    pub ca_file: Option<String>,
-    /// Client certificate and key (PEM files), for mutual TLS.
-    pub client: Option<(String, String)>,
 }
 
 /// Settings of the Kafka backend.
@@ -76,7 +68,7 @@ pub struct KafkaConfig {
     /// SASL, when set.
     pub sasl: Option<KafkaSasl>,
     /// TLS, when set.
-    pub tls: Option<KafkaTls>,
+    pub tls: Option<TlsFiles>,
     /// Window in which a subscription drops repeated events.
     pub dedup_window: Duration,
 }
@@ -118,11 +110,11 @@ impl KafkaConfig {
         }
         if let Some(tls) = &self.tls {
             if let Some(ca) = &tls.ca_file {
-                c.set("ssl.ca.location", ca);
+                c.set("ssl.ca.location", ca.display().to_string());
             }
             if let Some((cert, key)) = &tls.client {
-                c.set("ssl.certificate.location", cert);
-                c.set("ssl.key.location", key);
+                c.set("ssl.certificate.location", cert.display().to_string());
+                c.set("ssl.key.location", key.display().to_string());
             }
         }
         c
@@ -248,9 +240,7 @@ impl EventBus for KafkaBus {
         &self,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        if options.max_in_flight == 0 {
-            return Err(BusError::Config("max_in_flight must be at least 1".into()));
-        }
+        options.check()?;
         let group = group_id(&options.consumer);
         let shared = Arc::new(Shared::default());
         let consumer: BaseConsumer<Rebalancing> = self
@@ -633,7 +623,7 @@ impl Subscription for KafkaSubscription {
             };
             let acker = Box::new(KafkaAcker {
                 shared: self.shared.clone(),
-                retained: Some(Pending { ..pending.clone_meta() }),
+                retained: Some(pending.clone_meta()),
             });
             return Ok(Delivery::new(
                 pending.event.clone(),

@@ -17,6 +17,7 @@ pub mod testing;
 
 pub use bus::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
+    TlsFiles,
 };
 pub use cloudevents::Event;
 pub use subject::Subject;

@@ -1,8 +1,48 @@
 //! The behaviour every [`EventBus`] backend must show, as reusable async checks.
 //!
 //! Each check takes a bus and a unique prefix (so checks can share one broker) and panics with
-//! a description of what went wrong. Backends run them from their integration tests; the
-//! embedded backend runs them in `tests/embedded.rs`.
+//! a description of what went wrong. A backend runs the whole suite with
+//! [`crate::conformance_suite!`] from its integration tests, e.g. `tests/embedded.rs`.
+
+/// Generates one `#[tokio::test]` per check of the suite. `$connect` is an async block giving
+/// `Option<Arc<dyn EventBus>>` (`None` to skip, after saying why); `$reopen` is a closure
+/// returning such a block, for the process-restart check; `$settle` is how long consumer
+/// groups need to form.
+#[macro_export]
+macro_rules! conformance_suite {
+    (connect: $connect:expr, settle: $settle:expr $(,)?) => {
+        $crate::conformance_suite!(@each $connect;
+            delivers_in_order_with_filter,
+            nack_redelivers_after_delay,
+            dropped_delivery_is_redelivered,
+            in_flight_is_bounded,
+            large_events_round_trip,
+            duplicates_are_delivered_once,
+            delivers_once_past_max_deliver,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn same_name_shares_other_name_gets_all() {
+            let Some(bus) = $connect else { return };
+            let prefix = $crate::testing::unique("share");
+            $crate::testing::same_name_shares_other_name_gets_all(bus, &prefix, $settle).await;
+        }
+    };
+    (@each $connect:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(bus) = $connect else { return };
+            let prefix = $crate::testing::unique(stringify!($name));
+            $crate::testing::$name(bus.as_ref(), &prefix).await;
+            let _ = bus.close().await;
+        }
+    )*};
+}
+
+/// A prefix unique to this run, so leftovers of earlier runs on a shared broker never match.
+pub fn unique(test: &str) -> String {
+    format!("{test}-{}", uuid::Uuid::new_v4().simple())
+}
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -29,38 +29,17 @@ async fn connect(url: &str) -> JetStreamBus {
         .unwrap_or_else(|e| panic!("OFE_TEST_NATS={url} is set but: {e}"))
 }
 
-/// A prefix unique to this run, so leftovers of earlier runs in the shared stream never match.
-fn prefix(test: &str) -> String {
-    format!("{test}-{}", uuid::Uuid::new_v4().simple())
+async fn bus() -> Option<Arc<dyn EventBus>> {
+    let url = url()?;
+    Some(Arc::new(connect(&url).await))
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(url) = url() else { return };
-            let bus = connect(&url).await;
-            testing::$name(&bus, &prefix(stringify!($name))).await;
-        }
-    )*};
-}
-
-suite!(
-    delivers_in_order_with_filter,
-    nack_redelivers_after_delay,
-    dropped_delivery_is_redelivered,
-    in_flight_is_bounded,
-    large_events_round_trip,
-    duplicates_are_delivered_once,
-    publish_reports_duplicates,
-    delivers_once_past_max_deliver,
-);
+ofe_eventbus::conformance_suite!(connect: bus().await, settle: Duration::ZERO);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_name_shares_other_name_gets_all() {
+async fn publish_reports_duplicates() {
     let Some(url) = url() else { return };
-    let bus: Arc<dyn EventBus> = Arc::new(connect(&url).await);
-    testing::same_name_shares_other_name_gets_all(bus, &prefix("share"), Duration::ZERO).await;
+    testing::publish_reports_duplicates(&connect(&url).await, &testing::unique("dups")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +49,7 @@ async fn restart_resumes_after_the_last_ack() {
         let url = url.clone();
         Box::pin(async move { Arc::new(connect(&url).await) as Arc<dyn EventBus> })
     });
-    testing::restart_resumes_after_the_last_ack(reopen, &prefix("restart")).await;
+    testing::restart_resumes_after_the_last_ack(reopen, &testing::unique("restart")).await;
 }
 
 /// A server of our own, on a free port, that the test can stop and start again.

@@ -32,35 +32,13 @@ async fn connect(config: KafkaConfig) -> KafkaBus {
         .unwrap_or_else(|e| panic!("OFE_TEST_KAFKA={brokers} is set but: {e}"))
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(brokers) = brokers() else { return };
-            let bus = connect(config(&brokers, stringify!($name))).await;
-            testing::$name(&bus, stringify!($name)).await;
-        }
-    )*};
+async fn bus(test: &str) -> Option<Arc<dyn EventBus>> {
+    let brokers = brokers()?;
+    Some(Arc::new(connect(config(&brokers, test)).await))
 }
 
-suite!(
-    delivers_in_order_with_filter,
-    nack_redelivers_after_delay,
-    dropped_delivery_is_redelivered,
-    in_flight_is_bounded,
-    large_events_round_trip,
-    duplicates_are_delivered_once,
-    delivers_once_past_max_deliver,
-);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_name_shares_other_name_gets_all() {
-    let Some(brokers) = brokers() else { return };
-    let bus: Arc<dyn EventBus> = Arc::new(connect(config(&brokers, "share")).await);
-    // Consumer groups need a few seconds to form; tansu mishandles a rebalance mid-stream.
-    testing::same_name_shares_other_name_gets_all(bus, "share", std::time::Duration::from_secs(5))
-        .await;
-}
+// Consumer groups need a few seconds to form; tansu mishandles a rebalance mid-stream.
+ofe_eventbus::conformance_suite!(connect: bus("suite").await, settle: std::time::Duration::from_secs(5));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_after_the_last_ack() {

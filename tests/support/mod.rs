@@ -214,3 +214,111 @@ pub fn kafka_bus(namespace: &str, brokers: &str) -> String {
          brokers: \"{brokers}\"\n    topicPrefix: ofe-{namespace}\n"
     )
 }
+
+/// What a kill -9 scenario counted.
+#[derive(Debug)]
+pub struct KillReport {
+    /// Events the bus acknowledged before the kill.
+    pub published: u64,
+    /// Of those, fully delivered before the kill.
+    pub delivered_before: u64,
+    /// Requests the function received in all.
+    pub deliveries: usize,
+    /// Distinct event ids among them.
+    pub distinct: usize,
+}
+
+impl KillReport {
+    /// Redeliveries the function saw.
+    pub fn duplicates(&self) -> usize {
+        self.deliveries - self.distinct
+    }
+}
+
+/// `ofe run` on `yaml` (with `clock` in `namespace` delivering to `BASE/slow`) is killed with
+/// SIGKILL while deliveries are in flight, then restarted on the same data directory. Returns
+/// once every event the bus acknowledged before the kill has reached the function, and the
+/// restarted process has delivered something itself; panics after `patience`.
+pub async fn kill_9_scenario(
+    yaml: &str,
+    namespace: &str,
+    receiver: &Receiver,
+    patience: Duration,
+) -> KillReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(dir.path(), yaml);
+    let data = dir.path().join("data");
+    let listen = free_addr();
+    let mut first = start_ofe(&folder, &data, listen);
+    wait_ready(listen).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "first deliveries", |r| r.on("/slow").len() >= 3)
+        .await;
+    let metrics = get(&format!("http://{listen}/metrics")).await;
+    let published = counter(
+        &metrics,
+        &format!(
+            "ofe_eventsource_events_published_total{{namespace=\"{namespace}\",eventsource=\"clock\""
+        ),
+    );
+    let delivered_before = counter(
+        &metrics,
+        &format!("ofe_trigger_events_delivered_total{{namespace=\"{namespace}\",trigger=\"route\""),
+    );
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    assert!(published >= 3, "too few events before the kill: {published}");
+    let seen_before = receiver.on("/slow").len();
+
+    let listen = free_addr();
+    let mut second = start_ofe(&folder, &data, listen);
+    wait_ready(listen).await;
+    // Acknowledged ticks have consecutive timestamps from the first one.
+    let first_time =
+        receiver.on("/slow").iter().map(|r| r.header("ce-time")).min().expect("a delivery");
+    let start = chrono::DateTime::parse_from_rfc3339(&first_time).expect("ce-time");
+    let wanted: std::collections::BTreeSet<String> = (0..published)
+        .map(|i| (start + chrono::TimeDelta::seconds(i64::try_from(i).unwrap_or(0))).to_rfc3339())
+        .collect();
+    let times = |r: &Receiver| -> std::collections::BTreeSet<String> {
+        r.on("/slow")
+            .iter()
+            .filter_map(|x| chrono::DateTime::parse_from_rfc3339(&x.header("ce-time")).ok())
+            .map(|t| t.to_rfc3339())
+            .collect()
+    };
+    receiver
+        .wait_for(patience, "every acknowledged event after restart", |r| {
+            wanted.is_subset(&times(r)) && r.on("/slow").len() > seen_before
+        })
+        .await;
+    assert!(terminate(&mut second).success());
+    let all = receiver.on("/slow");
+    let distinct: std::collections::BTreeSet<String> =
+        all.iter().map(|r| r.header("ce-id")).collect();
+    KillReport { published, delivered_before, deliveries: all.len(), distinct: distinct.len() }
+}
+
+/// `ofe run` on `yaml` (with `clock` in `namespace` delivering to `BASE/fn`) delivers cron
+/// CloudEvents to the function without touching the embedded store.
+pub async fn example_flow_on_broker(yaml: &str, namespace: &str, receiver: &Receiver) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_addr();
+    let mut ofe = start_ofe(&manifests(dir.path(), yaml), &dir.path().join("data"), listen);
+    wait_ready(listen).await;
+    receiver
+        .wait_for(Duration::from_secs(30), "3 events via the broker", |r| r.on("/fn").len() >= 3)
+        .await;
+    for got in receiver.on("/fn") {
+        assert_eq!(got.header("ce-specversion"), "1.0");
+        assert_eq!(got.header("ce-type"), "io.openfunction.events.cron");
+        assert_eq!(got.header("ce-ofenamespace"), namespace);
+    }
+    assert!(!dir.path().join("data/bus").exists(), "a broker bus must not open the embedded store");
+    assert!(terminate(&mut ofe).success());
+}
+
+/// A namespace of its own, so a run's subjects and consumers are new on a shared broker.
+pub fn unique_namespace() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
