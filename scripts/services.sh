@@ -63,16 +63,21 @@ fi
 echo "export OFE_TEST_REDIS=redis://127.0.0.1:6379"
 
 # Kafka protocol: tansu (a Kafka-compatible broker in Rust, from crates.io), built once into
-# ~/.cache/ofe-tools (about 10 minutes on 2 cores; later runs reuse it), in-memory storage.
+# ~/.cache/ofe-tools (about 10 minutes on 2 cores; later runs reuse it). The shared broker keeps
+# its data in memory; the `sqlite` storage is what the broker-restart test uses for a broker of
+# its own whose data survives a restart.
+tools="$HOME/.cache/ofe-tools/tansu-0.6-dynostore-libsql"
+tansu="$tools/bin/tansu"
+if [ ! -x "$tansu" ]; then
+  log "installing tansu (cargo install, about 10 minutes)"
+  cargo install --quiet tansu --version 0.6.0 --locked --features dynostore,libsql --root "$tools" \
+    --target-dir "$HOME/.cache/ofe-tools/target" >&2
+fi
 if ! up 127.0.0.1 9092; then
-  tansu="$HOME/.cache/ofe-tools/bin/tansu"
-  if [ ! -x "$tansu" ]; then
-    log "installing tansu (cargo install, about 10 minutes)"
-    cargo install --quiet tansu --locked --features dynostore --root "$HOME/.cache/ofe-tools" >&2
-  fi
   nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
     --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
     >"$state/tansu.log" 2>&1 &
   wait_port 127.0.0.1 9092 tansu
 fi
+echo "export OFE_TEST_KAFKA_SERVER=$tansu"
 echo "export OFE_TEST_KAFKA=127.0.0.1:9092"

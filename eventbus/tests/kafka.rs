@@ -50,3 +50,96 @@ async fn restart_resumes_after_the_last_ack() {
     });
     testing::restart_resumes_after_the_last_ack(reopen, "restart").await;
 }
+
+/// A Kafka-protocol broker of our own, on a free port with a file store, that the test can kill
+/// and start again.
+struct Broker {
+    binary: String,
+    port: u16,
+    store: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Broker {
+    fn start(binary: &str, port: u16, store: &tempfile::TempDir) -> std::process::Child {
+        let url = format!("tcp://127.0.0.1:{port}");
+        std::process::Command::new(binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+            .arg(format!("sqlite://{}/tansu.db", store.path().display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("OFE_TEST_KAFKA_SERVER={binary}: {e}"))
+    }
+
+    async fn wait(port: u16) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the test broker did not open port {port}");
+    }
+
+    /// kill -9, then start again on the same port and store.
+    async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        self.child = Self::start(&self.binary, self.port, &self.store);
+        Self::wait(self.port).await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker is killed and restarted while events flow: every event whose publish was
+/// acknowledged is delivered, and the subscription recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    use std::time::Duration;
+    let Ok(binary) = std::env::var("OFE_TEST_KAFKA_SERVER") else {
+        eprintln!("skipped: OFE_TEST_KAFKA_SERVER is not set (a tansu binary with sqlite storage)");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let store = tempfile::tempdir().expect("tempdir");
+    let child = Broker::start(&binary, port, &store);
+    let mut broker = Broker { binary, port, store, child };
+    Broker::wait(port).await;
+    let bus = connect(config(&format!("127.0.0.1:{port}"), "restart")).await;
+    let s = ofe_eventbus::Subject::event("ns", "restart", "e");
+    let mut sub = testing::subscribe(&bus, "restart-c", &s, 64).await;
+    let mut acked = Vec::new();
+    for i in 0..40u64 {
+        if i == 20 {
+            broker.restart().await;
+        }
+        let id = format!("r-{i}");
+        for _ in 0..100 {
+            if bus.publish(&s, &testing::sample_event(&id, i)).await.is_ok() {
+                acked.push(id.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(acked.len(), 40, "publishing never recovered after the broker restart");
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < acked.len() {
+        let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {} events", received.len(), acked.len()))
+            .expect("delivery");
+        received.insert(cloudevents::AttributesReader::id(d.event.as_ref()).to_string());
+        d.ack().await.expect("ack");
+    }
+    let missing: Vec<_> = acked.iter().filter(|id| !received.contains(*id)).collect();
+    assert!(missing.is_empty(), "lost across the broker restart: {missing:?}");
+}
