@@ -113,9 +113,43 @@ pub struct JetStreamBus {
 impl JetStreamBus {
     /// Connects, then creates the stream or attaches to it.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
+        let servers: Vec<String> = config.url.split(',').map(|u| u.trim().to_string()).collect();
+        // The first connection is retried while the server cannot be reached (it may still be
+        // starting), but refused credentials or certificates fail at once, with the server's
+        // reason: retrying cannot fix them.
+        let mut attempt = 0;
+        let client = loop {
+            match Self::options(&config).await?.connect(servers.as_slice()).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    use async_nats::ConnectErrorKind as Kind;
+                    let transient = matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns);
+                    if !transient || attempt >= 10 {
+                        return Err(unavailable(format!(
+                            "cannot connect to NATS at {}: {e}",
+                            config.url
+                        )));
+                    }
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "NATS not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let stream = Self::ensure_stream(&js, &config).await?;
+        Ok(Self {
+            client,
+            js,
+            stream: Arc::new(tokio::sync::Mutex::new(stream)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Connection options from `config`: credentials, TLS, and the connection log.
+    async fn options(config: &JetStreamConfig) -> Result<ConnectOptions, BusError> {
         let mut options = ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Disconnected => {
@@ -152,50 +186,29 @@ impl JetStreamBus {
                 options = options.add_client_certificate(cert.clone(), key.clone());
             }
         }
-        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
-        let client = options
-            .connect(servers.as_slice())
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to NATS at {}: {e}", config.url)))?;
-        let js = jetstream::new(client.clone());
-        let stream = Self::ensure_stream(&js, &config).await?;
-        Ok(Self {
-            client,
-            js,
-            stream: Arc::new(tokio::sync::Mutex::new(stream)),
-            config: Arc::new(config),
-        })
+        Ok(options)
     }
 
     async fn ensure_stream(
         js: &jetstream::Context,
         config: &JetStreamConfig,
     ) -> Result<stream::Stream, BusError> {
-        // Waits out a connection that is still being established (retry_on_initial_connect).
-        let mut attempt = 0;
-        let mut stream = loop {
-            match js.get_stream(&config.stream).await {
-                Ok(stream) => break Some(stream),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::context::GetStreamErrorKind::JetStream(ref err)
-                            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                    ) =>
-                {
-                    break None;
-                }
-                Err(e) if attempt < 10 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, "waiting for NATS");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => {
-                    return Err(unavailable(format!(
-                        "cannot reach JetStream at {} (is the server up, with -js?): {e}",
-                        config.url
-                    )));
-                }
+        let mut stream = match js.get_stream(&config.stream).await {
+            Ok(stream) => Some(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref err)
+                        if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "JetStream does not answer at {} (is the server running with -js?): {e}",
+                    config.url
+                )));
             }
         };
         if let Some(existing) = stream.as_mut() {

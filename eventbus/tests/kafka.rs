@@ -64,7 +64,14 @@ impl Broker {
     fn start(binary: &str, port: u16, store: &tempfile::TempDir) -> std::process::Child {
         let url = format!("tcp://127.0.0.1:{port}");
         std::process::Command::new(binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+            ])
             .arg(format!("sqlite://{}/tansu.db", store.path().display()))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -108,7 +115,10 @@ async fn broker_restart_loses_nothing() {
         eprintln!("skipped: OFE_TEST_KAFKA_SERVER is not set (a tansu binary with sqlite storage)");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let store = tempfile::tempdir().expect("tempdir");
     let child = Broker::start(&binary, port, &store);
     let mut broker = Broker { binary, port, store, child };
@@ -135,7 +145,9 @@ async fn broker_restart_loses_nothing() {
     while received.len() < acked.len() {
         let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
             .await
-            .unwrap_or_else(|_| panic!("stalled after {} of {} events", received.len(), acked.len()))
+            .unwrap_or_else(|_| {
+                panic!("stalled after {} of {} events", received.len(), acked.len())
+            })
             .expect("delivery");
         received.insert(cloudevents::AttributesReader::id(d.event.as_ref()).to_string());
         d.ack().await.expect("ack");

@@ -1,0 +1,169 @@
+//! JetStream connections with credentials and TLS, against servers that require them.
+//! `OFE_TEST_NATS_SERVER` names the `nats-server` binary; unset, the tests skip and say so.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
+use ofe_eventbus::testing::{sample_event, subscribe};
+use ofe_eventbus::{EventBus, Subject, TlsFiles};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a JetStream server requiring `extra`; returns it and its port.
+async fn server(extra: &[&str]) -> Option<(Server, u16, tempfile::TempDir)> {
+    let Ok(binary) = std::env::var("OFE_TEST_NATS_SERVER") else {
+        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let store = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}"));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Some((Server(child), port, store));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nats-server did not open port {port}");
+}
+
+/// Publishes and consumes one event through a bus connected with `config`.
+async fn round_trip(config: JetStreamConfig) {
+    let bus = JetStreamBus::connect(config).await.expect("connects with the right credentials");
+    let s = Subject::event("ns", "auth", "e");
+    let mut sub = subscribe(&bus, "auth-c", &s, 8).await;
+    bus.publish(&s, &sample_event("auth-1", 1)).await.expect("publish");
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("delivery");
+    d.ack().await.expect("ack");
+    bus.close().await.expect("close");
+}
+
+async fn refused(config: JetStreamConfig) {
+    let result = tokio::time::timeout(Duration::from_secs(30), JetStreamBus::connect(config)).await;
+    assert!(matches!(result, Ok(Err(_))), "wrong credentials must fail to connect, with an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    let Some((_server, port, _store)) = server(&["--user", "ofe", "--pass", "s3cret"]).await else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut config = JetStreamConfig::new(&url);
+    config.auth = NatsAuth::UserPassword { user: "ofe".into(), password: "s3cret".into() };
+    round_trip(config.clone()).await;
+    config.auth = NatsAuth::UserPassword { user: "ofe".into(), password: "wrong".into() };
+    refused(config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token() {
+    let Some((_server, port, _store)) = server(&["--auth", "t0ken"]).await else { return };
+    let mut config = JetStreamConfig::new(format!("nats://127.0.0.1:{port}"));
+    config.auth = NatsAuth::Token("t0ken".into());
+    round_trip(config.clone()).await;
+    config.auth = NatsAuth::Token("nope".into());
+    refused(config).await;
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with openssl.
+fn certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status =
+            Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
+        assert!(status.is_ok_and(|s| s.success()), "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ofe-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    if std::env::var("OFE_TEST_NATS_SERVER").is_err() {
+        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary)");
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    certificates(certs.path());
+    let cert = certs.path().join("server.pem");
+    let key = certs.path().join("server.key");
+    let tls_args = [
+        "--tls",
+        "--tlscert",
+        cert.to_str().unwrap_or_default(),
+        "--tlskey",
+        key.to_str().unwrap_or_default(),
+    ];
+    let Some((_server, port, _store)) = server(&tls_args).await else { return };
+    let mut config = JetStreamConfig::new(format!("tls://127.0.0.1:{port}"));
+    config.tls = Some(TlsFiles { ca_file: Some(certs.path().join("ca.pem")), client: None });
+    round_trip(config.clone()).await;
+    // Without the CA the server's certificate is not trusted.
+    config.tls = Some(TlsFiles::default());
+    refused(config).await;
+}
