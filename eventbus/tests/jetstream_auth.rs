@@ -29,17 +29,19 @@ async fn server(extra: &[&str]) -> Option<(Server, u16, tempfile::TempDir)> {
         .expect("port")
         .port();
     let store = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(&binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store.path())
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}"));
+    let server = Server(
+        Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}")),
+    );
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Some((Server(child), port, store));
+            return Some((server, port, store));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
