@@ -72,7 +72,9 @@ impl Broker {
                 &url,
                 "--storage-engine",
             ])
-            .arg(format!("sqlite://{}/tansu.db", store.path().display()))
+            // tansu reads the path of a sqlite:// URL relative to its working directory.
+            .arg("sqlite://tansu.db")
+            .current_dir(store.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
