@@ -28,7 +28,6 @@ use cloudevents::{AttributesReader, Event};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -140,19 +139,38 @@ pub struct KafkaBus {
 }
 
 impl KafkaBus {
-    /// Connects, and creates the topic when it is missing.
+    /// Connects, and creates the topic when it is missing. Credentials or certificates the
+    /// brokers refuse fail at once, with the reason, rather than as a timeout.
     pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
         let topic = config.topic();
-        let admin: AdminClient<DefaultClientContext> =
-            config.client_config().create().map_err(|e| BusError::Config(e.to_string()))?;
+        let watch = AuthWatch::default();
+        let admin: AdminClient<AuthWatch> = config
+            .client_config()
+            .create_with_context(watch.clone())
+            .map_err(|e| BusError::Config(e.to_string()))?;
         let new_topic =
             NewTopic::new(&topic, config.partitions, TopicReplication::Fixed(config.replication))
                 .set("max.message.bytes", MAX_MESSAGE_BYTES);
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let created = admin
-            .create_topics([&new_topic], &options)
-            .await
-            .map_err(|e| unavailable(format!("cannot reach Kafka at {}: {e}", config.brokers)))?;
+        let refused = async {
+            loop {
+                if let Some(reason) = watch.refused() {
+                    return reason;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let created = tokio::select! {
+            created = admin.create_topics([&new_topic], &options) => created.map_err(|e| {
+                unavailable(format!("cannot reach Kafka at {}: {e}", config.brokers))
+            })?,
+            reason = refused => {
+                return Err(BusError::Config(format!(
+                    "Kafka at {} refused the connection: {reason}; check spec.kafka.sasl and spec.kafka.tls",
+                    config.brokers
+                )));
+            }
+        };
         for result in created {
             match result {
                 Ok(_) => tracing::info!(%topic, "created Kafka topic"),
@@ -193,6 +211,36 @@ impl KafkaBus {
     /// The topic this bus uses.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+}
+
+/// Remembers an authentication or TLS failure librdkafka reports, which it would otherwise
+/// retry quietly until a request times out.
+#[derive(Clone, Default)]
+struct AuthWatch {
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl AuthWatch {
+    fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl ClientContext for AuthWatch {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        let refused =
+            matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL))
+                || reason.contains("SASL authentication")
+                || reason.contains("SSL handshake");
+        if refused {
+            if let Ok(mut slot) = self.refused.lock() {
+                slot.get_or_insert_with(|| reason.to_string());
+            }
+        } else {
+            tracing::debug!(%error, reason, "librdkafka");
+        }
     }
 }
 
