@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Address of the `/healthz` and `/metrics` endpoint.
     #[arg(long, default_value = "127.0.0.1:9464", env = "OFE_LISTEN")]
     listen: String,
+    /// Address webhook EventSources are served on (only opened when there are any).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "OFE_WEBHOOK_LISTEN")]
+    webhook_listen: String,
     /// Log filter when RUST_LOG is unset, e.g. `info` or `ofe=debug`.
     #[arg(long, default_value = "info,lsm_tree=warn,fjall=warn")]
     log_level: String,
@@ -165,6 +168,30 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
         tracing::info!(eventsource = %name, events = tasks.len(), "eventsource started");
         source_tasks.extend(tasks);
     }
+    let mut hooks = Vec::new();
+    for (es, bus) in &sources {
+        let name = es.metadata.name.clone().unwrap_or_default();
+        hooks.extend(
+            ofe_eventsource::webhook::webhooks(es, bus)
+                .with_context(|| format!("EventSource `{name}`"))?,
+        );
+    }
+    let webhooks = if hooks.is_empty() {
+        None
+    } else {
+        let paths: Vec<String> = hooks.iter().map(|h| h.path().to_string()).collect();
+        let router = ofe_eventsource::webhook::router(hooks, source_metrics.clone())
+            .context("webhook EventSources")?;
+        let listener =
+            tokio::net::TcpListener::bind(&args.webhook_listen).await.with_context(|| {
+                format!("cannot listen on {} (--webhook-listen)", args.webhook_listen)
+            })?;
+        tracing::info!(address = %listener.local_addr()?, ?paths, "serving webhooks");
+        let stop = stop_sources.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+        }))
+    };
     tracing::info!("ofe is running; send SIGINT or SIGTERM to stop");
 
     telemetry::signal().await;
@@ -172,6 +199,9 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
     stop_sources.cancel();
     for task in source_tasks {
         let _ = task.await;
+    }
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
     }
     stop_subscribers.cancel();
     for task in subscriber_tasks {

@@ -161,3 +161,69 @@ async fn topic_subscribers_feed_a_second_trigger_and_eventsource_sinks_work() {
     assert!(receiver.on("/async").iter().any(|r| direct.contains(&r.header("ce-id"))));
     assert!(terminate(&mut ofe).success());
 }
+
+/// A CloudEvent POSTed in binary mode to a webhook EventSource reaches the function through a
+/// Trigger with its id, source, type and extensions unchanged; a plain body arrives wrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_cloudevents_keep_their_attributes_end_to_end() {
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: { name: gateway }\n\
+                spec:\n  eventBus: default\n  webhook:\n    telemetry: { path: /telemetry }\n"
+        .to_string()
+        + &trigger(
+            "route",
+            "    telemetry: { eventSource: gateway, event: telemetry }",
+            &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/fn\" }}"),
+        );
+    let (listen, hooks) = (free_addr(), free_addr());
+    let mut ofe = support::start_ofe_with_webhooks(
+        &manifests(dir.path(), &yaml),
+        &dir.path().join("data"),
+        listen,
+        hooks,
+    );
+    wait_ready(listen).await;
+    let http = reqwest::Client::new();
+    let sent = http
+        .post(format!("http://{hooks}/telemetry"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "vehicle-42-0001")
+        .header("ce-source", "/fleet/vehicle-42")
+        .header("ce-type", "com.example.telemetry")
+        .header("ce-traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("content-type", "application/json")
+        .body(r#"{"vehicleId":"42","speed":131}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(sent.status(), 202);
+    let plain =
+        http.post(format!("http://{hooks}/telemetry")).body("hello").send().await.expect("post");
+    assert_eq!(plain.status(), 202);
+    receiver
+        .wait_for(Duration::from_secs(20), "both events at the function", |r| {
+            r.on("/fn").len() >= 2
+        })
+        .await;
+    let got = receiver.on("/fn");
+    let ce = got
+        .iter()
+        .find(|r| r.header("ce-id") == "vehicle-42-0001")
+        .expect("the CloudEvent arrived");
+    assert_eq!(ce.header("ce-source"), "/fleet/vehicle-42");
+    assert_eq!(ce.header("ce-type"), "com.example.telemetry");
+    assert_eq!(
+        ce.header("ce-traceparent"),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(ce.header("content-type"), "application/json");
+    assert_eq!(&ce.body[..], br#"{"vehicleId":"42","speed":131}"#);
+    let wrapped = got
+        .iter()
+        .find(|r| r.header("ce-id") != "vehicle-42-0001")
+        .expect("the plain body arrived");
+    assert_eq!(wrapped.header("ce-type"), "io.openfunction.events.webhook");
+    assert_eq!(&wrapped.body[..], b"hello");
+    assert!(terminate(&mut ofe).success());
+}

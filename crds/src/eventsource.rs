@@ -40,6 +40,10 @@ pub struct EventSourceSpec {
     /// MQTT sources, keyed by event name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<BTreeMap<String, MqttSpec>>,
+    /// HTTP webhooks (ofe addition), keyed by event name. They accept CloudEvents over HTTP
+    /// (binary, structured and batch modes) and wrap any other body as event data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<BTreeMap<String, WebhookSpec>>,
     /// A function called with every event of this EventSource. With `eventBus` also set, both
     /// receive every event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +70,7 @@ impl EventSourceSpec {
         all.extend(names(SourceKind::Kafka, &self.kafka));
         all.extend(names(SourceKind::Mqtt, &self.mqtt));
         all.extend(names(SourceKind::Redis, &self.redis));
+        all.extend(names(SourceKind::Webhook, &self.webhook));
         all
     }
 }
@@ -81,6 +86,8 @@ pub enum SourceKind {
     Mqtt,
     /// `spec.redis`
     Redis,
+    /// `spec.webhook`
+    Webhook,
 }
 
 impl SourceKind {
@@ -91,6 +98,7 @@ impl SourceKind {
             Self::Kafka => "kafka",
             Self::Mqtt => "mqtt",
             Self::Redis => "redis",
+            Self::Webhook => "webhook",
         }
     }
 }
@@ -113,6 +121,35 @@ pub struct CronSpec {
     /// IANA time zone the schedule is read in (ofe addition), e.g. `Europe/Berlin`. Default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+}
+
+/// An HTTP endpoint that turns requests into events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// URL path on ofe's webhook listener. Default `/<namespace>/<eventsource>/<event>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Largest request body accepted, in bytes; larger ones get 413. Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_size: Option<i64>,
+    /// Requests must carry `Authorization: Bearer <token>`; others get 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<String>,
+    /// Requests must carry an HMAC-SHA256 signature of the body; others get 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<HmacSpec>,
+}
+
+/// An HMAC-SHA256 signature check, as GitHub and many webhook senders use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HmacSpec {
+    /// The shared secret.
+    pub secret: String,
+    /// Header carrying `sha256=<hex>`. Default `X-Hub-Signature-256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
 }
 
 /// A Kafka topic to consume.

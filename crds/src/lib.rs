@@ -31,7 +31,7 @@ pub use eventbus::{
     JetStreamBusSpec, KafkaBusSpec, NatsAuthSpec, NatsStreamingSpec, SaslSpec, TlsSpec,
 };
 pub use eventsource::{
-    CronSpec, EventSource, EventSourceSpec, EventSourceStatus, KafkaSpec, MqttSpec, RedisSpec,
-    SourceKind,
+    CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec, MqttSpec,
+    RedisSpec, SourceKind, WebhookSpec,
 };
 pub use trigger::{Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};

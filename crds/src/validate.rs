@@ -77,8 +77,36 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
     if events.is_empty() {
         out.push(Diagnostic::error(
             "spec",
-            "defines no events; add one under spec.cron, spec.kafka, spec.mqtt or spec.redis",
+            "defines no events; add one under spec.cron, spec.kafka, spec.mqtt, spec.redis or spec.webhook",
         ));
+    }
+    for (name, hook) in spec.webhook.iter().flatten() {
+        let path = format!("spec.webhook.{name}");
+        if hook
+            .path
+            .as_deref()
+            .is_some_and(|p| !p.starts_with('/') || p.contains(char::is_whitespace))
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.path"),
+                "must start with `/` and contain no spaces",
+            ));
+        }
+        if hook.max_payload_size.is_some_and(|n| n < 1) {
+            out.push(Diagnostic::error(
+                format!("{path}.maxPayloadSize"),
+                "must be at least 1 byte",
+            ));
+        }
+        if hook.bearer_token.is_some() && hook.hmac.is_some() {
+            out.push(Diagnostic::error(path.clone(), "sets both bearerToken and hmac; keep one"));
+        }
+        if hook.bearer_token.as_deref().is_some_and(str::is_empty) {
+            out.push(Diagnostic::error(
+                format!("{path}.bearerToken"),
+                "is empty; set a token or remove the field",
+            ));
+        }
     }
     let mut seen = BTreeSet::new();
     for (kind, name) in events {

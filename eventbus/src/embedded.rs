@@ -6,7 +6,7 @@
 //! for size and age retention (FIFO compaction) instead of deleting events one by one.
 //!
 //! Layout: keyspace `log` maps a big-endian `u64` sequence to a record (subject, duplicate key,
-//! publish time, CloudEvent JSON); keyspace `cursors` maps a consumer name to the highest
+//! publish time, the event in binary-mode encoding); keyspace `cursors` maps a consumer name to the highest
 //! sequence below which it has settled everything; keyspace `meta` keeps the last sequence, so
 //! numbering continues after retention has emptied the log.
 //!
@@ -293,7 +293,8 @@ struct Record<'a> {
     payload: &'a [u8],
 }
 
-const RECORD_VERSION: u8 = 1;
+/// Version 2: events in binary-mode encoding (version 1 held structured JSON).
+const RECORD_VERSION: u8 = 2;
 
 fn encode_record(subject: &str, dedup: &str, published_ms: i64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 4 + subject.len() + dedup.len() + 8 + payload.len());

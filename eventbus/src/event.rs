@@ -11,15 +11,74 @@ pub const EXT_EVENTSOURCE: &str = "ofeeventsource";
 /// Extension attribute naming the event (the key under the EventSource's source kind).
 pub const EXT_EVENT: &str = "ofeevent";
 
-/// Encodes an event for storage: CloudEvents JSON (structured mode), so a stored event can be
-/// read by any CloudEvents tool.
+/// The first byte of an encoded event, so another format is refused rather than misread.
+const ENCODING_VERSION: u8 = 2;
+
+/// Encodes an event for storage, as a binary-mode message: the context attributes and
+/// extensions, the content type, and the data as the exact bytes it holds. (Structured JSON
+/// would re-serialise JSON data and reorder its keys.) Layout: version byte; attribute count
+/// (u32); each name (u16 length + bytes) and value (u32 length + bytes); content type (u16
+/// length + bytes, empty for none); data bytes to the end.
 pub fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
-    serde_json::to_vec(event).map_err(|e| BusError::Encode(e.to_string()))
+    let attributes = binary_attributes(event);
+    let content_type = event.datacontenttype().unwrap_or_default();
+    let data = data_bytes(event);
+    let mut out = Vec::with_capacity(
+        64 + data.len() + attributes.iter().map(|(n, v)| n.len() + v.len() + 6).sum::<usize>(),
+    );
+    out.push(ENCODING_VERSION);
+    let count = u32::try_from(attributes.len()).map_err(|e| BusError::Encode(e.to_string()))?;
+    out.extend_from_slice(&count.to_be_bytes());
+    for (name, value) in &attributes {
+        let name_len = u16::try_from(name.len())
+            .map_err(|_| BusError::Encode(format!("attribute name `{name}` is too long")))?;
+        let value_len = u32::try_from(value.len())
+            .map_err(|_| BusError::Encode(format!("attribute `{name}` is too long")))?;
+        out.extend_from_slice(&name_len.to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&value_len.to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    let ct_len = u16::try_from(content_type.len())
+        .map_err(|_| BusError::Encode("content type is too long".into()))?;
+    out.extend_from_slice(&ct_len.to_be_bytes());
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 /// Decodes what [`encode`] wrote.
 pub fn decode(bytes: &[u8]) -> Result<Event, BusError> {
-    serde_json::from_slice(bytes).map_err(|e| BusError::Decode(e.to_string()))
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], BusError> {
+        let (head, rest) = bytes
+            .split_at_checked(n)
+            .ok_or_else(|| BusError::Decode("record is truncated".into()))?;
+        *bytes = rest;
+        Ok(head)
+    }
+    fn text<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a str, BusError> {
+        std::str::from_utf8(take(bytes, n)?).map_err(|e| BusError::Decode(e.to_string()))
+    }
+    fn len(bytes: &mut &[u8], width: usize) -> Result<usize, BusError> {
+        let raw = take(bytes, width)?;
+        Ok(raw.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)))
+    }
+    let mut rest = bytes;
+    if take(&mut rest, 1)? != [ENCODING_VERSION] {
+        return Err(BusError::Decode("not an event in ofe's storage encoding".into()));
+    }
+    let count = len(&mut rest, 4)?;
+    let mut attributes = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let n = len(&mut rest, 2)?;
+        let name = text(&mut rest, n)?;
+        let v = len(&mut rest, 4)?;
+        attributes.push((name, text(&mut rest, v)?));
+    }
+    let c = len(&mut rest, 2)?;
+    let content_type = text(&mut rest, c)?;
+    let content_type = (!content_type.is_empty()).then_some(content_type);
+    from_binary(attributes, content_type, rest)
 }
 
 /// The key under which duplicates are recognised. Per the CloudEvents spec `source` + `id`
@@ -62,7 +121,9 @@ pub fn data_bytes(event: &Event) -> Vec<u8> {
 }
 
 /// Rebuilds an event from binary-mode attributes (names without their `ce-`/`ce_` prefix,
-/// values as sent), the content type and the body. JSON bodies become JSON data, others bytes.
+/// values as sent), the content type and the body. The body is kept as the exact bytes sent,
+/// whatever the content type: re-serialising parsed JSON would reorder keys and change what a
+/// function receives (and any signature over it).
 pub fn from_binary<'a>(
     attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
     content_type: Option<&str>,
@@ -102,12 +163,7 @@ pub fn from_binary<'a>(
     }
     if content_type.is_some() || !body.is_empty() {
         let content_type = content_type.unwrap_or("application/octet-stream").to_string();
-        let is_json = content_type.starts_with("application/json")
-            || content_type.split(';').next().is_some_and(|m| m.trim().ends_with("+json"));
-        let data: cloudevents::Data = match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(json) if is_json => json.into(),
-            _ => body.to_vec().into(),
-        };
+        let data = cloudevents::Data::Binary(body.to_vec());
         builder = match dataschema {
             Some(schema) => builder.data_with_schema(content_type, schema, data),
             None => builder.data(content_type, data),
@@ -170,9 +226,32 @@ mod tests {
         let pairs: Vec<(&str, &str)> =
             attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert!(pairs.contains(&("note", "na%C3%AFve %22quoted%22 100%25")));
-        let back =
-            from_binary(pairs, Some("application/json"), &data_bytes(&event)).expect("decodes");
-        assert_eq!(back, event);
+        let body = data_bytes(&event);
+        let back = from_binary(pairs, Some("application/json"), &body).expect("decodes");
+        assert_eq!(back.id(), event.id());
+        assert_eq!(back.time(), event.time());
+        assert_eq!(back.subject(), event.subject());
+        assert_eq!(back.extension("note"), event.extension("note"));
+        assert_eq!(back.extension("traceparent"), event.extension("traceparent"));
+        assert_eq!(data_bytes(&back), body, "the body must come back byte for byte");
+    }
+
+    #[test]
+    fn storage_encoding_keeps_data_bytes_exactly() {
+        let body = br#"{"vehicleId":"42","speed":131}"#.to_vec();
+        let mut event = EventBuilderV10::new()
+            .id("1")
+            .source("/s")
+            .ty("t")
+            .data("application/json", body.clone())
+            .build()
+            .expect("event");
+        event.set_extension("partitionkey", "42");
+        let back = decode(&encode(&event).expect("encodes")).expect("decodes");
+        assert_eq!(data_bytes(&back), body, "key order and spacing must survive storage");
+        assert_eq!(back.extension("partitionkey"), event.extension("partitionkey"));
+        assert_eq!(back.datacontenttype(), Some("application/json"));
+        assert!(decode(b"{}").is_err(), "foreign bytes are refused, not misread");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! as done only when the bus has acknowledged the event as durable. Events carry the
 //! extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds available now: `cron`. The `kafka`, `mqtt` and `redis` kinds parse and validate; the
-//! runtime refuses to start them until their adapters land.
+//! Kinds available now: `cron`, and `webhook` (served by [`webhook::router`]). The `kafka`,
+//! `mqtt` and `redis` kinds parse and validate; the runtime refuses to start them until their
+//! adapters land.
 
 pub mod cron;
 pub mod metrics;
 mod schedule;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -48,8 +50,8 @@ pub fn check(es: &EventSource) -> Vec<Diagnostic> {
     out
 }
 
-/// Starts every event of `es` as a task publishing to `bus`. Fails, starting nothing, if any
-/// event cannot run.
+/// Starts every polling event of `es` (cron) as a task publishing to `bus`; webhooks are served
+/// by [`webhook::router`]. Fails, starting nothing, if any event cannot run.
 pub fn spawn(
     es: &EventSource,
     bus: Arc<dyn EventBus>,
@@ -60,7 +62,7 @@ pub fn spawn(
     let name = es.metadata.name.clone().unwrap_or_default();
     let mut sources = Vec::new();
     for (kind, event) in es.spec.events() {
-        if kind != SourceKind::Cron {
+        if !matches!(kind, SourceKind::Cron | SourceKind::Webhook) {
             return Err(SourceError::Invalid {
                 path: format!("spec.{}.{event}", kind.field()),
                 message: format!(

@@ -95,12 +95,23 @@ pub fn ofe() -> Command {
 
 /// Starts `ofe run` on `manifests` with `data_dir`, serving metrics on `listen`.
 pub fn start_ofe(manifests: &Path, data_dir: &Path, listen: SocketAddr) -> Child {
+    start_ofe_with_webhooks(manifests, data_dir, listen, free_addr())
+}
+
+/// [`start_ofe`], serving webhooks on `webhooks`.
+pub fn start_ofe_with_webhooks(
+    manifests: &Path,
+    data_dir: &Path,
+    listen: SocketAddr,
+    webhooks: SocketAddr,
+) -> Child {
     ofe()
         .args(["run", "-f"])
         .arg(manifests)
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", &listen.to_string(), "--log-level", "error"])
+        .args(["--webhook-listen", &webhooks.to_string()])
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn ofe run")
