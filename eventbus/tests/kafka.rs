@@ -97,6 +97,27 @@ impl Broker {
         panic!("the test broker did not open port {port}");
     }
 
+    /// A broker of its own from `OFE_TEST_KAFKA_SERVER` on a free port with a fresh store, ready;
+    /// `extra` flags apply from the first restart on. `None` (said) when the variable is unset.
+    async fn launch(extra: &[&str]) -> Option<Self> {
+        let Ok(binary) = std::env::var("OFE_TEST_KAFKA_SERVER") else {
+            eprintln!(
+                "skipped: OFE_TEST_KAFKA_SERVER is not set (a tansu binary with sqlite storage)"
+            );
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let store = tempfile::tempdir().expect("tempdir");
+        let child = Self::start(&binary, port, &store);
+        let extra = extra.iter().map(ToString::to_string).collect();
+        let broker = Self { binary, port, store, child, extra };
+        Self::wait(port).await;
+        Some(broker)
+    }
+
     /// kill -9, then start again on the same port and store.
     async fn restart(&mut self) {
         let _ = self.child.kill();
@@ -119,18 +140,8 @@ impl Drop for Broker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing() {
     use std::time::Duration;
-    let Ok(binary) = std::env::var("OFE_TEST_KAFKA_SERVER") else {
-        eprintln!("skipped: OFE_TEST_KAFKA_SERVER is not set (a tansu binary with sqlite storage)");
-        return;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let store = tempfile::tempdir().expect("tempdir");
-    let child = Broker::start(&binary, port, &store);
-    let mut broker = Broker { binary, port, store, child, extra: Vec::new() };
-    Broker::wait(port).await;
+    let Some(mut broker) = Broker::launch(&[]).await else { return };
+    let port = broker.port;
     let bus = connect(config(&format!("127.0.0.1:{port}"), "restart")).await;
     let s = ofe_eventbus::Subject::event("ns", "restart", "e");
     let mut sub = testing::subscribe(&bus, "restart-c", &s, 64).await;
@@ -172,26 +183,10 @@ async fn broker_restart_loses_nothing() {
 async fn sasl_scram() {
     use ofe_eventbus::kafka::KafkaSasl;
     use std::time::Duration;
-    let Ok(binary) = std::env::var("OFE_TEST_KAFKA_SERVER") else {
-        eprintln!("skipped: OFE_TEST_KAFKA_SERVER is not set (a tansu binary with sqlite storage)");
-        return;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let store = tempfile::tempdir().expect("tempdir");
     // Create the user (SCRAM-SHA-512, tansu's default) on an open broker, then require
     // authentication; the store keeps the user across the restart.
-    let child = Broker::start(&binary, port, &store);
-    let mut broker = Broker {
-        binary: binary.clone(),
-        port,
-        store,
-        child,
-        extra: vec!["--authentication".into()],
-    };
-    Broker::wait(port).await;
+    let Some(mut broker) = Broker::launch(&["--authentication"]).await else { return };
+    let (port, binary) = (broker.port, broker.binary.clone());
     let created = std::process::Command::new(&binary)
         .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}"), "ofe", "s3cret"])
         .status()
