@@ -349,3 +349,46 @@ pub async fn delivers_once_past_max_deliver(bus: &dyn EventBus, prefix: &str) {
         }
     }
 }
+
+/// Publishes 40 events, restarting the broker with `restart` after the first 20 and publishing
+/// through the outage as a source does (retrying until acknowledged); then every acknowledged
+/// event must be delivered to a subscription opened before the restart.
+pub async fn broker_restart_loses_nothing<F, Fut>(bus: &dyn EventBus, prefix: &str, restart: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let s = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let mut sub = subscribe(bus, &format!("{prefix}-c"), &s, 64).await;
+    let mut restart = Some(restart);
+    let mut acked = Vec::new();
+    for i in 0..40u64 {
+        if i == 20
+            && let Some(restart) = restart.take()
+        {
+            restart().await;
+        }
+        let id = format!("{prefix}-{i}");
+        for _ in 0..100 {
+            if bus.publish(&s, &sample_event(&id, i)).await.is_ok() {
+                acked.push(id.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(acked.len(), 40, "publishing never recovered after the broker restart");
+    let mut received = HashSet::new();
+    while received.len() < acked.len() {
+        let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("stalled after {} of {} events", received.len(), acked.len())
+            })
+            .expect("delivery");
+        received.insert(d.event.id().to_string());
+        d.ack().await.expect("ack");
+    }
+    let missing: Vec<_> = acked.iter().filter(|id| !received.contains(*id)).collect();
+    assert!(missing.is_empty(), "lost across the broker restart: {missing:?}");
+}

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ofe_eventbus::EventBus;
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
-use ofe_eventbus::testing::{self, sample_event, subscribe};
-use ofe_eventbus::{EventBus, Subject};
+use ofe_eventbus::testing;
 
 fn url() -> Option<String> {
     match std::env::var("OFE_TEST_NATS") {
@@ -108,36 +108,9 @@ async fn broker_restart_loses_nothing() {
     let url = format!("nats://127.0.0.1:{port}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let bus = connect(&url).await;
-    let s = Subject::event("ns", "restart", "e");
-    let mut sub = subscribe(&bus, "restart-c", &s, 64).await;
-    let mut acked = Vec::new();
-    for i in 0..40u64 {
-        if i == 20 {
-            server.restart();
-        }
-        let id = format!("r-{i}");
-        // Keep publishing through the outage, as a source does, until the bus acknowledges.
-        for _ in 0..100 {
-            if bus.publish(&s, &sample_event(&id, i)).await.is_ok() {
-                acked.push(id.clone());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    assert_eq!(acked.len(), 40, "publishing never recovered after the broker restart");
-    let mut received = std::collections::BTreeSet::new();
-    while received.len() < acked.len() {
-        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("stalled after {} of {} events", received.len(), acked.len())
-            })
-            .expect("delivery");
-        received.insert(cloudevents::AttributesReader::id(d.event.as_ref()).to_string());
-        d.ack().await.expect("ack");
-    }
-    let missing: Vec<_> = acked.iter().filter(|id| !received.contains(*id)).collect();
-    assert!(missing.is_empty(), "lost across the broker restart: {missing:?}");
+    testing::broker_restart_loses_nothing(&bus, &testing::unique("restart"), || async {
+        server.restart();
+    })
+    .await;
     drop(server);
 }

@@ -139,40 +139,11 @@ impl Drop for Broker {
 /// acknowledged is delivered, and the subscription recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing() {
-    use std::time::Duration;
     let Some(mut broker) = Broker::launch(&[]).await else { return };
     let port = broker.port;
     let bus = connect(config(&format!("127.0.0.1:{port}"), "restart")).await;
-    let s = ofe_eventbus::Subject::event("ns", "restart", "e");
-    let mut sub = testing::subscribe(&bus, "restart-c", &s, 64).await;
-    let mut acked = Vec::new();
-    for i in 0..40u64 {
-        if i == 20 {
-            broker.restart().await;
-        }
-        let id = format!("r-{i}");
-        for _ in 0..100 {
-            if bus.publish(&s, &testing::sample_event(&id, i)).await.is_ok() {
-                acked.push(id.clone());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    assert_eq!(acked.len(), 40, "publishing never recovered after the broker restart");
-    let mut received = std::collections::BTreeSet::new();
-    while received.len() < acked.len() {
-        let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("stalled after {} of {} events", received.len(), acked.len())
-            })
-            .expect("delivery");
-        received.insert(cloudevents::AttributesReader::id(d.event.as_ref()).to_string());
-        d.ack().await.expect("ack");
-    }
-    let missing: Vec<_> = acked.iter().filter(|id| !received.contains(*id)).collect();
-    assert!(missing.is_empty(), "lost across the broker restart: {missing:?}");
+    testing::broker_restart_loses_nothing(&bus, &testing::unique("restart"), || broker.restart())
+        .await;
 }
 
 /// SASL/SCRAM against a broker that requires authentication: the right password works end to
