@@ -4,12 +4,13 @@
 //! as done only when the bus has acknowledged the event as durable. Events carry the
 //! extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds available now: `cron`, and `webhook` (served by [`webhook::router`]). The `kafka`,
-//! `mqtt` and `redis` kinds parse and validate; the runtime refuses to start them until their
-//! adapters land.
+//! Kinds available now: `cron`, `mqtt` (plain TCP), and `webhook` (served by
+//! [`webhook::router`]). The `kafka` and `redis` kinds parse and validate; the runtime refuses
+//! to start them until their adapters land.
 
 pub mod cron;
 pub mod metrics;
+pub mod mqtt;
 mod schedule;
 pub mod webhook;
 
@@ -62,7 +63,7 @@ pub fn spawn(
     let name = es.metadata.name.clone().unwrap_or_default();
     let mut sources = Vec::new();
     for (kind, event) in es.spec.events() {
-        if !matches!(kind, SourceKind::Cron | SourceKind::Webhook) {
+        if !matches!(kind, SourceKind::Cron | SourceKind::Webhook | SourceKind::Mqtt) {
             return Err(SourceError::Invalid {
                 path: format!("spec.{}.{event}", kind.field()),
                 message: format!(
@@ -86,10 +87,18 @@ pub fn spawn(
             schedule,
         });
     }
-    Ok(sources
+    let mut mqtt = Vec::new();
+    for (event, spec) in es.spec.mqtt.iter().flatten() {
+        mqtt.push(mqtt::MqttSource::new(&namespace, &name, event, spec)?);
+    }
+    let mut tasks: Vec<JoinHandle<()>> = sources
         .into_iter()
         .map(|source| {
             tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
         })
-        .collect())
+        .collect();
+    tasks.extend(mqtt.into_iter().map(|source| {
+        tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
+    }));
+    Ok(tasks)
 }
