@@ -41,9 +41,23 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new(format!("pub-{run}"), broker.host, broker.port), 16);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    // Let the source subscribe before publishing (MQTT drops messages nobody subscribed to).
-    tokio::time::sleep(Duration::from_millis(1000)).await;
     let topic = format!("ofe-test/{run}/vehicle/42");
+    // MQTT drops messages nobody has subscribed to yet: publish a warm-up message until one
+    // arrives, so the source's subscription exists before the real ones are sent.
+    let mut ready = false;
+    for _ in 0..100 {
+        client.publish(&topic, QoS::AtLeastOnce, false, "warm-up").await.expect("publish");
+        if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            d.ack().await.expect("ack");
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the MQTT source never received a message");
+    // Drain warm-ups still in flight.
+    while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        d.ack().await.expect("ack");
+    }
     let plain = br#"{"vehicleId":"42","speed":131}"#.to_vec();
     client.publish(&topic, QoS::AtLeastOnce, false, plain.clone()).await.expect("publish");
     let structured = r#"{"specversion":"1.0","id":"ce-7","source":"/fleet/42","type":"com.example.telemetry","traceparent":"00-aa-bb-01","data":{"speed":99}}"#;
