@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ofe_crds::EventSource;
-use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
+use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
 use ofe_eventbus::Subject;
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
@@ -67,7 +67,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_name("ofe")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, checked.manifests.into_iter().map(|m| m.resource).collect()))?;
+    runtime.block_on(serve(args, checked.manifests))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -76,8 +76,8 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
     let Some(sink) = &es.spec.sink else { return Ok(None) };
     let namespace = es.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let name = es.metadata.name.as_deref().unwrap_or_default();
-    let destination = ofe_trigger::sink_destination("spec.sink", sink)
-        .map_err(|d| anyhow::anyhow!("EventSource `{name}`: {d}"))?;
+    let destination =
+        ofe_trigger::sink_destination("spec.sink", sink).map_err(|d| anyhow::anyhow!("{d}"))?;
     let inputs = es
         .spec
         .events()
@@ -101,27 +101,38 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
     }))
 }
 
-async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
+/// Every error a resource causes at start-up names its file and document.
+async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
+    let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
     let mut buses = Buses::new(&resources);
     // Every subscriber with the bus it reads, and every EventSource with the bus it writes.
     let mut plans = Vec::new();
     let mut sources = Vec::new();
-    for r in &resources {
+    for m in &manifests {
+        let (r, origin) = (&m.resource, &m.origin);
         let namespace = r.namespace().unwrap_or(DEFAULT_NAMESPACE);
+        let at = || format!("{origin}: {} `{}`", r.kind(), r.name());
         match r {
             Resource::Trigger(t) => {
-                let bus = buses.get(namespace, Some(&t.spec.event_bus), &args.data_dir).await?;
+                let bus = buses
+                    .get(namespace, Some(&t.spec.event_bus), &args.data_dir)
+                    .await
+                    .with_context(at)?;
                 let trigger_plans = ofe_trigger::plan(t, RetryPolicy::default()).map_err(|ds| {
-                    let text: Vec<String> = ds.iter().map(ToString::to_string).collect();
-                    anyhow::anyhow!("Trigger `{}`: {}", r.name(), text.join("; "))
+                    let text: Vec<String> =
+                        ds.iter().map(|d| d.clone().at(origin).to_string()).collect();
+                    anyhow::anyhow!(text.join("\n"))
                 })?;
                 plans.extend(trigger_plans.into_iter().map(|p| (p, bus.clone())));
             }
             Resource::EventSource(es) => {
-                let bus =
-                    buses.get(namespace, es.spec.event_bus.as_deref(), &args.data_dir).await?;
-                plans.extend(event_source_sink_plan(es)?.map(|p| (p, bus.clone())));
-                sources.push((es.clone(), bus));
+                let bus = buses
+                    .get(namespace, es.spec.event_bus.as_deref(), &args.data_dir)
+                    .await
+                    .with_context(at)?;
+                plans
+                    .extend(event_source_sink_plan(es).with_context(at)?.map(|p| (p, bus.clone())));
+                sources.push((es.clone(), bus, at()));
             }
             _ => {}
         }
@@ -161,20 +172,16 @@ async fn serve(args: RunArgs, resources: Vec<Resource>) -> anyhow::Result<()> {
     }
     let stop_sources = CancellationToken::new();
     let mut source_tasks = Vec::new();
-    for (es, bus) in &sources {
+    for (es, bus, at) in &sources {
         let name = es.metadata.name.clone().unwrap_or_default();
         let tasks = ofe_eventsource::spawn(es, bus.clone(), &source_metrics, &stop_sources)
-            .with_context(|| format!("EventSource `{name}`"))?;
+            .with_context(|| at.clone())?;
         tracing::info!(eventsource = %name, events = tasks.len(), "eventsource started");
         source_tasks.extend(tasks);
     }
     let mut hooks = Vec::new();
-    for (es, bus) in &sources {
-        let name = es.metadata.name.clone().unwrap_or_default();
-        hooks.extend(
-            ofe_eventsource::webhook::webhooks(es, bus)
-                .with_context(|| format!("EventSource `{name}`"))?,
-        );
+    for (es, bus, at) in &sources {
+        hooks.extend(ofe_eventsource::webhook::webhooks(es, bus).with_context(|| at.clone())?);
     }
     let webhooks = if hooks.is_empty() {
         None

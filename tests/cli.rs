@@ -121,3 +121,39 @@ fn crds_prints_the_committed_files() {
             && d["kind"] == "CustomResourceDefinition")
     );
 }
+
+/// What `ofe run` cannot start in standalone mode is refused with the file, document, field
+/// path and fix, and a non-zero exit.
+#[test]
+fn run_refusals_name_file_document_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "apiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: { name: t }\nspec:\n  eventBus: default\n  \
+             inputs: { a: { eventSource: s, event: e } }\n  subscribers:\n  - condition: a\n    \
+             sink: { ref: { apiVersion: core.openfunction.io/v1beta1, kind: Function, name: f } }\n",
+            "document 1: spec.subscribers[0].sink.ref: Function `f` can only be resolved in Kubernetes mode; use `uri`",
+        ),
+        (
+            "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: { name: logs }\nspec:\n  eventBus: default\n  \
+             kafka: { orders: { brokers: \"127.0.0.1:9\", topic: t, authRequired: false } }\n",
+            "document 1: EventSource `logs`: spec.kafka.orders: the kafka source is not available",
+        ),
+    ];
+    for (i, (yaml, want)) in cases.into_iter().enumerate() {
+        let file = dir.path().join(format!("case{i}.yaml"));
+        std::fs::write(&file, yaml).expect("write");
+        let out = ofe()
+            .args(["run", "-f"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data{i}")))
+            .args(["--listen", &support::free_addr().to_string(), "--log-level", "error"])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ofe run must refuse case {i}");
+        let want = format!("{}:{want}", file.display());
+        assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    }
+}
