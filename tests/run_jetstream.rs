@@ -9,11 +9,7 @@ use std::time::Duration;
 use support::{Receiver, counter, free_addr, get, manifests, start_ofe, terminate, wait_ready};
 
 fn nats() -> Option<String> {
-    let url = std::env::var("OFE_TEST_NATS").ok();
-    if url.is_none() {
-        eprintln!("skipped: OFE_TEST_NATS is not set (run `eval \"$(scripts/services.sh)\"`)");
-    }
-    url
+    support::broker_var("OFE_TEST_NATS")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,10 +75,7 @@ async fn nats_streaming_bus_is_served_by_jetstream() {
 /// a flood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
-    let Ok(binary) = std::env::var("OFE_TEST_NATS_SERVER") else {
-        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary to restart)");
-        return;
-    };
+    let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
     let port = free_addr().port();
     let store = tempfile::tempdir().expect("tempdir");
     let start_server = || {

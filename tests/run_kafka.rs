@@ -7,10 +7,7 @@ use support::Receiver;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_runs_on_kafka() {
-    let Ok(brokers) = std::env::var("OFE_TEST_KAFKA") else {
-        eprintln!("skipped: OFE_TEST_KAFKA is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return;
-    };
+    let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let yaml = support::cron_and_trigger(

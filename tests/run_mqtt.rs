@@ -11,10 +11,7 @@ use support::{Receiver, free_addr, manifests, start_ofe, terminate, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_an_mqtt_qos1_stream_loses_nothing() {
-    let Ok(url) = std::env::var("OFE_TEST_MQTT") else {
-        eprintln!("skipped: OFE_TEST_MQTT is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return;
-    };
+    let Some(url) = support::broker_var("OFE_TEST_MQTT") else { return };
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

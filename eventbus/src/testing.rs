@@ -39,6 +39,14 @@ macro_rules! conformance_suite {
     )*};
 }
 
+/// A free TCP port on loopback, for a broker a test runs itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
 /// A prefix unique to this run, so leftovers of earlier runs on a shared broker never match.
 pub fn unique(test: &str) -> String {
     format!("{test}-{}", uuid::Uuid::new_v4().simple())

@@ -100,10 +100,7 @@ async fn broker_restart_loses_nothing() {
         eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary to restart)");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = ofe_eventbus::testing::free_port();
     let mut server = Server::spawn(&binary, port, tempfile::tempdir().expect("tempdir"));
     let url = format!("nats://127.0.0.1:{port}");
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -24,10 +24,7 @@ async fn server(extra: &[&str]) -> Option<(Server, u16, tempfile::TempDir)> {
         eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary)");
         return None;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = ofe_eventbus::testing::free_port();
     let store = tempfile::tempdir().expect("tempdir");
     let server = Server(
         Command::new(&binary)

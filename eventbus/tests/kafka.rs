@@ -106,10 +106,7 @@ impl Broker {
             );
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
+        let port = ofe_eventbus::testing::free_port();
         let store = tempfile::tempdir().expect("tempdir");
         let child = Self::start(&binary, port, &store);
         let extra = extra.iter().map(ToString::to_string).collect();

@@ -333,3 +333,13 @@ pub async fn example_flow_on_broker(yaml: &str, namespace: &str, receiver: &Rece
 pub fn unique_namespace() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
+
+/// The value of a broker variable such as `OFE_TEST_NATS`, or `None` after saying the test is
+/// skipped because it is unset.
+pub fn broker_var(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if value.is_none() {
+        eprintln!("skipped: {name} is not set (run `eval \"$(scripts/services.sh)\"`)");
+    }
+    value
+}
