@@ -172,6 +172,19 @@ pub struct KafkaSpec {
     /// Largest message accepted, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<i64>,
+    /// SASL mechanism when `authRequired` (ofe addition): `PLAIN` (default), `SCRAM-SHA-256`
+    /// or `SCRAM-SHA-512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<String>,
+    /// Where a new consumer group starts (ofe addition): `latest` (default, as Knative's
+    /// KafkaSource and Argo Events) or `earliest`. A group that has committed offsets always
+    /// resumes from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_offset: Option<String>,
+    /// Consumer group (ofe addition). Default `ofe-<namespace>-<eventsource>-<event>`: unique
+    /// per EventSource and event, shared by the replicas of one EventSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
     /// KEDA scaling options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_option: Option<ScaleOption>,

@@ -108,6 +108,49 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
             ));
         }
     }
+    for (name, kafka) in spec.kafka.iter().flatten() {
+        let path = format!("spec.kafka.{name}");
+        if kafka.topic.as_deref().is_none_or(str::is_empty) {
+            out.push(Diagnostic::error(
+                format!("{path}.topic"),
+                "is required; name the topic to consume",
+            ));
+        }
+        if kafka.brokers.trim().is_empty() {
+            out.push(Diagnostic::error(
+                format!("{path}.brokers"),
+                "is empty; list `host:port` bootstrap brokers, comma-separated",
+            ));
+        }
+        if kafka.auth_required && (kafka.sasl_username.is_none() || kafka.sasl_password.is_none()) {
+            out.push(Diagnostic::error(
+                path.clone(),
+                "authRequired is true but saslUsername or saslPassword is missing; set both",
+            ));
+        }
+        if let Some(m) = kafka.sasl_mechanism.as_deref()
+            && !matches!(m, "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.saslMechanism"),
+                format!("`{m}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            ));
+        }
+        if let Some(o) = kafka.initial_offset.as_deref()
+            && !matches!(o, "earliest" | "latest")
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.initialOffset"),
+                format!("`{o}` is not an offset; use earliest or latest"),
+            ));
+        }
+        if kafka.max_message_bytes.is_some_and(|n| n < 1) {
+            out.push(Diagnostic::error(
+                format!("{path}.maxMessageBytes"),
+                "must be at least 1 byte",
+            ));
+        }
+    }
     let mut seen = BTreeSet::new();
     for (kind, name) in events {
         let path = format!("spec.{}.{name}", kind.field());

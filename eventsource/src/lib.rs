@@ -4,11 +4,14 @@
 //! as done only when the bus has acknowledged the event as durable. Events carry the
 //! extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds available now: `cron`, `mqtt` (plain TCP), and `webhook` (served by
-//! [`webhook::router`]). The `kafka` and `redis` kinds parse and validate; the runtime refuses
-//! to start them until their adapters land.
+//! Kinds available now: `cron`, `mqtt` (plain TCP), `kafka`, and `webhook` (served by
+//! [`webhook::router`]). The `redis` kind parses and validates; the runtime refuses to start it
+//! until its adapter lands. How inputs become events is shared by every adapter: see
+//! [`ingest`].
 
 pub mod cron;
+pub mod ingest;
+pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 mod schedule;
@@ -63,7 +66,10 @@ pub fn spawn(
     let name = es.metadata.name.clone().unwrap_or_default();
     let mut sources = Vec::new();
     for (kind, event) in es.spec.events() {
-        if !matches!(kind, SourceKind::Cron | SourceKind::Webhook | SourceKind::Mqtt) {
+        if !matches!(
+            kind,
+            SourceKind::Cron | SourceKind::Webhook | SourceKind::Mqtt | SourceKind::Kafka
+        ) {
             return Err(SourceError::Invalid {
                 path: format!("spec.{}.{event}", kind.field()),
                 message: format!(
@@ -91,6 +97,10 @@ pub fn spawn(
     for (event, spec) in es.spec.mqtt.iter().flatten() {
         mqtt.push(mqtt::MqttSource::new(&namespace, &name, event, spec)?);
     }
+    let mut kafka = Vec::new();
+    for (event, spec) in es.spec.kafka.iter().flatten() {
+        kafka.push(kafka::KafkaSource::new(&namespace, &name, event, spec)?);
+    }
     let mut tasks: Vec<JoinHandle<()>> = sources
         .into_iter()
         .map(|source| {
@@ -98,6 +108,9 @@ pub fn spawn(
         })
         .collect();
     tasks.extend(mqtt.into_iter().map(|source| {
+        tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
+    }));
+    tasks.extend(kafka.into_iter().map(|source| {
         tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
     }));
     Ok(tasks)

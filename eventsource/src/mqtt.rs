@@ -18,17 +18,20 @@ use std::time::Duration;
 
 use cloudevents::Event;
 use ofe_crds::MqttSpec;
-use ofe_eventbus::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
-use ofe_eventbus::{EventBus, Subject, event};
+use ofe_eventbus::{EventBus, Subject};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::cron::{publish_with_retry, source_uri};
+use crate::cron::publish_with_retry;
+use crate::ingest::{Message, Origin};
 use crate::metrics::{EventLabels, SourceMetrics};
 
 /// The CloudEvents `type` of events made from plain MQTT payloads.
 pub const MQTT_EVENT_TYPE: &str = "io.openfunction.events.mqtt";
+
+/// UUID namespace of derived ids.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6d71_7474_8000_0000_0000_0001);
 
 /// A broker address from an MQTT URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +80,7 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
 /// One MQTT event of one EventSource.
 #[derive(Clone, Debug)]
 pub struct MqttSource {
-    labels: EventLabels,
+    origin: Origin,
     broker: BrokerUrl,
     topic: String,
     qos: QoS,
@@ -108,11 +111,15 @@ impl MqttSource {
             }
         };
         Ok(Self {
-            labels: EventLabels {
-                namespace: namespace.into(),
-                eventsource: eventsource.into(),
-                event: event.into(),
-            },
+            origin: Origin::new(
+                EventLabels {
+                    namespace: namespace.into(),
+                    eventsource: eventsource.into(),
+                    event: event.into(),
+                },
+                MQTT_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
             broker,
             topic: spec.topic.clone(),
             qos,
@@ -142,8 +149,11 @@ impl MqttSource {
             options.set_credentials(user, password);
         }
         let (client, mut events) = AsyncClient::new(options, 64);
-        let subject =
-            Subject::event(&self.labels.namespace, &self.labels.eventsource, &self.labels.event);
+        let subject = Subject::event(
+            &self.origin.labels.namespace,
+            &self.origin.labels.eventsource,
+            &self.origin.labels.event,
+        );
         let mut failing = false;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -163,13 +173,13 @@ impl MqttSource {
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(message))) => {
-                    metrics.received.get_or_create(&self.labels).inc();
+                    metrics.received.get_or_create(&self.origin.labels).inc();
                     let event = self.to_event(&message);
                     if !publish_with_retry(
                         &*bus,
                         &subject,
                         &event,
-                        &self.labels,
+                        &self.origin.labels,
                         &metrics,
                         &shutdown,
                     )
@@ -199,56 +209,22 @@ impl MqttSource {
         let _ = client.disconnect().await;
     }
 
-    /// The event for a message: the CloudEvent it carries, or a new one around its payload.
+    /// The event for a message: the CloudEvent it carries, or a new one around its payload
+    /// (see [`crate::ingest`]). At QoS 1 and 2 the id derives from client id, topic, packet id
+    /// and payload, so the broker's redelivery after a crash is a detectable duplicate.
     pub fn to_event(&self, message: &Publish) -> Event {
-        let mut event = match serde_json::from_slice::<Event>(&message.payload) {
-            Ok(event) => event,
-            Err(_) => self.wrap(message),
-        };
-        event.set_extension(EXT_NAMESPACE, self.labels.namespace.clone());
-        event.set_extension(EXT_EVENTSOURCE, self.labels.eventsource.clone());
-        event.set_extension(EXT_EVENT, self.labels.event.clone());
-        event
-    }
-
-    fn wrap(&self, message: &Publish) -> Event {
-        const ID_NAMESPACE: uuid::Uuid =
-            uuid::Uuid::from_u128(0x6f66_655f_6d71_7474_8000_0000_0000_0001);
-        let topic = message.topic.clone();
-        let id = if message.pkid == 0 {
-            uuid::Uuid::new_v4()
-        } else {
+        let topic = &message.topic;
+        let identity = (message.pkid != 0).then(|| {
             let mut key = format!("{}/{topic}/{}/", self.client_id, message.pkid).into_bytes();
             key.extend_from_slice(&message.payload);
-            uuid::Uuid::new_v5(&ID_NAMESPACE, &key)
-        };
-        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&message.payload).is_ok();
-        let content_type = if is_json { "application/json" } else { "application/octet-stream" };
-        let source = source_uri(&self.labels.namespace, &self.labels.eventsource);
-        let time = chrono::Utc::now().to_rfc3339();
-        let id = id.to_string();
-        let attributes = [
-            ("specversion", "1.0"),
-            ("id", id.as_str()),
-            ("source", source.as_str()),
-            ("type", MQTT_EVENT_TYPE),
-            ("subject", topic.as_str()),
-            ("time", time.as_str()),
-        ];
-        match event::from_binary(attributes, Some(content_type), &message.payload) {
-            Ok(event) => event,
-            // Every attribute above is well formed, so this cannot happen; keep the payload anyway.
-            Err(_) => {
-                use cloudevents::EventBuilder as _;
-                cloudevents::EventBuilderV10::new()
-                    .id(id)
-                    .source(source)
-                    .ty(MQTT_EVENT_TYPE)
-                    .data("application/octet-stream", message.payload.to_vec())
-                    .build()
-                    .unwrap_or_default()
-            }
-        }
+            key
+        });
+        self.origin.event(&Message {
+            payload: &message.payload,
+            subject: topic,
+            identity,
+            ..Message::default()
+        })
     }
 }
 

@@ -110,7 +110,9 @@ pub fn start_ofe_with_webhooks(
         .arg(manifests)
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen", &listen.to_string(), "--log-level", "error"])
+        // OFE_TEST_LOG (e.g. `info`) shows the process's logs when a test needs debugging.
+        .args(["--listen", &listen.to_string(), "--log-level"])
+        .arg(std::env::var("OFE_TEST_LOG").unwrap_or_else(|_| "error".into()))
         .args(["--webhook-listen", &webhooks.to_string()])
         .stdout(Stdio::null())
         .spawn()
@@ -342,4 +344,77 @@ pub fn broker_var(name: &str) -> Option<String> {
         eprintln!("skipped: {name} is not set (run `eval \"$(scripts/services.sh)\"`)");
     }
     value
+}
+
+/// `ofe run` on the manifests in `folder`, fed by an upstream broker through `send` (which
+/// publishes one payload and returns once the broker has it), routing to `BASE/slow`:
+/// warm-up payloads go out until one reaches the function, then `total` numbered payloads
+/// `{"n":i}` follow at 100 ms intervals while ofe is killed with SIGKILL and restarted on the
+/// same data directory (some are published while it is down). Returns the number of
+/// deliveries once every number has reached the function; panics after a minute.
+pub async fn kill_9_during_stream<F, Fut>(
+    folder: &Path,
+    receiver: &Receiver,
+    total: u32,
+    send: F,
+) -> usize
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let data = folder.parent().unwrap_or(folder).join("data");
+    let listen = free_addr();
+    let mut first = KillOnDrop(start_ofe(folder, &data, listen));
+    wait_ready(listen).await;
+    // Brokers may drop or skip messages published before the source subscribed: send
+    // warm-ups until one reaches the function, so the counted stream starts after that.
+    let warm = |r: &Receiver| r.on("/slow").iter().any(|x| &x.body[..] == b"warm-up");
+    for _ in 0..100 {
+        if warm(receiver) {
+            break;
+        }
+        send("warm-up".into()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    receiver.wait_for(Duration::from_secs(10), "a warm-up message at the function", warm).await;
+    let publish = async |range: std::ops::Range<u32>| {
+        for n in range {
+            send(format!("{{\"n\":{n}}}")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let kill_at = total * 4 / 9;
+    let restart_at = total * 7 / 10;
+    publish(0..kill_at).await;
+    first.0.kill().expect("kill -9");
+    first.0.wait().expect("reap");
+    publish(kill_at..restart_at).await;
+    let listen = free_addr();
+    let mut second = KillOnDrop(start_ofe(folder, &data, listen));
+    publish(restart_at..total).await;
+    wait_ready(listen).await;
+    let numbers = |r: &Receiver| -> std::collections::BTreeSet<u32> {
+        r.on("/slow")
+            .iter()
+            .filter_map(|x| serde_json::from_slice::<serde_json::Value>(&x.body).ok())
+            .filter_map(|v| v["n"].as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    };
+    receiver
+        .wait_for(Duration::from_secs(60), "every published message at the function", |r| {
+            numbers(r).len() == total as usize
+        })
+        .await;
+    assert!(terminate(&mut second.0).success());
+    receiver.on("/slow").iter().filter(|r| &r.body[..] != b"warm-up").count()
+}
+
+/// A child process killed when dropped, so a failing test leaves no `ofe` behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,0 +1,272 @@
+//! Turning one upstream message into one CloudEvent, the same way for every adapter.
+//!
+//! - A message that already is a CloudEvent keeps every attribute as sent (id, source, type,
+//!   time, extensions, `traceparent`): binary mode (the binding's `ce-`/`ce_` headers or MQTT
+//!   v5 user properties) and structured mode (`application/cloudevents+json`, or a JSON payload
+//!   with `specversion` where the transport has no content type).
+//! - Any other message becomes the data of a new event whose attributes are set
+//!   deterministically: the adapter's `type`, the EventSource's `source`, the upstream
+//!   topic/stream/subject as `subject`, the upstream time (else now), the content type (else
+//!   `application/json` when the payload is JSON, else `application/octet-stream`), and an id
+//!   derived from the message's upstream identity (partition and offset, stream entry id, …) so
+//!   a redelivery after a crash carries the same id and the bus drops it as a duplicate.
+//! - A message that claims to be a CloudEvent but is malformed is **not** dropped and does not
+//!   block the stream: it is wrapped like a plain message and flagged with the extension
+//!   `ofeinvalid` holding the reason, so a Trigger can route it (for example to a dead-letter
+//!   function with `ofeinvalid != ""`-style conditions) while the rest flows.
+
+use chrono::{DateTime, Utc};
+use cloudevents::Event;
+use ofe_eventbus::event::{self, EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
+
+use crate::cron::source_uri;
+use crate::metrics::EventLabels;
+
+/// The extension attribute flagging a malformed CloudEvent, holding the reason.
+pub const EXT_INVALID: &str = "ofeinvalid";
+
+/// The structured-mode media type.
+const STRUCTURED: &str = "application/cloudevents+json";
+
+/// Where events of one adapter come from: the EventSource event and the adapter's defaults.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// Names of the EventSource event, stamped on every event as extensions.
+    pub labels: EventLabels,
+    /// The `type` of wrapped events, e.g. `io.openfunction.events.kafka`.
+    pub event_type: &'static str,
+    /// The UUID namespace of derived ids (one per adapter kind).
+    pub id_namespace: uuid::Uuid,
+    source: String,
+}
+
+/// One upstream message, as an adapter sees it.
+#[derive(Debug, Default)]
+pub struct Message<'a> {
+    /// The payload bytes.
+    pub payload: &'a [u8],
+    /// The content type the transport gave, if it has one.
+    pub content_type: Option<&'a str>,
+    /// Binary-mode attributes (names without the `ce-`/`ce_` prefix, values as sent). Empty
+    /// when the transport carried none.
+    pub binary: Vec<(&'a str, &'a str)>,
+    /// The upstream topic, stream or subject: the `subject` of a wrapped event.
+    pub subject: &'a str,
+    /// Bytes that identify this message upstream, stable across redeliveries. `None` when the
+    /// transport has no such identity (the id is then random).
+    pub identity: Option<Vec<u8>>,
+    /// The upstream timestamp, if the transport has one.
+    pub time: Option<DateTime<Utc>>,
+    /// Extra extensions for wrapped events (e.g. `partitionkey` from a Kafka key).
+    pub extensions: Vec<(&'static str, String)>,
+}
+
+impl Origin {
+    /// The origin of event `labels` for an adapter with `event_type` and `id_namespace`.
+    pub fn new(labels: EventLabels, event_type: &'static str, id_namespace: uuid::Uuid) -> Self {
+        let source = source_uri(&labels.namespace, &labels.eventsource);
+        Self { labels, event_type, id_namespace, source }
+    }
+
+    /// The `source` attribute of wrapped events.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The event for `message`. Never fails: see the module documentation.
+    pub fn event(&self, message: &Message<'_>) -> Event {
+        let mut event = match self.as_cloudevent(message) {
+            Some(Ok(event)) => event,
+            Some(Err(reason)) => {
+                let mut event = self.wrap(message);
+                event.set_extension(EXT_INVALID, reason);
+                event
+            }
+            None => self.wrap(message),
+        };
+        self.stamp(&mut event);
+        event
+    }
+
+    /// Sets the extensions naming the EventSource event.
+    pub fn stamp(&self, event: &mut Event) {
+        event.set_extension(EXT_NAMESPACE, self.labels.namespace.clone());
+        event.set_extension(EXT_EVENTSOURCE, self.labels.eventsource.clone());
+        event.set_extension(EXT_EVENT, self.labels.event.clone());
+    }
+
+    /// `None` when the message is no CloudEvent; `Some(Err)` when it claims to be one and is
+    /// malformed.
+    fn as_cloudevent(&self, message: &Message<'_>) -> Option<Result<Event, String>> {
+        if message.binary.iter().any(|(name, _)| *name == "specversion") {
+            return Some(
+                event::from_binary(
+                    message.binary.iter().copied(),
+                    message.content_type,
+                    message.payload,
+                )
+                .map_err(|e| format!("malformed binary-mode CloudEvent: {e}")),
+            );
+        }
+        let media = message.content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
+        match media {
+            Some(m) if m.eq_ignore_ascii_case(STRUCTURED) => Some(
+                serde_json::from_slice::<Event>(message.payload)
+                    .map_err(|e| format!("malformed structured CloudEvent: {e}")),
+            ),
+            Some(_) => None,
+            // Without a content type, a JSON object with `specversion` is taken for a
+            // structured CloudEvent (how MQTT 3.1.1, Redis and NATS core carry them).
+            None if message.payload.first() == Some(&b'{') => {
+                match serde_json::from_slice::<Event>(message.payload) {
+                    Ok(event) => Some(Ok(event)),
+                    Err(e) if contains(message.payload, b"\"specversion\"") => {
+                        Some(Err(format!("malformed structured CloudEvent: {e}")))
+                    }
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        }
+    }
+
+    /// A new event around the payload.
+    fn wrap(&self, message: &Message<'_>) -> Event {
+        let id = match &message.identity {
+            Some(identity) => uuid::Uuid::new_v5(&self.id_namespace, identity),
+            None => uuid::Uuid::new_v4(),
+        }
+        .to_string();
+        let content_type = match message.content_type {
+            Some(c) if !c.eq_ignore_ascii_case(STRUCTURED) => c,
+            _ if serde_json::from_slice::<serde::de::IgnoredAny>(message.payload).is_ok() => {
+                "application/json"
+            }
+            _ => "application/octet-stream",
+        };
+        let time = message.time.unwrap_or_else(Utc::now).to_rfc3339();
+        // `from_binary` percent-decodes values, as the bindings ask; escape what we set.
+        let subject = event::percent_encode(message.subject);
+        let mut attributes = vec![
+            ("specversion", "1.0"),
+            ("id", id.as_str()),
+            ("source", self.source.as_str()),
+            ("type", self.event_type),
+            ("time", time.as_str()),
+        ];
+        if !message.subject.is_empty() {
+            attributes.push(("subject", subject.as_str()));
+        }
+        let encoded: Vec<(&str, String)> =
+            message.extensions.iter().map(|(n, v)| (*n, event::percent_encode(v))).collect();
+        attributes.extend(encoded.iter().map(|(n, v)| (*n, v.as_str())));
+        // Every value above is well formed; should that ever change, keep the payload anyway.
+        event::from_binary(attributes, Some(content_type), message.payload).unwrap_or_else(|e| {
+            use cloudevents::EventBuilder as _;
+            tracing::warn!(error = %e, "cannot set every attribute of a wrapped event");
+            let mut event = cloudevents::EventBuilderV10::new()
+                .id(id.clone())
+                .source(self.source.clone())
+                .ty(self.event_type)
+                .build()
+                .unwrap_or_default();
+            event.set_data(content_type, message.payload.to_vec());
+            event
+        })
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::AttributesReader as _;
+
+    fn origin() -> Origin {
+        Origin::new(
+            EventLabels { namespace: "ns".into(), eventsource: "es".into(), event: "e".into() },
+            "io.openfunction.events.test",
+            uuid::Uuid::from_u128(7),
+        )
+    }
+
+    #[test]
+    fn binary_mode_keeps_attributes() {
+        let message = Message {
+            payload: b"{\"a\":1}",
+            content_type: Some("application/json"),
+            binary: vec![
+                ("specversion", "1.0"),
+                ("id", "abc"),
+                ("source", "/car"),
+                ("type", "t"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ],
+            subject: "topic",
+            ..Message::default()
+        };
+        let event = origin().event(&message);
+        assert_eq!((event.id(), event.ty()), ("abc", "t"));
+        assert_eq!(event.source().as_str(), "/car");
+        assert!(event.subject().is_none(), "a CloudEvent's attributes are kept as sent");
+        assert!(event.extension("traceparent").is_some());
+        assert_eq!(event.extension(EXT_EVENT).map(|v| v.to_string()).as_deref(), Some("e"));
+    }
+
+    #[test]
+    fn structured_mode_without_content_type() {
+        let payload = br#"{"specversion":"1.0","id":"x1","source":"/s","type":"t","data":{"k":2}}"#;
+        let event = origin().event(&Message { payload, subject: "a/b", ..Message::default() });
+        assert_eq!(event.id(), "x1");
+        assert!(event.extension(EXT_INVALID).is_none());
+    }
+
+    #[test]
+    fn malformed_cloudevent_is_flagged_not_dropped() {
+        let payload = br#"{"specversion":"1.0","source":"/s","type":"t"}"#;
+        let message = Message {
+            payload,
+            subject: "a/b",
+            identity: Some(b"p0/7".to_vec()),
+            ..Message::default()
+        };
+        let event = origin().event(&message);
+        let reason = event.extension(EXT_INVALID).map(|v| v.to_string()).unwrap_or_default();
+        assert!(reason.contains("malformed structured CloudEvent"), "{reason}");
+        assert_eq!(event.ty(), "io.openfunction.events.test");
+        assert_eq!(event::data_bytes(&event), payload.to_vec(), "the payload is kept");
+    }
+
+    #[test]
+    fn plain_payloads_get_deterministic_attributes() {
+        let message = |identity: &[u8]| Message {
+            payload: b"{\"speed\":130}",
+            subject: "fleet/v1",
+            identity: Some(identity.to_vec()),
+            extensions: vec![("partitionkey", "v1".into())],
+            ..Message::default()
+        };
+        let (a, b, c) = (
+            origin().event(&message(b"p0/1")),
+            origin().event(&message(b"p0/1")),
+            origin().event(&message(b"p0/2")),
+        );
+        assert_eq!(a.id(), b.id(), "a redelivery has the same id");
+        assert_ne!(a.id(), c.id());
+        assert_eq!(a.subject(), Some("fleet/v1"));
+        assert_eq!(a.datacontenttype(), Some("application/json"));
+        assert_eq!(a.extension("partitionkey").map(|v| v.to_string()).as_deref(), Some("v1"));
+        assert_eq!(a.source().as_str(), origin().source());
+        let binary = origin().event(&Message {
+            payload: &[0xff, 0x00],
+            subject: "s p%ace",
+            ..Message::default()
+        });
+        assert_eq!(binary.datacontenttype(), Some("application/octet-stream"));
+        assert_eq!(binary.subject(), Some("s p%ace"), "the subject survives escaping");
+    }
+}

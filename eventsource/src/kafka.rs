@@ -1,0 +1,276 @@
+//! The Kafka EventSource.
+//!
+//! - Consumes `topic` in the consumer group `ofe-<namespace>-<eventsource>-<event>` (or
+//!   `consumerGroup`): unique per EventSource and event, so two EventSources on one topic each
+//!   get every message, while replicas of one EventSource split the partitions.
+//! - A new group starts at `initialOffset` (`latest` by default); a known group resumes from its
+//!   committed offsets.
+//! - Offsets are committed only after the bus has acknowledged every event up to them: a crash
+//!   means redelivery, never loss. A redelivered plain message gets the same id (derived from
+//!   topic, partition and offset), so the bus drops it as a duplicate.
+//! - The CloudEvents Kafka binding is understood: binary mode (`ce_` headers, `content-type`)
+//!   and structured mode (`content-type: application/cloudevents+json`). Any other message
+//!   becomes the data of a new event with the topic as `subject`, the message timestamp as
+//!   `time` and its key, when it has one, as `partitionkey`.
+//! - Messages are taken in batches of up to [`BATCH`] already fetched ones, published
+//!   together (in order) and committed together, so a slow bus round trip is paid once per
+//!   batch, not per message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use ofe_crds::KafkaSpec;
+use ofe_eventbus::{EventBus, Subject};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::SourceError;
+use crate::cron::publish_with_retry;
+use crate::ingest::{Message, Origin};
+use crate::metrics::{EventLabels, SourceMetrics};
+
+/// The CloudEvents `type` of events made from plain Kafka messages.
+pub const KAFKA_EVENT_TYPE: &str = "io.openfunction.events.kafka";
+
+/// UUID namespace of derived ids.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6b61_666b_8000_0000_0000_0001);
+
+/// Most messages published and committed together.
+pub const BATCH: usize = 256;
+
+/// One Kafka event of one EventSource.
+#[derive(Clone, Debug)]
+pub struct KafkaSource {
+    origin: Origin,
+    topic: String,
+    group: String,
+    config: ClientConfig,
+}
+
+impl KafkaSource {
+    /// The source for event `event` of EventSource `eventsource` in `namespace`.
+    pub fn new(
+        namespace: &str,
+        eventsource: &str,
+        event: &str,
+        spec: &KafkaSpec,
+    ) -> Result<Self, SourceError> {
+        let field = format!("spec.kafka.{event}");
+        let invalid = |path: &str, message: &str| SourceError::Invalid {
+            path: format!("{field}.{path}"),
+            message: message.into(),
+        };
+        let topic = spec
+            .topic
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| invalid("topic", "is required; name the topic to consume"))?;
+        let group = spec
+            .consumer_group
+            .clone()
+            .unwrap_or_else(|| format!("ofe-{namespace}-{eventsource}-{event}"));
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &spec.brokers)
+            .set("broker.address.family", "v4")
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", spec.initial_offset.as_deref().unwrap_or("latest"))
+            .set("session.timeout.ms", "10000")
+            .set("enable.partition.eof", "false");
+        // Static membership (KIP-345): a restarted process with the same instance id takes its
+        // partitions back at once instead of waiting out the dead member's session. The host
+        // name is stable for a standalone process and unique per pod.
+        if let Some(host) = instance_name() {
+            config.set("group.instance.id", format!("{group}-{host}"));
+        }
+        if let Some(max) = spec.max_message_bytes {
+            let max = max.max(1).to_string();
+            config.set("fetch.message.max.bytes", &max).set("message.max.bytes", &max);
+        }
+        if spec.auth_required {
+            let (Some(user), Some(password)) = (&spec.sasl_username, &spec.sasl_password) else {
+                return Err(invalid(
+                    "saslUsername",
+                    "authRequired is true but saslUsername or saslPassword is missing; set both",
+                ));
+            };
+            config
+                .set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanisms", spec.sasl_mechanism.as_deref().unwrap_or("PLAIN"))
+                .set("sasl.username", user)
+                .set("sasl.password", password);
+        }
+        Ok(Self {
+            origin: Origin::new(
+                EventLabels {
+                    namespace: namespace.into(),
+                    eventsource: eventsource.into(),
+                    event: event.into(),
+                },
+                KAFKA_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
+            topic,
+            group,
+            config,
+        })
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Runs until `shutdown`. librdkafka reconnects by itself; a consumer that cannot even be
+    /// created (bad configuration) is retried with backoff and logged.
+    pub async fn run(
+        self,
+        bus: Arc<dyn EventBus>,
+        metrics: SourceMetrics,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        let consumer: StreamConsumer = loop {
+            let created = self.config.create::<StreamConsumer>().and_then(|c| {
+                c.subscribe(&[&self.topic])?;
+                Ok(c)
+            });
+            match created {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::warn!(%error, topic = %self.topic, "cannot start the Kafka consumer; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let subject = Subject::event(
+            &self.origin.labels.namespace,
+            &self.origin.labels.eventsource,
+            &self.origin.labels.event,
+        );
+        let labels = &self.origin.labels;
+        let mut failing = false;
+        // Next offset per partition, for everything the bus has.
+        let mut done: BTreeMap<i32, i64> = BTreeMap::new();
+        'consume: loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                received = consumer.recv() => received,
+            };
+            let mut batch = Vec::new();
+            match first {
+                Ok(message) => batch.push(message),
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, topic = %self.topic, "Kafka consume failed; librdkafka retries");
+                        failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            if failing {
+                tracing::info!(topic = %self.topic, "Kafka consumption recovered");
+                failing = false;
+            }
+            // Take what is already fetched, without waiting for more.
+            while batch.len() < BATCH {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(message)) => batch.push(message),
+                    _ => break,
+                }
+            }
+            let events: Vec<_> = batch.iter().map(|m| self.to_event(m)).collect();
+            metrics.received.get_or_create(labels).inc_by(events.len() as u64);
+            // Issued together, in order: the bus sees them in partition order.
+            let published = futures::future::join_all(events.iter().map(|event| {
+                publish_with_retry(&*bus, &subject, event, labels, &metrics, &shutdown)
+            }))
+            .await;
+            if published.iter().any(|ok| !ok) {
+                // Shutdown or a closed bus: commit nothing of this batch, it comes again.
+                break 'consume;
+            }
+            for message in &batch {
+                let slot = done.entry(message.partition()).or_default();
+                *slot = (*slot).max(message.offset() + 1);
+            }
+            commit(&consumer, &self.topic, &done, CommitMode::Async);
+        }
+        // Asynchronous commits may still be in flight: make sure the last one lands.
+        commit(&consumer, &self.topic, &done, CommitMode::Sync);
+    }
+
+    /// The event for a message (see [`crate::ingest`]).
+    pub fn to_event(&self, message: &BorrowedMessage<'_>) -> cloudevents::Event {
+        let mut binary = Vec::new();
+        let mut content_type = None;
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                if let Some(name) = h.key.strip_prefix("ce_") {
+                    binary.push((name.to_string(), value));
+                } else if h.key.eq_ignore_ascii_case("content-type") {
+                    content_type = Some(value);
+                }
+            }
+        }
+        let identity = format!("{}/{}/{}", message.topic(), message.partition(), message.offset())
+            .into_bytes();
+        let time = message
+            .timestamp()
+            .to_millis()
+            .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis);
+        let extensions = message
+            .key()
+            .map(|k| vec![("partitionkey", String::from_utf8_lossy(k).into_owned())])
+            .unwrap_or_default();
+        self.origin.event(&Message {
+            payload: message.payload().unwrap_or_default(),
+            content_type: content_type.as_deref(),
+            binary: binary.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            subject: message.topic(),
+            identity: Some(identity),
+            time,
+            extensions,
+        })
+    }
+}
+
+/// This process's host name (`HOSTNAME`, else `/etc/hostname`), if it has one.
+fn instance_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Commits `next` (the offset to resume from, per partition).
+fn commit(consumer: &StreamConsumer, topic: &str, next: &BTreeMap<i32, i64>, mode: CommitMode) {
+    if next.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in next {
+        if list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+            return;
+        }
+    }
+    if let Err(error) = consumer.commit(&list, mode) {
+        // A later commit covers these offsets; until then a crash redelivers them, which ids
+        // derived from the offsets make harmless.
+        tracing::debug!(%error, "Kafka offset commit failed");
+    }
+}
