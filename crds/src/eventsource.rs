@@ -221,10 +221,25 @@ pub struct MqttSpec {
     pub client_key: Option<String>,
 }
 
-/// A Redis connection, with OpenFunction's fields.
+/// A Redis input: OpenFunction's connection fields, plus what to read (`stream` or `channel`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RedisSpec {
+    /// A stream to read in a consumer group (ofe addition): at-least-once, each entry
+    /// acknowledged (`XACK`) after the bus has its event, and entries left pending by a dead
+    /// consumer reclaimed (`XAUTOCLAIM`). Set exactly one of `stream` and `channel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// A pub/sub channel, or a pattern when it holds `*`, `?` or `[` (ofe addition). Pub/sub
+    /// is at-most-once by nature: messages published while ofe is not subscribed are lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The stream consumer group (ofe addition). Default `ofe-<namespace>-<eventsource>-<event>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+    /// Where a new stream consumer group starts (ofe addition): `latest` (default) or `earliest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_offset: Option<String>,
     /// `host:port` of the Redis server.
     pub redis_host: String,
     /// Password; may be empty.

@@ -151,6 +151,46 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
             ));
         }
     }
+    for (name, redis) in spec.redis.iter().flatten() {
+        let path = format!("spec.redis.{name}");
+        match (&redis.stream, &redis.channel) {
+            // An OpenFunction manifest has neither (its Redis source could not read at all): it
+            // still loads, and `ofe run` refuses just this event with the same advice.
+            (None, None) => out.push(Diagnostic::warning(
+                path.clone(),
+                "says nothing to read; add `stream: <name>` (at-least-once, consumer group) or `channel: <name or pattern>` (pub/sub, at-most-once)",
+            )),
+            (Some(_), Some(_)) => out.push(Diagnostic::error(
+                path.clone(),
+                "sets both stream and channel; keep one (use two events to read both)",
+            )),
+            _ => {}
+        }
+        if redis.redis_host.trim().is_empty() {
+            out.push(Diagnostic::error(format!("{path}.redisHost"), "is empty; write `host:port`"));
+        }
+        if let Some(o) = redis.initial_offset.as_deref()
+            && !matches!(o, "earliest" | "latest")
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.initialOffset"),
+                format!("`{o}` is not an offset; use earliest or latest"),
+            ));
+        }
+        for (field, value) in [
+            ("redeliverInterval", &redis.redeliver_interval),
+            ("processingTimeout", &redis.processing_timeout),
+            ("dialTimeout", &redis.dial_timeout),
+            ("readTimeout", &redis.read_timeout),
+            ("writeTimeout", &redis.write_timeout),
+        ] {
+            if let Some(text) = value
+                && let Err(e) = crate::duration::parse(text)
+            {
+                out.push(Diagnostic::error(format!("{path}.{field}"), e));
+            }
+        }
+    }
     let mut seen = BTreeSet::new();
     for (kind, name) in events {
         let path = format!("spec.{}.{name}", kind.field());

@@ -249,7 +249,7 @@ impl KafkaSource {
 }
 
 /// This process's host name (`HOSTNAME`, else `/etc/hostname`), if it has one.
-fn instance_name() -> Option<String> {
+pub(crate) fn instance_name() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

@@ -4,9 +4,8 @@
 //! as done only when the bus has acknowledged the event as durable. Events carry the
 //! extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds available now: `cron`, `mqtt` (plain TCP), `kafka`, and `webhook` (served by
-//! [`webhook::router`]). The `redis` kind parses and validates; the runtime refuses to start it
-//! until its adapter lands. How inputs become events is shared by every adapter: see
+//! Kinds: `cron`, `mqtt` (plain TCP), `kafka`, `redis` (streams and pub/sub), and `webhook`
+//! (served by [`webhook::router`]). How inputs become events is shared by every adapter: see
 //! [`ingest`].
 
 pub mod cron;
@@ -14,13 +13,14 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
+pub mod redis;
 mod schedule;
 pub mod webhook;
 
 use std::sync::Arc;
 
+use ofe_crds::EventSource;
 use ofe_crds::diagnostic::Diagnostic;
-use ofe_crds::{EventSource, SourceKind};
 use ofe_eventbus::EventBus;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,64 +54,45 @@ pub fn check(es: &EventSource) -> Vec<Diagnostic> {
     out
 }
 
-/// Starts every polling event of `es` (cron) as a task publishing to `bus`; webhooks are served
-/// by [`webhook::router`]. Fails, starting nothing, if any event cannot run.
+/// Starts every polling event of `es` (cron, MQTT, Kafka, Redis) as a task publishing to
+/// `bus`; webhooks are served by [`webhook::router`]. Fails, starting nothing, if any event
+/// cannot run.
 pub fn spawn(
     es: &EventSource,
     bus: Arc<dyn EventBus>,
     metrics: &SourceMetrics,
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, SourceError> {
+    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
     let namespace = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = es.metadata.name.clone().unwrap_or_default();
-    let mut sources = Vec::new();
-    for (kind, event) in es.spec.events() {
-        if !matches!(
-            kind,
-            SourceKind::Cron | SourceKind::Webhook | SourceKind::Mqtt | SourceKind::Kafka
-        ) {
-            return Err(SourceError::Invalid {
-                path: format!("spec.{}.{event}", kind.field()),
-                message: format!(
-                    "the {} source is not available in this version of ofe yet; \
-                     use cron, or run this EventSource with OpenFunction until it lands",
-                    kind.field()
-                ),
-            });
-        }
-    }
+    let token = || shutdown.child_token();
+    let mut tasks: Vec<Task> = Vec::new();
     for (event, spec) in es.spec.cron.iter().flatten() {
         let schedule =
             Schedule::parse(&spec.schedule, spec.timezone.as_deref()).map_err(|message| {
                 SourceError::Invalid { path: format!("spec.cron.{event}.schedule"), message }
             })?;
-        sources.push(CronSource {
+        let source = CronSource {
             namespace: namespace.clone(),
             eventsource: name.clone(),
             event: event.clone(),
             schedule_text: spec.schedule.clone(),
             schedule,
-        });
+        };
+        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
     }
-    let mut mqtt = Vec::new();
     for (event, spec) in es.spec.mqtt.iter().flatten() {
-        mqtt.push(mqtt::MqttSource::new(&namespace, &name, event, spec)?);
+        let source = mqtt::MqttSource::new(&namespace, &name, event, spec)?;
+        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
     }
-    let mut kafka = Vec::new();
     for (event, spec) in es.spec.kafka.iter().flatten() {
-        kafka.push(kafka::KafkaSource::new(&namespace, &name, event, spec)?);
+        let source = kafka::KafkaSource::new(&namespace, &name, event, spec)?;
+        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
     }
-    let mut tasks: Vec<JoinHandle<()>> = sources
-        .into_iter()
-        .map(|source| {
-            tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
-        })
-        .collect();
-    tasks.extend(mqtt.into_iter().map(|source| {
-        tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
-    }));
-    tasks.extend(kafka.into_iter().map(|source| {
-        tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
-    }));
-    Ok(tasks)
+    for (event, spec) in es.spec.redis.iter().flatten() {
+        let source = redis::RedisSource::new(&namespace, &name, event, spec)?;
+        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
+    }
+    Ok(tasks.into_iter().map(tokio::spawn).collect())
 }
