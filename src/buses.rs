@@ -5,17 +5,17 @@
 //! shares one store (subjects keep them apart); each JetStream bus is one connection.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
-use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec, TlsSpec};
+use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
+use ofe_eventbus::EventBus;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
-use ofe_eventbus::{EventBus, TlsFiles};
 
 /// Which bus a resource uses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,17 +43,6 @@ fn duration(path: &str, text: Option<&String>, default: Duration) -> anyhow::Res
     }
 }
 
-fn tls_files(tls: &TlsSpec) -> TlsFiles {
-    TlsFiles {
-        ca_file: tls.ca_file.as_ref().map(PathBuf::from),
-        client: tls
-            .cert_file
-            .as_ref()
-            .zip(tls.key_file.as_ref())
-            .map(|(c, k)| (c.into(), k.into())),
-    }
-}
-
 fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> {
     let mut c = JetStreamConfig::new(&spec.url);
     if let Some(stream) = &spec.stream {
@@ -72,16 +61,9 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
         c.max_deliver = n;
     }
     if let Some(auth) = &spec.auth {
-        c.auth = match (&auth.user, &auth.password, &auth.token, &auth.credentials_file) {
-            (Some(user), Some(password), _, _) => {
-                NatsAuth::UserPassword { user: user.clone(), password: password.clone() }
-            }
-            (_, _, Some(token), _) => NatsAuth::Token(token.clone()),
-            (_, _, _, Some(file)) => NatsAuth::CredentialsFile(PathBuf::from(file)),
-            _ => NatsAuth::None,
-        };
+        c.auth = auth.into();
     }
-    c.tls = spec.tls.as_ref().map(tls_files);
+    c.tls = spec.tls.as_ref().map(Into::into);
     Ok(c)
 }
 
@@ -97,7 +79,7 @@ fn kafka_config(spec: &KafkaBusSpec) -> KafkaConfig {
         username: s.username.clone(),
         password: s.password.clone(),
     });
-    c.tls = spec.tls.as_ref().map(tls_files);
+    c.tls = spec.tls.as_ref().map(Into::into);
     c
 }
 

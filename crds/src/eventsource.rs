@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, ScaleOption, SinkSpec};
+use crate::eventbus::{NatsAuthSpec, TlsSpec};
 
 /// The desired state of an EventSource. Each source kind is a map keyed by **event name**; one
 /// EventSource may hold several kinds and several events at once.
@@ -40,6 +41,10 @@ pub struct EventSourceSpec {
     /// MQTT sources, keyed by event name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<BTreeMap<String, MqttSpec>>,
+    /// NATS subjects (ofe addition), keyed by event name: core NATS, or a JetStream stream
+    /// read with a durable consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<BTreeMap<String, NatsSourceSpec>>,
     /// HTTP webhooks (ofe addition), keyed by event name. They accept CloudEvents over HTTP
     /// (binary, structured and batch modes) and wrap any other body as event data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,6 +74,7 @@ impl EventSourceSpec {
         let mut all = names(SourceKind::Cron, &self.cron);
         all.extend(names(SourceKind::Kafka, &self.kafka));
         all.extend(names(SourceKind::Mqtt, &self.mqtt));
+        all.extend(names(SourceKind::Nats, &self.nats));
         all.extend(names(SourceKind::Redis, &self.redis));
         all.extend(names(SourceKind::Webhook, &self.webhook));
         all
@@ -84,6 +90,8 @@ pub enum SourceKind {
     Kafka,
     /// `spec.mqtt`
     Mqtt,
+    /// `spec.nats`
+    Nats,
     /// `spec.redis`
     Redis,
     /// `spec.webhook`
@@ -97,6 +105,7 @@ impl SourceKind {
             Self::Cron => "cron",
             Self::Kafka => "kafka",
             Self::Mqtt => "mqtt",
+            Self::Nats => "nats",
             Self::Redis => "redis",
             Self::Webhook => "webhook",
         }
@@ -301,4 +310,44 @@ pub struct RedisSpec {
     /// Idle timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+}
+
+/// A NATS input (ofe addition).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsSourceSpec {
+    /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Subject to read; wildcards (`*`, `>`) allowed.
+    pub subject: String,
+    /// Core NATS queue group, so replicas split the messages. Default
+    /// `ofe-<namespace>-<eventsource>-<event>`. Core NATS is at-most-once: messages published
+    /// while ofe is not subscribed are lost; use `jetstream` when that matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_group: Option<String>,
+    /// Read through a JetStream durable consumer instead (at-least-once: each message is
+    /// acknowledged after the bus has its event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<NatsJetStreamSourceSpec>,
+    /// Credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NatsAuthSpec>,
+    /// TLS to the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// How a NATS input reads JetStream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsJetStreamSourceSpec {
+    /// The stream holding `subject`.
+    pub stream: String,
+    /// Durable consumer name, shared by replicas. Default
+    /// `ofe-<namespace>-<eventsource>-<event>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<String>,
+    /// Where a new consumer starts: `latest` (default) or `earliest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_offset: Option<String>,
 }

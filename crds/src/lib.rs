@@ -32,6 +32,6 @@ pub use eventbus::{
 };
 pub use eventsource::{
     CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec, MqttSpec,
-    RedisSpec, SourceKind, WebhookSpec,
+    NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceKind, WebhookSpec,
 };
 pub use trigger::{Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};

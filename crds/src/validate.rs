@@ -77,7 +77,7 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
     if events.is_empty() {
         out.push(Diagnostic::error(
             "spec",
-            "defines no events; add one under spec.cron, spec.kafka, spec.mqtt, spec.redis or spec.webhook",
+            "defines no events; add one under spec.cron, spec.kafka, spec.mqtt, spec.nats, spec.redis or spec.webhook",
         ));
     }
     for (name, hook) in spec.webhook.iter().flatten() {
@@ -188,6 +188,40 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
                 && let Err(e) = crate::duration::parse(text)
             {
                 out.push(Diagnostic::error(format!("{path}.{field}"), e));
+            }
+        }
+    }
+    for (name, nats) in spec.nats.iter().flatten() {
+        let path = format!("spec.nats.{name}");
+        if nats.url.trim().is_empty() {
+            out.push(Diagnostic::error(format!("{path}.url"), "is empty; write nats://host:port"));
+        }
+        if nats.subject.trim().is_empty() || nats.subject.contains(char::is_whitespace) {
+            out.push(Diagnostic::error(
+                format!("{path}.subject"),
+                "must be a NATS subject such as `fleet.>` (no spaces)",
+            ));
+        }
+        if let Some(js) = &nats.jetstream {
+            if js.stream.trim().is_empty() {
+                out.push(Diagnostic::error(
+                    format!("{path}.jetstream.stream"),
+                    "is empty; name the stream",
+                ));
+            }
+            if let Some(o) = js.initial_offset.as_deref()
+                && !matches!(o, "earliest" | "latest")
+            {
+                out.push(Diagnostic::error(
+                    format!("{path}.jetstream.initialOffset"),
+                    format!("`{o}` is not an offset; use earliest or latest"),
+                ));
+            }
+            if nats.queue_group.is_some() {
+                out.push(Diagnostic::error(
+                    format!("{path}.queueGroup"),
+                    "applies to core NATS only; with jetstream, replicas share the durable consumer",
+                ));
             }
         }
     }

@@ -88,6 +88,19 @@ pub struct TlsFiles {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+impl From<&ofe_crds::TlsSpec> for TlsFiles {
+    fn from(tls: &ofe_crds::TlsSpec) -> Self {
+        Self {
+            ca_file: tls.ca_file.as_ref().map(Into::into),
+            client: tls
+                .cert_file
+                .as_ref()
+                .zip(tls.key_file.as_ref())
+                .map(|(c, k)| (c.into(), k.into())),
+        }
+    }
+}
+
 impl SubscribeOptions {
     /// Rejects options no backend can honour.
     pub fn check(&self) -> Result<(), BusError> {

@@ -94,6 +94,88 @@ impl JetStreamConfig {
     }
 }
 
+impl From<&ofe_crds::NatsAuthSpec> for NatsAuth {
+    fn from(auth: &ofe_crds::NatsAuthSpec) -> Self {
+        match (&auth.user, &auth.password, &auth.token, &auth.credentials_file) {
+            (Some(user), Some(password), _, _) => {
+                Self::UserPassword { user: user.clone(), password: password.clone() }
+            }
+            (_, _, Some(token), _) => Self::Token(token.clone()),
+            (_, _, _, Some(file)) => Self::CredentialsFile(PathBuf::from(file)),
+            _ => Self::None,
+        }
+    }
+}
+
+/// Connects a NATS client to `url` (comma-separated servers) with `auth` and `tls`. The first
+/// connection is retried while the server cannot be reached (it may still be starting), but
+/// refused credentials or certificates fail at once, with the server's reason: retrying
+/// cannot fix them. Later disconnections are logged and reconnected by the client.
+pub async fn connect_client(
+    url: &str,
+    auth: &NatsAuth,
+    tls: Option<&TlsFiles>,
+) -> Result<async_nats::Client, BusError> {
+    let servers: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+    let mut attempt = 0;
+    loop {
+        match connect_options(auth, tls).await?.connect(servers.as_slice()).await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                use async_nats::ConnectErrorKind as Kind;
+                let transient = matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns);
+                if !transient || attempt >= 10 {
+                    return Err(unavailable(format!("cannot connect to NATS at {url}: {e}")));
+                }
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "NATS not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Connection options: credentials, TLS, and the connection log.
+async fn connect_options(
+    auth: &NatsAuth,
+    tls: Option<&TlsFiles>,
+) -> Result<ConnectOptions, BusError> {
+    let mut options = ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("lost the connection to NATS; reconnecting with backoff");
+                }
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::ServerError(e) => {
+                    tracing::warn!(error = %e, "NATS server error")
+                }
+                other => tracing::debug!(event = %other, "NATS client event"),
+            }
+        });
+    options = match auth {
+        NatsAuth::None => options,
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(token) => options.token(token.clone()),
+        NatsAuth::CredentialsFile(path) => options.credentials_file(path).await.map_err(|e| {
+            BusError::Config(format!("cannot read credentials file {}: {e}", path.display()))
+        })?,
+    };
+    if let Some(tls) = tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    Ok(options)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -113,29 +195,7 @@ pub struct JetStreamBus {
 impl JetStreamBus {
     /// Connects, then creates the stream or attaches to it.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
-        let servers: Vec<String> = config.url.split(',').map(|u| u.trim().to_string()).collect();
-        // The first connection is retried while the server cannot be reached (it may still be
-        // starting), but refused credentials or certificates fail at once, with the server's
-        // reason: retrying cannot fix them.
-        let mut attempt = 0;
-        let client = loop {
-            match Self::options(&config).await?.connect(servers.as_slice()).await {
-                Ok(client) => break client,
-                Err(e) => {
-                    use async_nats::ConnectErrorKind as Kind;
-                    let transient = matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns);
-                    if !transient || attempt >= 10 {
-                        return Err(unavailable(format!(
-                            "cannot connect to NATS at {}: {e}",
-                            config.url
-                        )));
-                    }
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "NATS not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
+        let client = connect_client(&config.url, &config.auth, config.tls.as_ref()).await?;
         let js = jetstream::new(client.clone());
         let stream = Self::ensure_stream(&js, &config).await?;
         Ok(Self {
@@ -144,49 +204,6 @@ impl JetStreamBus {
             stream: Arc::new(tokio::sync::Mutex::new(stream)),
             config: Arc::new(config),
         })
-    }
-
-    /// Connection options from `config`: credentials, TLS, and the connection log.
-    async fn options(config: &JetStreamConfig) -> Result<ConnectOptions, BusError> {
-        let mut options = ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("lost the connection to NATS; reconnecting with backoff");
-                    }
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::ServerError(e) => {
-                        tracing::warn!(error = %e, "NATS server error")
-                    }
-                    other => tracing::debug!(event = %other, "NATS client event"),
-                }
-            });
-        options = match &config.auth {
-            NatsAuth::None => options,
-            NatsAuth::UserPassword { user, password } => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            NatsAuth::Token(token) => options.token(token.clone()),
-            NatsAuth::CredentialsFile(path) => {
-                options.credentials_file(path).await.map_err(|e| {
-                    BusError::Config(format!(
-                        "cannot read credentials file {}: {e}",
-                        path.display()
-                    ))
-                })?
-            }
-        };
-        if let Some(tls) = &config.tls {
-            options = options.require_tls(true);
-            if let Some(ca) = &tls.ca_file {
-                options = options.add_root_certificates(ca.clone());
-            }
-            if let Some((cert, key)) = &tls.client {
-                options = options.add_client_certificate(cert.clone(), key.clone());
-            }
-        }
-        Ok(options)
     }
 
     async fn ensure_stream(

@@ -4,7 +4,8 @@
 //! as done only when the bus has acknowledged the event as durable. Events carry the
 //! extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds: `cron`, `mqtt` (plain TCP), `kafka`, `redis` (streams and pub/sub), and `webhook`
+//! Kinds: `cron`, `mqtt` (plain TCP), `kafka`, `nats` (core and JetStream), `redis` (streams
+//! and pub/sub), and `webhook`
 //! (served by [`webhook::router`]). How inputs become events is shared by every adapter: see
 //! [`ingest`].
 
@@ -13,6 +14,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
+pub mod nats;
 pub mod redis;
 mod schedule;
 pub mod webhook;
@@ -54,7 +56,7 @@ pub fn check(es: &EventSource) -> Vec<Diagnostic> {
     out
 }
 
-/// Starts every polling event of `es` (cron, MQTT, Kafka, Redis) as a task publishing to
+/// Starts every polling event of `es` (cron, MQTT, Kafka, NATS, Redis) as a task publishing to
 /// `bus`; webhooks are served by [`webhook::router`]. Fails, starting nothing, if any event
 /// cannot run.
 pub fn spawn(
@@ -88,6 +90,10 @@ pub fn spawn(
     }
     for (event, spec) in es.spec.kafka.iter().flatten() {
         let source = kafka::KafkaSource::new(&namespace, &name, event, spec)?;
+        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
+    }
+    for (event, spec) in es.spec.nats.iter().flatten() {
+        let source = nats::NatsSource::new(&namespace, &name, event, spec)?;
         tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
     }
     for (event, spec) in es.spec.redis.iter().flatten() {

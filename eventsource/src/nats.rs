@@ -1,0 +1,267 @@
+//! The NATS EventSource (an ofe addition): core subjects, or a JetStream stream.
+//!
+//! - **Core NATS** subscribes to `subject` in the queue group
+//!   `ofe-<namespace>-<eventsource>-<event>` (or `queueGroup`), so replicas split the
+//!   messages. Core NATS is at-most-once by nature: what is published while ofe is not
+//!   subscribed is lost. A message's `Nats-Msg-Id` header, when present, makes its id, so a
+//!   republished message is a detectable duplicate.
+//! - **JetStream** (`jetstream.stream`) reads through the durable pull consumer
+//!   `ofe-<namespace>-<eventsource>-<event>` (or `jetstream.durable`), shared by replicas and
+//!   filtered to `subject`. Each message is acknowledged only after the bus has its event, so
+//!   a crash means redelivery, never loss; the id derives from stream and sequence, so the
+//!   redelivery is dropped as a duplicate.
+//! - The CloudEvents NATS binding is understood: binary mode (`ce-` headers, `content-type`)
+//!   and structured mode. Other payloads become the data of a new event with the NATS subject
+//!   as `subject`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use ofe_crds::NatsSourceSpec;
+use ofe_eventbus::jetstream::{NatsAuth, connect_client};
+use ofe_eventbus::{EventBus, Subject, TlsFiles};
+use tokio_util::sync::CancellationToken;
+
+use crate::SourceError;
+use crate::cron::publish_with_retry;
+use crate::ingest::{Message, Origin};
+use crate::metrics::{EventLabels, SourceMetrics};
+
+/// The CloudEvents `type` of events made from plain NATS messages.
+pub const NATS_EVENT_TYPE: &str = "io.openfunction.events.nats";
+
+/// UUID namespace of derived ids.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6e61_7473_8000_0000_0000_0001);
+
+/// Most JetStream messages published and acknowledged together.
+const BATCH: usize = 256;
+
+#[derive(Clone, Debug)]
+struct JetStreamInput {
+    stream: String,
+    durable: String,
+    deliver: consumer::DeliverPolicy,
+}
+
+/// One NATS event of one EventSource.
+#[derive(Clone, Debug)]
+pub struct NatsSource {
+    origin: Origin,
+    url: String,
+    subject: String,
+    queue_group: String,
+    jetstream: Option<JetStreamInput>,
+    auth: NatsAuth,
+    tls: Option<TlsFiles>,
+}
+
+impl NatsSource {
+    /// The source for event `event` of EventSource `eventsource` in `namespace`.
+    pub fn new(
+        namespace: &str,
+        eventsource: &str,
+        event: &str,
+        spec: &NatsSourceSpec,
+    ) -> Result<Self, SourceError> {
+        let default_name = format!("ofe-{namespace}-{eventsource}-{event}");
+        if spec.subject.trim().is_empty() {
+            return Err(SourceError::Invalid {
+                path: format!("spec.nats.{event}.subject"),
+                message: "is empty; name a subject such as `fleet.>`".into(),
+            });
+        }
+        Ok(Self {
+            origin: Origin::new(
+                EventLabels {
+                    namespace: namespace.into(),
+                    eventsource: eventsource.into(),
+                    event: event.into(),
+                },
+                NATS_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
+            url: spec.url.clone(),
+            subject: spec.subject.clone(),
+            queue_group: spec.queue_group.clone().unwrap_or_else(|| default_name.clone()),
+            jetstream: spec.jetstream.as_ref().map(|js| JetStreamInput {
+                stream: js.stream.clone(),
+                // Durable names may not contain `.`, `*`, `>` or spaces.
+                durable: js
+                    .durable
+                    .clone()
+                    .unwrap_or_else(|| default_name.clone())
+                    .replace(['.', '*', '>', ' '], "_"),
+                deliver: match js.initial_offset.as_deref() {
+                    Some("earliest") => consumer::DeliverPolicy::All,
+                    _ => consumer::DeliverPolicy::New,
+                },
+            }),
+            auth: spec.auth.as_ref().map(Into::into).unwrap_or(NatsAuth::None),
+            tls: spec.tls.as_ref().map(Into::into),
+        })
+    }
+
+    /// Runs until `shutdown`, reconnecting with backoff.
+    pub async fn run(
+        self,
+        bus: Arc<dyn EventBus>,
+        metrics: SourceMetrics,
+        shutdown: CancellationToken,
+    ) {
+        let subject = Subject::event(
+            &self.origin.labels.namespace,
+            &self.origin.labels.eventsource,
+            &self.origin.labels.event,
+        );
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.session(&*bus, &subject, &metrics, &shutdown) => result,
+            };
+            match result {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, subject = %self.subject, "NATS source failed; retrying with backoff");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        bus: &dyn EventBus,
+        subject: &Subject,
+        metrics: &SourceMetrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let client = connect_client(&self.url, &self.auth, self.tls.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let labels = &self.origin.labels;
+        let Some(js) = &self.jetstream else {
+            let mut sub = client
+                .queue_subscribe(self.subject.clone(), self.queue_group.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(subject = %self.subject, queue = %self.queue_group, "subscribed to NATS (core, at-most-once)");
+            while let Some(message) = sub.next().await {
+                metrics.received.get_or_create(labels).inc();
+                let event = self.to_event(
+                    &message.subject,
+                    message.headers.as_ref(),
+                    &message.payload,
+                    None,
+                );
+                if !publish_with_retry(bus, subject, &event, labels, metrics, shutdown).await {
+                    return Ok(());
+                }
+            }
+            return Err("the NATS subscription ended".into());
+        };
+        let context = jetstream::new(client);
+        let stream = context
+            .get_stream(&js.stream)
+            .await
+            .map_err(|e| format!("JetStream stream `{}`: {e}", js.stream))?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &js.durable,
+                consumer::pull::Config {
+                    durable_name: Some(js.durable.clone()),
+                    filter_subject: self.subject.clone(),
+                    deliver_policy: js.deliver,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    max_ack_pending: i64::try_from(BATCH * 4).unwrap_or(1024),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("JetStream consumer `{}`: {e}", js.durable))?;
+        tracing::info!(stream = %js.stream, durable = %js.durable, subject = %self.subject, "reading JetStream");
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let Some(first) = messages.next().await else {
+                return Err("the JetStream consumer ended".into());
+            };
+            let mut batch = vec![first.map_err(|e| e.to_string())?];
+            while batch.len() < BATCH {
+                match futures::FutureExt::now_or_never(messages.next()) {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            metrics.received.get_or_create(labels).inc_by(batch.len() as u64);
+            let events: Vec<_> = batch
+                .iter()
+                .map(|m| {
+                    let identity = m.info().ok().map(|info| {
+                        format!("{}/{}", info.stream, info.stream_sequence).into_bytes()
+                    });
+                    self.to_event(&m.subject, m.headers.as_ref(), &m.payload, identity)
+                })
+                .collect();
+            let published = futures::future::join_all(
+                events
+                    .iter()
+                    .map(|e| publish_with_retry(bus, subject, e, labels, metrics, shutdown)),
+            )
+            .await;
+            if published.iter().any(|ok| !ok) {
+                // Shutdown: unacknowledged messages come again after the ack wait.
+                return Ok(());
+            }
+            for message in &batch {
+                if let Err(error) = message.ack().await {
+                    tracing::debug!(%error, "JetStream ack failed; the message comes again and is dropped as a duplicate");
+                }
+            }
+        }
+    }
+
+    /// The event for a message (see [`crate::ingest`]).
+    fn to_event(
+        &self,
+        nats_subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        identity: Option<Vec<u8>>,
+    ) -> cloudevents::Event {
+        let mut binary = Vec::new();
+        let mut content_type = None;
+        let mut msg_id = None;
+        for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
+            let name: &str = name.as_ref();
+            let Some(value) = values.first() else { continue };
+            if let Some(attribute) = name.strip_prefix("ce-") {
+                binary.push((attribute, value.as_str()));
+            } else if name.eq_ignore_ascii_case("content-type") {
+                content_type = Some(value.as_str());
+            } else if name.eq_ignore_ascii_case("Nats-Msg-Id") {
+                msg_id = Some(value.as_str());
+            }
+        }
+        let identity =
+            identity.or_else(|| msg_id.map(|id| format!("{nats_subject}/{id}").into_bytes()));
+        self.origin.event(&Message {
+            payload,
+            content_type,
+            binary,
+            subject: nats_subject,
+            identity,
+            ..Message::default()
+        })
+    }
+}
