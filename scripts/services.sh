@@ -54,6 +54,7 @@ if ! up 127.0.0.1 1883; then
   wait_port 127.0.0.1 1883 mosquitto
 fi
 echo "export OFE_TEST_MQTT=mqtt://127.0.0.1:1883"
+echo "export OFE_TEST_MOSQUITTO_SERVER=$(command -v mosquitto)"
 
 # Redis.
 if ! up 127.0.0.1 6379; then

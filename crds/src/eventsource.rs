@@ -213,21 +213,31 @@ pub struct MqttSpec {
     /// Subscription QoS (0, 1 or 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<i64>,
-    /// Retain flag.
+    /// Whether retained messages (the broker's last value of a topic, sent on every
+    /// subscribe) become events. Default false: a reconnect does not replay them as new events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<bool>,
     /// Clean session flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_session: Option<bool>,
-    /// CA certificate (PEM).
+    /// CA certificate for `ssl://`/`wss://`: PEM text, or the path of a PEM file. Default:
+    /// the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<String>,
-    /// Client certificate (PEM).
+    /// Client certificate for mutual TLS (with `clientKey`): PEM text or a file path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<String>,
-    /// Client key (PEM).
+    /// Client key (with `clientCert`): PEM text or a file path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<String>,
+    /// MQTT protocol version (ofe addition): `3.1.1` (default) or `5`. Version 5 carries
+    /// binary-mode CloudEvents in user properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// Shared subscription group (ofe addition): subscribes to `$share/<group>/<topic>`, so the
+    /// replicas of this EventSource split the messages instead of each getting all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_group: Option<String>,
 }
 
 /// A Redis input: OpenFunction's connection fields, plus what to read (`stream` or `channel`).

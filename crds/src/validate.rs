@@ -191,6 +191,33 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
             }
         }
     }
+    for (name, mqtt) in spec.mqtt.iter().flatten() {
+        let path = format!("spec.mqtt.{name}");
+        if let Some(v) = mqtt.protocol_version.as_deref()
+            && !matches!(v, "3.1.1" | "5")
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.protocolVersion"),
+                format!("`{v}` is not supported; use \"3.1.1\" or \"5\""),
+            ));
+        }
+        if mqtt.qos.is_some_and(|q| !(0..=2).contains(&q)) {
+            out.push(Diagnostic::error(format!("{path}.qos"), "must be 0, 1 or 2"));
+        }
+        if mqtt.client_cert.is_some() != mqtt.client_key.is_some() {
+            out.push(Diagnostic::error(
+                path.clone(),
+                "clientCert and clientKey go together; set both or neither",
+            ));
+        }
+        if mqtt.share_group.as_deref().is_some_and(|g| g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.shareGroup"),
+                "must be a non-empty name without `/`, `+` or `#`",
+            ));
+        }
+    }
     for (name, nats) in spec.nats.iter().flatten() {
         let path = format!("spec.nats.{name}");
         if nats.url.trim().is_empty() {

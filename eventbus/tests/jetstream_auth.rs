@@ -1,7 +1,6 @@
 //! JetStream connections with credentials and TLS, against servers that require them.
 //! `OFE_TEST_NATS_SERVER` names the `nats-server` binary; unset, the tests skip and say so.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -87,60 +86,6 @@ async fn token() {
     refused(config).await;
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1 with openssl.
-fn certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let status =
-            Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
-        assert!(status.is_ok_and(|s| s.success()), "openssl {args:?} failed");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=ofe-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-    ]);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca() {
     if std::env::var("OFE_TEST_NATS_SERVER").is_err() {
@@ -148,7 +93,7 @@ async fn tls_with_a_private_ca() {
         return;
     }
     let certs = tempfile::tempdir().expect("tempdir");
-    certificates(certs.path());
+    ofe_eventbus::testing::certificates(certs.path());
     let cert = certs.path().join("server.pem");
     let key = certs.path().join("server.key");
     let tls_args = [

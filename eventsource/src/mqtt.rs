@@ -1,15 +1,20 @@
-//! The MQTT EventSource (MQTT 3.1.1 over plain TCP in this version).
+//! The MQTT EventSource: MQTT 3.1.1 and 5, over TCP, TLS, WebSocket and secure WebSocket.
 //!
 //! - Subscribes to `topic` (wildcards allowed) at the manifest's `qos` (default 1), again after
-//!   every reconnect.
+//!   every reconnect; with `shareGroup`, to `$share/<group>/<topic>`, so the replicas of an
+//!   EventSource split a fleet's traffic.
 //! - At QoS 1 and 2 a message is acknowledged to the broker only after the bus has the event
-//!   durably (manual acks), so a crash before that makes the broker deliver it again.
-//! - A payload that is a structured-mode CloudEvent (JSON with `specversion`) keeps its
-//!   attributes as sent. Any other payload becomes the data of a new event: type
-//!   `io.openfunction.events.mqtt`, the EventSource's `source`, the MQTT topic as `subject`,
-//!   `application/json` when the payload is JSON (else `application/octet-stream`), and at QoS
-//!   1 and 2 an id derived from topic, packet id and payload, so a redelivery after a crash is
-//!   a detectable duplicate.
+//!   durably (manual acks), so a crash before that makes the broker deliver it again. The
+//!   session is persistent unless `cleanSession: true` (in MQTT 5, a one-day session expiry).
+//! - CloudEvents MQTT binding: in MQTT 5, binary mode (attributes as user properties, the
+//!   content type as the message's content type) and structured mode
+//!   (`application/cloudevents+json`) keep the event as sent; in 3.1.1, a JSON payload with
+//!   `specversion` is a structured CloudEvent. Any other payload becomes the data of a new
+//!   event: type `io.openfunction.events.mqtt`, the EventSource's `source`, the MQTT topic as
+//!   `subject`, and at QoS 1 and 2 an id derived from client id, topic, packet id and payload,
+//!   so a redelivery after a crash is a detectable duplicate.
+//! - Retained messages, which the broker replays on every subscribe, are skipped unless
+//!   `retain: true`.
 //! - Connection failures are retried with backoff, logged once when they start and once when
 //!   they end.
 
@@ -19,7 +24,8 @@ use std::time::Duration;
 use cloudevents::Event;
 use ofe_crds::MqttSpec;
 use ofe_eventbus::{EventBus, Subject};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS};
+use rumqttc::v5::mqttbytes::v5::Publish as PublishV5;
+use rumqttc::{Publish, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
@@ -33,59 +39,170 @@ pub const MQTT_EVENT_TYPE: &str = "io.openfunction.events.mqtt";
 /// UUID namespace of derived ids.
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6d71_7474_8000_0000_0000_0001);
 
+/// Largest packet accepted.
+const MAX_PACKET: usize = 8 << 20;
+
+/// How the broker is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `tcp://` or `mqtt://`.
+    Tcp,
+    /// `ssl://`, `tls://` or `mqtts://`.
+    Tls,
+    /// `ws://`.
+    Ws,
+    /// `wss://`.
+    Wss,
+}
+
 /// A broker address from an MQTT URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerUrl {
+    /// How the broker is reached.
+    pub scheme: Scheme,
     /// Host name or address.
     pub host: String,
-    /// Port (default 1883).
+    /// Port (default 1883, 8883 for TLS, 80/443 for WebSocket).
     pub port: u16,
+    /// Path, for WebSocket URLs (default `/mqtt`).
+    pub path: String,
     /// User and password from the URL, if any.
     pub credentials: Option<(String, String)>,
 }
 
-/// Parses `tcp://[user:password@]host[:port]` (also `mqtt://`).
+impl BrokerUrl {
+    /// The WebSocket URL without credentials.
+    fn ws_url(&self) -> String {
+        let scheme = if self.scheme == Scheme::Wss { "wss" } else { "ws" };
+        format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+/// Parses `scheme://[user:password@]host[:port][/path]`, where the scheme is `tcp`/`mqtt`,
+/// `ssl`/`tls`/`mqtts`, `ws` or `wss`.
 pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
-    let rest = url
-        .strip_prefix("tcp://")
-        .or_else(|| url.strip_prefix("mqtt://"))
-        .ok_or_else(|| {
-            if url.starts_with("ssl://") || url.starts_with("mqtts://") || url.starts_with("ws") {
-                format!("`{url}`: TLS and WebSocket MQTT are not available in this version yet; use tcp://")
-            } else {
-                format!("`{url}` is not an MQTT URL; write tcp://[user:password@]host[:port]")
-            }
-        })?;
-    let rest = rest.trim_end_matches('/');
-    let (credentials, address) = match rest.rsplit_once('@') {
+    let (scheme_text, rest) = url.split_once("://").ok_or_else(|| {
+        format!("`{url}` is not an MQTT URL; write tcp://[user:password@]host[:port]")
+    })?;
+    let (scheme, default_port) = match scheme_text.to_ascii_lowercase().as_str() {
+        "tcp" | "mqtt" => (Scheme::Tcp, 1883),
+        "ssl" | "tls" | "mqtts" => (Scheme::Tls, 8883),
+        "ws" => (Scheme::Ws, 80),
+        "wss" => (Scheme::Wss, 443),
+        _ => {
+            return Err(format!("`{url}` is not an MQTT URL; use tcp://, ssl://, ws:// or wss://"));
+        }
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = match (scheme, path) {
+        (Scheme::Ws | Scheme::Wss, "" | "/") => "/mqtt".to_string(),
+        (Scheme::Ws | Scheme::Wss, p) => p.to_string(),
+        _ => String::new(),
+    };
+    let (credentials, address) = match authority.rsplit_once('@') {
         Some((creds, address)) => {
             let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
             (Some((user.to_string(), password.to_string())), address)
         }
-        None => (None, rest),
+        None => (None, authority),
     };
     let (host, port) = match address.rsplit_once(':') {
         Some((host, port)) => (
             host,
             port.parse::<u16>().map_err(|_| format!("`{url}` has an invalid port `{port}`"))?,
         ),
-        None => (address, 1883),
+        None => (address, default_port),
     };
     if host.is_empty() {
         return Err(format!("`{url}` names no host"));
     }
-    Ok(BrokerUrl { host: host.to_string(), port, credentials })
+    Ok(BrokerUrl { scheme, host: host.to_string(), port, path, credentials })
+}
+
+/// PEM text as given, or read from the file it names.
+fn pem(field: &str, value: &str) -> Result<Vec<u8>, SourceError> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|e| SourceError::Invalid {
+        path: field.into(),
+        message: format!("is neither PEM text nor a readable PEM file (`{value}`: {e})"),
+    })
+}
+
+/// A rustls client configuration (ring provider) from the manifest's certificates.
+fn tls_config(field: &str, spec: &MqttSpec) -> Result<TlsConfiguration, SourceError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |path: &str, message: String| SourceError::Invalid {
+        path: format!("{field}.{path}"),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &spec.ca_cert {
+        Some(ca) => {
+            let bytes = pem(&format!("{field}.caCert"), ca)?;
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| invalid("caCert", format!("is not PEM: {e}")))?;
+                roots.add(cert).map_err(|e| invalid("caCert", e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("caCert", "holds no certificate".into()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("url", e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&spec.client_cert, &spec.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_slice_iter(&pem(&format!("{field}.clientCert"), cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("clientCert", format!("is not PEM: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem(&format!("{field}.clientKey"), key)?)
+                .map_err(|e| invalid("clientKey", format!("is not a PEM private key: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| invalid("clientCert", e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
 /// One MQTT event of one EventSource.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MqttSource {
     origin: Origin,
     broker: BrokerUrl,
-    topic: String,
+    transport: Transport,
+    filter: String,
     qos: QoS,
     client_id: String,
     clean_session: bool,
+    v5: bool,
+    retain: bool,
+}
+
+impl std::fmt::Debug for MqttSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSource")
+            .field("broker", &self.broker)
+            .field("filter", &self.filter)
+            .field("client_id", &self.client_id)
+            .field("v5", &self.v5)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MqttSource {
@@ -110,6 +227,40 @@ impl MqttSource {
                 });
             }
         };
+        let v5 = match spec.protocol_version.as_deref() {
+            None | Some("3.1.1") => false,
+            Some("5") => true,
+            Some(other) => {
+                return Err(SourceError::Invalid {
+                    path: format!("{field}.protocolVersion"),
+                    message: format!("`{other}` is not supported; use \"3.1.1\" or \"5\""),
+                });
+            }
+        };
+        let transport = match broker.scheme {
+            Scheme::Tcp => Transport::Tcp,
+            Scheme::Tls => Transport::Tls(tls_config(&field, spec)?),
+            Scheme::Ws => Transport::Ws,
+            Scheme::Wss => Transport::Wss(tls_config(&field, spec)?),
+        };
+        // Unique per EventSource and event (OpenFunction's `<ns>-esc-mqtt-<event>` omitted
+        // the EventSource, so two EventSources could steal each other's session). Replicas in
+        // a share group need one each, so the host name is added there.
+        let mut client_id = spec
+            .consumer_id
+            .clone()
+            .unwrap_or_else(|| format!("ofe-{namespace}-{eventsource}-{event}"));
+        let filter = match &spec.share_group {
+            Some(group) => {
+                if spec.consumer_id.is_none()
+                    && let Some(host) = crate::kafka::instance_name()
+                {
+                    client_id = format!("{client_id}-{host}");
+                }
+                format!("$share/{group}/{}", spec.topic)
+            }
+            None => spec.topic.clone(),
+        };
         Ok(Self {
             origin: Origin::new(
                 EventLabels {
@@ -121,16 +272,20 @@ impl MqttSource {
                 ID_NAMESPACE,
             ),
             broker,
-            topic: spec.topic.clone(),
+            transport,
+            filter,
             qos,
-            // Unique per EventSource and event (OpenFunction's `<ns>-esc-mqtt-<event>` omitted
-            // the EventSource, so two EventSources could steal each other's session).
-            client_id: spec
-                .consumer_id
-                .clone()
-                .unwrap_or_else(|| format!("ofe-{namespace}-{eventsource}-{event}")),
+            client_id,
             clean_session: spec.clean_session.unwrap_or(false),
+            v5,
+            retain: spec.retain.unwrap_or(false),
         })
+    }
+
+    /// Uses `client_id` (replicas sharing a group need distinct ones).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
     }
 
     /// Runs until `shutdown`.
@@ -140,20 +295,13 @@ impl MqttSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let mut options = MqttOptions::new(&self.client_id, &self.broker.host, self.broker.port);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(self.clean_session);
-        options.set_manual_acks(true);
-        options.set_max_packet_size(8 << 20, 8 << 20);
-        if let Some((user, password)) = &self.broker.credentials {
-            options.set_credentials(user, password);
-        }
-        let (client, mut events) = AsyncClient::new(options, 64);
+        let (client, mut events) = self.connect();
         let subject = Subject::event(
             &self.origin.labels.namespace,
             &self.origin.labels.eventsource,
             &self.origin.labels.event,
         );
+        let labels = &self.origin.labels;
         let mut failing = false;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -162,38 +310,35 @@ impl MqttSource {
                 polled = events.poll() => polled,
             };
             match polled {
-                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                Polled::Connected => {
                     if failing {
-                        tracing::info!(broker = %self.broker.host, topic = %self.topic, "MQTT connection recovered");
+                        tracing::info!(broker = %self.broker.host, topic = %self.filter, "MQTT connection recovered");
                         failing = false;
                     }
                     backoff = Duration::from_millis(100);
-                    if let Err(error) = client.subscribe(&self.topic, self.qos).await {
-                        tracing::warn!(%error, topic = %self.topic, "MQTT subscribe failed");
+                    if let Err(error) = client.subscribe(&self.filter, self.qos).await {
+                        tracing::warn!(%error, topic = %self.filter, "MQTT subscribe failed");
                     }
                 }
-                Ok(MqttEvent::Incoming(Packet::Publish(message))) => {
-                    metrics.received.get_or_create(&self.origin.labels).inc();
-                    let event = self.to_event(&message);
-                    if !publish_with_retry(
-                        &*bus,
-                        &subject,
-                        &event,
-                        &self.origin.labels,
-                        &metrics,
-                        &shutdown,
-                    )
-                    .await
-                    {
-                        break;
+                Polled::Message(message) => {
+                    if message.retain() && !self.retain {
+                        tracing::debug!(topic = %message.topic(), "skipping a retained message (retain: false)");
+                    } else {
+                        metrics.received.get_or_create(labels).inc();
+                        let event = self.to_event(&message);
+                        if !publish_with_retry(&*bus, &subject, &event, labels, &metrics, &shutdown)
+                            .await
+                        {
+                            break;
+                        }
                     }
                     // Only now does the broker learn the message is taken care of.
                     if let Err(error) = client.ack(&message).await {
                         tracing::warn!(%error, "MQTT ack failed; the broker will deliver the message again");
                     }
                 }
-                Ok(_) => {}
-                Err(error) => {
+                Polled::Other => {}
+                Polled::Failed(error) => {
                     if !failing {
                         tracing::warn!(%error, broker = %self.broker.host, "MQTT connection failed; reconnecting with backoff");
                         failing = true;
@@ -206,25 +351,177 @@ impl MqttSource {
                 }
             }
         }
-        let _ = client.disconnect().await;
+        client.disconnect().await;
+    }
+
+    fn connect(&self) -> (Client, Events) {
+        let host = match self.broker.scheme {
+            Scheme::Ws | Scheme::Wss => self.broker.ws_url(),
+            Scheme::Tcp | Scheme::Tls => self.broker.host.clone(),
+        };
+        let keep_alive = Duration::from_secs(30);
+        if self.v5 {
+            use rumqttc::v5::{AsyncClient, MqttOptions};
+            let mut options = MqttOptions::new(&self.client_id, host, self.broker.port);
+            options.set_keep_alive(keep_alive);
+            options.set_clean_start(self.clean_session);
+            if !self.clean_session {
+                // MQTT 5 ends a session at disconnect unless it has an expiry.
+                options.set_session_expiry_interval(Some(24 * 3600));
+            }
+            options.set_manual_acks(true);
+            options.set_max_packet_size(u32::try_from(MAX_PACKET).ok());
+            options.set_transport(self.transport.clone());
+            if let Some((user, password)) = &self.broker.credentials {
+                options.set_credentials(user, password);
+            }
+            let (client, events) = AsyncClient::new(options, 64);
+            (Client::V5(client), Events::V5(Box::new(events)))
+        } else {
+            use rumqttc::{AsyncClient, MqttOptions};
+            let mut options = MqttOptions::new(&self.client_id, host, self.broker.port);
+            options.set_keep_alive(keep_alive);
+            options.set_clean_session(self.clean_session);
+            options.set_manual_acks(true);
+            options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+            options.set_transport(self.transport.clone());
+            if let Some((user, password)) = &self.broker.credentials {
+                options.set_credentials(user, password);
+            }
+            let (client, events) = AsyncClient::new(options, 64);
+            (Client::V4(client), Events::V4(Box::new(events)))
+        }
     }
 
     /// The event for a message: the CloudEvent it carries, or a new one around its payload
-    /// (see [`crate::ingest`]). At QoS 1 and 2 the id derives from client id, topic, packet id
-    /// and payload, so the broker's redelivery after a crash is a detectable duplicate.
-    pub fn to_event(&self, message: &Publish) -> Event {
-        let topic = &message.topic;
-        let identity = (message.pkid != 0).then(|| {
-            let mut key = format!("{}/{topic}/{}/", self.client_id, message.pkid).into_bytes();
-            key.extend_from_slice(&message.payload);
+    /// (see [`crate::ingest`]).
+    fn to_event(&self, message: &Incoming) -> Event {
+        let topic = message.topic();
+        let (payload, pkid) = match message {
+            Incoming::V4(p) => (&p.payload[..], p.pkid),
+            Incoming::V5(p) => (&p.payload[..], p.pkid),
+        };
+        let identity = (pkid != 0).then(|| {
+            let mut key = format!("{}/{topic}/{pkid}/", self.client_id).into_bytes();
+            key.extend_from_slice(payload);
             key
         });
+        let properties = match message {
+            Incoming::V5(p) => p.properties.as_ref(),
+            Incoming::V4(_) => None,
+        };
         self.origin.event(&Message {
-            payload: &message.payload,
-            subject: topic,
+            payload,
+            content_type: properties.and_then(|p| p.content_type.as_deref()),
+            binary: properties
+                .map(|p| p.user_properties.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect())
+                .unwrap_or_default(),
+            subject: &topic,
             identity,
             ..Message::default()
         })
+    }
+}
+
+/// A message received in either protocol version.
+enum Incoming {
+    V4(Publish),
+    V5(PublishV5),
+}
+
+impl Incoming {
+    fn topic(&self) -> String {
+        match self {
+            Self::V4(p) => p.topic.clone(),
+            Self::V5(p) => String::from_utf8_lossy(&p.topic).into_owned(),
+        }
+    }
+
+    fn retain(&self) -> bool {
+        match self {
+            Self::V4(p) => p.retain,
+            Self::V5(p) => p.retain,
+        }
+    }
+}
+
+/// What one poll of the connection produced.
+enum Polled {
+    Connected,
+    Message(Incoming),
+    Other,
+    Failed(String),
+}
+
+/// An event loop, in either protocol version.
+enum Events {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+impl Events {
+    async fn poll(&mut self) -> Polled {
+        match self {
+            Self::V4(events) => match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => Polled::Connected,
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    Polled::Message(Incoming::V4(p))
+                }
+                Ok(_) => Polled::Other,
+                Err(e) => Polled::Failed(e.to_string()),
+            },
+            Self::V5(events) => {
+                use rumqttc::v5::mqttbytes::v5::Packet;
+                match events.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::ConnAck(_))) => Polled::Connected,
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                        Polled::Message(Incoming::V5(p))
+                    }
+                    Ok(_) => Polled::Other,
+                    Err(e) => Polled::Failed(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// A client handle, in either protocol version.
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    async fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), String> {
+        match self {
+            Self::V4(client) => client.subscribe(filter, qos).await.map_err(|e| e.to_string()),
+            Self::V5(client) => {
+                let qos = match qos {
+                    QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                };
+                client.subscribe(filter, qos).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn ack(&self, message: &Incoming) -> Result<(), String> {
+        match (self, message) {
+            (Self::V4(client), Incoming::V4(p)) => client.ack(p).await.map_err(|e| e.to_string()),
+            (Self::V5(client), Incoming::V5(p)) => client.ack(p).await.map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn disconnect(&self) {
+        let result = match self {
+            Self::V4(client) => client.disconnect().await.map_err(|e| e.to_string()),
+            Self::V5(client) => client.disconnect().await.map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "MQTT disconnect failed");
+        }
     }
 }
 
@@ -238,7 +535,12 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("emqx", 1884));
         assert_eq!(u.credentials, Some(("admin".into(), "public".into())));
         assert_eq!(parse_url("mqtt://127.0.0.1").expect("url").port, 1883);
-        assert!(parse_url("ssl://x:8883").unwrap_err().contains("not available"));
+        let tls = parse_url("ssl://x").expect("url");
+        assert_eq!((tls.scheme, tls.port), (Scheme::Tls, 8883));
+        let ws = parse_url("ws://u:p@broker:9001").expect("url");
+        assert_eq!(ws.ws_url(), "ws://broker:9001/mqtt", "credentials stay out of the URL");
+        assert_eq!(ws.credentials, Some(("u".into(), "p".into())));
+        assert_eq!(parse_url("wss://b/ws").expect("url").ws_url(), "wss://b:443/ws");
         assert!(parse_url("http://x").unwrap_err().contains("not an MQTT URL"));
         assert!(parse_url("tcp://x:port").unwrap_err().contains("invalid port"));
     }
