@@ -93,6 +93,7 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
         consumer: format!("eventsource.{namespace}.{name}.sink"),
         condition: None,
         inputs,
+        filters: Default::default(),
         window: ofe_trigger::DEFAULT_WINDOW,
         routes: vec![Route { destination, dead_letter: None }],
         max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,

@@ -225,6 +225,12 @@ fn explain_serde_error(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("missing field ") {
         return format!("required field {rest} is missing; add it");
     }
+    if message.starts_with("invalid type: boolean") && message.contains("expected a string") {
+        // YAML reads bare y/n/yes/no/on/off/true/false as booleans.
+        return format!(
+            "{message}; YAML reads a bare y, n, yes, no, on or off as a boolean: quote it"
+        );
+    }
     if message.starts_with("invalid type") || message.starts_with("invalid value") {
         return format!("{message}; change the value to that type");
     }

@@ -11,3 +11,13 @@ pub fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true
     })
 }
+
+/// A list of objects whose fields Kubernetes must keep as they are. Used for recursive types
+/// (trigger filters), which a structural schema cannot spell out.
+pub fn preserve_unknown_array(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "nullable": true,
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+    })
+}

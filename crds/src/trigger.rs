@@ -53,6 +53,41 @@ pub struct Input {
     /// `eventSource`/`event`. This is how an async function chain continues inside ofe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// Filters (ofe addition), in the dialects of the CloudEvents Subscriptions API that
+    /// Knative uses: `exact`, `prefix`, `suffix`, `all`, `any`, `not`, plus `cel` over the
+    /// event's attributes and its `data` (parsed when it is JSON). Only events that pass
+    /// every filter count as events of this input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_array")]
+    pub filters: Option<Vec<Filter>>,
+}
+
+/// One filter: exactly one of its fields is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Attributes that must equal these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<BTreeMap<String, String>>,
+    /// Attributes that must start with these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<BTreeMap<String, String>>,
+    /// Attributes that must end with these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<BTreeMap<String, String>>,
+    /// Filters that must all pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<Filter>>,
+    /// Filters of which at least one must pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<Filter>>,
+    /// A filter that must not pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<Filter>>,
+    /// A CEL expression over the attributes (`type`, `source`, `subject`, extensions, ...)
+    /// and `data`, e.g. `data.speed > 120.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel: Option<String>,
 }
 
 /// One routing rule of a Trigger.

@@ -17,6 +17,11 @@ const EXHAUSTIVE_LIMIT: usize = 12;
 /// every call, which costs tens of microseconds.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 
+/// The shared CEL environment.
+pub(crate) fn env() -> Arc<Env> {
+    ENV.clone()
+}
+
 /// A compiled condition.
 #[derive(Debug)]
 pub struct Condition {
@@ -36,7 +41,8 @@ pub struct ConditionError {
     pub column: Option<usize>,
 }
 
-fn caret(text: &str, column: usize, what: &str, fix: &str) -> ConditionError {
+/// An error pointing at `column` of `text` with a caret line.
+pub(crate) fn caret(text: &str, column: usize, what: &str, fix: &str) -> ConditionError {
     let pad = " ".repeat(column.saturating_sub(1));
     ConditionError {
         message: format!("{what} (column {column}); {fix}\n    {text}\n    {pad}^"),

@@ -10,10 +10,11 @@
 
 pub mod condition;
 pub mod delivery;
+pub mod filter;
 pub mod metrics;
 pub mod runner;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ fn input_names(trigger: &Trigger) -> BTreeSet<String> {
 /// field path, with the expression and a caret.
 pub fn check(trigger: &Trigger) -> Vec<Diagnostic> {
     let names = input_names(trigger);
-    trigger
+    let mut out: Vec<Diagnostic> = trigger
         .spec
         .subscribers
         .iter()
@@ -54,7 +55,34 @@ pub fn check(trigger: &Trigger) -> Vec<Diagnostic> {
                 .err()
                 .map(|e| Diagnostic::error(format!("spec.subscribers[{i}].condition"), e.message))
         })
-        .collect()
+        .collect();
+    if let Err(errors) = compile_filters(trigger) {
+        out.extend(errors);
+    }
+    out
+}
+
+/// Compiled filters per input, or a diagnostic per filter that cannot be used.
+type InputFilters = BTreeMap<String, Arc<Vec<filter::CompiledFilter>>>;
+
+fn compile_filters(trigger: &Trigger) -> Result<InputFilters, Vec<Diagnostic>> {
+    let mut compiled = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, input) in &trigger.spec.inputs {
+        let Some(filters) = &input.filters else { continue };
+        let mut list = Vec::new();
+        for (i, f) in filters.iter().enumerate() {
+            match filter::CompiledFilter::compile(f) {
+                Ok(c) => list.push(c),
+                Err(e) => errors.push(Diagnostic::error(
+                    format!("spec.inputs.{name}.filters[{i}]{}", e.path),
+                    e.message,
+                )),
+            }
+        }
+        compiled.insert(name.clone(), Arc::new(list));
+    }
+    if errors.is_empty() { Ok(compiled) } else { Err(errors) }
 }
 
 /// Where a `sink` points, in standalone mode: its `uri`. A `ref` needs Kubernetes to resolve.
@@ -86,6 +114,10 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             DEFAULT_WINDOW
         }),
     };
+    let filters = compile_filters(trigger).unwrap_or_else(|e| {
+        errors.extend(e);
+        BTreeMap::new()
+    });
     let mut plans = Vec::new();
     for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
         let path = format!("spec.subscribers[{i}]");
@@ -109,6 +141,11 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
                 };
                 Some((input.clone(), subject))
             })
+            .collect();
+        let input_filters = condition
+            .names()
+            .iter()
+            .filter_map(|n| filters.get(n).map(|f| (n.clone(), f.clone())))
             .collect();
         let mut routes = Vec::new();
         let mut route = |dest: Result<Destination, Diagnostic>,
@@ -142,6 +179,7 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             },
             consumer: format!("trigger.{namespace}.{name}.{i}"),
             condition: Some(condition),
+            filters: input_filters,
             inputs,
             window,
             routes,

@@ -47,6 +47,8 @@ pub struct SubscriberPlan {
     pub condition: Option<Arc<Condition>>,
     /// Input names and their subjects, restricted to the inputs the condition names.
     pub inputs: Vec<(String, Subject)>,
+    /// Compiled filters per input name; an input without an entry takes every event.
+    pub filters: std::collections::BTreeMap<String, Arc<Vec<crate::filter::CompiledFilter>>>,
     /// How long an input stays true after its last event.
     pub window: Duration,
     /// Destinations, in order (sink first, then topic, as OpenFunction did).
@@ -177,8 +179,14 @@ fn fires(plan: &SubscriberPlan, window: &mut WindowState, delivery: &Delivery) -
         .inputs
         .iter()
         .filter(|(_, subject)| *subject == delivery.subject)
+        .filter(|(name, _)| {
+            plan.filters.get(name).is_none_or(|f| crate::filter::passes(f, &delivery.event))
+        })
         .map(|(name, _)| name.as_str())
         .collect();
+    if inputs.is_empty() {
+        return false;
+    }
     let active = window.observe(&inputs, delivery.published_at, condition.names(), plan.window);
     match condition.evaluate(&active) {
         Ok(fire) => fire,

@@ -48,6 +48,7 @@ async fn poison_event_is_dead_lettered_after_max_deliver() {
         consumer: "poison".into(),
         condition: None,
         inputs: vec![("e".into(), subject.clone())],
+        filters: Default::default(),
         window: Duration::from_secs(60),
         routes: vec![Route {
             destination: Destination::Http { url: format!("{base}/sink") },

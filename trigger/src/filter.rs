@@ -1,0 +1,284 @@
+//! Input filters: the CloudEvents Subscriptions API dialects (`exact`, `prefix`, `suffix`,
+//! `all`, `any`, `not`) plus `cel`, compiled once when the manifest loads.
+//!
+//! - Attribute dialects compare context attributes and extensions as strings; an attribute the
+//!   event lacks does not match.
+//! - `cel` sees every attribute and extension as a string variable (`type`, `source`,
+//!   `subject`, `id`, `time`, `datacontenttype`, ...) and `data`: the payload parsed as JSON
+//!   when it is JSON, else the payload as a string. A CEL error at evaluation (a missing field,
+//!   a type mismatch such as comparing a string with a number) means "does not match": an
+//!   event a filter cannot judge is not routed, and never stops the stream. The data is parsed
+//!   at most once per event, however many `cel` filters look at it.
+
+use std::sync::OnceLock;
+
+use cel::{Context, Program, Value};
+use cloudevents::{AttributesReader as _, Event};
+use ofe_crds::Filter;
+
+use crate::condition::{ConditionError, caret};
+
+/// A compiled filter.
+#[derive(Debug)]
+pub enum CompiledFilter {
+    /// Every `(attribute, value)` equals.
+    Exact(Vec<(String, String)>),
+    /// Every attribute starts with its value.
+    Prefix(Vec<(String, String)>),
+    /// Every attribute ends with its value.
+    Suffix(Vec<(String, String)>),
+    /// Every filter passes.
+    All(Vec<CompiledFilter>),
+    /// At least one filter passes.
+    Any(Vec<CompiledFilter>),
+    /// The filter does not pass.
+    Not(Box<CompiledFilter>),
+    /// The CEL program evaluates to `true`.
+    Cel(Box<Program>),
+}
+
+/// A filter that cannot be used, with the field path inside the filter (e.g. `.cel`,
+/// `.all[1].exact`) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError {
+    /// Path below the filter, starting with `.`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl CompiledFilter {
+    /// Compiles `filter`.
+    pub fn compile(filter: &Filter) -> Result<Self, FilterError> {
+        let set = [
+            filter.exact.is_some(),
+            filter.prefix.is_some(),
+            filter.suffix.is_some(),
+            filter.all.is_some(),
+            filter.any.is_some(),
+            filter.not.is_some(),
+            filter.cel.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(FilterError {
+                path: String::new(),
+                message: "set exactly one of exact, prefix, suffix, all, any, not or cel".into(),
+            });
+        }
+        let pairs = |map: &std::collections::BTreeMap<String, String>, dialect: &str| {
+            if map.is_empty() {
+                return Err(FilterError {
+                    path: format!(".{dialect}"),
+                    message: "names no attribute; add `attribute: value`".into(),
+                });
+            }
+            Ok(map.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+        };
+        let list = |filters: &[Filter], dialect: &str| {
+            filters
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    Self::compile(f).map_err(|e| FilterError {
+                        path: format!(".{dialect}[{i}]{}", e.path),
+                        message: e.message,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match filter {
+            Filter { exact: Some(m), .. } => Self::Exact(pairs(m, "exact")?),
+            Filter { prefix: Some(m), .. } => Self::Prefix(pairs(m, "prefix")?),
+            Filter { suffix: Some(m), .. } => Self::Suffix(pairs(m, "suffix")?),
+            Filter { all: Some(f), .. } => Self::All(list(f, "all")?),
+            Filter { any: Some(f), .. } => Self::Any(list(f, "any")?),
+            Filter { not: Some(f), .. } => Self::Not(Box::new(Self::compile(f).map_err(|e| {
+                FilterError { path: format!(".not{}", e.path), message: e.message }
+            })?)),
+            Filter { cel: Some(text), .. } => Self::Cel(Box::new(
+                compile_cel(text)
+                    .map_err(|e| FilterError { path: ".cel".into(), message: e.message })?,
+            )),
+            _ => unreachable_filter(),
+        })
+    }
+
+    /// Whether `event` passes. `data` caches the parsed payload across filters.
+    pub fn matches(&self, event: &Event, data: &EventData<'_>) -> bool {
+        match self {
+            Self::Exact(pairs) => {
+                pairs.iter().all(|(k, v)| attribute(event, k).is_some_and(|a| a == *v))
+            }
+            Self::Prefix(pairs) => pairs
+                .iter()
+                .all(|(k, v)| attribute(event, k).is_some_and(|a| a.starts_with(v.as_str()))),
+            Self::Suffix(pairs) => pairs
+                .iter()
+                .all(|(k, v)| attribute(event, k).is_some_and(|a| a.ends_with(v.as_str()))),
+            Self::All(filters) => filters.iter().all(|f| f.matches(event, data)),
+            Self::Any(filters) => filters.iter().any(|f| f.matches(event, data)),
+            Self::Not(filter) => !filter.matches(event, data),
+            Self::Cel(program) => {
+                let mut context = Context::with_env(crate::condition::env());
+                for (name, value) in event.iter_attributes() {
+                    context.add_variable_from_value(name, value.to_string());
+                }
+                for (name, value) in event.iter_extensions() {
+                    context.add_variable_from_value(name.to_string(), value.to_string());
+                }
+                if context.add_variable("data", data.json()).is_err() {
+                    return false;
+                }
+                matches!(program.execute(&context), Ok(Value::Bool(true)))
+            }
+        }
+    }
+}
+
+/// The compile match above covers every variant `set` allowed; kept out of line so the
+/// exhaustive match needs no `unreachable!` on an input path.
+fn unreachable_filter() -> CompiledFilter {
+    CompiledFilter::Any(Vec::new())
+}
+
+fn compile_cel(text: &str) -> Result<Program, ConditionError> {
+    if text.trim().is_empty() {
+        return Err(ConditionError {
+            message: "is empty; write a CEL expression such as `data.speed > 120.0`".into(),
+            column: None,
+        });
+    }
+    crate::condition::env().compile(text).map_err(|errors| match errors.errors.first() {
+        Some(first) => {
+            let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
+            caret(text, column, &format!("does not compile: {}", first.msg), "fix the expression")
+        }
+        None => ConditionError { message: format!("does not compile: {errors}"), column: None },
+    })
+}
+
+/// An attribute or extension of `event` as a string.
+fn attribute(event: &Event, name: &str) -> Option<String> {
+    match name {
+        "id" => Some(event.id().to_string()),
+        "source" => Some(event.source().to_string()),
+        "type" => Some(event.ty().to_string()),
+        "specversion" => Some(event.specversion().to_string()),
+        "subject" => event.subject().map(str::to_string),
+        "datacontenttype" => event.datacontenttype().map(str::to_string),
+        "dataschema" => event.dataschema().map(ToString::to_string),
+        "time" => event.time().map(|t| t.to_rfc3339()),
+        other => event.extension(other).map(ToString::to_string),
+    }
+}
+
+/// An event's data for `cel` filters, parsed on first use.
+pub struct EventData<'a> {
+    event: &'a Event,
+    parsed: OnceLock<serde_json::Value>,
+}
+
+impl<'a> EventData<'a> {
+    /// The data of `event`, not parsed yet.
+    pub fn new(event: &'a Event) -> Self {
+        Self { event, parsed: OnceLock::new() }
+    }
+
+    /// The data as JSON: parsed when it is JSON, else a string (or null without data).
+    pub fn json(&self) -> &serde_json::Value {
+        self.parsed.get_or_init(|| match self.event.data() {
+            None => serde_json::Value::Null,
+            Some(cloudevents::Data::Json(v)) => v.clone(),
+            Some(cloudevents::Data::String(s)) => {
+                serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone()))
+            }
+            Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+            }),
+        })
+    }
+}
+
+/// Whether `event` passes every filter of `filters`.
+pub fn passes(filters: &[CompiledFilter], event: &Event) -> bool {
+    let data = EventData::new(event);
+    filters.iter().all(|f| f.matches(event, &data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::{EventBuilder as _, EventBuilderV10};
+
+    fn event(speed: f64) -> Event {
+        let mut event = EventBuilderV10::new()
+            .id("1")
+            .source("/fleet")
+            .ty("com.example.telemetry")
+            .subject("fleet/v1")
+            .extension("region", "north")
+            .build()
+            .expect("event");
+        event.set_data(
+            "application/json",
+            format!("{{\"speed\":{speed},\"id\":\"v1\"}}").into_bytes(),
+        );
+        event
+    }
+
+    fn filter(yaml: &str) -> Result<CompiledFilter, FilterError> {
+        let filter: Filter = serde_saphyr::from_str(yaml).expect("yaml");
+        CompiledFilter::compile(&filter)
+    }
+
+    #[test]
+    fn dialects() {
+        let cases = [
+            ("exact: { type: com.example.telemetry }", true),
+            ("exact: { type: com.example.other }", false),
+            ("exact: { region: north }", true),
+            ("exact: { missing: x }", false),
+            ("prefix: { subject: fleet/ }", true),
+            ("suffix: { source: /fleet }", true),
+            ("suffix: { source: /car }", false),
+            ("all: [ { exact: { region: north } }, { prefix: { type: com. } } ]", true),
+            ("all: [ { exact: { region: north } }, { prefix: { type: org. } } ]", false),
+            ("any: [ { exact: { region: south } }, { prefix: { type: com. } } ]", true),
+            ("not: { exact: { region: south } }", true),
+            ("cel: data.speed > 120.0", true),
+            ("cel: data.speed > 130.0", false),
+            ("cel: type == 'com.example.telemetry' && region == 'north'", true),
+            ("cel: data.nothing > 1.0", false),
+            ("cel: data.id > 1", false),
+        ];
+        for (yaml, expected) in cases {
+            let compiled = filter(yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
+            assert_eq!(passes(&[compiled], &event(121.5)), expected, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn numbers_compare_across_int_and_double() {
+        // JSON `130` is an int to CEL and `130.5` a double; users write either literal.
+        for (speed, yaml, expected) in [
+            (130.0, "cel: data.speed > 120", true),
+            (130.0, "cel: data.speed > 120.0", true),
+            (110.5, "cel: data.speed > 120", false),
+        ] {
+            let compiled = filter(yaml).expect("compiles");
+            assert_eq!(passes(&[compiled], &event(speed)), expected, "{speed} {yaml}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_path_and_column() {
+        let e =
+            filter("all: [ { exact: { a: b } }, { cel: 'data.speed >' } ]").expect_err("bad cel");
+        assert_eq!(e.path, ".all[1].cel");
+        assert!(e.message.contains("column"), "{}", e.message);
+        let e = filter("exact: { a: b }\nprefix: { a: b }").expect_err("two dialects");
+        assert!(e.message.contains("exactly one"), "{}", e.message);
+        let e = filter("exact: {}").expect_err("empty");
+        assert_eq!(e.path, ".exact");
+    }
+}
