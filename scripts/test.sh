@@ -9,6 +9,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
+# The examples run as tests (tests/example_*.rs), and nextest does not build them.
+cargo build --workspace --locked --examples
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so nextest's summary closes the output.
   cargo test --workspace --locked --doc
