@@ -136,8 +136,8 @@ fn run_refusals_name_file_document_and_field() {
         ),
         (
             "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: { name: logs }\nspec:\n  eventBus: default\n  \
-             kafka: { orders: { brokers: \"127.0.0.1:9\", topic: t, authRequired: false } }\n",
-            "document 1: EventSource `logs`: spec.kafka.orders: the kafka source is not available",
+             redis: { orders: { redisHost: \"127.0.0.1:9\", redisPassword: \"\" } }\n",
+            "document 1: EventSource `logs`: spec.redis.orders: set exactly one of `stream: <name>`",
         ),
     ];
     for (i, (yaml, want)) in cases.into_iter().enumerate() {

@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("cannot start {}", ofe_binary.display()))?,
     );
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let ofe_metrics = format!("http://{ofe_listen}/metrics");
     let started = Instant::now();
     while http.get(format!("http://{ofe_listen}/healthz")).send().await.is_err() {
@@ -148,7 +148,16 @@ async fn main() -> anyhow::Result<()> {
     options.set_keep_alive(Duration::from_secs(30));
     options.set_inflight(1000);
     let (client, mut events) = AsyncClient::new(options, 4096);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    // Polling after an error reconnects; a loop that stopped at the first error would leave
+    // every later publish queued forever.
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = events.poll().await {
+                eprintln!("simulator: MQTT connection error ({error}); reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
     let started = Instant::now();
     while counter(&http, &ofe_metrics, "ofe_eventsource_events_received_total").await == 0 {
         if started.elapsed() > Duration::from_secs(30) {
@@ -205,7 +214,12 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    let _ = driver.await;
+    match tokio::time::timeout(Duration::from_secs(5), driver).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => eprintln!("simulator stopped early: {error}"),
+        Ok(Err(error)) => eprintln!("simulator failed: {error}"),
+        Err(_) => eprintln!("simulator still publishing after the deadline; stopping"),
+    }
     let (sent, overspeed) = (sent.load(Ordering::Relaxed), overspeed.load(Ordering::Relaxed));
     let (alerts, metrics_in) =
         (seen.alerts.load(Ordering::Relaxed), seen.telemetry.load(Ordering::Relaxed));
@@ -222,7 +236,9 @@ async fn main() -> anyhow::Result<()> {
     println!("  metrics events        {metrics_in}");
     println!("  vehicles with gauges  {vehicles}");
     println!("  elapsed               {:.1} s", began.elapsed().as_secs_f64());
+    let stopping = Instant::now();
     ofe.stop();
+    println!("  ofe stopped in         {:.1} s", stopping.elapsed().as_secs_f64());
     let complete = alerts == overspeed && metrics_in == sent && vehicles == args.vehicles as usize;
     if complete {
         println!("\nevery message arrived exactly once: OK");
@@ -377,9 +393,19 @@ fn start_rumqttd(addr: SocketAddr) -> anyhow::Result<()> {
 struct OfeProcess(Child);
 
 impl OfeProcess {
+    /// SIGTERM, then up to 40 s for the graceful stop, then SIGKILL.
     fn stop(&mut self) {
         let pid = self.0.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(40) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("ofe did not stop within 40 s of SIGTERM; killing it");
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
