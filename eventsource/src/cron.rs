@@ -128,7 +128,7 @@ pub async fn publish_with_retry(
     metrics: &SourceMetrics,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = crate::ingest::Backoff::default();
     loop {
         match bus.publish(subject, event).await {
             Ok(published) => {
@@ -143,12 +143,10 @@ pub async fn publish_with_retry(
             Err(BusError::Closed) => return false,
             Err(error) => {
                 metrics.publish_errors.get_or_create(labels).inc();
-                tracing::warn!(%error, subject = %subject, retry_in = ?backoff, "publish failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+                tracing::warn!(%error, subject = %subject, retry_in = ?backoff.delay(), "publish failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

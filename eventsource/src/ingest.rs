@@ -68,6 +68,31 @@ impl Origin {
         Self { labels, event_type, id_namespace, source }
     }
 
+    /// The origin of event `event` of EventSource `eventsource` in `namespace`.
+    pub fn of(
+        namespace: &str,
+        eventsource: &str,
+        event: &str,
+        event_type: &'static str,
+        id_namespace: uuid::Uuid,
+    ) -> Self {
+        let labels = EventLabels {
+            namespace: namespace.into(),
+            eventsource: eventsource.into(),
+            event: event.into(),
+        };
+        Self::new(labels, event_type, id_namespace)
+    }
+
+    /// The bus subject of this EventSource event.
+    pub fn subject(&self) -> ofe_eventbus::Subject {
+        ofe_eventbus::Subject::event(
+            &self.labels.namespace,
+            &self.labels.eventsource,
+            &self.labels.event,
+        )
+    }
+
     /// The `source` attribute of wrapped events.
     pub fn source(&self) -> &str {
         &self.source
@@ -173,6 +198,43 @@ impl Origin {
             event.set_data(content_type, message.payload.to_vec());
             event
         })
+    }
+}
+
+/// Exponential backoff between retries: 100 ms doubling up to 5 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: std::time::Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// The delay the next [`Backoff::wait`] sleeps.
+    pub fn delay(&self) -> std::time::Duration {
+        self.next
+    }
+
+    /// Starts again from the shortest delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps for the current delay and doubles it; `false` if `shutdown` came first.
+    pub async fn wait(&mut self, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use ofe_crds::KafkaSpec;
-use ofe_eventbus::{EventBus, Subject};
+use ofe_eventbus::EventBus;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::SourceError;
 use crate::cron::publish_with_retry;
 use crate::ingest::{Message, Origin};
-use crate::metrics::{EventLabels, SourceMetrics};
+use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain Kafka messages.
 pub const KAFKA_EVENT_TYPE: &str = "io.openfunction.events.kafka";
@@ -108,15 +108,7 @@ impl KafkaSource {
                 .set("sasl.password", password);
         }
         Ok(Self {
-            origin: Origin::new(
-                EventLabels {
-                    namespace: namespace.into(),
-                    eventsource: eventsource.into(),
-                    event: event.into(),
-                },
-                KAFKA_EVENT_TYPE,
-                ID_NAMESPACE,
-            ),
+            origin: Origin::of(namespace, eventsource, event, KAFKA_EVENT_TYPE, ID_NAMESPACE),
             topic,
             group,
             config,
@@ -136,7 +128,7 @@ impl KafkaSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = crate::ingest::Backoff::default();
         let consumer: StreamConsumer = loop {
             let created = self.config.create::<StreamConsumer>().and_then(|c| {
                 c.subscribe(&[&self.topic])?;
@@ -146,19 +138,13 @@ impl KafkaSource {
                 Ok(consumer) => break consumer,
                 Err(error) => {
                     tracing::warn!(%error, topic = %self.topic, "cannot start the Kafka consumer; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         };
-        let subject = Subject::event(
-            &self.origin.labels.namespace,
-            &self.origin.labels.eventsource,
-            &self.origin.labels.event,
-        );
+        let subject = self.origin.subject();
         let labels = &self.origin.labels;
         let mut failing = false;
         // Next offset per partition, for everything the bus has.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use cloudevents::Event;
 use ofe_crds::MqttSpec;
-use ofe_eventbus::{EventBus, Subject};
+use ofe_eventbus::EventBus;
 use rumqttc::v5::mqttbytes::v5::Publish as PublishV5;
 use rumqttc::{Publish, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::SourceError;
 use crate::cron::publish_with_retry;
 use crate::ingest::{Message, Origin};
-use crate::metrics::{EventLabels, SourceMetrics};
+use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain MQTT payloads.
 pub const MQTT_EVENT_TYPE: &str = "io.openfunction.events.mqtt";
@@ -262,15 +262,7 @@ impl MqttSource {
             None => spec.topic.clone(),
         };
         Ok(Self {
-            origin: Origin::new(
-                EventLabels {
-                    namespace: namespace.into(),
-                    eventsource: eventsource.into(),
-                    event: event.into(),
-                },
-                MQTT_EVENT_TYPE,
-                ID_NAMESPACE,
-            ),
+            origin: Origin::of(namespace, eventsource, event, MQTT_EVENT_TYPE, ID_NAMESPACE),
             broker,
             transport,
             filter,
@@ -296,14 +288,10 @@ impl MqttSource {
         shutdown: CancellationToken,
     ) {
         let (client, mut events) = self.connect();
-        let subject = Subject::event(
-            &self.origin.labels.namespace,
-            &self.origin.labels.eventsource,
-            &self.origin.labels.event,
-        );
+        let subject = self.origin.subject();
         let labels = &self.origin.labels;
         let mut failing = false;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::ingest::Backoff::default();
         loop {
             let polled = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -315,7 +303,7 @@ impl MqttSource {
                         tracing::info!(broker = %self.broker.host, topic = %self.filter, "MQTT connection recovered");
                         failing = false;
                     }
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     if let Err(error) = client.subscribe(&self.filter, self.qos).await {
                         tracing::warn!(%error, topic = %self.filter, "MQTT subscribe failed");
                     }
@@ -343,11 +331,9 @@ impl MqttSource {
                         tracing::warn!(%error, broker = %self.broker.host, "MQTT connection failed; reconnecting with backoff");
                         failing = true;
                     }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

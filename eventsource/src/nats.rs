@@ -15,7 +15,6 @@
 //!   as `subject`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::SourceError;
 use crate::cron::publish_with_retry;
 use crate::ingest::{Message, Origin};
-use crate::metrics::{EventLabels, SourceMetrics};
+use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain NATS messages.
 pub const NATS_EVENT_TYPE: &str = "io.openfunction.events.nats";
@@ -73,15 +72,7 @@ impl NatsSource {
             });
         }
         Ok(Self {
-            origin: Origin::new(
-                EventLabels {
-                    namespace: namespace.into(),
-                    eventsource: eventsource.into(),
-                    event: event.into(),
-                },
-                NATS_EVENT_TYPE,
-                ID_NAMESPACE,
-            ),
+            origin: Origin::of(namespace, eventsource, event, NATS_EVENT_TYPE, ID_NAMESPACE),
             url: spec.url.clone(),
             subject: spec.subject.clone(),
             queue_group: spec.queue_group.clone().unwrap_or_else(|| default_name.clone()),
@@ -110,12 +101,8 @@ impl NatsSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let subject = Subject::event(
-            &self.origin.labels.namespace,
-            &self.origin.labels.eventsource,
-            &self.origin.labels.event,
-        );
-        let mut backoff = Duration::from_millis(200);
+        let subject = self.origin.subject();
+        let mut backoff = crate::ingest::Backoff::default();
         loop {
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -125,11 +112,9 @@ impl NatsSource {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, subject = %self.subject, "NATS source failed; retrying with backoff");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::SourceError;
 use crate::cron::publish_with_retry;
 use crate::ingest::{Message, Origin};
-use crate::metrics::{EventLabels, SourceMetrics};
+use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain Redis entries and messages.
 pub const REDIS_EVENT_TYPE: &str = "io.openfunction.events.redis";
@@ -142,15 +142,7 @@ impl RedisSource {
             .map_err(|e| invalid("redisHost", e.to_string()))?;
         let host_name = crate::kafka::instance_name().unwrap_or_else(|| "ofe".into());
         Ok(Self {
-            origin: Origin::new(
-                EventLabels {
-                    namespace: namespace.into(),
-                    eventsource: eventsource.into(),
-                    event: event.into(),
-                },
-                REDIS_EVENT_TYPE,
-                ID_NAMESPACE,
-            ),
+            origin: Origin::of(namespace, eventsource, event, REDIS_EVENT_TYPE, ID_NAMESPACE),
             input,
             client,
             group: spec
@@ -191,13 +183,9 @@ impl RedisSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let subject = Subject::event(
-            &self.origin.labels.namespace,
-            &self.origin.labels.eventsource,
-            &self.origin.labels.event,
-        );
+        let subject = self.origin.subject();
         let ctx = Ctx { bus: &*bus, metrics: &metrics, shutdown: &shutdown, subject: &subject };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::ingest::Backoff::default();
         let mut failing = false;
         loop {
             let started = Instant::now();
@@ -209,17 +197,15 @@ impl RedisSource {
                 Ok(()) => return,
                 Err(error) => {
                     if started.elapsed() > Duration::from_secs(10) {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                     }
                     if !failing || started.elapsed() > Duration::from_secs(10) {
                         tracing::warn!(%error, event = %self.origin.labels.event, "Redis connection failed; reconnecting with backoff");
                     }
                     failing = true;
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
