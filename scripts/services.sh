@@ -46,23 +46,25 @@ fi
 echo "export OFE_TEST_NATS=nats://127.0.0.1:14222"
 echo "export OFE_TEST_NATS_SERVER=$root/.venv/bin/nats-server"
 
-# Mosquitto.
+
+# Mosquitto (the binary also serves the TLS and WebSocket test, which starts its own broker).
+need_apt mosquitto
 if ! up 127.0.0.1 1883; then
-  need_apt mosquitto
   printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' >"$state/mosquitto.conf"
   mosquitto -d -c "$state/mosquitto.conf"
   wait_port 127.0.0.1 1883 mosquitto
 fi
 echo "export OFE_TEST_MQTT=mqtt://127.0.0.1:1883"
-echo "export OFE_TEST_MOSQUITTO_SERVER=$(command -v mosquitto)"
+if command -v mosquitto >/dev/null; then echo "export OFE_TEST_MOSQUITTO_SERVER=$(command -v mosquitto)"; fi
 
-# Redis.
+# Redis (the binary also serves the TLS test, which starts a server of its own).
+need_apt redis-server
 if ! up 127.0.0.1 6379; then
-  need_apt redis-server
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >&2
   wait_port 127.0.0.1 6379 redis
 fi
 echo "export OFE_TEST_REDIS=redis://127.0.0.1:6379"
+if command -v redis-server >/dev/null; then echo "export OFE_TEST_REDIS_SERVER=$(command -v redis-server)"; fi
 
 # Kafka protocol: tansu (a Kafka-compatible broker in Rust, from crates.io), built once into
 # ~/.cache/ofe-tools (about 10 minutes on 2 cores; later runs reuse it). The shared broker keeps

@@ -259,6 +259,10 @@ pub struct RedisSpec {
     /// Where a new stream consumer group starts (ofe addition): `latest` (default) or `earliest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_offset: Option<String>,
+    /// CA certificate for `enableTLS` (ofe addition): PEM text, or the path of a PEM file.
+    /// Default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
     /// `host:port` of the Redis server.
     pub redis_host: String,
     /// Password; may be empty.

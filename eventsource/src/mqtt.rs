@@ -123,7 +123,7 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
 }
 
 /// PEM text as given, or read from the file it names.
-fn pem(field: &str, value: &str) -> Result<Vec<u8>, SourceError> {
+pub(crate) fn pem(field: &str, value: &str) -> Result<Vec<u8>, SourceError> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
     }

@@ -104,10 +104,10 @@ impl NatsSource {
         let subject = self.origin.subject();
         let mut backoff = crate::ingest::Backoff::default();
         loop {
-            let result = tokio::select! {
-                () = shutdown.cancelled() => return,
-                result = self.session(&*bus, &subject, &metrics, &shutdown) => result,
-            };
+            // The session watches `shutdown` itself, so that it can close its connection
+            // cleanly: a connection left behind would keep a pull request open at the server,
+            // which could take a message the next session then waits an ack-wait for.
+            let result = self.session(&*bus, &subject, &metrics, &shutdown).await;
             match result {
                 Ok(()) => return,
                 Err(error) => {
@@ -137,7 +137,14 @@ impl NatsSource {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(subject = %self.subject, queue = %self.queue_group, "subscribed to NATS (core, at-most-once)");
-            while let Some(message) = sub.next().await {
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    message = sub.next() => message,
+                };
+                let Some(message) = message else {
+                    return Err("the NATS subscription ended".into());
+                };
                 metrics.received.get_or_create(labels).inc();
                 let event = self.to_event(
                     &message.subject,
@@ -146,12 +153,14 @@ impl NatsSource {
                     None,
                 );
                 if !publish_with_retry(bus, subject, &event, labels, metrics, shutdown).await {
-                    return Ok(());
+                    break;
                 }
             }
-            return Err("the NATS subscription ended".into());
+            let _ = sub.unsubscribe().await;
+            let _ = client.drain().await;
+            return Ok(());
         };
-        let context = jetstream::new(client);
+        let context = jetstream::new(client.clone());
         let stream = context
             .get_stream(&js.stream)
             .await
@@ -164,6 +173,9 @@ impl NatsSource {
                     filter_subject: self.subject.clone(),
                     deliver_policy: js.deliver,
                     ack_policy: consumer::AckPolicy::Explicit,
+                    // Acks follow the bus publish within milliseconds; a message lost with a
+                    // dead connection comes back soon. A redelivery is dropped by its id.
+                    ack_wait: std::time::Duration::from_secs(10),
                     max_ack_pending: i64::try_from(BATCH * 4).unwrap_or(1024),
                     ..Default::default()
                 },
@@ -178,7 +190,16 @@ impl NatsSource {
             .await
             .map_err(|e| e.to_string())?;
         loop {
-            let Some(first) = messages.next().await else {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => None,
+                next = messages.next() => Some(next),
+            };
+            let Some(next) = next else {
+                drop(messages);
+                let _ = client.drain().await;
+                return Ok(());
+            };
+            let Some(first) = next else {
                 return Err("the JetStream consumer ended".into());
             };
             let mut batch = vec![first.map_err(|e| e.to_string())?];
@@ -206,6 +227,8 @@ impl NatsSource {
             .await;
             if published.iter().any(|ok| !ok) {
                 // Shutdown: unacknowledged messages come again after the ack wait.
+                drop(messages);
+                let _ = client.drain().await;
                 return Ok(());
             }
             for message in &batch {

@@ -21,7 +21,8 @@
 //! ofe is down or reconnecting are lost. Use a stream when that matters. Each message's
 //! payload becomes an event (a structured CloudEvent is kept), with the channel as `subject`.
 //!
-//! TLS, Sentinel failover and Redis Cluster are refused with a clear message for now.
+//! `enableTLS` connects over TLS (`rediss`), trusting `caCert` (an addition) or the system's
+//! roots. Sentinel failover and Redis Cluster are refused with a clear message for now.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -95,9 +96,6 @@ impl RedisSource {
                 ),
             )
         };
-        if spec.enable_tls == Some(true) {
-            return Err(refuse("enableTLS", "Redis over TLS"));
-        }
         if spec.failover == Some(true) {
             return Err(refuse("failover", "Sentinel failover"));
         }
@@ -131,15 +129,35 @@ impl RedisSource {
         let dial = duration("dialTimeout", &spec.dial_timeout, Duration::from_secs(5))?;
         let read = duration("readTimeout", &spec.read_timeout, Duration::from_secs(3))?;
         let host = spec.redis_host.trim();
-        let info = format!("redis://{host}")
+        let tls = spec.enable_tls == Some(true);
+        let scheme = if tls { "rediss" } else { "redis" };
+        let info = format!("{scheme}://{host}")
             .into_connection_info()
             .map_err(|e| invalid("redisHost", format!("`{host}` is not `host:port`: {e}")))?;
         let mut settings = info.redis_settings().clone().set_db(spec.redis_db.unwrap_or(0));
         if !spec.redis_password.is_empty() {
             settings = settings.set_password(&spec.redis_password);
         }
-        let client = Client::open(info.set_redis_settings(settings))
-            .map_err(|e| invalid("redisHost", e.to_string()))?;
+        let info = info.set_redis_settings(settings);
+        let client = match (&spec.ca_cert, tls) {
+            (Some(ca), true) => {
+                let root_cert = Some(crate::mqtt::pem(&format!("{field}.caCert"), ca)?);
+                // The Redis client builds its TLS configuration from the process's default
+                // rustls provider; make it ring, as for every other TLS connection of ofe.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert })
+            }
+            (Some(_), false) => {
+                return Err(invalid("caCert", "applies with `enableTLS: true` only".into()));
+            }
+            (None, _) => {
+                if tls {
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                }
+                Client::open(info)
+            }
+        }
+        .map_err(|e| invalid("redisHost", e.to_string()))?;
         let host_name = crate::kafka::instance_name().unwrap_or_else(|| "ofe".into());
         Ok(Self {
             origin: Origin::of(namespace, eventsource, event, REDIS_EVENT_TYPE, ID_NAMESPACE),
