@@ -39,6 +39,9 @@ pub const MQTT_EVENT_TYPE: &str = "io.openfunction.events.mqtt";
 /// UUID namespace of derived ids.
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6d71_7474_8000_0000_0000_0001);
 
+/// Most messages published to the bus and acknowledged together.
+const BATCH: usize = 256;
+
 /// Largest packet accepted.
 const MAX_PACKET: usize = 8 << 20;
 
@@ -287,57 +290,74 @@ impl MqttSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let (client, mut events) = self.connect();
+        let (client, events) = self.connect();
+        // The event loop is polled by a task of its own. Acks and subscriptions are requests
+        // that only a poll sends; awaited in the polling task, they deadlock as soon as the
+        // request queue fills under load. A bounded channel in between keeps backpressure:
+        // when it is full, the poller stops reading from the broker.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(BATCH);
+        let poller = tokio::spawn(poll(events, tx, self.broker.host.clone(), shutdown.clone()));
         let subject = self.origin.subject();
         let labels = &self.origin.labels;
-        let mut failing = false;
-        let mut backoff = crate::ingest::Backoff::default();
-        loop {
-            let polled = tokio::select! {
+        'run: loop {
+            let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                polled = events.poll() => polled,
+                first = rx.recv() => first,
             };
-            match polled {
-                Polled::Connected => {
-                    if failing {
-                        tracing::info!(broker = %self.broker.host, topic = %self.filter, "MQTT connection recovered");
-                        failing = false;
-                    }
-                    backoff.reset();
-                    if let Err(error) = client.subscribe(&self.filter, self.qos).await {
-                        tracing::warn!(%error, topic = %self.filter, "MQTT subscribe failed");
-                    }
+            let Some(first) = first else { break };
+            let mut received = vec![first];
+            while received.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(polled) => received.push(polled),
+                    Err(_) => break,
                 }
-                Polled::Message(message) => {
-                    if message.retain() && !self.retain {
-                        tracing::debug!(topic = %message.topic(), "skipping a retained message (retain: false)");
-                    } else {
-                        metrics.received.get_or_create(labels).inc();
-                        let event = self.to_event(&message);
-                        if !publish_with_retry(&*bus, &subject, &event, labels, &metrics, &shutdown)
-                            .await
-                        {
-                            break;
-                        }
+            }
+            let mut batch = Vec::new();
+            let mut connected = false;
+            // Messages of a connection that has since been replaced are published but not
+            // acknowledged: their packet ids belong to the old connection (the broker sends
+            // them again in a persistent session, and the bus drops the repeats).
+            let mut ack_from = 0;
+            for polled in received {
+                match polled {
+                    Polled::Connected => {
+                        connected = true;
+                        ack_from = batch.len();
                     }
-                    // Only now does the broker learn the message is taken care of.
-                    if let Err(error) = client.ack(&message).await {
-                        tracing::warn!(%error, "MQTT ack failed; the broker will deliver the message again");
-                    }
+                    Polled::Message(message) => batch.push(message),
+                    Polled::Other | Polled::Failed(_) => {}
                 }
-                Polled::Other => {}
-                Polled::Failed(error) => {
-                    if !failing {
-                        tracing::warn!(%error, broker = %self.broker.host, "MQTT connection failed; reconnecting with backoff");
-                        failing = true;
-                    }
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
+            }
+            if connected && let Err(error) = client.subscribe(&self.filter, self.qos).await {
+                tracing::warn!(%error, topic = %self.filter, "MQTT subscribe failed");
+            }
+            let taken: Vec<&Incoming> =
+                batch.iter().filter(|m| self.retain || !m.retain()).collect();
+            if taken.len() < batch.len() {
+                tracing::debug!(
+                    skipped = batch.len() - taken.len(),
+                    "skipping retained messages (retain: false)"
+                );
+            }
+            metrics.received.get_or_create(labels).inc_by(taken.len() as u64);
+            let events: Vec<Event> = taken.iter().map(|m| self.to_event(m)).collect();
+            // Issued together, in order; a batch is what arrived while the last one was stored.
+            let published = futures::future::join_all(events.iter().map(|event| {
+                publish_with_retry(&*bus, &subject, event, labels, &metrics, &shutdown)
+            }))
+            .await;
+            if published.iter().any(|ok| !ok) {
+                break 'run;
+            }
+            // Only now does the broker learn the messages are taken care of.
+            for message in &batch[ack_from..] {
+                if let Err(error) = client.ack(message).await {
+                    tracing::warn!(%error, "MQTT ack failed; the broker will deliver the message again");
                 }
             }
         }
         client.disconnect().await;
+        poller.abort();
     }
 
     fn connect(&self) -> (Client, Events) {
@@ -427,6 +447,49 @@ impl Incoming {
         match self {
             Self::V4(p) => p.retain,
             Self::V5(p) => p.retain,
+        }
+    }
+}
+
+/// Polls the event loop until `shutdown` or until nobody listens, forwarding connections and
+/// messages; connection failures are logged once when they start and once when they end, and
+/// retried with backoff.
+async fn poll(
+    mut events: Events,
+    tx: tokio::sync::mpsc::Sender<Polled>,
+    broker: String,
+    shutdown: CancellationToken,
+) {
+    let mut failing = false;
+    let mut backoff = crate::ingest::Backoff::default();
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled() => return,
+            polled = events.poll() => polled,
+        };
+        match polled {
+            Polled::Failed(error) => {
+                if !failing {
+                    tracing::warn!(%error, %broker, "MQTT connection failed; reconnecting with backoff");
+                    failing = true;
+                }
+                if !backoff.wait(&shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Polled::Connected => {
+                if failing {
+                    tracing::info!(%broker, "MQTT connection recovered");
+                    failing = false;
+                }
+                backoff.reset();
+            }
+            Polled::Other => continue,
+            Polled::Message(_) => {}
+        }
+        if tx.send(polled).await.is_err() {
+            return;
         }
     }
 }
