@@ -26,7 +26,11 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
         qos: Some(1),
         ..Default::default()
     };
-    let source = MqttSource::new("ns", "fleet", "telemetry", &spec).expect("source");
+    // A client id of its own: the shared broker keeps each persistent session, and would
+    // replay to a reused id the messages a previous run left queued.
+    let source = MqttSource::new("ns", "fleet", "telemetry", &spec)
+        .expect("source")
+        .with_client_id(format!("ofe-test-{run}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = EmbeddedBus::open(EmbeddedConfig::new(dir.path())).expect("bus");
     let mut options =
