@@ -207,7 +207,9 @@ pub struct MqttSpec {
     pub url: String,
     /// Topic filter, wildcards allowed.
     pub topic: String,
-    /// Client id. OpenFunction overrode it; ofe derives a unique one when it is not set.
+    /// Client id. OpenFunction overrode it; by default ofe uses
+    /// `ofe-<namespace>-<eventsource>-<event>-<8 hex of the topic>`, so that a changed topic
+    /// starts a new persistent session instead of inheriting the old subscription.
     #[serde(default, rename = "consumerID", skip_serializing_if = "Option::is_none")]
     pub consumer_id: Option<String>,
     /// Subscription QoS (0, 1 or 2).

@@ -247,12 +247,16 @@ impl MqttSource {
             Scheme::Wss => Transport::Wss(tls_config(&field, spec)?),
         };
         // Unique per EventSource and event (OpenFunction's `<ns>-esc-mqtt-<event>` omitted
-        // the EventSource, so two EventSources could steal each other's session). Replicas in
-        // a share group need one each, so the host name is added there.
+        // the EventSource, so two EventSources could steal each other's session), and per
+        // topic filter: a persistent session keeps its subscriptions, so after the manifest's
+        // topic changes, the old session would go on delivering the old topic. Replicas in a
+        // share group need one each, so the host name is added there.
+        let topic_tag =
+            &uuid::Uuid::new_v5(&ID_NAMESPACE, spec.topic.as_bytes()).simple().to_string()[..8];
         let mut client_id = spec
             .consumer_id
             .clone()
-            .unwrap_or_else(|| format!("ofe-{namespace}-{eventsource}-{event}"));
+            .unwrap_or_else(|| format!("ofe-{namespace}-{eventsource}-{event}-{topic_tag}"));
         let filter = match &spec.share_group {
             Some(group) => {
                 if spec.consumer_id.is_none()
@@ -577,6 +581,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_follow_the_eventsource_event_and_topic() {
+        let spec = |topic: &str| MqttSpec {
+            url: "tcp://127.0.0.1".into(),
+            topic: topic.into(),
+            ..Default::default()
+        };
+        let id = |es: &str, topic: &str| {
+            MqttSource::new("ns", es, "t", &spec(topic)).expect("source").client_id
+        };
+        assert_eq!(id("a", "fleet/#"), id("a", "fleet/#"), "stable across restarts");
+        assert!(id("a", "fleet/#").starts_with("ofe-ns-a-t-"));
+        assert_ne!(id("a", "fleet/#"), id("b", "fleet/#"), "one session per EventSource");
+        assert_ne!(id("a", "fleet/#"), id("a", "cars/#"), "a new topic is a new session");
+    }
 
     #[test]
     fn urls() {
