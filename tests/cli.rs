@@ -33,13 +33,15 @@ fn validate_accepts_every_openfunction_sample_unchanged() {
 }
 
 #[test]
-fn validate_accepts_the_example() {
-    let out = ofe()
-        .args(["validate", "-f"])
-        .arg(repo("examples/cron-to-function"))
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn validate_accepts_every_example() {
+    for example in [
+        "examples/cron-to-function",
+        "examples/webhook-to-function",
+        "examples/vehicle-telemetry/manifests.yaml",
+    ] {
+        let out = ofe().args(["validate", "-f"]).arg(repo(example)).output().expect("run");
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[test]
