@@ -50,21 +50,6 @@ pub struct FilterError {
 impl CompiledFilter {
     /// Compiles `filter`.
     pub fn compile(filter: &Filter) -> Result<Self, FilterError> {
-        let set = [
-            filter.exact.is_some(),
-            filter.prefix.is_some(),
-            filter.suffix.is_some(),
-            filter.all.is_some(),
-            filter.any.is_some(),
-            filter.not.is_some(),
-            filter.cel.is_some(),
-        ];
-        if set.iter().filter(|s| **s).count() != 1 {
-            return Err(FilterError {
-                path: String::new(),
-                message: "set exactly one of exact, prefix, suffix, all, any, not or cel".into(),
-            });
-        }
         let pairs = |map: &std::collections::BTreeMap<String, String>, dialect: &str| {
             if map.is_empty() {
                 return Err(FilterError {
@@ -86,25 +71,44 @@ impl CompiledFilter {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        Ok(match filter {
-            Filter { exact: Some(m), .. } => Self::Exact(pairs(m, "exact")?),
-            Filter { prefix: Some(m), .. } => Self::Prefix(pairs(m, "prefix")?),
-            Filter { suffix: Some(m), .. } => Self::Suffix(pairs(m, "suffix")?),
-            Filter { all: Some(f), .. } => Self::All(list(f, "all")?),
-            Filter { any: Some(f), .. } => Self::Any(list(f, "any")?),
-            Filter { not: Some(f), .. } => Self::Not(Box::new(Self::compile(f).map_err(|e| {
+        let Filter { exact, prefix, suffix, all, any, not, cel } = filter;
+        let set = [
+            exact.is_some(),
+            prefix.is_some(),
+            suffix.is_some(),
+            all.is_some(),
+            any.is_some(),
+            not.is_some(),
+            cel.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(FilterError {
+                path: String::new(),
+                message: "set exactly one of exact, prefix, suffix, all, any, not or cel".into(),
+            });
+        }
+        Ok(match (exact, prefix, suffix, all, any, not, cel) {
+            (Some(m), ..) => Self::Exact(pairs(m, "exact")?),
+            (_, Some(m), ..) => Self::Prefix(pairs(m, "prefix")?),
+            (_, _, Some(m), ..) => Self::Suffix(pairs(m, "suffix")?),
+            (_, _, _, Some(f), ..) => Self::All(list(f, "all")?),
+            (_, _, _, _, Some(f), ..) => Self::Any(list(f, "any")?),
+            (_, _, _, _, _, Some(f), _) => Self::Not(Box::new(Self::compile(f).map_err(|e| {
                 FilterError { path: format!(".not{}", e.path), message: e.message }
             })?)),
-            Filter { cel: Some(text), .. } => Self::Cel(Box::new(
+            (.., Some(text)) => Self::Cel(Box::new(
                 compile_cel(text)
                     .map_err(|e| FilterError { path: ".cel".into(), message: e.message })?,
             )),
-            _ => unreachable_filter(),
+            // Ruled out by the count above.
+            (None, None, None, None, None, None, None) => Self::All(Vec::new()),
         })
     }
 
-    /// Whether `event` passes. `data` caches the parsed payload across filters.
-    pub fn matches(&self, event: &Event, data: &EventData<'_>) -> bool {
+    /// Whether the event of `data` passes. `data` caches the parsed payload, so however many
+    /// filters look at one event, its data is converted once.
+    pub fn matches(&self, data: &EventData<'_>) -> bool {
+        let event = data.event;
         match self {
             Self::Exact(pairs) => {
                 pairs.iter().all(|(k, v)| attribute(event, k).is_some_and(|a| a == *v))
@@ -115,9 +119,9 @@ impl CompiledFilter {
             Self::Suffix(pairs) => pairs
                 .iter()
                 .all(|(k, v)| attribute(event, k).is_some_and(|a| a.ends_with(v.as_str()))),
-            Self::All(filters) => filters.iter().all(|f| f.matches(event, data)),
-            Self::Any(filters) => filters.iter().any(|f| f.matches(event, data)),
-            Self::Not(filter) => !filter.matches(event, data),
+            Self::All(filters) => filters.iter().all(|f| f.matches(data)),
+            Self::Any(filters) => filters.iter().any(|f| f.matches(data)),
+            Self::Not(filter) => !filter.matches(data),
             Self::Cel(program) => {
                 let mut context = Context::with_env(crate::condition::env());
                 for (name, value) in event.iter_attributes() {
@@ -126,19 +130,13 @@ impl CompiledFilter {
                 for (name, value) in event.iter_extensions() {
                     context.add_variable_from_value(name.to_string(), value.to_string());
                 }
-                if context.add_variable("data", data.json()).is_err() {
-                    return false;
-                }
+                let Some(value) = data.cel() else { return false };
+                // A map or list clones as a reference count, not a copy.
+                context.add_variable_from_value("data", value.clone());
                 matches!(program.execute(&context), Ok(Value::Bool(true)))
             }
         }
     }
-}
-
-/// The compile match above covers every variant `set` allowed; kept out of line so the
-/// exhaustive match needs no `unreachable!` on an input path.
-fn unreachable_filter() -> CompiledFilter {
-    CompiledFilter::Any(Vec::new())
 }
 
 fn compile_cel(text: &str) -> Result<Program, ConditionError> {
@@ -172,37 +170,44 @@ fn attribute(event: &Event, name: &str) -> Option<String> {
     }
 }
 
-/// An event's data for `cel` filters, parsed on first use.
+/// An event and its data for `cel` filters, converted on first use and then shared by every
+/// filter that looks at the event.
 pub struct EventData<'a> {
     event: &'a Event,
-    parsed: OnceLock<serde_json::Value>,
+    converted: OnceLock<Option<Value>>,
 }
 
 impl<'a> EventData<'a> {
-    /// The data of `event`, not parsed yet.
+    /// `event`, its data not converted yet.
     pub fn new(event: &'a Event) -> Self {
-        Self { event, parsed: OnceLock::new() }
+        Self { event, converted: OnceLock::new() }
     }
 
-    /// The data as JSON: parsed when it is JSON, else a string (or null without data).
-    pub fn json(&self) -> &serde_json::Value {
-        self.parsed.get_or_init(|| match self.event.data() {
-            None => serde_json::Value::Null,
-            Some(cloudevents::Data::Json(v)) => v.clone(),
-            Some(cloudevents::Data::String(s)) => {
-                serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone()))
-            }
-            Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
-            }),
-        })
+    /// The data as a CEL value: parsed JSON when it is JSON, else a string (null without
+    /// data). `None` if the JSON cannot be represented in CEL.
+    fn cel(&self) -> Option<&Value> {
+        self.converted
+            .get_or_init(|| {
+                let json = match self.event.data() {
+                    None => serde_json::Value::Null,
+                    Some(cloudevents::Data::Json(v)) => v.clone(),
+                    Some(cloudevents::Data::String(s)) => serde_json::from_str(s)
+                        .unwrap_or_else(|_| serde_json::Value::String(s.clone())),
+                    Some(cloudevents::Data::Binary(b)) => {
+                        serde_json::from_slice(b).unwrap_or_else(|_| {
+                            serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                        })
+                    }
+                };
+                cel::to_value(json).ok()
+            })
+            .as_ref()
     }
-}
 
-/// Whether `event` passes every filter of `filters`.
-pub fn passes(filters: &[CompiledFilter], event: &Event) -> bool {
-    let data = EventData::new(event);
-    filters.iter().all(|f| f.matches(event, &data))
+    /// Whether the event passes every filter of `filters`.
+    pub fn passes(&self, filters: &[CompiledFilter]) -> bool {
+        filters.iter().all(|f| f.matches(self))
+    }
 }
 
 #[cfg(test)]
@@ -253,7 +258,8 @@ mod tests {
         ];
         for (yaml, expected) in cases {
             let compiled = filter(yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
-            assert_eq!(passes(&[compiled], &event(121.5)), expected, "{yaml}");
+            let event = event(121.5);
+            assert_eq!(EventData::new(&event).passes(&[compiled]), expected, "{yaml}");
         }
     }
 
@@ -266,7 +272,8 @@ mod tests {
             (110.5, "cel: data.speed > 120", false),
         ] {
             let compiled = filter(yaml).expect("compiles");
-            assert_eq!(passes(&[compiled], &event(speed)), expected, "{speed} {yaml}");
+            let event = event(speed);
+            assert_eq!(EventData::new(&event).passes(&[compiled]), expected, "{speed} {yaml}");
         }
     }
 

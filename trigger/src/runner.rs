@@ -175,13 +175,13 @@ pub async fn run(
 
 fn fires(plan: &SubscriberPlan, window: &mut WindowState, delivery: &Delivery) -> bool {
     let Some(condition) = &plan.condition else { return true };
+    // One conversion of the data serves every input's filters.
+    let data = crate::filter::EventData::new(&delivery.event);
     let inputs: Vec<&str> = plan
         .inputs
         .iter()
         .filter(|(_, subject)| *subject == delivery.subject)
-        .filter(|(name, _)| {
-            plan.filters.get(name).is_none_or(|f| crate::filter::passes(f, &delivery.event))
-        })
+        .filter(|(name, _)| plan.filters.get(name).is_none_or(|f| data.passes(f)))
         .map(|(name, _)| name.as_str())
         .collect();
     if inputs.is_empty() {
