@@ -201,6 +201,70 @@ impl Origin {
     }
 }
 
+/// Where an adapter's events go, and what counts them: the bus, the EventSource event's
+/// subject and metric labels, and the shutdown signal that ends retries.
+#[derive(Clone, Copy)]
+pub struct Publisher<'a> {
+    /// The bus.
+    pub bus: &'a dyn ofe_eventbus::EventBus,
+    /// The EventSource event's subject.
+    pub subject: &'a ofe_eventbus::Subject,
+    /// The EventSource event's metric labels.
+    pub labels: &'a EventLabels,
+    /// Counters.
+    pub metrics: &'a crate::SourceMetrics,
+    /// Ends retries.
+    pub shutdown: &'a tokio_util::sync::CancellationToken,
+}
+
+impl Publisher<'_> {
+    /// Counts `n` inputs received from upstream.
+    pub fn received(&self, n: usize) {
+        self.metrics.received.get_or_create(self.labels).inc_by(n as u64);
+    }
+
+    /// Publishes `event` until the bus has it; `false` if shutdown or a closed bus stopped it.
+    pub async fn one(&self, event: &Event) -> bool {
+        let Self { bus, subject, labels, metrics, shutdown } = *self;
+        crate::cron::publish_with_retry(bus, subject, event, labels, metrics, shutdown).await
+    }
+
+    /// Publishes `events` together (issued in order, so the bus sees them in upstream order)
+    /// and returns once the bus has every one; `false` if shutdown or a closed bus stopped any,
+    /// in which case nothing of the batch may be acknowledged upstream.
+    pub async fn all(&self, events: &[Event]) -> bool {
+        futures::future::join_all(events.iter().map(|event| self.one(event)))
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
+}
+
+/// Most upstream messages an adapter publishes and acknowledges together.
+pub const BATCH: usize = 256;
+
+/// This process's host name (`HOSTNAME`, else `/etc/hostname`), if it has one: the stable,
+/// per-replica part of consumer names.
+pub(crate) fn instance_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// PEM text as given, or read from the file it names (a mounted Secret, say); `field` names
+/// the manifest field in the error.
+pub(crate) fn pem(field: &str, value: &str) -> Result<Vec<u8>, crate::SourceError> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|e| crate::SourceError::Invalid {
+        path: field.into(),
+        message: format!("is neither PEM text nor a readable PEM file (`{value}`: {e})"),
+    })
+}
+
 /// Exponential backoff between retries: 100 ms doubling up to 5 s.
 #[derive(Debug)]
 pub struct Backoff {

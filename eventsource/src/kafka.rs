@@ -12,7 +12,7 @@
 //!   and structured mode (`content-type: application/cloudevents+json`). Any other message
 //!   becomes the data of a new event with the topic as `subject`, the message timestamp as
 //!   `time` and its key, when it has one, as `partitionkey`.
-//! - Messages are taken in batches of up to [`BATCH`] already fetched ones, published
+//! - Messages are taken in batches of up to [`BATCH`](crate::ingest::BATCH) already fetched ones, published
 //!   together (in order) and committed together, so a slow bus round trip is paid once per
 //!   batch, not per message.
 
@@ -30,8 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::cron::publish_with_retry;
-use crate::ingest::{Message, Origin};
+use crate::ingest::{BATCH, Message, Origin, Publisher};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain Kafka messages.
@@ -39,9 +38,6 @@ pub const KAFKA_EVENT_TYPE: &str = "io.openfunction.events.kafka";
 
 /// UUID namespace of derived ids.
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6b61_666b_8000_0000_0000_0001);
-
-/// Most messages published and committed together.
-pub const BATCH: usize = 256;
 
 /// One Kafka event of one EventSource.
 #[derive(Clone, Debug)]
@@ -87,7 +83,7 @@ impl KafkaSource {
         // Static membership (KIP-345): a restarted process with the same instance id takes its
         // partitions back at once instead of waiting out the dead member's session. The host
         // name is stable for a standalone process and unique per pod.
-        if let Some(host) = instance_name() {
+        if let Some(host) = crate::ingest::instance_name() {
             config.set("group.instance.id", format!("{group}-{host}"));
         }
         if let Some(max) = spec.max_message_bytes {
@@ -145,7 +141,13 @@ impl KafkaSource {
             }
         };
         let subject = self.origin.subject();
-        let labels = &self.origin.labels;
+        let publisher = Publisher {
+            bus: &*bus,
+            subject: &subject,
+            labels: &self.origin.labels,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
         let mut failing = false;
         // Next offset per partition, for everything the bus has.
         let mut done: BTreeMap<i32, i64> = BTreeMap::new();
@@ -178,13 +180,8 @@ impl KafkaSource {
                 }
             }
             let events: Vec<_> = batch.iter().map(|m| self.to_event(m)).collect();
-            metrics.received.get_or_create(labels).inc_by(events.len() as u64);
-            // Issued together, in order: the bus sees them in partition order.
-            let published = futures::future::join_all(events.iter().map(|event| {
-                publish_with_retry(&*bus, &subject, event, labels, &metrics, &shutdown)
-            }))
-            .await;
-            if published.iter().any(|ok| !ok) {
+            publisher.received(events.len());
+            if !publisher.all(&events).await {
                 // Shutdown or a closed bus: commit nothing of this batch, it comes again.
                 break 'consume;
             }
@@ -232,15 +229,6 @@ impl KafkaSource {
             extensions,
         })
     }
-}
-
-/// This process's host name (`HOSTNAME`, else `/etc/hostname`), if it has one.
-pub(crate) fn instance_name() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
 }
 
 /// Commits `next` (the offset to resume from, per partition).

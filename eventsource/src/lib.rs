@@ -1,10 +1,10 @@
 //! ofe EventSources: adapters that turn inputs into CloudEvents and publish them on the bus.
 //!
-//! Every adapter publishes through [`cron::publish_with_retry`]-style loops: the input counts
-//! as done only when the bus has acknowledged the event as durable. Events carry the
-//! extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
+//! Every adapter publishes through an [`ingest::Publisher`], retrying until the bus has the
+//! event: an input counts as done only when the bus has acknowledged it as durable. Events
+//! carry the extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds: `cron`, `mqtt` (plain TCP), `kafka`, `nats` (core and JetStream), `redis` (streams
+//! Kinds: `cron`, `mqtt` (TCP, TLS, WebSocket; 3.1.1 and 5), `kafka`, `nats` (core and JetStream), `redis` (streams
 //! and pub/sub), and `webhook`
 //! (served by [`webhook::router`]). How inputs become events is shared by every adapter: see
 //! [`ingest`].

@@ -29,8 +29,7 @@ use rumqttc::{Publish, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::cron::publish_with_retry;
-use crate::ingest::{Message, Origin};
+use crate::ingest::{BATCH, Message, Origin, Publisher};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain MQTT payloads.
@@ -38,9 +37,6 @@ pub const MQTT_EVENT_TYPE: &str = "io.openfunction.events.mqtt";
 
 /// UUID namespace of derived ids.
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6d71_7474_8000_0000_0000_0001);
-
-/// Most messages published to the bus and acknowledged together.
-const BATCH: usize = 256;
 
 /// Largest packet accepted.
 const MAX_PACKET: usize = 8 << 20;
@@ -125,17 +121,6 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
     Ok(BrokerUrl { scheme, host: host.to_string(), port, path, credentials })
 }
 
-/// PEM text as given, or read from the file it names.
-pub(crate) fn pem(field: &str, value: &str) -> Result<Vec<u8>, SourceError> {
-    if value.trim_start().starts_with("-----BEGIN") {
-        return Ok(value.as_bytes().to_vec());
-    }
-    std::fs::read(value).map_err(|e| SourceError::Invalid {
-        path: field.into(),
-        message: format!("is neither PEM text nor a readable PEM file (`{value}`: {e})"),
-    })
-}
-
 /// A rustls client configuration (ring provider) from the manifest's certificates.
 fn tls_config(field: &str, spec: &MqttSpec) -> Result<TlsConfiguration, SourceError> {
     use rustls::pki_types::pem::PemObject as _;
@@ -147,7 +132,7 @@ fn tls_config(field: &str, spec: &MqttSpec) -> Result<TlsConfiguration, SourceEr
     let mut roots = rustls::RootCertStore::empty();
     match &spec.ca_cert {
         Some(ca) => {
-            let bytes = pem(&format!("{field}.caCert"), ca)?;
+            let bytes = crate::ingest::pem(&format!("{field}.caCert"), ca)?;
             for cert in CertificateDer::pem_slice_iter(&bytes) {
                 let cert = cert.map_err(|e| invalid("caCert", format!("is not PEM: {e}")))?;
                 roots.add(cert).map_err(|e| invalid("caCert", e.to_string()))?;
@@ -169,11 +154,17 @@ fn tls_config(field: &str, spec: &MqttSpec) -> Result<TlsConfiguration, SourceEr
         .with_root_certificates(roots);
     let config = match (&spec.client_cert, &spec.client_key) {
         (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_slice_iter(&pem(&format!("{field}.clientCert"), cert)?)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid("clientCert", format!("is not PEM: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(&pem(&format!("{field}.clientKey"), key)?)
-                .map_err(|e| invalid("clientKey", format!("is not a PEM private key: {e}")))?;
+            let certs = CertificateDer::pem_slice_iter(&crate::ingest::pem(
+                &format!("{field}.clientCert"),
+                cert,
+            )?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("clientCert", format!("is not PEM: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(&crate::ingest::pem(
+                &format!("{field}.clientKey"),
+                key,
+            )?)
+            .map_err(|e| invalid("clientKey", format!("is not a PEM private key: {e}")))?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| invalid("clientCert", e.to_string()))?
@@ -260,7 +251,7 @@ impl MqttSource {
         let filter = match &spec.share_group {
             Some(group) => {
                 if spec.consumer_id.is_none()
-                    && let Some(host) = crate::kafka::instance_name()
+                    && let Some(host) = crate::ingest::instance_name()
                 {
                     client_id = format!("{client_id}-{host}");
                 }
@@ -302,7 +293,13 @@ impl MqttSource {
         let (tx, mut rx) = tokio::sync::mpsc::channel(BATCH);
         let poller = tokio::spawn(poll(events, tx, self.broker.host.clone(), shutdown.clone()));
         let subject = self.origin.subject();
-        let labels = &self.origin.labels;
+        let publisher = Publisher {
+            bus: &*bus,
+            subject: &subject,
+            labels: &self.origin.labels,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
         'run: loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -343,14 +340,10 @@ impl MqttSource {
                     "skipping retained messages (retain: false)"
                 );
             }
-            metrics.received.get_or_create(labels).inc_by(taken.len() as u64);
+            publisher.received(taken.len());
             let events: Vec<Event> = taken.iter().map(|m| self.to_event(m)).collect();
-            // Issued together, in order; a batch is what arrived while the last one was stored.
-            let published = futures::future::join_all(events.iter().map(|event| {
-                publish_with_retry(&*bus, &subject, event, labels, &metrics, &shutdown)
-            }))
-            .await;
-            if published.iter().any(|ok| !ok) {
+            // A batch is what arrived while the last one was being stored.
+            if !publisher.all(&events).await {
                 break 'run;
             }
             // Only now does the broker learn the messages are taken care of.

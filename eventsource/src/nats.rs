@@ -20,12 +20,11 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use ofe_crds::NatsSourceSpec;
 use ofe_eventbus::jetstream::{NatsAuth, connect_client};
-use ofe_eventbus::{EventBus, Subject, TlsFiles};
+use ofe_eventbus::{EventBus, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::cron::publish_with_retry;
-use crate::ingest::{Message, Origin};
+use crate::ingest::{BATCH, Message, Origin, Publisher};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain NATS messages.
@@ -33,9 +32,6 @@ pub const NATS_EVENT_TYPE: &str = "io.openfunction.events.nats";
 
 /// UUID namespace of derived ids.
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6e61_7473_8000_0000_0000_0001);
-
-/// Most JetStream messages published and acknowledged together.
-const BATCH: usize = 256;
 
 #[derive(Clone, Debug)]
 struct JetStreamInput {
@@ -102,12 +98,16 @@ impl NatsSource {
         shutdown: CancellationToken,
     ) {
         let subject = self.origin.subject();
+        let publisher = Publisher {
+            bus: &*bus,
+            subject: &subject,
+            labels: &self.origin.labels,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
         let mut backoff = crate::ingest::Backoff::default();
         loop {
-            // The session watches `shutdown` itself, so that it can close its connection
-            // cleanly: a connection left behind would keep a pull request open at the server,
-            // which could take a message the next session then waits an ack-wait for.
-            let result = self.session(&*bus, &subject, &metrics, &shutdown).await;
+            let result = self.session(&publisher).await;
             match result {
                 Ok(()) => return,
                 Err(error) => {
@@ -120,48 +120,62 @@ impl NatsSource {
         }
     }
 
-    async fn session(
-        &self,
-        bus: &dyn EventBus,
-        subject: &Subject,
-        metrics: &SourceMetrics,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    /// One connection: reads until shutdown (`Ok`) or a failure. The session watches
+    /// `shutdown` itself, so that it can close its connection cleanly: a connection left
+    /// behind would keep a pull request open at the server, which could take a message the
+    /// next session then waits an ack-wait for.
+    async fn session(&self, publisher: &Publisher<'_>) -> Result<(), String> {
         let client = connect_client(&self.url, &self.auth, self.tls.as_ref())
             .await
             .map_err(|e| e.to_string())?;
-        let labels = &self.origin.labels;
-        let Some(js) = &self.jetstream else {
-            let mut sub = client
-                .queue_subscribe(self.subject.clone(), self.queue_group.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(subject = %self.subject, queue = %self.queue_group, "subscribed to NATS (core, at-most-once)");
-            loop {
-                let message = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    message = sub.next() => message,
-                };
-                let Some(message) = message else {
-                    return Err("the NATS subscription ended".into());
-                };
-                metrics.received.get_or_create(labels).inc();
-                let event = self.to_event(
-                    &message.subject,
-                    message.headers.as_ref(),
-                    &message.payload,
-                    None,
-                );
-                if !publish_with_retry(bus, subject, &event, labels, metrics, shutdown).await {
-                    break;
-                }
-            }
-            let _ = sub.unsubscribe().await;
-            let _ = client.drain().await;
-            return Ok(());
+        let result = match &self.jetstream {
+            None => self.read_core(&client, publisher).await,
+            Some(js) => self.read_jetstream(&client, js, publisher).await,
         };
-        let context = jetstream::new(client.clone());
-        let stream = context
+        if result.is_ok() {
+            let _ = client.drain().await;
+        }
+        result
+    }
+
+    /// Core NATS: at-most-once, in the queue group.
+    async fn read_core(
+        &self,
+        client: &async_nats::Client,
+        publisher: &Publisher<'_>,
+    ) -> Result<(), String> {
+        let mut sub = client
+            .queue_subscribe(self.subject.clone(), self.queue_group.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(subject = %self.subject, queue = %self.queue_group, "subscribed to NATS (core, at-most-once)");
+        loop {
+            let message = tokio::select! {
+                () = publisher.shutdown.cancelled() => break,
+                message = sub.next() => message,
+            };
+            let Some(message) = message else {
+                return Err("the NATS subscription ended".into());
+            };
+            publisher.received(1);
+            let event =
+                self.to_event(&message.subject, message.headers.as_ref(), &message.payload, None);
+            if !publisher.one(&event).await {
+                break;
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        Ok(())
+    }
+
+    /// JetStream: a durable consumer, acknowledged after the bus has each batch.
+    async fn read_jetstream(
+        &self,
+        client: &async_nats::Client,
+        js: &JetStreamInput,
+        publisher: &Publisher<'_>,
+    ) -> Result<(), String> {
+        let stream = jetstream::new(client.clone())
             .get_stream(&js.stream)
             .await
             .map_err(|e| format!("JetStream stream `{}`: {e}", js.stream))?;
@@ -191,13 +205,8 @@ impl NatsSource {
             .map_err(|e| e.to_string())?;
         loop {
             let next = tokio::select! {
-                () = shutdown.cancelled() => None,
-                next = messages.next() => Some(next),
-            };
-            let Some(next) = next else {
-                drop(messages);
-                let _ = client.drain().await;
-                return Ok(());
+                () = publisher.shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
             };
             let Some(first) = next else {
                 return Err("the JetStream consumer ended".into());
@@ -209,7 +218,7 @@ impl NatsSource {
                     _ => break,
                 }
             }
-            metrics.received.get_or_create(labels).inc_by(batch.len() as u64);
+            publisher.received(batch.len());
             let events: Vec<_> = batch
                 .iter()
                 .map(|m| {
@@ -219,16 +228,8 @@ impl NatsSource {
                     self.to_event(&m.subject, m.headers.as_ref(), &m.payload, identity)
                 })
                 .collect();
-            let published = futures::future::join_all(
-                events
-                    .iter()
-                    .map(|e| publish_with_retry(bus, subject, e, labels, metrics, shutdown)),
-            )
-            .await;
-            if published.iter().any(|ok| !ok) {
+            if !publisher.all(&events).await {
                 // Shutdown: unacknowledged messages come again after the ack wait.
-                drop(messages);
-                let _ = client.drain().await;
                 return Ok(());
             }
             for message in &batch {

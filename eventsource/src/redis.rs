@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use ofe_crds::RedisSpec;
-use ofe_eventbus::{EventBus, Subject};
+use ofe_eventbus::EventBus;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
@@ -38,8 +38,7 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::cron::publish_with_retry;
-use crate::ingest::{Message, Origin};
+use crate::ingest::{BATCH, Message, Origin, Publisher};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain Redis entries and messages.
@@ -47,9 +46,6 @@ pub const REDIS_EVENT_TYPE: &str = "io.openfunction.events.redis";
 
 /// UUID namespace of derived ids.
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_7265_6469_8000_0000_0000_0001);
-
-/// Most entries read, published and acknowledged together.
-const BATCH: usize = 256;
 
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -141,7 +137,7 @@ impl RedisSource {
         let info = info.set_redis_settings(settings);
         let client = match (&spec.ca_cert, tls) {
             (Some(ca), true) => {
-                let root_cert = Some(crate::mqtt::pem(&format!("{field}.caCert"), ca)?);
+                let root_cert = Some(crate::ingest::pem(&format!("{field}.caCert"), ca)?);
                 // The Redis client builds its TLS configuration from the process's default
                 // rustls provider; make it ring, as for every other TLS connection of ofe.
                 let _ = rustls::crypto::ring::default_provider().install_default();
@@ -158,7 +154,7 @@ impl RedisSource {
             }
         }
         .map_err(|e| invalid("redisHost", e.to_string()))?;
-        let host_name = crate::kafka::instance_name().unwrap_or_else(|| "ofe".into());
+        let host_name = crate::ingest::instance_name().unwrap_or_else(|| "ofe".into());
         Ok(Self {
             origin: Origin::of(namespace, eventsource, event, REDIS_EVENT_TYPE, ID_NAMESPACE),
             input,
@@ -202,14 +198,20 @@ impl RedisSource {
         shutdown: CancellationToken,
     ) {
         let subject = self.origin.subject();
-        let ctx = Ctx { bus: &*bus, metrics: &metrics, shutdown: &shutdown, subject: &subject };
+        let publisher = Publisher {
+            bus: &*bus,
+            subject: &subject,
+            labels: &self.origin.labels,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
         let mut backoff = crate::ingest::Backoff::default();
         let mut failing = false;
         loop {
             let started = Instant::now();
             let result = match &self.input {
-                Input::Stream(stream) => self.read_stream(stream, &ctx).await,
-                Input::Channel(_) | Input::Pattern(_) => self.read_channel(&ctx).await,
+                Input::Stream(stream) => self.read_stream(stream, &publisher).await,
+                Input::Channel(_) | Input::Pattern(_) => self.read_channel(&publisher).await,
             };
             match result {
                 Ok(()) => return,
@@ -230,7 +232,7 @@ impl RedisSource {
     }
 
     /// Reads the stream until shutdown (`Ok`) or a connection error.
-    async fn read_stream(&self, stream: &str, ctx: &Ctx<'_>) -> redis::RedisResult<()> {
+    async fn read_stream(&self, stream: &str, publisher: &Publisher<'_>) -> redis::RedisResult<()> {
         // Blocking reads get a connection of their own, without a response timeout shorter
         // than the block; acknowledgements and claims use the other.
         let mut reader = self
@@ -253,7 +255,7 @@ impl RedisSource {
         let mut next_claim = Instant::now();
         loop {
             if Instant::now() >= next_claim {
-                self.claim(stream, &mut writer, ctx).await?;
+                self.claim(stream, &mut writer, publisher).await?;
                 next_claim = Instant::now() + self.claim_every;
             }
             let mut options =
@@ -267,7 +269,7 @@ impl RedisSource {
             };
             let (keys, ids) = ([stream], [id.as_str()]);
             let reply: Option<StreamReadReply> = tokio::select! {
-                () = ctx.shutdown.cancelled() => return Ok(()),
+                () = publisher.shutdown.cancelled() => return Ok(()),
                 reply = reader.xread_options(&keys, &ids, &options) => reply?,
             };
             let entries: Vec<StreamId> =
@@ -281,7 +283,7 @@ impl RedisSource {
                     }
                 }
             }
-            if !self.publish_and_ack(stream, &entries, &mut writer, ctx).await? {
+            if !self.publish_and_ack(stream, &entries, &mut writer, publisher).await? {
                 return Ok(());
             }
         }
@@ -292,7 +294,7 @@ impl RedisSource {
         &self,
         stream: &str,
         writer: &mut MultiplexedConnection,
-        ctx: &Ctx<'_>,
+        publisher: &Publisher<'_>,
     ) -> redis::RedisResult<()> {
         let mut start = "0-0".to_string();
         loop {
@@ -312,7 +314,7 @@ impl RedisSource {
                     claimed = reply.claimed.len(),
                     "claimed Redis entries another consumer left pending"
                 );
-                if !self.publish_and_ack(stream, &reply.claimed, writer, ctx).await? {
+                if !self.publish_and_ack(stream, &reply.claimed, writer, publisher).await? {
                     return Ok(());
                 }
             }
@@ -329,19 +331,14 @@ impl RedisSource {
         stream: &str,
         entries: &[StreamId],
         writer: &mut MultiplexedConnection,
-        ctx: &Ctx<'_>,
+        publisher: &Publisher<'_>,
     ) -> redis::RedisResult<bool> {
         if entries.is_empty() {
             return Ok(true);
         }
-        let labels = &self.origin.labels;
-        ctx.metrics.received.get_or_create(labels).inc_by(entries.len() as u64);
+        publisher.received(entries.len());
         let events: Vec<_> = entries.iter().map(|entry| self.entry_event(stream, entry)).collect();
-        let published = futures::future::join_all(events.iter().map(|event| {
-            publish_with_retry(ctx.bus, ctx.subject, event, labels, ctx.metrics, ctx.shutdown)
-        }))
-        .await;
-        if published.iter().any(|ok| !ok) {
+        if !publisher.all(&events).await {
             return Ok(false);
         }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
@@ -392,7 +389,7 @@ impl RedisSource {
     }
 
     /// Reads the channel until shutdown (`Ok`) or a connection error.
-    async fn read_channel(&self, ctx: &Ctx<'_>) -> redis::RedisResult<()> {
+    async fn read_channel(&self, publisher: &Publisher<'_>) -> redis::RedisResult<()> {
         let mut pubsub = self.client.get_async_pubsub().await?;
         match &self.input {
             Input::Pattern(pattern) => pubsub.psubscribe(pattern).await?,
@@ -400,11 +397,10 @@ impl RedisSource {
             Input::Stream(_) => return Ok(()),
         }
         tracing::info!(input = ?self.input, "subscribed to Redis pub/sub (at-most-once)");
-        let labels = &self.origin.labels;
         let mut messages = pubsub.into_on_message();
         loop {
             let message = tokio::select! {
-                () = ctx.shutdown.cancelled() => return Ok(()),
+                () = publisher.shutdown.cancelled() => return Ok(()),
                 message = messages.next() => message,
             };
             let Some(message) = message else {
@@ -413,25 +409,15 @@ impl RedisSource {
                     "the pub/sub connection closed",
                 )));
             };
-            ctx.metrics.received.get_or_create(labels).inc();
+            publisher.received(1);
             let event = self.origin.event(&Message {
                 payload: message.get_payload_bytes(),
                 subject: message.get_channel_name(),
                 ..Message::default()
             });
-            if !publish_with_retry(ctx.bus, ctx.subject, &event, labels, ctx.metrics, ctx.shutdown)
-                .await
-            {
+            if !publisher.one(&event).await {
                 return Ok(());
             }
         }
     }
-}
-
-/// What the read loops share.
-struct Ctx<'a> {
-    bus: &'a dyn EventBus,
-    metrics: &'a SourceMetrics,
-    shutdown: &'a CancellationToken,
-    subject: &'a Subject,
 }
