@@ -98,19 +98,26 @@ impl Origin {
         &self.source
     }
 
-    /// The event for `message`. Never fails: see the module documentation.
+    /// The event for `message`. Never fails: a malformed CloudEvent is wrapped and flagged
+    /// with [`EXT_INVALID`] (see the module documentation).
     pub fn event(&self, message: &Message<'_>) -> Event {
+        self.strict_event(message).unwrap_or_else(|reason| {
+            let mut event = self.wrap(message);
+            event.set_extension(EXT_INVALID, reason);
+            self.stamp(&mut event);
+            event
+        })
+    }
+
+    /// The event for `message`, or why the CloudEvent it claims to be is malformed: for
+    /// transports that can refuse a message to its sender (HTTP answers 400).
+    pub fn strict_event(&self, message: &Message<'_>) -> Result<Event, String> {
         let mut event = match self.as_cloudevent(message) {
-            Some(Ok(event)) => event,
-            Some(Err(reason)) => {
-                let mut event = self.wrap(message);
-                event.set_extension(EXT_INVALID, reason);
-                event
-            }
+            Some(parsed) => parsed?,
             None => self.wrap(message),
         };
         self.stamp(&mut event);
-        event
+        Ok(event)
     }
 
     /// Sets the extensions naming the EventSource event.

@@ -7,7 +7,8 @@
 //! - a **batch** (`application/cloudevents-batch+json`), each event kept as sent;
 //! - anything else, which becomes the data of a new event: type
 //!   `io.openfunction.events.webhook`, the EventSource's `source`, the event name as `subject`,
-//!   the request's content type, and an id derived from the sender's `Idempotency-Key`,
+//!   the request's content type (else `application/json` for a JSON body, else
+//!   `application/octet-stream`), and an id derived from the sender's `Idempotency-Key`,
 //!   `X-Request-Id` or `X-GitHub-Delivery` header when there is one (so a retried delivery is a
 //!   detectable duplicate), else a random one.
 //!
@@ -28,16 +29,18 @@ use axum::response::{IntoResponse, Response};
 use cloudevents::Event;
 use hmac::{Hmac, Mac};
 use ofe_crds::EventSource;
-use ofe_eventbus::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
-use ofe_eventbus::{EventBus, Subject, event};
+use ofe_eventbus::{EventBus, Subject};
 use sha2::Sha256;
 
 use crate::SourceError;
-use crate::cron::source_uri;
-use crate::metrics::{EventLabels, SourceMetrics};
+use crate::ingest::{Message, Origin};
+use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain webhook requests.
 pub const WEBHOOK_EVENT_TYPE: &str = "io.openfunction.events.webhook";
+
+/// UUID namespace of ids derived from a sender's delivery id.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_7765_6268_8000_0000_0000_0001);
 
 /// The default largest body, 1 MiB.
 const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
@@ -56,7 +59,7 @@ enum Auth {
 /// One webhook, ready to serve.
 #[derive(Clone)]
 pub struct Webhook {
-    labels: EventLabels,
+    origin: Origin,
     path: String,
     max_payload: usize,
     auth: Auth,
@@ -92,18 +95,14 @@ pub fn webhooks(es: &EventSource, bus: &Arc<dyn EventBus>) -> Result<Vec<Webhook
             (None, None) => Auth::None,
         };
         out.push(Webhook {
-            labels: EventLabels {
-                namespace: namespace.clone(),
-                eventsource: name.clone(),
-                event: event.clone(),
-            },
+            subject: Subject::event(&namespace, &name, event),
+            origin: Origin::of(&namespace, &name, event, WEBHOOK_EVENT_TYPE, ID_NAMESPACE),
             path: spec.path.clone().unwrap_or_else(|| format!("/{namespace}/{name}/{event}")),
             max_payload: spec
                 .max_payload_size
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(DEFAULT_MAX_PAYLOAD),
             auth,
-            subject: Subject::event(&namespace, &name, event),
             bus: bus.clone(),
         });
     }
@@ -123,10 +122,10 @@ pub fn router(hooks: Vec<Webhook>, metrics: SourceMetrics) -> Result<Router, Sou
         largest = largest.max(hook.max_payload);
         if let Some(other) = by_path.insert(hook.path.clone(), hook.clone()) {
             return Err(SourceError::Invalid {
-                path: format!("spec.webhook.{}.path", hook.labels.event),
+                path: format!("spec.webhook.{}.path", hook.origin.labels.event),
                 message: format!(
                     "`{}` is already served for EventSource `{}` event `{}`; give one of them another path",
-                    hook.path, other.labels.eventsource, other.labels.event
+                    hook.path, other.origin.labels.eventsource, other.origin.labels.event
                 ),
             });
         }
@@ -172,16 +171,16 @@ async fn handle(
     };
     let metrics = &routes.metrics;
     for event in &events {
-        metrics.received.get_or_create(&hook.labels).inc();
+        metrics.received.get_or_create(&hook.origin.labels).inc();
         match hook.bus.publish(&hook.subject, event).await {
             Ok(p) if p.duplicate => {
-                metrics.duplicates.get_or_create(&hook.labels).inc();
+                metrics.duplicates.get_or_create(&hook.origin.labels).inc();
             }
             Ok(_) => {
-                metrics.published.get_or_create(&hook.labels).inc();
+                metrics.published.get_or_create(&hook.origin.labels).inc();
             }
             Err(error) => {
-                metrics.publish_errors.get_or_create(&hook.labels).inc();
+                metrics.publish_errors.get_or_create(&hook.origin.labels).inc();
                 tracing::warn!(%error, path = %hook.path, "webhook event not accepted: the bus is unavailable");
                 let mut response = reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -240,78 +239,37 @@ fn authenticate(auth: &Auth, headers: &HeaderMap, body: &[u8]) -> Result<(), Str
     }
 }
 
-/// The events a request carries, or why it is malformed.
+/// The events a request carries, or why it is malformed. A batch is parsed here; a single
+/// request follows the rules every adapter shares (see [`crate::ingest`]), except that a
+/// malformed CloudEvent is refused rather than flagged: HTTP can tell the sender.
 fn to_events(hook: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, String> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let media =
-        content_type.as_deref().map(|c| c.split(';').next().unwrap_or(c).trim().to_string());
-    let mut events = match media.as_deref() {
-        Some("application/cloudevents-batch+json") => serde_json::from_slice::<Vec<Event>>(body)
-            .map_err(|e| format!("not a CloudEvents batch: {e}"))?,
-        Some("application/cloudevents+json") => {
-            vec![
-                serde_json::from_slice::<Event>(body)
-                    .map_err(|e| format!("not a structured CloudEvent: {e}"))?,
-            ]
-        }
-        _ if headers.contains_key("ce-specversion") => {
-            let mut attributes = Vec::new();
-            for (name, value) in headers {
-                if let Some(attribute) = name.as_str().strip_prefix("ce-") {
-                    let value =
-                        value.to_str().map_err(|_| format!("header `{name}` is not text"))?;
-                    attributes.push((attribute, value));
-                }
-            }
-            let raw_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            vec![
-                event::from_binary(attributes, raw_type, body)
-                    .map_err(|e| format!("not a binary-mode CloudEvent: {e}"))?,
-            ]
-        }
-        _ => vec![wrap(hook, headers, body)?],
-    };
-    for event in &mut events {
-        event.set_extension(EXT_NAMESPACE, hook.labels.namespace.clone());
-        event.set_extension(EXT_EVENTSOURCE, hook.labels.eventsource.clone());
-        event.set_extension(EXT_EVENT, hook.labels.event.clone());
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let media = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
+    if media.is_some_and(|m| m.eq_ignore_ascii_case("application/cloudevents-batch+json")) {
+        let mut events = serde_json::from_slice::<Vec<Event>>(body)
+            .map_err(|e| format!("not a CloudEvents batch: {e}"))?;
+        events.iter_mut().for_each(|event| hook.origin.stamp(event));
+        return Ok(events);
     }
-    Ok(events)
-}
-
-/// A new event whose data is the request body.
-fn wrap(hook: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
-    const ID_NAMESPACE: uuid::Uuid =
-        uuid::Uuid::from_u128(0x6f66_655f_7765_6268_8000_0000_0000_0001);
-    let delivery =
-        DELIVERY_ID_HEADERS.iter().find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()));
-    let id = match delivery {
-        Some(key) => {
-            let scoped = format!("{}/{}", hook.path, key);
-            uuid::Uuid::new_v5(&ID_NAMESPACE, scoped.as_bytes())
+    let mut binary = Vec::new();
+    for (name, value) in headers {
+        if let Some(attribute) = name.as_str().strip_prefix("ce-") {
+            let value = value.to_str().map_err(|_| format!("header `{name}` is not text"))?;
+            binary.push((attribute, value));
         }
-        None => uuid::Uuid::new_v4(),
+    }
+    // The sender's delivery id makes the event id, so a retried delivery is a duplicate.
+    let identity = DELIVERY_ID_HEADERS
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(|key| format!("{}/{key}", hook.path).into_bytes());
+    let message = Message {
+        payload: body,
+        content_type,
+        binary,
+        subject: &hook.origin.labels.event,
+        identity,
+        ..Message::default()
     };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_string();
-    let (ns, es) = (&hook.labels.namespace, &hook.labels.eventsource);
-    event::from_binary(
-        [
-            ("specversion", "1.0"),
-            ("id", id.to_string().as_str()),
-            ("source", source_uri(ns, es).as_str()),
-            ("type", WEBHOOK_EVENT_TYPE),
-            ("subject", hook.labels.event.as_str()),
-            ("time", chrono::Utc::now().to_rfc3339().as_str()),
-        ],
-        Some(&content_type),
-        body,
-    )
-    .map_err(|e| format!("cannot make an event of this request: {e}"))
+    Ok(vec![hook.origin.strict_event(&message)?])
 }

@@ -211,7 +211,7 @@ async fn refusals_say_why() {
         .send()
         .await
         .expect("post");
-    check(broken, 400, "not a binary-mode CloudEvent").await;
+    check(broken, 400, "malformed binary-mode CloudEvent").await;
     check(
         post("/open")
             .header("content-type", "application/cloudevents+json")
@@ -220,7 +220,7 @@ async fn refusals_say_why() {
             .await
             .expect("post"),
         400,
-        "not a structured CloudEvent",
+        "malformed structured CloudEvent",
     )
     .await;
     f.bus.close().await.expect("close");
