@@ -88,11 +88,48 @@ pub async fn subscribe(
 }
 
 async fn next_id(sub: &mut Box<dyn Subscription>) -> (String, crate::Delivery) {
-    let delivery = tokio::time::timeout(PATIENCE, sub.next())
-        .await
-        .unwrap_or_else(|_| panic!("no delivery within {PATIENCE:?}"))
-        .unwrap_or_else(|e| panic!("subscription failed: {e}"));
+    let delivery = next_within(sub, PATIENCE).await;
     (delivery.event.id().to_string(), delivery)
+}
+
+/// The next delivery; panics if none comes within `wait`.
+pub async fn next_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> crate::Delivery {
+    tokio::time::timeout(wait, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("no delivery within {wait:?}"))
+        .unwrap_or_else(|e| panic!("subscription failed: {e}"))
+}
+
+/// The value of a test variable such as `OFE_TEST_NATS`, or `None` after saying the test is
+/// skipped because it is unset (or empty).
+pub fn broker_var(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if value.is_none() {
+        eprintln!("skipped: {name} is not set (run `eval \"$(scripts/services.sh)\"`)");
+    }
+    value
+}
+
+/// A process a test started (a broker of its own, `ofe run`): killed when dropped, so a
+/// failing test leaves nothing behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something listens on `127.0.0.1:port`; panics naming `what` after 10 s.
+pub async fn wait_port(port: u16, what: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not open port {port}");
 }
 
 /// Asserts that nothing is delivered within `wait`.

@@ -12,13 +12,7 @@ use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 use ofe_eventbus::testing;
 
 fn url() -> Option<String> {
-    match std::env::var("OFE_TEST_NATS") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            eprintln!("skipped: OFE_TEST_NATS is not set (run `eval \"$(scripts/services.sh)\"`)");
-            None
-        }
-    }
+    testing::broker_var("OFE_TEST_NATS")
 }
 
 async fn connect(url: &str) -> JetStreamBus {

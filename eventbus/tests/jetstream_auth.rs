@@ -1,31 +1,19 @@
 //! JetStream connections with credentials and TLS, against servers that require them.
 //! `OFE_TEST_NATS_SERVER` names the `nats-server` binary; unset, the tests skip and say so.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
-use ofe_eventbus::testing::{sample_event, subscribe};
+use ofe_eventbus::testing::{ChildGuard, sample_event, subscribe};
 use ofe_eventbus::{EventBus, Subject, TlsFiles};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts a JetStream server requiring `extra`; returns it and its port.
-async fn server(extra: &[&str]) -> Option<(Server, u16, tempfile::TempDir)> {
-    let Ok(binary) = std::env::var("OFE_TEST_NATS_SERVER") else {
-        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary)");
-        return None;
-    };
+async fn server(extra: &[&str]) -> Option<(ChildGuard, u16, tempfile::TempDir)> {
+    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_NATS_SERVER")?;
     let port = ofe_eventbus::testing::free_port();
     let store = tempfile::tempdir().expect("tempdir");
-    let server = Server(
+    let server = ChildGuard(
         Command::new(&binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
@@ -35,13 +23,8 @@ async fn server(extra: &[&str]) -> Option<(Server, u16, tempfile::TempDir)> {
             .spawn()
             .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}")),
     );
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Some((server, port, store));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nats-server did not open port {port}");
+    ofe_eventbus::testing::wait_port(port, "nats-server").await;
+    Some((server, port, store))
 }
 
 /// Publishes and consumes one event through a bus connected with `config`.

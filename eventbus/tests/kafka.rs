@@ -10,13 +10,7 @@ use ofe_eventbus::kafka::{KafkaBus, KafkaConfig};
 use ofe_eventbus::testing;
 
 fn brokers() -> Option<String> {
-    match std::env::var("OFE_TEST_KAFKA") {
-        Ok(brokers) => Some(brokers),
-        Err(_) => {
-            eprintln!("skipped: OFE_TEST_KAFKA is not set (run `eval \"$(scripts/services.sh)\"`)");
-            None
-        }
-    }
+    testing::broker_var("OFE_TEST_KAFKA")
 }
 
 fn config(brokers: &str, test: &str) -> KafkaConfig {
@@ -88,13 +82,7 @@ impl Broker {
     }
 
     async fn wait(port: u16) {
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("the test broker did not open port {port}");
+        testing::wait_port(port, "the test broker").await;
     }
 
     /// A broker of its own from `OFE_TEST_KAFKA_SERVER` on a free port with a fresh store, ready;

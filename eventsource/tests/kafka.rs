@@ -24,18 +24,12 @@ fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("an event within 20 s")
-        .expect("delivery")
+    ofe_eventbus::testing::next_within(sub, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
-    let Ok(brokers) = std::env::var("OFE_TEST_KAFKA") else {
-        eprintln!("skipped: OFE_TEST_KAFKA is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return;
-    };
+    let Some(brokers) = ofe_eventbus::testing::broker_var("OFE_TEST_KAFKA") else { return };
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("ofe-src-{run}");
     let mut client = ClientConfig::new();
@@ -148,10 +142,7 @@ async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
     let task = tokio::spawn(source.run(shared, metrics.clone(), shutdown.clone()));
     // The restarted member has the same static instance id; tansu hands its partitions back
     // only after the old member's session (10 s) times out, so allow for that and a rebalance.
-    let resumed = tokio::time::timeout(Duration::from_secs(60), sub.next())
-        .await
-        .expect("the restarted consumer resumes within 60 s")
-        .expect("delivery");
+    let resumed = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(60)).await;
     assert_eq!(ofe_eventbus::event::data_bytes(&resumed.event), b"after-restart".to_vec());
     resumed.ack().await.expect("ack");
     // The bus would drop repeats by id, so count what the source took from Kafka instead.

@@ -15,10 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_messages_reach_the_bus_as_cloudevents() {
-    let Ok(url) = std::env::var("OFE_TEST_MQTT") else {
-        eprintln!("skipped: OFE_TEST_MQTT is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return;
-    };
+    let Some(url) = ofe_eventbus::testing::broker_var("OFE_TEST_MQTT") else { return };
     let run = uuid::Uuid::new_v4().simple().to_string();
     let spec = MqttSpec {
         url: url.replace("mqtt://", "tcp://"),
@@ -85,12 +82,8 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
     let structured = r#"{"specversion":"1.0","id":"ce-7","source":"/fleet/42","type":"com.example.telemetry","traceparent":"00-aa-bb-01","data":{"speed":99}}"#;
     client.publish(&topic, QoS::AtLeastOnce, false, structured).await.expect("publish");
 
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an event")
-            .expect("delivery")
-    };
+    let mut next =
+        async || ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(10)).await;
     let first = next().await;
     assert_eq!(first.event.ty(), "io.openfunction.events.mqtt");
     assert_eq!(first.event.subject(), Some(topic.as_str()), "the MQTT topic is the subject");
@@ -117,10 +110,7 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_binary_mode_and_shared_subscriptions() {
     use rumqttc::v5::mqttbytes::v5::PublishProperties;
-    let Ok(url) = std::env::var("OFE_TEST_MQTT") else {
-        eprintln!("skipped: OFE_TEST_MQTT is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return;
-    };
+    let Some(url) = ofe_eventbus::testing::broker_var("OFE_TEST_MQTT") else { return };
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("ofe-test5/{run}/car");
     let broker = ofe_eventsource::mqtt::parse_url(&url).expect("url");
@@ -205,10 +195,7 @@ async fn mqtt5_binary_mode_and_shared_subscriptions() {
     let mut by_replica = std::collections::BTreeMap::<String, usize>::new();
     let mut ids = std::collections::BTreeSet::new();
     while total < 10 {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an event")
-            .expect("delivery");
+        let d = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(10)).await;
         assert_eq!(d.event.source().to_string(), "/fleet/car-5", "binary mode keeps the source");
         assert_eq!(d.event.ty(), "com.example.telemetry");
         assert_eq!(d.event.datacontenttype(), Some("application/json"));

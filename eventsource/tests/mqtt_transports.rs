@@ -2,34 +2,23 @@
 //! test. `OFE_TEST_MOSQUITTO_SERVER` names the `mosquitto` binary; unset, the test skips and
 //! says so.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader;
 use ofe_crds::MqttSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::testing::free_port;
+use ofe_eventbus::testing::{ChildGuard, free_port, wait_port};
 use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::mqtt::MqttSource;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca_and_websocket() {
-    let Some(binary) = std::env::var("OFE_TEST_MOSQUITTO_SERVER").ok().filter(|v| !v.is_empty())
-    else {
-        eprintln!("skipped: OFE_TEST_MOSQUITTO_SERVER is not set (a mosquitto binary)");
+    let Some(binary) = ofe_eventbus::testing::broker_var("OFE_TEST_MOSQUITTO_SERVER") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -57,7 +46,7 @@ async fn tls_with_a_private_ca_and_websocket() {
         path("server.key"),
     );
     std::fs::write(dir.path().join("mosquitto.conf"), config).expect("config");
-    let _broker = Broker(
+    let _broker = ChildGuard(
         Command::new(&binary)
             .arg("-c")
             .arg(dir.path().join("mosquitto.conf"))
@@ -67,15 +56,7 @@ async fn tls_with_a_private_ca_and_websocket() {
             .unwrap_or_else(|e| panic!("OFE_TEST_MOSQUITTO_SERVER={binary}: {e}")),
     );
     for port in [plain, tls, ws] {
-        let mut open = false;
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                open = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(open, "mosquitto did not open port {port}");
+        wait_port(port, "mosquitto").await;
     }
     let store = tempfile::tempdir().expect("tempdir");
     let bus = EmbeddedBus::open(EmbeddedConfig::new(store.path())).expect("bus");

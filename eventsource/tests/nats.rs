@@ -24,10 +24,7 @@ struct Setup {
 }
 
 async fn setup() -> Option<Setup> {
-    let Ok(url) = std::env::var("OFE_TEST_NATS") else {
-        eprintln!("skipped: OFE_TEST_NATS is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return None;
-    };
+    let url = ofe_eventbus::testing::broker_var("OFE_TEST_NATS")?;
     let client = async_nats::connect(&url).await.expect("NATS must be reachable at OFE_TEST_NATS");
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = EmbeddedBus::open(EmbeddedConfig::new(dir.path())).expect("bus");
@@ -39,10 +36,7 @@ async fn setup() -> Option<Setup> {
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("an event within 20 s")
-        .expect("delivery")
+    ofe_eventbus::testing::next_within(sub, Duration::from_secs(20)).await
 }
 
 fn binary_headers() -> HeaderMap {

@@ -22,10 +22,7 @@ struct Setup {
 }
 
 async fn setup() -> Option<Setup> {
-    let Ok(url) = std::env::var("OFE_TEST_REDIS") else {
-        eprintln!("skipped: OFE_TEST_REDIS is not set (run `eval \"$(scripts/services.sh)\"`)");
-        return None;
-    };
+    let url = ofe_eventbus::testing::broker_var("OFE_TEST_REDIS")?;
     let client = redis::Client::open(url.as_str()).expect("redis url");
     let redis = client
         .get_multiplexed_async_connection()
@@ -41,10 +38,7 @@ async fn setup() -> Option<Setup> {
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("an event within 20 s")
-        .expect("delivery")
+    ofe_eventbus::testing::next_within(sub, Duration::from_secs(20)).await
 }
 
 fn text(event: &cloudevents::Event, name: &str) -> Option<String> {

@@ -1,39 +1,27 @@
 //! The Redis source over TLS with a private CA, against a redis-server started for the test.
 //! `OFE_TEST_REDIS_SERVER` names the `redis-server` binary; unset, the test skips and says so.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ofe_crds::RedisSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::testing::free_port;
+use ofe_eventbus::testing::{ChildGuard, free_port, wait_port};
 use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::redis::RedisSource;
 use redis::AsyncCommands as _;
 use tokio_util::sync::CancellationToken;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_over_tls_with_a_private_ca() {
-    let Some(binary) = std::env::var("OFE_TEST_REDIS_SERVER").ok().filter(|v| !v.is_empty()) else {
-        eprintln!("skipped: OFE_TEST_REDIS_SERVER is not set (a redis-server binary)");
-        return;
-    };
+    let Some(binary) = ofe_eventbus::testing::broker_var("OFE_TEST_REDIS_SERVER") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     ofe_eventbus::testing::certificates(dir.path());
     let port = free_port();
     let path = |name: &str| dir.path().join(name);
-    let _server = Server(
+    let _server = ChildGuard(
         Command::new(&binary)
             .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
             .arg("--tls-cert-file")
@@ -48,15 +36,7 @@ async fn stream_over_tls_with_a_private_ca() {
             .spawn()
             .unwrap_or_else(|e| panic!("OFE_TEST_REDIS_SERVER={binary}: {e}")),
     );
-    let mut open = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            open = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(open, "redis-server did not open its TLS port {port}");
+    wait_port(port, "redis-server (TLS)").await;
 
     let ca = std::fs::read(path("ca.pem")).expect("ca");
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -86,10 +66,7 @@ async fn stream_over_tls_with_a_private_ca() {
     let shutdown = CancellationToken::new();
     let shared: Arc<dyn EventBus> = Arc::new(bus.clone());
     let task = tokio::spawn(source.run(shared, SourceMetrics::default(), shutdown.clone()));
-    let delivery = tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("an event over TLS within 20 s")
-        .expect("delivery");
+    let delivery = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(20)).await;
     assert_eq!(ofe_eventbus::event::data_bytes(&delivery.event), b"over-tls".to_vec());
     shutdown.cancel();
     task.await.expect("source stops on shutdown");

@@ -339,11 +339,7 @@ pub fn unique_namespace() -> String {
 /// The value of a broker variable such as `OFE_TEST_NATS`, or `None` after saying the test is
 /// skipped because it is unset.
 pub fn broker_var(name: &str) -> Option<String> {
-    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if value.is_none() {
-        eprintln!("skipped: {name} is not set (run `eval \"$(scripts/services.sh)\"`)");
-    }
-    value
+    ofe_eventbus::testing::broker_var(name)
 }
 
 /// `ofe run` on the manifests in `folder`, fed by an upstream broker through `send` (which
@@ -410,11 +406,4 @@ where
 }
 
 /// A child process killed when dropped, so a failing test leaves no `ofe` behind.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use ofe_eventbus::testing::ChildGuard as KillOnDrop;
