@@ -93,6 +93,16 @@ impl Origin {
         )
     }
 
+    /// A publisher of this EventSource event's events to `bus`.
+    pub fn publisher<'a>(
+        &'a self,
+        bus: &'a dyn ofe_eventbus::EventBus,
+        metrics: &'a crate::SourceMetrics,
+        shutdown: &'a tokio_util::sync::CancellationToken,
+    ) -> Publisher<'a> {
+        Publisher { bus, subject: self.subject(), labels: &self.labels, metrics, shutdown }
+    }
+
     /// The `source` attribute of wrapped events.
     pub fn source(&self) -> &str {
         &self.source
@@ -210,12 +220,11 @@ impl Origin {
 
 /// Where an adapter's events go, and what counts them: the bus, the EventSource event's
 /// subject and metric labels, and the shutdown signal that ends retries.
-#[derive(Clone, Copy)]
 pub struct Publisher<'a> {
     /// The bus.
     pub bus: &'a dyn ofe_eventbus::EventBus,
     /// The EventSource event's subject.
-    pub subject: &'a ofe_eventbus::Subject,
+    pub subject: ofe_eventbus::Subject,
     /// The EventSource event's metric labels.
     pub labels: &'a EventLabels,
     /// Counters.
@@ -232,8 +241,8 @@ impl Publisher<'_> {
 
     /// Publishes `event` until the bus has it; `false` if shutdown or a closed bus stopped it.
     pub async fn one(&self, event: &Event) -> bool {
-        let Self { bus, subject, labels, metrics, shutdown } = *self;
-        crate::cron::publish_with_retry(bus, subject, event, labels, metrics, shutdown).await
+        let Self { bus, subject, labels, metrics, shutdown } = self;
+        crate::cron::publish_with_retry(*bus, subject, event, labels, metrics, shutdown).await
     }
 
     /// Publishes `events` together (issued in order, so the bus sees them in upstream order)

@@ -30,7 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::ingest::{BATCH, Message, Origin, Publisher};
+use crate::ingest::{BATCH, Message, Origin};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain Kafka messages.
@@ -140,14 +140,7 @@ impl KafkaSource {
                 }
             }
         };
-        let subject = self.origin.subject();
-        let publisher = Publisher {
-            bus: &*bus,
-            subject: &subject,
-            labels: &self.origin.labels,
-            metrics: &metrics,
-            shutdown: &shutdown,
-        };
+        let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
         let mut failing = false;
         // Next offset per partition, for everything the bus has.
         let mut done: BTreeMap<i32, i64> = BTreeMap::new();

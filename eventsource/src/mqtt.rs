@@ -29,7 +29,7 @@ use rumqttc::{Publish, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::ingest::{BATCH, Message, Origin, Publisher};
+use crate::ingest::{BATCH, Message, Origin};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain MQTT payloads.
@@ -292,14 +292,7 @@ impl MqttSource {
         // when it is full, the poller stops reading from the broker.
         let (tx, mut rx) = tokio::sync::mpsc::channel(BATCH);
         let poller = tokio::spawn(poll(events, tx, self.broker.host.clone(), shutdown.clone()));
-        let subject = self.origin.subject();
-        let publisher = Publisher {
-            bus: &*bus,
-            subject: &subject,
-            labels: &self.origin.labels,
-            metrics: &metrics,
-            shutdown: &shutdown,
-        };
+        let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
         'run: loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,

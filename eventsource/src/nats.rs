@@ -97,14 +97,7 @@ impl NatsSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let subject = self.origin.subject();
-        let publisher = Publisher {
-            bus: &*bus,
-            subject: &subject,
-            labels: &self.origin.labels,
-            metrics: &metrics,
-            shutdown: &shutdown,
-        };
+        let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
         let mut backoff = crate::ingest::Backoff::default();
         loop {
             let result = self.session(&publisher).await;

@@ -197,14 +197,7 @@ impl RedisSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let subject = self.origin.subject();
-        let publisher = Publisher {
-            bus: &*bus,
-            subject: &subject,
-            labels: &self.origin.labels,
-            metrics: &metrics,
-            shutdown: &shutdown,
-        };
+        let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
         let mut backoff = crate::ingest::Backoff::default();
         let mut failing = false;
         loop {
