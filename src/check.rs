@@ -30,7 +30,14 @@ pub fn load_and_check(paths: &[PathBuf]) -> Checked {
         let mut found = ofe_crds::validate::check_resource(&m.resource);
         match &m.resource {
             Resource::Trigger(t) => found.extend(ofe_trigger::check(t)),
-            Resource::EventSource(es) => found.extend(ofe_eventsource::check(es)),
+            Resource::EventSource(es) => {
+                // Making the sources repeats some manifest checks; say each field once.
+                let extra: Vec<_> = ofe_eventsource::check(es)
+                    .into_iter()
+                    .filter(|d| found.iter().all(|f| f.path != d.path))
+                    .collect();
+                found.extend(extra);
+            }
             Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
         }
         diagnostics.extend(found.into_iter().map(|d| d.at(&m.origin)));

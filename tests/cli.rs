@@ -70,6 +70,11 @@ metadata: { name: nowhere }
 spec:
   cron:
     tick: { schedule: "every five seconds" }
+  mqtt:
+    cars: { url: "http://broker", topic: cars }
+    trucks: { url: "ssl://broker", topic: trucks, caCert: /nonexistent/ca.pem }
+  kafka:
+    orders: { brokers: "127.0.0.1:9092", authRequired: false }
 ---
 apiVersion: events.openfunction.io/v1alpha1
 kind: Trigger
@@ -87,9 +92,21 @@ spec:
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = path.display();
+    assert_eq!(
+        stderr.matches("spec.kafka.orders.topic").count(),
+        1,
+        "a field the manifest check and the source both reject is reported once:\n{stderr}"
+    );
     for want in [
         format!("{p}:document 1: spec: neither eventBus nor sink is set"),
         format!("{p}:document 1: spec.cron.tick.schedule:"),
+        format!(
+            "{p}:document 1: spec.mqtt.cars.url: `http://broker` is not an MQTT URL; use tcp://"
+        ),
+        format!(
+            "{p}:document 1: spec.mqtt.trucks.caCert: is neither PEM text nor a readable PEM file"
+        ),
+        format!("{p}:document 1: spec.kafka.orders.topic: is required; name the topic to consume"),
         format!("{p}:document 2: spec.inputs.event-a: `event-a` is not a valid CEL identifier"),
         format!("{p}:document 2: spec.subscribers[0].sink: neither uri nor ref is set"),
         format!("{p}:document 2: spec.subscribers[0].condition: `event_b` is not an input"),

@@ -44,14 +44,82 @@ pub enum SourceError {
     },
 }
 
-/// Checks what only this crate can: schedules and time zones.
+/// Checks what only this crate can, by making every polling event exactly as [`spawn`] does:
+/// schedules and time zones, broker URLs, certificates (read from their files), connection
+/// settings. Nothing is connected.
 pub fn check(es: &EventSource) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for (name, cron) in es.spec.cron.iter().flatten() {
-        if let Err(message) = Schedule::parse(&cron.schedule, cron.timezone.as_deref()) {
-            let field = if message.contains("time zone") { "timezone" } else { "schedule" };
-            out.push(Diagnostic::error(format!("spec.cron.{name}.{field}"), message));
+    sources(es)
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|SourceError::Invalid { path, message }| Diagnostic::error(path, message))
+        .collect()
+}
+
+/// One polling event, ready to run (boxed: made once per event, and the kinds differ in size).
+enum Source {
+    Cron(Box<CronSource>),
+    Mqtt(Box<mqtt::MqttSource>),
+    Kafka(Box<kafka::KafkaSource>),
+    Nats(Box<nats::NatsSource>),
+    Redis(Box<redis::RedisSource>),
+}
+
+impl Source {
+    async fn run(
+        self,
+        bus: Arc<dyn EventBus>,
+        metrics: SourceMetrics,
+        shutdown: CancellationToken,
+    ) {
+        match self {
+            Self::Cron(s) => (*s).run(bus, metrics, shutdown).await,
+            Self::Mqtt(s) => (*s).run(bus, metrics, shutdown).await,
+            Self::Kafka(s) => (*s).run(bus, metrics, shutdown).await,
+            Self::Nats(s) => (*s).run(bus, metrics, shutdown).await,
+            Self::Redis(s) => (*s).run(bus, metrics, shutdown).await,
         }
+    }
+}
+
+/// Every polling event of `es` (webhooks are served by [`webhook::router`]), or why it cannot
+/// run, naming the field.
+fn sources(es: &EventSource) -> Vec<Result<Source, SourceError>> {
+    let namespace = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let (ns, name) = (namespace.as_str(), es.metadata.name.as_deref().unwrap_or_default());
+    let mut out = Vec::new();
+    for (event, spec) in es.spec.cron.iter().flatten() {
+        out.push(
+            Schedule::parse(&spec.schedule, spec.timezone.as_deref())
+                .map(|schedule| {
+                    Source::Cron(Box::new(CronSource {
+                        namespace: ns.to_string(),
+                        eventsource: name.to_string(),
+                        event: event.clone(),
+                        schedule_text: spec.schedule.clone(),
+                        schedule,
+                    }))
+                })
+                .map_err(|message| {
+                    let field = if message.contains("time zone") { "timezone" } else { "schedule" };
+                    SourceError::Invalid { path: format!("spec.cron.{event}.{field}"), message }
+                }),
+        );
+    }
+    for (event, spec) in es.spec.mqtt.iter().flatten() {
+        out.push(mqtt::MqttSource::new(ns, name, event, spec).map(|s| Source::Mqtt(Box::new(s))));
+    }
+    for (event, spec) in es.spec.kafka.iter().flatten() {
+        out.push(
+            kafka::KafkaSource::new(ns, name, event, spec).map(|s| Source::Kafka(Box::new(s))),
+        );
+    }
+    for (event, spec) in es.spec.nats.iter().flatten() {
+        out.push(nats::NatsSource::new(ns, name, event, spec).map(|s| Source::Nats(Box::new(s))));
+    }
+    for (event, spec) in es.spec.redis.iter().flatten() {
+        out.push(
+            redis::RedisSource::new(ns, name, event, spec).map(|s| Source::Redis(Box::new(s))),
+        );
     }
     out
 }
@@ -65,40 +133,11 @@ pub fn spawn(
     metrics: &SourceMetrics,
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, SourceError> {
-    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-    let namespace = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = es.metadata.name.clone().unwrap_or_default();
-    let token = || shutdown.child_token();
-    let mut tasks: Vec<Task> = Vec::new();
-    for (event, spec) in es.spec.cron.iter().flatten() {
-        let schedule =
-            Schedule::parse(&spec.schedule, spec.timezone.as_deref()).map_err(|message| {
-                SourceError::Invalid { path: format!("spec.cron.{event}.schedule"), message }
-            })?;
-        let source = CronSource {
-            namespace: namespace.clone(),
-            eventsource: name.clone(),
-            event: event.clone(),
-            schedule_text: spec.schedule.clone(),
-            schedule,
-        };
-        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
-    }
-    for (event, spec) in es.spec.mqtt.iter().flatten() {
-        let source = mqtt::MqttSource::new(&namespace, &name, event, spec)?;
-        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
-    }
-    for (event, spec) in es.spec.kafka.iter().flatten() {
-        let source = kafka::KafkaSource::new(&namespace, &name, event, spec)?;
-        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
-    }
-    for (event, spec) in es.spec.nats.iter().flatten() {
-        let source = nats::NatsSource::new(&namespace, &name, event, spec)?;
-        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
-    }
-    for (event, spec) in es.spec.redis.iter().flatten() {
-        let source = redis::RedisSource::new(&namespace, &name, event, spec)?;
-        tasks.push(Box::pin(source.run(bus.clone(), metrics.clone(), token())));
-    }
-    Ok(tasks.into_iter().map(tokio::spawn).collect())
+    let sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(sources
+        .into_iter()
+        .map(|source| {
+            tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
+        })
+        .collect())
 }
