@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
-use ofe_eventbus::Subject;
+use ofe_eventbus::{EventBus, Subject};
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
 use ofe_trigger::{Deliverer, RetryPolicy, SubscriberLabels, TriggerMetrics};
@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buses::Buses;
 use crate::{check, telemetry};
+
+/// Input events the router of a bus holds unacknowledged at once.
+const ROUTER_IN_FLIGHT: usize = 1024;
 
 /// Arguments of `ofe run`.
 #[derive(clap::Args)]
@@ -78,11 +81,11 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
     let name = es.metadata.name.as_deref().unwrap_or_default();
     let destination =
         ofe_trigger::sink_destination("spec.sink", sink).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let inputs = es
+    let subjects = es
         .spec
         .events()
         .into_iter()
-        .map(|(_, event)| (event.to_string(), Subject::event(namespace, name, event)))
+        .map(|(_, event)| Subject::event(namespace, name, event))
         .collect();
     Ok(Some(SubscriberPlan {
         labels: SubscriberLabels {
@@ -91,10 +94,8 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
             subscriber: "sink".into(),
         },
         consumer: format!("eventsource.{namespace}.{name}.sink"),
-        condition: None,
-        inputs,
-        filters: Default::default(),
-        window: ofe_trigger::DEFAULT_WINDOW,
+        subjects,
+        routing: None,
         routes: vec![Route { destination, dead_letter: None }],
         max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
         retry: RetryPolicy::default(),
@@ -152,10 +153,19 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     tracing::info!(endpoint = %telemetry::describe(listener.local_addr()?), "serving /healthz and /metrics");
     let http = tokio::spawn(telemetry::serve(listener, Arc::new(registry), shutdown.clone()));
 
-    // Consumers first, so that the sources' first events are not missed.
+    // Consumers first, so that the sources' first events are not missed: each subscriber's
+    // queue consumer, then one router per bus over every input the subscribers read.
     let client = ofe_trigger::delivery::http_client().context("cannot build the HTTP client")?;
     let stop_subscribers = CancellationToken::new();
     let mut subscriber_tasks = Vec::new();
+    let mut routings: Vec<(Arc<dyn EventBus>, Vec<Arc<ofe_trigger::Routing>>)> = Vec::new();
+    for (plan, bus) in &plans {
+        let Some(routing) = &plan.routing else { continue };
+        match routings.iter_mut().find(|(b, _)| Arc::ptr_eq(b, bus)) {
+            Some((_, list)) => list.push(routing.clone()),
+            None => routings.push((bus.clone(), vec![routing.clone()])),
+        }
+    }
     for (plan, bus) in plans {
         let deliverer = Deliverer::with_client(client.clone(), bus.clone());
         let subscription = runner::subscribe(&plan, bus.as_ref())
@@ -169,6 +179,21 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
             trigger_metrics.clone(),
             stop_subscribers.clone(),
             args.drain_timeout,
+        )));
+    }
+    let mut router_tasks = Vec::new();
+    for (bus, list) in routings {
+        let subscribers = list.len();
+        let router = ofe_trigger::Router::new(list, trigger_metrics.clone());
+        let subscription = ofe_trigger::router::subscribe(&router, bus.as_ref(), ROUTER_IN_FLIGHT)
+            .await
+            .context("cannot subscribe the Trigger router")?;
+        tracing::info!(backend = bus.backend(), subscribers, "router ready");
+        router_tasks.push(tokio::spawn(ofe_trigger::router::run(
+            router,
+            subscription,
+            bus,
+            stop_subscribers.clone(),
         )));
     }
     let stop_sources = CancellationToken::new();
@@ -212,6 +237,13 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
         let _ = webhooks.await;
     }
     stop_subscribers.cancel();
+    for task in router_tasks {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "router stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "router task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     for task in subscriber_tasks {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "subscriber stopped with an error"),

@@ -34,6 +34,20 @@ pub struct TriggerSpec {
     /// Default `60s`, as in OpenFunction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// A CEL expression over an input event (ofe addition), e.g. `data.vehicleId`, whose value
+    /// keys the join: with it, `A && B` is true only when A and B carry the same key. Without
+    /// it, every event of an input counts for every other. An input may set its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_key: Option<String>,
+    /// When a subscriber fires, forget the events that made its condition true (ofe
+    /// addition), so that one match fires once instead of once per event for the whole
+    /// window. Default `false`, as in OpenFunction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consume: Option<bool>,
+    /// Most correlation keys each subscriber keeps (ofe addition); beyond it the least
+    /// recently seen keys are forgotten. Default 100000. Keys also expire with the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u32>,
 }
 
 /// One input of a Trigger: an event of an EventSource, or (ofe addition) a bus topic.
@@ -60,6 +74,10 @@ pub struct Input {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::preserve_unknown_array")]
     pub filters: Option<Vec<Filter>>,
+    /// This input's correlation key, when its events carry the key elsewhere than the
+    /// Trigger's `correlationKey` says (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_key: Option<String>,
 }
 
 /// One filter: exactly one of its fields is set.

@@ -26,6 +26,16 @@ pub enum Subject {
         /// Topic name.
         topic: String,
     },
+    /// The queue of one Trigger subscriber, where the router puts the events that fire it:
+    /// `ofe.queue.<namespace>.<trigger>.<subscriber>`.
+    Queue {
+        /// Namespace of the Trigger.
+        namespace: String,
+        /// Trigger name.
+        trigger: String,
+        /// The subscriber's index in the Trigger.
+        subscriber: String,
+    },
 }
 
 impl Subject {
@@ -37,6 +47,15 @@ impl Subject {
     /// The subject of a topic in a namespace.
     pub fn topic(namespace: &str, topic: &str) -> Self {
         Self::Topic { namespace: namespace.into(), topic: topic.into() }
+    }
+
+    /// The queue of subscriber `subscriber` of Trigger `trigger`.
+    pub fn queue(namespace: &str, trigger: &str, subscriber: &str) -> Self {
+        Self::Queue {
+            namespace: namespace.into(),
+            trigger: trigger.into(),
+            subscriber: subscriber.into(),
+        }
     }
 
     /// Parses the rendered form back; `None` if it is not one.
@@ -51,6 +70,11 @@ impl Subject {
             ["ofe", "topic", ns, t] => {
                 Some(Self::Topic { namespace: unescape(ns)?, topic: unescape(t)? })
             }
+            ["ofe", "queue", ns, t, s] => Some(Self::Queue {
+                namespace: unescape(ns)?,
+                trigger: unescape(t)?,
+                subscriber: unescape(s)?,
+            }),
             _ => None,
         }
     }
@@ -65,6 +89,13 @@ impl fmt::Display for Subject {
             Self::Topic { namespace, topic } => {
                 write!(f, "ofe.topic.{}.{}", escape(namespace), escape(topic))
             }
+            Self::Queue { namespace, trigger, subscriber } => write!(
+                f,
+                "ofe.queue.{}.{}.{}",
+                escape(namespace),
+                escape(trigger),
+                escape(subscriber)
+            ),
         }
     }
 }
@@ -118,6 +149,9 @@ mod tests {
         assert_eq!(Subject::parse(&text), Some(s));
         let t = Subject::topic("ns", "metrics");
         assert_eq!(Subject::parse(&t.to_string()), Some(t));
+        let q = Subject::queue("ns", "my.trigger", "0");
+        assert_eq!(q.to_string(), "ofe.queue.ns.my%2Etrigger.0");
+        assert_eq!(Subject::parse(&q.to_string()), Some(q));
         assert_eq!(Subject::parse("ofe.event.a.b"), None);
     }
 }

@@ -10,8 +10,12 @@ use std::sync::{Arc, LazyLock};
 
 use cel::{Context, Env, Program, Value};
 
-/// Conditions with more inputs than this are not checked exhaustively for satisfiability.
+/// Conditions with more inputs than this are not checked exhaustively for satisfiability,
+/// and are evaluated with CEL rather than a table lookup.
 const EXHAUSTIVE_LIMIT: usize = 12;
+
+/// Most inputs one condition may name (one bit each in [`Condition::evaluate_bits`]).
+const MAX_INPUTS: usize = 64;
 
 /// The CEL environment, built once: `Context::default()` rebuilds the standard library on
 /// every call, which costs tens of microseconds.
@@ -29,6 +33,9 @@ pub struct Condition {
     program: Program,
     /// The input names the expression refers to, sorted.
     names: Vec<String>,
+    /// The result for every combination of active inputs (bit `i` is `names[i]`), when there
+    /// are few enough inputs: evaluating an event is then a lookup, not a CEL run.
+    table: Vec<bool>,
 }
 
 /// Why a condition cannot be used. The message shows the expression with a caret.
@@ -132,8 +139,17 @@ impl Condition {
                 column: None,
             });
         }
-        let condition = Self { text: text.to_string(), program, names };
-        condition.check_satisfiable()?;
+        if names.len() > MAX_INPUTS {
+            return Err(ConditionError {
+                message: format!(
+                    "`{text}` names {} inputs; a condition may name at most {MAX_INPUTS}",
+                    names.len()
+                ),
+                column: None,
+            });
+        }
+        let mut condition = Self { text: text.to_string(), program, names, table: Vec::new() };
+        condition.table = condition.check_satisfiable()?;
         Ok(condition)
     }
 
@@ -163,15 +179,32 @@ impl Condition {
         }
     }
 
+    /// Whether the condition is true when exactly the inputs whose bits are set in `bits` are
+    /// active (bit `i` is `names()[i]`).
+    pub fn evaluate_bits(&self, bits: u64) -> Result<bool, String> {
+        if let Some(result) = usize::try_from(bits).ok().and_then(|i| self.table.get(i)) {
+            return Ok(*result);
+        }
+        let active: HashMap<&str, bool> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), bits & (1 << i) != 0))
+            .collect();
+        self.evaluate(&active)
+    }
+
     /// Tries every assignment (for a handful of inputs): the result must be a bool, and for at
     /// least one named input there must be a state where its own event makes the condition
-    /// true — otherwise the subscriber could never fire (e.g. `!eventA`).
-    fn check_satisfiable(&self) -> Result<(), ConditionError> {
+    /// true — otherwise the subscriber could never fire (e.g. `!eventA`). Returns the table
+    /// of results, empty when there are too many inputs to try them all.
+    fn check_satisfiable(&self) -> Result<Vec<bool>, ConditionError> {
         let n = self.names.len();
         if n > EXHAUSTIVE_LIMIT {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut can_fire = false;
+        let mut table = Vec::with_capacity(1 << n);
         for bits in 0u32..(1 << n) {
             let active: HashMap<&str, bool> = self
                 .names
@@ -180,8 +213,10 @@ impl Condition {
                 .map(|(i, name)| (name.as_str(), bits & (1 << i) != 0))
                 .collect();
             match self.evaluate(&active) {
-                Ok(true) if bits != 0 => can_fire = true,
-                Ok(_) => {}
+                Ok(result) => {
+                    can_fire |= result && bits != 0;
+                    table.push(result);
+                }
                 Err(e) => {
                     return Err(ConditionError {
                         message: format!(
@@ -194,7 +229,7 @@ impl Condition {
             }
         }
         if can_fire {
-            Ok(())
+            Ok(table)
         } else {
             Err(ConditionError {
                 message: format!(

@@ -10,7 +10,7 @@
 //!   event a filter cannot judge is not routed, and never stops the stream. The data is parsed
 //!   at most once per event, however many `cel` filters look at it.
 
-use std::sync::OnceLock;
+use std::cell::OnceCell;
 
 use cel::{Context, Program, Value};
 use cloudevents::{AttributesReader as _, Event};
@@ -108,7 +108,7 @@ impl CompiledFilter {
     /// Whether the event of `data` passes. `data` caches the parsed payload, so however many
     /// filters look at one event, its data is converted once.
     pub fn matches(&self, data: &EventData<'_>) -> bool {
-        let event = data.event;
+        let event = data.event();
         match self {
             Self::Exact(pairs) => {
                 pairs.iter().all(|(k, v)| attribute(event, k).is_some_and(|a| a == *v))
@@ -123,23 +123,49 @@ impl CompiledFilter {
             Self::Any(filters) => filters.iter().any(|f| f.matches(data)),
             Self::Not(filter) => !filter.matches(data),
             Self::Cel(program) => {
-                let mut context = Context::with_env(crate::condition::env());
-                for (name, value) in event.iter_attributes() {
-                    context.add_variable_from_value(name, value.to_string());
-                }
-                for (name, value) in event.iter_extensions() {
-                    context.add_variable_from_value(name.to_string(), value.to_string());
-                }
-                let Some(value) = data.cel() else { return false };
-                // A map or list clones as a reference count, not a copy.
-                context.add_variable_from_value("data", value.clone());
-                matches!(program.execute(&context), Ok(Value::Bool(true)))
+                data.eval(program).is_some_and(|v| matches!(v, Value::Bool(true)))
             }
+        }
+    }
+
+    /// An `(attribute, value)` pair every event passing this filter has, for the routing
+    /// index: from `exact`, from `all` (its first member that has one), and from a `cel`
+    /// expression whose top-level conjunction compares an attribute with a string literal
+    /// (`type == 'com.example.x' && data.temp > 30`).
+    pub fn index_key(&self) -> Option<(String, String)> {
+        match self {
+            Self::Exact(pairs) => pairs.first().cloned(),
+            Self::All(filters) => filters.iter().find_map(Self::index_key),
+            Self::Cel(program) => cel_index_key(program.expression()),
+            _ => None,
         }
     }
 }
 
-fn compile_cel(text: &str) -> Result<Program, ConditionError> {
+/// Finds `attribute == 'literal'` among the top-level `&&` operands of a CEL expression.
+fn cel_index_key(expr: &cel::IdedExpr) -> Option<(String, String)> {
+    use cel::common::ast::{Expr, LiteralValue};
+    let Expr::Call(call) = &expr.expr else { return None };
+    match (call.func_name.as_str(), call.args.as_slice()) {
+        ("_&&_", [l, r]) => cel_index_key(l).or_else(|| cel_index_key(r)),
+        ("_==_", [l, r]) => {
+            let pair = |a: &cel::IdedExpr, b: &cel::IdedExpr| match (&a.expr, &b.expr) {
+                (Expr::Ident(name), Expr::Literal(LiteralValue::String(value)))
+                    if name != "data" && name != "time" =>
+                {
+                    Some((name.clone(), value.to_string()))
+                }
+                _ => None,
+            };
+            pair(l, r).or_else(|| pair(r, l))
+        }
+        _ => None,
+    }
+}
+
+/// Compiles a CEL expression over an event (`type`, `source`, extensions, `data`), with an
+/// error that points at the column.
+pub(crate) fn compile_cel(text: &str) -> Result<Program, ConditionError> {
     if text.trim().is_empty() {
         return Err(ConditionError {
             message: "is empty; write a CEL expression such as `data.speed > 120.0`".into(),
@@ -156,7 +182,7 @@ fn compile_cel(text: &str) -> Result<Program, ConditionError> {
 }
 
 /// An attribute or extension of `event` as a string.
-fn attribute(event: &Event, name: &str) -> Option<String> {
+pub(crate) fn attribute(event: &Event, name: &str) -> Option<String> {
     match name {
         "id" => Some(event.id().to_string()),
         "source" => Some(event.source().to_string()),
@@ -174,19 +200,25 @@ fn attribute(event: &Event, name: &str) -> Option<String> {
 /// filter that looks at the event.
 pub struct EventData<'a> {
     event: &'a Event,
-    converted: OnceLock<Option<Value>>,
+    context: OnceCell<Option<Context<'static, 'static>>>,
 }
 
 impl<'a> EventData<'a> {
     /// `event`, its data not converted yet.
     pub fn new(event: &'a Event) -> Self {
-        Self { event, converted: OnceLock::new() }
+        Self { event, context: OnceCell::new() }
     }
 
-    /// The data as a CEL value: parsed JSON when it is JSON, else a string (null without
-    /// data). `None` if the JSON cannot be represented in CEL.
-    fn cel(&self) -> Option<&Value> {
-        self.converted
+    /// The event.
+    pub fn event(&self) -> &'a Event {
+        self.event
+    }
+
+    /// The CEL context of the event: every attribute and extension as a string variable and
+    /// `data` as parsed JSON when it is JSON, else a string (null without data). Built once.
+    /// `None` if the JSON cannot be represented in CEL.
+    fn context(&self) -> Option<&Context<'static, 'static>> {
+        self.context
             .get_or_init(|| {
                 let json = match self.event.data() {
                     None => serde_json::Value::Null,
@@ -199,9 +231,24 @@ impl<'a> EventData<'a> {
                         })
                     }
                 };
-                cel::to_value(json).ok()
+                let data = cel::to_value(json).ok()?;
+                let mut context = Context::with_env(crate::condition::env());
+                for (name, value) in self.event.iter_attributes() {
+                    context.add_variable_from_value(name, value.to_string());
+                }
+                for (name, value) in self.event.iter_extensions() {
+                    context.add_variable_from_value(name.to_string(), value.to_string());
+                }
+                context.add_variable_from_value("data", data);
+                Some(context)
             })
             .as_ref()
+    }
+
+    /// Runs `program` over the event; `None` when it fails (a missing field, a type
+    /// mismatch) or the data cannot be represented in CEL.
+    pub fn eval(&self, program: &Program) -> Option<Value> {
+        program.execute(self.context()?).ok()
     }
 
     /// Whether the event passes every filter of `filters`.

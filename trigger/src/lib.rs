@@ -3,8 +3,10 @@
 //!
 //! - [`condition`]: compiling and evaluating conditions, with errors that point at the column.
 //! - [`delivery`]: HTTP (CloudEvents binary mode) and topic destinations, retries, dead letters.
-//! - [`runner`]: one durable consumer per subscriber, bounded in-flight delivery, ack after
-//!   delivery or dead-letter.
+//! - [`router`]: one consumer per bus reads every input once, and an index on exact attribute
+//!   values picks the subscribers an event can fire; what fires goes to the subscriber's queue.
+//! - [`runner`]: one durable consumer per subscriber queue, bounded in-flight delivery, ack
+//!   after delivery or dead-letter.
 //! - [`plan`] turns a `Trigger` resource into [`runner::SubscriberPlan`]s; [`check`] is what
 //!   `ofe validate` asks of this crate.
 
@@ -12,6 +14,7 @@ pub mod condition;
 pub mod delivery;
 pub mod filter;
 pub mod metrics;
+pub mod router;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +29,7 @@ use ofe_eventbus::Subject;
 pub use condition::{Condition, ConditionError};
 pub use delivery::{Deliverer, Destination, RetryPolicy};
 pub use metrics::{SubscriberLabels, TriggerMetrics};
+pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
 
 /// The window when a Trigger sets none, as in OpenFunction.
@@ -41,37 +45,55 @@ fn input_names(trigger: &Trigger) -> BTreeSet<String> {
     trigger.spec.inputs.keys().cloned().collect()
 }
 
-/// Compiles every condition of `trigger`; what does not compile becomes a diagnostic at its
-/// field path, with the expression and a caret.
+/// Compiles every condition, filter and correlation key of `trigger`, and its window; what
+/// cannot be used becomes a diagnostic at its field path, with the expression and a caret.
 pub fn check(trigger: &Trigger) -> Vec<Diagnostic> {
-    let names = input_names(trigger);
-    let mut out: Vec<Diagnostic> = trigger
-        .spec
-        .subscribers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, sub)| {
-            Condition::compile(&sub.condition, &names)
-                .err()
-                .map(|e| Diagnostic::error(format!("spec.subscribers[{i}].condition"), e.message))
-        })
-        .collect();
-    if let Err(errors) = compile_filters(trigger) {
-        out.extend(errors);
-    }
-    out
+    compile(trigger).err().unwrap_or_default()
 }
 
-/// Compiled filters per input, or a diagnostic per filter that cannot be used.
-type InputFilters = BTreeMap<String, Arc<Vec<filter::CompiledFilter>>>;
+/// A Trigger's expressions, compiled.
+struct Compiled {
+    window: Duration,
+    conditions: Vec<Arc<Condition>>,
+    /// Per input name: its filters and its correlation key.
+    inputs: BTreeMap<String, CompiledInput>,
+}
 
-fn compile_filters(trigger: &Trigger) -> Result<InputFilters, Vec<Diagnostic>> {
-    let mut compiled = BTreeMap::new();
+/// An input's filters and correlation key.
+type CompiledInput = (Arc<Vec<filter::CompiledFilter>>, Option<Arc<KeyExpr>>);
+
+fn compile(trigger: &Trigger) -> Result<Compiled, Vec<Diagnostic>> {
+    let names = input_names(trigger);
     let mut errors = Vec::new();
+    let window = match &trigger.spec.window {
+        None => DEFAULT_WINDOW,
+        Some(text) => ofe_crds::duration::parse(text).unwrap_or_else(|e| {
+            errors.push(Diagnostic::error("spec.window", e));
+            DEFAULT_WINDOW
+        }),
+    };
+    let mut conditions = Vec::new();
+    for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
+        match Condition::compile(&sub.condition, &names) {
+            Ok(c) => conditions.push(Arc::new(c)),
+            Err(e) => errors
+                .push(Diagnostic::error(format!("spec.subscribers[{i}].condition"), e.message)),
+        }
+    }
+    let key = |text: &Option<String>, path: String, errors: &mut Vec<Diagnostic>| {
+        let text = text.as_deref()?;
+        KeyExpr::compile(text)
+            .map_err(|e| errors.push(Diagnostic::error(path, e.message)))
+            .ok()
+            .map(Arc::new)
+    };
+    let shared_key = key(&trigger.spec.correlation_key, "spec.correlationKey".into(), &mut errors);
+    let mut inputs = BTreeMap::new();
     for (name, input) in &trigger.spec.inputs {
-        let Some(filters) = &input.filters else { continue };
+        let own_key =
+            key(&input.correlation_key, format!("spec.inputs.{name}.correlationKey"), &mut errors);
         let mut list = Vec::new();
-        for (i, f) in filters.iter().enumerate() {
+        for (i, f) in input.filters.iter().flatten().enumerate() {
             match filter::CompiledFilter::compile(f) {
                 Ok(c) => list.push(c),
                 Err(e) => errors.push(Diagnostic::error(
@@ -80,9 +102,9 @@ fn compile_filters(trigger: &Trigger) -> Result<InputFilters, Vec<Diagnostic>> {
                 )),
             }
         }
-        compiled.insert(name.clone(), Arc::new(list));
+        inputs.insert(name.clone(), (Arc::new(list), own_key.or_else(|| shared_key.clone())));
     }
-    if errors.is_empty() { Ok(compiled) } else { Err(errors) }
+    if errors.is_empty() { Ok(Compiled { window, conditions, inputs }) } else { Err(errors) }
 }
 
 /// Where a `sink` points, in standalone mode: its `uri`. A `ref` needs Kubernetes to resolve.
@@ -105,29 +127,14 @@ pub fn sink_destination(path: &str, sink: &SinkSpec) -> Result<Destination, Diag
 pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>, Vec<Diagnostic>> {
     let namespace = trigger.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
-    let names = input_names(trigger);
+    let compiled = compile(trigger)?;
     let mut errors = Vec::new();
-    let window = match &trigger.spec.window {
-        None => DEFAULT_WINDOW,
-        Some(text) => ofe_crds::duration::parse(text).unwrap_or_else(|e| {
-            errors.push(Diagnostic::error("spec.window", e));
-            DEFAULT_WINDOW
-        }),
-    };
-    let filters = compile_filters(trigger).unwrap_or_else(|e| {
-        errors.extend(e);
-        BTreeMap::new()
-    });
     let mut plans = Vec::new();
-    for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
+    let max_keys = trigger.spec.max_keys.map_or(router::DEFAULT_MAX_KEYS, |n| n as usize);
+    for (i, (sub, condition)) in
+        trigger.spec.subscribers.iter().zip(&compiled.conditions).enumerate()
+    {
         let path = format!("spec.subscribers[{i}]");
-        let condition = match Condition::compile(&sub.condition, &names) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                errors.push(Diagnostic::error(format!("{path}.condition"), e.message));
-                continue;
-            }
-        };
         let inputs = condition
             .names()
             .iter()
@@ -139,13 +146,9 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
                     (None, Some(es), Some(event)) => Subject::event(ns, es, event),
                     _ => return None,
                 };
-                Some((input.clone(), subject))
+                let (filters, key) = compiled.inputs.get(input)?.clone();
+                Some(RoutedInput { name: input.clone(), subject, filters, key })
             })
-            .collect();
-        let input_filters = condition
-            .names()
-            .iter()
-            .filter_map(|n| filters.get(n).map(|f| (n.clone(), f.clone())))
             .collect();
         let mut routes = Vec::new();
         let mut route = |dest: Result<Destination, Diagnostic>,
@@ -171,17 +174,25 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             };
             route(Ok(to(topic)), sub.dead_letter_topic.as_ref().map(|t| Ok(to(t))));
         }
+        let labels = SubscriberLabels {
+            namespace: namespace.to_string(),
+            trigger: name.to_string(),
+            subscriber: i.to_string(),
+        };
+        let queue = Subject::queue(namespace, name, &i.to_string());
         plans.push(SubscriberPlan {
-            labels: SubscriberLabels {
-                namespace: namespace.to_string(),
-                trigger: name.to_string(),
-                subscriber: i.to_string(),
-            },
             consumer: format!("trigger.{namespace}.{name}.{i}"),
-            condition: Some(condition),
-            filters: input_filters,
-            inputs,
-            window,
+            subjects: vec![queue.clone()],
+            routing: Some(Arc::new(Routing {
+                labels: labels.clone(),
+                condition: condition.clone(),
+                inputs,
+                window: compiled.window,
+                consume: trigger.spec.consume.unwrap_or(false),
+                max_keys,
+                queue,
+            })),
+            labels,
             routes,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             retry,

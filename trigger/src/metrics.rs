@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,10 +25,15 @@ fn latency_histogram() -> Histogram {
 /// Counters and histograms of every subscriber in the process.
 #[derive(Clone)]
 pub struct TriggerMetrics {
-    /// Events the subscriber's consumer received from the bus.
+    /// Events that fired the subscriber (for an EventSource's sink: events it read).
     pub received: Family<SubscriberLabels, Counter>,
-    /// Events whose condition was false.
+    /// Events of the subscriber's inputs that did not fire it: a filter or the condition was
+    /// false. Events the routing index rules out are not counted.
     pub filtered: Family<SubscriberLabels, Counter>,
+    /// Events of a joining input whose correlation key could not be evaluated.
+    pub unkeyed: Family<SubscriberLabels, Counter>,
+    /// Correlation keys the subscriber's condition state holds.
+    pub join_keys: Family<SubscriberLabels, Gauge>,
     /// Events delivered to a destination.
     pub delivered: Family<SubscriberLabels, Counter>,
     /// Retries of failed attempts.
@@ -45,6 +51,8 @@ impl Default for TriggerMetrics {
         Self {
             received: Family::default(),
             filtered: Family::default(),
+            unkeyed: Family::default(),
+            join_keys: Family::default(),
             delivered: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
@@ -58,8 +66,22 @@ impl TriggerMetrics {
     /// Registers everything under `ofe_trigger_*`.
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("ofe_trigger");
-        sub.register("events_received", "Events received from the bus", self.received.clone());
-        sub.register("events_filtered", "Events whose condition was false", self.filtered.clone());
+        sub.register("events_received", "Events that fired the subscriber", self.received.clone());
+        sub.register(
+            "events_filtered",
+            "Events of the subscriber's inputs whose filters or condition were false",
+            self.filtered.clone(),
+        );
+        sub.register(
+            "events_unkeyed",
+            "Events whose correlation key could not be evaluated",
+            self.unkeyed.clone(),
+        );
+        sub.register(
+            "join_keys",
+            "Correlation keys held in the condition state",
+            self.join_keys.clone(),
+        );
         sub.register(
             "events_delivered",
             "Events delivered to a destination",

@@ -1,17 +1,15 @@
-//! Running one subscriber: a durable bus consumer, the condition, and bounded concurrent
+//! Running one subscriber: a durable bus consumer on its queue, and bounded concurrent
 //! delivery.
 //!
 //! Each subscriber of a Trigger has a durable consumer of its own (named after the Trigger and
-//! the subscriber's index), so replicas share its work, and a slow or failing destination holds
-//! back only its own subscriber, never the others. The consumer reads only the inputs the
-//! condition names, which is what makes "only a named input's event can fire" hold by
-//! construction.
+//! the subscriber's index) on the queue the [router](crate::router) fills, so replicas share
+//! its work, and a slow or failing destination holds back only its own subscriber, never the
+//! others.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use cloudevents::AttributesReader as _;
 use ofe_eventbus::{
     BusError, Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription,
@@ -20,9 +18,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::condition::Condition;
 use crate::delivery::{Deliverer, Destination, Failure, Outcome, RetryPolicy, dead_letter_event};
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
+use crate::router::Routing;
 
 /// How long a dead-letter failure waits before the event is tried again from the start.
 const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
@@ -43,14 +41,12 @@ pub struct SubscriberPlan {
     pub labels: SubscriberLabels,
     /// Durable consumer name.
     pub consumer: String,
-    /// The condition; `None` delivers every event (an EventSource's own sink).
-    pub condition: Option<Arc<Condition>>,
-    /// Input names and their subjects, restricted to the inputs the condition names.
-    pub inputs: Vec<(String, Subject)>,
-    /// Compiled filters per input name; an input without an entry takes every event.
-    pub filters: std::collections::BTreeMap<String, Arc<Vec<crate::filter::CompiledFilter>>>,
-    /// How long an input stays true after its last event.
-    pub window: Duration,
+    /// What its consumer reads: a Trigger subscriber's queue, or an EventSource's subjects
+    /// for the EventSource's own sink.
+    pub subjects: Vec<Subject>,
+    /// For a Trigger subscriber, which events fire it: the router evaluates this and puts
+    /// what fires on the queue. `None`: every event of `subjects` is delivered.
+    pub routing: Option<Arc<Routing>>,
     /// Destinations, in order (sink first, then topic, as OpenFunction did).
     pub routes: Vec<Route>,
     /// Deliveries in flight at once.
@@ -62,49 +58,20 @@ pub struct SubscriberPlan {
     pub max_deliver: u32,
 }
 
-/// The per-consumer memory of when each input last fired, in bus time.
-#[derive(Debug, Default)]
-pub struct WindowState {
-    last_seen: HashMap<String, DateTime<Utc>>,
-}
-
-impl WindowState {
-    /// Records that `inputs` fired at `at`, then says which of `names` are active at `at`:
-    /// fired within `window` before it.
-    pub fn observe<'a>(
-        &mut self,
-        inputs: &[&str],
-        at: DateTime<Utc>,
-        names: &'a [String],
-        window: Duration,
-    ) -> HashMap<&'a str, bool> {
-        for input in inputs {
-            let seen = self.last_seen.entry((*input).to_string()).or_insert(at);
-            *seen = (*seen).max(at);
-        }
-        let window = chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
-        names
-            .iter()
-            .map(|name| {
-                let active = self.last_seen.get(name).is_some_and(|seen| at - *seen < window);
-                (name.as_str(), active)
-            })
-            .collect()
-    }
-}
-
 /// Opens the subscriber's durable consumer. Do this for every subscriber before any source
 /// starts, so that a consumer created now does not miss the first events.
 pub async fn subscribe(
     plan: &SubscriberPlan,
     bus: &dyn EventBus,
 ) -> Result<Box<dyn Subscription>, BusError> {
-    let subjects: BTreeSet<Subject> = plan.inputs.iter().map(|(_, s)| s.clone()).collect();
+    let subjects: BTreeSet<Subject> = plan.subjects.iter().cloned().collect();
     let options = SubscribeOptions {
         consumer: plan.consumer.clone(),
         subjects: subjects.into_iter().collect(),
         max_in_flight: plan.max_in_flight,
-        start: StartPosition::New,
+        // A queue holds only what the router put there for this subscriber, so a new
+        // consumer takes all of it; an EventSource's sink starts with new events.
+        start: if plan.routing.is_some() { StartPosition::All } else { StartPosition::New },
         max_deliver: Some(plan.max_deliver),
     };
     bus.subscribe(options).await
@@ -123,7 +90,6 @@ pub async fn run(
 ) -> Result<(), BusError> {
     let permits = Arc::new(Semaphore::new(plan.max_in_flight));
     let plan = Arc::new(plan);
-    let mut window = WindowState::default();
     let mut tasks = JoinSet::new();
     // Deliveries keep going through shutdown until `drain` ends, so they get their own token.
     let interrupt = CancellationToken::new();
@@ -141,7 +107,9 @@ pub async fn run(
             },
         };
         while tasks.try_join_next().is_some() {}
-        metrics.received.get_or_create(&plan.labels).inc();
+        if plan.routing.is_none() {
+            metrics.received.get_or_create(&plan.labels).inc();
+        }
         if delivery.attempt > plan.max_deliver {
             let (plan, deliverer, metrics, interrupt) =
                 (plan.clone(), deliverer.clone(), metrics.clone(), interrupt.clone());
@@ -149,11 +117,6 @@ pub async fn run(
                 let _permit = permit;
                 give_up(&plan, &deliverer, &metrics, &interrupt, delivery).await;
             });
-            continue;
-        }
-        if !fires(&plan, &mut window, &delivery) {
-            metrics.filtered.get_or_create(&plan.labels).inc();
-            delivery.ack().await?;
             continue;
         }
         let (plan, deliverer, metrics, interrupt) =
@@ -171,30 +134,6 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
-}
-
-fn fires(plan: &SubscriberPlan, window: &mut WindowState, delivery: &Delivery) -> bool {
-    let Some(condition) = &plan.condition else { return true };
-    // One conversion of the data serves every input's filters.
-    let data = crate::filter::EventData::new(&delivery.event);
-    let inputs: Vec<&str> = plan
-        .inputs
-        .iter()
-        .filter(|(_, subject)| *subject == delivery.subject)
-        .filter(|(name, _)| plan.filters.get(name).is_none_or(|f| data.passes(f)))
-        .map(|(name, _)| name.as_str())
-        .collect();
-    if inputs.is_empty() {
-        return false;
-    }
-    let active = window.observe(&inputs, delivery.published_at, condition.names(), plan.window);
-    match condition.evaluate(&active) {
-        Ok(fire) => fire,
-        Err(error) => {
-            tracing::error!(subscriber = ?plan.labels, %error, "condition failed to evaluate; treating it as false");
-            false
-        }
-    }
 }
 
 /// Sends a delivery that exceeded `max_deliver` to every route's dead letter, unattempted.
@@ -321,25 +260,5 @@ async fn deliver(
     }
     if let Err(error) = delivery.ack().await {
         tracing::warn!(%error, "ack failed; the event may be delivered again");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_uses_bus_time() {
-        let names = vec!["a".to_string(), "b".to_string()];
-        let t0 = Utc::now();
-        let mut w = WindowState::default();
-        let s = w.observe(&["b"], t0, &names, Duration::from_secs(60));
-        assert_eq!((s["a"], s["b"]), (false, true));
-        let s =
-            w.observe(&["a"], t0 + chrono::TimeDelta::seconds(59), &names, Duration::from_secs(60));
-        assert_eq!((s["a"], s["b"]), (true, true));
-        let s =
-            w.observe(&["a"], t0 + chrono::TimeDelta::seconds(61), &names, Duration::from_secs(60));
-        assert_eq!((s["a"], s["b"]), (true, false));
     }
 }

@@ -46,10 +46,8 @@ async fn poison_event_is_dead_lettered_after_max_deliver() {
             subscriber: "0".into(),
         },
         consumer: "poison".into(),
-        condition: None,
-        inputs: vec![("e".into(), subject.clone())],
-        filters: Default::default(),
-        window: Duration::from_secs(60),
+        subjects: vec![subject.clone()],
+        routing: None,
         routes: vec![Route {
             destination: Destination::Http { url: format!("{base}/sink") },
             dead_letter: Some(Destination::Http { url: format!("{base}/dead") }),

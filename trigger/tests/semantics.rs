@@ -1,37 +1,90 @@
 //! Each row of the condition semantics table in `docs/trigger-semantics.md`.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::Arc;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV10};
+use ofe_crds::Trigger;
 use ofe_crds::manifest::{Resource, parse_document};
 use ofe_eventbus::Subject;
-use ofe_trigger::runner::WindowState;
-use ofe_trigger::{Condition, RetryPolicy, plan};
+use ofe_trigger::router::EXT_JOINED;
+use ofe_trigger::{RetryPolicy, Router, TriggerMetrics, plan};
+
+/// Parses a Trigger manifest.
+fn trigger(yaml: &str) -> Trigger {
+    let doc = serde_saphyr::from_str::<serde_json::Value>(yaml).expect("yaml");
+    match parse_document(doc).expect("parses") {
+        Some(Resource::Trigger(t)) => t,
+        _ => panic!("not a Trigger"),
+    }
+}
+
+/// A router over every subscriber of `trigger`.
+fn router(trigger: &Trigger) -> Router {
+    let plans = plan(trigger, RetryPolicy::default()).expect("plans");
+    Router::new(plans.iter().filter_map(|p| p.routing.clone()).collect(), TriggerMetrics::default())
+}
+
+/// An event with `id` and JSON `data`.
+fn event(id: &str, ty: &str, data: serde_json::Value) -> Arc<Event> {
+    Arc::new(
+        EventBuilderV10::new()
+            .id(id)
+            .source("/test")
+            .ty(ty)
+            .data("application/json", data)
+            .build()
+            .expect("event"),
+    )
+}
+
+/// The input subject of EventSource `es`, event `e`, in namespace `ns`.
+fn input(es: &str) -> Subject {
+    Subject::event("ns", es, "e")
+}
+
+/// Routes `event` on `subject` at `at`; the subscriber indexes it fires, with their events.
+fn route(
+    router: &mut Router,
+    subject: &Subject,
+    event: &Arc<Event>,
+    at: DateTime<Utc>,
+) -> Vec<(usize, Arc<Event>)> {
+    router.route(subject, event, at).into_iter().map(|f| (f.routing, f.event)).collect()
+}
 
 /// Replays `history` (input, seconds before now) and then an event of `arrives`; says whether
 /// `condition` fires on it with a 60 s window.
 fn fires(condition: &str, history: &[(&str, i64)], arrives: &str) -> bool {
-    let inputs: BTreeSet<String> = ["A", "B", "C"].into_iter().map(String::from).collect();
-    let condition = Condition::compile(condition, &inputs).expect("condition compiles");
-    // A subscriber only receives events of inputs its condition names.
-    if !condition.names().iter().any(|n| n == arrives) {
-        return false;
-    }
+    let t = trigger(&format!(
+        r#"
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: {{ name: t, namespace: ns }}
+spec:
+  eventBus: default
+  inputs:
+    A: {{ eventSource: a, event: e }}
+    B: {{ eventSource: b, event: e }}
+    C: {{ eventSource: c, event: e }}
+  subscribers:
+  - condition: "{condition}"
+    sink: {{ uri: "http://127.0.0.1:9/" }}
+"#
+    ));
+    let mut router = router(&t);
     let now = Utc::now();
-    let mut window = WindowState::default();
-    for (input, ago) in history {
-        if condition.names().iter().any(|n| n == input) {
-            window.observe(
-                &[input],
-                now - TimeDelta::seconds(*ago),
-                condition.names(),
-                Duration::from_secs(60),
-            );
-        }
+    for (n, (name, ago)) in history.iter().enumerate() {
+        let e = event(&format!("h{n}"), "t", serde_json::json!({}));
+        route(&mut router, &input(&name.to_lowercase()), &e, now - TimeDelta::seconds(*ago));
     }
-    let active = window.observe(&[arrives], now, condition.names(), Duration::from_secs(60));
-    condition.evaluate(&active).expect("evaluates")
+    let e = event("arriving", "t", serde_json::json!({}));
+    let fired = route(&mut router, &input(&arrives.to_lowercase()), &e, now);
+    assert!(
+        fired.iter().all(|(_, f)| f.id() == "arriving"),
+        "a firing delivers the arriving event"
+    );
+    !fired.is_empty()
 }
 
 /// (condition, earlier events as (input, seconds ago), arriving event, fires?)
@@ -65,7 +118,7 @@ fn table_of_cases() {
 
 #[test]
 fn each_subscriber_reads_only_the_inputs_its_condition_names() {
-    let doc = serde_saphyr::from_str::<serde_json::Value>(
+    let t = trigger(
         r#"
 apiVersion: events.openfunction.io/v1alpha1
 kind: Trigger
@@ -83,17 +136,18 @@ spec:
     topic: out
     deadLetterTopic: out-dead
 "#,
-    )
-    .expect("yaml");
-    let Some(Resource::Trigger(trigger)) = parse_document(doc).expect("parses") else {
-        panic!("trigger")
-    };
-    let plans = plan(&trigger, RetryPolicy::default()).expect("plans");
+    );
+    let plans = plan(&t, RetryPolicy::default()).expect("plans");
     assert_eq!(plans.len(), 2);
-    assert_eq!(plans[0].inputs, vec![("eventB".to_string(), Subject::event("other", "es-b", "e"))]);
+    let inputs = |i: usize| -> Vec<(String, Subject)> {
+        let routing = plans[i].routing.as_ref().expect("routed");
+        routing.inputs.iter().map(|x| (x.name.clone(), x.subject.clone())).collect()
+    };
+    assert_eq!(inputs(0), vec![("eventB".to_string(), Subject::event("other", "es-b", "e"))]);
     assert_eq!(plans[0].consumer, "trigger.ns.t.0");
+    assert_eq!(plans[0].subjects, vec![Subject::queue("ns", "t", "0")]);
     assert_eq!(
-        plans[1].inputs,
+        inputs(1),
         vec![
             ("chained".to_string(), Subject::topic("ns", "metrics")),
             ("eventA".to_string(), Subject::event("ns", "es-a", "e"))
@@ -103,4 +157,183 @@ spec:
         plans[1].routes[0].dead_letter.as_ref().map(ToString::to_string).as_deref(),
         Some("topic:out-dead")
     );
+    // The router reads each input subject once, whatever number of subscribers read it.
+    let router = router(&t);
+    assert_eq!(router.subjects().len(), 3);
+}
+
+/// A Trigger joining `telemetry` and `alarm` per vehicle.
+fn join_trigger(extra: &str) -> Trigger {
+    trigger(&format!(
+        r#"
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: {{ name: join, namespace: ns }}
+spec:
+  eventBus: default
+  correlationKey: data.vehicleId
+  {extra}
+  inputs:
+    telemetry: {{ eventSource: telemetry, event: e }}
+    alarm: {{ eventSource: alarm, event: e, correlationKey: data.car.id }}
+  subscribers:
+  - condition: telemetry && alarm
+    sink: {{ uri: "http://127.0.0.1:9/" }}
+"#
+    ))
+}
+
+#[test]
+fn a_correlation_key_joins_per_key_and_reports_what_joined() {
+    let mut router = router(&join_trigger(""));
+    let now = Utc::now();
+    let tel = |id: &str, v: &str| event(id, "t", serde_json::json!({ "vehicleId": v }));
+    let alarm = |id: &str, v: &str| event(id, "a", serde_json::json!({ "car": { "id": v } }));
+    assert!(route(&mut router, &input("telemetry"), &tel("t1", "v1"), now).is_empty());
+    // An alarm of another vehicle does not join v1's telemetry.
+    assert!(route(&mut router, &input("alarm"), &alarm("a2", "v2"), now).is_empty());
+    // The input's own key expression finds v1 in another place of the data.
+    let fired = route(&mut router, &input("alarm"), &alarm("a1", "v1"), now);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].1.id(), "a1");
+    assert_eq!(
+        fired[0].1.extension(EXT_JOINED).map(ToString::to_string).as_deref(),
+        Some("telemetry=t1")
+    );
+    // Without `consume` the state stays: v1's next telemetry fires too, joined with a1.
+    let fired = route(&mut router, &input("telemetry"), &tel("t3", "v1"), now);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        fired[0].1.extension(EXT_JOINED).map(ToString::to_string).as_deref(),
+        Some("alarm=a1")
+    );
+    // v2's telemetry joins the earlier v2 alarm.
+    assert_eq!(route(&mut router, &input("telemetry"), &tel("t4", "v2"), now).len(), 1);
+    // An event without the key cannot join.
+    let keyless = event("t5", "t", serde_json::json!({ "other": 1 }));
+    assert!(route(&mut router, &input("telemetry"), &keyless, now).is_empty());
+}
+
+#[test]
+fn consume_fires_once_per_match() {
+    let mut router = router(&join_trigger("consume: true"));
+    let now = Utc::now();
+    let tel = |id: &str| event(id, "t", serde_json::json!({ "vehicleId": "v1" }));
+    let alarm = |id: &str| event(id, "a", serde_json::json!({ "car": { "id": "v1" } }));
+    assert!(route(&mut router, &input("telemetry"), &tel("t1"), now).is_empty());
+    assert_eq!(route(&mut router, &input("alarm"), &alarm("a1"), now).len(), 1);
+    // The match was consumed: more telemetry waits for a new alarm.
+    assert!(route(&mut router, &input("telemetry"), &tel("t2"), now).is_empty());
+    assert!(route(&mut router, &input("telemetry"), &tel("t3"), now).is_empty());
+    let fired = route(&mut router, &input("alarm"), &alarm("a2"), now);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        fired[0].1.extension(EXT_JOINED).map(ToString::to_string).as_deref(),
+        Some("telemetry=t3"),
+        "the latest telemetry of the key joins"
+    );
+}
+
+#[test]
+fn join_state_is_bounded_by_max_keys_and_the_window() {
+    let t = join_trigger("maxKeys: 100\n  window: 10s");
+    let labels = plan(&t, RetryPolicy::default()).expect("plans")[0].labels.clone();
+    let metrics = TriggerMetrics::default();
+    let routings = plan(&t, RetryPolicy::default())
+        .expect("plans")
+        .into_iter()
+        .filter_map(|p| p.routing)
+        .collect();
+    let mut router = Router::new(routings, metrics.clone());
+    let start = Utc::now();
+    for n in 0..1000 {
+        let e = event(&format!("t{n}"), "t", serde_json::json!({ "vehicleId": format!("v{n}") }));
+        route(&mut router, &input("telemetry"), &e, start + TimeDelta::milliseconds(n));
+    }
+    let keys = metrics.join_keys.get_or_create(&labels).get();
+    assert!((1..=100).contains(&keys), "{keys} keys kept, at most 100");
+    // The most recent keys are the ones kept.
+    let alarm = event("a", "a", serde_json::json!({ "car": { "id": "v999" } }));
+    let at = start + TimeDelta::milliseconds(1000);
+    assert_eq!(route(&mut router, &input("alarm"), &alarm, at).len(), 1);
+    // Past the window, every key expires at the next sweep (the state sweeps every 1024
+    // observations).
+    let later = start + TimeDelta::seconds(60);
+    for n in 0..1100 {
+        let e = event(&format!("x{n}"), "t", serde_json::json!({ "vehicleId": "new" }));
+        route(&mut router, &input("telemetry"), &e, later);
+    }
+    assert_eq!(metrics.join_keys.get_or_create(&labels).get(), 1);
+}
+
+#[test]
+fn many_triggers_route_by_index_and_only_matching_events_fire() {
+    // 300 Triggers on one stream, each for one type, in each way of writing the predicate.
+    let mut routings = Vec::new();
+    for n in 0..300 {
+        let filter = match n % 3 {
+            0 => format!("{{ exact: {{ type: s.{n} }} }}"),
+            1 => format!("{{ cel: \"type == 's.{n}' && data.temp > 30\" }}"),
+            _ => format!(
+                "{{ all: [ {{ prefix: {{ source: /te }} }}, {{ exact: {{ type: s.{n} }} }} ] }}"
+            ),
+        };
+        let t = trigger(&format!(
+            r#"
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: {{ name: t{n}, namespace: ns }}
+spec:
+  eventBus: default
+  inputs:
+    x: {{ eventSource: sensors, event: e, filters: [ {filter} ] }}
+  subscribers:
+  - condition: x
+    sink: {{ uri: "http://127.0.0.1:9/" }}
+"#
+        ));
+        routings.extend(
+            plan(&t, RetryPolicy::default()).expect("plans").into_iter().filter_map(|p| p.routing),
+        );
+    }
+    let mut router = Router::new(routings, TriggerMetrics::default());
+    let now = Utc::now();
+    for n in [0, 1, 2, 299] {
+        let hot = event("h", &format!("s.{n}"), serde_json::json!({ "temp": 31 }));
+        let fired = route(&mut router, &input("sensors"), &hot, now);
+        assert_eq!(fired.iter().map(|f| f.0).collect::<Vec<_>>(), vec![n], "s.{n}");
+    }
+    // The CEL data predicate still applies after the index picked the candidate.
+    let cold = event("c", "s.1", serde_json::json!({ "temp": 20 }));
+    assert!(route(&mut router, &input("sensors"), &cold, now).is_empty());
+    let unknown = event("u", "s.1000", serde_json::json!({ "temp": 40 }));
+    assert!(route(&mut router, &input("sensors"), &unknown, now).is_empty());
+}
+
+#[test]
+fn two_inputs_may_read_one_event_with_different_filters() {
+    let t = trigger(
+        r#"
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: { name: t, namespace: ns }
+spec:
+  eventBus: default
+  inputs:
+    telemetry: { eventSource: car, event: e }
+    overspeed: { eventSource: car, event: e, filters: [ { cel: "data.speed > 120" } ] }
+  subscribers:
+  - condition: telemetry
+    topic: metrics
+  - condition: overspeed
+    sink: { uri: "http://127.0.0.1:9/" }
+"#,
+    );
+    let mut router = router(&t);
+    let now = Utc::now();
+    let fast = event("f", "t", serde_json::json!({ "speed": 130 }));
+    let slow = event("s", "t", serde_json::json!({ "speed": 90 }));
+    let fired = |r: Vec<(usize, Arc<Event>)>| r.into_iter().map(|f| f.0).collect::<Vec<_>>();
+    assert_eq!(fired(route(&mut router, &input("car"), &fast, now)), vec![0, 1]);
+    assert_eq!(fired(route(&mut router, &input("car"), &slow, now)), vec![0]);
 }
