@@ -133,6 +133,17 @@ impl Buses {
         (BusKey::Embedded, None)
     }
 
+    /// The durable consumer name of the router of the bus `name` seen from `namespace`. It is
+    /// named after the EventBus resource, so the replicas of one deployment share it, while
+    /// deployments using other buses on the same broker never take each other's events.
+    pub fn router_consumer(&mut self, namespace: &str, name: Option<&str>) -> String {
+        match self.resolve(namespace, name).0 {
+            BusKey::Embedded => "router".into(),
+            BusKey::Namespaced(ns, name) => format!("router.{ns}.{name}"),
+            BusKey::Cluster(name) => format!("router.cluster.{name}"),
+        }
+    }
+
     /// The running bus for `name` seen from `namespace`, opening it on first use.
     pub async fn get(
         &mut self,

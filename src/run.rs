@@ -99,6 +99,8 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
         routes: vec![Route { destination, dead_letter: None }],
         max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
         retry: RetryPolicy::default(),
+        order_key: None,
+        rate_limit: None,
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
     }))
 }
@@ -125,15 +127,19 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
                         ds.iter().map(|d| d.clone().at(origin).to_string()).collect();
                     anyhow::anyhow!(text.join("\n"))
                 })?;
-                plans.extend(trigger_plans.into_iter().map(|p| (p, bus.clone())));
+                let router = buses.router_consumer(namespace, Some(&t.spec.event_bus));
+                plans.extend(trigger_plans.into_iter().map(|p| (p, bus.clone(), router.clone())));
             }
             Resource::EventSource(es) => {
                 let bus = buses
                     .get(namespace, es.spec.event_bus.as_deref(), &args.data_dir)
                     .await
                     .with_context(at)?;
-                plans
-                    .extend(event_source_sink_plan(es).with_context(at)?.map(|p| (p, bus.clone())));
+                plans.extend(
+                    event_source_sink_plan(es)
+                        .with_context(at)?
+                        .map(|p| (p, bus.clone(), String::new())),
+                );
                 sources.push((es.clone(), bus, at()));
             }
             _ => {}
@@ -158,15 +164,15 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     let client = ofe_trigger::delivery::http_client().context("cannot build the HTTP client")?;
     let stop_subscribers = CancellationToken::new();
     let mut subscriber_tasks = Vec::new();
-    let mut routings: Vec<(Arc<dyn EventBus>, Vec<Arc<ofe_trigger::Routing>>)> = Vec::new();
-    for (plan, bus) in &plans {
+    let mut routers: Vec<(Arc<dyn EventBus>, String, Vec<Arc<ofe_trigger::Routing>>)> = Vec::new();
+    for (plan, bus, name) in &plans {
         let Some(routing) = &plan.routing else { continue };
-        match routings.iter_mut().find(|(b, _)| Arc::ptr_eq(b, bus)) {
-            Some((_, list)) => list.push(routing.clone()),
-            None => routings.push((bus.clone(), vec![routing.clone()])),
+        match routers.iter_mut().find(|(b, n, _)| Arc::ptr_eq(b, bus) && n == name) {
+            Some((_, _, list)) => list.push(routing.clone()),
+            None => routers.push((bus.clone(), name.clone(), vec![routing.clone()])),
         }
     }
-    for (plan, bus) in plans {
+    for (plan, bus, _) in plans {
         let deliverer = Deliverer::with_client(client.clone(), bus.clone());
         let subscription = runner::subscribe(&plan, bus.as_ref())
             .await
@@ -182,13 +188,14 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
         )));
     }
     let mut router_tasks = Vec::new();
-    for (bus, list) in routings {
+    for (bus, name, list) in routers {
         let subscribers = list.len();
         let router = ofe_trigger::Router::new(list, trigger_metrics.clone());
-        let subscription = ofe_trigger::router::subscribe(&router, bus.as_ref(), ROUTER_IN_FLIGHT)
-            .await
-            .context("cannot subscribe the Trigger router")?;
-        tracing::info!(backend = bus.backend(), subscribers, "router ready");
+        let subscription =
+            ofe_trigger::router::subscribe(&router, bus.as_ref(), &name, ROUTER_IN_FLIGHT)
+                .await
+                .with_context(|| format!("cannot subscribe the Trigger router {name}"))?;
+        tracing::info!(consumer = %name, backend = bus.backend(), subscribers, "router ready");
         router_tasks.push(tokio::spawn(ofe_trigger::router::run(
             router,
             subscription,

@@ -1,4 +1,5 @@
-//! Durations in the Go format OpenFunction and Dapr use (`300ms`, `5s`, `1h30m`).
+//! Durations in the Go format OpenFunction and Dapr use (`300ms`, `5s`, `1h30m`), and in the
+//! ISO 8601 format Knative's delivery settings use (`PT0.2S`, `PT1M30S`, `P1D`).
 
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
     if s == "0" {
         return Ok(Duration::ZERO);
+    }
+    if let Some(iso) = s.strip_prefix('P') {
+        return parse_iso(text, iso);
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -56,6 +60,38 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// The part of an ISO 8601 duration after `P`: `[nD][T[nH][nM][nS]]`, fractions allowed.
+fn parse_iso(text: &str, rest: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("`{text}` is not an ISO 8601 duration; write e.g. `PT0.2S`, `PT5M` or `P1D`");
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, t),
+        Some(_) => return Err(bad()),
+        None => (rest, ""),
+    };
+    let mut total = 0f64;
+    for (part, units) in [
+        (date, &[('W', 604_800.0), ('D', 86_400.0)][..]),
+        (time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)][..]),
+    ] {
+        let mut part = part;
+        let mut allowed = units;
+        while !part.is_empty() {
+            let end = part.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+            let number: f64 = part[..end].parse().map_err(|_| bad())?;
+            let unit = part[end..].chars().next().ok_or_else(bad)?;
+            let at = allowed.iter().position(|(u, _)| *u == unit).ok_or_else(bad)?;
+            total += number * allowed[at].1;
+            allowed = &allowed[at + 1..];
+            part = &part[end + unit.len_utf8()..];
+        }
+    }
+    if date.is_empty() && time.is_empty() {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| format!("`{text}` is out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +112,16 @@ mod tests {
         assert!(parse("5d").unwrap_err().contains("unknown unit `d`"));
         assert!(parse("-5s").is_err());
         assert!(parse("s").is_err());
+    }
+
+    #[test]
+    fn parses_iso_8601_durations_as_knative_writes_them() {
+        assert_eq!(parse("PT0.2S"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse("PT1M30S"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("P1DT1H"), Ok(Duration::from_secs(90_000)));
+        assert_eq!(parse("PT0S"), Ok(Duration::ZERO));
+        for bad in ["P", "PT", "PT5", "PT5X", "PT1S2M", "P1H"] {
+            assert!(parse(bad).unwrap_err().contains("ISO 8601"), "{bad}");
+        }
     }
 }

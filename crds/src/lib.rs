@@ -34,4 +34,4 @@ pub use eventsource::{
     CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec, MqttSpec,
     NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceKind, WebhookSpec,
 };
-pub use trigger::{Filter, Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};
+pub use trigger::{DeliverySpec, Filter, Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};

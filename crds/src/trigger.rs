@@ -127,6 +127,48 @@ pub struct Subscriber {
     /// Where an event goes when publishing to `topic` still fails after all retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// How events are delivered (ofe addition): Knative's DeliverySpec fields, plus flow
+    /// control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// Delivery settings of one subscriber, in the shape of Knative's `DeliverySpec`, plus flow
+/// control. Durations are ISO 8601 as in Knative (`PT0.2S`) or Go style (`200ms`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// Retries after the first attempt before the event is dead-lettered. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<i32>,
+    /// `exponential` (default): retry `n` waits `backoffDelay * 2^(n-1)`; `linear`: it waits
+    /// `backoffDelay * n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_policy: Option<String>,
+    /// The base of the backoff. Default `PT0.2S`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_delay: Option<String>,
+    /// Timeout of one attempt. Default `PT30S`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Longest wait a `Retry-After` header of a 429 or 503 response can ask for; longer
+    /// requests wait this long. Default `PT60S`; `PT0S` ignores `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_max: Option<String>,
+    /// Where an event goes when `sink` still fails after all retries, as in Knative; the
+    /// same as the subscriber's `deadLetterSink`, which may not be set as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink: Option<SinkSpec>,
+    /// Deliveries in flight at once (ofe addition). Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// A CEL expression over the event (ofe addition), e.g. `data.vehicleId`: events with the
+    /// same key are delivered one at a time, in the order the subscriber received them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_key: Option<String>,
+    /// Most events delivered per second (ofe addition), per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
 }
 
 /// The observed state of a Trigger.

@@ -1,5 +1,5 @@
 //! Delivering events to destinations: HTTP sinks (CloudEvents binary mode) and bus topics,
-//! with retries, exponential backoff and dead letters.
+//! with retries, linear or exponential backoff, `Retry-After`, and dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,39 +18,69 @@ pub const EXT_ERROR_CODE: &str = "ofeerrorcode";
 pub const EXT_ERROR_REASON: &str = "ofeerrorreason";
 /// Extension attribute on a dead-lettered event: how many attempts were made.
 pub const EXT_ERROR_ATTEMPTS: &str = "ofeerrorattempts";
+/// Extension attribute on a dead-lettered event: the start of the last response body (up to
+/// 1024 bytes), base64-encoded, so that any body can travel as an attribute.
+pub const EXT_ERROR_DATA: &str = "ofeerrordata";
 
-/// How much of a failing response body is kept in the reason.
+/// How much of a failing response body is kept.
 const BODY_LIMIT: usize = 1024;
+
+/// How the wait between attempts grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backoff {
+    /// Retry `n` waits `delay * 2^(n-1)`.
+    #[default]
+    Exponential,
+    /// Retry `n` waits `delay * n`.
+    Linear,
+}
 
 /// Retry settings for one destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt. Default 5.
     pub retries: u32,
-    /// Delay before the first retry; doubled for each further one. Default 200 ms.
-    pub backoff: Duration,
-    /// Largest delay between attempts. Default 30 s.
+    /// How the wait grows. Default exponential.
+    pub backoff: Backoff,
+    /// The wait before the first retry. Default 200 ms.
+    pub delay: Duration,
+    /// Longest wait between attempts. Default 1 hour.
     pub max_backoff: Duration,
     /// Timeout of one HTTP attempt. Default 30 s.
     pub timeout: Duration,
+    /// Longest wait a `Retry-After` header may ask for. Default 60 s; zero ignores the header.
+    pub retry_after_max: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             retries: 5,
-            backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
+            backoff: Backoff::Exponential,
+            delay: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(60),
         }
     }
 }
 
 impl RetryPolicy {
-    /// The delay before retry `n` (1-based): `backoff * 2^(n-1)`, capped.
+    /// The wait before retry `n` (1-based), capped at `max_backoff`.
     pub fn delay(&self, n: u32) -> Duration {
-        let factor = 2u32.saturating_pow(n.saturating_sub(1));
-        self.backoff.saturating_mul(factor).min(self.max_backoff)
+        let n = n.max(1);
+        let wait = match self.backoff {
+            Backoff::Exponential => self.delay.saturating_mul(2u32.saturating_pow(n - 1)),
+            Backoff::Linear => self.delay.saturating_mul(n),
+        };
+        wait.min(self.max_backoff)
+    }
+
+    /// The wait before retry `n` after `failure`: the backoff, or longer when the destination
+    /// asked for it with `Retry-After` (up to `retry_after_max`).
+    pub fn wait_after(&self, n: u32, failure: &Failure) -> Duration {
+        let asked = failure.retry_after.map_or(Duration::ZERO, |d| d.min(self.retry_after_max));
+        self.delay(n).max(asked)
     }
 }
 
@@ -81,7 +111,7 @@ impl std::fmt::Display for Destination {
 }
 
 /// Why one attempt failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Failure {
     /// HTTP status, if a response came back.
     pub code: Option<u16>,
@@ -89,6 +119,27 @@ pub struct Failure {
     pub reason: String,
     /// Whether trying again may help: 5xx, 404, 408, 409, 429 and network errors.
     pub retryable: bool,
+    /// The wait a 429 or 503 response asked for with `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// The start of the response body, up to 1024 bytes.
+    pub body: Vec<u8>,
+}
+
+impl Failure {
+    /// A failure without a response (network error, bus error), worth retrying.
+    pub fn transient(reason: String) -> Self {
+        Self { reason, retryable: true, ..Self::default() }
+    }
+}
+
+/// The wait a `Retry-After` value asks for: delta-seconds, or an HTTP date (from `now`).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The outcome of delivering with retries.
@@ -148,31 +199,39 @@ impl Deliverer {
                     .timeout(timeout)
                     .send()
                     .await
-                    .map_err(|e| Failure {
-                        code: None,
-                        reason: format!("request failed: {}", error_chain(&e)),
-                        retryable: true,
+                    .map_err(|e| {
+                        Failure::transient(format!("request failed: {}", error_chain(&e)))
                     })?;
                 let status = response.status().as_u16();
                 if response.status().is_success() {
                     return Ok(());
                 }
-                let body = response.bytes().await.unwrap_or_default();
-                let text =
-                    String::from_utf8_lossy(&body[..body.len().min(BODY_LIMIT)]).into_owned();
+                let retry_after = if matches!(status, 429 | 503) {
+                    response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                } else {
+                    None
+                };
+                let mut body = response.bytes().await.unwrap_or_default().to_vec();
+                body.truncate(BODY_LIMIT);
+                let text = String::from_utf8_lossy(&body).into_owned();
                 Err(Failure {
                     code: Some(status),
                     reason: format!("HTTP {status}: {text}"),
                     retryable: is_retryable(status),
+                    retry_after,
+                    body,
                 })
             }
-            Destination::Topic { subject, .. } => {
-                self.bus.publish(subject, event).await.map(|_| ()).map_err(|e| Failure {
-                    code: None,
-                    reason: format!("publish failed: {e}"),
-                    retryable: true,
-                })
-            }
+            Destination::Topic { subject, .. } => self
+                .bus
+                .publish(subject, event)
+                .await
+                .map(|_| ())
+                .map_err(|e| Failure::transient(format!("publish failed: {e}"))),
         }
     }
 
@@ -186,23 +245,38 @@ impl Deliverer {
         shutdown: &CancellationToken,
         on_retry: impl Fn(),
     ) -> Outcome {
-        let mut attempt = 1;
-        loop {
-            match self.send_once(dest, event, policy.timeout).await {
-                Ok(()) => return Outcome::Delivered(attempt),
-                Err(failure) if !failure.retryable || attempt > policy.retries => {
-                    return Outcome::Failed(failure, attempt);
+        retry(policy, shutdown, on_retry, |_| self.send_once(dest, event, policy.timeout)).await
+    }
+}
+
+/// Runs `attempt` (given its 1-based number) until it succeeds, fails for good, the retries
+/// run out, or `shutdown`; between attempts it waits as `policy` says, on the tokio clock.
+pub async fn retry<F, Fut>(
+    policy: &RetryPolicy,
+    shutdown: &CancellationToken,
+    on_retry: impl Fn(),
+    mut attempt: F,
+) -> Outcome
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    let mut n = 1;
+    loop {
+        match attempt(n).await {
+            Ok(()) => return Outcome::Delivered(n),
+            Err(failure) if !failure.retryable || n > policy.retries => {
+                return Outcome::Failed(failure, n);
+            }
+            Err(failure) => {
+                let wait = policy.wait_after(n, &failure);
+                tracing::debug!(attempt = n, reason = %failure.reason, ?wait, "delivery failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Outcome::Interrupted,
+                    () = tokio::time::sleep(wait) => {}
                 }
-                Err(failure) => {
-                    let delay = policy.delay(attempt);
-                    tracing::debug!(destination = %dest, attempt, reason = %failure.reason, ?delay, "delivery failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Outcome::Interrupted,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    on_retry();
-                    attempt += 1;
-                }
+                on_retry();
+                n += 1;
             }
         }
     }
@@ -250,6 +324,13 @@ pub fn dead_letter_event(
     dead.set_extension(EXT_ERROR_CODE, i64::from(failure.code.unwrap_or(0)));
     dead.set_extension(EXT_ERROR_REASON, reason);
     dead.set_extension(EXT_ERROR_ATTEMPTS, i64::from(attempts));
+    if !failure.body.is_empty() {
+        use base64::Engine as _;
+        dead.set_extension(
+            EXT_ERROR_DATA,
+            base64::engine::general_purpose::STANDARD.encode(&failure.body),
+        );
+    }
     dead
 }
 
@@ -259,11 +340,25 @@ mod tests {
     use cloudevents::{EventBuilder, EventBuilderV10};
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn backoff_grows_as_its_policy_says_and_is_capped() {
         let p = RetryPolicy::default();
         assert_eq!(p.delay(1), Duration::from_millis(200));
         assert_eq!(p.delay(3), Duration::from_millis(800));
-        assert_eq!(p.delay(30), Duration::from_secs(30));
+        assert_eq!(p.delay(40), Duration::from_secs(3600));
+        let linear = RetryPolicy { backoff: Backoff::Linear, ..p };
+        assert_eq!(linear.delay(1), Duration::from_millis(200));
+        assert_eq!(linear.delay(3), Duration::from_millis(600));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
@@ -302,8 +397,13 @@ mod tests {
     #[test]
     fn dead_letters_record_the_failure() {
         let event = EventBuilderV10::new().id("1").source("/s").ty("t").build().expect("event");
-        let failure =
-            Failure { code: Some(500), reason: "HTTP 500: boom\n".into(), retryable: true };
+        let failure = Failure {
+            code: Some(500),
+            reason: "HTTP 500: boom\n".into(),
+            retryable: true,
+            retry_after: None,
+            body: b"boom\n\xff".to_vec(),
+        };
         let dest = Destination::Http { url: "http://127.0.0.1:1/x".into() };
         let dead = dead_letter_event(&event, &dest, &failure, 6);
         assert_eq!(
@@ -318,6 +418,11 @@ mod tests {
         assert_eq!(
             dead.extension(EXT_ERROR_ATTEMPTS).map(ToString::to_string).as_deref(),
             Some("6")
+        );
+        // Bytes that are not text still travel: base64 of the body as received.
+        assert_eq!(
+            dead.extension(EXT_ERROR_DATA).map(ToString::to_string).as_deref(),
+            Some("Ym9vbQr/")
         );
     }
 }

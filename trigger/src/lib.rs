@@ -27,7 +27,7 @@ use ofe_crds::{SinkSpec, Trigger};
 use ofe_eventbus::Subject;
 
 pub use condition::{Condition, ConditionError};
-pub use delivery::{Deliverer, Destination, RetryPolicy};
+pub use delivery::{Backoff, Deliverer, Destination, RetryPolicy};
 pub use metrics::{SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
@@ -48,13 +48,89 @@ fn input_names(trigger: &Trigger) -> BTreeSet<String> {
 /// Compiles every condition, filter and correlation key of `trigger`, and its window; what
 /// cannot be used becomes a diagnostic at its field path, with the expression and a caret.
 pub fn check(trigger: &Trigger) -> Vec<Diagnostic> {
-    compile(trigger).err().unwrap_or_default()
+    compile(trigger, RetryPolicy::default()).err().unwrap_or_default()
+}
+
+/// How one subscriber delivers, from its `delivery` settings.
+#[derive(Debug, Clone)]
+struct DeliveryPlan {
+    retry: RetryPolicy,
+    max_in_flight: usize,
+    order_key: Option<Arc<KeyExpr>>,
+    rate_limit: Option<u32>,
+}
+
+/// Reads `spec` (at `path`) over the defaults `base`, pushing a diagnostic per bad field.
+fn delivery_plan(
+    spec: Option<&ofe_crds::DeliverySpec>,
+    base: RetryPolicy,
+    path: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> DeliveryPlan {
+    let mut plan = DeliveryPlan {
+        retry: base,
+        max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        order_key: None,
+        rate_limit: None,
+    };
+    let Some(spec) = spec else { return plan };
+    let mut error = |field: &str, message: String| {
+        errors.push(Diagnostic::error(format!("{path}.delivery.{field}"), message));
+    };
+    if let Some(retry) = spec.retry {
+        match u32::try_from(retry) {
+            Ok(n) => plan.retry.retries = n,
+            Err(_) => error("retry", format!("is {retry}; use 0 or more retries")),
+        }
+    }
+    match spec.backoff_policy.as_deref() {
+        None | Some("exponential") => plan.retry.backoff = delivery::Backoff::Exponential,
+        Some("linear") => plan.retry.backoff = delivery::Backoff::Linear,
+        Some(other) => {
+            error("backoffPolicy", format!("is `{other}`; use `linear` or `exponential`"))
+        }
+    }
+    let durations = [
+        ("backoffDelay", &spec.backoff_delay, &mut plan.retry.delay),
+        ("timeout", &spec.timeout, &mut plan.retry.timeout),
+        ("retryAfterMax", &spec.retry_after_max, &mut plan.retry.retry_after_max),
+    ];
+    for (field, text, slot) in durations {
+        if let Some(text) = text {
+            match ofe_crds::duration::parse(text) {
+                Ok(d) => *slot = d,
+                Err(e) => error(field, e),
+            }
+        }
+    }
+    if plan.retry.timeout.is_zero() {
+        error("timeout", "is zero; give each attempt some time, e.g. `PT30S`".into());
+    }
+    match spec.max_concurrency {
+        Some(0) => error("maxConcurrency", "is 0; allow at least 1 delivery at a time".into()),
+        Some(n) => plan.max_in_flight = n as usize,
+        None => {}
+    }
+    match spec.rate_limit {
+        Some(0) => {
+            error("rateLimit", "is 0; allow at least 1 event per second, or remove it".into())
+        }
+        other => plan.rate_limit = other,
+    }
+    if let Some(text) = &spec.order_key {
+        match KeyExpr::compile(text) {
+            Ok(k) => plan.order_key = Some(Arc::new(k)),
+            Err(e) => error("orderKey", e.message),
+        }
+    }
+    plan
 }
 
 /// A Trigger's expressions, compiled.
 struct Compiled {
     window: Duration,
     conditions: Vec<Arc<Condition>>,
+    deliveries: Vec<DeliveryPlan>,
     /// Per input name: its filters and its correlation key.
     inputs: BTreeMap<String, CompiledInput>,
 }
@@ -62,7 +138,7 @@ struct Compiled {
 /// An input's filters and correlation key.
 type CompiledInput = (Arc<Vec<filter::CompiledFilter>>, Option<Arc<KeyExpr>>);
 
-fn compile(trigger: &Trigger) -> Result<Compiled, Vec<Diagnostic>> {
+fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnostic>> {
     let names = input_names(trigger);
     let mut errors = Vec::new();
     let window = match &trigger.spec.window {
@@ -73,7 +149,18 @@ fn compile(trigger: &Trigger) -> Result<Compiled, Vec<Diagnostic>> {
         }),
     };
     let mut conditions = Vec::new();
+    let mut deliveries = Vec::new();
     for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
+        let path = format!("spec.subscribers[{i}]");
+        deliveries.push(delivery_plan(sub.delivery.as_ref(), base, &path, &mut errors));
+        if sub.dead_letter_sink.is_some()
+            && sub.delivery.as_ref().is_some_and(|d| d.dead_letter_sink.is_some())
+        {
+            errors.push(Diagnostic::error(
+                format!("{path}.delivery.deadLetterSink"),
+                "is set as well as the subscriber's `deadLetterSink`; keep one of them",
+            ));
+        }
         match Condition::compile(&sub.condition, &names) {
             Ok(c) => conditions.push(Arc::new(c)),
             Err(e) => errors
@@ -104,7 +191,11 @@ fn compile(trigger: &Trigger) -> Result<Compiled, Vec<Diagnostic>> {
         }
         inputs.insert(name.clone(), (Arc::new(list), own_key.or_else(|| shared_key.clone())));
     }
-    if errors.is_empty() { Ok(Compiled { window, conditions, inputs }) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(Compiled { window, conditions, deliveries, inputs })
+    } else {
+        Err(errors)
+    }
 }
 
 /// Where a `sink` points, in standalone mode: its `uri`. A `ref` needs Kubernetes to resolve.
@@ -127,13 +218,12 @@ pub fn sink_destination(path: &str, sink: &SinkSpec) -> Result<Destination, Diag
 pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>, Vec<Diagnostic>> {
     let namespace = trigger.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
-    let compiled = compile(trigger)?;
+    let compiled = compile(trigger, retry)?;
     let mut errors = Vec::new();
     let mut plans = Vec::new();
     let max_keys = trigger.spec.max_keys.map_or(router::DEFAULT_MAX_KEYS, |n| n as usize);
-    for (i, (sub, condition)) in
-        trigger.spec.subscribers.iter().zip(&compiled.conditions).enumerate()
-    {
+    let subscribers = trigger.spec.subscribers.iter().zip(&compiled.conditions);
+    for (i, ((sub, condition), delivery)) in subscribers.zip(&compiled.deliveries).enumerate() {
         let path = format!("spec.subscribers[{i}]");
         let inputs = condition
             .names()
@@ -161,10 +251,14 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             }
         };
         if let Some(sink) = &sub.sink {
-            let dl = sub
-                .dead_letter_sink
-                .as_ref()
-                .map(|s| sink_destination(&format!("{path}.deadLetterSink"), s));
+            let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
+            let dl = match (&sub.dead_letter_sink, knative) {
+                (Some(s), _) => Some(sink_destination(&format!("{path}.deadLetterSink"), s)),
+                (None, Some(s)) => {
+                    Some(sink_destination(&format!("{path}.delivery.deadLetterSink"), s))
+                }
+                (None, None) => None,
+            };
             route(sink_destination(&format!("{path}.sink"), sink), dl);
         }
         if let Some(topic) = &sub.topic {
@@ -194,8 +288,10 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             })),
             labels,
             routes,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            retry,
+            max_in_flight: delivery.max_in_flight,
+            retry: delivery.retry,
+            order_key: delivery.order_key.clone(),
+            rate_limit: delivery.rate_limit,
             max_deliver: DEFAULT_MAX_DELIVER,
         });
     }

@@ -35,9 +35,6 @@ use crate::metrics::{SubscriberLabels, TriggerMetrics};
 /// that made the condition true, as `input=id` pairs joined by `,` (sorted by input name).
 pub const EXT_JOINED: &str = "ofejoined";
 
-/// The durable consumer name of the router of a bus.
-pub const ROUTER_CONSUMER: &str = "ofe.router";
-
 /// Input events the router reads before it publishes and acknowledges them together.
 const BATCH: usize = 256;
 
@@ -345,15 +342,17 @@ fn as_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Opens the router's durable consumer on every subject a subscriber reads. Do this before any
-/// source starts, so that the sources' first events are routed.
+/// Opens the router's durable consumer `consumer` on every subject a subscriber reads. Do this
+/// before any source starts, so that the sources' first events are routed. Replicas that route
+/// the same Triggers share one consumer name, and so the work.
 pub async fn subscribe(
     router: &Router,
     bus: &dyn EventBus,
+    consumer: &str,
     max_in_flight: usize,
 ) -> Result<Box<dyn ofe_eventbus::Subscription>, BusError> {
     let options = SubscribeOptions {
-        consumer: ROUTER_CONSUMER.to_string(),
+        consumer: consumer.to_string(),
         subjects: router.subjects(),
         max_in_flight,
         start: StartPosition::New,

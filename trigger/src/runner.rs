@@ -6,21 +6,24 @@
 //! its work, and a slow or failing destination holds back only its own subscriber, never the
 //! others.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudevents::AttributesReader as _;
+use futures::FutureExt as _;
+use futures::future::Shared;
 use ofe_eventbus::{
     BusError, Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{Deliverer, Destination, Failure, Outcome, RetryPolicy, dead_letter_event};
+use crate::filter::EventData;
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
-use crate::router::Routing;
+use crate::router::{KeyExpr, Routing};
 
 /// How long a dead-letter failure waits before the event is tried again from the start.
 const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
@@ -53,6 +56,10 @@ pub struct SubscriberPlan {
     pub max_in_flight: usize,
     /// Retry settings.
     pub retry: RetryPolicy,
+    /// Events with the same value of this key are delivered one at a time, in order.
+    pub order_key: Option<Arc<KeyExpr>>,
+    /// Most events started per second.
+    pub rate_limit: Option<u32>,
     /// A delivery that comes back from the bus more often than this (the process kept dying
     /// while holding it: a poison event) goes to the dead-letter destination instead.
     pub max_deliver: u32,
@@ -93,6 +100,10 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     // Deliveries keep going through shutdown until `drain` ends, so they get their own token.
     let interrupt = CancellationToken::new();
+    // Per order key, the completion of the latest delivery of that key: the next one waits
+    // for it.
+    let mut order: HashMap<String, Shared<oneshot::Receiver<()>>> = HashMap::new();
+    let mut next_start = tokio::time::Instant::now();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -119,11 +130,41 @@ pub async fn run(
             });
             continue;
         }
+        if let Some(rate) = plan.rate_limit {
+            // Paced, not bursty: one start every 1/rate seconds.
+            next_start = next_start.max(tokio::time::Instant::now());
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(next_start) => {}
+            }
+            next_start += Duration::from_secs(1) / rate;
+        }
+        let (done, after) = match &plan.order_key {
+            None => (None, None),
+            Some(expr) => match expr.key(&EventData::new(&delivery.event)) {
+                // An event without the key has nothing to be ordered with.
+                None => (None, None),
+                Some(key) => {
+                    if order.len() >= plan.max_in_flight.saturating_mul(4) {
+                        order.retain(|_, done| done.peek().is_none());
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    (Some(tx), order.insert(key, rx.shared()))
+                }
+            },
+        };
         let (plan, deliverer, metrics, interrupt) =
             (plan.clone(), deliverer.clone(), metrics.clone(), interrupt.clone());
         tasks.spawn(async move {
             let _permit = permit;
+            if let Some(previous) = after {
+                // Ends when the previous delivery of the key settles, or its task is gone.
+                let _ = previous.await;
+            }
             deliver(&plan, &deliverer, &metrics, &interrupt, delivery).await;
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         });
     }
     let drained =
@@ -151,7 +192,7 @@ async fn give_up(
              crashing on this event",
             delivery.attempt, plan.max_deliver
         ),
-        retryable: false,
+        ..Failure::default()
     };
     for route in &plan.routes {
         if !dead_letter(
