@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::buses::Buses;
 use crate::{check, telemetry};
 
+/// A router to start: its bus, its consumer name and the subscribers it routes.
+type RouterPlan = (Arc<dyn EventBus>, String, Vec<Arc<ofe_trigger::Routing>>);
+
 /// Input events the router of a bus holds unacknowledged at once.
 const ROUTER_IN_FLIGHT: usize = 1024;
 
@@ -164,7 +167,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     let client = ofe_trigger::delivery::http_client().context("cannot build the HTTP client")?;
     let stop_subscribers = CancellationToken::new();
     let mut subscriber_tasks = Vec::new();
-    let mut routers: Vec<(Arc<dyn EventBus>, String, Vec<Arc<ofe_trigger::Routing>>)> = Vec::new();
+    let mut routers: Vec<RouterPlan> = Vec::new();
     for (plan, bus, name) in &plans {
         let Some(routing) = &plan.routing else { continue };
         match routers.iter_mut().find(|(b, n, _)| Arc::ptr_eq(b, bus) && n == name) {
