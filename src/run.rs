@@ -17,7 +17,7 @@ use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
 use ofe_eventbus::{EventBus, Subject};
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
-use ofe_trigger::{Deliverer, RetryPolicy, SubscriberLabels, TriggerMetrics};
+use ofe_trigger::{Deliverer, PlanOptions, RetryPolicy, SubscriberLabels, TriggerMetrics};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,15 @@ pub struct RunArgs {
     /// How long shutdown waits for in-flight deliveries, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// How a `sink.ref` becomes a URL without Kubernetes: a template with `{name}`,
+    /// `{namespace}` and `{kind}` (lower case), e.g.
+    /// `http://{name}.{namespace}.svc.cluster.local`. Without it, a `ref` is refused.
+    #[arg(long, env = "OFE_REF_URL_TEMPLATE")]
+    ref_url_template: Option<String>,
+    /// How many times an event may be passed on to a topic or answered with a reply before
+    /// ofe stops it as a loop.
+    #[arg(long, default_value_t = ofe_trigger::delivery::DEFAULT_MAX_HOPS, env = "OFE_MAX_HOPS")]
+    max_hops: u32,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -78,12 +87,15 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The plan delivering an EventSource's events to its own `sink`.
-fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberPlan>> {
+fn event_source_sink_plan(
+    es: &EventSource,
+    options: &PlanOptions,
+) -> anyhow::Result<Option<SubscriberPlan>> {
     let Some(sink) = &es.spec.sink else { return Ok(None) };
     let namespace = es.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let name = es.metadata.name.as_deref().unwrap_or_default();
-    let destination =
-        ofe_trigger::sink_destination("spec.sink", sink).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     let subjects = es
         .spec
         .events()
@@ -103,6 +115,7 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
         max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
         retry: RetryPolicy::default(),
         order_key: None,
+        reply: None,
         rate_limit: None,
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
     }))
@@ -112,6 +125,8 @@ fn event_source_sink_plan(es: &EventSource) -> anyhow::Result<Option<SubscriberP
 async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
     let mut buses = Buses::new(&resources);
+    let options =
+        PlanOptions { ref_url_template: args.ref_url_template.clone(), ..PlanOptions::default() };
     // Every subscriber with the bus it reads, and every EventSource with the bus it writes.
     let mut plans = Vec::new();
     let mut sources = Vec::new();
@@ -125,7 +140,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
                     .get(namespace, Some(&t.spec.event_bus), &args.data_dir)
                     .await
                     .with_context(at)?;
-                let trigger_plans = ofe_trigger::plan(t, RetryPolicy::default()).map_err(|ds| {
+                let trigger_plans = ofe_trigger::plan(t, &options).map_err(|ds| {
                     let text: Vec<String> =
                         ds.iter().map(|d| d.clone().at(origin).to_string()).collect();
                     anyhow::anyhow!(text.join("\n"))
@@ -139,7 +154,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
                     .await
                     .with_context(at)?;
                 plans.extend(
-                    event_source_sink_plan(es)
+                    event_source_sink_plan(es, &options)
                         .with_context(at)?
                         .map(|p| (p, bus.clone(), String::new())),
                 );
@@ -176,7 +191,8 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
         }
     }
     for (plan, bus, _) in plans {
-        let deliverer = Deliverer::with_client(client.clone(), bus.clone());
+        let deliverer =
+            Deliverer::with_client(client.clone(), bus.clone()).with_max_hops(args.max_hops);
         let subscription = runner::subscribe(&plan, bus.as_ref())
             .await
             .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;

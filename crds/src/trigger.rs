@@ -127,6 +127,11 @@ pub struct Subscriber {
     /// Where an event goes when publishing to `topic` still fails after all retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// The topic a `sink`'s reply goes to (ofe addition): when the function answers with a
+    /// CloudEvent (binary or structured mode), ofe publishes it there, where other Triggers
+    /// can take it as an input. Default `<trigger name>-replies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_topic: Option<String>,
     /// How events are delivered (ofe addition): Knative's DeliverySpec fields, plus flow
     /// control.
     #[serde(default, skip_serializing_if = "Option::is_none")]

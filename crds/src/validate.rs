@@ -293,12 +293,22 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
                 ("serving.knative.dev/v1", "Service")
                     | ("core.openfunction.io/v1beta1" | "core.openfunction.io/v1beta2", "Function")
             );
-            if !supported {
+            if supported {
+                out.push(Diagnostic::warning(
+                    format!("{path}.ref"),
+                    format!(
+                        "{} `{}` is resolved in Kubernetes mode; standalone, `ofe run` needs \
+                         --ref-url-template (e.g. `http://{{name}}.{{namespace}}.svc.cluster.local`) \
+                         or a `uri`",
+                        r.kind, r.name
+                    ),
+                ));
+            } else {
                 out.push(Diagnostic::error(
                     format!("{path}.ref"),
                     format!(
                         "{} {} cannot be resolved to an address; reference a serving.knative.dev/v1 \
-                         Service or a core.openfunction.io/v1beta1 Function, or use uri",
+                         Service or a core.openfunction.io/v1beta1 or v1beta2 Function, or use uri",
                         r.api_version, r.kind
                     ),
                 ));
@@ -357,12 +367,21 @@ fn check_trigger(t: &Trigger) -> Vec<Diagnostic> {
                 "has neither sink nor topic; add `sink: {uri: ...}` or `topic: <name>`",
             ));
         }
-        for (field, sink) in [("sink", &sub.sink), ("deadLetterSink", &sub.dead_letter_sink)] {
+        let knative_dead_letter = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.clone());
+        for (field, sink) in [
+            ("sink", &sub.sink),
+            ("deadLetterSink", &sub.dead_letter_sink),
+            ("delivery.deadLetterSink", &knative_dead_letter),
+        ] {
             if let Some(sink) = sink {
                 out.extend(check_sink(&format!("{path}.{field}"), sink));
             }
         }
-        for (field, topic) in [("topic", &sub.topic), ("deadLetterTopic", &sub.dead_letter_topic)] {
+        for (field, topic) in [
+            ("topic", &sub.topic),
+            ("deadLetterTopic", &sub.dead_letter_topic),
+            ("replyTopic", &sub.reply_topic),
+        ] {
             if topic.as_deref().is_some_and(|t| !is_event_name(t)) {
                 out.push(Diagnostic::error(
                     format!("{path}.{field}"),

@@ -26,7 +26,7 @@ use cloudevents::{Event, EventBuilder as _, EventBuilderV10};
 use ofe_crds::manifest::{Resource, parse_document};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
 use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
-use ofe_trigger::{RetryPolicy, Router, Routing, TriggerMetrics, plan};
+use ofe_trigger::{PlanOptions, Router, Routing, TriggerMetrics, plan};
 use tokio_util::sync::CancellationToken;
 
 /// The input every Trigger reads.
@@ -57,7 +57,7 @@ spec:
             );
             let doc = serde_saphyr::from_str::<serde_json::Value>(&yaml).expect("yaml");
             let Ok(Some(Resource::Trigger(t))) = parse_document(doc) else { panic!("trigger") };
-            plan(&t, RetryPolicy::default()).expect("plan").into_iter().filter_map(|p| p.routing)
+            plan(&t, &PlanOptions::default()).expect("plan").into_iter().filter_map(|p| p.routing)
         })
         .collect()
 }

@@ -22,6 +22,26 @@ pub const EXT_ERROR_ATTEMPTS: &str = "ofeerrorattempts";
 /// 1024 bytes), base64-encoded, so that any body can travel as an attribute.
 pub const EXT_ERROR_DATA: &str = "ofeerrordata";
 
+/// Extension attribute counting how many times ofe has passed an event on to a topic or
+/// published a reply derived from it, so that a loop of Triggers stops (as Knative's broker
+/// TTL does).
+pub const EXT_HOPS: &str = "ofehops";
+
+/// The hop limit when none is configured.
+pub const DEFAULT_MAX_HOPS: u32 = 16;
+
+/// The hop count of `event` (0 when it has none).
+pub fn hops(event: &Event) -> u32 {
+    event.extension(EXT_HOPS).and_then(|v| v.to_string().parse().ok()).unwrap_or(0)
+}
+
+/// `event` with its hop count set to `n`.
+pub fn with_hops(event: &Event, n: u32) -> Event {
+    let mut out = event.clone();
+    out.set_extension(EXT_HOPS, i64::from(n));
+    out
+}
+
 /// How much of a failing response body is kept.
 const BODY_LIMIT: usize = 1024;
 
@@ -145,13 +165,17 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 /// The outcome of delivering with retries.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Delivered after this many attempts.
-    Delivered(u32),
+    /// Delivered after this many attempts; with the destination's reply, when it answered
+    /// with a CloudEvent.
+    Delivered(u32, Option<Box<Reply>>),
     /// Gave up after this many attempts.
     Failed(Failure, u32),
     /// Shutdown interrupted the retries; the event must be delivered again later.
     Interrupted,
 }
+
+/// What a sink answered beyond success: a CloudEvent, or one that could not be read.
+pub type Reply = Result<Event, String>;
 
 /// Whether a status is worth retrying (the same set as Knative Eventing).
 pub fn is_retryable(status: u16) -> bool {
@@ -168,6 +192,7 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 pub struct Deliverer {
     http: reqwest::Client,
     bus: Arc<dyn EventBus>,
+    max_hops: u32,
 }
 
 impl Deliverer {
@@ -178,16 +203,32 @@ impl Deliverer {
 
     /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
     pub fn with_client(http: reqwest::Client, bus: Arc<dyn EventBus>) -> Self {
-        Self { http, bus }
+        Self { http, bus, max_hops: DEFAULT_MAX_HOPS }
     }
 
-    /// One attempt.
+    /// The same deliverer, refusing to pass on events that already made `max_hops` hops.
+    pub fn with_max_hops(mut self, max_hops: u32) -> Self {
+        self.max_hops = max_hops;
+        self
+    }
+
+    /// The hop limit.
+    pub fn max_hops(&self) -> u32 {
+        self.max_hops
+    }
+
+    /// The bus topics are published to.
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// One attempt; on success, the reply if the destination answered with a CloudEvent.
     pub async fn send_once(
         &self,
         dest: &Destination,
         event: &Event,
         timeout: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<Box<Reply>>, Failure> {
         match dest {
             Destination::Http { url } => {
                 let (headers, body) = binary_mode(event);
@@ -204,7 +245,9 @@ impl Deliverer {
                     })?;
                 let status = response.status().as_u16();
                 if response.status().is_success() {
-                    return Ok(());
+                    let headers = response.headers().clone();
+                    let body = response.bytes().await.unwrap_or_default();
+                    return Ok(read_reply(&headers, &body).map(Box::new));
                 }
                 let retry_after = if matches!(status, 429 | 503) {
                     response
@@ -226,12 +269,25 @@ impl Deliverer {
                     body,
                 })
             }
-            Destination::Topic { subject, .. } => self
-                .bus
-                .publish(subject, event)
-                .await
-                .map(|_| ())
-                .map_err(|e| Failure::transient(format!("publish failed: {e}"))),
+            Destination::Topic { subject, .. } => {
+                let hops = hops(event) + 1;
+                if hops > self.max_hops {
+                    return Err(Failure {
+                        reason: format!(
+                            "hop limit {} reached: the event has passed through Triggers {} \
+                             times; a loop of Triggers?",
+                            self.max_hops,
+                            hops - 1
+                        ),
+                        ..Failure::default()
+                    });
+                }
+                self.bus
+                    .publish(subject, &with_hops(event, hops))
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| Failure::transient(format!("publish failed: {e}")))
+            }
         }
     }
 
@@ -259,12 +315,12 @@ pub async fn retry<F, Fut>(
 ) -> Outcome
 where
     F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = Result<(), Failure>>,
+    Fut: std::future::Future<Output = Result<Option<Box<Reply>>, Failure>>,
 {
     let mut n = 1;
     loop {
         match attempt(n).await {
-            Ok(()) => return Outcome::Delivered(n),
+            Ok(reply) => return Outcome::Delivered(n, reply),
             Err(failure) if !failure.retryable || n > policy.retries => {
                 return Outcome::Failed(failure, n);
             }
@@ -291,6 +347,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The CloudEvent in a sink's response, in binary mode (`ce-*` headers) or structured mode
+/// (`application/cloudevents+json`); `None` when the response is not a CloudEvent.
+pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if headers.contains_key("ce-specversion") {
+        let attributes: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().strip_prefix("ce-")?, value.to_str().ok()?))
+            })
+            .collect();
+        return Some(
+            event::from_binary(attributes, content_type, body)
+                .map_err(|e| format!("malformed binary-mode CloudEvent reply: {e}")),
+        );
+    }
+    let media = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
+    if media.is_some_and(|m| m.eq_ignore_ascii_case("application/cloudevents+json")) {
+        return Some(
+            serde_json::from_slice::<Event>(body)
+                .map_err(|e| format!("malformed structured CloudEvent reply: {e}")),
+        );
+    }
+    None
 }
 
 /// The HTTP headers and body of `event` in CloudEvents binary content mode: attributes and
@@ -359,6 +441,35 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn replies_are_read_in_binary_and_structured_mode() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "r1"),
+            ("ce-source", "/front"),
+            ("ce-type", "enriched"),
+            ("ce-traceparent", "00-abc-def-01"),
+            ("content-type", "application/json"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let reply = read_reply(&headers, b"{\"a\":1}").expect("a reply").expect("valid");
+        assert_eq!((reply.id(), reply.ty()), ("r1", "enriched"));
+        assert_eq!(
+            reply.extension("traceparent").map(ToString::to_string).as_deref(),
+            Some("00-abc-def-01")
+        );
+        let mut structured = HeaderMap::new();
+        structured.insert(CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
+        let body = br#"{"specversion":"1.0","id":"r2","source":"/f","type":"t","data":{"b":2}}"#;
+        assert_eq!(read_reply(&structured, body).expect("reply").expect("valid").id(), "r2");
+        assert!(read_reply(&structured, b"{}").expect("reply").is_err(), "malformed");
+        let mut plain = HeaderMap::new();
+        plain.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert!(read_reply(&plain, b"{\"ok\":true}").is_none(), "not a CloudEvent");
     }
 
     #[test]

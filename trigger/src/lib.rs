@@ -198,27 +198,56 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
     }
 }
 
-/// Where a `sink` points, in standalone mode: its `uri`. A `ref` needs Kubernetes to resolve.
-pub fn sink_destination(path: &str, sink: &SinkSpec) -> Result<Destination, Diagnostic> {
-    match (&sink.uri, &sink.r#ref) {
-        (Some(uri), _) => Ok(Destination::Http { url: uri.clone() }),
-        (None, Some(r)) => Err(Diagnostic::error(
+/// What the caller decides for every Trigger it plans.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Retry settings of subscribers that set none.
+    pub retry: RetryPolicy,
+    /// How a `sink.ref` becomes a URL when there is no Kubernetes to ask: a template with
+    /// `{name}`, `{namespace}` and `{kind}` (lower case), e.g.
+    /// `http://{name}.{namespace}.svc.cluster.local`. `None`: a `ref` cannot be used.
+    pub ref_url_template: Option<String>,
+}
+
+/// Where a `sink` points: its `uri`, or its `ref` through `options.ref_url_template`, in
+/// `namespace` unless the ref names another.
+pub fn sink_destination(
+    path: &str,
+    sink: &SinkSpec,
+    namespace: &str,
+    options: &PlanOptions,
+) -> Result<Destination, Diagnostic> {
+    match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
+        (Some(uri), _, _) => Ok(Destination::Http { url: uri.clone() }),
+        (None, Some(r), Some(template)) => {
+            let url = template
+                .replace("{name}", &r.name)
+                .replace("{namespace}", r.namespace.as_deref().unwrap_or(namespace))
+                .replace("{kind}", &r.kind.to_ascii_lowercase());
+            Ok(Destination::Http { url })
+        }
+        (None, Some(r), None) => Err(Diagnostic::error(
             format!("{path}.ref"),
             format!(
-                "{} `{}` can only be resolved in Kubernetes mode; use `uri` when running standalone",
+                "{} `{}` can only be resolved in Kubernetes mode; use `uri` when running \
+                 standalone, or give `ofe run --ref-url-template` (e.g. \
+                 `http://{{name}}.{{namespace}}.svc.cluster.local`)",
                 r.kind, r.name
             ),
         )),
-        (None, None) => Err(Diagnostic::error(path, "neither uri nor ref is set")),
+        (None, None, _) => Err(Diagnostic::error(path, "neither uri nor ref is set")),
     }
 }
 
 /// Turns a Trigger into one plan per subscriber. Fails with the diagnostics of every field
 /// that cannot run.
-pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>, Vec<Diagnostic>> {
+pub fn plan(
+    trigger: &Trigger,
+    options: &PlanOptions,
+) -> Result<Vec<SubscriberPlan>, Vec<Diagnostic>> {
     let namespace = trigger.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
-    let compiled = compile(trigger, retry)?;
+    let compiled = compile(trigger, options.retry)?;
     let mut errors = Vec::new();
     let mut plans = Vec::new();
     let max_keys = trigger.spec.max_keys.map_or(router::DEFAULT_MAX_KEYS, |n| n as usize);
@@ -253,13 +282,18 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
         if let Some(sink) = &sub.sink {
             let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
             let dl = match (&sub.dead_letter_sink, knative) {
-                (Some(s), _) => Some(sink_destination(&format!("{path}.deadLetterSink"), s)),
-                (None, Some(s)) => {
-                    Some(sink_destination(&format!("{path}.delivery.deadLetterSink"), s))
+                (Some(s), _) => {
+                    Some(sink_destination(&format!("{path}.deadLetterSink"), s, namespace, options))
                 }
+                (None, Some(s)) => Some(sink_destination(
+                    &format!("{path}.delivery.deadLetterSink"),
+                    s,
+                    namespace,
+                    options,
+                )),
                 (None, None) => None,
             };
-            route(sink_destination(&format!("{path}.sink"), sink), dl);
+            route(sink_destination(&format!("{path}.sink"), sink, namespace, options), dl);
         }
         if let Some(topic) = &sub.topic {
             let to = |t: &String| Destination::Topic {
@@ -274,6 +308,7 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             subscriber: i.to_string(),
         };
         let queue = Subject::queue(namespace, name, &i.to_string());
+        let reply_topic = sub.reply_topic.clone().unwrap_or_else(|| format!("{name}-replies"));
         plans.push(SubscriberPlan {
             consumer: format!("trigger.{namespace}.{name}.{i}"),
             subjects: vec![queue.clone()],
@@ -291,6 +326,7 @@ pub fn plan(trigger: &Trigger, retry: RetryPolicy) -> Result<Vec<SubscriberPlan>
             max_in_flight: delivery.max_in_flight,
             retry: delivery.retry,
             order_key: delivery.order_key.clone(),
+            reply: sub.sink.as_ref().map(|_| Subject::topic(namespace, &reply_topic)),
             rate_limit: delivery.rate_limit,
             max_deliver: DEFAULT_MAX_DELIVER,
         });

@@ -36,6 +36,12 @@ pub struct TriggerMetrics {
     pub join_keys: Family<SubscriberLabels, Gauge>,
     /// Events delivered to a destination.
     pub delivered: Family<SubscriberLabels, Counter>,
+    /// Sink replies published to the bus.
+    pub replies: Family<SubscriberLabels, Counter>,
+    /// Sink replies that were not valid CloudEvents.
+    pub bad_replies: Family<SubscriberLabels, Counter>,
+    /// Events or replies stopped at the hop limit: a loop of Triggers.
+    pub loops: Family<SubscriberLabels, Counter>,
     /// Retries of failed attempts.
     pub retried: Family<SubscriberLabels, Counter>,
     /// Events sent to a dead-letter destination.
@@ -54,6 +60,9 @@ impl Default for TriggerMetrics {
             unkeyed: Family::default(),
             join_keys: Family::default(),
             delivered: Family::default(),
+            replies: Family::default(),
+            bad_replies: Family::default(),
+            loops: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
@@ -86,6 +95,17 @@ impl TriggerMetrics {
             "events_delivered",
             "Events delivered to a destination",
             self.delivered.clone(),
+        );
+        sub.register("replies", "Sink replies published to the bus", self.replies.clone());
+        sub.register(
+            "bad_replies",
+            "Sink replies that were not valid CloudEvents",
+            self.bad_replies.clone(),
+        );
+        sub.register(
+            "hop_limit_reached",
+            "Events or replies stopped at the hop limit (a loop of Triggers)",
+            self.loops.clone(),
         );
         sub.register("delivery_retries", "Retried delivery attempts", self.retried.clone());
         sub.register(

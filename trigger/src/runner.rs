@@ -56,6 +56,8 @@ pub struct SubscriberPlan {
     pub max_in_flight: usize,
     /// Retry settings.
     pub retry: RetryPolicy,
+    /// Where the sink's CloudEvent replies are published; `None` ignores replies.
+    pub reply: Option<Subject>,
     /// Events with the same value of this key are delivered one at a time, in order.
     pub order_key: Option<Arc<KeyExpr>>,
     /// Most events started per second.
@@ -244,7 +246,7 @@ async fn dead_letter(
         metrics.retried.get_or_create(labels).inc();
     };
     match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
-        Outcome::Delivered(_) => {
+        Outcome::Delivered(..) => {
             metrics.dead_lettered.get_or_create(labels).inc();
             tracing::warn!(
                 subscriber = ?labels, destination = %route.destination, dead_letter = %target,
@@ -259,6 +261,67 @@ async fn dead_letter(
                 reason = %dl_failure.reason, "dead-letter delivery failed too; the event will be retried"
             );
             false
+        }
+    }
+}
+
+/// Publishes a sink's reply to `to`, one hop further than the event it answers. A reply that
+/// is not a valid CloudEvent, or that would pass the hop limit, is logged, counted and
+/// dropped. `Err(interrupted)` when it could not be published: the event must be delivered
+/// again.
+async fn publish_reply(
+    plan: &SubscriberPlan,
+    deliverer: &Deliverer,
+    metrics: &TriggerMetrics,
+    interrupt: &CancellationToken,
+    event: &cloudevents::Event,
+    reply: crate::delivery::Reply,
+    to: &Subject,
+) -> Result<(), bool> {
+    let labels = &plan.labels;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(reason) => {
+            metrics.bad_replies.get_or_create(labels).inc();
+            tracing::warn!(subscriber = ?labels, id = %event.id(), %reason, "the sink's reply is not a valid CloudEvent; dropped");
+            return Ok(());
+        }
+    };
+    let hops = crate::delivery::hops(event) + 1;
+    if hops > deliverer.max_hops() {
+        metrics.loops.get_or_create(labels).inc();
+        tracing::error!(
+            subscriber = ?labels, id = %event.id(), reply = %reply.id(), hops,
+            max_hops = deliverer.max_hops(),
+            "reply dropped at the hop limit: Triggers and functions form a loop"
+        );
+        return Ok(());
+    }
+    let reply = crate::delivery::with_hops(&reply, hops);
+    let bus = deliverer.bus().clone();
+    let outcome = crate::delivery::retry(
+        &plan.retry,
+        interrupt,
+        || {},
+        |_| {
+            let (bus, reply) = (bus.clone(), &reply);
+            async move {
+                bus.publish(to, reply).await.map(|_| None).map_err(|e| {
+                    crate::delivery::Failure::transient(format!("publish failed: {e}"))
+                })
+            }
+        },
+    )
+    .await;
+    match outcome {
+        Outcome::Delivered(..) => {
+            metrics.replies.get_or_create(labels).inc();
+            Ok(())
+        }
+        Outcome::Interrupted => Err(true),
+        Outcome::Failed(failure, _) => {
+            tracing::error!(subscriber = ?labels, id = %event.id(), reason = %failure.reason, "cannot publish the sink's reply; the event will be delivered again");
+            Err(false)
         }
     }
 }
@@ -279,12 +342,31 @@ async fn deliver(
             metrics.retried.get_or_create(labels).inc();
         };
         match deliverer.send(&route.destination, &event, &plan.retry, interrupt, on_retry).await {
-            Outcome::Delivered(_) => {
+            Outcome::Delivered(_, reply) => {
                 metrics.delivered.get_or_create(labels).inc();
                 metrics.latency.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+                if let (Some(reply), Some(to)) = (reply, &plan.reply) {
+                    // The function has the event; its reply must reach the bus before the
+                    // event is acknowledged, or the reply could be lost.
+                    match publish_reply(plan, deliverer, metrics, interrupt, &event, *reply, to)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(true) => return drop(delivery),
+                        Err(false) => {
+                            let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                            return;
+                        }
+                    }
+                }
             }
             Outcome::Interrupted => return drop(delivery),
             Outcome::Failed(failure, attempts) => {
+                if matches!(route.destination, Destination::Topic { .. })
+                    && crate::delivery::hops(&event) >= deliverer.max_hops()
+                {
+                    metrics.loops.get_or_create(labels).inc();
+                }
                 if !dead_letter(
                     plan, deliverer, metrics, interrupt, route, &event, &failure, attempts,
                 )

@@ -25,7 +25,7 @@ async fn script(
         |_| {
             times.lock().expect("lock").push(start.elapsed());
             let next = results.lock().expect("lock").next().unwrap_or(Ok(()));
-            async move { next }
+            async move { next.map(|()| None) }
         },
     )
     .await;
@@ -54,7 +54,7 @@ fn policy(backoff: Backoff, retries: u32) -> RetryPolicy {
 async fn exponential_backoff_doubles_each_wait() {
     let (outcome, times) =
         script(policy(Backoff::Exponential, 5), vec![status(500), status(503), status(404)]).await;
-    assert!(matches!(outcome, Outcome::Delivered(4)), "{outcome:?}");
+    assert!(matches!(outcome, Outcome::Delivered(4, None)), "{outcome:?}");
     assert_eq!(times, secs(&[0.0, 1.0, 3.0, 7.0]));
 }
 
@@ -62,7 +62,7 @@ async fn exponential_backoff_doubles_each_wait() {
 async fn linear_backoff_grows_by_the_delay() {
     let (outcome, times) =
         script(policy(Backoff::Linear, 5), vec![status(500), status(408), status(409)]).await;
-    assert!(matches!(outcome, Outcome::Delivered(4)), "{outcome:?}");
+    assert!(matches!(outcome, Outcome::Delivered(4, None)), "{outcome:?}");
     assert_eq!(times, secs(&[0.0, 1.0, 3.0, 6.0]));
 }
 
@@ -122,7 +122,7 @@ async fn shutdown_interrupts_a_wait() {
     });
     let start = Instant::now();
     let policy = RetryPolicy { delay: Duration::from_secs(60), ..RetryPolicy::default() };
-    let outcome = retry(&policy, &shutdown, || {}, |_| async { status(500) }).await;
+    let outcome = retry(&policy, &shutdown, || {}, |_| async { status(500).map(|()| None) }).await;
     assert!(matches!(outcome, Outcome::Interrupted), "{outcome:?}");
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }

@@ -92,6 +92,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         max_in_flight: 4,
         retry: RetryPolicy { delay: Duration::from_millis(10), ..RetryPolicy::default() },
         order_key: None,
+        reply: None,
         rate_limit: None,
         max_deliver: 3,
     }
@@ -312,5 +313,94 @@ async fn rate_limit_paces_deliveries() {
     assert_eq!(seen.len(), 11);
     let span = seen[10].at - seen[0].at;
     assert!(span >= Duration::from_millis(480), "11 events at 20/s took {span:?}");
+    shared.close().await.expect("close");
+}
+
+/// A sink that answers every event with a binary-mode CloudEvent.
+fn replying(path: &str, n: usize) -> (u16, Vec<(&'static str, String)>, Vec<u8>, Duration) {
+    if path != "/sink" {
+        return ok(path, n);
+    }
+    let headers = vec![
+        ("ce-specversion", "1.0".to_string()),
+        ("ce-id", format!("reply-{n}")),
+        ("ce-source", "/front".to_string()),
+        ("ce-type", "com.example.enriched".to_string()),
+        ("content-type", "application/json".to_string()),
+    ];
+    (200, headers, br#"{"enriched":true}"#.to_vec(), Duration::ZERO)
+}
+
+/// A sink's CloudEvent reply is published to the reply topic, one hop further, before the
+/// event is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_reply_reaches_the_reply_topic() {
+    let (_dir, shared) = bus();
+    let (seen, base, _) = server(replying).await;
+    let subject = Subject::event("ns", "src", "e");
+    let replies = Subject::topic("ns", "enriched");
+    let mut reader = shared
+        .subscribe(ofe_eventbus::SubscribeOptions {
+            start: ofe_eventbus::StartPosition::All,
+            ..ofe_eventbus::SubscribeOptions::new("reader", vec![replies.clone()])
+        })
+        .await
+        .expect("reader");
+    let mut plan = plan("replying", &subject, &base);
+    plan.reply = Some(replies);
+    run_until(plan, &shared, vec![sample_event("order-1", 1)], &seen, 1).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), reader.next())
+        .await
+        .expect("a reply in time")
+        .expect("delivery");
+    use cloudevents::AttributesReader as _;
+    assert_eq!(reply.event.id(), "reply-0");
+    assert_eq!(reply.event.ty(), "com.example.enriched");
+    assert_eq!(
+        reply.event.extension(ofe_trigger::delivery::EXT_HOPS).map(ToString::to_string),
+        Some("1".to_string())
+    );
+    assert_eq!(ofe_eventbus::event::data_bytes(&reply.event), br#"{"enriched":true}"#);
+    shared.close().await.expect("close");
+}
+
+/// A subscriber whose replies come back to its own input loops; the hop limit stops it and
+/// the metric shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_loop_stops_at_the_hop_limit() {
+    let (_dir, shared) = bus();
+    let (seen, base, _) = server(replying).await;
+    let subject = Subject::topic("ns", "loop");
+    let mut plan = plan("looping", &subject, &base);
+    plan.reply = Some(subject.clone());
+    let subscription = runner::subscribe(&plan, shared.as_ref()).await.expect("subscribe");
+    shared.publish(&subject, &sample_event("start", 1)).await.expect("publish");
+    let metrics = TriggerMetrics::default();
+    let deliverer = Deliverer::new(shared.clone()).expect("client").with_max_hops(3);
+    let stop = CancellationToken::new();
+    let labels = plan.labels.clone();
+    let task = tokio::spawn(runner::run(
+        plan,
+        subscription,
+        deliverer,
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    for _ in 0..200 {
+        if metrics.loops.get_or_create(&labels).get() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await.expect("join").expect("runner");
+    assert_eq!(metrics.loops.get_or_create(&labels).get(), 1);
+    // The original (0 hops) and its replies at 1, 2 and 3 hops reached the sink; the reply to
+    // the third would have made a fourth hop.
+    let hops: Vec<String> =
+        seen.lock().expect("lock").iter().map(|r| header(r, "ce-ofehops")).collect();
+    assert_eq!(hops, ["", "1", "2", "3"]);
     shared.close().await.expect("close");
 }

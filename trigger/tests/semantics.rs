@@ -8,7 +8,7 @@ use ofe_crds::Trigger;
 use ofe_crds::manifest::{Resource, parse_document};
 use ofe_eventbus::Subject;
 use ofe_trigger::router::EXT_JOINED;
-use ofe_trigger::{RetryPolicy, Router, TriggerMetrics, plan};
+use ofe_trigger::{PlanOptions, Router, TriggerMetrics, plan};
 
 /// Parses a Trigger manifest.
 fn trigger(yaml: &str) -> Trigger {
@@ -21,7 +21,7 @@ fn trigger(yaml: &str) -> Trigger {
 
 /// A router over every subscriber of `trigger`.
 fn router(trigger: &Trigger) -> Router {
-    let plans = plan(trigger, RetryPolicy::default()).expect("plans");
+    let plans = plan(trigger, &PlanOptions::default()).expect("plans");
     Router::new(plans.iter().filter_map(|p| p.routing.clone()).collect(), TriggerMetrics::default())
 }
 
@@ -137,7 +137,7 @@ spec:
     deadLetterTopic: out-dead
 "#,
     );
-    let plans = plan(&t, RetryPolicy::default()).expect("plans");
+    let plans = plan(&t, &PlanOptions::default()).expect("plans");
     assert_eq!(plans.len(), 2);
     let inputs = |i: usize| -> Vec<(String, Subject)> {
         let routing = plans[i].routing.as_ref().expect("routed");
@@ -237,9 +237,9 @@ fn consume_fires_once_per_match() {
 #[test]
 fn join_state_is_bounded_by_max_keys_and_the_window() {
     let t = join_trigger("maxKeys: 100\n  window: 10s");
-    let labels = plan(&t, RetryPolicy::default()).expect("plans")[0].labels.clone();
+    let labels = plan(&t, &PlanOptions::default()).expect("plans")[0].labels.clone();
     let metrics = TriggerMetrics::default();
-    let routings = plan(&t, RetryPolicy::default())
+    let routings = plan(&t, &PlanOptions::default())
         .expect("plans")
         .into_iter()
         .filter_map(|p| p.routing)
@@ -293,7 +293,7 @@ spec:
 "#
         ));
         routings.extend(
-            plan(&t, RetryPolicy::default()).expect("plans").into_iter().filter_map(|p| p.routing),
+            plan(&t, &PlanOptions::default()).expect("plans").into_iter().filter_map(|p| p.routing),
         );
     }
     let mut router = Router::new(routings, TriggerMetrics::default());
