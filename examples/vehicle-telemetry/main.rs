@@ -9,12 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -22,6 +21,10 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use clap::Parser;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+#[path = "../common/mod.rs"]
+mod common;
+use common::{OfeProcess, counter, free_addr, serve};
 
 /// Speeds above this (km/h) are overspeed; the Trigger's filter says the same.
 const LIMIT: f64 = 120.0;
@@ -56,10 +59,6 @@ struct Seen {
     telemetry: AtomicU64,
     /// vehicle → (speed, battery, events)
     gauges: Mutex<BTreeMap<String, (f64, f64, u64)>>,
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// A tiny deterministic generator, so a run's overspeed count is reproducible.
@@ -110,36 +109,12 @@ async fn main() -> anyhow::Result<()> {
         .replace("127.0.0.1:8091", &alert_addr.to_string())
         .replace("127.0.0.1:8092", &metrics_addr.to_string());
     std::fs::write(work.path().join("manifests.yaml"), manifests)?;
-    let ofe_listen = free_addr()?;
-    let ofe_binary = match &args.ofe {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .map(|dir| dir.join("ofe"))
-            .context("cannot locate the ofe binary; pass --ofe")?,
-    };
-    let mut ofe = OfeProcess(
-        Command::new(&ofe_binary)
-            .args(["run", "-f"])
-            .arg(work.path().join("manifests.yaml"))
-            .arg("--data-dir")
-            .arg(work.path().join("data"))
-            .args(["--listen", &ofe_listen.to_string(), "--log-level", "warn"])
-            .args(["--webhook-listen", &free_addr()?.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", ofe_binary.display()))?,
-    );
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let ofe_metrics = format!("http://{ofe_listen}/metrics");
-    let started = Instant::now();
-    while http.get(format!("http://{ofe_listen}/healthz")).send().await.is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("ofe did not start; run it by hand to see why");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ofe_binary = common::ofe_binary(args.ofe.as_ref())?;
+    let mut ofe =
+        OfeProcess::start(&ofe_binary, &work.path().join("manifests.yaml"), work.path(), &http)
+            .await?;
+    let ofe_metrics = ofe.metrics_url();
     println!("ofe      running, metrics at {ofe_metrics}");
 
     // 4. The fleet. MQTT drops messages nobody subscribed to yet, so first wait until ofe
@@ -342,23 +317,6 @@ async fn prometheus(State(seen): State<Arc<Seen>>) -> String {
     out
 }
 
-async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok(addr)
-}
-
-/// The sum of a counter's series on ofe's `/metrics`.
-async fn counter(http: &reqwest::Client, url: &str, name: &str) -> u64 {
-    let Ok(response) = http.get(url).send().await else { return 0 };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// An embedded rumqttd on `addr`, on a thread of its own.
 fn start_rumqttd(addr: SocketAddr) -> anyhow::Result<()> {
     let config: rumqttd::Config = serde_json::from_value(serde_json::json!({
@@ -387,32 +345,4 @@ fn start_rumqttd(addr: SocketAddr) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("the embedded MQTT broker did not open {addr}")
-}
-
-/// `ofe run`, stopped with SIGTERM (or killed) when dropped.
-struct OfeProcess(Child);
-
-impl OfeProcess {
-    /// SIGTERM, then up to 40 s for the graceful stop, then SIGKILL.
-    fn stop(&mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("ofe did not stop within 40 s of SIGTERM; killing it");
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for OfeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
