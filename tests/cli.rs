@@ -38,6 +38,7 @@ fn validate_accepts_every_example() {
         "examples/cron-to-function",
         "examples/webhook-to-function",
         "examples/vehicle-telemetry/manifests.yaml",
+        "examples/chain/manifests.yaml",
     ] {
         let out = ofe().args(["validate", "-f"]).arg(repo(example)).output().expect("run");
         assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
@@ -86,6 +87,24 @@ spec:
   subscribers:
   - condition: event_b
     sink: {}
+---
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: { name: t2 }
+spec:
+  eventBus: default
+  correlationKey: "data.id +"
+  inputs:
+    a: { eventSource: missing, event: e }
+  subscribers:
+  - condition: a
+    sink: { ref: { apiVersion: core.openfunction.io/v1beta2, kind: Function, name: f } }
+    delivery:
+      retry: -1
+      backoffPolicy: quadratic
+      backoffDelay: soon
+      orderKey: "data.("
+      maxConcurrency: 0
 "#;
     let path = support::manifests(dir.path(), yaml).join("all.yaml");
     let out = ofe().args(["validate", "-f"]).arg(&path).output().expect("run");
@@ -111,6 +130,16 @@ spec:
         format!("{p}:document 2: spec.subscribers[0].sink: neither uri nor ref is set"),
         format!("{p}:document 2: spec.subscribers[0].condition: `event_b` is not an input"),
         format!("{p}:document 2: spec.inputs.event-a: warning: no EventSource `default/missing`"),
+        format!("{p}:document 3: spec.correlationKey: does not compile"),
+        format!("{p}:document 3: spec.subscribers[0].delivery.retry: is -1; use 0 or more"),
+        format!("{p}:document 3: spec.subscribers[0].delivery.backoffPolicy: is `quadratic`"),
+        format!("{p}:document 3: spec.subscribers[0].delivery.backoffDelay: `soon`"),
+        format!("{p}:document 3: spec.subscribers[0].delivery.orderKey: does not compile"),
+        format!("{p}:document 3: spec.subscribers[0].delivery.maxConcurrency: is 0"),
+        format!(
+            "{p}:document 3: spec.subscribers[0].sink.ref: warning: Function `f` is resolved in \
+             Kubernetes mode; standalone, `ofe run` needs --ref-url-template"
+        ),
     ] {
         assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
     }

@@ -227,3 +227,35 @@ async fn webhook_cloudevents_keep_their_attributes_end_to_end() {
     assert_eq!(&wrapped.body[..], b"hello");
     assert!(terminate(&mut ofe).success());
 }
+
+/// Standalone, a `sink.ref` to a Function resolves through `--ref-url-template`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_ref_resolves_through_the_url_template() {
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = support::unique_namespace();
+    let yaml = support::cron_and_trigger(
+        &ns,
+        &base,
+        "  - condition: tick\n    sink: { ref: { apiVersion: core.openfunction.io/v1beta2, kind: Function, name: front } }",
+    );
+    let listen = free_addr();
+    let _ofe = support::KillOnDrop(
+        support::ofe()
+            .args(["run", "-f"])
+            .arg(manifests(dir.path(), &yaml))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", &listen.to_string(), "--log-level", "warn"])
+            .args(["--ref-url-template", &format!("{base}/{{namespace}}/{{kind}}/{{name}}")])
+            .spawn()
+            .expect("start ofe"),
+    );
+    wait_ready(listen).await;
+    let path = format!("/{ns}/function/front");
+    receiver
+        .wait_for(Duration::from_secs(20), "an event at the resolved URL", |r| {
+            !r.on(&path).is_empty()
+        })
+        .await;
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
     /// A reference to a Knative Service (`serving.knative.dev/v1`) or an OpenFunction Function
-    /// (`core.openfunction.io/v1beta1`) whose address is used.
+    /// (`core.openfunction.io/v1beta1` or `v1beta2`) whose address is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<Reference>,
     /// The absolute HTTP(S) URL events are POSTed to. It wins over `ref`.
