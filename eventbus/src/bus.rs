@@ -143,6 +143,12 @@ pub trait EventBus: Send + Sync + 'static {
     async fn subscribe(&self, options: SubscribeOptions)
     -> Result<Box<dyn Subscription>, BusError>;
 
+    /// The durable key-value store of this bus, for Trigger join state; `None` when the
+    /// backend has none (the state then lives in the router's memory).
+    async fn state_store(&self) -> Result<Option<Arc<dyn crate::StateStore>>, BusError> {
+        Ok(None)
+    }
+
     /// Flushes state and stops; waiting subscriptions return [`BusError::Closed`].
     async fn close(&self) -> Result<(), BusError>;
 }

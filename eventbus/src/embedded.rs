@@ -34,6 +34,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::bus::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
 };
+use crate::state::{StateError, StateStore, Versioned};
 use crate::{Subject, event};
 
 /// Settings of the embedded bus.
@@ -82,6 +83,14 @@ enum WriteOp {
     },
     /// Create a consumer's cursor durably before it is used.
     Cursor { name: String, floor: u64, reply: oneshot::Sender<Result<(), BusError>> },
+    /// Set (or, with `None`, remove) a state value if it is at revision `expected`.
+    State {
+        key: String,
+        value: Option<Vec<u8>>,
+        /// `None`: any revision (removal), `Some(0)`: absent.
+        expected: Option<u64>,
+        reply: oneshot::Sender<Result<u64, StateError>>,
+    },
 }
 
 type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
@@ -95,6 +104,7 @@ pub struct EmbeddedBus {
 struct Inner {
     log: Keyspace,
     cursors: Keyspace,
+    state: Keyspace,
     db: Database,
     writes: Mutex<Option<mpsc::SyncSender<WriteOp>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -121,6 +131,7 @@ impl EmbeddedBus {
             .map_err(storage)?;
         let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(storage)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
+        let state = db.keyspace("state", KeyspaceCreateOptions::default).map_err(storage)?;
 
         let from_meta = meta.get("last_seq").map_err(storage)?.and_then(|v| read_u64(&v));
         let from_log = match log.last_key_value() {
@@ -137,10 +148,12 @@ impl EmbeddedBus {
             db: db.clone(),
             log: log.clone(),
             cursors: cursors.clone(),
+            state: state.clone(),
             meta,
             head: head.clone(),
             groups: groups.clone(),
             last,
+            last_revision: 0,
             dedup,
         };
         let writer = std::thread::Builder::new()
@@ -151,6 +164,7 @@ impl EmbeddedBus {
             inner: Arc::new(Inner {
                 log,
                 cursors,
+                state,
                 db,
                 writes: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
@@ -192,6 +206,42 @@ impl EmbeddedBus {
     }
 }
 
+/// The embedded bus's state: keyspace `state`, each value prefixed with its revision; writes
+/// go through the committer, so they are durable when answered and share its batches.
+#[async_trait]
+impl StateStore for EmbeddedBus {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
+        let Some(record) = self.inner.state.get(key.as_bytes()).map_err(storage)? else {
+            return Ok(None);
+        };
+        let revision = revision_of(&record).unwrap_or(0);
+        Ok(Some(Versioned { value: record.get(8..).unwrap_or_default().to_vec(), revision }))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<u64, StateError> {
+        let (reply, answer) = oneshot::channel();
+        let expected = Some(expected.unwrap_or(0));
+        self.submit(WriteOp::State { key: key.to_string(), value: Some(value), expected, reply })
+            .await?;
+        answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BusError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(WriteOp::State { key: key.to_string(), value: None, expected: None, reply })
+            .await?;
+        match answer.await.map_err(|_| BusError::Closed)? {
+            Ok(_) | Err(StateError::Conflict) => Ok(()),
+            Err(StateError::Bus(e)) => Err(e),
+        }
+    }
+}
+
 #[async_trait]
 impl EventBus for EmbeddedBus {
     fn backend(&self) -> &'static str {
@@ -206,6 +256,10 @@ impl EventBus for EmbeddedBus {
         let op = WriteOp::Append { subject, dedup, payload, reply };
         self.submit(op).await?;
         answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    async fn state_store(&self) -> Result<Option<Arc<dyn StateStore>>, BusError> {
+        Ok(Some(Arc::new(self.clone())))
     }
 
     async fn subscribe(
@@ -328,6 +382,11 @@ fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(text).ok()?, rest))
 }
 
+/// The revision a state record starts with.
+fn revision_of(record: &[u8]) -> Option<u64> {
+    read_u64(record.get(..8)?)
+}
+
 fn read_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
@@ -385,16 +444,21 @@ struct Committer {
     db: Database,
     log: Keyspace,
     cursors: Keyspace,
+    state: Keyspace,
     meta: Keyspace,
     head: watch::Sender<u64>,
     groups: Groups,
     last: u64,
+    /// The highest state revision handed out, so that a removed and re-created key never
+    /// reuses a revision.
+    last_revision: u64,
     dedup: Dedup,
 }
 
 enum Reply {
     Published(oneshot::Sender<Result<Published, BusError>>, Published),
     Cursor(oneshot::Sender<Result<(), BusError>>),
+    State(oneshot::Sender<Result<u64, StateError>>, Result<u64, ()>),
 }
 
 impl Committer {
@@ -423,6 +487,8 @@ impl Committer {
         let mut replies = Vec::with_capacity(ops.len());
         let mut added_keys = Vec::new();
         let mut seq = self.last;
+        // State revisions written earlier in this batch, which the keyspace does not show yet.
+        let mut revisions: HashMap<String, u64> = HashMap::new();
         let now = Instant::now();
         let published_ms = now_ms();
         self.dedup.expire(now);
@@ -448,6 +514,38 @@ impl Committer {
                     batch.insert(&self.cursors, name.as_bytes(), floor.to_be_bytes());
                     replies.push(Reply::Cursor(reply));
                 }
+                WriteOp::State { key, value, expected, reply } => {
+                    let current = match revisions.get(&key) {
+                        Some(r) => *r,
+                        None => match self.state.get(key.as_bytes()) {
+                            Ok(v) => v.as_deref().and_then(revision_of).unwrap_or(0),
+                            Err(e) => {
+                                let _ = reply.send(Err(StateError::Bus(storage(e))));
+                                continue;
+                            }
+                        },
+                    };
+                    if expected.is_some_and(|e| e != current) {
+                        replies.push(Reply::State(reply, Err(())));
+                        continue;
+                    }
+                    let revision = match value {
+                        Some(value) => {
+                            let revision = current.max(self.last_revision) + 1;
+                            self.last_revision = revision;
+                            let mut record = revision.to_be_bytes().to_vec();
+                            record.extend_from_slice(&value);
+                            batch.insert(&self.state, key.as_bytes(), record);
+                            revision
+                        }
+                        None => {
+                            batch.remove(&self.state, key.as_bytes());
+                            0
+                        }
+                    };
+                    revisions.insert(key, revision);
+                    replies.push(Reply::State(reply, Ok(revision)));
+                }
             }
         }
         let moved = self.moved_cursors();
@@ -456,8 +554,14 @@ impl Committer {
         }
         if batch.is_empty() {
             for reply in replies {
-                if let Reply::Published(tx, done) = reply {
-                    let _ = tx.send(Ok(done));
+                match reply {
+                    Reply::Published(tx, done) => {
+                        let _ = tx.send(Ok(done));
+                    }
+                    Reply::State(tx, Err(())) => {
+                        let _ = tx.send(Err(StateError::Conflict));
+                    }
+                    Reply::State(..) | Reply::Cursor(_) => {}
                 }
             }
             return;
@@ -487,6 +591,9 @@ impl Committer {
                         Reply::Cursor(tx) => {
                             let _ = tx.send(Ok(()));
                         }
+                        Reply::State(tx, result) => {
+                            let _ = tx.send(result.map_err(|()| StateError::Conflict));
+                        }
                     }
                 }
             }
@@ -502,6 +609,9 @@ impl Committer {
                         }
                         Reply::Cursor(tx) => {
                             let _ = tx.send(Err(storage(&e)));
+                        }
+                        Reply::State(tx, _) => {
+                            let _ = tx.send(Err(StateError::Bus(storage(&e))));
                         }
                     }
                 }

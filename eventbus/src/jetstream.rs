@@ -30,6 +30,7 @@ use crate::bus::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
     TlsFiles,
 };
+use crate::state::{StateError, StateStore, Versioned};
 use crate::{Subject, event};
 
 /// How a client authenticates to NATS.
@@ -270,6 +271,48 @@ impl JetStreamBus {
     }
 }
 
+/// How long join state a replica left behind stays in the key-value bucket.
+const STATE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Join state in a JetStream key-value bucket (`<stream>_state`), with its compare-and-set.
+struct KvState(jetstream::kv::Store);
+
+#[async_trait]
+impl StateStore for KvState {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
+        let entry =
+            self.0.entry(key).await.map_err(|e| unavailable(format!("cannot read state: {e}")))?;
+        Ok(entry
+            .filter(|e| e.operation == jetstream::kv::Operation::Put)
+            .map(|e| Versioned { value: e.value.to_vec(), revision: e.revision }))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<u64, StateError> {
+        use jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+        match expected {
+            None => self.0.create(key, value.into()).await.map_err(|e| match e.kind() {
+                CreateErrorKind::AlreadyExists => StateError::Conflict,
+                _ => StateError::Bus(unavailable(format!("cannot write state: {e}"))),
+            }),
+            Some(revision) => {
+                self.0.update(key, value.into(), revision).await.map_err(|e| match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => StateError::Conflict,
+                    _ => StateError::Bus(unavailable(format!("cannot write state: {e}"))),
+                })
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BusError> {
+        self.0.purge(key).await.map_err(|e| unavailable(format!("cannot delete state: {e}")))
+    }
+}
+
 /// A durable consumer name NATS accepts: the same escaping as subject tokens, so no `.`.
 fn durable_name(consumer: &str) -> String {
     Subject::topic("x", consumer).to_string().trim_start_matches("ofe.topic.x.").to_string()
@@ -366,6 +409,31 @@ impl EventBus for JetStreamBus {
             backoff: Duration::from_millis(100),
             failing: false,
         }))
+    }
+
+    async fn state_store(&self) -> Result<Option<Arc<dyn StateStore>>, BusError> {
+        let bucket: String = format!("{}_state", self.config.stream)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        let store = match self.js.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) => self
+                .js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: bucket.clone(),
+                    description: "ofe Trigger join state".into(),
+                    history: 1,
+                    max_age: STATE_MAX_AGE,
+                    num_replicas: self.config.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    unavailable(format!("cannot create key-value bucket `{bucket}`: {e}"))
+                })?,
+        };
+        Ok(Some(Arc::new(KvState(store))))
     }
 
     async fn close(&self) -> Result<(), BusError> {

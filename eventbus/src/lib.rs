@@ -4,6 +4,7 @@
 //!   explicit ack and nack-with-delay, bounded in-flight deliveries.
 //! - [`embedded::EmbeddedBus`] is the default backend: a log on local disk for one process.
 //! - [`Subject`] names where an event lives, unambiguously.
+//! - [`state`] is the durable key-value state beside the events that Trigger joins keep.
 //! - [`event`] holds the CloudEvent extension names ofe sets and the storage encoding.
 //! - [`testing`] is the behaviour suite every backend must pass.
 
@@ -12,6 +13,7 @@ pub mod embedded;
 pub mod event;
 pub mod jetstream;
 pub mod kafka;
+pub mod state;
 mod subject;
 pub mod testing;
 
@@ -20,4 +22,5 @@ pub use bus::{
     TlsFiles,
 };
 pub use cloudevents::Event;
+pub use state::{StateError, StateStore, Versioned, state_key};
 pub use subject::Subject;

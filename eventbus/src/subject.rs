@@ -100,7 +100,7 @@ impl fmt::Display for Subject {
     }
 }
 
-fn escape(token: &str) -> String {
+pub(crate) fn escape(token: &str) -> String {
     let mut out = String::with_capacity(token.len());
     for byte in token.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {

@@ -19,6 +19,7 @@ macro_rules! conformance_suite {
             large_events_round_trip,
             duplicates_are_delivered_once,
             delivers_once_past_max_deliver,
+            state_is_compare_and_set,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,6 +38,33 @@ macro_rules! conformance_suite {
             let _ = bus.close().await;
         }
     )*};
+}
+
+/// The state store keeps values across reads and refuses writes from a stale revision.
+pub async fn state_is_compare_and_set(bus: &dyn EventBus, prefix: &str) {
+    use crate::StateError;
+    let Some(store) = bus.state_store().await.expect("state store") else {
+        eprintln!("skipped: the {} backend keeps no state store", bus.backend());
+        return;
+    };
+    let key = crate::state_key(&[prefix, "vehicle 7"]);
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    let first = store.put(&key, b"one".to_vec(), None).await.expect("create");
+    assert!(
+        matches!(store.put(&key, b"again".to_vec(), None).await, Err(StateError::Conflict)),
+        "creating an existing key conflicts"
+    );
+    let second = store.put(&key, b"two".to_vec(), Some(first)).await.expect("update");
+    assert_ne!(first, second);
+    assert!(
+        matches!(store.put(&key, b"stale".to_vec(), Some(first)).await, Err(StateError::Conflict)),
+        "a write from a stale revision conflicts"
+    );
+    let got = store.get(&key).await.expect("get").expect("a value");
+    assert_eq!((got.value.as_slice(), got.revision), (&b"two"[..], second));
+    store.delete(&key).await.expect("delete");
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    store.put(&key, b"three".to_vec(), None).await.expect("create after delete");
 }
 
 /// A free TCP port on loopback, for a broker a test runs itself.
