@@ -209,7 +209,18 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     let mut router_tasks = Vec::new();
     for (bus, name, list) in routers {
         let subscribers = list.len();
-        let router = ofe_trigger::Router::new(list, trigger_metrics.clone());
+        let joins = list.iter().any(|r| r.condition.names().len() > 1);
+        let mut router = ofe_trigger::Router::new(list, trigger_metrics.clone());
+        if joins {
+            match bus.state_store().await.context("cannot open the join state store")? {
+                Some(store) => router = router.with_store(store),
+                None => tracing::warn!(
+                    backend = bus.backend(),
+                    "this bus keeps no join state; joins restart empty after a restart, and \
+                     replicas do not share them"
+                ),
+            }
+        }
         let subscription =
             ofe_trigger::router::subscribe(&router, bus.as_ref(), &name, ROUTER_IN_FLIGHT)
                 .await

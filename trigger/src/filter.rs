@@ -10,6 +10,7 @@
 //!   event a filter cannot judge is not routed, and never stops the stream. The data is parsed
 //!   at most once per event, however many `cel` filters look at it.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use cel::{Context, Program, Value};
@@ -111,7 +112,7 @@ impl CompiledFilter {
         let event = data.event();
         match self {
             Self::Exact(pairs) => {
-                pairs.iter().all(|(k, v)| attribute(event, k).is_some_and(|a| a == *v))
+                pairs.iter().all(|(k, v)| attribute(event, k).is_some_and(|a| a == v.as_str()))
             }
             Self::Prefix(pairs) => pairs
                 .iter()
@@ -181,18 +182,21 @@ pub(crate) fn compile_cel(text: &str) -> Result<Program, ConditionError> {
     })
 }
 
-/// An attribute or extension of `event` as a string.
-pub(crate) fn attribute(event: &Event, name: &str) -> Option<String> {
+/// An attribute or extension of `event` as a string, borrowed where the event holds one.
+pub(crate) fn attribute<'e>(event: &'e Event, name: &str) -> Option<Cow<'e, str>> {
     match name {
-        "id" => Some(event.id().to_string()),
-        "source" => Some(event.source().to_string()),
-        "type" => Some(event.ty().to_string()),
-        "specversion" => Some(event.specversion().to_string()),
-        "subject" => event.subject().map(str::to_string),
-        "datacontenttype" => event.datacontenttype().map(str::to_string),
-        "dataschema" => event.dataschema().map(ToString::to_string),
-        "time" => event.time().map(|t| t.to_rfc3339()),
-        other => event.extension(other).map(ToString::to_string),
+        "id" => Some(Cow::Borrowed(event.id())),
+        "source" => Some(Cow::Owned(event.source().to_string())),
+        "type" => Some(Cow::Borrowed(event.ty())),
+        "specversion" => Some(Cow::Owned(event.specversion().to_string())),
+        "subject" => event.subject().map(Cow::Borrowed),
+        "datacontenttype" => event.datacontenttype().map(Cow::Borrowed),
+        "dataschema" => event.dataschema().map(|s| Cow::Owned(s.to_string())),
+        "time" => event.time().map(|t| Cow::Owned(t.to_rfc3339())),
+        other => event.extension(other).map(|v| match v {
+            cloudevents::event::ExtensionValue::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(other.to_string()),
+        }),
     }
 }
 

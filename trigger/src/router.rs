@@ -17,14 +17,16 @@
 //! event of each input. An entry expires when all its inputs have left the window, and each
 //! subscriber keeps at most `max_keys` keys, forgetting the least recently seen first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use cloudevents::{AttributesReader as _, Event};
 use futures::FutureExt as _;
-use ofe_eventbus::{BusError, Delivery, EventBus, StartPosition, Subject, SubscribeOptions};
+use ofe_eventbus::{
+    BusError, Delivery, EventBus, StartPosition, StateError, StateStore, Subject, SubscribeOptions,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::condition::Condition;
@@ -129,16 +131,28 @@ struct SubjectIndex {
     rest: Vec<InputRef>,
 }
 
+/// How many recent firings a key remembers, so that an input event routed again after a
+/// crash fires again with the same joined events, even when `consume` cleared them.
+const FIRED_MEMORY: usize = 16;
+
 /// The latest event of each input, for one correlation key.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct KeyState {
-    /// Per input (as `Routing::inputs`), the bus time and id of its latest event.
-    seen: Vec<Option<(DateTime<Utc>, String)>>,
-    /// The latest bus time of any of them.
-    touched: DateTime<Utc>,
+    /// Per input name, the bus time (ms) and id of its latest event.
+    seen: BTreeMap<String, (i64, String)>,
+    /// The latest bus time (ms) of any of them.
+    touched: i64,
+    /// Recent firings: the firing event's id and what it joined.
+    fired: VecDeque<(String, String)>,
+    /// The store's revision of this state; `None` when the store has none.
+    #[serde(skip)]
+    revision: Option<u64>,
+    /// Changed since it was last written.
+    #[serde(skip)]
+    dirty: bool,
 }
 
-/// The condition state of one subscriber.
+/// The condition state of one subscriber: the keys it holds in memory.
 #[derive(Debug, Default)]
 struct JoinState {
     keys: HashMap<String, KeyState>,
@@ -148,32 +162,62 @@ struct JoinState {
 
 impl JoinState {
     /// Drops keys whose every input left the window before `at`, then, when over
-    /// `max_keys`, the least recently seen.
-    fn sweep(&mut self, at: DateTime<Utc>, window: TimeDelta, max_keys: usize) {
+    /// `max_keys`, the least recently seen; returns the keys dropped.
+    fn sweep(&mut self, at: i64, window_ms: i64, max_keys: usize) -> Vec<String> {
         self.since_sweep = 0;
-        self.keys.retain(|_, k| at - k.touched < window);
+        let mut dropped = Vec::new();
+        self.keys.retain(|key, k| {
+            let keep = at - k.touched < window_ms || k.dirty;
+            if !keep {
+                dropped.push(key.clone());
+            }
+            keep
+        });
         if self.keys.len() > max_keys {
-            let mut touched: Vec<DateTime<Utc>> = self.keys.values().map(|k| k.touched).collect();
+            let mut touched: Vec<i64> = self.keys.values().map(|k| k.touched).collect();
             touched.sort_unstable();
             // Forget down to 90% so that the next sweeps are not at every event.
             let cut = touched[self.keys.len() - max_keys * 9 / 10];
-            self.keys.retain(|_, k| k.touched >= cut);
+            self.keys.retain(|key, k| {
+                let keep = k.touched >= cut || k.dirty;
+                if !keep {
+                    dropped.push(key.clone());
+                }
+                keep
+            });
         }
+        dropped
     }
 }
 
+/// What one input event means for one subscriber: the inputs it passed, under which key.
+#[derive(Debug, Clone)]
+pub struct Touch {
+    /// Index of the subscriber.
+    pub routing: usize,
+    /// Indexes (in `Routing::inputs`) of the inputs whose filters it passed.
+    passed: Vec<usize>,
+    /// Its correlation key (empty without one).
+    pub key: String,
+}
+
 /// Decides which subscribers each event fires. Built once from every routed subscriber of a
-/// bus; evaluation is synchronous and never fails: an event a filter, key or condition cannot
-/// judge does not fire, and is counted.
+/// bus. Evaluation never fails: an event a filter, key or condition cannot judge does not
+/// fire, and is counted. With a [state store](Router::with_store), the join state of
+/// conditions over several inputs is kept there too, so that a restart or another replica
+/// continues the joins.
 pub struct Router {
     routings: Vec<Arc<Routing>>,
     index: HashMap<Subject, SubjectIndex>,
     state: Vec<JoinState>,
     metrics: TriggerMetrics,
+    store: Option<Arc<dyn StateStore>>,
+    /// Keys dropped from memory whose stored state should go too.
+    forgotten: Vec<String>,
 }
 
 impl Router {
-    /// A router over `routings`, indexed.
+    /// A router over `routings`, indexed, keeping join state in memory only.
     pub fn new(routings: Vec<Arc<Routing>>, metrics: TriggerMetrics) -> Self {
         let mut index: HashMap<Subject, SubjectIndex> = HashMap::new();
         for (r, routing) in routings.iter().enumerate() {
@@ -196,7 +240,13 @@ impl Router {
             }
         }
         let state = routings.iter().map(|_| JoinState::default()).collect();
-        Self { routings, index, state, metrics }
+        Self { routings, index, state, metrics, store: None, forgotten: Vec::new() }
+    }
+
+    /// Keeps join state in `store` as well as in memory.
+    pub fn with_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The subscribers, in the order [`Fired::routing`] refers to.
@@ -211,19 +261,31 @@ impl Router {
         subjects
     }
 
-    /// Routes one event of `subject`, published at `at`: records it in the condition state
-    /// of every subscriber whose input it belongs to, and returns the subscribers it fires.
+    /// Routes one event of `subject`, published at `at`, with the state in memory: records it
+    /// in the condition state of every subscriber whose input it belongs to, and returns the
+    /// subscribers it fires.
     pub fn route(
         &mut self,
         subject: &Subject,
         event: &Arc<Event>,
         at: DateTime<Utc>,
     ) -> Vec<Fired> {
+        self.touches(subject, event)
+            .iter()
+            .filter_map(|t| {
+                self.apply(t, event, at).map(|event| Fired { routing: t.routing, event })
+            })
+            .collect()
+    }
+
+    /// The subscribers `event` concerns, after the index and the filters, with its
+    /// correlation key for each. Candidates whose filters all fail count as filtered.
+    pub fn touches(&self, subject: &Subject, event: &Event) -> Vec<Touch> {
         let Some(index) = self.index.get(subject) else { return Vec::new() };
         let mut candidates: Vec<InputRef> = index.rest.clone();
         for (attribute, values) in &index.keyed {
             if let Some(found) =
-                crate::filter::attribute(event, attribute).and_then(|v| values.get(&v))
+                crate::filter::attribute(event, attribute).and_then(|v| values.get(v.as_ref()))
             {
                 candidates.extend_from_slice(found);
             }
@@ -233,105 +295,226 @@ impl Router {
         }
         candidates.sort_unstable();
         let data = EventData::new(event);
-        let mut fired = Vec::new();
+        let mut touches = Vec::new();
         for group in candidates.chunk_by(|a, b| a.0 == b.0) {
             let r = group[0].0 as usize;
-            let routing = self.routings[r].clone();
+            let routing = &self.routings[r];
             let passed: Vec<usize> = group
                 .iter()
                 .map(|(_, i)| *i as usize)
                 .filter(|i| data.passes(&routing.inputs[*i].filters))
                 .collect();
-            match self.observe(r, &routing, &passed, &data, at) {
-                Some(event) => fired.push(Fired { routing: r, event }),
-                None => {
-                    self.metrics.filtered.get_or_create(&routing.labels).inc();
+            let Some(first) = passed.first() else {
+                self.metrics.filtered.get_or_create(&routing.labels).inc();
+                continue;
+            };
+            let key = match &routing.inputs[*first].key {
+                None => String::new(),
+                Some(expr) => match expr.key(&data) {
+                    Some(key) => key,
+                    None => {
+                        self.metrics.unkeyed.get_or_create(&routing.labels).inc();
+                        tracing::debug!(subscriber = ?routing.labels, key = expr.text(), id = %event.id(), "event has no correlation key; it cannot join");
+                        continue;
+                    }
+                },
+            };
+            touches.push(Touch { routing: r, passed, key });
+        }
+        touches
+    }
+
+    /// Whether `touch` needs join state: its condition names more than one input.
+    pub fn is_stateful(&self, touch: &Touch) -> bool {
+        self.routings[touch.routing].condition.names().len() > 1
+    }
+
+    /// The store key of a subscriber's correlation key.
+    fn store_key(&self, routing: usize, key: &str) -> String {
+        let labels = &self.routings[routing].labels;
+        ofe_eventbus::state_key(&[&labels.namespace, &labels.trigger, &labels.subscriber, key])
+    }
+
+    /// Brings the stored state of every stateful touch that is not in memory into memory.
+    pub async fn load(&mut self, touches: &[&Touch]) -> Result<(), BusError> {
+        let Some(store) = self.store.clone() else { return Ok(()) };
+        let mut missing: Vec<(usize, String)> = touches
+            .iter()
+            .filter(|t| self.is_stateful(t))
+            .filter(|t| !self.state[t.routing].keys.contains_key(&t.key))
+            .map(|t| (t.routing, t.key.clone()))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        let reads = missing.iter().map(|(r, key)| {
+            let (store, stored) = (store.clone(), self.store_key(*r, key));
+            async move { store.get(&stored).await }
+        });
+        let found = futures::future::join_all(reads).await;
+        for ((r, key), found) in missing.into_iter().zip(found) {
+            let state = match found? {
+                None => KeyState::default(),
+                Some(v) => {
+                    let mut state: KeyState = serde_json::from_slice(&v.value).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, key, "unreadable join state; starting the key afresh");
+                        KeyState::default()
+                    });
+                    state.revision = Some(v.revision);
+                    state
+                }
+            };
+            self.state[r].keys.insert(key, state);
+        }
+        Ok(())
+    }
+
+    /// Writes every changed key to the store. Returns the keys whose write lost a race with
+    /// another replica (or failed): they are dropped from memory, and the events that touched
+    /// them must be routed again.
+    pub async fn flush(&mut self) -> HashSet<(usize, String)> {
+        let Some(store) = self.store.clone() else {
+            for state in &mut self.state {
+                state.keys.values_mut().for_each(|k| k.dirty = false);
+            }
+            return HashSet::new();
+        };
+        let mut writes = Vec::new();
+        for (r, state) in self.state.iter().enumerate() {
+            for (key, k) in state.keys.iter().filter(|(_, k)| k.dirty) {
+                let value = serde_json::to_vec(k).unwrap_or_default();
+                let (store, stored, revision) = (store.clone(), self.store_key(r, key), k.revision);
+                let id = (r, key.clone());
+                writes.push(async move { (id, store.put(&stored, value, revision).await) });
+            }
+        }
+        let mut failed = HashSet::new();
+        for ((r, key), result) in futures::future::join_all(writes).await {
+            match result {
+                Ok(revision) => {
+                    if let Some(k) = self.state[r].keys.get_mut(&key) {
+                        k.revision = Some(revision);
+                        k.dirty = false;
+                    }
+                }
+                Err(error) => {
+                    if !matches!(error, StateError::Conflict) {
+                        tracing::warn!(%error, key, "cannot store join state; the events will be routed again");
+                    }
+                    self.state[r].keys.remove(&key);
+                    failed.insert((r, key));
                 }
             }
         }
-        fired
+        let forgotten = std::mem::take(&mut self.forgotten);
+        if !forgotten.is_empty() {
+            // Expired or evicted state is useless; removing it may wait.
+            tokio::spawn(async move {
+                for key in forgotten {
+                    let _ = store.delete(&key).await;
+                }
+            });
+        }
+        failed
     }
 
-    /// Records the event for the inputs in `passed` and evaluates the condition; the event
-    /// to queue if it fires.
-    fn observe(
-        &mut self,
-        r: usize,
-        routing: &Routing,
-        passed: &[usize],
-        data: &EventData<'_>,
-        at: DateTime<Utc>,
-    ) -> Option<Arc<Event>> {
-        let first = *passed.first()?;
-        let key = match &routing.inputs[first].key {
-            None => String::new(),
-            Some(expr) => match expr.key(data) {
-                Some(key) => key,
-                None => {
-                    self.metrics.unkeyed.get_or_create(&routing.labels).inc();
-                    tracing::debug!(subscriber = ?routing.labels, key = expr.text(), id = %data.event().id(), "event has no correlation key; it cannot join");
-                    return None;
-                }
-            },
-        };
-        let window = TimeDelta::from_std(routing.window).unwrap_or(TimeDelta::MAX);
-        let state = &mut self.state[r];
+    /// Records `touch` (of `event`, published at `at`) in the subscriber's state in memory
+    /// and evaluates the condition; the event to queue if it fires. Stateful touches must
+    /// have been [loaded](Router::load) when there is a store.
+    pub fn apply(&mut self, touch: &Touch, event: &Event, at: DateTime<Utc>) -> Option<Arc<Event>> {
+        let routing = self.routings[touch.routing].clone();
+        if routing.condition.names().len() == 1 {
+            // Nothing else to join: the condition's value for its own input decides.
+            return self
+                .fires(&routing, 1)
+                .then(|| Arc::new(event.clone()))
+                .or_else(|| self.not_fired(&routing));
+        }
+        let at = at.timestamp_millis();
+        let window = i64::try_from(routing.window.as_millis()).unwrap_or(i64::MAX);
+        let persist = self.store.is_some();
+        let state = &mut self.state[touch.routing];
         state.since_sweep += 1;
         if state.since_sweep >= 1024 || state.keys.len() > routing.max_keys {
-            state.sweep(at, window, routing.max_keys);
+            let dropped = state.sweep(at, window, routing.max_keys);
+            let labels = &routing.labels;
+            self.forgotten.extend(dropped.iter().map(|key| {
+                ofe_eventbus::state_key(&[
+                    &labels.namespace,
+                    &labels.trigger,
+                    &labels.subscriber,
+                    key,
+                ])
+            }));
         }
-        let entry = state
-            .keys
-            .entry(key.clone())
-            .or_insert_with(|| KeyState { seen: vec![None; routing.inputs.len()], touched: at });
-        let id = data.event().id();
-        for i in passed {
-            let newer = entry.seen[*i].as_ref().is_none_or(|(t, _)| *t <= at);
-            if newer {
-                entry.seen[*i] = Some((at, id.to_string()));
+        let state = &mut self.state[touch.routing];
+        let entry = state.keys.entry(touch.key.clone()).or_default();
+        let id = event.id();
+        // Routed again (a crash before the acknowledgement): fire as the first time did.
+        if let Some((_, joined)) = entry.fired.iter().find(|(fired, _)| fired == id) {
+            return Some(Arc::new(with_joined(event, joined)));
+        }
+        for i in &touch.passed {
+            let name = &routing.inputs[*i].name;
+            if entry.seen.get(name).is_none_or(|(t, _)| *t <= at) {
+                entry.seen.insert(name.clone(), (at, id.to_string()));
             }
         }
         entry.touched = entry.touched.max(at);
+        entry.dirty = persist;
         let mut bits = 0u64;
-        for (i, seen) in entry.seen.iter().enumerate() {
-            if seen.as_ref().is_some_and(|(t, _)| at - *t < window) {
+        for (i, input) in routing.inputs.iter().enumerate() {
+            if entry.seen.get(&input.name).is_some_and(|(t, _)| at - *t < window) {
                 bits |= 1 << i;
             }
         }
-        let fires = match routing.condition.evaluate_bits(bits) {
-            Ok(fires) => fires,
-            Err(error) => {
-                tracing::error!(subscriber = ?routing.labels, %error, "condition failed to evaluate; treating it as false");
-                false
-            }
-        };
-        let joined: Vec<String> = if fires {
-            entry
-                .seen
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| bits & (1 << i) != 0 && !passed.contains(i))
-                .filter_map(|(i, s)| {
-                    s.as_ref().map(|(_, id)| format!("{}={id}", routing.inputs[i].name))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if fires && routing.consume {
-            state.keys.remove(&key);
+        let keys = state.keys.len();
+        self.metrics.join_keys.get_or_create(&routing.labels).set(as_i64(keys));
+        if !self.fires(&routing, bits) {
+            return self.not_fired(&routing);
         }
-        self.metrics.join_keys.get_or_create(&routing.labels).set(as_i64(state.keys.len()));
-        if !fires {
-            return None;
+        let entry = self.state[touch.routing].keys.entry(touch.key.clone()).or_default();
+        let joined: Vec<String> = routing
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bits & (1 << i) != 0 && !touch.passed.contains(i))
+            .filter_map(|(_, input)| {
+                entry.seen.get(&input.name).map(|(_, id)| format!("{}={id}", input.name))
+            })
+            .collect();
+        let joined = joined.join(",");
+        if routing.consume {
+            entry.seen.clear();
         }
-        if joined.is_empty() {
-            return Some(Arc::new(data.event().clone()));
+        entry.fired.push_back((id.to_string(), joined.clone()));
+        if entry.fired.len() > FIRED_MEMORY {
+            entry.fired.pop_front();
         }
-        let mut event = data.event().clone();
-        event.set_extension(EXT_JOINED, joined.join(","));
-        Some(Arc::new(event))
+        Some(Arc::new(with_joined(event, &joined)))
     }
+
+    /// Evaluates `routing`'s condition with the inputs of `bits` active.
+    fn fires(&self, routing: &Routing, bits: u64) -> bool {
+        routing.condition.evaluate_bits(bits).unwrap_or_else(|error| {
+            tracing::error!(subscriber = ?routing.labels, %error, "condition failed to evaluate; treating it as false");
+            false
+        })
+    }
+
+    /// Counts an event that did not fire `routing`.
+    fn not_fired(&self, routing: &Routing) -> Option<Arc<Event>> {
+        self.metrics.filtered.get_or_create(&routing.labels).inc();
+        None
+    }
+}
+
+/// `event`, with [`EXT_JOINED`] set to `joined` unless that is empty.
+fn with_joined(event: &Event, joined: &str) -> Event {
+    let mut event = event.clone();
+    if !joined.is_empty() {
+        event.set_extension(EXT_JOINED, joined);
+    }
+    event
 }
 
 fn as_u32(n: usize) -> u32 {
@@ -386,14 +569,42 @@ pub async fn run(
                 Some(Err(e)) => return Err(e),
             }
         }
-        let mut publishes = Vec::new();
-        for delivery in &batch {
-            for fired in router.route(&delivery.subject, &delivery.event, delivery.published_at) {
-                let routing = &router.routings()[fired.routing];
-                router.metrics.received.get_or_create(&routing.labels).inc();
-                let (bus, queue) = (bus.clone(), routing.queue.clone());
-                publishes.push(async move { bus.publish(&queue, &fired.event).await });
+        // What each event means for each subscriber; then the join state it needs, from the
+        // store; then the decisions, in input order; then the state, written back.
+        let touches: Vec<Vec<Touch>> =
+            batch.iter().map(|d| router.touches(&d.subject, &d.event)).collect();
+        let needed: Vec<&Touch> = touches.iter().flatten().collect();
+        if let Err(error) = router.load(&needed).await {
+            tracing::warn!(%error, events = batch.len(), "cannot read join state; the events will be routed again");
+            settle(batch, Some(RETRY_DELAY)).await;
+            continue;
+        }
+        let mut fired = Vec::new();
+        for (n, (delivery, touches)) in batch.iter().zip(&touches).enumerate() {
+            for touch in touches {
+                if let Some(event) = router.apply(touch, &delivery.event, delivery.published_at) {
+                    fired.push((n, touch.routing, event));
+                }
             }
+        }
+        let lost = router.flush().await;
+        // An event whose join state another replica changed first is routed again, on the
+        // state that won; what it already fired comes back from that state's memory.
+        let again: HashSet<usize> = touches
+            .iter()
+            .enumerate()
+            .filter(|(_, ts)| ts.iter().any(|t| lost.contains(&(t.routing, t.key.clone()))))
+            .map(|(n, _)| n)
+            .collect();
+        let mut publishes = Vec::new();
+        for (n, r, event) in fired {
+            if again.contains(&n) {
+                continue;
+            }
+            let routing = &router.routings()[r];
+            router.metrics.received.get_or_create(&routing.labels).inc();
+            let (bus, queue) = (bus.clone(), routing.queue.clone());
+            publishes.push(async move { bus.publish(&queue, &event).await });
         }
         // Polled in order, so each queue receives its events in input order.
         let results = futures::future::join_all(publishes).await;
@@ -402,7 +613,10 @@ pub async fn run(
             settle(batch, Some(RETRY_DELAY)).await;
             continue;
         }
-        settle(batch, None).await;
+        let (retry, done): (Vec<_>, Vec<_>) =
+            batch.into_iter().enumerate().partition(|(n, _)| again.contains(n));
+        settle(done.into_iter().map(|(_, d)| d).collect(), None).await;
+        settle(retry.into_iter().map(|(_, d)| d).collect(), Some(Duration::ZERO)).await;
     }
 }
 

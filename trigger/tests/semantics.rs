@@ -337,3 +337,54 @@ spec:
     assert_eq!(fired(route(&mut router, &input("car"), &fast, now)), vec![0, 1]);
     assert_eq!(fired(route(&mut router, &input("car"), &slow, now)), vec![0]);
 }
+
+/// Two routers sharing a state store: the one that decided on stale state loses the write,
+/// reloads, and decides again on the state that won.
+#[tokio::test]
+async fn a_router_that_lost_a_race_decides_again_on_the_winning_state() {
+    use ofe_eventbus::EventBus as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = ofe_eventbus::embedded::EmbeddedBus::open(
+        ofe_eventbus::embedded::EmbeddedConfig::new(dir.path()),
+    )
+    .expect("bus");
+    let store = bus.state_store().await.expect("store").expect("the embedded bus keeps state");
+    let make = || {
+        let routings = plan(&join_trigger(""), &PlanOptions::default())
+            .expect("plans")
+            .into_iter()
+            .filter_map(|p| p.routing)
+            .collect();
+        Router::new(routings, TriggerMetrics::default()).with_store(store.clone())
+    };
+    let (mut first, mut second) = (make(), make());
+    let now = Utc::now();
+    let telemetry = event("t1", "t", serde_json::json!({ "vehicleId": "v1" }));
+    let alarm = event("a1", "a", serde_json::json!({ "car": { "id": "v1" } }));
+    // The first router reads v1's (empty) state for the alarm...
+    let alarm_touches = first.touches(&input("alarm"), &alarm);
+    first.load(&alarm_touches.iter().collect::<Vec<_>>()).await.expect("load");
+    // ...while the second records v1's telemetry and stores it.
+    let touches = second.touches(&input("telemetry"), &telemetry);
+    second.load(&touches.iter().collect::<Vec<_>>()).await.expect("load");
+    assert!(second.apply(&touches[0], &telemetry, now).is_none());
+    assert!(second.flush().await.is_empty());
+    // On its stale state the alarm joins nothing, and that decision cannot be stored.
+    assert!(first.apply(&alarm_touches[0], &alarm, now).is_none());
+    assert_eq!(first.flush().await.len(), 1, "the stale write loses");
+    // Routed again, on the stored state: the join fires.
+    first.load(&alarm_touches.iter().collect::<Vec<_>>()).await.expect("load");
+    let fired = first.apply(&alarm_touches[0], &alarm, now).expect("the join fires");
+    assert_eq!(
+        fired.extension(EXT_JOINED).map(ToString::to_string).as_deref(),
+        Some("telemetry=t1")
+    );
+    assert!(first.flush().await.is_empty());
+    // A third router, as after a restart, finds the firing remembered: routing the alarm again
+    // (its acknowledgement was lost) fires it again with the same joined events.
+    let mut third = make();
+    third.load(&alarm_touches.iter().collect::<Vec<_>>()).await.expect("load");
+    let again = third.apply(&alarm_touches[0], &alarm, now).expect("fires again");
+    assert_eq!(again.extension(EXT_JOINED), fired.extension(EXT_JOINED));
+    bus.close().await.expect("close");
+}
