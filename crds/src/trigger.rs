@@ -34,8 +34,8 @@ pub struct TriggerSpec {
     /// Default `60s`, as in OpenFunction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
-    /// A CEL expression over an input event (ofe addition), e.g. `data.vehicleId`, whose value
-    /// keys the join: with it, `A && B` is true only when A and B carry the same key. Without
+    /// A CEL expression over an input event (ofe addition), e.g. `data.vehicleId`, or a
+    /// JSONPath query (starting with `$`, e.g. `$.data.vehicle.id`), whose value keys the join: with it, `A && B` is true only when A and B carry the same key. Without
     /// it, every event of an input counts for every other. An input may set its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_key: Option<String>,
@@ -106,6 +106,10 @@ pub struct Filter {
     /// and `data`, e.g. `data.speed > 120.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cel: Option<String>,
+    /// A JSONPath query (RFC 9535) over the event as JSON (its attributes, and `data` parsed
+    /// when it is JSON) that must select something, e.g. `$.data.items[?@.price > 10]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonpath: Option<String>,
 }
 
 /// One routing rule of a Trigger.
@@ -167,8 +171,9 @@ pub struct DeliverySpec {
     /// Deliveries in flight at once (ofe addition). Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
-    /// A CEL expression over the event (ofe addition), e.g. `data.vehicleId`: events with the
-    /// same key are delivered one at a time, in the order the subscriber received them.
+    /// A CEL expression over the event (ofe addition), e.g. `data.vehicleId`, or a JSONPath
+    /// query starting with `$`: events with the same key are delivered one at a time, in the
+    /// order the subscriber received them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_key: Option<String>,
     /// Most events delivered per second (ofe addition), per process.

@@ -15,6 +15,7 @@ use std::cell::OnceCell;
 
 use cel::{Context, Program, Value};
 use cloudevents::{AttributesReader as _, Event};
+use jsonpath_rust::parser::model::JpQuery;
 use ofe_crds::Filter;
 
 use crate::condition::{ConditionError, caret};
@@ -36,6 +37,8 @@ pub enum CompiledFilter {
     Not(Box<CompiledFilter>),
     /// The CEL program evaluates to `true`.
     Cel(Box<Program>),
+    /// The JSONPath query selects at least one node of the event's JSON.
+    JsonPath(Box<JpQuery>),
 }
 
 /// A filter that cannot be used, with the field path inside the filter (e.g. `.cel`,
@@ -72,8 +75,16 @@ impl CompiledFilter {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let Filter { exact, prefix, suffix, all, any, not, cel } = filter;
+        let Filter { exact, prefix, suffix, all, any, not, cel, jsonpath } = filter;
+        if let (None, None, None, None, None, None, None, Some(path)) =
+            (exact, prefix, suffix, all, any, not, cel, jsonpath)
+        {
+            return compile_jsonpath(path)
+                .map(|q| Self::JsonPath(Box::new(q)))
+                .map_err(|e| FilterError { path: ".jsonpath".into(), message: e.message });
+        }
         let set = [
+            jsonpath.is_some(),
             exact.is_some(),
             prefix.is_some(),
             suffix.is_some(),
@@ -85,7 +96,8 @@ impl CompiledFilter {
         if set.iter().filter(|s| **s).count() != 1 {
             return Err(FilterError {
                 path: String::new(),
-                message: "set exactly one of exact, prefix, suffix, all, any, not or cel".into(),
+                message: "set exactly one of exact, prefix, suffix, all, any, not, cel or jsonpath"
+                    .into(),
             });
         }
         Ok(match (exact, prefix, suffix, all, any, not, cel) {
@@ -126,6 +138,7 @@ impl CompiledFilter {
             Self::Cel(program) => {
                 data.eval(program).is_some_and(|v| matches!(v, Value::Bool(true)))
             }
+            Self::JsonPath(query) => data.select(query).is_some_and(|nodes| !nodes.is_empty()),
         }
     }
 
@@ -164,6 +177,30 @@ fn cel_index_key(expr: &cel::IdedExpr) -> Option<(String, String)> {
     }
 }
 
+/// Parses a JSONPath query, with an error that points at the column.
+pub(crate) fn compile_jsonpath(text: &str) -> Result<JpQuery, ConditionError> {
+    if !text.trim_start().starts_with('$') {
+        return Err(ConditionError {
+            message: format!(
+                "`{text}` is not a JSONPath query; start it at the event's root, e.g. `$.data.id`"
+            ),
+            column: Some(1),
+        });
+    }
+    jsonpath_rust::parser::parse_json_path(text).map_err(|e| match &e {
+        jsonpath_rust::parser::errors::JsonPathError::PestError(pest) => {
+            let column = match pest.line_col {
+                pest::error::LineColLocation::Pos((_, c))
+                | pest::error::LineColLocation::Span((_, c), _) => c,
+            };
+            caret(text, column, "does not parse as JSONPath", "fix the query (RFC 9535 syntax)")
+        }
+        other => {
+            ConditionError { message: format!("does not parse as JSONPath: {other}"), column: None }
+        }
+    })
+}
+
 /// Compiles a CEL expression over an event (`type`, `source`, extensions, `data`), with an
 /// error that points at the column.
 pub(crate) fn compile_cel(text: &str) -> Result<Program, ConditionError> {
@@ -200,17 +237,18 @@ pub(crate) fn attribute<'e>(event: &'e Event, name: &str) -> Option<Cow<'e, str>
     }
 }
 
-/// An event and its data for `cel` filters, converted on first use and then shared by every
-/// filter that looks at the event.
+/// An event as `cel` filters, `jsonpath` filters and keys see it, built on first use and then
+/// shared by every filter that looks at the event: its data is parsed at most once.
 pub struct EventData<'a> {
     event: &'a Event,
+    json: OnceCell<serde_json::Value>,
     context: OnceCell<Option<Context<'static, 'static>>>,
 }
 
 impl<'a> EventData<'a> {
     /// `event`, its data not converted yet.
     pub fn new(event: &'a Event) -> Self {
-        Self { event, context: OnceCell::new() }
+        Self { event, json: OnceCell::new(), context: OnceCell::new() }
     }
 
     /// The event.
@@ -218,32 +256,50 @@ impl<'a> EventData<'a> {
         self.event
     }
 
-    /// The CEL context of the event: every attribute and extension as a string variable and
-    /// `data` as parsed JSON when it is JSON, else a string (null without data). Built once.
-    /// `None` if the JSON cannot be represented in CEL.
+    /// The event as JSON: every attribute and extension as a string, and `data` parsed as
+    /// JSON when it is JSON, else a string (null without data).
+    fn json(&self) -> &serde_json::Value {
+        self.json.get_or_init(|| {
+            let data = match self.event.data() {
+                None => serde_json::Value::Null,
+                Some(cloudevents::Data::Json(v)) => v.clone(),
+                Some(cloudevents::Data::String(s)) => {
+                    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone()))
+                }
+                Some(cloudevents::Data::Binary(b)) => {
+                    serde_json::from_slice(b).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                    })
+                }
+            };
+            let mut object = serde_json::Map::new();
+            for (name, value) in self.event.iter_attributes() {
+                object.insert(name.to_string(), value.to_string().into());
+            }
+            for (name, value) in self.event.iter_extensions() {
+                object.insert(name.to_string(), value.to_string().into());
+            }
+            object.insert("data".into(), data);
+            serde_json::Value::Object(object)
+        })
+    }
+
+    /// The CEL context of the event: every attribute and extension as a string variable, and
+    /// `data`. `None` if the data cannot be represented in CEL.
     fn context(&self) -> Option<&Context<'static, 'static>> {
         self.context
             .get_or_init(|| {
-                let json = match self.event.data() {
-                    None => serde_json::Value::Null,
-                    Some(cloudevents::Data::Json(v)) => v.clone(),
-                    Some(cloudevents::Data::String(s)) => serde_json::from_str(s)
-                        .unwrap_or_else(|_| serde_json::Value::String(s.clone())),
-                    Some(cloudevents::Data::Binary(b)) => {
-                        serde_json::from_slice(b).unwrap_or_else(|_| {
-                            serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
-                        })
-                    }
-                };
-                let data = cel::to_value(json).ok()?;
+                let json = self.json();
                 let mut context = Context::with_env(crate::condition::env());
-                for (name, value) in self.event.iter_attributes() {
-                    context.add_variable_from_value(name, value.to_string());
+                for (name, value) in json.as_object()? {
+                    match value {
+                        serde_json::Value::String(s) if name != "data" => {
+                            context.add_variable_from_value(name.clone(), s.clone());
+                        }
+                        _ => context
+                            .add_variable_from_value(name.clone(), cel::to_value(value).ok()?),
+                    }
                 }
-                for (name, value) in self.event.iter_extensions() {
-                    context.add_variable_from_value(name.to_string(), value.to_string());
-                }
-                context.add_variable_from_value("data", data);
                 Some(context)
             })
             .as_ref()
@@ -253,6 +309,12 @@ impl<'a> EventData<'a> {
     /// mismatch) or the data cannot be represented in CEL.
     pub fn eval(&self, program: &Program) -> Option<Value> {
         program.execute(self.context()?).ok()
+    }
+
+    /// The nodes `query` selects in the event's JSON; `None` when the query fails.
+    pub fn select(&self, query: &JpQuery) -> Option<Vec<&serde_json::Value>> {
+        let nodes = jsonpath_rust::query::js_path_process(query, self.json()).ok()?;
+        Some(nodes.into_iter().map(|n| n.val).collect())
     }
 
     /// Whether the event passes every filter of `filters`.
@@ -306,6 +368,12 @@ mod tests {
             ("cel: type == 'com.example.telemetry' && region == 'north'", true),
             ("cel: data.nothing > 1.0", false),
             ("cel: data.id > 1", false),
+            // A filter selector tests the children of what it follows: here, the root's.
+            ("jsonpath: $[?@.speed > 120]", true),
+            ("jsonpath: $[?@.speed > 130]", false),
+            ("jsonpath: $.data.speed", true),
+            ("jsonpath: $.region", true),
+            ("jsonpath: $.data.missing", false),
         ];
         for (yaml, expected) in cases {
             let compiled = filter(yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
@@ -338,5 +406,9 @@ mod tests {
         assert!(e.message.contains("exactly one"), "{}", e.message);
         let e = filter("exact: {}").expect_err("empty");
         assert_eq!(e.path, ".exact");
+        let e = filter("jsonpath: \"$.data[?@.speed >]\"").expect_err("bad jsonpath");
+        assert_eq!(e.path, ".jsonpath");
+        assert!(e.message.contains("(column"), "{}", e.message);
+        assert!(filter("jsonpath: data.speed").expect_err("no root").message.contains("start it"));
     }
 }

@@ -175,7 +175,7 @@ spec:
   {extra}
   inputs:
     telemetry: {{ eventSource: telemetry, event: e }}
-    alarm: {{ eventSource: alarm, event: e, correlationKey: data.car.id }}
+    alarm: {{ eventSource: alarm, event: e, correlationKey: "$.data.car.id" }}
   subscribers:
   - condition: telemetry && alarm
     sink: {{ uri: "http://127.0.0.1:9/" }}
@@ -192,7 +192,7 @@ fn a_correlation_key_joins_per_key_and_reports_what_joined() {
     assert!(route(&mut router, &input("telemetry"), &tel("t1", "v1"), now).is_empty());
     // An alarm of another vehicle does not join v1's telemetry.
     assert!(route(&mut router, &input("alarm"), &alarm("a2", "v2"), now).is_empty());
-    // The input's own key expression finds v1 in another place of the data.
+    // The input's own key, a JSONPath query, finds v1 in another place of the data.
     let fired = route(&mut router, &input("alarm"), &alarm("a1", "v1"), now);
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].1.id(), "a1");
