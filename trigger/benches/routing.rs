@@ -151,7 +151,7 @@ fn median(mut rates: Vec<f64>) -> f64 {
 
 fn main() {
     let count: usize =
-        std::env::var("OFE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+        std::env::var("OFE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     println!("routing, {count} events of 1 KiB, 1% matching\n");
