@@ -14,6 +14,7 @@
 //!   unsettled message of each partition, so a crash redelivers what was in flight, never
 //!   skips it. Kafka has no per-message nack: a nack keeps the message in the subscription and
 //!   delivers it again after the delay, holding back that partition's commit meanwhile.
+//! - Trigger join state is kept in a compacted topic `<prefix>.state` (see `kafka_state`).
 //! - Kafka has no duplicate window: each subscription drops a message whose subject, `source`
 //!   and `id` it saw within the window (2 minutes), and `publish` never reports duplicates.
 
@@ -90,7 +91,7 @@ impl KafkaConfig {
         format!("{}.events", self.topic_prefix)
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         // Resolve `localhost` and friends to IPv4 first, as the brokers here listen there.
@@ -136,6 +137,8 @@ pub struct KafkaBus {
     topic: Arc<str>,
     producer: FutureProducer,
     partitions: i32,
+    /// The join state store, opened on first use.
+    state: Arc<tokio::sync::OnceCell<Arc<crate::kafka_state::KafkaState>>>,
 }
 
 impl KafkaBus {
@@ -205,6 +208,7 @@ impl KafkaBus {
             topic: topic.into(),
             producer,
             partitions: i32::try_from(partitions).unwrap_or(0),
+            state: Arc::default(),
         })
     }
 
@@ -334,6 +338,18 @@ impl EventBus for KafkaBus {
             stop,
             recent: Recent::new(self.config.dedup_window),
         }))
+    }
+
+    async fn state_store(&self) -> Result<Option<Arc<dyn crate::StateStore>>, BusError> {
+        let state = self
+            .state
+            .get_or_try_init(|| async {
+                crate::kafka_state::KafkaState::open(&self.config, self.producer.clone())
+                    .await
+                    .map(Arc::new)
+            })
+            .await?;
+        Ok(Some(state.clone()))
     }
 
     async fn close(&self) -> Result<(), BusError> {

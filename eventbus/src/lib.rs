@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod event;
 pub mod jetstream;
 pub mod kafka;
+mod kafka_state;
 pub mod state;
 mod subject;
 pub mod testing;
