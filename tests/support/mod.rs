@@ -407,3 +407,30 @@ where
 
 /// A child process killed when dropped, so a failing test leaves no `ofe` behind.
 pub use ofe_eventbus::testing::ChildGuard as KillOnDrop;
+
+/// Runs the example `name` (which cargo builds next to the binaries when it builds the tests)
+/// with `args` and the `ofe` binary under test; asserts it succeeded and returns its output.
+pub fn run_example(name: &str, args: &[&str]) -> String {
+    let ofe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ofe"));
+    let example = ofe.parent().map(|dir| dir.join("examples").join(name)).expect("target dir");
+    assert!(
+        example.exists(),
+        "{} is missing; build it with `cargo build --example {name}`",
+        example.display()
+    );
+    let output = Command::new(&example).args(args).arg("--ofe").arg(&ofe).output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the {name} example reported missing events");
+    stdout
+}
+
+/// The number on the summary line of `stdout` that starts with `label`.
+pub fn summary(stdout: &str, label: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` line in the summary"))
+}

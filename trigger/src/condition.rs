@@ -185,6 +185,11 @@ impl Condition {
         if let Some(result) = usize::try_from(bits).ok().and_then(|i| self.table.get(i)) {
             return Ok(*result);
         }
+        self.evaluate_cel(bits)
+    }
+
+    /// Runs the CEL program with the inputs of `bits` active.
+    fn evaluate_cel(&self, bits: u64) -> Result<bool, String> {
         let active: HashMap<&str, bool> = self
             .names
             .iter()
@@ -205,14 +210,8 @@ impl Condition {
         }
         let mut can_fire = false;
         let mut table = Vec::with_capacity(1 << n);
-        for bits in 0u32..(1 << n) {
-            let active: HashMap<&str, bool> = self
-                .names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| (name.as_str(), bits & (1 << i) != 0))
-                .collect();
-            match self.evaluate(&active) {
+        for bits in 0u64..(1 << n) {
+            match self.evaluate_cel(bits) {
                 Ok(result) => {
                     can_fire |= result && bits != 0;
                     table.push(result);
