@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// When both are set, `uri` wins, as in OpenFunction.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "has(self.uri) || has(self.ref)", "message": "set uri, or ref to a Knative Service or an OpenFunction Function" }
+]))]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
     /// A reference to a Knative Service (`serving.knative.dev/v1`) or an OpenFunction Function

@@ -23,6 +23,9 @@ use crate::eventbus::{NatsAuthSpec, TlsSpec};
     printcolumn(name = "Sink", type_ = "string", json_path = ".spec.sink.uri"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[-1].type")
 )]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "has(self.eventBus) || has(self.sink)", "message": "set eventBus to publish to a bus, sink to call a function, or both" }
+]))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EventSourceSpec {
     /// Name of the EventBus (namespaced first, then ClusterEventBus) events are published to.

@@ -19,6 +19,11 @@ use crate::common::{Condition, SinkSpec};
     printcolumn(name = "EventBus", type_ = "string", json_path = ".spec.eventBus"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[-1].type")
 )]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "self.eventBus != ''", "message": "eventBus is empty; name an EventBus, e.g. default" },
+    { "rule": "size(self.inputs) > 0", "message": "inputs is empty; add at least one input" },
+    { "rule": "size(self.subscribers) > 0", "message": "subscribers is empty; add at least one subscriber" }
+]))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TriggerSpec {
     /// Name of the EventBus (namespaced first, then ClusterEventBus) the inputs are read from.
@@ -52,6 +57,9 @@ pub struct TriggerSpec {
 
 /// One input of a Trigger: an event of an EventSource, or (ofe addition) a bus topic.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "has(self.topic) ? !has(self.eventSource) && !has(self.event) : has(self.eventSource) && has(self.event)", "message": "an input reads either a topic, or an eventSource and its event" }
+]))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Input {
     /// Namespace of the EventSource or topic. Defaults to the Trigger's namespace.
@@ -114,6 +122,9 @@ pub struct Filter {
 
 /// One routing rule of a Trigger.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "has(self.sink) || has(self.topic)", "message": "a subscriber needs a sink, a topic, or both" }
+]))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Subscriber {
     /// CEL over the input names, e.g. `eventA && eventB`. Only an event of an input named here
@@ -145,6 +156,12 @@ pub struct Subscriber {
 /// Delivery settings of one subscriber, in the shape of Knative's `DeliverySpec`, plus flow
 /// control. Durations are ISO 8601 as in Knative (`PT0.2S`) or Go style (`200ms`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "!has(self.retry) || self.retry >= 0", "message": "retry must be 0 or more" },
+    { "rule": "!has(self.backoffPolicy) || self.backoffPolicy in ['linear', 'exponential']", "message": "backoffPolicy is linear or exponential" },
+    { "rule": "!has(self.maxConcurrency) || self.maxConcurrency > 0", "message": "maxConcurrency must be at least 1" },
+    { "rule": "!has(self.rateLimit) || self.rateLimit > 0", "message": "rateLimit must be at least 1 event per second" }
+]))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeliverySpec {
     /// Retries after the first attempt before the event is dead-lettered. Default 5.

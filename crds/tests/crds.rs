@@ -112,3 +112,110 @@ fn every_openfunction_sample_parses_unchanged() {
     assert!(errors.is_empty(), "{errors:#?}");
     assert!(set.manifests.len() >= 9, "only {} resources loaded", set.manifests.len());
 }
+
+/// The messages of the `x-kubernetes-validations` rules of `schema` (and of the schemas below
+/// it) that `value` breaks. The rules run here with the same CEL the API server uses for them.
+fn broken_rules(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+    for rule in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+        let text = rule["rule"].as_str().expect("rule text");
+        let program = cel::Program::compile(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let mut context = cel::Context::default();
+        context.add_variable_from_value("self", cel::to_value(value).expect("CEL value"));
+        if program.execute(&context) != Ok(cel::Value::Bool(true)) {
+            out.push(format!("{path}: {}", rule["message"].as_str().unwrap_or(text)));
+        }
+    }
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                let below = schema["properties"]
+                    .get(name)
+                    .or_else(|| schema.get("additionalProperties").filter(|s| s.is_object()));
+                if let Some(below) = below {
+                    broken_rules(below, field, &format!("{path}.{name}"), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                broken_rules(&schema["items"], item, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What the API server's validation rules say of a manifest document.
+fn admission(yaml: &str) -> Vec<String> {
+    let doc: Value = serde_saphyr::from_str(yaml).expect("yaml");
+    let kind = doc["kind"].as_str().expect("kind").to_string();
+    let crd = crd::all().into_iter().find(|(_, c)| c.spec.names.kind == kind).expect("a CRD");
+    let crd = serde_json::to_value(crd.1).expect("json");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut out = Vec::new();
+    broken_rules(schema, &doc, "", &mut out);
+    out
+}
+
+/// The CRDs' validation rules admit every OpenFunction sample and every example, and refuse
+/// what `ofe validate` refuses for the same reason, before anything is stored.
+#[test]
+fn validation_rules_admit_the_samples_and_refuse_broken_resources() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<PathBuf> = ["tests/fixtures/openfunction", "examples/cron-to-function"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(root.join(d)).expect("dir").map(|e| e.expect("entry").path())
+        })
+        .chain(
+            ["examples/vehicle-telemetry/manifests.yaml", "examples/chain/manifests.yaml"]
+                .map(|f| root.join(f)),
+        )
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for doc in text.split("\n---").filter(|d| d.contains("kind:")) {
+            let broken = admission(doc);
+            assert!(broken.is_empty(), "{}: {broken:?}", file.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} documents checked");
+    let head = "apiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: { name: t }\nspec:\n";
+    let cases = [
+        (
+            format!("{head}  eventBus: default\n  inputs: {{ a: {{ topic: x, eventSource: s }} }}\n  subscribers: [ {{ condition: a, topic: out }} ]\n"),
+            ".spec.inputs.a: an input reads either a topic, or an eventSource and its event",
+        ),
+        (
+            format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a }} ]\n"),
+            ".spec.subscribers[0]: a subscriber needs a sink, a topic, or both",
+        ),
+        (
+            format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, sink: {{}} }} ]\n"),
+            ".spec.subscribers[0].sink: set uri, or ref",
+        ),
+        (
+            format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, backoffPolicy: quadratic }} }} ]\n"),
+            ".spec.subscribers[0].delivery: retry must be 0 or more",
+        ),
+        (
+            format!("{head}  eventBus: default\n  inputs: {{}}\n  subscribers: []\n"),
+            ".spec: inputs is empty",
+        ),
+        (
+            "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: { name: s }\nspec:\n  cron: { tick: { schedule: '@every 1s' } }\n".to_string(),
+            ".spec: set eventBus to publish to a bus, sink to call a function, or both",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let broken = admission(&yaml);
+        assert!(broken.iter().any(|b| b.starts_with(want)), "want `{want}` in {broken:?}");
+    }
+    let both = admission(&format!(
+        "{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, backoffPolicy: quadratic }} }} ]\n"
+    ));
+    assert_eq!(both.len(), 2, "each broken rule is reported: {both:?}");
+}
