@@ -8,6 +8,7 @@
 //!   [`diagnostic::Diagnostic`] that names the file, document and field path.
 //! - [`validate`]: structural checks; the CEL and cron checks live beside their engines.
 //! - [`duration`]: Go-style durations (`5s`, `1h30m`), the format OpenFunction uses.
+//! - [`status`]: conditions kept one per type and updated in place, with `Ready` summing up.
 //!
 //! This crate sits at the bottom of the workspace and depends on no other ofe crate.
 
@@ -22,6 +23,7 @@ pub mod eventbus;
 pub mod eventsource;
 pub mod manifest;
 mod schema;
+pub mod status;
 pub mod trigger;
 pub mod validate;
 
