@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
+use ofe_eventbus::health::{Health, ResourceKey};
 use ofe_eventbus::{EventBus, Subject};
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
@@ -121,6 +122,29 @@ fn event_source_sink_plan(
     }))
 }
 
+/// The board key of an EventSource.
+fn es_key(es: &EventSource) -> ResourceKey {
+    ResourceKey {
+        kind: "EventSource".into(),
+        namespace: es.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: es.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A subscriber whose consumer is open reports its sinks resolved (standalone, they were, or
+/// `ofe run` would not have started) and itself subscribed.
+fn report_subscriber(health: &Health, plan: &SubscriberPlan) {
+    let labels = &plan.labels;
+    let (kind, name) = match labels.trigger.strip_prefix("eventsource/") {
+        Some(es) => ("EventSource", es.to_string()),
+        None => ("Trigger", labels.trigger.clone()),
+    };
+    let key = ResourceKey { kind: kind.into(), namespace: labels.namespace.clone(), name };
+    let who = format!("subscriber {}", labels.subscriber);
+    health.reporter(key.clone(), "SinkResolved", &who).up("Resolved");
+    health.reporter(key, "Subscribed", &who).up("ConsumerOpen");
+}
+
 /// Every error a resource causes at start-up names its file and document.
 async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
@@ -175,7 +199,13 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     tracing::info!(endpoint = %telemetry::describe(listener.local_addr()?), "serving /healthz and /metrics");
-    let http = tokio::spawn(telemetry::serve(listener, Arc::new(registry), shutdown.clone()));
+    let health = Health::default();
+    let http = tokio::spawn(telemetry::serve(
+        listener,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    ));
 
     // Consumers first, so that the sources' first events are not missed: each subscriber's
     // queue consumer, then one router per bus over every input the subscribers read.
@@ -197,6 +227,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;
         tracing::info!(consumer = %plan.consumer, "subscriber ready");
+        report_subscriber(&health, &plan);
         subscriber_tasks.push(tokio::spawn(runner::run(
             plan,
             subscription,
@@ -237,8 +268,9 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     let mut source_tasks = Vec::new();
     for (es, bus, at) in &sources {
         let name = es.metadata.name.clone().unwrap_or_default();
-        let tasks = ofe_eventsource::spawn(es, bus.clone(), &source_metrics, &stop_sources)
-            .with_context(|| at.clone())?;
+        let tasks =
+            ofe_eventsource::spawn(es, bus.clone(), &source_metrics, &health, &stop_sources)
+                .with_context(|| at.clone())?;
         tracing::info!(eventsource = %name, events = tasks.len(), "eventsource started");
         source_tasks.extend(tasks);
     }
@@ -257,6 +289,13 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
                 format!("cannot listen on {} (--webhook-listen)", args.webhook_listen)
             })?;
         tracing::info!(address = %listener.local_addr()?, ?paths, "serving webhooks");
+        for (es, _, _) in &sources {
+            for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
+                health
+                    .reporter(es_key(es), ofe_eventsource::SOURCE_CONNECTED, event)
+                    .up("Listening");
+            }
+        }
         let stop = stop_sources.clone();
         Some(tokio::spawn(async move {
             axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await

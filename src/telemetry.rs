@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ofe_eventbus::health::Health;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -23,17 +24,38 @@ pub fn init_logs(level: &str, json: bool) {
     }
 }
 
-/// Serves `/healthz` and `/metrics` on `listener` until `shutdown`.
+/// Serves `/healthz`, `/metrics` and `/status` on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .with_state(registry);
+        .with_state(registry)
+        .route("/status", get(status).with_state(health));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Every resource this process runs, with its conditions as the data plane sees them: the
+/// same conditions the operator writes into `.status` in Kubernetes mode.
+async fn status(State(health): State<Health>) -> impl IntoResponse {
+    let resources: Vec<serde_json::Value> = health
+        .snapshot()
+        .into_iter()
+        .map(|(key, conditions)| {
+            serde_json::json!({
+                "kind": key.kind,
+                "namespace": key.namespace,
+                "name": key.name,
+                "conditions": conditions,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "resources": resources }).to_string();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {

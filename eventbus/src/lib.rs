@@ -4,6 +4,7 @@
 //!   explicit ack and nack-with-delay, bounded in-flight deliveries.
 //! - [`embedded::EmbeddedBus`] is the default backend: a log on local disk for one process.
 //! - [`Subject`] names where an event lives, unambiguously.
+//! - [`health`] is the board of what the data plane knows about each resource, as conditions.
 //! - [`state`] is the durable key-value state beside the events that Trigger joins keep.
 //! - [`event`] holds the CloudEvent extension names ofe sets and the storage encoding.
 //! - [`testing`] is the behaviour suite every backend must pass.
@@ -11,6 +12,7 @@
 mod bus;
 pub mod embedded;
 pub mod event;
+pub mod health;
 pub mod jetstream;
 pub mod kafka;
 mod kafka_state;

@@ -18,6 +18,7 @@
 use chrono::{DateTime, Utc};
 use cloudevents::Event;
 use ofe_eventbus::event::{self, EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
+use ofe_eventbus::health::Reporter;
 
 use crate::cron::source_uri;
 use crate::metrics::EventLabels;
@@ -38,6 +39,8 @@ pub struct Origin {
     /// The UUID namespace of derived ids (one per adapter kind).
     pub id_namespace: uuid::Uuid,
     source: String,
+    /// Where the adapter says whether its upstream connection works.
+    reporter: Option<Reporter>,
 }
 
 /// One upstream message, as an adapter sees it.
@@ -65,7 +68,31 @@ impl Origin {
     /// The origin of event `labels` for an adapter with `event_type` and `id_namespace`.
     pub fn new(labels: EventLabels, event_type: &'static str, id_namespace: uuid::Uuid) -> Self {
         let source = source_uri(&labels.namespace, &labels.eventsource);
-        Self { labels, event_type, id_namespace, source }
+        Self { labels, event_type, id_namespace, source, reporter: None }
+    }
+
+    /// Reports connection health to `reporter` from now on.
+    pub fn set_reporter(&mut self, reporter: Reporter) {
+        self.reporter = Some(reporter);
+    }
+
+    /// The reporter, if health is reported.
+    pub fn reporter(&self) -> Option<&Reporter> {
+        self.reporter.as_ref()
+    }
+
+    /// The upstream connection works.
+    pub fn connected(&self) {
+        if let Some(r) = &self.reporter {
+            r.up("Connected");
+        }
+    }
+
+    /// The upstream connection failed, with `error`.
+    pub fn unreachable(&self, error: impl std::fmt::Display) {
+        if let Some(r) = &self.reporter {
+            r.down("BrokerUnreachable", error.to_string());
+        }
     }
 
     /// The origin of event `event` of EventSource `eventsource` in `namespace`.

@@ -42,7 +42,7 @@ const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_655f_6b61_666b_800
 /// One Kafka event of one EventSource.
 #[derive(Clone, Debug)]
 pub struct KafkaSource {
-    origin: Origin,
+    pub(crate) origin: Origin,
     topic: String,
     group: String,
     config: ClientConfig,
@@ -116,6 +116,26 @@ impl KafkaSource {
         &self.group
     }
 
+    /// Asks the brokers for the topic's metadata, which says whether they can be reached (a
+    /// consumer alone connects lazily, and would say nothing until a message or an error).
+    async fn report_reachability(&self) {
+        if self.origin.reporter().is_none() {
+            return;
+        }
+        let config = self.config.clone();
+        let topic = self.topic.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let probe: rdkafka::consumer::BaseConsumer = config.create()?;
+            probe.fetch_metadata(Some(&topic), Duration::from_secs(5)).map(|_| ())
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => self.origin.connected(),
+            Ok(Err(error)) => self.origin.unreachable(format!("{}: {error}", self.topic)),
+            Err(error) => self.origin.unreachable(error),
+        }
+    }
+
     /// Runs until `shutdown`. librdkafka reconnects by itself; a consumer that cannot even be
     /// created (bad configuration) is retried with backoff and logged.
     pub async fn run(
@@ -133,6 +153,7 @@ impl KafkaSource {
             match created {
                 Ok(consumer) => break consumer,
                 Err(error) => {
+                    self.origin.unreachable(&error);
                     tracing::warn!(%error, topic = %self.topic, "cannot start the Kafka consumer; retrying");
                     if !backoff.wait(&shutdown).await {
                         return;
@@ -141,6 +162,7 @@ impl KafkaSource {
             }
         };
         let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
+        self.report_reachability().await;
         let mut failing = false;
         // Next offset per partition, for everything the bus has.
         let mut done: BTreeMap<i32, i64> = BTreeMap::new();
@@ -153,6 +175,7 @@ impl KafkaSource {
             match first {
                 Ok(message) => batch.push(message),
                 Err(error) => {
+                    self.origin.unreachable(&error);
                     if !failing {
                         tracing::warn!(%error, topic = %self.topic, "Kafka consume failed; librdkafka retries");
                         failing = true;
@@ -163,6 +186,7 @@ impl KafkaSource {
             }
             if failing {
                 tracing::info!(topic = %self.topic, "Kafka consumption recovered");
+                self.origin.connected();
                 failing = false;
             }
             // Take what is already fetched, without waiting for more.

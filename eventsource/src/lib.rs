@@ -24,6 +24,7 @@ use std::sync::Arc;
 use ofe_crds::EventSource;
 use ofe_crds::diagnostic::Diagnostic;
 use ofe_eventbus::EventBus;
+use ofe_eventbus::health::{Health, Reporter, ResourceKey};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +65,33 @@ enum Source {
     Redis(Box<redis::RedisSource>),
 }
 
+/// The condition type of an EventSource's upstream connections.
+pub const SOURCE_CONNECTED: &str = "SourceConnected";
+
 impl Source {
+    /// The name of its event.
+    fn event(&self) -> &str {
+        match self {
+            Self::Cron(s) => &s.event,
+            Self::Mqtt(s) => &s.origin.labels.event,
+            Self::Kafka(s) => &s.origin.labels.event,
+            Self::Nats(s) => &s.origin.labels.event,
+            Self::Redis(s) => &s.origin.labels.event,
+        }
+    }
+
+    /// Reports its connection to `reporter`. A schedule has no upstream: it works from the
+    /// start.
+    fn set_reporter(&mut self, reporter: Reporter) {
+        match self {
+            Self::Cron(_) => reporter.up("Scheduled"),
+            Self::Mqtt(s) => s.origin.set_reporter(reporter),
+            Self::Kafka(s) => s.origin.set_reporter(reporter),
+            Self::Nats(s) => s.origin.set_reporter(reporter),
+            Self::Redis(s) => s.origin.set_reporter(reporter),
+        }
+    }
+
     async fn run(
         self,
         bus: Arc<dyn EventBus>,
@@ -131,9 +158,19 @@ pub fn spawn(
     es: &EventSource,
     bus: Arc<dyn EventBus>,
     metrics: &SourceMetrics,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, SourceError> {
-    let sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
+    let resource = ResourceKey {
+        kind: "EventSource".into(),
+        namespace: es.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: es.metadata.name.clone().unwrap_or_default(),
+    };
+    for source in &mut sources {
+        let reporter = health.reporter(resource.clone(), SOURCE_CONNECTED, source.event());
+        source.set_reporter(reporter);
+    }
     Ok(sources
         .into_iter()
         .map(|source| {

@@ -177,7 +177,7 @@ fn tls_config(field: &str, spec: &MqttSpec) -> Result<TlsConfiguration, SourceEr
 /// One MQTT event of one EventSource.
 #[derive(Clone)]
 pub struct MqttSource {
-    origin: Origin,
+    pub(crate) origin: Origin,
     broker: BrokerUrl,
     transport: Transport,
     filter: String,
@@ -291,7 +291,13 @@ impl MqttSource {
         // request queue fills under load. A bounded channel in between keeps backpressure:
         // when it is full, the poller stops reading from the broker.
         let (tx, mut rx) = tokio::sync::mpsc::channel(BATCH);
-        let poller = tokio::spawn(poll(events, tx, self.broker.host.clone(), shutdown.clone()));
+        let poller = tokio::spawn(poll(
+            events,
+            tx,
+            self.broker.host.clone(),
+            self.origin.clone(),
+            shutdown.clone(),
+        ));
         let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
         'run: loop {
             let first = tokio::select! {
@@ -448,6 +454,7 @@ async fn poll(
     mut events: Events,
     tx: tokio::sync::mpsc::Sender<Polled>,
     broker: String,
+    origin: crate::ingest::Origin,
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
@@ -459,6 +466,7 @@ async fn poll(
         };
         match polled {
             Polled::Failed(error) => {
+                origin.unreachable(format!("{broker}: {error}"));
                 if !failing {
                     tracing::warn!(%error, %broker, "MQTT connection failed; reconnecting with backoff");
                     failing = true;
@@ -469,6 +477,7 @@ async fn poll(
                 continue;
             }
             Polled::Connected => {
+                origin.connected();
                 if failing {
                     tracing::info!(%broker, "MQTT connection recovered");
                     failing = false;

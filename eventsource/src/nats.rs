@@ -43,7 +43,7 @@ struct JetStreamInput {
 /// One NATS event of one EventSource.
 #[derive(Clone, Debug)]
 pub struct NatsSource {
-    origin: Origin,
+    pub(crate) origin: Origin,
     url: String,
     subject: String,
     queue_group: String,
@@ -104,6 +104,7 @@ impl NatsSource {
             match result {
                 Ok(()) => return,
                 Err(error) => {
+                    self.origin.unreachable(&error);
                     tracing::warn!(%error, subject = %self.subject, "NATS source failed; retrying with backoff");
                     if !backoff.wait(&shutdown).await {
                         return;
@@ -121,6 +122,7 @@ impl NatsSource {
         let client = connect_client(&self.url, &self.auth, self.tls.as_ref())
             .await
             .map_err(|e| e.to_string())?;
+        self.origin.connected();
         let result = match &self.jetstream {
             None => self.read_core(&client, publisher).await,
             Some(js) => self.read_jetstream(&client, js, publisher).await,

@@ -60,7 +60,7 @@ enum Input {
 /// One Redis event of one EventSource.
 #[derive(Clone, Debug)]
 pub struct RedisSource {
-    origin: Origin,
+    pub(crate) origin: Origin,
     input: Input,
     client: Client,
     group: String,
@@ -209,6 +209,7 @@ impl RedisSource {
             match result {
                 Ok(()) => return,
                 Err(error) => {
+                    self.origin.unreachable(&error);
                     if started.elapsed() > Duration::from_secs(10) {
                         backoff.reset();
                     }
@@ -236,6 +237,7 @@ impl RedisSource {
             .await?;
         let mut writer =
             self.client.get_multiplexed_async_connection_with_config(&self.config).await?;
+        self.origin.connected();
         let created: redis::RedisResult<()> =
             writer.xgroup_create_mkstream(stream, &self.group, self.start).await;
         match created {
@@ -384,6 +386,7 @@ impl RedisSource {
     /// Reads the channel until shutdown (`Ok`) or a connection error.
     async fn read_channel(&self, publisher: &Publisher<'_>) -> redis::RedisResult<()> {
         let mut pubsub = self.client.get_async_pubsub().await?;
+        self.origin.connected();
         match &self.input {
             Input::Pattern(pattern) => pubsub.psubscribe(pattern).await?,
             Input::Channel(channel) => pubsub.subscribe(channel).await?,

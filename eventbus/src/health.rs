@@ -1,0 +1,169 @@
+//! What the data plane knows about each resource it runs, as status conditions.
+//!
+//! Every part that can fail (an EventSource's connection to its broker, a Trigger's sink) has a
+//! [`Reporter`]; it says when the part starts working and when it stops, with the reason. The
+//! [`Health`] board folds the reports of a resource into its conditions (one per type, with
+//! `Ready` summing up, see [`ofe_crds::status`]), so what `/status` shows, and what the
+//! operator writes into `.status`, is what the processes actually see.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use ofe_crds::Condition;
+use ofe_crds::status::{self, Part, Status};
+
+/// A resource the board knows: kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ResourceKey {
+    /// `EventSource`, `Trigger`, ...
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// Per condition type, per reporter (e.g. per event), the latest report.
+    reports: BTreeMap<String, BTreeMap<String, Part>>,
+    conditions: Vec<Condition>,
+}
+
+/// The board. Cheap to clone; clones share it.
+#[derive(Clone, Default)]
+pub struct Health {
+    entries: Arc<Mutex<BTreeMap<ResourceKey, Entry>>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").finish_non_exhaustive()
+    }
+}
+
+/// One part of one resource, reporting on itself.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    health: Health,
+    resource: ResourceKey,
+    condition: String,
+    reporter: String,
+}
+
+impl Health {
+    /// A reporter for the `condition` of `resource`, as seen by `reporter` (e.g. the event
+    /// name, when several events make up one condition). It starts as `Unknown`.
+    pub fn reporter(&self, resource: ResourceKey, condition: &str, reporter: &str) -> Reporter {
+        let r = Reporter {
+            health: self.clone(),
+            resource,
+            condition: condition.to_string(),
+            reporter: reporter.to_string(),
+        };
+        r.report(Part::unknown(condition, "Starting", "not connected yet"));
+        r
+    }
+
+    /// Forgets a resource (it was removed).
+    pub fn remove(&self, resource: &ResourceKey) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(resource);
+        }
+    }
+
+    /// Every resource with its current conditions.
+    pub fn snapshot(&self) -> Vec<(ResourceKey, Vec<Condition>)> {
+        self.entries
+            .lock()
+            .map(|e| e.iter().map(|(k, v)| (k.clone(), v.conditions.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The conditions of one resource.
+    pub fn conditions(&self, resource: &ResourceKey) -> Vec<Condition> {
+        self.entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(resource).map(|v| v.conditions.clone()))
+            .unwrap_or_default()
+    }
+}
+
+impl Reporter {
+    /// The part works.
+    pub fn up(&self, reason: &str) {
+        self.report(Part::ok(&self.condition, reason));
+    }
+
+    /// The part does not work, and why.
+    pub fn down(&self, reason: &str, message: impl Into<String>) {
+        self.report(Part::failed(&self.condition, reason, message));
+    }
+
+    fn report(&self, part: Part) {
+        let Ok(mut entries) = self.health.entries.lock() else { return };
+        let entry = entries.entry(self.resource.clone()).or_default();
+        entry
+            .reports
+            .entry(self.condition.clone())
+            .or_default()
+            .insert(self.reporter.clone(), part);
+        // One condition per type: the worst report wins, naming its reporter.
+        let parts: Vec<Part> = entry
+            .reports
+            .iter()
+            .map(|(kind, by)| {
+                let worst = by
+                    .iter()
+                    .find(|(_, p)| p.status == Status::False)
+                    .or_else(|| by.iter().find(|(_, p)| p.status == Status::Unknown))
+                    .or_else(|| by.iter().next());
+                match worst {
+                    Some((who, p)) if p.status != Status::True && by.len() > 1 => {
+                        Part { message: format!("{who}: {}", p.message), ..p.clone() }
+                    }
+                    Some((_, p)) => p.clone(),
+                    None => Part::unknown(kind, "Starting", ""),
+                }
+            })
+            .collect();
+        status::apply(&mut entry.conditions, &parts, None, chrono::Utc::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ResourceKey {
+        ResourceKey { kind: "EventSource".into(), namespace: "ns".into(), name: "cars".into() }
+    }
+
+    #[test]
+    fn the_worst_report_decides_and_recovery_shows() {
+        let health = Health::default();
+        let telemetry = health.reporter(key(), "SourceConnected", "telemetry");
+        let alarms = health.reporter(key(), "SourceConnected", "alarms");
+        let ready = |h: &Health| {
+            let c = h.conditions(&key());
+            let r = c.last().cloned().expect("conditions");
+            (r.r#type, r.status, r.reason, r.message)
+        };
+        assert_eq!(ready(&health).1, "Unknown");
+        telemetry.up("Connected");
+        alarms.down("BrokerUnreachable", "tcp://127.0.0.1:9: connection refused");
+        let (kind, status, reason, message) = ready(&health);
+        assert_eq!((kind.as_str(), status.as_str()), ("Ready", "False"));
+        assert_eq!(reason.as_deref(), Some("BrokerUnreachable"));
+        assert_eq!(
+            message.as_deref(),
+            Some("SourceConnected: alarms: tcp://127.0.0.1:9: connection refused")
+        );
+        alarms.up("Connected");
+        assert_eq!(ready(&health).1, "True");
+        assert_eq!(health.conditions(&key()).len(), 2);
+        health.remove(&key());
+        assert!(health.snapshot().is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! `/status` tells what the data plane sees: an MQTT EventSource whose broker is down is not
+//! Ready, with the reason; once the broker is up it is Ready; when the broker goes away it is
+//! not Ready again. Conditions stay one per type throughout.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{KillOnDrop, free_addr, manifests, start_ofe, wait_ready};
+
+/// The `Ready` condition of `kind`/`name`, and the number of conditions it has.
+async fn ready(listen: SocketAddr, kind: &str, name: &str) -> Option<(serde_json::Value, usize)> {
+    let body = support::get(&format!("http://{listen}/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let resource = status["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == kind && r["name"] == name)?
+        .clone();
+    let conditions = resource["conditions"].as_array()?.clone();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready")?.clone();
+    Some((ready, conditions.len()))
+}
+
+/// Waits until `kind`/`name` is Ready with `status`; returns the condition.
+async fn wait_ready_is(
+    listen: SocketAddr,
+    kind: &str,
+    name: &str,
+    status: &str,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some((ready, count)) = ready(listen, kind, name).await {
+            assert!(count <= 4, "conditions stay one per type: {count}");
+            if ready["status"] == status {
+                return ready;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{kind} {name} never became Ready={status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follows_the_broker_down_up_and_down() {
+    let Some(mosquitto) = support::broker_var("OFE_TEST_MOSQUITTO_SERVER") else { return };
+    let (_receiver, base) = support::Receiver::start().await;
+    let port = free_addr().port();
+    let ns = support::unique_namespace();
+    let yaml = format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: cars, namespace: {ns} }}\nspec:\n  eventBus: default\n  mqtt:\n    \
+         telemetry: {{ url: \"tcp://127.0.0.1:{port}\", topic: cars }}\n"
+    ) + &support::trigger(
+        &ns,
+        "route",
+        "    telemetry: { eventSource: cars, event: telemetry }",
+        &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/fn\" }}"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_addr();
+    let _ofe =
+        KillOnDrop(start_ofe(&manifests(dir.path(), &yaml), &dir.path().join("data"), listen));
+    wait_ready(listen).await;
+
+    let down = wait_ready_is(listen, "EventSource", "cars", "False").await;
+    assert_eq!(down["reason"], "BrokerUnreachable");
+    let message = down["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("SourceConnected:"), "{message}");
+    assert!(down["lastTransitionTime"].is_string());
+    let trigger = wait_ready_is(listen, "Trigger", "route", "True").await;
+    assert_eq!(trigger["reason"], "AllPartsReady");
+
+    let broker = KillOnDrop(
+        Command::new(&mosquitto)
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("OFE_TEST_MOSQUITTO_SERVER={mosquitto}: {e}")),
+    );
+    let up = wait_ready_is(listen, "EventSource", "cars", "True").await;
+    assert_eq!(up["reason"], "AllPartsReady");
+
+    drop(broker);
+    let again = wait_ready_is(listen, "EventSource", "cars", "False").await;
+    assert_eq!(again["reason"], "BrokerUnreachable");
+}
