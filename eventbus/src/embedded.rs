@@ -175,6 +175,46 @@ impl EmbeddedBus {
         })
     }
 
+    /// A new group for `options`, starting at its stored cursor, or where `options.start`
+    /// says when it has none.
+    async fn new_group(
+        &self,
+        options: &SubscribeOptions,
+        filter: HashSet<String>,
+    ) -> Result<Arc<Group>, BusError> {
+        let stored = self.inner.cursors.get(&options.consumer).map_err(storage)?;
+        let floor = match stored.and_then(|v| read_u64(&v)) {
+            Some(floor) => floor,
+            None => {
+                let floor = match options.start {
+                    StartPosition::New => self.last_sequence(),
+                    StartPosition::All => 0,
+                };
+                // Persist the starting point first, so a restart resumes here rather
+                // than at a later "new".
+                let (reply, answer) = oneshot::channel();
+                let name = options.consumer.clone();
+                self.submit(WriteOp::Cursor { name, floor, reply }).await?;
+                answer.await.map_err(|_| BusError::Closed)??;
+                floor
+            }
+        };
+        let read_pos = floor.max(self.first_sequence()?.saturating_sub(1));
+        let group = Arc::new(Group {
+            filter,
+            max_in_flight: options.max_in_flight,
+            state: Mutex::new(GroupState {
+                read_pos,
+                in_flight: BTreeMap::new(),
+                redeliver: BTreeMap::new(),
+                persisted: floor,
+            }),
+            changed: Notify::new(),
+        });
+        let mut groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
+        Ok(groups.entry(options.consumer.clone()).or_insert(group).clone())
+    }
+
     fn sender(&self) -> Result<mpsc::SyncSender<WriteOp>, BusError> {
         let guard = self.inner.writes.lock().map_err(|_| BusError::Closed)?;
         guard.clone().ok_or(BusError::Closed)
@@ -274,40 +314,20 @@ impl EventBus for EmbeddedBus {
         };
         let group = match existing {
             Some(group) if group.filter == filter => group,
-            Some(_) => return Err(BusError::ConsumerConflict { consumer: options.consumer }),
-            None => {
-                let stored = self.inner.cursors.get(&options.consumer).map_err(storage)?;
-                let floor = match stored.and_then(|v| read_u64(&v)) {
-                    Some(floor) => floor,
-                    None => {
-                        let floor = match options.start {
-                            StartPosition::New => self.last_sequence(),
-                            StartPosition::All => 0,
-                        };
-                        // Persist the starting point first, so a restart resumes here rather
-                        // than at a later "new".
-                        let (reply, answer) = oneshot::channel();
-                        let name = options.consumer.clone();
-                        self.submit(WriteOp::Cursor { name, floor, reply }).await?;
-                        answer.await.map_err(|_| BusError::Closed)??;
-                        floor
-                    }
-                };
-                let read_pos = floor.max(self.first_sequence()?.saturating_sub(1));
-                let group = Arc::new(Group {
-                    filter,
-                    max_in_flight: options.max_in_flight,
-                    state: Mutex::new(GroupState {
-                        read_pos,
-                        in_flight: BTreeMap::new(),
-                        redeliver: BTreeMap::new(),
-                        persisted: floor,
-                    }),
-                    changed: Notify::new(),
-                });
-                let mut groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
-                groups.entry(options.consumer.clone()).or_insert(group).clone()
+            // Nobody reads the old group (only the map and `existing` hold it): the consumer
+            // now reads other subjects, from where it was. This is how a router whose
+            // Triggers changed carries on.
+            Some(group) if Arc::strong_count(&group) <= 2 => {
+                let floor = group.state.lock().map_err(|_| BusError::Closed)?.floor();
+                let (reply, answer) = oneshot::channel();
+                let name = options.consumer.clone();
+                self.submit(WriteOp::Cursor { name, floor, reply }).await?;
+                answer.await.map_err(|_| BusError::Closed)??;
+                self.inner.groups.lock().map_err(|_| BusError::Closed)?.remove(&options.consumer);
+                self.new_group(&options, filter).await?
             }
+            Some(_) => return Err(BusError::ConsumerConflict { consumer: options.consumer }),
+            None => self.new_group(&options, filter).await?,
         };
         Ok(Box::new(EmbeddedSubscription {
             bus: self.clone(),

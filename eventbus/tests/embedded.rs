@@ -129,3 +129,36 @@ async fn suite_restart_resumes_after_the_last_ack() {
     });
     testing::restart_resumes_after_the_last_ack(reopen, "restart").await;
 }
+
+/// A consumer nobody reads any more may take other subjects (a router whose Triggers changed)
+/// and carries on from where it was; while someone reads it, its subjects are fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_consumer_can_change_its_subjects() {
+    use ofe_eventbus::{BusError, SubscribeOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = open(dir.path());
+    let (a, b) = (Subject::event("ns", "a", "e"), Subject::event("ns", "b", "e"));
+    let mut first =
+        bus.subscribe(SubscribeOptions::new("router", vec![a.clone()])).await.expect("subscribe");
+    bus.publish(&a, &sample_event("a1", 1)).await.expect("publish");
+    let d = testing::next_within(&mut first, Duration::from_secs(5)).await;
+    assert_eq!(d.event.id(), "a1");
+    d.ack().await.expect("ack");
+    let both = SubscribeOptions::new("router", vec![a.clone(), b.clone()]);
+    assert!(
+        matches!(bus.subscribe(both.clone()).await, Err(BusError::ConsumerConflict { .. })),
+        "a consumer someone reads keeps its subjects"
+    );
+    drop(first);
+    bus.publish(&b, &sample_event("b1", 2)).await.expect("publish");
+    bus.publish(&a, &sample_event("a2", 3)).await.expect("publish");
+    let mut second = bus.subscribe(both).await.expect("the idle consumer takes new subjects");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let d = testing::next_within(&mut second, Duration::from_secs(5)).await;
+        ids.push(d.event.id().to_string());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(ids, ["b1", "a2"], "it carries on after a1, now with b too");
+    bus.close().await.expect("close");
+}
