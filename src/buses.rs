@@ -100,6 +100,16 @@ impl Buses {
             running: HashMap::new(),
             announced: HashSet::new(),
         };
+        buses.set_specs(resources);
+        buses
+    }
+
+    /// Indexes the EventBus and ClusterEventBus resources anew. Buses already running keep
+    /// running as they are: a changed bus takes effect at the next start.
+    pub fn set_specs(&mut self, resources: &[Resource]) {
+        let buses = self;
+        buses.namespaced.clear();
+        buses.cluster.clear();
         for r in resources {
             match r {
                 Resource::EventBus(b) => {
@@ -115,7 +125,6 @@ impl Buses {
                 _ => {}
             }
         }
-        buses
     }
 
     /// The key and spec `name` resolves to from `namespace`.

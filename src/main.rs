@@ -6,6 +6,7 @@
 
 mod buses;
 mod check;
+mod plane;
 mod run;
 mod telemetry;
 

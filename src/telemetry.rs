@@ -24,15 +24,28 @@ pub fn init_logs(level: &str, json: bool) {
     }
 }
 
-/// Serves `/healthz`, `/metrics` and `/status` on `listener` until `shutdown`.
+/// Serves `/healthz`, `/metrics` and `/status` on `listener` until `shutdown`. `/healthz`
+/// answers 503 until `ready` is set: once every resource runs, so that a readiness probe (or a
+/// test) does not send events to webhooks that are not listening yet.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     health: Health,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let healthz = move || {
+        let ready = ready.load(std::sync::atomic::Ordering::Acquire);
+        async move {
+            if ready {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+    };
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(registry)
         .route("/status", get(status).with_state(health));

@@ -77,7 +77,9 @@ impl OfeProcess {
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let ofe = Self { child, listen, webhooks };
         let started = Instant::now();
-        while http.get(format!("http://{listen}/healthz")).send().await.is_err() {
+        let healthz = format!("http://{listen}/healthz");
+        // 503 until every resource runs.
+        while !http.get(&healthz).send().await.is_ok_and(|r| r.status().is_success()) {
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("ofe did not start; run it by hand to see why");
             }

@@ -183,7 +183,10 @@ pub fn is_retryable(status: u16) -> bool {
 }
 
 /// The HTTP client deliveries use: a keep-alive connection pool. Clones share it.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+pub type HttpClient = reqwest::Client;
+
+/// The HTTP client deliveries use: a keep-alive connection pool. Clones share it.
+pub fn http_client() -> Result<HttpClient, reqwest::Error> {
     reqwest::Client::builder().pool_max_idle_per_host(64).build()
 }
 

@@ -1,0 +1,406 @@
+//! The data plane of one process: the EventSources and Triggers it runs, changed in place.
+//!
+//! [`Plane::apply`] takes the whole desired set of resources and changes only what differs:
+//! a removed or changed EventSource's sources stop (a changed one starts again), a removed or
+//! changed Trigger's subscribers stop, the router of a bus is rebuilt when the subscribers it
+//! routes change, and the webhook listener is rebuilt when the webhooks change. What did not
+//! change keeps running untouched. Order when starting: subscriber consumers, then routers,
+//! then sources, so that nothing a new source publishes is missed; when stopping, the other
+//! way round.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ofe_crds::EventSource;
+use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
+use ofe_eventbus::EventBus;
+use ofe_eventbus::health::{Health, ResourceKey};
+use ofe_eventsource::SourceMetrics;
+use ofe_trigger::runner::{self, SubscriberPlan};
+use ofe_trigger::{Deliverer, PlanOptions, TriggerMetrics};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::buses::Buses;
+
+/// Input events the router of a bus holds unacknowledged at once.
+const ROUTER_IN_FLIGHT: usize = 1024;
+
+/// What the process decides for every resource it runs.
+pub struct Settings {
+    /// Where the embedded bus keeps its data.
+    pub data_dir: std::path::PathBuf,
+    /// How Triggers are planned (retries, `sink.ref` template).
+    pub options: PlanOptions,
+    /// The hop limit of topic publishes and replies.
+    pub max_hops: u32,
+    /// How long stopping subscribers wait for in-flight deliveries.
+    pub drain: Duration,
+    /// Where webhooks are served.
+    pub webhook_listen: String,
+}
+
+/// Tasks that stop together.
+struct Running {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A router to start: the digest of what it routes, its bus, and the subscribers.
+type RouterPlan = (String, Arc<dyn EventBus>, Vec<Arc<ofe_trigger::Routing>>);
+
+/// Something running, and the digest of the configuration it runs, to tell a change.
+type Versioned = (String, Running);
+
+/// The running EventSources and Triggers of this process.
+pub struct Plane {
+    settings: Settings,
+    buses: Buses,
+    health: Health,
+    source_metrics: SourceMetrics,
+    trigger_metrics: TriggerMetrics,
+    client: ofe_trigger::delivery::HttpClient,
+    sources: BTreeMap<ResourceKey, Versioned>,
+    subscribers: BTreeMap<String, Versioned>,
+    routers: BTreeMap<String, Versioned>,
+    webhooks: Option<Versioned>,
+}
+
+/// The desired state from a set of manifests.
+struct Desired {
+    /// Per EventSource: the resource, its bus, its digest, and where it was read (for errors).
+    sources: BTreeMap<ResourceKey, (EventSource, Arc<dyn EventBus>, String, String)>,
+    /// Per consumer: the plan, its bus, its router's name (empty: none), and its digest.
+    subscribers: BTreeMap<String, (SubscriberPlan, Arc<dyn EventBus>, String, String)>,
+    triggers: Vec<ResourceKey>,
+}
+
+/// The digest of a resource's configuration.
+fn digest(namespace: &str, name: &str, spec: &impl serde::Serialize) -> String {
+    format!("{namespace}/{name}/{}", serde_json::to_string(spec).unwrap_or_default())
+}
+
+impl Plane {
+    /// An empty plane.
+    pub fn new(
+        settings: Settings,
+        health: Health,
+        source_metrics: SourceMetrics,
+        trigger_metrics: TriggerMetrics,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            settings,
+            buses: Buses::new(&[]),
+            health,
+            source_metrics,
+            trigger_metrics,
+            client: ofe_trigger::delivery::http_client().context("cannot build the HTTP client")?,
+            sources: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            routers: BTreeMap::new(),
+            webhooks: None,
+        })
+    }
+
+    /// What `manifests` ask for. Every error names the resource's file and document.
+    async fn desired(&mut self, manifests: &[Manifest]) -> anyhow::Result<Desired> {
+        let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
+        self.buses.set_specs(&resources);
+        let data_dir = self.settings.data_dir.clone();
+        let mut desired = Desired {
+            sources: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            triggers: Vec::new(),
+        };
+        for m in manifests {
+            let (r, origin) = (&m.resource, &m.origin);
+            let namespace = r.namespace().unwrap_or(DEFAULT_NAMESPACE);
+            let at = || format!("{origin}: {} `{}`", r.kind(), r.name());
+            match r {
+                Resource::Trigger(t) => {
+                    let bus = self
+                        .buses
+                        .get(namespace, Some(&t.spec.event_bus), &data_dir)
+                        .await
+                        .with_context(at)?;
+                    let plans = ofe_trigger::plan(t, &self.settings.options).map_err(|ds| {
+                        let text: Vec<String> =
+                            ds.iter().map(|d| d.clone().at(origin).to_string()).collect();
+                        anyhow::anyhow!(text.join("\n"))
+                    })?;
+                    let router = self.buses.router_consumer(namespace, Some(&t.spec.event_bus));
+                    let version = digest(namespace, r.name(), &t.spec);
+                    for plan in plans {
+                        let entry = (plan, bus.clone(), router.clone(), version.clone());
+                        desired.subscribers.insert(entry.0.consumer.clone(), entry);
+                    }
+                    desired.triggers.push(ResourceKey {
+                        kind: "Trigger".into(),
+                        namespace: namespace.into(),
+                        name: r.name().into(),
+                    });
+                }
+                Resource::EventSource(es) => {
+                    let bus = self
+                        .buses
+                        .get(namespace, es.spec.event_bus.as_deref(), &data_dir)
+                        .await
+                        .with_context(at)?;
+                    let version = digest(namespace, r.name(), &es.spec);
+                    if let Some(plan) =
+                        crate::run::event_source_sink_plan(es, &self.settings.options)
+                            .with_context(at)?
+                    {
+                        let entry = (plan, bus.clone(), String::new(), version.clone());
+                        desired.subscribers.insert(entry.0.consumer.clone(), entry);
+                    }
+                    desired
+                        .sources
+                        .insert(crate::run::es_key(es), (es.clone(), bus, version, at()));
+                }
+                Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
+            }
+        }
+        Ok(desired)
+    }
+
+    /// Makes the plane run exactly `manifests`, changing only what differs.
+    pub async fn apply(&mut self, manifests: &[Manifest]) -> anyhow::Result<()> {
+        let desired = self.desired(manifests).await?;
+
+        // Stop what goes or changes: sources first, then routers, then subscribers.
+        let stale_sources: Vec<ResourceKey> = self
+            .sources
+            .iter()
+            .filter(|(k, (v, _))| desired.sources.get(*k).is_none_or(|d| d.2 != *v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale_sources {
+            if let Some((_, running)) = self.sources.remove(&key) {
+                running.stop().await;
+            }
+            if !desired.sources.contains_key(&key) {
+                self.health.remove(&key);
+                tracing::info!(eventsource = %key.name, namespace = %key.namespace, "eventsource removed");
+            }
+        }
+        let routers = group_routers(&desired);
+        let stale_routers: Vec<String> = self
+            .routers
+            .iter()
+            .filter(|(k, (v, _))| routers.get(*k).is_none_or(|d| d.0 != *v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in stale_routers {
+            if let Some((_, running)) = self.routers.remove(&name) {
+                running.stop().await;
+            }
+        }
+        let stale_subscribers: Vec<String> = self
+            .subscribers
+            .iter()
+            .filter(|(k, (v, _))| desired.subscribers.get(*k).is_none_or(|d| d.3 != *v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for consumer in stale_subscribers {
+            if let Some((_, running)) = self.subscribers.remove(&consumer) {
+                running.stop().await;
+            }
+        }
+        let running: Vec<ResourceKey> = self
+            .health
+            .snapshot()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.kind == "Trigger" && !desired.triggers.contains(k))
+            .collect();
+        for key in running {
+            self.health.remove(&key);
+        }
+
+        // Start what is new or changed: subscribers, routers, sources.
+        for (consumer, (plan, bus, _, version)) in desired.subscribers {
+            if self.subscribers.contains_key(&consumer) {
+                continue;
+            }
+            let started = self.start_subscriber(plan, bus).await?;
+            self.subscribers.insert(consumer, (version, started));
+        }
+        for (name, (version, bus, routings)) in routers {
+            if self.routers.contains_key(&name) {
+                continue;
+            }
+            let started = self.start_router(&name, bus, routings).await?;
+            self.routers.insert(name, (version, started));
+        }
+        let mut webhooks_version = String::new();
+        for (key, (es, bus, version, at)) in &desired.sources {
+            if es.spec.webhook.is_some() {
+                webhooks_version.push_str(version);
+            }
+            if self.sources.contains_key(key) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let tasks =
+                ofe_eventsource::spawn(es, bus.clone(), &self.source_metrics, &self.health, &stop)
+                    .with_context(|| at.clone())?;
+            tracing::info!(eventsource = %key.name, events = tasks.len(), "eventsource started");
+            self.sources.insert(key.clone(), (version.clone(), Running { stop, tasks }));
+        }
+        if self.webhooks.as_ref().map(|(v, _)| v.as_str()) != Some(webhooks_version.as_str()) {
+            if let Some((_, running)) = self.webhooks.take() {
+                running.stop().await;
+            }
+            let sources: Vec<_> = desired.sources.values().collect();
+            if let Some(running) = self.start_webhooks(&sources).await? {
+                self.webhooks = Some((webhooks_version, running));
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_subscriber(
+        &self,
+        plan: SubscriberPlan,
+        bus: Arc<dyn EventBus>,
+    ) -> anyhow::Result<Running> {
+        let deliverer = Deliverer::with_client(self.client.clone(), bus.clone())
+            .with_max_hops(self.settings.max_hops);
+        let subscription = runner::subscribe(&plan, bus.as_ref())
+            .await
+            .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;
+        tracing::info!(consumer = %plan.consumer, "subscriber ready");
+        crate::run::report_subscriber(&self.health, &plan);
+        let stop = CancellationToken::new();
+        let task = runner::run(
+            plan,
+            subscription,
+            deliverer,
+            self.trigger_metrics.clone(),
+            stop.clone(),
+            self.settings.drain,
+        );
+        let task = tokio::spawn(async move {
+            match task.await {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "subscriber stopped with an error"),
+            }
+        });
+        Ok(Running { stop, tasks: vec![task] })
+    }
+
+    async fn start_router(
+        &self,
+        name: &str,
+        bus: Arc<dyn EventBus>,
+        routings: Vec<Arc<ofe_trigger::Routing>>,
+    ) -> anyhow::Result<Running> {
+        let subscribers = routings.len();
+        let joins = routings.iter().any(|r| r.condition.names().len() > 1);
+        let mut router = ofe_trigger::Router::new(routings, self.trigger_metrics.clone());
+        if joins {
+            match bus.state_store().await.context("cannot open the join state store")? {
+                Some(store) => router = router.with_store(store),
+                None => tracing::warn!(
+                    backend = bus.backend(),
+                    "this bus keeps no join state; joins restart empty after a restart, and \
+                     replicas do not share them"
+                ),
+            }
+        }
+        let subscription =
+            ofe_trigger::router::subscribe(&router, bus.as_ref(), name, ROUTER_IN_FLIGHT)
+                .await
+                .with_context(|| format!("cannot subscribe the Trigger router {name}"))?;
+        tracing::info!(consumer = %name, backend = bus.backend(), subscribers, "router ready");
+        let stop = CancellationToken::new();
+        let task = ofe_trigger::router::run(router, subscription, bus, stop.clone());
+        let task = tokio::spawn(async move {
+            match task.await {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "router stopped with an error"),
+            }
+        });
+        Ok(Running { stop, tasks: vec![task] })
+    }
+
+    async fn start_webhooks(
+        &self,
+        sources: &[&(EventSource, Arc<dyn EventBus>, String, String)],
+    ) -> anyhow::Result<Option<Running>> {
+        let mut hooks = Vec::new();
+        for (es, bus, _, at) in sources {
+            hooks.extend(ofe_eventsource::webhook::webhooks(es, bus).with_context(|| at.clone())?);
+        }
+        if hooks.is_empty() {
+            return Ok(None);
+        }
+        let paths: Vec<String> = hooks.iter().map(|h| h.path().to_string()).collect();
+        let router = ofe_eventsource::webhook::router(hooks, self.source_metrics.clone())
+            .context("webhook EventSources")?;
+        let listen = &self.settings.webhook_listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (--webhook-listen)"))?;
+        tracing::info!(address = %listener.local_addr()?, ?paths, "serving webhooks");
+        for (es, ..) in sources {
+            for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
+                self.health
+                    .reporter(crate::run::es_key(es), ofe_eventsource::SOURCE_CONNECTED, event)
+                    .up("Listening");
+            }
+        }
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) =
+                axum::serve(listener, router).with_graceful_shutdown(until.cancelled_owned()).await
+            {
+                tracing::error!(error = %e, "webhook listener failed");
+            }
+        });
+        Ok(Some(Running { stop, tasks: vec![task] }))
+    }
+
+    /// Stops everything: sources and webhooks, then routers, then subscribers (which finish
+    /// in-flight deliveries for up to the drain time), then closes the buses.
+    pub async fn shutdown(mut self) {
+        for (_, (_, running)) in std::mem::take(&mut self.sources) {
+            running.stop().await;
+        }
+        if let Some((_, running)) = self.webhooks.take() {
+            running.stop().await;
+        }
+        let routers = std::mem::take(&mut self.routers);
+        futures::future::join_all(routers.into_values().map(|(_, r)| r.stop())).await;
+        let subscribers = std::mem::take(&mut self.subscribers);
+        futures::future::join_all(subscribers.into_values().map(|(_, r)| r.stop())).await;
+        self.buses.close().await;
+    }
+}
+
+/// The routers `desired` needs: per consumer name, a digest of what it routes, its bus, and
+/// the subscribers.
+fn group_routers(desired: &Desired) -> BTreeMap<String, RouterPlan> {
+    let mut routers: BTreeMap<String, RouterPlan> = BTreeMap::new();
+    for (consumer, (plan, bus, name, version)) in &desired.subscribers {
+        let Some(routing) = &plan.routing else { continue };
+        let entry =
+            routers.entry(name.clone()).or_insert_with(|| (String::new(), bus.clone(), Vec::new()));
+        entry.0.push_str(&format!("{consumer}={version};"));
+        entry.2.push(routing.clone());
+    }
+    routers
+}
