@@ -125,12 +125,23 @@ fn reload_requests(paths: Vec<PathBuf>, watch: bool) -> tokio::sync::mpsc::Recei
             let mut seen = fingerprint(&paths);
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = fingerprint(&paths);
-                if now != seen {
-                    seen = now;
-                    if tx.send(()).await.is_err() {
-                        return;
+                let mut now = fingerprint(&paths);
+                if now == seen {
+                    continue;
+                }
+                // A file caught while it is being written would load half of it: wait until
+                // the files have stopped changing.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let again = fingerprint(&paths);
+                    if again == now {
+                        break;
                     }
+                    now = again;
+                }
+                seen = now;
+                if tx.send(()).await.is_err() {
+                    return;
                 }
             }
         });

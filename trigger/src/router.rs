@@ -458,15 +458,13 @@ impl Router {
         state.since_sweep += 1;
         if state.since_sweep >= 1024 || state.keys.len() > routing.max_keys {
             let dropped = state.sweep(at, window, routing.max_keys);
-            let labels = &routing.labels;
-            self.forgotten.extend(dropped.iter().map(|key| {
-                ofe_eventbus::state_key(&[
-                    &labels.namespace,
-                    &labels.trigger,
-                    &labels.subscriber,
-                    key,
-                ])
-            }));
+            // Only a store has anything to forget; in memory, dropping the keys was all.
+            if persist {
+                let r = touch.routing;
+                let forgotten: Vec<String> =
+                    dropped.iter().map(|key| self.store_key(r, key)).collect();
+                self.forgotten.extend(forgotten);
+            }
         }
         let state = &mut self.state[touch.routing];
         let entry = state.keys.entry(touch.key.clone()).or_default();
