@@ -49,6 +49,21 @@ struct Running {
 }
 
 impl Running {
+    /// `task` as a task of its own, stopped by `stop`; an error it ends with is logged as
+    /// `what`'s.
+    fn one<E: std::fmt::Display>(
+        stop: CancellationToken,
+        what: &'static str,
+        task: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    ) -> Self {
+        let task = tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "{what} stopped with an error");
+            }
+        });
+        Self { stop, tasks: vec![task] }
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         for task in self.tasks {
@@ -292,13 +307,7 @@ impl Plane {
             stop.clone(),
             self.settings.drain,
         );
-        let task = tokio::spawn(async move {
-            match task.await {
-                Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "subscriber stopped with an error"),
-            }
-        });
-        Ok(Running { stop, tasks: vec![task] })
+        Ok(Running::one(stop, "subscriber", task))
     }
 
     async fn start_router(
@@ -327,13 +336,7 @@ impl Plane {
         tracing::info!(consumer = %name, backend = bus.backend(), subscribers, "router ready");
         let stop = CancellationToken::new();
         let task = ofe_trigger::router::run(router, subscription, bus, stop.clone());
-        let task = tokio::spawn(async move {
-            match task.await {
-                Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "router stopped with an error"),
-            }
-        });
-        Ok(Running { stop, tasks: vec![task] })
+        Ok(Running::one(stop, "router", task))
     }
 
     async fn start_webhooks(
