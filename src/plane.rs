@@ -90,6 +90,8 @@ pub struct Plane {
     subscribers: BTreeMap<String, Versioned>,
     routers: BTreeMap<String, Versioned>,
     webhooks: Option<Versioned>,
+    /// Per resource, the task that reports its bus's connection.
+    bus_watchers: BTreeMap<ResourceKey, Versioned>,
 }
 
 /// The desired state from a set of manifests.
@@ -98,7 +100,8 @@ struct Desired {
     sources: BTreeMap<ResourceKey, (EventSource, Arc<dyn EventBus>, String, String)>,
     /// Per consumer: the plan, its bus, its router's name (empty: none), and its digest.
     subscribers: BTreeMap<String, (SubscriberPlan, Arc<dyn EventBus>, String, String)>,
-    triggers: Vec<ResourceKey>,
+    /// Per Trigger: its bus and its digest.
+    triggers: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)>,
 }
 
 /// The digest of a resource's configuration.
@@ -125,6 +128,7 @@ impl Plane {
             subscribers: BTreeMap::new(),
             routers: BTreeMap::new(),
             webhooks: None,
+            bus_watchers: BTreeMap::new(),
         })
     }
 
@@ -136,7 +140,7 @@ impl Plane {
         let mut desired = Desired {
             sources: BTreeMap::new(),
             subscribers: BTreeMap::new(),
-            triggers: Vec::new(),
+            triggers: BTreeMap::new(),
         };
         for m in manifests {
             let (r, origin) = (&m.resource, &m.origin);
@@ -160,11 +164,12 @@ impl Plane {
                         let entry = (plan, bus.clone(), router.clone(), version.clone());
                         desired.subscribers.insert(entry.0.consumer.clone(), entry);
                     }
-                    desired.triggers.push(ResourceKey {
+                    let key = ResourceKey {
                         kind: "Trigger".into(),
                         namespace: namespace.into(),
                         name: r.name().into(),
-                    });
+                    };
+                    desired.triggers.insert(key, (bus, version));
                 }
                 Resource::EventSource(es) => {
                     let bus = self
@@ -238,7 +243,7 @@ impl Plane {
             .snapshot()
             .into_iter()
             .map(|(k, _)| k)
-            .filter(|k| k.kind == "Trigger" && !desired.triggers.contains(k))
+            .filter(|k| k.kind == "Trigger" && !desired.triggers.contains_key(k))
             .collect();
         for key in running {
             self.health.remove(&key);
@@ -274,6 +279,32 @@ impl Plane {
             tracing::info!(eventsource = %key.name, events = tasks.len(), "eventsource started");
             self.sources.insert(key.clone(), (version.clone(), Running { stop, tasks }));
         }
+        // Every resource reports whether its bus is connected.
+        let mut watched: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)> = desired.triggers;
+        for (key, (_, bus, version, _)) in &desired.sources {
+            watched.insert(key.clone(), (bus.clone(), version.clone()));
+        }
+        let stale: Vec<ResourceKey> = self
+            .bus_watchers
+            .iter()
+            .filter(|(k, (v, _))| watched.get(*k).is_none_or(|d| d.1 != *v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some((_, running)) = self.bus_watchers.remove(&key) {
+                running.stop().await;
+            }
+            if !watched.contains_key(&key) {
+                // Its last report may have come after the resource was removed above.
+                self.health.remove(&key);
+            }
+        }
+        for (key, (bus, version)) in watched {
+            if !self.bus_watchers.contains_key(&key) {
+                let running = self.watch_bus(key.clone(), &bus);
+                self.bus_watchers.insert(key, (version, running));
+            }
+        }
         if self.webhooks.as_ref().map(|(v, _)| v.as_str()) != Some(webhooks_version.as_str()) {
             if let Some((_, running)) = self.webhooks.take() {
                 running.stop().await;
@@ -284,6 +315,31 @@ impl Plane {
             }
         }
         Ok(())
+    }
+
+    /// Reports, for `key`, whether `bus` is connected, for as long as it runs.
+    fn watch_bus(&self, key: ResourceKey, bus: &Arc<dyn EventBus>) -> Running {
+        let reporter = self.health.reporter(key, "BusConnected", bus.backend());
+        let mut connection = bus.connection();
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match connection.borrow_and_update().clone() {
+                    ofe_eventbus::Connection::Up => reporter.up("Connected"),
+                    ofe_eventbus::Connection::Lost(why) => reporter.down("BusUnreachable", why),
+                }
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    changed = connection.changed() => if changed.is_err() {
+                        // The bus does not report changes (embedded): it stays as it is.
+                        until.cancelled().await;
+                        return;
+                    }
+                }
+            }
+        });
+        Running { stop, tasks: vec![task] }
     }
 
     async fn start_subscriber(
@@ -390,6 +446,8 @@ impl Plane {
         futures::future::join_all(routers.into_values().map(|(_, r)| r.stop())).await;
         let subscribers = std::mem::take(&mut self.subscribers);
         futures::future::join_all(subscribers.into_values().map(|(_, r)| r.stop())).await;
+        let watchers = std::mem::take(&mut self.bus_watchers);
+        futures::future::join_all(watchers.into_values().map(|(_, r)| r.stop())).await;
         self.buses.close().await;
     }
 }

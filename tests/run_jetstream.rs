@@ -114,7 +114,11 @@ async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
 
     server.kill().expect("kill nats-server");
     server.wait().expect("reap");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // While the broker is away, the resources on that bus say so.
+    let down = support::wait_ready_status(listen, "Trigger", "route", "False").await;
+    assert_eq!(down["reason"], "BusUnreachable");
+    assert!(down["message"].as_str().is_some_and(|m| m.starts_with("BusConnected:")), "{down}");
+    support::wait_ready_status(listen, "EventSource", "clock", "False").await;
     let mut server = start_server();
     let after_restart = receiver.on("/fn").len();
     receiver
@@ -122,6 +126,7 @@ async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
             r.on("/fn").len() >= after_restart + 3
         })
         .await;
+    support::wait_ready_status(listen, "Trigger", "route", "True").await;
     let metrics = get(&format!("http://{listen}/metrics")).await;
     let published = counter(
         &metrics,

@@ -4,48 +4,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use support::{KillOnDrop, free_addr, manifests, start_ofe, wait_ready};
-
-/// The `Ready` condition of `kind`/`name`, and the number of conditions it has.
-async fn ready(listen: SocketAddr, kind: &str, name: &str) -> Option<(serde_json::Value, usize)> {
-    let body = support::get(&format!("http://{listen}/status")).await;
-    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let resource = status["resources"]
-        .as_array()?
-        .iter()
-        .find(|r| r["kind"] == kind && r["name"] == name)?
-        .clone();
-    let conditions = resource["conditions"].as_array()?.clone();
-    let ready = conditions.iter().find(|c| c["type"] == "Ready")?.clone();
-    Some((ready, conditions.len()))
-}
-
-/// Waits until `kind`/`name` is Ready with `status`; returns the condition.
-async fn wait_ready_is(
-    listen: SocketAddr,
-    kind: &str,
-    name: &str,
-    status: &str,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if let Some((ready, count)) = ready(listen, kind, name).await {
-            assert!(count <= 4, "conditions stay one per type: {count}");
-            if ready["status"] == status {
-                return ready;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{kind} {name} never became Ready={status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_follows_the_broker_down_up_and_down() {
@@ -69,12 +30,12 @@ async fn status_follows_the_broker_down_up_and_down() {
         KillOnDrop(start_ofe(&manifests(dir.path(), &yaml), &dir.path().join("data"), listen));
     wait_ready(listen).await;
 
-    let down = wait_ready_is(listen, "EventSource", "cars", "False").await;
+    let down = support::wait_ready_status(listen, "EventSource", "cars", "False").await;
     assert_eq!(down["reason"], "BrokerUnreachable");
     let message = down["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("SourceConnected:"), "{message}");
     assert!(down["lastTransitionTime"].is_string());
-    let trigger = wait_ready_is(listen, "Trigger", "route", "True").await;
+    let trigger = support::wait_ready_status(listen, "Trigger", "route", "True").await;
     assert_eq!(trigger["reason"], "AllPartsReady");
 
     let broker = KillOnDrop(
@@ -85,10 +46,10 @@ async fn status_follows_the_broker_down_up_and_down() {
             .spawn()
             .unwrap_or_else(|e| panic!("OFE_TEST_MOSQUITTO_SERVER={mosquitto}: {e}")),
     );
-    let up = wait_ready_is(listen, "EventSource", "cars", "True").await;
+    let up = support::wait_ready_status(listen, "EventSource", "cars", "True").await;
     assert_eq!(up["reason"], "AllPartsReady");
 
     drop(broker);
-    let again = wait_ready_is(listen, "EventSource", "cars", "False").await;
+    let again = support::wait_ready_status(listen, "EventSource", "cars", "False").await;
     assert_eq!(again["reason"], "BrokerUnreachable");
 }

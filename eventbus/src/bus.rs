@@ -50,6 +50,15 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// Whether a bus's connection to its broker works, as far as the bus knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// Connected (the embedded bus always is).
+    Up,
+    /// The connection is lost and being re-established; why.
+    Lost(String),
+}
+
 /// Where a consumer that does not exist yet starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum StartPosition {
@@ -142,6 +151,11 @@ pub trait EventBus: Send + Sync + 'static {
     /// Opens a subscription on a durable consumer, creating the consumer if needed.
     async fn subscribe(&self, options: SubscribeOptions)
     -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Follows the connection to the broker. A bus without one (embedded) is always up.
+    fn connection(&self) -> tokio::sync::watch::Receiver<Connection> {
+        tokio::sync::watch::channel(Connection::Up).1
+    }
 
     /// The durable key-value store of this bus, for Trigger join state; `None` when the
     /// backend has none (the state then lives in the router's memory).

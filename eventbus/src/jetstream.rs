@@ -26,12 +26,14 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 
+use crate::bus::Connection;
 use crate::bus::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
     TlsFiles,
 };
 use crate::state::{StateError, StateStore, Versioned};
 use crate::{Subject, event};
+use tokio::sync::watch;
 
 /// How a client authenticates to NATS.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,10 +119,20 @@ pub async fn connect_client(
     auth: &NatsAuth,
     tls: Option<&TlsFiles>,
 ) -> Result<async_nats::Client, BusError> {
+    connect_watched(url, auth, tls, None).await
+}
+
+/// [`connect_client`], telling `state` when the connection drops and when it is back.
+async fn connect_watched(
+    url: &str,
+    auth: &NatsAuth,
+    tls: Option<&TlsFiles>,
+    state: Option<Arc<watch::Sender<Connection>>>,
+) -> Result<async_nats::Client, BusError> {
     let servers: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
     let mut attempt = 0;
     loop {
-        match connect_options(auth, tls).await?.connect(servers.as_slice()).await {
+        match connect_options(auth, tls, state.clone()).await?.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(e) => {
                 use async_nats::ConnectErrorKind as Kind;
@@ -140,19 +152,33 @@ pub async fn connect_client(
 async fn connect_options(
     auth: &NatsAuth,
     tls: Option<&TlsFiles>,
+    state: Option<Arc<watch::Sender<Connection>>>,
 ) -> Result<ConnectOptions, BusError> {
     let mut options = ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("lost the connection to NATS; reconnecting with backoff");
+        .event_callback(move |event| {
+            let state = state.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the connection to NATS; reconnecting with backoff");
+                        if let Some(state) = &state {
+                            state.send_replace(Connection::Lost(
+                                "lost the connection to NATS; reconnecting".into(),
+                            ));
+                        }
+                    }
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to NATS");
+                        if let Some(state) = &state {
+                            state.send_replace(Connection::Up);
+                        }
+                    }
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "NATS server error")
+                    }
+                    other => tracing::debug!(event = %other, "NATS client event"),
                 }
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::ServerError(e) => {
-                    tracing::warn!(error = %e, "NATS server error")
-                }
-                other => tracing::debug!(event = %other, "NATS client event"),
             }
         });
     options = match auth {
@@ -191,12 +217,16 @@ pub struct JetStreamBus {
     js: jetstream::Context,
     stream: Arc<tokio::sync::Mutex<stream::Stream>>,
     config: Arc<JetStreamConfig>,
+    state: Arc<watch::Sender<Connection>>,
 }
 
 impl JetStreamBus {
     /// Connects, then creates the stream or attaches to it.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
-        let client = connect_client(&config.url, &config.auth, config.tls.as_ref()).await?;
+        let state = Arc::new(watch::channel(Connection::Up).0);
+        let client =
+            connect_watched(&config.url, &config.auth, config.tls.as_ref(), Some(state.clone()))
+                .await?;
         let js = jetstream::new(client.clone());
         let stream = Self::ensure_stream(&js, &config).await?;
         Ok(Self {
@@ -204,6 +234,7 @@ impl JetStreamBus {
             js,
             stream: Arc::new(tokio::sync::Mutex::new(stream)),
             config: Arc::new(config),
+            state,
         })
     }
 
@@ -409,6 +440,10 @@ impl EventBus for JetStreamBus {
             backoff: Duration::from_millis(100),
             failing: false,
         }))
+    }
+
+    fn connection(&self) -> watch::Receiver<Connection> {
+        self.state.subscribe()
     }
 
     async fn state_store(&self) -> Result<Option<Arc<dyn StateStore>>, BusError> {

@@ -21,8 +21,8 @@ mod subject;
 pub mod testing;
 
 pub use bus::{
-    Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
-    TlsFiles,
+    Acker, BusError, Connection, Delivery, EventBus, Published, StartPosition, SubscribeOptions,
+    Subscription, TlsFiles,
 };
 pub use cloudevents::Event;
 pub use state::{StateError, StateStore, Versioned, state_key};

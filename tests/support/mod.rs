@@ -434,3 +434,45 @@ pub fn summary(stdout: &str, label: &str) -> u64 {
         .and_then(|rest| rest.trim().parse().ok())
         .unwrap_or_else(|| panic!("no `{label}` line in the summary"))
 }
+
+/// The `Ready` condition of `kind`/`name` on `ofe run`'s `/status`, and how many conditions
+/// the resource has.
+pub async fn ready_condition(
+    listen: SocketAddr,
+    kind: &str,
+    name: &str,
+) -> Option<(serde_json::Value, usize)> {
+    let body = get(&format!("http://{listen}/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let resource = status["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == kind && r["name"] == name)?
+        .clone();
+    let conditions = resource["conditions"].as_array()?.clone();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready")?.clone();
+    Some((ready, conditions.len()))
+}
+
+/// Waits until `kind`/`name` is `Ready` with `status` (`True`/`False`); returns the condition.
+pub async fn wait_ready_status(
+    listen: SocketAddr,
+    kind: &str,
+    name: &str,
+    status: &str,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some((ready, count)) = ready_condition(listen, kind, name).await {
+            assert!(count <= 5, "conditions stay one per type: {count}");
+            if ready["status"] == status {
+                return ready;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{kind} {name} never became Ready={status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
