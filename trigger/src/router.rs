@@ -442,13 +442,18 @@ impl Router {
     /// Records `touch` (of `event`, published at `at`) in the subscriber's state in memory
     /// and evaluates the condition; the event to queue if it fires. Stateful touches must
     /// have been [loaded](Router::load) when there is a store.
-    pub fn apply(&mut self, touch: &Touch, event: &Event, at: DateTime<Utc>) -> Option<Arc<Event>> {
+    pub fn apply(
+        &mut self,
+        touch: &Touch,
+        event: &Arc<Event>,
+        at: DateTime<Utc>,
+    ) -> Option<Arc<Event>> {
         let routing = self.routings[touch.routing].clone();
         if routing.condition.names().len() == 1 {
             // Nothing else to join: the condition's value for its own input decides.
             return self
                 .fires(&routing, 1)
-                .then(|| Arc::new(event.clone()))
+                .then(|| event.clone())
                 .or_else(|| self.not_fired(&routing));
         }
         let at = at.timestamp_millis();
@@ -471,7 +476,7 @@ impl Router {
         let id = event.id();
         // Routed again (a crash before the acknowledgement): fire as the first time did.
         if let Some((_, joined)) = entry.fired.iter().find(|(fired, _)| fired == id) {
-            return Some(Arc::new(with_joined(event, joined)));
+            return Some(with_joined(event, joined));
         }
         for i in &touch.passed {
             let name = &routing.inputs[*i].name;
@@ -510,7 +515,7 @@ impl Router {
         if entry.fired.len() > FIRED_MEMORY {
             entry.fired.pop_front();
         }
-        Some(Arc::new(with_joined(event, &joined)))
+        Some(with_joined(event, &joined))
     }
 
     /// Evaluates `routing`'s condition with the inputs of `bits` active.
@@ -528,13 +533,15 @@ impl Router {
     }
 }
 
-/// `event`, with [`EXT_JOINED`] set to `joined` unless that is empty.
-fn with_joined(event: &Event, joined: &str) -> Event {
-    let mut event = event.clone();
-    if !joined.is_empty() {
-        event.set_extension(EXT_JOINED, joined);
+/// `event`, with [`EXT_JOINED`] set to `joined`; the same shared event, not a copy, when
+/// nothing joined it.
+fn with_joined(event: &Arc<Event>, joined: &str) -> Arc<Event> {
+    if joined.is_empty() {
+        return event.clone();
     }
-    event
+    let mut event = Event::clone(event);
+    event.set_extension(EXT_JOINED, joined);
+    Arc::new(event)
 }
 
 fn as_u32(n: usize) -> u32 {
