@@ -57,6 +57,17 @@ pub(crate) fn caret(text: &str, column: usize, what: &str, fix: &str) -> Conditi
     }
 }
 
+/// Compiles `text` in the shared environment; a syntax error points at its column.
+pub(crate) fn compile_program(text: &str) -> Result<Program, ConditionError> {
+    ENV.compile(text).map_err(|errors| match errors.errors.first() {
+        Some(first) => {
+            let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
+            caret(text, column, &format!("does not compile: {}", first.msg), "fix the expression")
+        }
+        None => ConditionError { message: format!("does not compile: {errors}"), column: None },
+    })
+}
+
 /// Finds the 1-based column of identifier `name` in `text`, outside string literals.
 fn column_of(text: &str, name: &str) -> Option<usize> {
     let bytes = text.as_bytes();
@@ -102,18 +113,7 @@ impl Condition {
                 column: None,
             });
         }
-        let program = ENV.compile(text).map_err(|errors| match errors.errors.first() {
-            Some(first) => {
-                let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
-                caret(
-                    text,
-                    column,
-                    &format!("does not compile: {}", first.msg),
-                    "fix the expression",
-                )
-            }
-            None => ConditionError { message: format!("does not compile: {errors}"), column: None },
-        })?;
+        let program = compile_program(text)?;
         let references = program.references();
         let mut names = Vec::new();
         for variable in references.variables() {

@@ -210,13 +210,7 @@ pub(crate) fn compile_cel(text: &str) -> Result<Program, ConditionError> {
             column: None,
         });
     }
-    crate::condition::env().compile(text).map_err(|errors| match errors.errors.first() {
-        Some(first) => {
-            let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
-            caret(text, column, &format!("does not compile: {}", first.msg), "fix the expression")
-        }
-        None => ConditionError { message: format!("does not compile: {errors}"), column: None },
-    })
+    crate::condition::compile_program(text)
 }
 
 /// An attribute or extension of `event` as a string, borrowed where the event holds one.
