@@ -15,11 +15,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
-use ofe_eventbus::EventBus;
 use ofe_eventbus::health::{Health, ResourceKey};
+use ofe_eventbus::{EventBus, Subject};
 use ofe_eventsource::SourceMetrics;
-use ofe_trigger::runner::{self, SubscriberPlan};
-use ofe_trigger::{Deliverer, PlanOptions, TriggerMetrics};
+use ofe_trigger::runner::{self, Route, SubscriberPlan};
+use ofe_trigger::{Deliverer, PlanOptions, RetryPolicy, SubscriberLabels, TriggerMetrics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -179,15 +179,12 @@ impl Plane {
                         .with_context(at)?;
                     let version = digest(namespace, r.name(), &es.spec);
                     if let Some(plan) =
-                        crate::run::event_source_sink_plan(es, &self.settings.options)
-                            .with_context(at)?
+                        event_source_sink_plan(es, &self.settings.options).with_context(at)?
                     {
                         let entry = (plan, bus.clone(), String::new(), version.clone());
                         desired.subscribers.insert(entry.0.consumer.clone(), entry);
                     }
-                    desired
-                        .sources
-                        .insert(crate::run::es_key(es), (es.clone(), bus, version, at()));
+                    desired.sources.insert(es_key(es), (es.clone(), bus, version, at()));
                 }
                 Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
             }
@@ -200,54 +197,16 @@ impl Plane {
         let desired = self.desired(manifests).await?;
 
         // Stop what goes or changes: sources first, then routers, then subscribers.
-        let stale_sources: Vec<ResourceKey> = self
-            .sources
-            .iter()
-            .filter(|(k, (v, _))| desired.sources.get(*k).is_none_or(|d| d.2 != *v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in stale_sources {
-            if let Some((_, running)) = self.sources.remove(&key) {
-                running.stop().await;
-            }
-            if !desired.sources.contains_key(&key) {
-                self.health.remove(&key);
+        let sources = &desired.sources;
+        for key in stop_changed(&mut self.sources, |k| sources.get(k).map(|d| d.2.as_str())).await {
+            if !sources.contains_key(&key) {
                 tracing::info!(eventsource = %key.name, namespace = %key.namespace, "eventsource removed");
             }
         }
         let routers = group_routers(&desired);
-        let stale_routers: Vec<String> = self
-            .routers
-            .iter()
-            .filter(|(k, (v, _))| routers.get(*k).is_none_or(|d| d.0 != *v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for name in stale_routers {
-            if let Some((_, running)) = self.routers.remove(&name) {
-                running.stop().await;
-            }
-        }
-        let stale_subscribers: Vec<String> = self
-            .subscribers
-            .iter()
-            .filter(|(k, (v, _))| desired.subscribers.get(*k).is_none_or(|d| d.3 != *v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for consumer in stale_subscribers {
-            if let Some((_, running)) = self.subscribers.remove(&consumer) {
-                running.stop().await;
-            }
-        }
-        let running: Vec<ResourceKey> = self
-            .health
-            .snapshot()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| k.kind == "Trigger" && !desired.triggers.contains_key(k))
-            .collect();
-        for key in running {
-            self.health.remove(&key);
-        }
+        stop_changed(&mut self.routers, |k| routers.get(k).map(|d| d.0.as_str())).await;
+        let subscribers = &desired.subscribers;
+        stop_changed(&mut self.subscribers, |k| subscribers.get(k).map(|d| d.3.as_str())).await;
 
         // Start what is new or changed: subscribers, routers, sources.
         for (consumer, (plan, bus, _, version)) in desired.subscribers {
@@ -284,20 +243,11 @@ impl Plane {
         for (key, (_, bus, version, _)) in &desired.sources {
             watched.insert(key.clone(), (bus.clone(), version.clone()));
         }
-        let stale: Vec<ResourceKey> = self
-            .bus_watchers
-            .iter()
-            .filter(|(k, (v, _))| watched.get(*k).is_none_or(|d| d.1 != *v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in stale {
-            if let Some((_, running)) = self.bus_watchers.remove(&key) {
-                running.stop().await;
-            }
-            if !watched.contains_key(&key) {
-                // Its last report may have come after the resource was removed above.
-                self.health.remove(&key);
-            }
+        let removed =
+            stop_changed(&mut self.bus_watchers, |k| watched.get(k).map(|d| d.1.as_str())).await;
+        for key in removed.into_iter().filter(|k| !watched.contains_key(k)) {
+            // Gone: its watcher is stopped, so no late report brings its entry back.
+            self.health.remove(&key);
         }
         for (key, (bus, version)) in watched {
             if !self.bus_watchers.contains_key(&key) {
@@ -353,7 +303,7 @@ impl Plane {
             .await
             .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;
         tracing::info!(consumer = %plan.consumer, "subscriber ready");
-        crate::run::report_subscriber(&self.health, &plan);
+        report_subscriber(&self.health, &plan);
         let stop = CancellationToken::new();
         let task = runner::run(
             plan,
@@ -417,7 +367,7 @@ impl Plane {
         for (es, ..) in sources {
             for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
                 self.health
-                    .reporter(crate::run::es_key(es), ofe_eventsource::SOURCE_CONNECTED, event)
+                    .reporter(es_key(es), ofe_eventsource::SOURCE_CONNECTED, event)
                     .up("Listening");
             }
         }
@@ -452,6 +402,25 @@ impl Plane {
     }
 }
 
+/// Stops and removes what runs under a key for which `wanted` gives no digest, or another
+/// one; returns those keys.
+async fn stop_changed<'a, K: Ord + Clone>(
+    running: &mut BTreeMap<K, Versioned>,
+    wanted: impl Fn(&K) -> Option<&'a str>,
+) -> Vec<K> {
+    let changed: Vec<K> = running
+        .iter()
+        .filter(|(k, (version, _))| wanted(k) != Some(version.as_str()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in &changed {
+        if let Some((_, r)) = running.remove(key) {
+            r.stop().await;
+        }
+    }
+    changed
+}
+
 /// The routers `desired` needs: per consumer name, a digest of what it routes, its bus, and
 /// the subscribers.
 fn group_routers(desired: &Desired) -> BTreeMap<String, RouterPlan> {
@@ -464,4 +433,62 @@ fn group_routers(desired: &Desired) -> BTreeMap<String, RouterPlan> {
         entry.2.push(routing.clone());
     }
     routers
+}
+
+/// The plan delivering an EventSource's events to its own `sink`.
+fn event_source_sink_plan(
+    es: &EventSource,
+    options: &PlanOptions,
+) -> anyhow::Result<Option<SubscriberPlan>> {
+    let Some(sink) = &es.spec.sink else { return Ok(None) };
+    let namespace = es.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let name = es.metadata.name.as_deref().unwrap_or_default();
+    let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let subjects = es
+        .spec
+        .events()
+        .into_iter()
+        .map(|(_, event)| Subject::event(namespace, name, event))
+        .collect();
+    Ok(Some(SubscriberPlan {
+        labels: SubscriberLabels {
+            namespace: namespace.to_string(),
+            trigger: format!("eventsource/{name}"),
+            subscriber: "sink".into(),
+        },
+        consumer: format!("eventsource.{namespace}.{name}.sink"),
+        subjects,
+        routing: None,
+        routes: vec![Route { destination, dead_letter: None }],
+        max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
+        retry: RetryPolicy::default(),
+        order_key: None,
+        reply: None,
+        rate_limit: None,
+        max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
+    }))
+}
+
+/// The board key of an EventSource.
+fn es_key(es: &EventSource) -> ResourceKey {
+    ResourceKey {
+        kind: "EventSource".into(),
+        namespace: es.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: es.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A subscriber whose consumer is open reports its sinks resolved (standalone, they were, or
+/// `ofe run` would not have started) and itself subscribed.
+fn report_subscriber(health: &Health, plan: &SubscriberPlan) {
+    let labels = &plan.labels;
+    let (kind, name) = match labels.trigger.strip_prefix("eventsource/") {
+        Some(es) => ("EventSource", es.to_string()),
+        None => ("Trigger", labels.trigger.clone()),
+    };
+    let key = ResourceKey { kind: kind.into(), namespace: labels.namespace.clone(), name };
+    let who = format!("subscriber {}", labels.subscriber);
+    health.reporter(key.clone(), "SinkResolved", &who).up("Resolved");
+    health.reporter(key, "Subscribed", &who).up("ConsumerOpen");
 }

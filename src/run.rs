@@ -14,13 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ofe_crds::EventSource;
-use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest};
-use ofe_eventbus::Subject;
-use ofe_eventbus::health::{Health, ResourceKey};
+use ofe_crds::manifest::Manifest;
+use ofe_eventbus::health::Health;
 use ofe_eventsource::SourceMetrics;
-use ofe_trigger::runner::{Route, SubscriberPlan};
-use ofe_trigger::{PlanOptions, RetryPolicy, SubscriberLabels, TriggerMetrics};
+use ofe_trigger::{PlanOptions, TriggerMetrics};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -165,64 +162,6 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::System
     }
     out.sort();
     out
-}
-
-/// The plan delivering an EventSource's events to its own `sink`.
-pub(crate) fn event_source_sink_plan(
-    es: &EventSource,
-    options: &PlanOptions,
-) -> anyhow::Result<Option<SubscriberPlan>> {
-    let Some(sink) = &es.spec.sink else { return Ok(None) };
-    let namespace = es.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-    let name = es.metadata.name.as_deref().unwrap_or_default();
-    let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
-        .map_err(|d| anyhow::anyhow!("{d}"))?;
-    let subjects = es
-        .spec
-        .events()
-        .into_iter()
-        .map(|(_, event)| Subject::event(namespace, name, event))
-        .collect();
-    Ok(Some(SubscriberPlan {
-        labels: SubscriberLabels {
-            namespace: namespace.to_string(),
-            trigger: format!("eventsource/{name}"),
-            subscriber: "sink".into(),
-        },
-        consumer: format!("eventsource.{namespace}.{name}.sink"),
-        subjects,
-        routing: None,
-        routes: vec![Route { destination, dead_letter: None }],
-        max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
-        retry: RetryPolicy::default(),
-        order_key: None,
-        reply: None,
-        rate_limit: None,
-        max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
-    }))
-}
-
-/// The board key of an EventSource.
-pub(crate) fn es_key(es: &EventSource) -> ResourceKey {
-    ResourceKey {
-        kind: "EventSource".into(),
-        namespace: es.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-        name: es.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
-/// A subscriber whose consumer is open reports its sinks resolved (standalone, they were, or
-/// `ofe run` would not have started) and itself subscribed.
-pub(crate) fn report_subscriber(health: &Health, plan: &SubscriberPlan) {
-    let labels = &plan.labels;
-    let (kind, name) = match labels.trigger.strip_prefix("eventsource/") {
-        Some(es) => ("EventSource", es.to_string()),
-        None => ("Trigger", labels.trigger.clone()),
-    };
-    let key = ResourceKey { kind: kind.into(), namespace: labels.namespace.clone(), name };
-    let who = format!("subscriber {}", labels.subscriber);
-    health.reporter(key.clone(), "SinkResolved", &who).up("Resolved");
-    health.reporter(key, "Subscribed", &who).up("ConsumerOpen");
 }
 
 /// Every error a resource causes at start-up names its file and document.
