@@ -323,7 +323,7 @@ impl Plane {
         routings: Vec<Arc<ofe_trigger::Routing>>,
     ) -> anyhow::Result<Running> {
         let subscribers = routings.len();
-        let joins = routings.iter().any(|r| r.condition.names().len() > 1);
+        let joins = routings.iter().any(|r| r.joins());
         let mut router = ofe_trigger::Router::new(routings, self.trigger_metrics.clone());
         if joins {
             match bus.state_store().await.context("cannot open the join state store")? {

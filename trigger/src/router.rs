@@ -132,6 +132,13 @@ pub struct Routing {
     pub queue: Subject,
 }
 
+impl Routing {
+    /// Whether its condition joins several inputs, and so keeps state between events.
+    pub fn joins(&self) -> bool {
+        self.condition.names().len() > 1
+    }
+}
+
 /// An event a subscriber fired on, to be put on its queue.
 #[derive(Debug)]
 pub struct Fired {
@@ -348,7 +355,7 @@ impl Router {
 
     /// Whether `touch` needs join state: its condition names more than one input.
     pub fn is_stateful(&self, touch: &Touch) -> bool {
-        self.routings[touch.routing].condition.names().len() > 1
+        self.routings[touch.routing].joins()
     }
 
     /// The store key of a subscriber's correlation key.
@@ -449,7 +456,7 @@ impl Router {
         at: DateTime<Utc>,
     ) -> Option<Arc<Event>> {
         let routing = self.routings[touch.routing].clone();
-        if routing.condition.names().len() == 1 {
+        if !routing.joins() {
             // Nothing else to join: the condition's value for its own input decides.
             return self
                 .fires(&routing, 1)
