@@ -32,7 +32,10 @@ pub enum BusKey {
 pub struct Buses {
     namespaced: BTreeMap<(String, String), EventBusSpec>,
     cluster: BTreeMap<String, EventBusSpec>,
-    running: HashMap<BusKey, Arc<dyn EventBus>>,
+    /// Per running bus: the digest of the spec it was opened with, and the bus.
+    running: HashMap<BusKey, (String, Arc<dyn EventBus>)>,
+    /// Buses replaced because their spec changed, to close once their users have stopped.
+    retired: Vec<Arc<dyn EventBus>>,
     announced: HashSet<String>,
 }
 
@@ -98,14 +101,16 @@ impl Buses {
             namespaced: BTreeMap::new(),
             cluster: BTreeMap::new(),
             running: HashMap::new(),
+            retired: Vec::new(),
             announced: HashSet::new(),
         };
         buses.set_specs(resources);
         buses
     }
 
-    /// Indexes the EventBus and ClusterEventBus resources anew. Buses already running keep
-    /// running as they are: a changed bus takes effect at the next start.
+    /// Indexes the EventBus and ClusterEventBus resources anew. A running bus whose spec
+    /// changed is replaced at its next [`Buses::get`]; [`Buses::digest`] changes with it, so
+    /// whoever includes it in their own digest restarts on the new bus.
     pub fn set_specs(&mut self, resources: &[Resource]) {
         let buses = self;
         buses.namespaced.clear();
@@ -153,7 +158,24 @@ impl Buses {
         }
     }
 
-    /// The running bus for `name` seen from `namespace`, opening it on first use.
+    /// What identifies the bus `name` resolves to from `namespace`, spec included: it changes
+    /// when the bus does.
+    pub fn digest(&mut self, namespace: &str, name: Option<&str>) -> String {
+        let (key, spec) = self.resolve(namespace, name);
+        format!("{key:?}={}", serde_json::to_string(&spec).unwrap_or_default())
+    }
+
+    /// Closes the buses replaced since the last call; call it once their users have stopped.
+    pub async fn close_retired(&mut self) {
+        for bus in std::mem::take(&mut self.retired) {
+            if let Err(e) = bus.close().await {
+                tracing::warn!(error = %e, "closing a replaced bus failed");
+            }
+        }
+    }
+
+    /// The running bus for `name` seen from `namespace`, opening it on first use, and again
+    /// when its spec has changed.
     pub async fn get(
         &mut self,
         namespace: &str,
@@ -179,8 +201,21 @@ impl Buses {
         if matches!(backend, Backend::Embedded) {
             key = BusKey::Embedded;
         }
-        if let Some(bus) = self.running.get(&key) {
-            return Ok(bus.clone());
+        // Every embedded bus shares one store, opened once: its settings apply at start.
+        let digest = match backend {
+            Backend::Embedded => String::new(),
+            _ => serde_json::to_string(&spec).unwrap_or_default(),
+        };
+        match self.running.remove(&key) {
+            Some((opened, bus)) if opened == digest => {
+                self.running.insert(key, (opened, bus.clone()));
+                return Ok(bus);
+            }
+            Some((_, old)) => {
+                tracing::info!(bus = ?key, "the bus changed; opening it again");
+                self.retired.push(old);
+            }
+            None => {}
         }
         let bus: Arc<dyn EventBus> = match backend {
             Backend::JetStream(config) => {
@@ -216,13 +251,14 @@ impl Buses {
                 Arc::new(bus)
             }
         };
-        self.running.insert(key, bus.clone());
+        self.running.insert(key, (digest, bus.clone()));
         Ok(bus)
     }
 
     /// Closes every running bus.
-    pub async fn close(&self) {
-        for (key, bus) in &self.running {
+    pub async fn close(&mut self) {
+        self.close_retired().await;
+        for (key, (_, bus)) in &self.running {
             if let Err(e) = bus.close().await {
                 tracing::warn!(bus = ?key, error = %e, "closing the bus failed");
             }

@@ -26,7 +26,15 @@ impl Checked {
 pub fn load_and_check(paths: &[PathBuf]) -> Checked {
     let set = manifest::load(paths);
     let mut diagnostics = set.diagnostics;
-    for m in &set.manifests {
+    diagnostics.extend(check_manifests(&set.manifests));
+    Checked { manifests: set.manifests, diagnostics }
+}
+
+/// Every check of parsed resources, each finding attributed to its resource's origin; the
+/// operator runs exactly these on what the API server holds.
+pub fn check_manifests(manifests: &[Manifest]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for m in manifests {
         let mut found = ofe_crds::validate::check_resource(&m.resource);
         match &m.resource {
             Resource::Trigger(t) => found.extend(ofe_trigger::check(t)),
@@ -42,8 +50,8 @@ pub fn load_and_check(paths: &[PathBuf]) -> Checked {
         }
         diagnostics.extend(found.into_iter().map(|d| d.at(&m.origin)));
     }
-    diagnostics.extend(ofe_crds::validate::check_set(&set.manifests));
-    Checked { manifests: set.manifests, diagnostics }
+    diagnostics.extend(ofe_crds::validate::check_set(manifests));
+    diagnostics
 }
 
 /// Prints diagnostics, errors first.

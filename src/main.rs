@@ -2,10 +2,12 @@
 //!
 //! - `ofe run -f PATH...` runs every EventSource and Trigger found, with the embedded bus.
 //! - `ofe validate -f PATH...` checks manifests and explains every problem.
+//! - `ofe operator` runs them as the API server holds them, and writes their status.
 //! - `ofe crds` prints the CustomResourceDefinitions.
 
 mod buses;
 mod check;
+mod operator;
 mod plane;
 mod run;
 mod telemetry;
@@ -27,6 +29,9 @@ struct Cli {
 enum Command {
     /// Run every EventSource and Trigger in the given manifests, in this process.
     Run(run::RunArgs),
+    /// Run the EventSources and Triggers of a Kubernetes cluster: watch the CRDs, run them
+    /// in this process (replicas share the work), and write their status.
+    Operator(operator::OperatorArgs),
     /// Check manifests: schema, conditions, schedules, sinks and references.
     Validate {
         /// Files or folders of YAML manifests (multi-document files allowed).
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
         Command::Validate { paths } => Ok(check::validate_command(&paths)),
         Command::Crds { out } => crds(out),
         Command::Run(args) => run::main(args),
+        Command::Operator(args) => operator::main(args),
     };
     match result {
         Ok(code) => code,

@@ -72,6 +72,26 @@ impl Running {
     }
 }
 
+/// A resource, or a part of one, that the plane could not start, and why. The plane reports
+/// it on the health board and tries again at the next [`Plane::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The resource.
+    pub key: ResourceKey,
+    /// The condition type that turns false, e.g. `BusConnected`.
+    pub condition: &'static str,
+    /// One CamelCase word.
+    pub reason: &'static str,
+    /// The error, with its causes.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}: {}", self.key.kind, self.key.namespace, self.key.name, self.message)
+    }
+}
+
 /// A router to start: the digest of what it routes, its bus, and the subscribers.
 type RouterPlan = (String, Arc<dyn EventBus>, Vec<Arc<ofe_trigger::Routing>>);
 
@@ -92,6 +112,8 @@ pub struct Plane {
     webhooks: Option<Versioned>,
     /// Per resource, the task that reports its bus's connection.
     bus_watchers: BTreeMap<ResourceKey, Versioned>,
+    /// What failed at the last apply, to withdraw from the board once it no longer does.
+    failures: Vec<Failure>,
 }
 
 /// The desired state from a set of manifests.
@@ -102,6 +124,8 @@ struct Desired {
     subscribers: BTreeMap<String, (SubscriberPlan, Arc<dyn EventBus>, String, String)>,
     /// Per Trigger: its bus and its digest.
     triggers: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)>,
+    /// Resources left out, and why.
+    failures: Vec<Failure>,
 }
 
 /// The digest of a resource's configuration.
@@ -129,11 +153,13 @@ impl Plane {
             routers: BTreeMap::new(),
             webhooks: None,
             bus_watchers: BTreeMap::new(),
+            failures: Vec::new(),
         })
     }
 
-    /// What `manifests` ask for. Every error names the resource's file and document.
-    async fn desired(&mut self, manifests: &[Manifest]) -> anyhow::Result<Desired> {
+    /// What `manifests` ask for. A resource whose bus cannot be opened, or which cannot be
+    /// planned, is left out as a [`Failure`] naming its file and document.
+    async fn desired(&mut self, manifests: &[Manifest]) -> Desired {
         let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
         self.buses.set_specs(&resources);
         let data_dir = self.settings.data_dir.clone();
@@ -141,87 +167,138 @@ impl Plane {
             sources: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             triggers: BTreeMap::new(),
+            failures: Vec::new(),
         };
         for m in manifests {
             let (r, origin) = (&m.resource, &m.origin);
             let namespace = r.namespace().unwrap_or(DEFAULT_NAMESPACE);
             let at = || format!("{origin}: {} `{}`", r.kind(), r.name());
+            let key = ResourceKey {
+                kind: r.kind().into(),
+                namespace: namespace.into(),
+                name: r.name().into(),
+            };
+            let bus_name = match r {
+                Resource::Trigger(t) => Some(t.spec.event_bus.as_str()),
+                Resource::EventSource(es) => es.spec.event_bus.as_deref(),
+                Resource::EventBus(_) | Resource::ClusterEventBus(_) => continue,
+            };
+            let bus = match self.buses.get(namespace, bus_name, &data_dir).await {
+                Ok(bus) => bus,
+                Err(e) => {
+                    desired.failures.push(Failure {
+                        key,
+                        condition: "BusConnected",
+                        reason: "BusUnreachable",
+                        message: format!("{:#}", e.context(at())),
+                    });
+                    continue;
+                }
+            };
+            // A resource restarts when its bus's spec changes, on the new bus.
+            let bus_digest = self.buses.digest(namespace, bus_name);
+            let invalid = |message: String| Failure {
+                key: key.clone(),
+                condition: "SinkResolved",
+                reason: "SinkUnresolved",
+                message,
+            };
             match r {
                 Resource::Trigger(t) => {
-                    let bus = self
-                        .buses
-                        .get(namespace, Some(&t.spec.event_bus), &data_dir)
-                        .await
-                        .with_context(at)?;
-                    let plans = ofe_trigger::plan(t, &self.settings.options).map_err(|ds| {
-                        let text: Vec<String> =
-                            ds.iter().map(|d| d.clone().at(origin).to_string()).collect();
-                        anyhow::anyhow!(text.join("\n"))
-                    })?;
-                    let router = self.buses.router_consumer(namespace, Some(&t.spec.event_bus));
-                    let version = digest(namespace, r.name(), &t.spec);
+                    let plans = match ofe_trigger::plan(t, &self.settings.options) {
+                        Ok(plans) => plans,
+                        Err(ds) => {
+                            let text: Vec<String> =
+                                ds.iter().map(|d| d.clone().at(origin).to_string()).collect();
+                            desired.failures.push(invalid(text.join("\n")));
+                            continue;
+                        }
+                    };
+                    let router = self.buses.router_consumer(namespace, bus_name);
+                    let version = digest(namespace, r.name(), &t.spec) + &bus_digest;
                     for plan in plans {
                         let entry = (plan, bus.clone(), router.clone(), version.clone());
                         desired.subscribers.insert(entry.0.consumer.clone(), entry);
                     }
-                    let key = ResourceKey {
-                        kind: "Trigger".into(),
-                        namespace: namespace.into(),
-                        name: r.name().into(),
-                    };
                     desired.triggers.insert(key, (bus, version));
                 }
                 Resource::EventSource(es) => {
-                    let bus = self
-                        .buses
-                        .get(namespace, es.spec.event_bus.as_deref(), &data_dir)
-                        .await
-                        .with_context(at)?;
-                    let version = digest(namespace, r.name(), &es.spec);
-                    if let Some(plan) =
-                        event_source_sink_plan(es, &self.settings.options).with_context(at)?
-                    {
-                        let entry = (plan, bus.clone(), String::new(), version.clone());
-                        desired.subscribers.insert(entry.0.consumer.clone(), entry);
+                    let version = digest(namespace, r.name(), &es.spec) + &bus_digest;
+                    match event_source_sink_plan(es, &self.settings.options) {
+                        Ok(Some(plan)) => {
+                            let entry = (plan, bus.clone(), String::new(), version.clone());
+                            desired.subscribers.insert(entry.0.consumer.clone(), entry);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            desired.failures.push(invalid(format!("{:#}", e.context(at()))));
+                            continue;
+                        }
                     }
-                    desired.sources.insert(es_key(es), (es.clone(), bus, version, at()));
+                    desired.sources.insert(key, (es.clone(), bus, version, at()));
                 }
                 Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
             }
         }
-        Ok(desired)
+        desired
     }
 
-    /// Makes the plane run exactly `manifests`, changing only what differs.
-    pub async fn apply(&mut self, manifests: &[Manifest]) -> anyhow::Result<()> {
-        let desired = self.desired(manifests).await?;
+    /// Makes the plane run exactly `manifests`, changing only what differs. What cannot
+    /// start (a bus that cannot be reached, a consumer that cannot be opened) is left out,
+    /// reported on the health board, and returned; the next apply tries it again, and the
+    /// rest runs meanwhile.
+    pub async fn apply(&mut self, manifests: &[Manifest]) -> anyhow::Result<Vec<Failure>> {
+        let mut desired = self.desired(manifests).await;
+        let mut failures = std::mem::take(&mut desired.failures);
 
         // Stop what goes or changes: sources first, then routers, then subscribers.
         let sources = &desired.sources;
         for key in stop_changed(&mut self.sources, |k| sources.get(k).map(|d| d.2.as_str())).await {
             if !sources.contains_key(&key) {
-                tracing::info!(eventsource = %key.name, namespace = %key.namespace, "eventsource removed");
+                tracing::info!(eventsource = %key.name, namespace = %key.namespace, "eventsource stopped");
             }
         }
         let routers = group_routers(&desired);
         stop_changed(&mut self.routers, |k| routers.get(k).map(|d| d.0.as_str())).await;
         let subscribers = &desired.subscribers;
         stop_changed(&mut self.subscribers, |k| subscribers.get(k).map(|d| d.3.as_str())).await;
+        self.buses.close_retired().await;
 
         // Start what is new or changed: subscribers, routers, sources.
         for (consumer, (plan, bus, _, version)) in desired.subscribers {
             if self.subscribers.contains_key(&consumer) {
                 continue;
             }
-            let started = self.start_subscriber(plan, bus).await?;
-            self.subscribers.insert(consumer, (version, started));
+            let key = subscriber_key(&plan);
+            match self.start_subscriber(plan, bus).await {
+                Ok(started) => {
+                    self.subscribers.insert(consumer, (version, started));
+                }
+                Err(e) => failures.push(Failure {
+                    key,
+                    condition: "Subscribed",
+                    reason: "SubscribeFailed",
+                    message: format!("{e:#}"),
+                }),
+            }
         }
         for (name, (version, bus, routings)) in routers {
             if self.routers.contains_key(&name) {
                 continue;
             }
-            let started = self.start_router(&name, bus, routings).await?;
-            self.routers.insert(name, (version, started));
+            let routed: Vec<ResourceKey> =
+                routings.iter().map(|r| subscriber_key_of(&r.labels)).collect();
+            match self.start_router(&name, bus, routings).await {
+                Ok(started) => {
+                    self.routers.insert(name, (version, started));
+                }
+                Err(e) => failures.extend(routed.into_iter().map(|key| Failure {
+                    key,
+                    condition: "Subscribed",
+                    reason: "RouterFailed",
+                    message: format!("{e:#}"),
+                })),
+            }
         }
         let mut webhooks_version = String::new();
         for (key, (es, bus, version, at)) in &desired.sources {
@@ -232,11 +309,19 @@ impl Plane {
                 continue;
             }
             let stop = CancellationToken::new();
-            let tasks =
-                ofe_eventsource::spawn(es, bus.clone(), &self.source_metrics, &self.health, &stop)
-                    .with_context(|| at.clone())?;
-            tracing::info!(eventsource = %key.name, events = tasks.len(), "eventsource started");
-            self.sources.insert(key.clone(), (version.clone(), Running { stop, tasks }));
+            match ofe_eventsource::spawn(es, bus.clone(), &self.source_metrics, &self.health, &stop)
+            {
+                Ok(tasks) => {
+                    tracing::info!(eventsource = %key.name, events = tasks.len(), "eventsource started");
+                    self.sources.insert(key.clone(), (version.clone(), Running { stop, tasks }));
+                }
+                Err(e) => failures.push(Failure {
+                    key: key.clone(),
+                    condition: ofe_eventsource::SOURCE_CONNECTED,
+                    reason: "SourceFailed",
+                    message: format!("{:#}", anyhow::Error::from(e).context(at.clone())),
+                }),
+            }
         }
         // Every resource reports whether its bus is connected.
         let mut watched: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)> = desired.triggers;
@@ -264,7 +349,33 @@ impl Plane {
                 self.webhooks = Some((webhooks_version, running));
             }
         }
-        Ok(())
+        self.report_failures(manifests, &failures);
+        Ok(failures)
+    }
+
+    /// Puts `failures` on the board, and takes back the earlier ones that no longer happen;
+    /// a resource no longer in `manifests` leaves the board.
+    fn report_failures(&mut self, manifests: &[Manifest], failures: &[Failure]) {
+        let wanted: std::collections::BTreeSet<ResourceKey> = manifests
+            .iter()
+            .map(|m| ResourceKey {
+                kind: m.resource.kind().into(),
+                namespace: m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE).into(),
+                name: m.resource.name().into(),
+            })
+            .collect();
+        for old in std::mem::take(&mut self.failures) {
+            if !wanted.contains(&old.key) {
+                self.health.remove(&old.key);
+            } else if !failures.iter().any(|f| f.key == old.key && f.condition == old.condition) {
+                self.health.reporter(old.key, old.condition, "plane").withdraw();
+            }
+        }
+        for f in failures {
+            tracing::warn!(kind = %f.key.kind, namespace = %f.key.namespace, name = %f.key.name, reason = f.reason, error = %f.message, "cannot run this resource yet");
+            self.health.reporter(f.key.clone(), f.condition, "plane").down(f.reason, &*f.message);
+        }
+        self.failures = failures.to_vec();
     }
 
     /// Reports, for `key`, whether `bus` is connected, for as long as it runs.
@@ -479,16 +590,25 @@ fn es_key(es: &EventSource) -> ResourceKey {
     }
 }
 
-/// A subscriber whose consumer is open reports its sinks resolved (standalone, they were, or
-/// `ofe run` would not have started) and itself subscribed.
-fn report_subscriber(health: &Health, plan: &SubscriberPlan) {
-    let labels = &plan.labels;
+/// The resource a subscriber belongs to: its Trigger, or the EventSource whose `sink` it is.
+fn subscriber_key(plan: &SubscriberPlan) -> ResourceKey {
+    subscriber_key_of(&plan.labels)
+}
+
+/// [`subscriber_key`], from the subscriber's labels.
+fn subscriber_key_of(labels: &SubscriberLabels) -> ResourceKey {
     let (kind, name) = match labels.trigger.strip_prefix("eventsource/") {
         Some(es) => ("EventSource", es.to_string()),
         None => ("Trigger", labels.trigger.clone()),
     };
-    let key = ResourceKey { kind: kind.into(), namespace: labels.namespace.clone(), name };
-    let who = format!("subscriber {}", labels.subscriber);
+    ResourceKey { kind: kind.into(), namespace: labels.namespace.clone(), name }
+}
+
+/// A subscriber whose consumer is open reports its sinks resolved (they were, or it would
+/// not have been planned) and itself subscribed.
+fn report_subscriber(health: &Health, plan: &SubscriberPlan) {
+    let key = subscriber_key(plan);
+    let who = format!("subscriber {}", plan.labels.subscriber);
     health.reporter(key.clone(), "SinkResolved", &who).up("Resolved");
     health.reporter(key, "Subscribed", &who).up("ConsumerOpen");
 }

@@ -30,10 +30,25 @@ pub struct RunArgs {
     /// Files or folders of YAML manifests.
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     paths: Vec<PathBuf>,
+    /// How a `sink.ref` becomes a URL without Kubernetes: a template with `{name}`,
+    /// `{namespace}` and `{kind}` (lower case), e.g.
+    /// `http://{name}.{namespace}.svc.cluster.local`. Without it, a `ref` is refused.
+    #[arg(long, env = "OFE_REF_URL_TEMPLATE")]
+    ref_url_template: Option<String>,
+    /// Reload the manifests when their files change (SIGHUP always reloads them).
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    plane: PlaneArgs,
+}
+
+/// What `ofe run` and `ofe operator` share: the data plane's settings, its endpoints and logs.
+#[derive(clap::Args)]
+pub struct PlaneArgs {
     /// Where the embedded bus keeps its data.
     #[arg(long, default_value = ".ofe", env = "OFE_DATA_DIR")]
     data_dir: PathBuf,
-    /// Address of the `/healthz` and `/metrics` endpoint.
+    /// Address of the `/healthz`, `/metrics` and `/status` endpoint.
     #[arg(long, default_value = "127.0.0.1:9464", env = "OFE_LISTEN")]
     listen: String,
     /// Address webhook EventSources are served on (only opened when there are any).
@@ -41,25 +56,75 @@ pub struct RunArgs {
     webhook_listen: String,
     /// Log filter when RUST_LOG is unset, e.g. `info` or `ofe=debug`.
     #[arg(long, default_value = "info,lsm_tree=warn,fjall=warn")]
-    log_level: String,
+    pub log_level: String,
     /// Log JSON lines instead of text.
     #[arg(long)]
-    log_json: bool,
+    pub log_json: bool,
     /// How long shutdown waits for in-flight deliveries, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// How a `sink.ref` becomes a URL without Kubernetes: a template with `{name}`,
-    /// `{namespace}` and `{kind}` (lower case), e.g.
-    /// `http://{name}.{namespace}.svc.cluster.local`. Without it, a `ref` is refused.
-    #[arg(long, env = "OFE_REF_URL_TEMPLATE")]
-    ref_url_template: Option<String>,
     /// How many times an event may be passed on to a topic or answered with a reply before
     /// ofe stops it as a loop.
     #[arg(long, default_value_t = ofe_trigger::delivery::DEFAULT_MAX_HOPS, env = "OFE_MAX_HOPS")]
     max_hops: u32,
-    /// Reload the manifests when their files change (SIGHUP always reloads them).
-    #[arg(long)]
-    watch: bool,
+}
+
+/// A running process's endpoint and data plane.
+pub struct Process {
+    /// The data plane.
+    pub plane: Plane,
+    /// The health board the plane reports to.
+    pub health: Health,
+    /// Set once the first apply has run, so `/healthz` answers 200.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Process {
+    /// Opens the endpoint and an empty data plane with `options`.
+    pub async fn start(args: &PlaneArgs, options: PlanOptions) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let source_metrics = SourceMetrics::default();
+        let trigger_metrics = TriggerMetrics::default();
+        source_metrics.register(&mut registry);
+        trigger_metrics.register(&mut registry);
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+        tracing::info!(endpoint = %telemetry::describe(listener.local_addr()?), "serving /healthz, /metrics and /status");
+        let health = Health::default();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = tokio::spawn(telemetry::serve(
+            listener,
+            Arc::new(registry),
+            health.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        ));
+        let settings = Settings {
+            data_dir: args.data_dir.clone(),
+            options,
+            max_hops: args.max_hops,
+            drain: args.drain_timeout,
+            webhook_listen: args.webhook_listen.clone(),
+        };
+        let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics)?;
+        Ok(Self { plane, health, ready, shutdown, http })
+    }
+
+    /// Marks the process ready for `/healthz`.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Stops the data plane (sources first, in-flight deliveries finish), then the endpoint.
+    pub async fn stop(self) {
+        self.plane.shutdown().await;
+        self.shutdown.cancel();
+        let _ = self.http.await;
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -68,7 +133,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Entry point of `ofe run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_logs(&args.log_level, args.log_json);
+    telemetry::init_logs(&args.plane.log_level, args.plane.log_json);
     let checked = check::load_and_check(&args.paths);
     check::report(&checked.diagnostics);
     if checked.has_errors() {
@@ -95,7 +160,14 @@ async fn reload(plane: &mut Plane, paths: &[PathBuf]) {
         return;
     }
     match plane.apply(&checked.manifests).await {
-        Ok(()) => tracing::info!(resources = checked.manifests.len(), "manifests reloaded"),
+        Ok(failures) if failures.is_empty() => {
+            tracing::info!(resources = checked.manifests.len(), "manifests reloaded")
+        }
+        Ok(failures) => tracing::error!(
+            failed = failures.len(),
+            "manifests reloaded, but some resources cannot run (logged above); they are tried \
+             again at the next reload"
+        ),
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "reloading the manifests failed")
         }
@@ -166,39 +238,24 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::System
 
 /// Every error a resource causes at start-up names its file and document.
 async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
-    let mut registry = Registry::default();
-    let source_metrics = SourceMetrics::default();
-    let trigger_metrics = TriggerMetrics::default();
-    source_metrics.register(&mut registry);
-    trigger_metrics.register(&mut registry);
-
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-    tracing::info!(endpoint = %telemetry::describe(listener.local_addr()?), "serving /healthz, /metrics and /status");
-    let health = Health::default();
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let http = tokio::spawn(telemetry::serve(
-        listener,
-        Arc::new(registry),
-        health.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    ));
-    let settings = Settings {
-        data_dir: args.data_dir.clone(),
-        options: PlanOptions {
-            ref_url_template: args.ref_url_template.clone(),
-            ..PlanOptions::default()
-        },
-        max_hops: args.max_hops,
-        drain: args.drain_timeout,
-        webhook_listen: args.webhook_listen.clone(),
+    let options =
+        PlanOptions { ref_url_template: args.ref_url_template.clone(), ..PlanOptions::default() };
+    let mut process = Process::start(&args.plane, options).await?;
+    // Standalone, what cannot start at start-up is an error: there is no controller to
+    // report it to, and starting half the manifests would hide it.
+    let failures = match process.plane.apply(&manifests).await {
+        Ok(failures) => failures,
+        Err(e) => {
+            process.stop().await;
+            return Err(e);
+        }
     };
-    let mut plane = Plane::new(settings, health, source_metrics, trigger_metrics)?;
-    plane.apply(&manifests).await?;
-    ready.store(true, std::sync::atomic::Ordering::Release);
+    if !failures.is_empty() {
+        let text: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        process.stop().await;
+        bail!("{}", text.join("\n"));
+    }
+    process.set_ready();
     tracing::info!(
         "ofe is running; send SIGINT or SIGTERM to stop, SIGHUP to reload the manifests{}",
         if args.watch { " (also reloaded when they change)" } else { "" }
@@ -210,13 +267,11 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = &mut stop => break,
-            Some(()) = reloads.recv() => reload(&mut plane, &args.paths).await,
+            Some(()) = reloads.recv() => reload(&mut process.plane, &args.paths).await,
         }
     }
     tracing::info!("shutting down: stopping sources, finishing in-flight deliveries");
-    plane.shutdown().await;
-    shutdown.cancel();
-    let _ = http.await;
+    process.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,12 +8,17 @@ use std::path::PathBuf;
 pub struct Origin {
     /// The file the document was read from.
     pub file: PathBuf,
-    /// 1-based document index within the file.
+    /// 1-based document index within the file; 0 when the resource was not read from a file
+    /// and `file` names it instead (`EventSource ns/name`).
     pub document: usize,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Document 0: not read from a file; `file` names the object (e.g. a cluster object).
+        if self.document == 0 {
+            return write!(f, "{}", self.file.display());
+        }
         write!(f, "{}:document {}", self.file.display(), self.document)
     }
 }

@@ -31,9 +31,17 @@ struct Entry {
 }
 
 /// The board. Cheap to clone; clones share it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Health {
     entries: Arc<Mutex<BTreeMap<ResourceKey, Entry>>>,
+    /// Counts changes of any resource's conditions, so that a status writer wakes on them.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { entries: Arc::default(), changes: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
 }
 
 impl std::fmt::Debug for Health {
@@ -67,9 +75,19 @@ impl Health {
 
     /// Forgets a resource (it was removed).
     pub fn remove(&self, resource: &ResourceKey) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(resource);
+        let removed = self.entries.lock().is_ok_and(|mut e| e.remove(resource).is_some());
+        if removed {
+            self.changed();
         }
+    }
+
+    /// A receiver that sees a new value whenever any resource's conditions change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Every resource with its current conditions.
@@ -101,14 +119,29 @@ impl Reporter {
         self.report(Part::failed(&self.condition, reason, message));
     }
 
+    /// Takes this reporter's report back, as if it had never reported: the part it stood
+    /// for is no longer there (a failure to start that no longer happens).
+    pub fn withdraw(&self) {
+        self.update(|reports| {
+            if let Some(by) = reports.get_mut(&self.condition) {
+                by.remove(&self.reporter);
+                if by.is_empty() {
+                    reports.remove(&self.condition);
+                }
+            }
+        });
+    }
+
     fn report(&self, part: Part) {
+        self.update(|reports| {
+            reports.entry(self.condition.clone()).or_default().insert(self.reporter.clone(), part);
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BTreeMap<String, BTreeMap<String, Part>>)) {
         let Ok(mut entries) = self.health.entries.lock() else { return };
         let entry = entries.entry(self.resource.clone()).or_default();
-        entry
-            .reports
-            .entry(self.condition.clone())
-            .or_default()
-            .insert(self.reporter.clone(), part);
+        change(&mut entry.reports);
         // One condition per type: the worst report wins, naming its reporter.
         let parts: Vec<Part> = entry
             .reports
@@ -128,7 +161,10 @@ impl Reporter {
                 }
             })
             .collect();
-        status::apply(&mut entry.conditions, &parts, None, chrono::Utc::now());
+        if status::apply(&mut entry.conditions, &parts, None, chrono::Utc::now()) {
+            drop(entries);
+            self.health.changed();
+        }
     }
 }
 

@@ -476,3 +476,4 @@ pub async fn wait_ready_status(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+pub mod fake_kube;

@@ -1,0 +1,435 @@
+//! `ofe operator` against an API server: resources applied with the API become running
+//! sources and Triggers, their `.status` says what the data plane sees (a broken bus turns
+//! them not Ready with the reason, and fixing it recovers them), deleting them stops them,
+//! `sink.ref`s follow the address of what they name, and replicas share the work while one of
+//! them fires each cron tick.
+//!
+//! No kube-apiserver can be installed on the build machines, so these run against the fake API
+//! server in `support::fake_kube`, over real HTTP through the real kube client.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::fake_kube::FakeKube;
+use support::{KillOnDrop, Receiver, free_addr, get, wait_ready};
+
+const EVENT_SOURCES: &str = "events.openfunction.io/v1alpha1/eventsources";
+const TRIGGERS: &str = "events.openfunction.io/v1alpha1/triggers";
+const EVENTS: &str = "events.k8s.io/v1/events";
+
+/// An operator replica: the process, its `/metrics` address and its webhook address.
+struct Replica {
+    process: KillOnDrop,
+    listen: SocketAddr,
+    webhooks: SocketAddr,
+}
+
+fn start_operator(kube: &FakeKube, dir: &Path, identity: &str) -> Replica {
+    let (listen, webhooks) = (free_addr(), free_addr());
+    let child = support::ofe()
+        .arg("operator")
+        .env("KUBECONFIG", kube.kubeconfig(dir))
+        .arg("--data-dir")
+        .arg(dir.join(format!("data-{identity}")))
+        .args(["--listen", &listen.to_string(), "--webhook-listen", &webhooks.to_string()])
+        .args(["--identity", identity, "--lease-namespace", "ofe-system"])
+        .args(["--lease-duration", "3s", "--lease-renew", "500ms"])
+        .arg("--log-level")
+        .arg(std::env::var("OFE_TEST_LOG").unwrap_or_else(|_| "error".into()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn ofe operator");
+    Replica { process: KillOnDrop(child), listen, webhooks }
+}
+
+/// The conditions in an object's `.status`.
+fn conditions(object: &Value) -> Vec<Value> {
+    object["status"]["conditions"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the stored object's `Ready` has `status` (and `reason`, when given); returns
+/// the object.
+async fn wait_ready_in_status(
+    kube: &FakeKube,
+    collection: &str,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let object = kube.get(collection, namespace, name);
+        let ready =
+            object.as_ref().and_then(|o| conditions(o).into_iter().find(|c| c["type"] == "Ready"));
+        if let (Some(object), Some(ready)) = (&object, &ready) {
+            let conditions = conditions(object);
+            assert!(conditions.len() <= 6, "one condition per type: {conditions:?}");
+            assert_eq!(conditions.last(), Some(ready), "Ready is the last condition");
+            if ready["status"] == status && reason.is_none_or(|r| ready["reason"] == r) {
+                return object.clone();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{name} never became Ready={status} {reason:?}; last: {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The condition of `kind` in `object`'s status.
+fn condition(object: &Value, kind: &str) -> Value {
+    conditions(object)
+        .into_iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {}", object["status"]))
+}
+
+fn flagship(ns: &str, mqtt: &str, base: &str) -> String {
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vehicle-telemetry/manifests.yaml"),
+    )
+    .expect("the flagship example's manifests");
+    yaml.replace("namespace: telemetry", &format!("namespace: {ns}"))
+        .replace("tcp://127.0.0.1:1884", mqtt)
+        .replace("fleet/+/telemetry", &format!("{ns}/+/telemetry"))
+        .replace("http://127.0.0.1:8091/", &format!("{base}/alert"))
+        .replace("http://127.0.0.1:8092/", &format!("{base}/metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_truth() {
+    let Some(nats) = support::broker_var("OFE_TEST_NATS") else { return };
+    let Some(mqtt) = support::broker_var("OFE_TEST_MQTT") else { return };
+    let mqtt = mqtt.replace("mqtt://", "tcp://");
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kube = FakeKube::start().await;
+    let bus = support::jetstream_bus(&ns, &nats);
+    kube.apply_yaml(&(flagship(&ns, &mqtt, &base) + &bus));
+    let operator = start_operator(&kube, dir.path(), "replica-a");
+    wait_ready(operator.listen).await;
+
+    // Applied: every resource becomes Ready, with a condition per part.
+    let fleet = wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "fleet", "True", None).await;
+    for kind in ["Valid", "BusConnected", "SourceConnected"] {
+        assert_eq!(condition(&fleet, kind)["status"], "True", "{kind} of fleet");
+    }
+    let ready = condition(&fleet, "Ready");
+    assert_eq!(ready["observedGeneration"], fleet["metadata"]["generation"]);
+    assert!(ready["lastTransitionTime"].is_string());
+    for name in ["fleet-router", "metrics-feed"] {
+        let t = wait_ready_in_status(&kube, TRIGGERS, &ns, name, "True", None).await;
+        for kind in ["Valid", "BusConnected", "SinkResolved", "Subscribed"] {
+            assert_eq!(condition(&t, kind)["status"], "True", "{kind} of {name}");
+        }
+    }
+
+    // The data plane runs them: telemetry over MQTT reaches both functions.
+    let (host, port) = mqtt
+        .trim_start_matches("tcp://")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
+        .expect("host:port");
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new(format!("pub-{ns}"), host, port), 64);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let publish = |car: &str, speed: u32| {
+        let (client, topic) = (client.clone(), format!("{ns}/{car}/telemetry"));
+        let payload = format!(r#"{{"vehicle":"{car}","speed":{speed}}}"#);
+        async move {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+    };
+    publish("car-1", 130).await;
+    publish("car-2", 80).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "an overspeed alert and both metrics", |r| {
+            !r.on("/alert").is_empty() && r.on("/metrics").len() >= 2
+        })
+        .await;
+
+    // A broken bus URL: every resource on the bus turns not Ready, saying why.
+    kube.apply_yaml(&support::jetstream_bus(&ns, "nats://127.0.0.1:9"));
+    let broken =
+        wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "fleet", "False", Some("BusUnreachable"))
+            .await;
+    let message = condition(&broken, "Ready")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("127.0.0.1:9"), "the reason names the bus: {message}");
+    assert_eq!(condition(&broken, "Ready")["observedGeneration"], broken["metadata"]["generation"]);
+    for name in ["fleet-router", "metrics-feed"] {
+        wait_ready_in_status(&kube, TRIGGERS, &ns, name, "False", Some("BusUnreachable")).await;
+    }
+    let warnings: Vec<Value> = kube
+        .list(EVENTS)
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "fleet" && e["type"] == "Warning")
+        .collect();
+    assert!(
+        warnings.iter().any(|e| e["reason"] == "BusUnreachable"),
+        "an Event tells of the transition: {warnings:?}"
+    );
+
+    // Fixed: they recover, and events flow again.
+    kube.apply_yaml(&bus);
+    wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "fleet", "True", None).await;
+    for name in ["fleet-router", "metrics-feed"] {
+        wait_ready_in_status(&kube, TRIGGERS, &ns, name, "True", None).await;
+    }
+    let alerts = receiver.on("/alert").len();
+    publish("car-3", 150).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "an alert after recovery", |r| {
+            r.on("/alert").len() > alerts
+        })
+        .await;
+
+    // Deleted: the sources and Triggers stop, and leave the process's status.
+    kube.delete(EVENT_SOURCES, &ns, "fleet");
+    kube.delete(TRIGGERS, &ns, "fleet-router");
+    kube.delete(TRIGGERS, &ns, "metrics-feed");
+    let start = Instant::now();
+    loop {
+        let status: Value =
+            serde_json::from_str(&get(&format!("http://{}/status", operator.listen)).await)
+                .unwrap_or(Value::Null);
+        let listed = status["resources"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["namespace"] == json!(ns)));
+        if !listed {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "deleted resources still run: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (alerts, metrics) = (receiver.on("/alert").len(), receiver.on("/metrics").len());
+    publish("car-4", 170).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (receiver.on("/alert").len(), receiver.on("/metrics").len()),
+        (alerts, metrics),
+        "nothing is delivered once the resources are deleted"
+    );
+    let mut process = operator.process;
+    assert!(support::terminate(&mut process.0).success(), "the operator stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kube = FakeKube::start().await;
+    kube.install("serving.knative.dev/v1/services");
+    kube.install("core.openfunction.io/v1beta2/functions");
+    let service = |path: &str| {
+        json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "hello", "namespace": ns},
+            "status": {"url": format!("{base}/{path}")},
+        })
+    };
+    kube.apply(service("knative-v1"));
+    kube.apply(json!({
+        "apiVersion": "core.openfunction.io/v1beta2", "kind": "Function",
+        "metadata": {"name": "fn", "namespace": ns},
+        "status": {"addresses": [
+            {"type": "External", "value": "http://example.invalid/"},
+            {"type": "Internal", "value": format!("{base}/function")},
+        ]},
+    }));
+    let refs = "  - condition: tick\n    sink:\n      ref: { apiVersion: serving.knative.dev/v1, kind: Service, name: hello }\n\
+                \x20 - condition: tick\n    sink:\n      ref: { apiVersion: core.openfunction.io/v1beta2, kind: Function, name: fn }";
+    let missing = "  - condition: tick\n    sink:\n      ref: { apiVersion: serving.knative.dev/v1, kind: Service, name: missing }";
+    let tick = "    tick: { eventSource: clock, event: tick }";
+    kube.apply_yaml(
+        &(support::clock(&ns, None)
+            + &support::trigger(&ns, "route", tick, refs)
+            + &support::trigger(&ns, "orphan", tick, missing)),
+    );
+    let operator = start_operator(&kube, dir.path(), "replica-a");
+    wait_ready(operator.listen).await;
+
+    let route = wait_ready_in_status(&kube, TRIGGERS, &ns, "route", "True", None).await;
+    assert_eq!(condition(&route, "SinkResolved")["status"], "True");
+    receiver
+        .wait_for(Duration::from_secs(20), "ticks at the Service and the Function", |r| {
+            !r.on("/knative-v1").is_empty() && !r.on("/function").is_empty()
+        })
+        .await;
+    let orphan =
+        wait_ready_in_status(&kube, TRIGGERS, &ns, "orphan", "False", Some("SinkNotFound")).await;
+    let message = condition(&orphan, "Ready")["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("spec.subscribers[0].sink.ref") && message.contains("missing"),
+        "{message}"
+    );
+
+    // The Service gets a new address: deliveries follow it.
+    kube.apply(service("knative-v2"));
+    receiver
+        .wait_for(Duration::from_secs(20), "ticks at the Service's new address", |r| {
+            !r.on("/knative-v2").is_empty()
+        })
+        .await;
+    // The missing Service appears: the orphan becomes ready.
+    kube.apply(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "missing", "namespace": ns},
+        "status": {"url": format!("{base}/found")},
+    }));
+    wait_ready_in_status(&kube, TRIGGERS, &ns, "orphan", "True", None).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "ticks at the found Service", |r| {
+            !r.on("/found").is_empty()
+        })
+        .await;
+
+    // A Trigger whose condition does not compile is refused with the column, not run.
+    kube.apply_yaml(&support::trigger(
+        &ns,
+        "broken",
+        tick,
+        "  - condition: tick &&\n    sink: { uri: \"http://127.0.0.1:9/\" }",
+    ));
+    let broken =
+        wait_ready_in_status(&kube, TRIGGERS, &ns, "broken", "False", Some("InvalidSpec")).await;
+    let message = condition(&broken, "Valid")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("spec.subscribers[0].condition"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
+    let Some(nats) = support::broker_var("OFE_TEST_NATS") else { return };
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kube = FakeKube::start().await;
+    let yaml = support::jetstream_bus(&ns, &nats)
+        + "---\n"
+        + &support::clock(&ns, None)
+        + &format!(
+            "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+             metadata: {{ name: ingest, namespace: {ns} }}\n\
+             spec:\n  eventBus: default\n  webhook:\n    hook: {{}}\n"
+        )
+        + &support::trigger(
+            &ns,
+            "route",
+            "    tick: { eventSource: clock, event: tick }\n    hook: { eventSource: ingest, event: hook }",
+            &format!(
+                "  - condition: tick\n    sink: {{ uri: \"{base}/tick\" }}\n\
+                 \x20 - condition: hook\n    sink: {{ uri: \"{base}/slow\" }}\n    delivery: {{ maxConcurrency: 2 }}"
+            ),
+        );
+    kube.apply_yaml(&yaml);
+    let a = start_operator(&kube, dir.path(), "replica-a");
+    let b = start_operator(&kube, dir.path(), "replica-b");
+    wait_ready(a.listen).await;
+    wait_ready(b.listen).await;
+    wait_ready_in_status(&kube, TRIGGERS, &ns, "route", "True", None).await;
+
+    // Load: 20 webhook events into one replica; the slow sink takes 1.5 s each, and both
+    // replicas' subscribers pull from the shared consumer.
+    let client = reqwest::Client::new();
+    let total = 20;
+    for i in 0..total {
+        let answer = client
+            .post(format!("http://{}/{ns}/ingest/hook", a.webhooks))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"n":{i}}}"#))
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(answer.status().as_u16(), 202);
+    }
+    receiver
+        .wait_for(Duration::from_secs(60), "every webhook event at the sink", |r| {
+            let ids: std::collections::BTreeSet<String> =
+                r.on("/slow").iter().map(|x| x.header("ce-id")).collect();
+            ids.len() >= total
+        })
+        .await;
+    let delivered = |listen: SocketAddr| async move {
+        let metrics = get(&format!("http://{listen}/metrics")).await;
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ofe_trigger_events_delivered_total")
+                    && l.contains("subscriber=\"1\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    // The sink has seen every request; the counters follow as the responses come back.
+    let start = Instant::now();
+    let (by_a, by_b) = loop {
+        let (by_a, by_b) = (delivered(a.listen).await, delivered(b.listen).await);
+        if by_a + by_b >= total as u64 {
+            break (by_a, by_b);
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "deliveries counted: {by_a} + {by_b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("the Trigger's deliveries: replica a {by_a}, replica b {by_b}");
+    assert!(by_a > 0 && by_b > 0, "both replicas deliver: a {by_a}, b {by_b}");
+
+    // Cron: one replica leads and fires; each tick reaches the sink once.
+    let published = |listen: SocketAddr| async move {
+        let metrics = get(&format!("http://{listen}/metrics")).await;
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ofe_eventsource_events_published_total")
+                    && l.contains("event=\"tick\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (fired_a, fired_b) = (published(a.listen).await, published(b.listen).await);
+    println!("cron ticks published: replica a {fired_a}, replica b {fired_b}");
+    assert!(
+        (fired_a == 0) != (fired_b == 0),
+        "exactly one replica fires the schedule: a {fired_a}, b {fired_b}"
+    );
+    // The leader goes away: the other takes over, and the ticks go on, each once.
+    let (mut leader, follower) = if fired_a > 0 { (a, b) } else { (b, a) };
+    let before = receiver.on("/tick").len();
+    assert!(support::terminate(&mut leader.process.0).success());
+    let start = Instant::now();
+    while published(follower.listen).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the other replica never took over cron"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    receiver
+        .wait_for(Duration::from_secs(10), "ticks after the failover", |r| {
+            r.on("/tick").len() >= before + 3
+        })
+        .await;
+    let ticks = receiver.on("/tick");
+    let ids: std::collections::BTreeSet<String> = ticks.iter().map(|t| t.header("ce-id")).collect();
+    let seconds: std::collections::BTreeSet<String> =
+        ticks.iter().map(|t| t.header("ce-time")).collect();
+    println!(
+        "{} tick deliveries, {} distinct ids, {} distinct tick times",
+        ticks.len(),
+        ids.len(),
+        seconds.len()
+    );
+    assert_eq!(ids.len(), seconds.len(), "one id per tick");
+    assert_eq!(ticks.len(), ids.len(), "each tick is delivered once");
+}
