@@ -65,7 +65,15 @@ fn main() -> ExitCode {
 
 fn crds(out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match out {
-        None => print!("{}", ofe_crds::crd::all_yaml()?),
+        None => {
+            // A closed pipe (`ofe crds | head`) is not an error worth a panic.
+            use std::io::Write as _;
+            let text = ofe_crds::crd::all_yaml()?;
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
+        }
         Some(dir) => {
             std::fs::create_dir_all(&dir)?;
             for (file, crd) in ofe_crds::crd::all() {

@@ -91,6 +91,55 @@ fn condition(object: &Value, kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} condition in {}", object["status"]))
 }
 
+/// Every call the operator made is allowed by `deploy/02-rbac.yaml`, and every permission
+/// granted there was used: the rules are exactly what the operator needs.
+fn assert_rbac_is_exact(kube: &FakeKube) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/02-rbac.yaml");
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&std::fs::read_to_string(path).expect("rbac")).expect("YAML");
+    // (namespace the rule holds in, or None for a ClusterRole; group; resource; verb)
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in &docs {
+        let scope = match doc["kind"].as_str() {
+            Some("ClusterRole") => None,
+            Some("Role") => {
+                Some(doc["metadata"]["namespace"].as_str().unwrap_or_default().to_string())
+            }
+            _ => continue,
+        };
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            let strings = |field: &str| -> Vec<String> {
+                rule[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        granted.insert((scope.clone(), group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for call in kube.requests() {
+        let rule = granted.iter().find(|(scope, group, resource, verb)| {
+            scope.as_ref().is_none_or(|ns| *ns == call.namespace)
+                && *group == call.group
+                && *resource == call.resource
+                && *verb == call.verb
+        });
+        let rule = rule.unwrap_or_else(|| panic!("deploy/02-rbac.yaml does not allow {call:?}"));
+        used.insert(rule.clone());
+    }
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
+}
+
 fn flagship(ns: &str, mqtt: &str, base: &str) -> String {
     let yaml = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vehicle-telemetry/manifests.yaml"),
@@ -306,6 +355,11 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
         wait_ready_in_status(&kube, TRIGGERS, &ns, "broken", "False", Some("InvalidSpec")).await;
     let message = condition(&broken, "Valid")["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("spec.subscribers[0].condition"), "{message}");
+    assert!(message.contains("column"), "a CEL error points at its column: {message}");
+
+    // The Lease is renewed (an update) within a second; then every call is accounted for.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_rbac_is_exact(&kube);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

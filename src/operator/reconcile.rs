@@ -84,7 +84,8 @@ fn origin_of(r: &Resource) -> Origin {
 
 /// What the data plane should run for `snapshot`. A resource with validation errors, or with a
 /// `sink.ref` that has no address yet, is left out, and its parts say why. Without `leader`,
-/// cron schedules are left out: one replica fires them, so each tick fires once.
+/// cron schedules are left out: one replica fires them, so each tick fires once (see
+/// [`for_replicas`]).
 pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
     let manifests: Vec<Manifest> = snapshot
         .resources
@@ -126,7 +127,7 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
         let namespace = resource.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string();
         let resolved = match resource {
             Resource::EventSource(es) => resolve(es, &namespace, &snapshot.targets)
-                .map(|es: EventSource| Resource::EventSource(strip_cron(es, leader))),
+                .map(|es: EventSource| Resource::EventSource(for_replicas(es, leader))),
             Resource::Trigger(t) => {
                 resolve(t, &namespace, &snapshot.targets).map(|t: Trigger| Resource::Trigger(t))
             }
@@ -141,10 +142,20 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
     out
 }
 
-/// Without the lead, an EventSource's cron schedules are someone else's to fire.
-fn strip_cron(mut es: EventSource, leader: bool) -> EventSource {
+/// An EventSource as the replicas of a deployment run it. Without the lead, its cron
+/// schedules are someone else's to fire. MQTT subscriptions without a `shareGroup` get one
+/// (`ofe-<namespace>-<eventsource>-<event>`), so that replicas split a topic's messages
+/// instead of each publishing all of them.
+fn for_replicas(mut es: EventSource, leader: bool) -> EventSource {
     if !leader {
         es.spec.cron = None;
+    }
+    let namespace = es.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let name = es.metadata.name.clone().unwrap_or_default();
+    for (event, mqtt) in es.spec.mqtt.iter_mut().flatten() {
+        if mqtt.share_group.is_none() {
+            mqtt.share_group = Some(format!("ofe-{namespace}-{name}-{event}"));
+        }
     }
     es
 }
@@ -354,6 +365,21 @@ mod tests {
         assert_eq!(bad[0].reason, "InvalidSpec");
         assert!(bad[0].message.contains("spec.subscribers[0].condition"), "{}", bad[0].message);
         assert_eq!(d.parts[&key("Trigger", "good")], [Part::ok(VALID, "Valid")]);
+    }
+
+    #[test]
+    fn replicas_share_mqtt_subscriptions() {
+        let yaml = "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+            metadata: { name: fleet, namespace: ns }\nspec:\n  eventBus: default\n  mqtt:\n    \
+            telemetry: { url: \"tcp://broker:1883\", topic: \"cars/#\" }\n    \
+            alarms: { url: \"tcp://broker:1883\", topic: \"alarms/#\", shareGroup: mine }\n";
+        let snapshot = Snapshot { resources: parse(yaml), targets: Targets::default() };
+        let Resource::EventSource(es) = &desired(&snapshot, false).manifests[0].resource else {
+            unreachable!("an EventSource")
+        };
+        let group = |event: &str| es.spec.mqtt.as_ref().and_then(|m| m[event].share_group.clone());
+        assert_eq!(group("telemetry").as_deref(), Some("ofe-ns-fleet-telemetry"));
+        assert_eq!(group("alarms").as_deref(), Some("mine"), "a chosen group stays");
     }
 
     #[test]

@@ -26,6 +26,20 @@ struct Store {
     /// Every change, to replay to a watch that starts from an older version.
     log: Vec<(u64, Collection, &'static str, Value)>,
     installed: BTreeSet<Collection>,
+    requests: Vec<ApiCall>,
+}
+
+/// One request the server answered, as RBAC sees it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiCall {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`.
+    pub verb: String,
+    /// The API group (`""` for the core group).
+    pub group: String,
+    /// The resource, with its subresource: `triggers/status`.
+    pub resource: String,
+    /// The namespace, `""` for a cluster-wide request.
+    pub namespace: String,
 }
 
 /// The fake API server. Clones share it.
@@ -238,6 +252,11 @@ impl FakeKube {
         store.objects.get(collection)?.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    /// Every distinct request answered so far.
+    pub fn requests(&self) -> BTreeSet<ApiCall> {
+        self.store.lock().expect("store").requests.iter().cloned().collect()
+    }
+
     /// Every object of a collection.
     pub fn list(&self, collection: &str) -> Vec<Value> {
         let store = self.store.lock().expect("store");
@@ -337,6 +356,31 @@ async fn handle(State(kube): State<FakeKube>, request: Request) -> Response {
     }
     let query = query(&request);
     let method = request.method().clone();
+    let verb = match (&method, &target.name) {
+        (&Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            "watch"
+        }
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "other",
+    };
+    let mut segments: Vec<&str> = target.collection.split('/').collect();
+    let plural = segments.pop().unwrap_or_default().to_string();
+    let group = if segments.len() == 2 { segments[0].to_string() } else { String::new() };
+    let resource = match &target.subresource {
+        Some(sub) => format!("{plural}/{sub}"),
+        None => plural,
+    };
+    kube.store.lock().expect("store").requests.push(ApiCall {
+        verb: verb.into(),
+        group,
+        resource,
+        namespace: target.namespace.clone(),
+    });
     let body: Bytes = match axum::body::to_bytes(request.into_body(), 16 << 20).await {
         Ok(b) => b,
         Err(_) => return status(400, "BadRequest", "body too large").response(),
