@@ -23,10 +23,34 @@ impl Checked {
 
 /// Loads `paths` and runs every check: structure, CEL conditions, cron schedules, and
 /// references between resources.
-pub fn load_and_check(paths: &[PathBuf]) -> Checked {
+/// `standalone`: for `ofe run`, which has no Kubernetes Secrets to read, so a `secretKeyRef`
+/// is an error; `ofe validate` only warns, since the manifests may be meant for the operator.
+pub fn load_and_check(paths: &[PathBuf], standalone: bool) -> Checked {
     let set = manifest::load(paths);
     let mut diagnostics = set.diagnostics;
     diagnostics.extend(check_manifests(&set.manifests));
+    for m in &set.manifests {
+        let value = m.resource.to_value().unwrap_or_default();
+        for r in ofe_crds::validate::secret_refs(&value["spec"]) {
+            let path = format!("{}.secretKeyRef.{}", r.object, r.field);
+            let d = if standalone {
+                Diagnostic::error(
+                    path,
+                    format!(
+                        "reads the Kubernetes Secret `{}`, which only `ofe operator` can; \
+                         set `{}` itself to run standalone",
+                        r.name, r.field
+                    ),
+                )
+            } else {
+                Diagnostic::warning(
+                    path,
+                    format!("read from the Kubernetes Secret `{}` by `ofe operator`", r.name),
+                )
+            };
+            diagnostics.push(d.at(&m.origin));
+        }
+    }
     Checked { manifests: set.manifests, diagnostics }
 }
 
@@ -66,7 +90,7 @@ pub fn report(diagnostics: &[Diagnostic]) {
 
 /// `ofe validate`: prints every problem; exit status 1 on any error.
 pub fn validate_command(paths: &[PathBuf]) -> ExitCode {
-    let checked = load_and_check(paths);
+    let checked = load_and_check(paths, false);
     report(&checked.diagnostics);
     let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = checked.diagnostics.len() - errors;

@@ -47,7 +47,7 @@ pub struct RunArgs {
 pub struct PlaneArgs {
     /// Where the embedded bus keeps its data.
     #[arg(long, default_value = ".ofe", env = "OFE_DATA_DIR")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// Address of the `/healthz`, `/metrics` and `/status` endpoint.
     #[arg(long, default_value = "127.0.0.1:9464", env = "OFE_LISTEN")]
     listen: String,
@@ -134,7 +134,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Entry point of `ofe run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logs(&args.plane.log_level, args.plane.log_json);
-    let checked = check::load_and_check(&args.paths);
+    let checked = check::load_and_check(&args.paths, true);
     check::report(&checked.diagnostics);
     if checked.has_errors() {
         bail!("the manifests have errors (listed above); fix them, or see `ofe validate`");
@@ -151,7 +151,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Loads and checks the manifests again and applies them; with errors, says so and keeps
 /// running what runs.
 async fn reload(plane: &mut Plane, paths: &[PathBuf]) {
-    let checked = check::load_and_check(paths);
+    let checked = check::load_and_check(paths, true);
     check::report(&checked.diagnostics);
     if checked.has_errors() {
         tracing::error!(

@@ -205,3 +205,54 @@ fn run_refusals_name_file_document_and_field() {
         assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
     }
 }
+
+/// A `secretKeyRef` is read by `ofe operator`; `ofe validate` says so, and `ofe run`, which has
+/// no Secrets to read, refuses it and names the field to set instead.
+#[test]
+fn secret_key_refs_are_for_the_operator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("signed.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: { name: signed }\nspec:\n  eventBus: default\n  webhook:\n    hook:\n      \
+         hmac: { secretKeyRef: { secret: { name: hook, key: key } } }\n",
+    )
+    .expect("write");
+    let out = ofe().args(["validate", "-f"]).arg(&file).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("spec.webhook.hook.hmac.secretKeyRef.secret")
+            && stderr.contains("ofe operator"),
+        "{stderr}"
+    );
+    let out = ofe()
+        .args(["run", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ofe run refuses a secretKeyRef");
+    assert!(
+        stderr.contains("spec.webhook.hook.hmac.secretKeyRef.secret")
+            && stderr.contains("set `secret` itself"),
+        "{stderr}"
+    );
+
+    // A field that takes no credential cannot be read from a Secret.
+    std::fs::write(
+        &file,
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: { name: signed }\nspec:\n  eventBus: default\n  webhook:\n    hook:\n      \
+         secretKeyRef: { path: { name: hook, key: key } }\n",
+    )
+    .expect("write");
+    let out = ofe().args(["validate", "-f"]).arg(&file).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`path` is not a credential field"), "{stderr}");
+}

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use support::fake_kube::FakeKube;
 use support::{KillOnDrop, Receiver, free_addr, get, wait_ready};
@@ -343,6 +344,58 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
             !r.on("/found").is_empty()
         })
         .await;
+
+    // A webhook's HMAC secret read from a Secret: signed requests pass, others do not.
+    kube.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hook", "namespace": ns},
+        "data": {"key": base64::engine::general_purpose::STANDARD.encode("s3cret")},
+    }));
+    kube.apply_yaml(&format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: signed, namespace: {ns} }}\nspec:\n  eventBus: default\n  webhook:\n    \
+         hook:\n      hmac: {{ secretKeyRef: {{ secret: {{ name: hook, key: key }} }} }}\n"
+    ));
+    let signed = wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "signed", "True", None).await;
+    assert_eq!(condition(&signed, "SecretsResolved")["status"], "True");
+    let body = br#"{"order":1}"#;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"s3cret").expect("key");
+    hmac::Mac::update(&mut mac, body);
+    let signature = format!("sha256={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
+    let url = format!("http://{}/{ns}/signed/hook", operator.webhooks);
+    let post = |signature: &'static str| {
+        let (url, signature) = (url.clone(), signature);
+        async move {
+            let request =
+                reqwest::Client::new().post(&url).header("content-type", "application/json");
+            let request = if signature.is_empty() {
+                request
+            } else {
+                request.header("X-Hub-Signature-256", signature)
+            };
+            request.body(&body[..]).send().await.expect("webhook").status().as_u16()
+        }
+    };
+    let signature: &'static str = Box::leak(signature.into_boxed_str());
+    assert_eq!(post(signature).await, 202, "signed with the Secret's value");
+    assert_eq!(post("").await, 401, "unsigned");
+    // A Secret that does not exist: the EventSource is not run, and says which.
+    kube.apply_yaml(&format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: unsigned, namespace: {ns} }}\nspec:\n  eventBus: default\n  webhook:\n    \
+         hook:\n      hmac: {{ secretKeyRef: {{ secret: {{ name: absent, key: key }} }} }}\n"
+    ));
+    let unsigned = wait_ready_in_status(
+        &kube,
+        EVENT_SOURCES,
+        &ns,
+        "unsigned",
+        "False",
+        Some("SecretUnresolved"),
+    )
+    .await;
+    let message = condition(&unsigned, "Ready")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains(&format!("Secret {ns}/absent does not exist")), "{message}");
 
     // A Trigger whose condition does not compile is refused with the column, not run.
     kube.apply_yaml(&support::trigger(

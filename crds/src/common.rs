@@ -1,4 +1,5 @@
-//! Types shared by several kinds: sinks, references, status conditions and KEDA scale options.
+//! Types shared by several kinds: sinks, references, Secret keys, status conditions and KEDA
+//! scale options.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +39,26 @@ pub struct Reference {
     /// API version of the referent, e.g. `serving.knative.dev/v1`.
     pub api_version: String,
 }
+
+/// A key of a Kubernetes Secret whose value a field takes (ofe addition).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeySelector {
+    /// The Secret's name.
+    pub name: String,
+    /// The key in the Secret's `data`.
+    pub key: String,
+    /// The Secret's namespace. Default: the resource's own; a ClusterEventBus must give one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Fields of an object read from Kubernetes Secrets (ofe addition): field name → Secret key,
+/// e.g. `secretKeyRef: { saslPassword: { name: kafka, key: password } }`. `ofe operator` reads
+/// the Secrets and sets the fields (a field that takes a file path gets a file holding the
+/// value); `ofe run` has no Secrets to read and refuses them. See
+/// [`crate::validate::SECRET_FIELDS`] for the fields that may be read so.
+pub type SecretKeyRefs = BTreeMap<String, SecretKeySelector>;
 
 /// One status condition: OpenFunction's shape, plus the Kubernetes fields
 /// `lastTransitionTime` and `observedGeneration` (see [`crate::status`]).

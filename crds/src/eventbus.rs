@@ -115,6 +115,9 @@ pub struct NatsAuthSpec {
     /// Path of a `.creds` file (JWT and NKey seed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<String>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// TLS settings for a connection to a broker.
@@ -130,6 +133,9 @@ pub struct TlsSpec {
     /// PEM client key (with `certFile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// A Kafka bus. All its events share one topic, `<topicPrefix>.events`.
@@ -162,10 +168,15 @@ pub struct SaslSpec {
     /// `PLAIN` (default), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mechanism: Option<String>,
-    /// User name.
+    /// User name (or `secretKeyRef.username`).
+    #[serde(default)]
     pub username: String,
-    /// Password.
+    /// Password (or `secretKeyRef.password`).
+    #[serde(default)]
     pub password: String,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// OpenFunction's NATS Streaming settings.

@@ -151,17 +151,24 @@ pub struct WebhookSpec {
     /// Requests must carry an HMAC-SHA256 signature of the body; others get 401.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac: Option<HmacSpec>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// An HMAC-SHA256 signature check, as GitHub and many webhook senders use.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HmacSpec {
-    /// The shared secret.
+    /// The shared secret (or `secretKeyRef.secret`).
+    #[serde(default)]
     pub secret: String,
     /// Header carrying `sha256=<hex>`. Default `X-Hub-Signature-256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// A Kafka topic to consume.
@@ -200,6 +207,9 @@ pub struct KafkaSpec {
     /// KEDA scaling options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_option: Option<ScaleOption>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// An MQTT topic to subscribe to.
@@ -243,6 +253,9 @@ pub struct MqttSpec {
     /// replicas of this EventSource split the messages instead of each getting all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_group: Option<String>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// A Redis input: OpenFunction's connection fields, plus what to read (`stream` or `channel`).
@@ -270,7 +283,8 @@ pub struct RedisSpec {
     pub ca_cert: Option<String>,
     /// `host:port` of the Redis server.
     pub redis_host: String,
-    /// Password; may be empty.
+    /// Password; may be empty (or `secretKeyRef.redisPassword`).
+    #[serde(default)]
     pub redis_password: String,
     /// Use TLS.
     #[serde(default, rename = "enableTLS", skip_serializing_if = "Option::is_none")]
@@ -329,6 +343,9 @@ pub struct RedisSpec {
     /// Idle timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_key_ref: crate::common::SecretKeyRefs,
 }
 
 /// A NATS input (ofe addition).

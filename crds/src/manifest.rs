@@ -51,6 +51,26 @@ impl Resource {
         }
     }
 
+    /// The resource as JSON.
+    pub fn to_value(&self) -> serde_json::Result<Value> {
+        match self {
+            Self::EventSource(r) => serde_json::to_value(r),
+            Self::EventBus(r) => serde_json::to_value(r),
+            Self::ClusterEventBus(r) => serde_json::to_value(r),
+            Self::Trigger(r) => serde_json::to_value(r),
+        }
+    }
+
+    /// A resource of the same kind, read from `value`.
+    pub fn same_kind_from(&self, value: Value) -> serde_json::Result<Self> {
+        Ok(match self {
+            Self::EventSource(_) => Self::EventSource(serde_json::from_value(value)?),
+            Self::EventBus(_) => Self::EventBus(serde_json::from_value(value)?),
+            Self::ClusterEventBus(_) => Self::ClusterEventBus(serde_json::from_value(value)?),
+            Self::Trigger(_) => Self::Trigger(serde_json::from_value(value)?),
+        })
+    }
+
     /// `metadata.name` (validated to be present when loaded).
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()

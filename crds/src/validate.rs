@@ -49,14 +49,119 @@ pub fn is_event_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// The fields a `secretKeyRef` may set: the ones that take a credential or a certificate.
+pub const SECRET_FIELDS: &[&str] = &[
+    "bearerToken",
+    "secret",
+    "saslUsername",
+    "saslPassword",
+    "caCert",
+    "clientCert",
+    "clientKey",
+    "redisPassword",
+    "user",
+    "username",
+    "password",
+    "token",
+    "credentialsFile",
+    "caFile",
+    "certFile",
+    "keyFile",
+];
+
+/// Fields of [`SECRET_FIELDS`] that take the path of a file: the operator writes the Secret's
+/// value to a file and sets its path.
+pub const SECRET_FILE_FIELDS: &[&str] = &["credentialsFile", "caFile", "certFile", "keyFile"];
+
+/// One `secretKeyRef` entry of a resource: where it is, and what it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Path of the object holding it, e.g. `spec.kafka.orders`.
+    pub object: String,
+    /// The field it sets, e.g. `saslPassword`.
+    pub field: String,
+    /// The Secret's name.
+    pub name: String,
+    /// The key in the Secret.
+    pub key: String,
+    /// The Secret's namespace, when given.
+    pub namespace: Option<String>,
+}
+
+/// Every `secretKeyRef` entry under `spec` (the resource's spec as JSON).
+pub fn secret_refs(spec: &serde_json::Value) -> Vec<SecretRef> {
+    fn walk(value: &serde_json::Value, path: &str, out: &mut Vec<SecretRef>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(refs)) = map.get("secretKeyRef") {
+                    for (field, selector) in refs {
+                        let text = |k: &str| selector.get(k).and_then(|v| v.as_str());
+                        out.push(SecretRef {
+                            object: path.to_string(),
+                            field: field.clone(),
+                            name: text("name").unwrap_or_default().to_string(),
+                            key: text("key").unwrap_or_default().to_string(),
+                            namespace: text("namespace").map(str::to_string),
+                        });
+                    }
+                }
+                for (k, v) in map.iter().filter(|(k, _)| *k != "secretKeyRef") {
+                    walk(v, &format!("{path}.{k}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(spec, "spec", &mut out);
+    out
+}
+
+/// The `secretKeyRef` entries of a resource, checked: each sets a credential field and names a
+/// Secret and key; a ClusterEventBus names the namespace too.
+fn check_secret_refs(resource: &Resource) -> Vec<Diagnostic> {
+    let value = resource.to_value().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in secret_refs(&value["spec"]) {
+        let path = format!("{}.secretKeyRef.{}", r.object, r.field);
+        if !SECRET_FIELDS.contains(&r.field.as_str()) {
+            out.push(Diagnostic::error(
+                path.clone(),
+                format!(
+                    "`{}` is not a credential field; a Secret can set {}",
+                    r.field,
+                    SECRET_FIELDS.join(", ")
+                ),
+            ));
+        }
+        if r.name.is_empty() || r.key.is_empty() {
+            out.push(Diagnostic::error(path.clone(), "set both `name` and `key` of the Secret"));
+        }
+        if matches!(resource, Resource::ClusterEventBus(_)) && r.namespace.is_none() {
+            out.push(Diagnostic::error(
+                path,
+                "a ClusterEventBus has no namespace of its own; set the Secret's `namespace`",
+            ));
+        }
+    }
+    out
+}
+
 /// Checks one resource on its own.
 pub fn check_resource(resource: &Resource) -> Vec<Diagnostic> {
-    match resource {
+    let mut out = match resource {
         Resource::EventSource(es) => check_event_source(es),
         Resource::Trigger(t) => check_trigger(t),
         Resource::EventBus(b) => check_bus(&b.spec),
         Resource::ClusterEventBus(b) => check_bus(&b.spec.0),
-    }
+    };
+    out.extend(check_secret_refs(resource));
+    out
 }
 
 fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
@@ -100,6 +205,16 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
         }
         if hook.bearer_token.is_some() && hook.hmac.is_some() {
             out.push(Diagnostic::error(path.clone(), "sets both bearerToken and hmac; keep one"));
+        }
+        if let Some(hmac) = &hook.hmac
+            && hmac.secret.is_empty()
+            && !hmac.secret_key_ref.contains_key("secret")
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.hmac.secret"),
+                "is empty; set the shared secret, or read it from a Secret with \
+                 `secretKeyRef: {secret: {name: ..., key: ...}}`",
+            ));
         }
         if hook.bearer_token.as_deref().is_some_and(str::is_empty) {
             out.push(Diagnostic::error(

@@ -196,7 +196,7 @@ impl Cluster {
                 Targets::function_address(o.data.get("status"))
             }),
         };
-        Snapshot { resources, targets }
+        Snapshot { resources, targets, secrets: BTreeMap::new() }
     }
 
     /// The current conditions and generation of an EventSource or Trigger.

@@ -13,6 +13,7 @@
 mod cluster;
 mod lease;
 pub mod reconcile;
+mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -124,6 +125,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     tracing::info!("the watched resources are listed; reconciling");
 
     let mut board = process.health.subscribe();
+    let secret_files = args.plane.data_dir.join("secrets");
     let mut writer = StatusWriter { identity, written: BTreeMap::new() };
     let mut desired = Desired::default();
     let mut snapshot = Snapshot::default();
@@ -132,6 +134,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     loop {
         if apply {
             snapshot = cluster.snapshot();
+            secrets::resolve(&client, &mut snapshot, &secret_files).await;
             desired = reconcile::desired(&snapshot, *leading.borrow());
             match process.plane.apply(&desired.manifests).await {
                 Ok(failures) => failing = !failures.is_empty(),

@@ -15,6 +15,8 @@ use serde_json::Value;
 
 /// The condition that says whether the spec passed validation.
 pub const VALID: &str = "Valid";
+/// The condition that says whether every `secretKeyRef` was read.
+pub const SECRETS_RESOLVED: &str = "SecretsResolved";
 /// The condition that says whether every `sink.ref` has an address.
 pub const SINK_RESOLVED: &str = "SinkResolved";
 
@@ -53,6 +55,8 @@ pub struct Snapshot {
     pub resources: Vec<Resource>,
     /// The objects `sink.ref`s may name.
     pub targets: Targets,
+    /// Per resource that reads Secrets: whether they all resolved, or what did not.
+    pub secrets: BTreeMap<ResourceKey, Result<(), String>>,
 }
 
 /// What the data plane runs, and what the operator itself knows of each resource.
@@ -87,13 +91,20 @@ fn origin_of(r: &Resource) -> Origin {
 /// cron schedules are left out: one replica fires them, so each tick fires once (see
 /// [`for_replicas`]).
 pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
-    let manifests: Vec<Manifest> = snapshot
-        .resources
-        .iter()
-        .map(|r| Manifest { origin: origin_of(r), resource: r.clone() })
-        .collect();
-    let diagnostics = crate::check::check_manifests(&manifests);
     let mut out = Desired::default();
+    let mut manifests = Vec::new();
+    for r in &snapshot.resources {
+        let key = key_of(r);
+        match snapshot.secrets.get(&key) {
+            // Not run, and not checked: its fields are not all there.
+            Some(Err(why)) => {
+                let part = Part::failed(SECRETS_RESOLVED, "SecretUnresolved", why.clone());
+                out.parts.insert(key, vec![part]);
+            }
+            _ => manifests.push(Manifest { origin: origin_of(r), resource: r.clone() }),
+        }
+    }
+    let diagnostics = crate::check::check_manifests(&manifests);
     for m in manifests {
         let key = key_of(&m.resource);
         let errors: Vec<String> = diagnostics
@@ -124,6 +135,9 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
             continue;
         }
         parts.push(Part::ok(VALID, "Valid"));
+        if snapshot.secrets.contains_key(&key) {
+            parts.push(Part::ok(SECRETS_RESOLVED, "Resolved"));
+        }
         let namespace = resource.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string();
         let resolved = match resource {
             Resource::EventSource(es) => resolve(es, &namespace, &snapshot.targets)
@@ -356,7 +370,7 @@ mod tests {
         let yaml = CLOCK.to_string()
             + &trigger("good", "  - condition: tick\n    sink: { uri: \"http://f.example/\" }")
             + &trigger("bad", "  - condition: tick &&\n    sink: { uri: \"http://f.example/\" }");
-        let snapshot = Snapshot { resources: parse(&yaml), targets: Targets::default() };
+        let snapshot = Snapshot { resources: parse(&yaml), ..Snapshot::default() };
         let d = desired(&snapshot, true);
         let names: Vec<&str> = d.manifests.iter().map(|m| m.resource.name()).collect();
         assert_eq!(names, ["clock", "good"]);
@@ -373,7 +387,7 @@ mod tests {
             metadata: { name: fleet, namespace: ns }\nspec:\n  eventBus: default\n  mqtt:\n    \
             telemetry: { url: \"tcp://broker:1883\", topic: \"cars/#\" }\n    \
             alarms: { url: \"tcp://broker:1883\", topic: \"alarms/#\", shareGroup: mine }\n";
-        let snapshot = Snapshot { resources: parse(yaml), targets: Targets::default() };
+        let snapshot = Snapshot { resources: parse(yaml), ..Snapshot::default() };
         let Resource::EventSource(es) = &desired(&snapshot, false).manifests[0].resource else {
             unreachable!("an EventSource")
         };
@@ -384,7 +398,7 @@ mod tests {
 
     #[test]
     fn only_the_leader_fires_cron_schedules() {
-        let snapshot = Snapshot { resources: parse(CLOCK), targets: Targets::default() };
+        let snapshot = Snapshot { resources: parse(CLOCK), ..Snapshot::default() };
         let cron = |leader| match &desired(&snapshot, leader).manifests[0].resource {
             Resource::EventSource(es) => es.spec.cron.is_some(),
             _ => unreachable!("an EventSource"),
@@ -423,7 +437,8 @@ mod tests {
         targets
             .functions
             .insert(("other".into(), "fn".into()), Targets::function_address(Some(&status)));
-        let d = desired(&Snapshot { resources: parse(&yaml), targets }, true);
+        let d =
+            desired(&Snapshot { resources: parse(&yaml), targets, ..Snapshot::default() }, true);
         let uri = |name: &str| {
             let m = d.manifests.iter().find(|m| m.resource.name() == name).expect(name);
             let Resource::Trigger(t) = &m.resource else { unreachable!("a Trigger") };
