@@ -139,6 +139,56 @@ pub struct KafkaBus {
     partitions: i32,
     /// The join state store, opened on first use.
     state: Arc<tokio::sync::OnceCell<Arc<crate::kafka_state::KafkaState>>>,
+    /// Whether the brokers answer, as the probe last found.
+    connection: Arc<tokio::sync::watch::Sender<crate::Connection>>,
+}
+
+/// How often the connection probe asks the brokers for metadata.
+const PROBE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Follows whether the brokers answer: every [`PROBE_INTERVAL`], a metadata request for the
+/// topic. librdkafka reconnects by itself and reports no return, and with sparse connections
+/// an idle client may hold no connection at all, so asking is the one reliable signal. The
+/// probe stops once the bus is dropped.
+fn probe(
+    producer: FutureProducer,
+    topic: String,
+    brokers: String,
+    state: std::sync::Weak<tokio::sync::watch::Sender<crate::Connection>>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            let Some(state) = state.upgrade() else { return };
+            let (producer, name) = (producer.clone(), topic.clone());
+            let answer = tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(Some(&name), Duration::from_secs(5)).map(|_| ())
+            })
+            .await;
+            let now = match answer {
+                Ok(Ok(())) => crate::Connection::Up,
+                Ok(Err(e)) => {
+                    crate::Connection::Lost(format!("Kafka at {brokers} does not answer: {e}"))
+                }
+                Err(_) => return,
+            };
+            state.send_if_modified(|was| {
+                let changed = *was != now;
+                if changed {
+                    match &now {
+                        crate::Connection::Up => {
+                            tracing::info!(%brokers, "Kafka bus reachable again")
+                        }
+                        crate::Connection::Lost(why) => {
+                            tracing::warn!(%brokers, error = %why, "Kafka bus unreachable")
+                        }
+                    }
+                    *was = now.clone();
+                }
+                changed
+            });
+        }
+    });
 }
 
 impl KafkaBus {
@@ -203,12 +253,15 @@ impl KafkaBus {
             .map_err(unavailable)?
             .map_err(|e| unavailable(format!("cannot read metadata of {topic}: {e}")))?
         };
+        let connection = Arc::new(tokio::sync::watch::channel(crate::Connection::Up).0);
+        probe(producer.clone(), topic.clone(), config.brokers.clone(), Arc::downgrade(&connection));
         Ok(Self {
             config: Arc::new(config),
             topic: topic.into(),
             producer,
             partitions: i32::try_from(partitions).unwrap_or(0),
             state: Arc::default(),
+            connection,
         })
     }
 
@@ -350,6 +403,10 @@ impl EventBus for KafkaBus {
             })
             .await?;
         Ok(Some(state.clone()))
+    }
+
+    fn connection(&self) -> tokio::sync::watch::Receiver<crate::Connection> {
+        self.connection.subscribe()
     }
 
     async fn close(&self) -> Result<(), BusError> {

@@ -131,6 +131,37 @@ async fn broker_restart_loses_nothing() {
         .await;
 }
 
+/// The bus tells when its brokers stop answering and when they answer again: what turns a
+/// resource's `BusConnected` false, with the reason, and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_follows_the_broker() {
+    use ofe_eventbus::{Connection, EventBus};
+    use std::time::Duration;
+    let Some(mut broker) = Broker::launch(&[]).await else { return };
+    let port = broker.port;
+    let bus = connect(config(&format!("127.0.0.1:{port}"), "connection")).await;
+    let mut connection = bus.connection();
+    assert_eq!(*connection.borrow(), Connection::Up);
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
+    let lost = tokio::time::timeout(
+        Duration::from_secs(30),
+        connection.wait_for(|c| matches!(c, Connection::Lost(_))),
+    )
+    .await
+    .expect("the loss is reported in time")
+    .expect("the bus is alive")
+    .clone();
+    let Connection::Lost(why) = lost else { unreachable!("waited for Lost") };
+    assert!(why.contains(&format!("127.0.0.1:{port}")), "the reason names the brokers: {why}");
+    broker.child = Broker::start_with(&broker.binary, port, &broker.store, &broker.extra);
+    Broker::wait(port).await;
+    tokio::time::timeout(Duration::from_secs(30), connection.wait_for(|c| *c == Connection::Up))
+        .await
+        .expect("the return is reported in time")
+        .expect("the bus is alive");
+}
+
 /// SASL/SCRAM against a broker that requires authentication: the right password works end to
 /// end. (A wrong password is not checked here: tansu does not answer a failed SCRAM exchange in
 /// a way librdkafka reports, so the client only retries; against Kafka, librdkafka reports
