@@ -48,6 +48,16 @@ fn start_operator(kube: &FakeKube, dir: &Path, identity: &str) -> Replica {
     Replica { process: KillOnDrop(child), listen, webhooks }
 }
 
+/// The sum of a counter's series on `listen`'s `/metrics` whose labels contain `label`.
+async fn metric(listen: SocketAddr, name: &str, label: &str) -> u64 {
+    let metrics = get(&format!("http://{listen}/metrics")).await;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// The conditions in an object's `.status`.
 fn conditions(object: &Value) -> Vec<Value> {
     object["status"]["conditions"].as_array().cloned().unwrap_or_default()
@@ -467,21 +477,14 @@ async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
             ids.len() >= total
         })
         .await;
-    let delivered = |listen: SocketAddr| async move {
-        let metrics = get(&format!("http://{listen}/metrics")).await;
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("ofe_trigger_events_delivered_total")
-                    && l.contains("subscriber=\"1\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
     // The sink has seen every request; the counters follow as the responses come back.
     let start = Instant::now();
     let (by_a, by_b) = loop {
-        let (by_a, by_b) = (delivered(a.listen).await, delivered(b.listen).await);
+        let delivered = "ofe_trigger_events_delivered_total";
+        let (by_a, by_b) = (
+            metric(a.listen, delivered, "subscriber=\"1\"").await,
+            metric(b.listen, delivered, "subscriber=\"1\"").await,
+        );
         if by_a + by_b >= total as u64 {
             break (by_a, by_b);
         }
@@ -492,17 +495,8 @@ async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
     assert!(by_a > 0 && by_b > 0, "both replicas deliver: a {by_a}, b {by_b}");
 
     // Cron: one replica leads and fires; each tick reaches the sink once.
-    let published = |listen: SocketAddr| async move {
-        let metrics = get(&format!("http://{listen}/metrics")).await;
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("ofe_eventsource_events_published_total")
-                    && l.contains("event=\"tick\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let published =
+        |listen| metric(listen, "ofe_eventsource_events_published_total", "event=\"tick\"");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (fired_a, fired_b) = (published(a.listen).await, published(b.listen).await);
     println!("cron ticks published: replica a {fired_a}, replica b {fired_b}");

@@ -197,6 +197,28 @@ where
         .map_err(|e| Part::failed(SINK_RESOLVED, "InternalError", e.to_string()))
 }
 
+/// Calls `visit` on every JSON object under `value` (`value` first), with its field path.
+pub(super) fn each_object(
+    value: &mut Value,
+    path: &str,
+    visit: &mut dyn FnMut(&mut serde_json::Map<String, Value>, &str),
+) {
+    match value {
+        Value::Object(map) => {
+            visit(map, path);
+            for (field, child) in map.iter_mut() {
+                each_object(child, &format!("{path}.{field}"), visit);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                each_object(child, &format!("{path}[{i}]"), visit);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Walks `value`, setting `uri` beside every `ref` that has none.
 fn resolve_refs(
     value: &mut Value,
@@ -206,28 +228,17 @@ fn resolve_refs(
     found: &mut usize,
     missing: &mut Vec<(&'static str, String)>,
 ) {
-    match value {
-        Value::Object(map) => {
-            if let (Some(reference), false) = (map.get("ref"), map.contains_key("uri")) {
-                match address(reference, namespace, targets) {
-                    Ok(url) => {
-                        *found += 1;
-                        map.insert("uri".into(), Value::String(url));
-                    }
-                    Err((reason, why)) => missing.push((reason, format!("{path}.ref: {why}"))),
+    each_object(value, path, &mut |map, path| {
+        if let (Some(reference), false) = (map.get("ref"), map.contains_key("uri")) {
+            match address(reference, namespace, targets) {
+                Ok(url) => {
+                    *found += 1;
+                    map.insert("uri".into(), Value::String(url));
                 }
-            }
-            for (field, child) in map.iter_mut() {
-                resolve_refs(child, &format!("{path}.{field}"), namespace, targets, found, missing);
+                Err((reason, why)) => missing.push((reason, format!("{path}.ref: {why}"))),
             }
         }
-        Value::Array(items) => {
-            for (i, child) in items.iter_mut().enumerate() {
-                resolve_refs(child, &format!("{path}[{i}]"), namespace, targets, found, missing);
-            }
-        }
-        _ => {}
-    }
+    });
 }
 
 /// The address of the object `reference` names.

@@ -89,63 +89,31 @@ pub async fn resolve(client: &Client, snapshot: &mut Snapshot, files: &Path) {
 /// Sets every field a `secretKeyRef` under `value["spec"]` names from `values`, and removes
 /// the `secretKeyRef`s; returns what could not be set, each naming its field.
 pub fn fill(value: &mut Value, namespace: &str, values: &Values, dir: &Path) -> Vec<String> {
-    fn walk(
-        value: &mut Value,
-        path: &str,
-        namespace: &str,
-        values: &Values,
-        dir: &Path,
-        errors: &mut Vec<String>,
-    ) {
-        match value {
-            Value::Object(map) => {
-                if let Some(Value::Object(refs)) = map.remove("secretKeyRef") {
-                    for (field, selector) in refs {
-                        let text =
-                            |k: &str| selector.get(k).and_then(Value::as_str).unwrap_or_default();
-                        let ns =
-                            selector.get("namespace").and_then(Value::as_str).unwrap_or(namespace);
-                        let at = format!("{path}.secretKeyRef.{field}");
-                        let found = values
-                            .get(&(
-                                ns.to_string(),
-                                text("name").to_string(),
-                                text("key").to_string(),
-                            ))
-                            .cloned()
-                            .unwrap_or_else(|| Err("not read".into()));
-                        let set = found.and_then(|v| {
-                            if SECRET_FILE_FIELDS.contains(&field.as_str()) {
-                                write_file(dir, &format!("{path}.{field}"), &v)
-                                    .map(|p| Value::String(p.display().to_string()))
-                            } else {
-                                Ok(Value::String(v))
-                            }
-                        });
-                        match set {
-                            Ok(v) => {
-                                map.insert(field, v);
-                            }
-                            Err(e) => errors.push(format!("{at}: {e}")),
-                        }
-                    }
-                }
-                for (k, v) in map.iter_mut() {
-                    walk(v, &format!("{path}.{k}"), namespace, values, dir, errors);
-                }
-            }
-            Value::Array(items) => {
-                for (i, v) in items.iter_mut().enumerate() {
-                    walk(v, &format!("{path}[{i}]"), namespace, values, dir, errors);
-                }
-            }
-            _ => {}
-        }
-    }
     let mut errors = Vec::new();
-    if let Some(spec) = value.get_mut("spec") {
-        walk(spec, "spec", namespace, values, dir, &mut errors);
-    }
+    let Some(spec) = value.get_mut("spec") else { return errors };
+    super::reconcile::each_object(spec, "spec", &mut |map, path| {
+        let Some(Value::Object(refs)) = map.remove("secretKeyRef") else { return };
+        for (field, selector) in refs {
+            let text = |k: &str| selector.get(k).and_then(Value::as_str).unwrap_or_default();
+            let ns = selector.get("namespace").and_then(Value::as_str).unwrap_or(namespace);
+            let id = (ns.to_string(), text("name").to_string(), text("key").to_string());
+            let found = values.get(&id).cloned().unwrap_or_else(|| Err("not read".into()));
+            let set = found.and_then(|v| {
+                if SECRET_FILE_FIELDS.contains(&field.as_str()) {
+                    write_file(dir, &format!("{path}.{field}"), &v)
+                        .map(|p| Value::String(p.display().to_string()))
+                } else {
+                    Ok(Value::String(v))
+                }
+            });
+            match set {
+                Ok(v) => {
+                    map.insert(field, v);
+                }
+                Err(e) => errors.push(format!("{path}.secretKeyRef.{field}: {e}")),
+            }
+        }
+    });
     errors
 }
 
