@@ -381,13 +381,15 @@ impl Plane {
     /// Reports, for `key`, whether `bus` is connected, for as long as it runs.
     fn watch_bus(&self, key: ResourceKey, bus: &Arc<dyn EventBus>) -> Running {
         let reporter = self.health.reporter(key, "BusConnected", bus.backend());
+        // The embedded bus is this process's own: say so, since replicas do not share it.
+        let up = if bus.backend() == "embedded" { "EmbeddedBus" } else { "Connected" };
         let mut connection = bus.connection();
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
             loop {
                 match connection.borrow_and_update().clone() {
-                    ofe_eventbus::Connection::Up => reporter.up("Connected"),
+                    ofe_eventbus::Connection::Up => reporter.up(up),
                     ofe_eventbus::Connection::Lost(why) => reporter.down("BusUnreachable", why),
                 }
                 tokio::select! {

@@ -1,0 +1,44 @@
+//! The harness runs end to end and reports every workload: a small run (a few hundred events,
+//! 1 s latency runs) through a debug build. What it measures is not checked here (tests stay
+//! free of timing); that every row is there, with a positive figure and baseline, is.
+
+use std::process::Command;
+
+#[test]
+fn every_workload_reports_a_figure_and_its_baseline() {
+    let ofe = std::path::Path::new(env!("CARGO_BIN_EXE_ofe-bench")).with_file_name("ofe");
+    if !ofe.exists() {
+        // The root package's tests build `ofe`; a lone `cargo test -p ofe-bench` does not.
+        eprintln!("skipped: {} is not built (run `cargo build -p ofe`)", ofe.display());
+        return;
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ofe-bench"));
+    command.args(["--events", "300", "--latency-seconds", "1", "--json", "--ofe"]).arg(&ofe);
+    let nats = std::env::var("OFE_TEST_NATS").ok();
+    match &nats {
+        Some(url) => {
+            command.args(["--nats", url]);
+        }
+        None => eprintln!("W3 skipped: OFE_TEST_NATS is not set"),
+    }
+    let output = command.output().expect("run ofe-bench");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let rows = report["rows"].as_array().expect("rows");
+    let mut workloads: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
+    workloads.dedup();
+    let mut wanted = vec!["W1", "W5", "W2", "W4"];
+    if nats.is_some() {
+        wanted.push("W3");
+    }
+    assert_eq!(workloads, wanted);
+    for row in rows {
+        for field in ["figure", "baseline"] {
+            let x = row[field].as_f64().unwrap_or(f64::NAN);
+            assert!(x > 0.0, "{field} of {row}");
+        }
+        assert!(row["ratio"].is_number(), "{row}");
+    }
+    let w5 = rows.iter().filter(|r| r["workload"] == "W5").count();
+    assert_eq!(w5, 6, "p50, p99 and p99.9 at two rates");
+}
