@@ -17,6 +17,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: a profile of the HTTP → bus → HTTP path spent
+/// about a fifth of ofe's CPU time in glibc's malloc and free (with `malloc_consolidate`), on
+/// the many short-lived buffers of every event.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OpenFunction Events, rebuilt: event sources, a durable event bus and CEL triggers.
 #[derive(Parser)]
 #[command(name = "ofe", version, about)]

@@ -95,6 +95,58 @@ enum WriteOp {
 
 type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
 
+/// How many recent sequences the index keeps per subject.
+const INDEX_DEPTH: usize = 256;
+
+/// The recent sequences of each subject, so that a consumer goes straight to its next event
+/// instead of reading past every other consumer's (with a thousand Triggers, each subscriber
+/// queue would otherwise read the whole log). Kept in memory: records written before this
+/// process opened the store are not in it, and a consumer behind that point, or behind what
+/// the index still holds for one of its subjects, reads the log as before.
+#[derive(Default)]
+struct SubjectIndex {
+    /// Records up to here predate the index.
+    floor: u64,
+    /// Per subject: its recent sequences, ascending, and the highest one dropped from them.
+    recent: HashMap<String, (std::collections::VecDeque<u64>, u64)>,
+}
+
+impl SubjectIndex {
+    fn add(&mut self, subject: &str, seq: u64) {
+        if !self.recent.contains_key(subject) {
+            self.recent.insert(subject.to_string(), Default::default());
+        }
+        if let Some((recent, dropped)) = self.recent.get_mut(subject) {
+            recent.push_back(seq);
+            if recent.len() > INDEX_DEPTH
+                && let Some(old) = recent.pop_front()
+            {
+                *dropped = old;
+            }
+        }
+    }
+
+    /// The first sequence after `after` of any of `subjects`: `Some(None)` when there is
+    /// none, `None` when the index cannot tell (read the log instead).
+    fn next(&self, subjects: &HashSet<String>, after: u64) -> Option<Option<u64>> {
+        if after < self.floor {
+            return None;
+        }
+        let mut first: Option<u64> = None;
+        for subject in subjects {
+            let Some((recent, dropped)) = self.recent.get(subject) else { continue };
+            if *dropped > after {
+                return None;
+            }
+            let i = recent.partition_point(|&seq| seq <= after);
+            if let Some(&seq) = recent.get(i) {
+                first = Some(first.map_or(seq, |f| f.min(seq)));
+            }
+        }
+        Some(first)
+    }
+}
+
 /// The embedded, durable, single-process bus. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedBus {
@@ -112,6 +164,7 @@ struct Inner {
     head: watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
     groups: Groups,
+    index: Arc<Mutex<SubjectIndex>>,
 }
 
 impl EmbeddedBus {
@@ -143,6 +196,7 @@ impl EmbeddedBus {
 
         let (head, _) = watch::channel(last);
         let groups: Groups = Arc::default();
+        let index = Arc::new(Mutex::new(SubjectIndex { floor: last, recent: HashMap::new() }));
         let (tx, rx) = mpsc::sync_channel(4 * MAX_BATCH);
         let committer = Committer {
             db: db.clone(),
@@ -152,6 +206,7 @@ impl EmbeddedBus {
             meta,
             head: head.clone(),
             groups: groups.clone(),
+            index: index.clone(),
             last,
             last_revision: 0,
             dedup,
@@ -171,6 +226,7 @@ impl EmbeddedBus {
                 head,
                 closed: false.into(),
                 groups,
+                index,
             }),
         })
     }
@@ -468,6 +524,7 @@ struct Committer {
     meta: Keyspace,
     head: watch::Sender<u64>,
     groups: Groups,
+    index: Arc<Mutex<SubjectIndex>>,
     last: u64,
     /// The highest state revision handed out, so that a removed and re-created key never
     /// reuses a revision.
@@ -501,11 +558,37 @@ impl Committer {
         self.commit(Vec::new());
     }
 
+    /// Adds committed records to the subject index.
+    fn index(&self, appended: &[(String, u64)]) {
+        if let Ok(mut index) = self.index.lock() {
+            for (subject, seq) in appended {
+                index.add(subject, *seq);
+            }
+        }
+    }
+
+    /// Wakes the consumers that read the subjects of committed records, and only those.
+    fn wake(&self, appended: &[(String, u64)]) {
+        if appended.is_empty() {
+            return;
+        }
+        let groups: Vec<Arc<Group>> = match self.groups.lock() {
+            Ok(g) => g.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for group in groups {
+            if appended.iter().any(|(subject, _)| group.filter.contains(subject)) {
+                group.changed.notify_waiters();
+            }
+        }
+    }
+
     /// Commits `ops` and any moved consumer cursors in one batch.
     fn commit(&mut self, ops: Vec<WriteOp>) {
         let mut batch = self.db.batch();
         let mut replies = Vec::with_capacity(ops.len());
         let mut added_keys = Vec::new();
+        let mut appended: Vec<(String, u64)> = Vec::new();
         let mut seq = self.last;
         // State revisions written earlier in this batch, which the keyspace does not show yet.
         let mut revisions: HashMap<String, u64> = HashMap::new();
@@ -523,6 +606,7 @@ impl Committer {
                     seq += 1;
                     let record = encode_record(&subject, &dedup, published_ms, &payload);
                     batch.insert(&self.log, seq.to_be_bytes(), record);
+                    appended.push((subject.to_string(), seq));
                     self.dedup.keys.insert(dedup.clone(), seq);
                     added_keys.push(dedup);
                     replies.push(Reply::Published(
@@ -602,7 +686,11 @@ impl Committer {
                     self.dedup.order.push_back((now, key));
                 }
                 self.last = seq;
+                // In this order: a consumer that sees the new head must find its records in
+                // the index, and one woken for its subjects must see the new head.
+                self.index(&appended);
                 self.head.send_replace(seq);
+                self.wake(&appended);
                 for reply in replies {
                     match reply {
                         Reply::Published(tx, done) => {
@@ -712,6 +800,8 @@ enum Found {
     },
     Nothing {
         wake_at: Option<Instant>,
+        /// Whether to wake at every new head (not only for this consumer's subjects).
+        every_head: bool,
     },
     /// The scan hit its limit; look again without waiting.
     Busy,
@@ -738,6 +828,29 @@ impl EmbeddedSubscription {
                 }
             }
         }
+        while state.outstanding() < self.group.max_in_flight && state.read_pos < head {
+            let next = self
+                .bus
+                .inner
+                .index
+                .lock()
+                .ok()
+                .and_then(|index| index.next(&self.group.filter, state.read_pos));
+            match next {
+                // Nothing of ours up to head: skip what is not ours without reading it.
+                Some(None) => state.read_pos = head,
+                Some(Some(seq)) if seq > head => state.read_pos = head,
+                Some(Some(seq)) => {
+                    state.read_pos = seq;
+                    // An event dropped by retention meanwhile is settled; look further.
+                    if let Some(raw) = log.get(seq.to_be_bytes()).map_err(storage)? {
+                        state.in_flight.insert(seq, 1);
+                        return Ok(Found::Record { seq, attempt: 1, raw });
+                    }
+                }
+                None => break,
+            }
+        }
         if state.outstanding() < self.group.max_in_flight && state.read_pos < head {
             let start = state.read_pos + 1;
             for (examined, kv) in log.range(start.to_be_bytes()..=head.to_be_bytes()).enumerate() {
@@ -758,7 +871,10 @@ impl EmbeddedSubscription {
             state.read_pos = head;
         }
         let wake_at = state.redeliver.values().map(|(at, _)| *at).min();
-        Ok(Found::Nothing { wake_at })
+        // A consumer the index serves is woken by the committer when its subjects get a
+        // record; one reading the log from before the index also needs every new head.
+        let indexed = self.bus.inner.index.lock().is_ok_and(|i| state.read_pos >= i.floor);
+        Ok(Found::Nothing { wake_at, every_head: !indexed })
     }
 
     fn settle(group: &Group, seq: u64, redeliver_after: Option<Duration>) {
@@ -799,7 +915,7 @@ impl Subscription for EmbeddedSubscription {
                     }
                 }
                 Found::Busy => tokio::task::yield_now().await,
-                Found::Nothing { wake_at } => {
+                Found::Nothing { wake_at, every_head } => {
                     let sleep = async {
                         match wake_at {
                             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -808,7 +924,9 @@ impl Subscription for EmbeddedSubscription {
                     };
                     tokio::select! {
                         () = &mut changed => {}
-                        r = self.head.changed() => { if r.is_err() { return Err(BusError::Closed); } }
+                        r = self.head.changed(), if every_head => {
+                            if r.is_err() { return Err(BusError::Closed); }
+                        }
                         () = sleep => {}
                     }
                 }
