@@ -964,3 +964,29 @@ impl Acker for EmbeddedAcker {
         EmbeddedSubscription::settle(&self.group, self.seq, Some(Duration::ZERO));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_answers_only_what_it_knows() {
+        let mut index = SubjectIndex { floor: 10, recent: HashMap::new() };
+        let subjects = |names: &[&str]| names.iter().map(ToString::to_string).collect();
+        for seq in 11..=20 {
+            index.add(if seq % 2 == 0 { "a" } else { "b" }, seq);
+        }
+        assert_eq!(index.next(&subjects(&["a"]), 5), None, "before the index: read the log");
+        assert_eq!(index.next(&subjects(&["a"]), 10), Some(Some(12)));
+        assert_eq!(index.next(&subjects(&["a", "b"]), 12), Some(Some(13)));
+        assert_eq!(index.next(&subjects(&["a"]), 20), Some(None));
+        assert_eq!(index.next(&subjects(&["c"]), 10), Some(None), "a subject never written");
+        // Past its depth, the index forgets the oldest: a consumer behind that reads the log.
+        for seq in 21..=(21 + INDEX_DEPTH as u64) {
+            index.add("a", seq);
+        }
+        assert_eq!(index.next(&subjects(&["a"]), 12), None);
+        assert_eq!(index.next(&subjects(&["a"]), 30), Some(Some(31)));
+        assert_eq!(index.next(&subjects(&["b"]), 12), Some(Some(13)), "b kept all of its own");
+    }
+}

@@ -162,3 +162,43 @@ async fn an_idle_consumer_can_change_its_subjects() {
     assert_eq!(ids, ["b1", "a2"], "it carries on after a1, now with b too");
     bus.close().await.expect("close");
 }
+
+/// A consumer far behind on a busy log gets every event of its subject, in order: past what
+/// the subject index remembers it reads the log, then the index takes it straight to each
+/// event; a consumer of another subject, idle meanwhile, is woken for its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_far_behind_gets_every_event_of_its_subject_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = open(dir.path());
+    let (a, b) = (Subject::event("ns", "src", "a"), Subject::event("ns", "src", "b"));
+    let mut sub_a = subscribe(&bus, "reads-a", &a, 1).await;
+    let mut sub_b = subscribe(&bus, "reads-b", &b, 1).await;
+    for i in 0..1000 {
+        let s = if i % 4 == 0 { &b } else { &a };
+        bus.publish(s, &sample_event(&format!("e-{i}"), i)).await.expect("publish");
+    }
+    for i in (0..1000).filter(|i| i % 4 != 0) {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub_a.next())
+            .await
+            .expect("in time")
+            .expect("delivery");
+        assert_eq!(d.event.id(), format!("e-{i}"));
+        d.ack().await.expect("ack");
+    }
+    for i in (0..1000).filter(|i| i % 4 == 0) {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub_b.next())
+            .await
+            .expect("in time")
+            .expect("delivery");
+        assert_eq!(d.event.id(), format!("e-{i}"));
+        d.ack().await.expect("ack");
+    }
+    // Idle and up to date, b is woken by the next event of its own.
+    bus.publish(&b, &sample_event("late", 1000)).await.expect("publish");
+    let d = tokio::time::timeout(Duration::from_secs(10), sub_b.next())
+        .await
+        .expect("woken in time")
+        .expect("delivery");
+    assert_eq!(d.event.id(), "late");
+    bus.close().await.expect("close");
+}
