@@ -368,12 +368,12 @@ impl Plane {
             if !wanted.contains(&old.key) {
                 self.health.remove(&old.key);
             } else if !failures.iter().any(|f| f.key == old.key && f.condition == old.condition) {
-                self.health.reporter(old.key, old.condition, "plane").withdraw();
+                self.health.handle(old.key, old.condition, "plane").withdraw();
             }
         }
         for f in failures {
             tracing::warn!(kind = %f.key.kind, namespace = %f.key.namespace, name = %f.key.name, reason = f.reason, error = %f.message, "cannot run this resource yet");
-            self.health.reporter(f.key.clone(), f.condition, "plane").down(f.reason, &*f.message);
+            self.health.handle(f.key.clone(), f.condition, "plane").down(f.reason, &*f.message);
         }
         self.failures = failures.to_vec();
     }
@@ -611,6 +611,6 @@ fn subscriber_key_of(labels: &SubscriberLabels) -> ResourceKey {
 fn report_subscriber(health: &Health, plan: &SubscriberPlan) {
     let key = subscriber_key(plan);
     let who = format!("subscriber {}", plan.labels.subscriber);
-    health.reporter(key.clone(), "SinkResolved", &who).up("Resolved");
-    health.reporter(key, "Subscribed", &who).up("ConsumerOpen");
+    health.handle(key.clone(), "SinkResolved", &who).up("Resolved");
+    health.handle(key, "Subscribed", &who).up("ConsumerOpen");
 }

@@ -193,14 +193,7 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
     }
 
     // The data plane runs them: telemetry over MQTT reaches both functions.
-    let (host, port) = mqtt
-        .trim_start_matches("tcp://")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
-        .expect("host:port");
-    let (client, mut events) =
-        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new(format!("pub-{ns}"), host, port), 64);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let client = support::mqtt_publisher(&mqtt, &format!("pub-{ns}"));
     let publish = |car: &str, speed: u32| {
         let (client, topic) = (client.clone(), format!("{ns}/{car}/telemetry"));
         let payload = format!(r#"{{"vehicle":"{car}","speed":{speed}}}"#);

@@ -3,7 +3,7 @@
 
 mod support;
 
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::QoS;
 use support::{Receiver, manifests};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,13 +24,7 @@ async fn kill_9_during_an_mqtt_qos1_stream_loses_nothing() {
         &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/slow\" }}"),
     );
     let folder = manifests(dir.path(), &yaml);
-    let address = broker.trim_start_matches("tcp://").to_string();
-    let (host, port) = address
-        .rsplit_once(':')
-        .map_or((address.as_str(), 1883), |(h, p)| (h, p.parse().unwrap_or(1883)));
-    let (client, mut events) =
-        AsyncClient::new(MqttOptions::new(format!("pub-{ns}"), host, port), 64);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let client = support::mqtt_publisher(&broker, &format!("pub-{ns}"));
     let total = 30;
     // The broker keeps the persistent session's messages while ofe is down.
     let deliveries = support::kill_9_during_stream(&folder, &receiver, total, |payload| {

@@ -572,11 +572,10 @@ impl Committer {
         if appended.is_empty() {
             return;
         }
-        let groups: Vec<Arc<Group>> = match self.groups.lock() {
-            Ok(g) => g.values().cloned().collect(),
-            Err(_) => return,
-        };
-        for group in groups {
+        // Notifying takes no lock of the group's, so it is done under the map's lock, without
+        // copying a thousand handles per commit.
+        let Ok(groups) = self.groups.lock() else { return };
+        for group in groups.values() {
             if appended.iter().any(|(subject, _)| group.filter.contains(subject)) {
                 group.changed.notify_waiters();
             }
@@ -606,7 +605,7 @@ impl Committer {
                     seq += 1;
                     let record = encode_record(&subject, &dedup, published_ms, &payload);
                     batch.insert(&self.log, seq.to_be_bytes(), record);
-                    appended.push((subject.to_string(), seq));
+                    appended.push((subject, seq));
                     self.dedup.keys.insert(dedup.clone(), seq);
                     added_keys.push(dedup);
                     replies.push(Reply::Published(

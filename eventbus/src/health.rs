@@ -63,14 +63,20 @@ impl Health {
     /// A reporter for the `condition` of `resource`, as seen by `reporter` (e.g. the event
     /// name, when several events make up one condition). It starts as `Unknown`.
     pub fn reporter(&self, resource: ResourceKey, condition: &str, reporter: &str) -> Reporter {
-        let r = Reporter {
+        let r = self.handle(resource, condition, reporter);
+        r.report(Part::unknown(condition, "Starting", "not connected yet"));
+        r
+    }
+
+    /// The same reporter without the `Unknown` start, for a caller that reports (or
+    /// withdraws) at once: a status written in between would otherwise flicker to `Unknown`.
+    pub fn handle(&self, resource: ResourceKey, condition: &str, reporter: &str) -> Reporter {
+        Reporter {
             health: self.clone(),
             resource,
             condition: condition.to_string(),
             reporter: reporter.to_string(),
-        };
-        r.report(Part::unknown(condition, "Starting", "not connected yet"));
-        r
+        }
     }
 
     /// Forgets a resource (it was removed).

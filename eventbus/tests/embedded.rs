@@ -177,21 +177,15 @@ async fn a_consumer_far_behind_gets_every_event_of_its_subject_in_order() {
         let s = if i % 4 == 0 { &b } else { &a };
         bus.publish(s, &sample_event(&format!("e-{i}"), i)).await.expect("publish");
     }
-    for i in (0..1000).filter(|i| i % 4 != 0) {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub_a.next())
-            .await
-            .expect("in time")
-            .expect("delivery");
-        assert_eq!(d.event.id(), format!("e-{i}"));
-        d.ack().await.expect("ack");
-    }
-    for i in (0..1000).filter(|i| i % 4 == 0) {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub_b.next())
-            .await
-            .expect("in time")
-            .expect("delivery");
-        assert_eq!(d.event.id(), format!("e-{i}"));
-        d.ack().await.expect("ack");
+    for (sub, mine) in [(&mut sub_a, 1..4), (&mut sub_b, 0..1)] {
+        for i in (0..1000).filter(|i| mine.contains(&(i % 4))) {
+            let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("in time")
+                .expect("delivery");
+            assert_eq!(d.event.id(), format!("e-{i}"));
+            d.ack().await.expect("ack");
+        }
     }
     // Idle and up to date, b is woken by the next event of its own.
     bus.publish(&b, &sample_event("late", 1000)).await.expect("publish");

@@ -267,10 +267,14 @@ fn address(
     };
     match objects.get(&(namespace.to_string(), name.to_string())) {
         Some(Some(url)) => Ok(url.clone()),
-        Some(None) => {
-            Err(("SinkNotReady", format!("{what} {namespace}/{name} has no address yet")))
-        }
-        None => Err(("SinkNotFound", format!("{what} {namespace}/{name} does not exist"))),
+        Some(None) => Err((
+            "SinkNotReady",
+            format!("{what} {namespace}/{name} has no address yet; it is used once it has one"),
+        )),
+        None => Err((
+            "SinkNotFound",
+            format!("{what} {namespace}/{name} does not exist; create it, or correct the ref"),
+        )),
     }
 }
 

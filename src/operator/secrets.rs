@@ -47,7 +47,10 @@ pub async fn resolve(client: &Client, snapshot: &mut Snapshot, files: &Path) {
                 let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
                 let got = match api.get_opt(&r.name).await {
                     Ok(Some(secret)) => Ok(secret),
-                    Ok(None) => Err(format!("Secret {namespace}/{} does not exist", r.name)),
+                    Ok(None) => Err(format!(
+                        "Secret {namespace}/{} does not exist; create it, or correct `name`",
+                        r.name
+                    )),
                     Err(e) => Err(format!("cannot read Secret {namespace}/{}: {e}", r.name)),
                 };
                 secrets.insert(id.clone(), got);
@@ -55,7 +58,10 @@ pub async fn resolve(client: &Client, snapshot: &mut Snapshot, files: &Path) {
             let value = match &secrets[&id] {
                 Err(e) => Err(e.clone()),
                 Ok(secret) => match secret.data.as_ref().and_then(|d| d.get(&r.key)) {
-                    None => Err(format!("Secret {namespace}/{} has no key `{}`", r.name, r.key)),
+                    None => Err(format!(
+                        "Secret {namespace}/{} has no key `{}`; add it, or correct `key`",
+                        r.name, r.key
+                    )),
                     Some(bytes) => String::from_utf8(bytes.0.clone()).map_err(|_| {
                         format!("the key `{}` of Secret {namespace}/{} is not text", r.key, r.name)
                     }),
@@ -185,11 +191,9 @@ mod tests {
             "brokers": "k:9092", "authRequired": true, "saslUsername": "ofe",
             "secretKeyRef": {"saslPassword": {"name": "kafka", "key": "password"}},
         }}}});
-        let values = values(&[("ns", "kafka", "password", Err("Secret ns/kafka does not exist"))]);
+        let why = "Secret ns/kafka does not exist; create it, or correct `name`";
+        let values = values(&[("ns", "kafka", "password", Err(why))]);
         let errors = fill(&mut source, "ns", &values, dir.path());
-        assert_eq!(
-            errors,
-            ["spec.kafka.orders.secretKeyRef.saslPassword: Secret ns/kafka does not exist"]
-        );
+        assert_eq!(errors, [format!("spec.kafka.orders.secretKeyRef.saslPassword: {why}")]);
     }
 }

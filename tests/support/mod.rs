@@ -477,3 +477,15 @@ pub async fn wait_ready_status(
     }
 }
 pub mod fake_kube;
+
+/// An MQTT 3.1.1 client publishing to the broker at `url` (`mqtt://` or `tcp://host:port`),
+/// its event loop driven in the background.
+pub fn mqtt_publisher(url: &str, client_id: &str) -> rumqttc::AsyncClient {
+    let address = url.trim_start_matches("mqtt://").trim_start_matches("tcp://");
+    let (host, port) =
+        address.rsplit_once(':').map_or((address, 1883), |(h, p)| (h, p.parse().unwrap_or(1883)));
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new(client_id, host, port), 64);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+}
