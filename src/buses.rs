@@ -2,7 +2,8 @@
 //!
 //! A name resolves as in OpenFunction: the namespaced EventBus, else the ClusterEventBus. A name
 //! no loaded resource defines runs on the embedded bus. Every embedded bus of the process
-//! shares one store (subjects keep them apart); each JetStream bus is one connection.
+//! shares one store (subjects keep them apart); each in-memory bus is its own, in this
+//! process; each JetStream bus is one connection.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -13,7 +14,7 @@ use anyhow::Context;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
 use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
 use ofe_eventbus::EventBus;
-use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
+use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig, MemoryConfig};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
 
@@ -84,6 +85,15 @@ fn kafka_config(spec: &KafkaBusSpec) -> KafkaConfig {
     });
     c.tls = spec.tls.as_ref().map(Into::into);
     c
+}
+
+fn memory_config(spec: &ofe_crds::MemoryBusSpec) -> anyhow::Result<MemoryConfig> {
+    let mut c = MemoryConfig::default();
+    if let Some(b) = spec.max_bytes.and_then(|b| u64::try_from(b).ok()) {
+        c.max_bytes = b;
+    }
+    c.max_age = duration("spec.memory.maxAge", spec.max_age.as_ref(), c.max_age)?;
+    Ok(c)
 }
 
 /// NATS Streaming settings mapped onto JetStream at the same URL.
@@ -186,6 +196,7 @@ impl Buses {
         let spec = spec.unwrap_or_default();
         enum Backend {
             Embedded,
+            Memory(MemoryConfig),
             JetStream(JetStreamConfig),
             Kafka(KafkaConfig),
         }
@@ -196,7 +207,10 @@ impl Buses {
                 Backend::JetStream(nats_streaming_config(stan)?)
             }
             (None, None, Some(kafka)) => Backend::Kafka(kafka_config(kafka)),
-            (None, None, None) => Backend::Embedded,
+            (None, None, None) => match &spec.memory {
+                Some(memory) => Backend::Memory(memory_config(memory)?),
+                None => Backend::Embedded,
+            },
         };
         if matches!(backend, Backend::Embedded) {
             key = BusKey::Embedded;
@@ -233,6 +247,10 @@ impl Buses {
                     .with_context(|| format!("cannot open the Kafka bus at {brokers}"))?;
                 tracing::info!(bus = ?key, %brokers, topic = %bus.topic(), "Kafka bus connected");
                 Arc::new(bus)
+            }
+            Backend::Memory(config) => {
+                tracing::info!(bus = ?key, "in-memory bus open: its events do not survive the process");
+                Arc::new(EmbeddedBus::in_memory(config))
             }
             Backend::Embedded => {
                 let mut config = EmbeddedConfig::new(data_dir.join("bus"));

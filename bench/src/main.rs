@@ -30,6 +30,9 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use clap::{Parser, Subcommand};
+use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
+use ofe_eventbus::{EventBus, Subject, SubscribeOptions};
 
 /// Event size, as the workloads specify.
 const EVENT_BYTES: usize = 1024;
@@ -94,6 +97,27 @@ struct Row {
 }
 
 impl Row {
+    /// A figure shown next to a baseline for scale, with no goal of its own.
+    fn info(
+        workload: &'static str,
+        what: &str,
+        (figure, unit): (f64, &'static str),
+        (baseline_name, baseline): (&'static str, f64),
+    ) -> Self {
+        let ratio = (baseline > 0.0).then(|| figure / baseline);
+        Self {
+            workload,
+            what: what.into(),
+            figure,
+            unit,
+            baseline_name,
+            baseline,
+            ratio,
+            goal: "",
+            met: None,
+        }
+    }
+
     /// A rate next to its baseline, met when the ratio reaches `min_ratio`.
     fn rate(
         workload: &'static str,
@@ -385,6 +409,16 @@ fn namespace() -> String {
     format!("bench{}", std::process::id())
 }
 
+/// The in-memory EventBus `mem`, which W1, W2, W4 and W5 run on: they measure routing and
+/// delivery; W3 measures the durable buses.
+fn memory_bus() -> String {
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+         metadata: {{ name: mem, namespace: {} }}\nspec:\n  memory: {{}}\n",
+        namespace()
+    )
+}
+
 fn source(bus: &str) -> String {
     let ns = namespace();
     format!(
@@ -429,6 +463,51 @@ async fn throughput(
     closed_loop(client, url, events, concurrency).await?;
     sink.wait_for(expected, Duration::from_secs(300)).await?;
     Ok(events.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// W3's loop through ofe's own bus API, shaped as [`raw_jetstream`]: `n` 1 KiB CloudEvents
+/// published with up to 256 awaiting their acknowledgement, while a durable consumer (256 in
+/// flight) takes and acknowledges each.
+async fn bus_loop(bus: Arc<dyn EventBus>, n: usize) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    let batch = BATCH.fetch_add(1, Ordering::Relaxed);
+    let subject = Subject::event(&namespace(), "bench", &format!("w3-{batch}"));
+    let mut options = SubscribeOptions::new(format!("bench-w3-{batch}"), vec![subject.clone()]);
+    options.max_in_flight = 256;
+    let mut subscription = bus.subscribe(options).await?;
+    let events = (0..n)
+        .map(|i| {
+            let body = Event { kind: "bench.w3".into(), speed: 80 }.body(i);
+            use cloudevents::EventBuilder as _;
+            cloudevents::EventBuilderV10::new()
+                .id(format!("w3-{batch}-{i}"))
+                .source("ofe-bench")
+                .ty("bench.w3")
+                .data("application/json", body)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let consume = tokio::spawn(async move {
+        for _ in 0..n {
+            subscription.next().await?.ack().await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for event in &events {
+        acks.push(bus.publish(&subject, event));
+        if acks.len() >= 256
+            && let Some(ack) = acks.next().await
+        {
+            ack?;
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    consume.await??;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The raw async-nats loop W3 is measured against: `n` 1 KiB messages published (each
@@ -522,16 +601,17 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
         throughput(&client, &forwarder_url, &sink, &same("bench.w1"), n as u64, cli.concurrency)
             .await?;
 
-    say("W1: webhook → embedded bus → 1 Trigger → sink");
+    say("W1: webhook → memory bus → 1 Trigger → sink");
     let dir = tempfile::tempdir()?;
-    let yaml = source("default")
-        + &trigger("w1", "default", "exact: { type: bench.w1 }", &[format!("{sink_url}/w1")]);
+    let yaml = source("mem")
+        + &trigger("w1", "mem", "exact: { type: bench.w1 }", &[format!("{sink_url}/w1")])
+        + &memory_bus();
     let (ofe_w1, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
     let w1 =
         throughput(&client, &webhook, &sink, &same("bench.w1"), n as u64, cli.concurrency).await?;
     let mut row = Row::rate(
         "W1",
-        "HTTP → bus (embedded) → 1 Trigger → HTTP",
+        "HTTP → bus (memory) → 1 Trigger → HTTP",
         (w1, "events/s"),
         ("bare forwarder", forwarded),
         ("≥ 0.7× and ≥ 20,000 events/s", 0.7),
@@ -570,10 +650,10 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
     if wanted(&cli.only, "W2") {
         say("W2: 1000 Triggers, CEL over data, 1% matching");
         let dir = tempfile::tempdir()?;
-        let mut yaml = source("default");
+        let mut yaml = source("mem") + &memory_bus();
         for k in 0..1000 {
             let filter = format!("cel: \"type == 's.{k}' && data.speed > 120\"");
-            yaml += &trigger(&format!("t{k}"), "default", &filter, &[format!("{sink_url}/w2")]);
+            yaml += &trigger(&format!("t{k}"), "mem", &filter, &[format!("{sink_url}/w2")]);
         }
         let (_ofe, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
         let events: Vec<Event> = (0..n)
@@ -600,8 +680,9 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
         say("W4: fan-out to 10 subscribers");
         let dir = tempfile::tempdir()?;
         let sinks: Vec<String> = (0..10).map(|i| format!("{sink_url}/fan/{i}")).collect();
-        let yaml =
-            source("default") + &trigger("fan", "default", "exact: { type: bench.w4 }", &sinks);
+        let yaml = source("mem")
+            + &trigger("fan", "mem", "exact: { type: bench.w4 }", &sinks)
+            + &memory_bus();
         let (_ofe, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
         let per_input =
             throughput(&client, &webhook, &sink, &same("bench.w4"), 10 * n as u64, cli.concurrency)
@@ -617,13 +698,61 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
     }
 
     if wanted(&cli.only, "W3") {
+        say("W3: webhook → embedded bus (durable) → 1 Trigger → sink");
+        let dir = tempfile::tempdir()?;
+        let yaml = source("default")
+            + &trigger("w3", "default", "exact: { type: bench.w3 }", &[format!("{sink_url}/w3")]);
+        let (ofe_w3, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
+        let durable =
+            throughput(&client, &webhook, &sink, &same("bench.w3"), n as u64, cli.concurrency)
+                .await?;
+        drop(ofe_w3);
+        rows.push(Row::info(
+            "W3",
+            "HTTP → bus (embedded, durable) → 1 Trigger → HTTP",
+            (durable, "events/s"),
+            ("bare forwarder", forwarded),
+        ));
+        say("W3: the embedded bus's publish + consume");
+        let dir = tempfile::tempdir()?;
+        let embedded: Arc<dyn EventBus> =
+            Arc::new(EmbeddedBus::open(EmbeddedConfig::new(dir.path()))?);
+        let embedded_rate = bus_loop(embedded.clone(), n).await?;
+        embedded.close().await?;
         match &cli.nats {
-            None => eprintln!(
-                "W3 skipped: no NATS server; pass --nats nats://127.0.0.1:4222 (or set OFE_BENCH_NATS)"
-            ),
+            None => {
+                eprintln!(
+                    "W3 JetStream skipped: no NATS server; pass --nats nats://127.0.0.1:4222 (or set OFE_BENCH_NATS)"
+                );
+                rows.push(Row::info(
+                    "W3",
+                    "bus API (embedded, fsync per batch): publish + consume",
+                    (embedded_rate, "events/s"),
+                    ("raw async-nats (needs --nats)", f64::NAN),
+                ));
+            }
             Some(url) => {
                 say("W3: baseline, the raw JetStream client");
                 let raw = raw_jetstream(url, n).await?;
+                rows.push(Row::rate(
+                    "W3",
+                    "bus API (embedded, fsync per batch): publish + consume",
+                    (embedded_rate, "events/s"),
+                    ("raw async-nats publish + consume", raw),
+                    ("≥ 0.5× the raw client", 0.5),
+                ));
+                say("W3: the JetStream bus's publish + consume");
+                let jetstream: Arc<dyn EventBus> =
+                    Arc::new(JetStreamBus::connect(JetStreamConfig::new(url)).await?);
+                let jetstream_rate = bus_loop(jetstream.clone(), n).await?;
+                jetstream.close().await?;
+                rows.push(Row::rate(
+                    "W3",
+                    "bus API (JetStream): publish + consume",
+                    (jetstream_rate, "events/s"),
+                    ("raw async-nats publish + consume", raw),
+                    ("≥ 0.5× the raw client", 0.5),
+                ));
                 say("W3: webhook → JetStream bus → 1 Trigger → sink");
                 let dir = tempfile::tempdir()?;
                 // The bus's default stream: one server holds one ofe stream.
@@ -651,12 +780,11 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
                     cli.concurrency,
                 )
                 .await?;
-                rows.push(Row::rate(
+                rows.push(Row::info(
                     "W3",
                     "HTTP → bus (JetStream) → 1 Trigger → HTTP",
                     (w3, "events/s"),
-                    ("raw async-nats publish + consume", raw),
-                    ("≥ 0.5× the raw client", 0.5),
+                    ("bare forwarder", forwarded),
                 ));
             }
         }
@@ -680,8 +808,11 @@ fn print_table(rows: &[Row]) {
             Some(false) => "NO",
             None => "",
         };
-        let figure =
-            |x: f64| if r.unit == "ms" { format!("{x:.3} ms") } else { format!("{x:.0}/s") };
+        let figure = |x: f64| match r.unit {
+            _ if x.is_nan() => "-".to_string(),
+            "ms" => format!("{x:.3} ms"),
+            _ => format!("{x:.0}/s"),
+        };
         println!(
             "{:<4} {:<52} {:>14} {:>14} {:>9}  {:<30} {}",
             r.workload,

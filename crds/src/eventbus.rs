@@ -27,6 +27,11 @@ pub struct EventBusSpec {
     /// The embedded durable bus (ofe addition): one process, data on local disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded: Option<EmbeddedBusSpec>,
+    /// An in-memory bus (ofe addition), like Knative's in-memory channel: the fastest, and it
+    /// loses its events when the process stops. For development, tests and data that may be
+    /// lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryBusSpec>,
     /// NATS JetStream (ofe addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<JetStreamBusSpec>,
@@ -56,6 +61,19 @@ pub struct EmbeddedBusSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<i64>,
     /// Retention by age, as a duration such as `72h`. Default `168h` (7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// Settings of the in-memory bus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MemoryBusSpec {
+    /// Retention by size: the oldest events are dropped once the events (their data plus 256
+    /// bytes each) exceed this many bytes. Default 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<i64>,
+    /// Retention by age, as a duration such as `10m`. Default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
 }
@@ -234,6 +252,8 @@ pub struct NatsStreamingSpec {
 pub enum BusBackend {
     /// The embedded bus.
     Embedded,
+    /// The in-memory bus.
+    Memory,
     /// NATS JetStream (also for `natsStreaming`).
     JetStream,
     /// Kafka.
@@ -249,6 +269,9 @@ impl EventBusSpec {
         }
         if self.embedded.is_some() {
             set.push((BusBackend::Embedded, "embedded"));
+        }
+        if self.memory.is_some() {
+            set.push((BusBackend::Memory, "memory"));
         }
         if self.jetstream.is_some() {
             set.push((BusBackend::JetStream, "jetstream"));

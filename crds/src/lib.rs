@@ -30,7 +30,8 @@ pub mod validate;
 pub use common::{Condition, Reference, ScaleOption, SinkSpec};
 pub use eventbus::{
     BusBackend, ClusterEventBus, ClusterEventBusSpec, EmbeddedBusSpec, EventBus, EventBusSpec,
-    JetStreamBusSpec, KafkaBusSpec, NatsAuthSpec, NatsStreamingSpec, SaslSpec, TlsSpec,
+    JetStreamBusSpec, KafkaBusSpec, MemoryBusSpec, NatsAuthSpec, NatsStreamingSpec, SaslSpec,
+    TlsSpec,
 };
 pub use eventsource::{
     CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec, MqttSpec,

@@ -549,10 +549,14 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
              (enable JetStream on that server, or switch to spec.jetstream)",
         ));
     }
-    if let Some(Err(e)) =
-        spec.embedded.as_ref().and_then(|e| e.max_age.as_deref()).map(duration::parse)
-    {
-        out.push(Diagnostic::error("spec.embedded.maxAge", e));
+    let ages = [
+        ("spec.embedded.maxAge", spec.embedded.as_ref().and_then(|e| e.max_age.as_deref())),
+        ("spec.memory.maxAge", spec.memory.as_ref().and_then(|m| m.max_age.as_deref())),
+    ];
+    for (field, age) in ages {
+        if let Some(Err(e)) = age.map(duration::parse) {
+            out.push(Diagnostic::error(field, e));
+        }
     }
     if let Some(js) = &spec.jetstream {
         for (field, value) in [
@@ -616,8 +620,14 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
             ));
         }
     }
-    if spec.embedded.as_ref().and_then(|e| e.max_bytes).is_some_and(|b| b < 1 << 20) {
-        out.push(Diagnostic::error("spec.embedded.maxBytes", "must be at least 1048576 (1 MiB)"));
+    let sizes = [
+        ("spec.embedded.maxBytes", spec.embedded.as_ref().and_then(|e| e.max_bytes)),
+        ("spec.memory.maxBytes", spec.memory.as_ref().and_then(|m| m.max_bytes)),
+    ];
+    for (field, size) in sizes {
+        if size.is_some_and(|b| b < 1 << 20) {
+            out.push(Diagnostic::error(field, "must be at least 1048576 (1 MiB)"));
+        }
     }
     out
 }

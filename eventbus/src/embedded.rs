@@ -63,6 +63,28 @@ impl EmbeddedConfig {
     }
 }
 
+/// Settings of the in-memory bus.
+#[derive(Clone, Debug)]
+pub struct MemoryConfig {
+    /// Retention by size (events count their data plus 256 bytes): the oldest are dropped
+    /// past it. Default 64 MiB.
+    pub max_bytes: u64,
+    /// Retention by age. Default 1 hour.
+    pub max_age: Duration,
+    /// As [`EmbeddedConfig::dedup_window`]. Default 2 minutes.
+    pub dedup_window: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(3600),
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
 fn storage(e: impl std::fmt::Display) -> BusError {
     BusError::Storage(e.to_string())
 }
@@ -147,6 +169,82 @@ impl SubjectIndex {
     }
 }
 
+/// Where the bus keeps its log.
+enum Store {
+    /// On disk, written by the committer thread.
+    Disk { log: Keyspace, cursors: Keyspace, state: Keyspace, db: Database },
+    /// In memory only (`spec.memory`): no journal, no fsync, and nothing survives the process.
+    Memory(Mutex<MemoryLog>),
+}
+
+/// A stored record, as a consumer finds it.
+enum Raw {
+    Disk(fjall::Slice),
+    Memory(Arc<MemoryRecord>),
+}
+
+/// An event kept by the in-memory log: already decoded, and shared with every consumer.
+struct MemoryRecord {
+    subject: Subject,
+    subject_text: String,
+    published_at: DateTime<Utc>,
+    event: Arc<Event>,
+    size: u64,
+}
+
+/// The in-memory log: events by sequence, dropped oldest first past its size or age.
+struct MemoryLog {
+    records: BTreeMap<u64, Arc<MemoryRecord>>,
+    bytes: u64,
+    last: u64,
+    max_bytes: u64,
+    max_age: chrono::Duration,
+    dedup: Dedup,
+    /// The state store: key → (revision, value).
+    state: HashMap<String, (u64, Vec<u8>)>,
+    last_revision: u64,
+}
+
+impl MemoryLog {
+    /// Sets (or, with `None`, removes) a state value if it is at revision `expected`, as the
+    /// committer does for the durable bus.
+    fn set_state(
+        &mut self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expected: Option<u64>,
+    ) -> Result<u64, StateError> {
+        let current = self.state.get(key).map_or(0, |(revision, _)| *revision);
+        if expected.is_some_and(|e| e != current) {
+            return Err(StateError::Conflict);
+        }
+        match value {
+            Some(value) => {
+                let revision = current.max(self.last_revision) + 1;
+                self.last_revision = revision;
+                self.state.insert(key.to_string(), (revision, value));
+                Ok(revision)
+            }
+            None => {
+                self.state.remove(key);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Drops the oldest records while the log is over its size, or they are over its age.
+    fn trim(&mut self, now: DateTime<Utc>) {
+        while let Some(entry) = self.records.first_entry() {
+            let record = entry.get();
+            if self.bytes <= self.max_bytes && now - record.published_at <= self.max_age {
+                break;
+            }
+            self.bytes = self.bytes.saturating_sub(record.size);
+            entry.remove();
+        }
+    }
+}
+
 /// The embedded, durable, single-process bus. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedBus {
@@ -154,10 +252,7 @@ pub struct EmbeddedBus {
 }
 
 struct Inner {
-    log: Keyspace,
-    cursors: Keyspace,
-    state: Keyspace,
-    db: Database,
+    store: Store,
     writes: Mutex<Option<mpsc::SyncSender<WriteOp>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Last committed sequence; also wakes waiting subscriptions on close.
@@ -217,10 +312,7 @@ impl EmbeddedBus {
             .map_err(storage)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                log,
-                cursors,
-                state,
-                db,
+                store: Store::Disk { log, cursors, state, db },
                 writes: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 head,
@@ -231,6 +323,81 @@ impl EmbeddedBus {
         })
     }
 
+    /// A bus that keeps its events in memory only, like Knative's in-memory channel: the same
+    /// consumers, acknowledgements, redelivery and duplicate window as the durable bus, without
+    /// a journal or fsync. Events and consumer positions are lost when the process stops, so
+    /// it is for development, tests and data that may be lost (QoS 0 telemetry, say).
+    pub fn in_memory(config: MemoryConfig) -> Self {
+        let log = MemoryLog {
+            records: BTreeMap::new(),
+            bytes: 0,
+            last: 0,
+            max_bytes: config.max_bytes,
+            max_age: chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX),
+            dedup: Dedup {
+                window: config.dedup_window,
+                keys: HashMap::new(),
+                order: VecDeque::new(),
+            },
+            state: HashMap::new(),
+            last_revision: 0,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                store: Store::Memory(Mutex::new(log)),
+                writes: Mutex::new(None),
+                writer: Mutex::new(None),
+                head: watch::channel(0).0,
+                closed: false.into(),
+                groups: Arc::default(),
+                index: Arc::default(),
+            }),
+        }
+    }
+
+    /// Appends to the in-memory log. The sequence, the index and the head move together under
+    /// the log's lock, so that no consumer sees a head whose records the index lacks.
+    fn append_memory(
+        &self,
+        memory: &Mutex<MemoryLog>,
+        subject: &Subject,
+        event: &Event,
+    ) -> Result<Published, BusError> {
+        let subject_text = subject.to_string();
+        let dedup = event::dedup_key(&subject_text, event);
+        let published_at = Utc::now();
+        let size = 256 + event::data_len(event) as u64;
+        let seq = {
+            let mut log = memory.lock().map_err(|_| BusError::Closed)?;
+            let now = Instant::now();
+            log.dedup.expire(now);
+            if let Some(&earlier) = log.dedup.keys.get(&dedup) {
+                return Ok(Published { sequence: earlier, duplicate: true });
+            }
+            log.last += 1;
+            let seq = log.last;
+            let record = MemoryRecord {
+                subject: subject.clone(),
+                subject_text: subject_text.clone(),
+                published_at,
+                event: Arc::new(event.clone()),
+                size,
+            };
+            log.records.insert(seq, Arc::new(record));
+            log.bytes += size;
+            log.dedup.keys.insert(dedup.clone(), seq);
+            log.dedup.order.push_back((now, dedup));
+            log.trim(published_at);
+            if let Ok(mut index) = self.inner.index.lock() {
+                index.add(&subject_text, seq);
+            }
+            self.inner.head.send_replace(seq);
+            seq
+        };
+        wake(&self.inner.groups, &[(subject_text, seq)]);
+        Ok(Published { sequence: seq, duplicate: false })
+    }
+
     /// A new group for `options`, starting at its stored cursor, or where `options.start`
     /// says when it has none.
     async fn new_group(
@@ -238,7 +405,10 @@ impl EmbeddedBus {
         options: &SubscribeOptions,
         filter: HashSet<String>,
     ) -> Result<Arc<Group>, BusError> {
-        let stored = self.inner.cursors.get(&options.consumer).map_err(storage)?;
+        let stored = match &self.inner.store {
+            Store::Disk { cursors, .. } => cursors.get(&options.consumer).map_err(storage)?,
+            Store::Memory(_) => None,
+        };
         let floor = match stored.and_then(|v| read_u64(&v)) {
             Some(floor) => floor,
             None => {
@@ -248,10 +418,7 @@ impl EmbeddedBus {
                 };
                 // Persist the starting point first, so a restart resumes here rather
                 // than at a later "new".
-                let (reply, answer) = oneshot::channel();
-                let name = options.consumer.clone();
-                self.submit(WriteOp::Cursor { name, floor, reply }).await?;
-                answer.await.map_err(|_| BusError::Closed)??;
+                self.save_cursor(&options.consumer, floor).await?;
                 floor
             }
         };
@@ -269,6 +436,16 @@ impl EmbeddedBus {
         });
         let mut groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
         Ok(groups.entry(options.consumer.clone()).or_insert(group).clone())
+    }
+
+    /// Writes a consumer's cursor durably (in memory, there is nothing to write).
+    async fn save_cursor(&self, name: &str, floor: u64) -> Result<(), BusError> {
+        if let Store::Memory(_) = self.inner.store {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(WriteOp::Cursor { name: name.to_string(), floor, reply }).await?;
+        answer.await.map_err(|_| BusError::Closed)?
     }
 
     fn sender(&self) -> Result<mpsc::SyncSender<WriteOp>, BusError> {
@@ -295,10 +472,16 @@ impl EmbeddedBus {
     }
 
     fn first_sequence(&self) -> Result<u64, BusError> {
-        match self.inner.log.first_key_value() {
-            Some(kv) => Ok(kv.key().map_err(storage).map(|k| read_u64(&k))?.unwrap_or(1)),
-            None => Ok(self.last_sequence() + 1),
-        }
+        let first = match &self.inner.store {
+            Store::Disk { log, .. } => match log.first_key_value() {
+                Some(kv) => Some(kv.key().map_err(storage).map(|k| read_u64(&k))?.unwrap_or(1)),
+                None => None,
+            },
+            Store::Memory(memory) => {
+                memory.lock().map_err(|_| BusError::Closed)?.records.keys().next().copied()
+            }
+        };
+        Ok(first.unwrap_or_else(|| self.last_sequence() + 1))
     }
 }
 
@@ -307,7 +490,18 @@ impl EmbeddedBus {
 #[async_trait]
 impl StateStore for EmbeddedBus {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
-        let Some(record) = self.inner.state.get(key.as_bytes()).map_err(storage)? else {
+        let state = match &self.inner.store {
+            Store::Disk { state, .. } => state,
+            Store::Memory(memory) => {
+                let log = memory.lock().map_err(|_| BusError::Closed)?;
+                let found = log.state.get(key).map(|(revision, value)| Versioned {
+                    value: value.clone(),
+                    revision: *revision,
+                });
+                return Ok(found);
+            }
+        };
+        let Some(record) = state.get(key.as_bytes()).map_err(storage)? else {
             return Ok(None);
         };
         let revision = revision_of(&record).unwrap_or(0);
@@ -320,14 +514,25 @@ impl StateStore for EmbeddedBus {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> Result<u64, StateError> {
-        let (reply, answer) = oneshot::channel();
         let expected = Some(expected.unwrap_or(0));
+        if let Store::Memory(memory) = &self.inner.store {
+            return memory.lock().map_err(|_| BusError::Closed)?.set_state(
+                key,
+                Some(value),
+                expected,
+            );
+        }
+        let (reply, answer) = oneshot::channel();
         self.submit(WriteOp::State { key: key.to_string(), value: Some(value), expected, reply })
             .await?;
         answer.await.map_err(|_| BusError::Closed)?
     }
 
     async fn delete(&self, key: &str) -> Result<(), BusError> {
+        if let Store::Memory(memory) = &self.inner.store {
+            let _ = memory.lock().map_err(|_| BusError::Closed)?.set_state(key, None, None);
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
         self.submit(WriteOp::State { key: key.to_string(), value: None, expected: None, reply })
             .await?;
@@ -341,10 +546,19 @@ impl StateStore for EmbeddedBus {
 #[async_trait]
 impl EventBus for EmbeddedBus {
     fn backend(&self) -> &'static str {
-        "embedded"
+        match self.inner.store {
+            Store::Disk { .. } => "embedded",
+            Store::Memory(_) => "memory",
+        }
     }
 
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
+        if let Store::Memory(memory) = &self.inner.store {
+            if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(BusError::Closed);
+            }
+            return self.append_memory(memory, subject, event);
+        }
         let payload = event::encode(event)?;
         let (reply, answer) = oneshot::channel();
         let subject = subject.to_string();
@@ -375,10 +589,7 @@ impl EventBus for EmbeddedBus {
             // Triggers changed carries on.
             Some(group) if Arc::strong_count(&group) <= 2 => {
                 let floor = group.state.lock().map_err(|_| BusError::Closed)?.floor();
-                let (reply, answer) = oneshot::channel();
-                let name = options.consumer.clone();
-                self.submit(WriteOp::Cursor { name, floor, reply }).await?;
-                answer.await.map_err(|_| BusError::Closed)??;
+                self.save_cursor(&options.consumer, floor).await?;
                 self.inner.groups.lock().map_err(|_| BusError::Closed)?.remove(&options.consumer);
                 self.new_group(&options, filter).await?
             }
@@ -411,7 +622,10 @@ impl EventBus for EmbeddedBus {
                 .map_err(storage)?
                 .map_err(|_| BusError::Storage("commit thread panicked".into()))?;
         }
-        self.inner.db.persist(PersistMode::SyncAll).map_err(storage)
+        match &self.inner.store {
+            Store::Disk { db, .. } => db.persist(PersistMode::SyncAll).map_err(storage),
+            Store::Memory(_) => Ok(()),
+        }
     }
 }
 
@@ -516,6 +730,21 @@ impl Dedup {
     }
 }
 
+/// Wakes the consumers that read the subjects of new records, and only those.
+fn wake(groups: &Groups, appended: &[(String, u64)]) {
+    if appended.is_empty() {
+        return;
+    }
+    // Notifying takes no lock of the group's, so it is done under the map's lock, without
+    // copying a thousand handles per commit.
+    let Ok(groups) = groups.lock() else { return };
+    for group in groups.values() {
+        if appended.iter().any(|(subject, _)| group.filter.contains(subject)) {
+            group.changed.notify_waiters();
+        }
+    }
+}
+
 struct Committer {
     db: Database,
     log: Keyspace,
@@ -563,21 +792,6 @@ impl Committer {
         if let Ok(mut index) = self.index.lock() {
             for (subject, seq) in appended {
                 index.add(subject, *seq);
-            }
-        }
-    }
-
-    /// Wakes the consumers that read the subjects of committed records, and only those.
-    fn wake(&self, appended: &[(String, u64)]) {
-        if appended.is_empty() {
-            return;
-        }
-        // Notifying takes no lock of the group's, so it is done under the map's lock, without
-        // copying a thousand handles per commit.
-        let Ok(groups) = self.groups.lock() else { return };
-        for group in groups.values() {
-            if appended.iter().any(|(subject, _)| group.filter.contains(subject)) {
-                group.changed.notify_waiters();
             }
         }
     }
@@ -689,7 +903,7 @@ impl Committer {
                 // the index, and one woken for its subjects must see the new head.
                 self.index(&appended);
                 self.head.send_replace(seq);
-                self.wake(&appended);
+                wake(&self.groups, &appended);
                 for reply in replies {
                     match reply {
                         Reply::Published(tx, done) => {
@@ -795,7 +1009,7 @@ enum Found {
     Record {
         seq: u64,
         attempt: u32,
-        raw: fjall::Slice,
+        raw: Raw,
     },
     Nothing {
         wake_at: Option<Instant>,
@@ -807,8 +1021,62 @@ enum Found {
 }
 
 impl EmbeddedSubscription {
+    /// The record at `seq`, if retention has not dropped it.
+    fn get(&self, seq: u64) -> Result<Option<Raw>, BusError> {
+        Ok(match &self.bus.inner.store {
+            Store::Disk { log, .. } => log.get(seq.to_be_bytes()).map_err(storage)?.map(Raw::Disk),
+            Store::Memory(memory) => memory
+                .lock()
+                .map_err(|_| BusError::Closed)?
+                .records
+                .get(&seq)
+                .cloned()
+                .map(Raw::Memory),
+        })
+    }
+
+    /// Reads the log from `start` to `head` for the first record of this consumer's subjects:
+    /// `Ok(Some)` with it, `Ok(None)` when there is none (the scan ends at `head`), or
+    /// `Err(())` (as `Found::Busy`) when the scan hit its limit first.
+    fn read_log(&self, state: &mut GroupState, head: u64) -> Result<Option<Found>, BusError> {
+        let start = state.read_pos + 1;
+        match &self.bus.inner.store {
+            Store::Disk { log, .. } => {
+                let range = log.range(start.to_be_bytes()..=head.to_be_bytes());
+                for (examined, kv) in range.enumerate() {
+                    if examined >= SCAN_LIMIT {
+                        return Ok(Some(Found::Busy));
+                    }
+                    let (key, value) = kv.into_inner().map_err(storage)?;
+                    let Some(seq) = read_u64(&key) else { continue };
+                    state.read_pos = seq;
+                    let wanted = decode_record(&value)
+                        .is_some_and(|r| self.group.filter.contains(r.subject));
+                    if wanted {
+                        state.in_flight.insert(seq, 1);
+                        return Ok(Some(Found::Record { seq, attempt: 1, raw: Raw::Disk(value) }));
+                    }
+                }
+            }
+            Store::Memory(memory) => {
+                let log = memory.lock().map_err(|_| BusError::Closed)?;
+                for (examined, (&seq, record)) in log.records.range(start..=head).enumerate() {
+                    if examined >= SCAN_LIMIT {
+                        return Ok(Some(Found::Busy));
+                    }
+                    state.read_pos = seq;
+                    if self.group.filter.contains(&record.subject_text) {
+                        state.in_flight.insert(seq, 1);
+                        let raw = Raw::Memory(record.clone());
+                        return Ok(Some(Found::Record { seq, attempt: 1, raw }));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn scan(&self, head: u64) -> Result<Found, BusError> {
-        let log = &self.bus.inner.log;
         let mut state = self.group.state.lock().map_err(|_| BusError::Closed)?;
         let now = Instant::now();
         if state.in_flight.len() < self.group.max_in_flight {
@@ -821,7 +1089,7 @@ impl EmbeddedSubscription {
             if let Some((seq, attempts)) = due {
                 state.redeliver.remove(&seq);
                 // An event dropped by retention while waiting counts as settled.
-                if let Some(raw) = log.get(seq.to_be_bytes()).map_err(storage)? {
+                if let Some(raw) = self.get(seq)? {
                     state.in_flight.insert(seq, attempts + 1);
                     return Ok(Found::Record { seq, attempt: attempts + 1, raw });
                 }
@@ -842,7 +1110,7 @@ impl EmbeddedSubscription {
                 Some(Some(seq)) => {
                     state.read_pos = seq;
                     // An event dropped by retention meanwhile is settled; look further.
-                    if let Some(raw) = log.get(seq.to_be_bytes()).map_err(storage)? {
+                    if let Some(raw) = self.get(seq)? {
                         state.in_flight.insert(seq, 1);
                         return Ok(Found::Record { seq, attempt: 1, raw });
                     }
@@ -851,20 +1119,8 @@ impl EmbeddedSubscription {
             }
         }
         if state.outstanding() < self.group.max_in_flight && state.read_pos < head {
-            let start = state.read_pos + 1;
-            for (examined, kv) in log.range(start.to_be_bytes()..=head.to_be_bytes()).enumerate() {
-                if examined >= SCAN_LIMIT {
-                    return Ok(Found::Busy);
-                }
-                let (key, value) = kv.into_inner().map_err(storage)?;
-                let Some(seq) = read_u64(&key) else { continue };
-                state.read_pos = seq;
-                let wanted =
-                    decode_record(&value).is_some_and(|r| self.group.filter.contains(r.subject));
-                if wanted {
-                    state.in_flight.insert(seq, 1);
-                    return Ok(Found::Record { seq, attempt: 1, raw: value });
-                }
+            if let Some(found) = self.read_log(&mut state, head)? {
+                return Ok(found);
             }
             // Whatever is missing below head was removed by retention.
             state.read_pos = head;
@@ -934,7 +1190,21 @@ impl Subscription for EmbeddedSubscription {
     }
 }
 
-fn deliver(group: &Arc<Group>, seq: u64, attempt: u32, raw: &[u8]) -> Option<Delivery> {
+fn deliver(group: &Arc<Group>, seq: u64, attempt: u32, raw: &Raw) -> Option<Delivery> {
+    let raw = match raw {
+        Raw::Disk(raw) => raw,
+        Raw::Memory(record) => {
+            let acker = Box::new(EmbeddedAcker { group: group.clone(), seq });
+            return Some(Delivery::new(
+                record.event.clone(),
+                record.subject.clone(),
+                seq,
+                attempt,
+                record.published_at,
+                acker,
+            ));
+        }
+    };
     let record = decode_record(raw)?;
     let subject = Subject::parse(record.subject)?;
     let event = event::decode(record.payload).ok()?;

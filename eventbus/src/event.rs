@@ -110,6 +110,31 @@ pub fn binary_attributes(event: &Event) -> Vec<(String, String)> {
     out
 }
 
+/// The size of `event`'s data in bytes, without copying it.
+pub fn data_len(event: &Event) -> usize {
+    /// Counts what is written to it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    match event.data() {
+        Some(cloudevents::Data::Binary(bytes)) => bytes.len(),
+        Some(cloudevents::Data::String(text)) => text.len(),
+        Some(cloudevents::Data::Json(json)) => {
+            let mut count = Count(0);
+            let _ = serde_json::to_writer(&mut count, json);
+            count.0
+        }
+        None => 0,
+    }
+}
+
 /// The event's data as bytes: the body of a binary-mode message.
 pub fn data_bytes(event: &Event) -> Vec<u8> {
     match event.data() {
