@@ -232,16 +232,35 @@ impl MemoryLog {
         }
     }
 
-    /// Drops the oldest records while the log is over its size, or they are over its age.
-    fn trim(&mut self, now: DateTime<Utc>) {
+    /// Drops the records older than the log's age.
+    fn expire(&mut self, now: DateTime<Utc>) {
         while let Some(entry) = self.records.first_entry() {
-            let record = entry.get();
-            if self.bytes <= self.max_bytes && now - record.published_at <= self.max_age {
+            if now - entry.get().published_at <= self.max_age {
                 break;
             }
-            self.bytes = self.bytes.saturating_sub(record.size);
+            self.bytes = self.bytes.saturating_sub(entry.get().size);
             entry.remove();
         }
+    }
+
+    /// Makes room for `size` more bytes by dropping the oldest records that every live
+    /// consumer has settled (all of them up to `settled`; any, with no live consumer). When
+    /// the rest is unsettled, the publish is refused instead: backpressure reaches the source,
+    /// and no event a consumer still wants is dropped.
+    fn make_room(&mut self, size: u64, settled: Option<u64>) -> Result<(), BusError> {
+        while self.bytes + size > self.max_bytes {
+            let Some(entry) = self.records.first_entry() else { return Ok(()) };
+            if settled.is_some_and(|floor| *entry.key() > floor) {
+                return Err(BusError::Unavailable(format!(
+                    "the in-memory bus is full ({} bytes of events its consumers have not \
+                     settled yet); retry later, or raise spec.memory.maxBytes",
+                    self.bytes
+                )));
+            }
+            self.bytes = self.bytes.saturating_sub(entry.get().size);
+            entry.remove();
+        }
+        Ok(())
     }
 }
 
@@ -374,6 +393,16 @@ impl EmbeddedBus {
             if let Some(&earlier) = log.dedup.keys.get(&dedup) {
                 return Ok(Published { sequence: earlier, duplicate: true });
             }
+            log.expire(published_at);
+            if log.bytes + size > log.max_bytes {
+                // The consumers' floors take their own locks, which a consumer holds while it
+                // reads the log: never take them under the log's lock. A floor read before
+                // re-locking is only lower than now, so it drops nothing still wanted.
+                drop(log);
+                let settled = live_floor(&self.inner.groups);
+                log = memory.lock().map_err(|_| BusError::Closed)?;
+                log.make_room(size, settled)?;
+            }
             log.last += 1;
             let seq = log.last;
             let record = MemoryRecord {
@@ -387,7 +416,6 @@ impl EmbeddedBus {
             log.bytes += size;
             log.dedup.keys.insert(dedup.clone(), seq);
             log.dedup.order.push_back((now, dedup));
-            log.trim(published_at);
             if let Ok(mut index) = self.inner.index.lock() {
                 index.add(&subject_text, seq);
             }
@@ -728,6 +756,18 @@ impl Dedup {
             }
         }
     }
+}
+
+/// The lowest floor of the consumers someone is using (a subscription or a delivery holds
+/// the group), below which every one of them has settled everything; `None` when none is in
+/// use.
+fn live_floor(groups: &Groups) -> Option<u64> {
+    let groups = groups.lock().ok()?;
+    groups
+        .values()
+        .filter(|group| Arc::strong_count(group) > 1)
+        .filter_map(|group| group.state.lock().ok().map(|state| state.floor()))
+        .min()
 }
 
 /// Wakes the consumers that read the subjects of new records, and only those.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cloudevents::AttributesReader as _;
 use ofe_eventbus::embedded::{EmbeddedBus, MemoryConfig};
 use ofe_eventbus::testing::{self, sample_event, subscribe};
-use ofe_eventbus::{EventBus, Subject};
+use ofe_eventbus::{BusError, EventBus, Subject};
 
 async fn fresh() -> Option<Arc<dyn EventBus>> {
     Some(Arc::new(EmbeddedBus::in_memory(MemoryConfig::default())))
@@ -22,36 +22,55 @@ async fn publish_reports_duplicates() {
     bus.close().await.expect("close");
 }
 
-/// Past `max_bytes` the oldest events go: a consumer that was behind skips them and carries
-/// on with what is kept, in order; one that keeps up gets everything.
+/// A full bus refuses publishes while its consumers still want what it holds, instead of
+/// dropping any of it: backpressure reaches the source, and once the consumer catches up,
+/// publishing resumes and every accepted event arrives, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_drops_the_oldest_and_consumers_carry_on() {
-    // Each sample event counts its data plus 256 bytes: about 300 bytes, so 10 fit in 3000.
-    let config = MemoryConfig { max_bytes: 3000, ..MemoryConfig::default() };
-    let bus = EmbeddedBus::in_memory(config);
+async fn a_full_bus_refuses_rather_than_drop_what_consumers_want() {
+    // Each sample event counts its data plus 256 bytes: about 265 bytes, so 11 fit in 3000.
+    let bus = EmbeddedBus::in_memory(MemoryConfig { max_bytes: 3000, ..MemoryConfig::default() });
     let s = Subject::event("ns", "src", "e");
-    let mut live = subscribe(&bus, "live", &s, 1000).await;
-    let mut late = subscribe(&bus, "late", &s, 1).await;
+    let mut slow = subscribe(&bus, "slow", &s, 1000).await;
+    let mut accepted = 0;
+    let refusal = loop {
+        match bus.publish(&s, &sample_event(&format!("e-{accepted}"), accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "the bus never refused a publish");
+    };
+    assert!(matches!(refusal, BusError::Unavailable(_)), "{refusal:?}");
+    assert!(refusal.to_string().contains("maxBytes"), "the refusal says the fix: {refusal}");
+    assert!((5..=12).contains(&accepted), "about 11 events fit: {accepted}");
+    for i in 0..accepted {
+        let d = testing::next_within(&mut slow, Duration::from_secs(5)).await;
+        assert_eq!(d.event.id(), format!("e-{i}"), "nothing accepted was dropped");
+        d.ack().await.expect("ack");
+    }
+    bus.publish(&s, &sample_event("after", 0)).await.expect("room again once settled");
+    let d = testing::next_within(&mut slow, Duration::from_secs(5)).await;
+    assert_eq!(d.event.id(), "after");
+    bus.close().await.expect("close");
+}
+
+/// With no consumer using it, the bus keeps only its newest events (a ring, like retention on
+/// the durable bus); a consumer that comes later with `StartPosition::All` gets what is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_consumer_the_oldest_events_make_room() {
+    let bus = EmbeddedBus::in_memory(MemoryConfig { max_bytes: 3000, ..MemoryConfig::default() });
+    let s = Subject::event("ns", "src", "e");
     for i in 0..100 {
         bus.publish(&s, &sample_event(&format!("e-{i}"), i)).await.expect("publish");
-        let d = testing::next_within(&mut live, Duration::from_secs(5)).await;
-        assert_eq!(d.event.id(), format!("e-{i}"), "a consumer that keeps up gets each event");
-        d.ack().await.expect("ack");
     }
-    // `late` read nothing while its backlog outgrew the bus: it resumes at the oldest event
-    // kept, and gets the rest in order.
+    let mut late = subscribe(&bus, "late", &s, 1000).await;
     let mut kept = Vec::new();
-    loop {
+    while kept.last() != Some(&99) {
         let d = testing::next_within(&mut late, Duration::from_secs(5)).await;
-        let id = d.event.id().to_string();
+        kept.push(d.event.id().trim_start_matches("e-").parse::<u64>().expect("an e-N id"));
         d.ack().await.expect("ack");
-        kept.push(id.trim_start_matches("e-").parse::<u64>().expect("an e-N id"));
-        if kept.last() == Some(&99) {
-            break;
-        }
     }
-    assert!((5..=12).contains(&kept.len()), "about ten events fit in 3000 bytes: {kept:?}");
-    assert!(kept.windows(2).all(|w| w[0] + 1 == w[1]), "what is kept comes in order: {kept:?}");
+    assert!((5..=12).contains(&kept.len()), "about 11 events fit: {kept:?}");
+    assert!(kept.windows(2).all(|w| w[0] + 1 == w[1]), "the newest, in order: {kept:?}");
     testing::assert_quiet(&mut late, Duration::from_millis(100)).await;
     bus.close().await.expect("close");
 }
