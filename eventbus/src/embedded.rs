@@ -401,7 +401,14 @@ impl EmbeddedBus {
                 drop(log);
                 let settled = live_floor(&self.inner.groups);
                 log = memory.lock().map_err(|_| BusError::Closed)?;
-                log.make_room(size, settled)?;
+                let room = log.make_room(size, settled);
+                // Only new events from sources are refused. The hops inside (a router filling
+                // a subscriber's queue, a subscriber publishing to a topic) are how consumers
+                // settle what fills the bus, so refusing them could stall it for good; they
+                // are bounded by those consumers' in-flight limits.
+                if matches!(subject, Subject::Event { .. }) {
+                    room?;
+                }
             }
             log.last += 1;
             let seq = log.last;
