@@ -244,21 +244,27 @@ impl MemoryLog {
     }
 
     /// Makes room for `size` more bytes by dropping the oldest records that every live
-    /// consumer has settled (all of them up to `settled`; any, with no live consumer). When
-    /// the rest is unsettled, the publish is refused instead: backpressure reaches the source,
-    /// and no event a consumer still wants is dropped.
+    /// consumer has settled (all of them up to `settled`; any, with no live consumer), down to
+    /// three quarters of the size, so that a full bus does this once per quarter rather than
+    /// at every publish. When what is left is unsettled and there is still no room, the
+    /// publish is refused instead: backpressure reaches the source, and no event a consumer
+    /// still wants is dropped.
     fn make_room(&mut self, size: u64, settled: Option<u64>) -> Result<(), BusError> {
-        while self.bytes + size > self.max_bytes {
-            let Some(entry) = self.records.first_entry() else { return Ok(()) };
+        let low_water = self.max_bytes / 4 * 3;
+        while self.bytes + size > low_water {
+            let Some(entry) = self.records.first_entry() else { break };
             if settled.is_some_and(|floor| *entry.key() > floor) {
-                return Err(BusError::Unavailable(format!(
-                    "the in-memory bus is full ({} bytes of events its consumers have not \
-                     settled yet); retry later, or raise spec.memory.maxBytes",
-                    self.bytes
-                )));
+                break;
             }
             self.bytes = self.bytes.saturating_sub(entry.get().size);
             entry.remove();
+        }
+        if self.bytes + size > self.max_bytes && !self.records.is_empty() {
+            return Err(BusError::Unavailable(format!(
+                "the in-memory bus is full ({} bytes of events its consumers have not settled \
+                 yet); retry later, or raise spec.memory.maxBytes",
+                self.bytes
+            )));
         }
         Ok(())
     }
@@ -353,11 +359,7 @@ impl EmbeddedBus {
             last: 0,
             max_bytes: config.max_bytes,
             max_age: chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX),
-            dedup: Dedup {
-                window: config.dedup_window,
-                keys: HashMap::new(),
-                order: VecDeque::new(),
-            },
+            dedup: Dedup::new(config.dedup_window),
             state: HashMap::new(),
             last_revision: 0,
         };
@@ -383,7 +385,7 @@ impl EmbeddedBus {
         event: &Event,
     ) -> Result<Published, BusError> {
         let subject_text = subject.to_string();
-        let dedup = event::dedup_key(&subject_text, event);
+        let dedup = Dedup::hash(&event::dedup_key(&subject_text, event));
         let published_at = Utc::now();
         let size = 256 + event::data_len(event) as u64;
         let seq = {
@@ -421,7 +423,7 @@ impl EmbeddedBus {
             };
             log.records.insert(seq, Arc::new(record));
             log.bytes += size;
-            log.dedup.keys.insert(dedup.clone(), seq);
+            log.dedup.keys.insert(dedup, seq);
             log.dedup.order.push_back((now, dedup));
             if let Ok(mut index) = self.inner.index.lock() {
                 index.add(&subject_text, seq);
@@ -723,14 +725,49 @@ fn now_ms() -> i64 {
 /// Recently stored `(source, id)` keys, to drop republished events.
 struct Dedup {
     window: Duration,
-    keys: HashMap<String, u64>,
-    order: VecDeque<(Instant, String)>,
+    /// Per key's hash, its sequence. A window holds millions of keys at full speed (two
+    /// minutes at 20k/s), so the map keeps 128-bit hashes instead of the texts: no allocation
+    /// per event, a fraction of the memory, and a collision (a new event taken for a
+    /// duplicate) about as likely as never.
+    keys: HashMap<u128, u64, std::hash::BuildHasherDefault<Low64>>,
+    order: VecDeque<(Instant, u128)>,
+}
+
+/// Hashes a `u128` that is already a hash by taking its low half.
+#[derive(Default)]
+struct Low64(u64);
+
+impl std::hash::Hasher for Low64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; fold anything else in rather than ignore it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        // Truncation is the point: the low half of a good hash is a good hash.
+        #[allow(clippy::cast_possible_truncation)]
+        let low = n as u64;
+        self.0 = low;
+    }
 }
 
 impl Dedup {
+    fn new(window: Duration) -> Self {
+        Self { window, keys: HashMap::default(), order: VecDeque::new() }
+    }
+
+    /// The hash a duplicate key is kept as.
+    fn hash(key: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+    }
+
     /// Rebuilds the window from the newest records, so a restart does not forget it.
     fn recover(log: &Keyspace, window: Duration) -> Result<Self, BusError> {
-        let mut dedup = Self { window, keys: HashMap::new(), order: VecDeque::new() };
+        let mut dedup = Self::new(window);
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         let horizon = now_ms().saturating_sub(window_ms);
         let now = Instant::now();
@@ -744,10 +781,10 @@ impl Dedup {
             let age =
                 Duration::from_millis(u64::try_from(now_ms() - record.published_ms).unwrap_or(0));
             let at = now.checked_sub(age).unwrap_or(now);
-            recent.push((at, record.dedup.to_string(), read_u64(&key).unwrap_or(0)));
+            recent.push((at, Self::hash(record.dedup), read_u64(&key).unwrap_or(0)));
         }
         for (at, key, seq) in recent.into_iter().rev() {
-            dedup.keys.insert(key.clone(), seq);
+            dedup.keys.insert(key, seq);
             dedup.order.push_back((at, key));
         }
         Ok(dedup)
@@ -858,7 +895,8 @@ impl Committer {
         for op in ops {
             match op {
                 WriteOp::Append { subject, dedup, payload, reply } => {
-                    if let Some(&earlier) = self.dedup.keys.get(&dedup) {
+                    let key = Dedup::hash(&dedup);
+                    if let Some(&earlier) = self.dedup.keys.get(&key) {
                         let done = Published { sequence: earlier, duplicate: true };
                         replies.push(Reply::Published(reply, done));
                         continue;
@@ -867,8 +905,8 @@ impl Committer {
                     let record = encode_record(&subject, &dedup, published_ms, &payload);
                     batch.insert(&self.log, seq.to_be_bytes(), record);
                     appended.push((subject, seq));
-                    self.dedup.keys.insert(dedup.clone(), seq);
-                    added_keys.push(dedup);
+                    self.dedup.keys.insert(key, seq);
+                    added_keys.push(key);
                     replies.push(Reply::Published(
                         reply,
                         Published { sequence: seq, duplicate: false },

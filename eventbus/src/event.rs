@@ -97,7 +97,7 @@ pub fn binary_attributes(event: &Event) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (name, value) in event.iter_attributes() {
         if name != "datacontenttype" {
-            out.push((name.to_string(), percent_encode(&value.to_string())));
+            out.push((name.to_string(), encoded(value.to_string())));
         }
     }
     for (name, value) in event.iter_extensions() {
@@ -105,7 +105,7 @@ pub fn binary_attributes(event: &Event) -> Vec<(String, String)> {
             ExtensionValue::String(s) => s.clone(),
             other => other.to_string(),
         };
-        out.push((name.to_string(), percent_encode(&text)));
+        out.push((name.to_string(), encoded(text)));
     }
     out
 }
@@ -199,15 +199,26 @@ pub fn from_binary<'a>(
 
 /// Percent-encodes `%`, `"` and every byte outside printable ASCII.
 pub fn percent_encode(value: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' && byte != b'"' {
+        if header_safe(byte) {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            let _ = write!(out, "%{byte:02X}");
         }
     }
     out
+}
+
+/// Whether `byte` goes into a header as it is.
+fn header_safe(byte: u8) -> bool {
+    (0x20..0x7f).contains(&byte) && byte != b'%' && byte != b'"'
+}
+
+/// `text` percent-encoded, reusing it when nothing needs encoding (the usual case).
+fn encoded(text: String) -> String {
+    if text.bytes().all(header_safe) { text } else { percent_encode(&text) }
 }
 
 /// Reverses [`percent_encode`]; malformed escapes are kept as they are.

@@ -109,8 +109,8 @@ impl RetryPolicy {
 pub enum Destination {
     /// An HTTP endpoint; the event is POSTed in CloudEvents binary mode.
     Http {
-        /// Absolute URL.
-        url: String,
+        /// Absolute URL, parsed once rather than for every request.
+        url: reqwest::Url,
     },
     /// A topic on the bus.
     Topic {
@@ -121,10 +121,21 @@ pub enum Destination {
     },
 }
 
+impl Destination {
+    /// An HTTP endpoint at `url`; the error says why it is not an absolute URL.
+    pub fn http(url: &str) -> Result<Self, String> {
+        match reqwest::Url::parse(url) {
+            Ok(url) if url.has_host() => Ok(Self::Http { url }),
+            Ok(_) => Err(format!("`{url}` has no host; give an absolute http(s) URL")),
+            Err(e) => Err(format!("`{url}` is not a URL ({e}); give an absolute http(s) URL")),
+        }
+    }
+}
+
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Http { url } => f.write_str(url),
+            Self::Http { url } => f.write_str(url.as_str()),
             Self::Topic { name, .. } => write!(f, "topic:{name}"),
         }
     }
@@ -237,7 +248,7 @@ impl Deliverer {
                 let (headers, body) = binary_mode(event);
                 let response = self
                     .http
-                    .post(url)
+                    .post(url.clone())
                     .headers(headers)
                     .body(body)
                     .timeout(timeout)
@@ -381,11 +392,11 @@ pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
 /// The HTTP headers and body of `event` in CloudEvents binary content mode: attributes and
 /// extensions as `ce-*` headers, `datacontenttype` as `Content-Type`, data as the body.
 pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
-    let mut headers = HeaderMap::new();
-    for (name, value) in event::binary_attributes(event) {
-        if let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(format!("ce-{name}").as_bytes()), HeaderValue::from_str(&value))
-        {
+    let attributes = event::binary_attributes(event);
+    let mut headers = HeaderMap::with_capacity(attributes.len() + 1);
+    for (name, value) in attributes {
+        // `HeaderValue` takes the `String`'s buffer as it is.
+        if let (Some(name), Ok(value)) = (ce_header(&name), HeaderValue::try_from(value)) {
             headers.insert(name, value);
         }
     }
@@ -393,6 +404,20 @@ pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
         headers.insert(CONTENT_TYPE, value);
     }
     (headers, event::data_bytes(event))
+}
+
+/// The `ce-` header of attribute `name`: the spec's attributes without building the name.
+fn ce_header(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "specversion" => "ce-specversion",
+        "type" => "ce-type",
+        "subject" => "ce-subject",
+        "time" => "ce-time",
+        "dataschema" => "ce-dataschema",
+        _ => return HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok(),
+    }))
 }
 
 /// The event to dead-letter: the original, with the failure recorded in extension attributes.
@@ -518,7 +543,7 @@ mod tests {
             retry_after: None,
             body: b"boom\n\xff".to_vec(),
         };
-        let dest = Destination::Http { url: "http://127.0.0.1:1/x".into() };
+        let dest = Destination::http("http://127.0.0.1:1/x").expect("a URL");
         let dead = dead_letter_event(&event, &dest, &failure, 6);
         assert_eq!(
             dead.extension(EXT_ERROR_DEST).map(ToString::to_string).as_deref(),

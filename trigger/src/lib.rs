@@ -218,13 +218,15 @@ pub fn sink_destination(
     options: &PlanOptions,
 ) -> Result<Destination, Diagnostic> {
     match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
-        (Some(uri), _, _) => Ok(Destination::Http { url: uri.clone() }),
+        (Some(uri), _, _) => {
+            Destination::http(uri).map_err(|e| Diagnostic::error(format!("{path}.uri"), e))
+        }
         (None, Some(r), Some(template)) => {
             let url = template
                 .replace("{name}", &r.name)
                 .replace("{namespace}", r.namespace.as_deref().unwrap_or(namespace))
                 .replace("{kind}", &r.kind.to_ascii_lowercase());
-            Ok(Destination::Http { url })
+            Destination::http(&url).map_err(|e| Diagnostic::error(format!("{path}.ref"), e))
         }
         (None, Some(r), None) => Err(Diagnostic::error(
             format!("{path}.ref"),

@@ -86,8 +86,8 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         subjects: vec![subject.clone()],
         routing: None,
         routes: vec![Route {
-            destination: Destination::Http { url: format!("{base}/sink") },
-            dead_letter: Some(Destination::Http { url: format!("{base}/dead") }),
+            destination: Destination::http(&format!("{base}/sink")).expect("a URL"),
+            dead_letter: Some(Destination::http(&format!("{base}/dead")).expect("a URL")),
         }],
         max_in_flight: 4,
         retry: RetryPolicy { delay: Duration::from_millis(10), ..RetryPolicy::default() },
