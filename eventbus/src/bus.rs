@@ -148,6 +148,16 @@ pub trait EventBus: Send + Sync + 'static {
     /// Stores `event` under `subject`, returning once it is durable.
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError>;
 
+    /// [`EventBus::publish`] for an event the caller already shares: a backend that keeps
+    /// events in memory keeps this one as it is instead of copying it.
+    async fn publish_shared(
+        &self,
+        subject: &Subject,
+        event: Arc<Event>,
+    ) -> Result<Published, BusError> {
+        self.publish(subject, &event).await
+    }
+
     /// Opens a subscription on a durable consumer, creating the consumer if needed.
     async fn subscribe(&self, options: SubscribeOptions)
     -> Result<Box<dyn Subscription>, BusError>;

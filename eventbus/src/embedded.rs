@@ -382,12 +382,12 @@ impl EmbeddedBus {
         &self,
         memory: &Mutex<MemoryLog>,
         subject: &Subject,
-        event: &Event,
+        event: Arc<Event>,
     ) -> Result<Published, BusError> {
         let subject_text = subject.to_string();
-        let dedup = Dedup::hash(&event::dedup_key(&subject_text, event));
+        let dedup = Dedup::hash(&event::dedup_key(&subject_text, &event));
         let published_at = Utc::now();
-        let size = 256 + event::data_len(event) as u64;
+        let size = 256 + event::data_len(&event) as u64;
         let seq = {
             let mut log = memory.lock().map_err(|_| BusError::Closed)?;
             let now = Instant::now();
@@ -418,7 +418,7 @@ impl EmbeddedBus {
                 subject: subject.clone(),
                 subject_text: subject_text.clone(),
                 published_at,
-                event: Arc::new(event.clone()),
+                event,
                 size,
             };
             log.records.insert(seq, Arc::new(record));
@@ -594,7 +594,7 @@ impl EventBus for EmbeddedBus {
             if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(BusError::Closed);
             }
-            return self.append_memory(memory, subject, event);
+            return self.append_memory(memory, subject, Arc::new(event.clone()));
         }
         let payload = event::encode(event)?;
         let (reply, answer) = oneshot::channel();
@@ -603,6 +603,22 @@ impl EventBus for EmbeddedBus {
         let op = WriteOp::Append { subject, dedup, payload, reply };
         self.submit(op).await?;
         answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    async fn publish_shared(
+        &self,
+        subject: &Subject,
+        event: Arc<Event>,
+    ) -> Result<Published, BusError> {
+        match &self.inner.store {
+            Store::Memory(memory) => {
+                if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(BusError::Closed);
+                }
+                self.append_memory(memory, subject, event)
+            }
+            Store::Disk { .. } => self.publish(subject, &event).await,
+        }
     }
 
     async fn state_store(&self) -> Result<Option<Arc<dyn StateStore>>, BusError> {

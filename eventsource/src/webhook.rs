@@ -170,9 +170,10 @@ async fn handle(
         Err(reason) => return reply(StatusCode::BAD_REQUEST, reason),
     };
     let metrics = &routes.metrics;
-    for event in &events {
+    let count = events.len();
+    for event in events {
         metrics.received.get_or_create(&hook.origin.labels).inc();
-        match hook.bus.publish(&hook.subject, event).await {
+        match hook.bus.publish_shared(&hook.subject, Arc::new(event)).await {
             Ok(p) if p.duplicate => {
                 metrics.duplicates.get_or_create(&hook.origin.labels).inc();
             }
@@ -196,7 +197,7 @@ async fn handle(
     (
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],
-        format!("{{\"accepted\":{}}}\n", events.len()),
+        format!("{{\"accepted\":{count}}}\n"),
     )
         .into_response()
 }

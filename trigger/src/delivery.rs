@@ -297,7 +297,7 @@ impl Deliverer {
                     });
                 }
                 self.bus
-                    .publish(subject, &with_hops(event, hops))
+                    .publish_shared(subject, Arc::new(with_hops(event, hops)))
                     .await
                     .map(|_| None)
                     .map_err(|e| Failure::transient(format!("publish failed: {e}")))

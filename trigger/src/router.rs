@@ -638,7 +638,7 @@ pub async fn run(
             let routing = &router.routings()[r];
             router.metrics.received.get_or_create(&routing.labels).inc();
             let (bus, queue) = (bus.clone(), routing.queue.clone());
-            publishes.push(async move { bus.publish(&queue, &event).await });
+            publishes.push(async move { bus.publish_shared(&queue, event).await });
         }
         // Polled in order, so each queue receives its events in input order.
         let results = futures::future::join_all(publishes).await;
