@@ -105,6 +105,12 @@ spec:
       backoffDelay: soon
       orderKey: "data.("
       maxConcurrency: 0
+---
+apiVersion: events.openfunction.io/v1alpha1
+kind: EventBus
+metadata: { name: fast }
+spec:
+  memory: { maxBytes: 1000, maxAge: soon }
 "#;
     let path = support::manifests(dir.path(), yaml).join("all.yaml");
     let out = ofe().args(["validate", "-f"]).arg(&path).output().expect("run");
@@ -140,6 +146,8 @@ spec:
             "{p}:document 3: spec.subscribers[0].sink.ref: warning: Function `f` is resolved in \
              Kubernetes mode; standalone, `ofe run` needs --ref-url-template"
         ),
+        format!("{p}:document 4: spec.memory.maxAge:"),
+        format!("{p}:document 4: spec.memory.maxBytes: must be at least 1048576 (1 MiB)"),
     ] {
         assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
     }

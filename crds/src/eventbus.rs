@@ -69,8 +69,9 @@ pub struct EmbeddedBusSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MemoryBusSpec {
-    /// Retention by size: the oldest events are dropped once the events (their data plus 256
-    /// bytes each) exceed this many bytes. Default 64 MiB.
+    /// Most bytes of events kept (their data plus 256 bytes each). Events every consumer has
+    /// settled make room first; when the rest is still wanted, new events from sources are
+    /// refused until the consumers catch up (a webhook answers 503). Default 64 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<i64>,
     /// Retention by age, as a duration such as `10m`. Default `1h`.
