@@ -47,7 +47,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Internal>,
     /// Events per throughput run.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     events: usize,
     /// Requests in flight from the load generator.
     #[arg(long, default_value_t = 64)]

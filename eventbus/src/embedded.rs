@@ -15,6 +15,10 @@
 //! group commit, so many concurrent publishers share one fsync. Consumer cursors ride along in
 //! the same batches; a cursor is never ahead of an unacknowledged event, so a crash can only
 //! cause redelivery (duplicates), never loss.
+//!
+//! The same consumers also run over a log kept in memory ([`EmbeddedBus::in_memory`], the
+//! `memory` EventBus): no journal, no committer thread, and the events kept as they were
+//! published, shared with every consumer instead of encoded and decoded.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
