@@ -405,7 +405,8 @@ impl EmbeddedBus {
                 // reads the log: never take them under the log's lock. A floor read before
                 // re-locking is only lower than now, so it drops nothing still wanted.
                 drop(log);
-                let settled = live_floor(&self.inner.groups);
+                let head = *self.inner.head.borrow();
+                let settled = live_floor(&self.inner.groups, &self.inner.index, head);
                 log = memory.lock().map_err(|_| BusError::Closed)?;
                 let room = log.make_room(size, settled);
                 // Only new events from sources are refused. The hops inside (a router filling
@@ -824,14 +825,42 @@ impl Dedup {
 
 /// The lowest floor of the consumers someone is using (a subscription or a delivery holds
 /// the group), below which every one of them has settled everything; `None` when none is in
-/// use.
-fn live_floor(groups: &Groups) -> Option<u64> {
+/// use. A consumer counts as settled up to its next unread record of its own subjects: one
+/// whose subjects are quiet is woken for nothing and so reads nothing, and must not hold
+/// back what the others have long settled.
+fn live_floor(groups: &Groups, index: &Mutex<SubjectIndex>, head: u64) -> Option<u64> {
     let groups = groups.lock().ok()?;
     groups
         .values()
         .filter(|group| Arc::strong_count(group) > 1)
-        .filter_map(|group| group.state.lock().ok().map(|state| state.floor()))
+        .filter_map(|group| {
+            let state = group.state.lock().ok()?;
+            let index = index.lock().ok()?;
+            Some(settled_up_to(&state, &group.filter, &index, head))
+        })
         .min()
+}
+
+/// What a consumer has settled, counting the records of other subjects it has not read yet.
+fn settled_up_to(
+    state: &GroupState,
+    filter: &HashSet<String>,
+    index: &SubjectIndex,
+    head: u64,
+) -> u64 {
+    let next_unread = match index.next(filter, state.read_pos) {
+        Some(Some(seq)) => seq.min(head + 1),
+        Some(None) => head + 1,
+        // The index cannot tell: only what it has read counts.
+        None => return state.floor(),
+    };
+    let lowest_open = [state.in_flight.keys().next(), state.redeliver.keys().next()]
+        .into_iter()
+        .flatten()
+        .copied()
+        .min()
+        .unwrap_or(u64::MAX);
+    lowest_open.min(next_unread).max(1) - 1
 }
 
 /// Wakes the consumers that read the subjects of new records, and only those.

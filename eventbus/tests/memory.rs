@@ -77,3 +77,27 @@ async fn with_no_consumer_the_oldest_events_make_room() {
     testing::assert_quiet(&mut late, Duration::from_millis(100)).await;
     bus.close().await.expect("close");
 }
+
+/// A consumer whose subjects are quiet never reads, so it must not hold back what fills the
+/// bus: with it subscribed, a busy consumer that keeps up can stream far more than the bus
+/// holds, and the quiet one still gets its own event when it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_consumer_does_not_hold_the_bus_full() {
+    let bus = EmbeddedBus::in_memory(MemoryConfig { max_bytes: 3000, ..MemoryConfig::default() });
+    let (busy_subject, quiet_subject) =
+        (Subject::event("ns", "src", "busy"), Subject::event("ns", "src", "quiet"));
+    let mut quiet = subscribe(&bus, "quiet", &quiet_subject, 16).await;
+    let mut busy = subscribe(&bus, "busy", &busy_subject, 16).await;
+    for i in 0..200 {
+        bus.publish(&busy_subject, &sample_event(&format!("b-{i}"), i))
+            .await
+            .unwrap_or_else(|e| panic!("publish {i} of 200 into a bus that holds 11: {e}"));
+        let d = testing::next_within(&mut busy, Duration::from_secs(5)).await;
+        assert_eq!(d.event.id(), format!("b-{i}"));
+        d.ack().await.expect("ack");
+    }
+    bus.publish(&quiet_subject, &sample_event("q", 0)).await.expect("publish");
+    let d = testing::next_within(&mut quiet, Duration::from_secs(5)).await;
+    assert_eq!(d.event.id(), "q");
+    bus.close().await.expect("close");
+}
