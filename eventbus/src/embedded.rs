@@ -196,9 +196,23 @@ struct MemoryRecord {
     size: u64,
 }
 
+/// Events of the in-memory log by sequence.
+type Records = BTreeMap<u64, Arc<MemoryRecord>>;
+
+/// Frees records taken out of the in-memory log, off the async workers when there are many.
+fn free(records: Records) {
+    if records.len() < 64 {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(records))),
+        Err(_) => drop(records),
+    }
+}
+
 /// The in-memory log: events by sequence, dropped oldest first past its size or age.
 struct MemoryLog {
-    records: BTreeMap<u64, Arc<MemoryRecord>>,
+    records: Records,
     bytes: u64,
     last: u64,
     max_bytes: u64,
@@ -247,30 +261,42 @@ impl MemoryLog {
         }
     }
 
-    /// Makes room for `size` more bytes by dropping the oldest records that every live
+    /// Makes room for `size` more bytes by taking out the oldest records that every live
     /// consumer has settled (all of them up to `settled`; any, with no live consumer), down to
-    /// three quarters of the size, so that a full bus does this once per quarter rather than
-    /// at every publish. When what is left is unsettled and there is still no room, the
-    /// publish is refused instead: backpressure reaches the source, and no event a consumer
-    /// still wants is dropped.
-    fn make_room(&mut self, size: u64, settled: Option<u64>) -> Result<(), BusError> {
-        let low_water = self.max_bytes / 4 * 3;
-        while self.bytes + size > low_water {
-            let Some(entry) = self.records.first_entry() else { break };
-            if settled.is_some_and(|floor| *entry.key() > floor) {
+    /// fifteen sixteenths of the size, so that a full bus does this once per sixteenth rather
+    /// than at every publish. Returns what it took out, for the caller to free once it has let
+    /// go of the log: freeing thousands of events under the lock would stall every publisher
+    /// and consumer. When what is left is unsettled and there is still no room, the result is
+    /// a refusal: backpressure reaches the source, and no event a consumer still wants is
+    /// dropped.
+    fn make_room(&mut self, size: u64, settled: Option<u64>) -> (Records, Result<(), BusError>) {
+        let low_water = self.max_bytes - self.max_bytes / 16;
+        let (mut bytes, mut cut) = (self.bytes, None);
+        for (&seq, record) in &self.records {
+            if bytes + size <= low_water || settled.is_some_and(|floor| seq > floor) {
                 break;
             }
-            self.bytes = self.bytes.saturating_sub(entry.get().size);
-            entry.remove();
+            bytes = bytes.saturating_sub(record.size);
+            cut = Some(seq);
         }
-        if self.bytes + size > self.max_bytes && !self.records.is_empty() {
-            return Err(BusError::Unavailable(format!(
+        let taken = match cut {
+            Some(last) => {
+                let kept = self.records.split_off(&(last + 1));
+                self.bytes = bytes;
+                std::mem::replace(&mut self.records, kept)
+            }
+            None => Records::new(),
+        };
+        let room = if self.bytes + size > self.max_bytes && !self.records.is_empty() {
+            Err(BusError::Unavailable(format!(
                 "the in-memory bus is full ({} bytes of events its consumers have not settled \
                  yet); retry later, or raise spec.memory.maxBytes",
                 self.bytes
-            )));
-        }
-        Ok(())
+            )))
+        } else {
+            Ok(())
+        };
+        (taken, room)
     }
 }
 
@@ -392,6 +418,7 @@ impl EmbeddedBus {
         let dedup = Dedup::hash(&event::dedup_key(&subject_text, &event));
         let published_at = Utc::now();
         let size = 256 + event::data_len(&event) as u64;
+        let mut taken = Records::new();
         let seq = {
             let mut log = memory.lock().map_err(|_| BusError::Closed)?;
             let now = Instant::now();
@@ -408,7 +435,8 @@ impl EmbeddedBus {
                 let head = *self.inner.head.borrow();
                 let settled = live_floor(&self.inner.groups, &self.inner.index, head);
                 log = memory.lock().map_err(|_| BusError::Closed)?;
-                let room = log.make_room(size, settled);
+                let room;
+                (taken, room) = log.make_room(size, settled);
                 // Only new events from sources are refused. The hops inside (a router filling
                 // a subscriber's queue, a subscriber publishing to a topic) are how consumers
                 // settle what fills the bus, so refusing them could stall it for good; they
@@ -437,6 +465,7 @@ impl EmbeddedBus {
             seq
         };
         wake(&self.inner.groups, &[(subject_text, seq)]);
+        free(taken);
         Ok(Published { sequence: seq, duplicate: false })
     }
 
