@@ -465,15 +465,50 @@ async fn throughput(
     Ok(events.len() as f64 / start.elapsed().as_secs_f64())
 }
 
-/// W3's loop through ofe's own bus API, shaped as [`raw_jetstream`]: `n` 1 KiB CloudEvents
-/// published with up to 256 awaiting their acknowledgement, while a durable consumer (256 in
-/// flight) takes and acknowledges each.
-async fn bus_loop(bus: Arc<dyn EventBus>, n: usize) -> anyhow::Result<f64> {
+/// Publish acknowledgements W3 keeps outstanding, on both of its sides.
+const WINDOW: usize = 256;
+
+/// Adds a publish's acknowledgement to `acks`, then waits for one while [`WINDOW`] are
+/// outstanding: the load shape both sides of W3 are driven with.
+async fn windowed<F, T, E>(
+    acks: &mut futures::stream::FuturesUnordered<F>,
+    ack: F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
     use futures::StreamExt as _;
+    acks.push(ack);
+    if acks.len() >= WINDOW
+        && let Some(ack) = acks.next().await
+    {
+        ack?;
+    }
+    Ok(())
+}
+
+/// Waits for every acknowledgement left in `acks`.
+async fn drain<F, T, E>(acks: &mut futures::stream::FuturesUnordered<F>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use futures::StreamExt as _;
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+/// W3's loop through ofe's own bus API, shaped as [`raw_jetstream`]: `n` 1 KiB CloudEvents
+/// published with up to [`WINDOW`] awaiting their acknowledgement, while a durable consumer
+/// (as many in flight) takes and acknowledges each.
+async fn bus_loop(bus: Arc<dyn EventBus>, n: usize) -> anyhow::Result<f64> {
     let batch = BATCH.fetch_add(1, Ordering::Relaxed);
     let subject = Subject::event(&namespace(), "bench", &format!("w3-{batch}"));
     let mut options = SubscribeOptions::new(format!("bench-w3-{batch}"), vec![subject.clone()]);
-    options.max_in_flight = 256;
+    options.max_in_flight = WINDOW;
     let mut subscription = bus.subscribe(options).await?;
     let events = (0..n)
         .map(|i| {
@@ -496,16 +531,9 @@ async fn bus_loop(bus: Arc<dyn EventBus>, n: usize) -> anyhow::Result<f64> {
     });
     let mut acks = futures::stream::FuturesUnordered::new();
     for event in &events {
-        acks.push(bus.publish(&subject, event));
-        if acks.len() >= 256
-            && let Some(ack) = acks.next().await
-        {
-            ack?;
-        }
+        windowed(&mut acks, bus.publish(&subject, event)).await?;
     }
-    while let Some(ack) = acks.next().await {
-        ack?;
-    }
+    drain(&mut acks).await?;
     consume.await??;
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
@@ -548,18 +576,10 @@ async fn raw_jetstream(url: &str, n: usize) -> anyhow::Result<f64> {
     let payload = Bytes::from(vec![b'x'; EVENT_BYTES]);
     let mut acks = futures::stream::FuturesUnordered::new();
     for _ in 0..n {
-        acks.push(std::future::IntoFuture::into_future(
-            js.publish(subject.clone(), payload.clone()).await?,
-        ));
-        if acks.len() >= 256
-            && let Some(ack) = acks.next().await
-        {
-            ack?;
-        }
+        let ack = js.publish(subject.clone(), payload.clone()).await?;
+        windowed(&mut acks, std::future::IntoFuture::into_future(ack)).await?;
     }
-    while let Some(ack) = acks.next().await {
-        ack?;
-    }
+    drain(&mut acks).await?;
     consume.await??;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let _ = js.delete_stream(&name).await;

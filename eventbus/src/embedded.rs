@@ -233,60 +233,50 @@ impl MemoryLog {
         expected: Option<u64>,
     ) -> Result<u64, StateError> {
         let current = self.state.get(key).map_or(0, |(revision, _)| *revision);
-        if expected.is_some_and(|e| e != current) {
-            return Err(StateError::Conflict);
-        }
+        let revision = next_revision(current, expected, value.is_none(), &mut self.last_revision)
+            .ok_or(StateError::Conflict)?;
         match value {
-            Some(value) => {
-                let revision = current.max(self.last_revision) + 1;
-                self.last_revision = revision;
-                self.state.insert(key.to_string(), (revision, value));
-                Ok(revision)
-            }
-            None => {
-                self.state.remove(key);
-                Ok(0)
-            }
-        }
+            Some(value) => self.state.insert(key.to_string(), (revision, value)),
+            None => self.state.remove(key),
+        };
+        Ok(revision)
     }
 
-    /// Drops the records older than the log's age.
-    fn expire(&mut self, now: DateTime<Utc>) {
-        while let Some(entry) = self.records.first_entry() {
-            if now - entry.get().published_at <= self.max_age {
-                break;
-            }
-            self.bytes = self.bytes.saturating_sub(entry.get().size);
-            entry.remove();
-        }
-    }
-
-    /// Makes room for `size` more bytes by taking out the oldest records that every live
-    /// consumer has settled (all of them up to `settled`; any, with no live consumer), down to
-    /// fifteen sixteenths of the size, so that a full bus does this once per sixteenth rather
-    /// than at every publish. Returns what it took out, for the caller to free once it has let
-    /// go of the log: freeing thousands of events under the lock would stall every publisher
-    /// and consumer. When what is left is unsettled and there is still no room, the result is
-    /// a refusal: backpressure reaches the source, and no event a consumer still wants is
-    /// dropped.
-    fn make_room(&mut self, size: u64, settled: Option<u64>) -> (Records, Result<(), BusError>) {
-        let low_water = self.max_bytes - self.max_bytes / 16;
+    /// Takes out the oldest records for as long as `take(sequence, record, bytes left)` says
+    /// so, with one `split_off`. The caller frees them once it has let go of the log: freeing
+    /// thousands of events under the lock would stall every publisher and consumer.
+    fn take_oldest(&mut self, mut take: impl FnMut(u64, &MemoryRecord, u64) -> bool) -> Records {
         let (mut bytes, mut cut) = (self.bytes, None);
         for (&seq, record) in &self.records {
-            if bytes + size <= low_water || settled.is_some_and(|floor| seq > floor) {
+            if !take(seq, record, bytes) {
                 break;
             }
             bytes = bytes.saturating_sub(record.size);
             cut = Some(seq);
         }
-        let taken = match cut {
-            Some(last) => {
-                let kept = self.records.split_off(&(last + 1));
-                self.bytes = bytes;
-                std::mem::replace(&mut self.records, kept)
-            }
-            None => Records::new(),
-        };
+        let Some(last) = cut else { return Records::new() };
+        let kept = self.records.split_off(&(last + 1));
+        self.bytes = bytes;
+        std::mem::replace(&mut self.records, kept)
+    }
+
+    /// Takes out the records older than the log's age.
+    fn expire(&mut self, now: DateTime<Utc>) -> Records {
+        let max_age = self.max_age;
+        self.take_oldest(|_, record, _| now - record.published_at > max_age)
+    }
+
+    /// Makes room for `size` more bytes by taking out the oldest records that every live
+    /// consumer has settled (all of them up to `settled`; any, with no live consumer), down to
+    /// fifteen sixteenths of the size, so that a full bus does this once per sixteenth rather
+    /// than at every publish. When what is left is unsettled and there is still no room, the
+    /// result is a refusal: backpressure reaches the source, and no event a consumer still
+    /// wants is dropped.
+    fn make_room(&mut self, size: u64, settled: Option<u64>) -> (Records, Result<(), BusError>) {
+        let low_water = self.max_bytes - self.max_bytes / 16;
+        let taken = self.take_oldest(|seq, _, bytes| {
+            bytes + size > low_water && settled.is_none_or(|floor| seq <= floor)
+        });
         let room = if self.bytes + size > self.max_bytes && !self.records.is_empty() {
             Err(BusError::Unavailable(format!(
                 "the in-memory bus is full ({} bytes of events its consumers have not settled \
@@ -407,26 +397,27 @@ impl EmbeddedBus {
     }
 
     /// Appends to the in-memory log. The sequence, the index and the head move together under
-    /// the log's lock, so that no consumer sees a head whose records the index lacks.
+    /// the log's lock, so that no consumer sees a head whose records the index lacks. What
+    /// expiry and making room take out is freed after the lock is let go.
     fn append_memory(
         &self,
         memory: &Mutex<MemoryLog>,
         subject: &Subject,
         event: Arc<Event>,
     ) -> Result<Published, BusError> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BusError::Closed);
+        }
         let subject_text = subject.to_string();
         let dedup = Dedup::hash(&event::dedup_key(&subject_text, &event));
         let published_at = Utc::now();
         let size = 256 + event::data_len(&event) as u64;
-        let mut taken = Records::new();
+        // Declared before the lock, so that an early return frees them after letting it go.
+        let expired;
+        let (mut taken, mut room) = (Records::new(), Ok(()));
         let seq = {
             let mut log = memory.lock().map_err(|_| BusError::Closed)?;
-            let now = Instant::now();
-            log.dedup.expire(now);
-            if let Some(&earlier) = log.dedup.keys.get(&dedup) {
-                return Ok(Published { sequence: earlier, duplicate: true });
-            }
-            log.expire(published_at);
+            expired = log.expire(published_at);
             if log.bytes + size > log.max_bytes {
                 // The consumers' floors take their own locks, which a consumer holds while it
                 // reads the log: never take them under the log's lock. A floor read before
@@ -435,15 +426,20 @@ impl EmbeddedBus {
                 let head = *self.inner.head.borrow();
                 let settled = live_floor(&self.inner.groups, &self.inner.index, head);
                 log = memory.lock().map_err(|_| BusError::Closed)?;
-                let room;
                 (taken, room) = log.make_room(size, settled);
-                // Only new events from sources are refused. The hops inside (a router filling
-                // a subscriber's queue, a subscriber publishing to a topic) are how consumers
-                // settle what fills the bus, so refusing them could stall it for good; they
-                // are bounded by those consumers' in-flight limits.
-                if matches!(subject, Subject::Event { .. }) {
-                    room?;
-                }
+            }
+            // Checked after any re-locking, so that a twin published meanwhile is seen.
+            let now = Instant::now();
+            log.dedup.expire(now);
+            if let Some(&earlier) = log.dedup.keys.get(&dedup) {
+                return Ok(Published { sequence: earlier, duplicate: true });
+            }
+            // Only new events from sources are refused. The hops inside (a router filling a
+            // subscriber's queue, a subscriber publishing to a topic) are how consumers settle
+            // what fills the bus, so refusing them could stall it for good; they are bounded
+            // by those consumers' in-flight limits.
+            if matches!(subject, Subject::Event { .. }) {
+                room?;
             }
             log.last += 1;
             let seq = log.last;
@@ -466,6 +462,7 @@ impl EmbeddedBus {
         };
         wake(&self.inner.groups, &[(subject_text, seq)]);
         free(taken);
+        free(expired);
         Ok(Published { sequence: seq, duplicate: false })
     }
 
@@ -557,7 +554,8 @@ impl EmbeddedBus {
 }
 
 /// The embedded bus's state: keyspace `state`, each value prefixed with its revision; writes
-/// go through the committer, so they are durable when answered and share its batches.
+/// go through the committer, so they are durable when answered and share its batches. The
+/// memory bus keeps it in its log's lock, under the same revision rule ([`next_revision`]).
 #[async_trait]
 impl StateStore for EmbeddedBus {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
@@ -625,9 +623,6 @@ impl EventBus for EmbeddedBus {
 
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
         if let Store::Memory(memory) = &self.inner.store {
-            if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(BusError::Closed);
-            }
             return self.append_memory(memory, subject, Arc::new(event.clone()));
         }
         let payload = event::encode(event)?;
@@ -645,12 +640,7 @@ impl EventBus for EmbeddedBus {
         event: Arc<Event>,
     ) -> Result<Published, BusError> {
         match &self.inner.store {
-            Store::Memory(memory) => {
-                if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(BusError::Closed);
-                }
-                self.append_memory(memory, subject, event)
-            }
+            Store::Memory(memory) => self.append_memory(memory, subject, event),
             Store::Disk { .. } => self.publish(subject, &event).await,
         }
     }
@@ -757,6 +747,25 @@ fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let len = usize::from(u16::from_be_bytes(len.try_into().ok()?));
     let (text, rest) = rest.split_at_checked(len)?;
     Some((std::str::from_utf8(text).ok()?, rest))
+}
+
+/// The revision a state write gets: `None` when the key is not at `expected` (a conflict), 0
+/// for a removal, else one above any handed out before, so that a removed and re-created key
+/// never reuses a revision. Both the committer and the in-memory log follow it.
+fn next_revision(
+    current: u64,
+    expected: Option<u64>,
+    removing: bool,
+    last_revision: &mut u64,
+) -> Option<u64> {
+    if expected.is_some_and(|e| e != current) {
+        return None;
+    }
+    if removing {
+        return Some(0);
+    }
+    *last_revision = current.max(*last_revision) + 1;
+    Some(*last_revision)
 }
 
 /// The revision a state record starts with.
@@ -1005,24 +1014,21 @@ impl Committer {
                             }
                         },
                     };
-                    if expected.is_some_and(|e| e != current) {
+                    let removing = value.is_none();
+                    let Some(revision) =
+                        next_revision(current, expected, removing, &mut self.last_revision)
+                    else {
                         replies.push(Reply::State(reply, Err(())));
                         continue;
-                    }
-                    let revision = match value {
+                    };
+                    match value {
                         Some(value) => {
-                            let revision = current.max(self.last_revision) + 1;
-                            self.last_revision = revision;
                             let mut record = revision.to_be_bytes().to_vec();
                             record.extend_from_slice(&value);
                             batch.insert(&self.state, key.as_bytes(), record);
-                            revision
                         }
-                        None => {
-                            batch.remove(&self.state, key.as_bytes());
-                            0
-                        }
-                    };
+                        None => batch.remove(&self.state, key.as_bytes()),
+                    }
                     revisions.insert(key, revision);
                     replies.push(Reply::State(reply, Ok(revision)));
                 }

@@ -101,3 +101,23 @@ async fn a_quiet_consumer_does_not_hold_the_bus_full() {
     assert_eq!(d.event.id(), "q");
     bus.close().await.expect("close");
 }
+
+/// Events older than `max_age` are gone, whoever has not read them: a consumer that comes
+/// later gets only the newer ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_older_than_max_age_expire() {
+    let config = MemoryConfig { max_age: Duration::from_millis(200), ..MemoryConfig::default() };
+    let bus = EmbeddedBus::in_memory(config);
+    let s = Subject::event("ns", "src", "e");
+    for i in 0..3 {
+        bus.publish(&s, &sample_event(&format!("old-{i}"), i)).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bus.publish(&s, &sample_event("new", 0)).await.expect("publish");
+    let mut late = subscribe(&bus, "late", &s, 16).await;
+    let d = testing::next_within(&mut late, Duration::from_secs(5)).await;
+    assert_eq!(d.event.id(), "new", "the expired events must not be delivered");
+    d.ack().await.expect("ack");
+    testing::assert_quiet(&mut late, Duration::from_millis(100)).await;
+    bus.close().await.expect("close");
+}
