@@ -111,6 +111,19 @@ kind: EventBus
 metadata: { name: fast }
 spec:
   memory: { maxBytes: 1000, maxAge: soon }
+---
+apiVersion: events.openfunction.io/v1alpha1
+kind: Trigger
+metadata: { name: t3 }
+spec:
+  eventBus: default
+  inputs:
+    a: { eventSource: missing, event: e }
+  subscribers:
+  - condition: a
+    sink: { uri: "http://exa mple.com/x" }
+  - condition: a
+    sink: { uri: "ftp://files.example.com/x" }
 "#;
     let path = support::manifests(dir.path(), yaml).join("all.yaml");
     let out = ofe().args(["validate", "-f"]).arg(&path).output().expect("run");
@@ -148,6 +161,14 @@ spec:
         ),
         format!("{p}:document 4: spec.memory.maxAge:"),
         format!("{p}:document 4: spec.memory.maxBytes: must be at least 1048576 (1 MiB)"),
+        format!(
+            "{p}:document 5: spec.subscribers[0].sink.uri: `http://exa mple.com/x` is not a \
+             valid URL (invalid international domain name); write the full URL"
+        ),
+        format!(
+            "{p}:document 5: spec.subscribers[1].sink.uri: `ftp://files.example.com/x` is not \
+             an absolute http:// or https:// URL; write the full URL"
+        ),
     ] {
         assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
     }

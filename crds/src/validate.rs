@@ -386,6 +386,17 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
     out
 }
 
+/// `uri` as an absolute http(s) URL, parsed; the error says what is wrong and the fix. The
+/// check `ofe validate` makes and the parse delivery uses are this one function.
+pub fn http_url(uri: &str) -> Result<url::Url, String> {
+    let fix = "write the full URL, e.g. http://host:8080/path";
+    match url::Url::parse(uri) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        Ok(_) => Err(format!("`{uri}` is not an absolute http:// or https:// URL; {fix}")),
+        Err(e) => Err(format!("`{uri}` is not a valid URL ({e}); {fix}")),
+    }
+}
+
 /// Checks a sink: `uri` or `ref` must be set, and a `uri` must be an absolute HTTP(S) URL.
 pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -395,11 +406,8 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
             "neither uri nor ref is set; add `uri: http://...` or a `ref` to a Knative Service or Function",
         )),
         (Some(uri), _) => {
-            if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.len() < 10 {
-                out.push(Diagnostic::error(
-                    format!("{path}.uri"),
-                    format!("`{uri}` is not an absolute http:// or https:// URL; write the full URL"),
-                ));
+            if let Err(message) = http_url(uri) {
+                out.push(Diagnostic::error(format!("{path}.uri"), message));
             }
         }
         (None, Some(r)) => {

@@ -122,13 +122,10 @@ pub enum Destination {
 }
 
 impl Destination {
-    /// An HTTP endpoint at `url`; the error says why it is not an absolute URL.
+    /// An HTTP endpoint at `url`; the error says why it is not an absolute http(s) URL, as
+    /// `ofe validate` does.
     pub fn http(url: &str) -> Result<Self, String> {
-        match reqwest::Url::parse(url) {
-            Ok(url) if url.has_host() => Ok(Self::Http { url }),
-            Ok(_) => Err(format!("`{url}` has no host; give an absolute http(s) URL")),
-            Err(e) => Err(format!("`{url}` is not a URL ({e}); give an absolute http(s) URL")),
-        }
+        ofe_crds::validate::http_url(url).map(|url| Self::Http { url })
     }
 }
 
