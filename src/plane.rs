@@ -381,8 +381,13 @@ impl Plane {
     /// Reports, for `key`, whether `bus` is connected, for as long as it runs.
     fn watch_bus(&self, key: ResourceKey, bus: &Arc<dyn EventBus>) -> Running {
         let reporter = self.health.reporter(key, "BusConnected", bus.backend());
-        // The embedded bus is this process's own: say so, since replicas do not share it.
-        let up = if bus.backend() == "embedded" { "EmbeddedBus" } else { "Connected" };
+        // The embedded and memory buses are this process's own: say so, since replicas do not
+        // share them.
+        let up = match bus.backend() {
+            "embedded" => "EmbeddedBus",
+            "memory" => "MemoryBus",
+            _ => "Connected",
+        };
         let mut connection = bus.connection();
         let stop = CancellationToken::new();
         let until = stop.clone();

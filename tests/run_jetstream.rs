@@ -15,14 +15,7 @@ fn nats() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_runs_on_jetstream() {
     let Some(url) = nats() else { return };
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
-    let yaml = support::cron_and_trigger(
-        &ns,
-        &base,
-        "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
-    ) + &support::jetstream_bus(&ns, &url);
-    support::example_flow_on_broker(&yaml, &ns, &receiver).await;
+    support::example_flow_on_bus(|ns| support::jetstream_bus(ns, &url), async |_| {}).await;
 }
 
 /// kill -9 during a stream on JetStream, then a restart: every event the bus acknowledged

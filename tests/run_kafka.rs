@@ -8,14 +8,7 @@ use support::Receiver;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_runs_on_kafka() {
     let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
-    let yaml = support::cron_and_trigger(
-        &ns,
-        &base,
-        "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
-    ) + &support::kafka_bus(&ns, &brokers);
-    support::example_flow_on_broker(&yaml, &ns, &receiver).await;
+    support::example_flow_on_bus(|ns| support::kafka_bus(ns, &brokers), async |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

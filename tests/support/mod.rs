@@ -219,6 +219,14 @@ pub fn jetstream_bus(namespace: &str, url: &str) -> String {
     )
 }
 
+/// An EventBus `default` in `namespace` kept in memory.
+pub fn memory_bus(namespace: &str) -> String {
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+         metadata: {{ name: default, namespace: {namespace} }}\nspec:\n  memory: {{}}\n"
+    )
+}
+
 /// An EventBus `default` in `namespace` on the Kafka brokers `brokers`, with its own topic.
 pub fn kafka_bus(namespace: &str, brokers: &str) -> String {
     format!(
@@ -312,9 +320,18 @@ pub async fn kill_9_scenario(
     KillReport { published, delivered_before, deliveries: all.len(), distinct: distinct.len() }
 }
 
-/// `ofe run` on `yaml` (with `clock` in `namespace` delivering to `BASE/fn`) delivers cron
-/// CloudEvents to the function without touching the embedded store.
-pub async fn example_flow_on_broker(yaml: &str, namespace: &str, receiver: &Receiver) {
+/// The cron example's flow on the EventBus `default` that `bus(namespace)` defines: `ofe run`
+/// delivers cron CloudEvents to the function without touching the embedded store. `check`
+/// gets the process's address once the events have arrived, while it still runs.
+pub async fn example_flow_on_bus(
+    bus: impl FnOnce(&str) -> String,
+    check: impl AsyncFnOnce(SocketAddr),
+) {
+    let namespace = unique_namespace();
+    let namespace = namespace.as_str();
+    let (receiver, base) = Receiver::start().await;
+    let subscribers = "  - condition: tick\n    sink: { uri: \"BASE/fn\" }";
+    let yaml = &(cron_and_trigger(namespace, &base, subscribers) + &bus(namespace));
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = free_addr();
     let mut ofe = start_ofe(&manifests(dir.path(), yaml), &dir.path().join("data"), listen);
@@ -327,7 +344,8 @@ pub async fn example_flow_on_broker(yaml: &str, namespace: &str, receiver: &Rece
         assert_eq!(got.header("ce-type"), "io.openfunction.events.cron");
         assert_eq!(got.header("ce-ofenamespace"), namespace);
     }
-    assert!(!dir.path().join("data/bus").exists(), "a broker bus must not open the embedded store");
+    check(listen).await;
+    assert!(!dir.path().join("data/bus").exists(), "this bus must not open the embedded store");
     assert!(terminate(&mut ofe).success());
 }
 
@@ -442,6 +460,16 @@ pub async fn ready_condition(
     kind: &str,
     name: &str,
 ) -> Option<(serde_json::Value, usize)> {
+    condition(listen, kind, name, "Ready").await
+}
+
+/// The condition `type` of `kind`/`name` in `/status`, and how many conditions it has.
+pub async fn condition(
+    listen: SocketAddr,
+    kind: &str,
+    name: &str,
+    r#type: &str,
+) -> Option<(serde_json::Value, usize)> {
     let body = get(&format!("http://{listen}/status")).await;
     let status: serde_json::Value = serde_json::from_str(&body).ok()?;
     let resource = status["resources"]
@@ -450,8 +478,8 @@ pub async fn ready_condition(
         .find(|r| r["kind"] == kind && r["name"] == name)?
         .clone();
     let conditions = resource["conditions"].as_array()?.clone();
-    let ready = conditions.iter().find(|c| c["type"] == "Ready")?.clone();
-    Some((ready, conditions.len()))
+    let found = conditions.iter().find(|c| c["type"] == r#type)?.clone();
+    Some((found, conditions.len()))
 }
 
 /// Waits until `kind`/`name` is `Ready` with `status` (`True`/`False`); returns the condition.
