@@ -119,3 +119,26 @@ fn the_example_eventbus_passes_validation() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn the_keda_example_scales_on_the_lag_gauge() {
+    let docs = documents(&deploy().join("keda/scaledobject.yaml"));
+    assert_eq!(docs.len(), 1);
+    let scaled = &docs[0];
+    assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(scaled["kind"], "ScaledObject");
+    assert!(scaled["spec"]["scaleTargetRef"]["name"].is_string());
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    let metadata = &trigger["metadata"];
+    // KEDA reads every metadata value as a string.
+    for (name, value) in metadata.as_object().expect("metadata") {
+        assert!(value.is_string(), "triggers[0].metadata.{name} must be a string for KEDA");
+    }
+    let query = metadata["query"].as_str().expect("query");
+    // The gauge the Trigger runner samples (trigger/src/metrics.rs), with its labels.
+    assert!(query.contains("ofe_trigger_bus_lag{"), "{query}");
+    for label in ["namespace=", "trigger=", "subscriber="] {
+        assert!(query.contains(label), "{query} selects by {label}");
+    }
+}

@@ -173,6 +173,15 @@ pub trait EventBus: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How many events of durable consumer `consumer`'s subjects it has not settled yet:
+    /// those waiting to be read plus those delivered and not acknowledged. This is the backlog
+    /// an autoscaler scales the consumer's function on. `None` when this process has not
+    /// opened the consumer, or the backend cannot tell.
+    async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
+        let _ = consumer;
+        Ok(None)
+    }
+
     /// Flushes state and stops; waiting subscriptions return [`BusError::Closed`].
     async fn close(&self) -> Result<(), BusError>;
 }

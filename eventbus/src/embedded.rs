@@ -124,6 +124,9 @@ type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
 /// How many recent sequences the index keeps per subject.
 const INDEX_DEPTH: usize = 256;
 
+/// The most records [`EmbeddedBus::lag`] reads from the log for a consumer behind the index.
+const LAG_SCAN_LIMIT: usize = 1 << 20;
+
 /// The recent sequences of each subject, so that a consumer goes straight to its next event
 /// instead of reading past every other consumer's (with a thousand Triggers, each subscriber
 /// queue would otherwise read the whole log). Kept in memory: records written before this
@@ -466,6 +469,64 @@ impl EmbeddedBus {
         Ok(Published { sequence: seq, duplicate: false })
     }
 
+    /// How many records of `subjects` are in `(after, head]`. The subject index answers
+    /// exactly for what it holds; below it (a consumer far behind), the log is read, at most
+    /// [`LAG_SCAN_LIMIT`] records, and what is left unread counts as all wanted, so a huge
+    /// backlog is over-counted rather than missed.
+    fn waiting(&self, subjects: &HashSet<String>, after: u64, head: u64) -> Result<u64, BusError> {
+        if after >= head {
+            return Ok(0);
+        }
+        // Up to `known`, the index cannot tell; above it, it holds every record of `subjects`.
+        let (known, indexed) = {
+            let index = self.inner.index.lock().map_err(|_| BusError::Closed)?;
+            let mut known = if after < index.floor { index.floor } else { after };
+            for subject in subjects {
+                if let Some((_, dropped)) = index.recent.get(subject) {
+                    known = known.max(*dropped);
+                }
+            }
+            let known = known.min(head);
+            let indexed: usize = subjects
+                .iter()
+                .filter_map(|s| index.recent.get(s))
+                .map(|(recent, _)| recent.len() - recent.partition_point(|&seq| seq <= known))
+                .sum();
+            (known, indexed as u64)
+        };
+        if known <= after {
+            return Ok(indexed);
+        }
+        let (mut read, mut found, mut examined) = (after, 0u64, 0usize);
+        let mut count = |seq: u64, subject: &str| {
+            (read, examined) = (seq, examined + 1);
+            if subjects.contains(subject) {
+                found += 1;
+            }
+        };
+        match &self.inner.store {
+            Store::Disk { log, .. } => {
+                let range = log.range((after + 1).to_be_bytes()..=known.to_be_bytes());
+                for kv in range.take(LAG_SCAN_LIMIT) {
+                    let (key, value) = kv.into_inner().map_err(storage)?;
+                    if let (Some(seq), Some(record)) = (read_u64(&key), decode_record(&value)) {
+                        count(seq, record.subject);
+                    }
+                }
+            }
+            Store::Memory(memory) => {
+                let log = memory.lock().map_err(|_| BusError::Closed)?;
+                for (&seq, record) in log.records.range(after + 1..=known).take(LAG_SCAN_LIMIT) {
+                    count(seq, &record.subject_text);
+                }
+            }
+        }
+        // A scan that stopped short of the limit reached `known` (what retention took, nobody
+        // can read any more); one that hit it counts the rest as wanted.
+        let unread = if examined >= LAG_SCAN_LIMIT { known - read } else { 0 };
+        Ok(found + unread + indexed)
+    }
+
     /// A new group for `options`, starting at its stored cursor, or where `options.start`
     /// says when it has none.
     async fn new_group(
@@ -678,6 +739,23 @@ impl EventBus for EmbeddedBus {
             group,
             head: self.inner.head.subscribe(),
         }))
+    }
+
+    async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
+        let group = self.inner.groups.lock().map_err(|_| BusError::Closed)?.get(consumer).cloned();
+        let Some(group) = group else { return Ok(None) };
+        let (read_pos, outstanding) = {
+            let state = group.state.lock().map_err(|_| BusError::Closed)?;
+            (state.read_pos, state.outstanding() as u64)
+        };
+        let head = *self.inner.head.borrow();
+        // Counting may read the log, which is blocking work.
+        let bus = self.clone();
+        let waiting =
+            tokio::task::spawn_blocking(move || bus.waiting(&group.filter, read_pos, head))
+                .await
+                .map_err(storage)??;
+        Ok(Some(outstanding + waiting))
     }
 
     async fn close(&self) -> Result<(), BusError> {

@@ -446,6 +446,25 @@ impl EventBus for JetStreamBus {
         self.state.subscribe()
     }
 
+    async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind;
+        let stream = self.stream.lock().await.clone();
+        match stream.consumer_info(durable_name(consumer)).await {
+            // The server counts both: messages of its filters not yet delivered, and
+            // delivered ones not yet acknowledged.
+            Ok(info) => Ok(Some(info.num_pending + info.num_ack_pending as u64)),
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => Ok(None),
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::JetStream(inner)
+                    if inner.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(unavailable(format!("cannot read consumer `{consumer}`: {e}"))),
+            },
+        }
+    }
+
     async fn state_store(&self) -> Result<Option<Arc<dyn StateStore>>, BusError> {
         let bucket: String = format!("{}_state", self.config.stream)
             .chars()

@@ -141,6 +141,8 @@ pub struct KafkaBus {
     state: Arc<tokio::sync::OnceCell<Arc<crate::kafka_state::KafkaState>>>,
     /// Whether the brokers answer, as the probe last found.
     connection: Arc<tokio::sync::watch::Sender<crate::Connection>>,
+    /// Per consumer group, a client that reads its committed offsets for [`EventBus::lag`].
+    lag_readers: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
 }
 
 /// How often the connection probe asks the brokers for metadata.
@@ -262,6 +264,7 @@ impl KafkaBus {
             partitions: i32::try_from(partitions).unwrap_or(0),
             state: Arc::default(),
             connection,
+            lag_readers: Arc::default(),
         })
     }
 
@@ -409,6 +412,34 @@ impl EventBus for KafkaBus {
         self.connection.subscribe()
     }
 
+    async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
+        let group = group_id(consumer);
+        let reader = {
+            let mut readers = self.lag_readers.lock().map_err(|_| BusError::Closed)?;
+            match readers.get(&group) {
+                Some(reader) => reader.clone(),
+                None => {
+                    // A client of the group that never joins it: it only asks the group's
+                    // committed offsets, so it takes no partitions from the real members.
+                    let reader: BaseConsumer = self
+                        .config
+                        .client_config()
+                        .set("group.id", &group)
+                        .set("enable.auto.commit", "false")
+                        .create()
+                        .map_err(|e| BusError::Config(e.to_string()))?;
+                    let reader = Arc::new(reader);
+                    readers.insert(group.clone(), reader.clone());
+                    reader
+                }
+            }
+        };
+        let (topic, partitions) = (self.topic.clone(), self.partitions);
+        tokio::task::spawn_blocking(move || group_lag(&reader, &topic, partitions))
+            .await
+            .map_err(unavailable)?
+    }
+
     async fn close(&self) -> Result<(), BusError> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
@@ -416,6 +447,37 @@ impl EventBus for KafkaBus {
             .map_err(unavailable)?
             .map_err(unavailable)
     }
+}
+
+/// The records of the bus topic after the group's committed offsets, summed over the
+/// partitions; `None` for a group that has committed nothing. The topic holds every subject,
+/// so this counts the records the group will skip as well: Kafka keeps no count per subject.
+fn group_lag(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> Result<Option<u64>, BusError> {
+    let timeout = Duration::from_secs(5);
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(all, timeout).map_err(unavailable)?;
+    let mut lag = 0u64;
+    let mut any = false;
+    for element in committed.elements() {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, element.partition(), timeout).map_err(unavailable)?;
+        let from = match element.offset() {
+            Offset::Offset(at) => {
+                any = true;
+                at.max(low)
+            }
+            _ => low,
+        };
+        lag += u64::try_from(high - from).unwrap_or(0);
+    }
+    Ok(any.then_some(lag))
 }
 
 /// A new group (no committed offsets) starts at the current end of every partition, fixed

@@ -20,6 +20,8 @@ macro_rules! conformance_suite {
             duplicates_are_delivered_once,
             delivers_once_past_max_deliver,
             state_is_compare_and_set,
+            lag_counts_what_is_not_settled,
+            lag_counts_a_deep_backlog,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,6 +67,75 @@ pub async fn state_is_compare_and_set(bus: &dyn EventBus, prefix: &str) {
     store.delete(&key).await.expect("delete");
     assert_eq!(store.get(&key).await.expect("get"), None);
     store.put(&key, b"three".to_vec(), None).await.expect("create after delete");
+}
+
+/// A consumer's lag counts the events of its subjects it has not acknowledged, waiting or in
+/// flight, and falls as it acknowledges them; an unknown consumer has none to report. Kafka
+/// keeps one topic for every subject and no count per subject, so there the lag also counts
+/// the other subjects' records up to the group's committed offset.
+pub async fn lag_counts_what_is_not_settled(bus: &dyn EventBus, prefix: &str) {
+    let a = Subject::event("ns", &format!("{prefix}-src"), "a");
+    let b = Subject::event("ns", &format!("{prefix}-src"), "b");
+    let consumer = format!("{prefix}-c");
+    assert_eq!(bus.lag(&format!("{prefix}-nobody")).await.expect("lag"), None);
+    let mut sub = subscribe(bus, &consumer, &a, 4).await;
+    publish_n(bus, &a, &format!("{prefix}-a"), 10).await;
+    publish_n(bus, &b, &format!("{prefix}-b"), 5).await;
+    let others = if bus.backend() == "kafka" { 5 } else { 0 };
+    expect_lag(bus, &consumer, 10, others).await;
+    // Four in flight: still not settled.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(next_within(&mut sub, PATIENCE).await);
+    }
+    expect_lag(bus, &consumer, 10, others).await;
+    for d in held {
+        d.ack().await.expect("ack");
+    }
+    expect_lag(bus, &consumer, 6, others).await;
+    for _ in 0..6 {
+        next_within(&mut sub, PATIENCE).await.ack().await.expect("ack");
+    }
+    // Kafka commits past the other subject's records once the group has read them.
+    expect_lag(bus, &consumer, 0, 0).await;
+}
+
+/// A backlog deeper than any recent-records index is still counted exactly: 600 events of
+/// the consumer's subject interleaved with 600 of another.
+pub async fn lag_counts_a_deep_backlog(bus: &dyn EventBus, prefix: &str) {
+    let a = Subject::event("ns", &format!("{prefix}-src"), "a");
+    let b = Subject::event("ns", &format!("{prefix}-src"), "b");
+    let consumer = format!("{prefix}-c");
+    let mut sub = subscribe(bus, &consumer, &a, 1).await;
+    for i in 0..600 {
+        for subject in [&a, &b] {
+            let id = format!("{prefix}-{subject}-{i}");
+            bus.publish(subject, &sample_event(&id, i)).await.expect("publish");
+        }
+    }
+    let others = if bus.backend() == "kafka" { 600 } else { 0 };
+    expect_lag(bus, &consumer, 600, others).await;
+    next_within(&mut sub, PATIENCE).await.ack().await.expect("ack");
+    expect_lag(bus, &consumer, 599, others).await;
+}
+
+/// Waits until `consumer`'s lag is `want`, or on Kafka up to `others` more: the records of
+/// other subjects that the group has not committed past yet, which it skips at its own pace
+/// (another partition's may all be committed while its own wait). Panics with the last value
+/// after [`PATIENCE`].
+async fn expect_lag(bus: &dyn EventBus, consumer: &str, want: u64, others: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let lag = bus.lag(consumer).await.unwrap_or_else(|e| panic!("lag of {consumer}: {e}"));
+        if lag.is_some_and(|lag| (want..=want + others).contains(&lag)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "lag of {consumer}: want {want} (up to {others} more), have {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A free TCP port on loopback, for a broker a test runs itself.
