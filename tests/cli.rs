@@ -285,3 +285,65 @@ fn secret_key_refs_are_for_the_operator() {
     assert!(!out.status.success());
     assert!(stderr.contains("`path` is not a credential field"), "{stderr}");
 }
+
+/// A Trigger may read another namespace's EventSource or topic only when that namespace
+/// shares it (`allowedNamespaces`); otherwise `ofe validate` (and so `ofe run` and the
+/// operator) refuses it, naming the field and the fix.
+#[test]
+fn inputs_from_another_namespace_need_its_leave() {
+    let source = |allowed: &str| {
+        format!(
+            "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+             metadata: {{ name: fleet, namespace: vehicles }}\n\
+             spec:\n  eventBus: default\n  cron:\n    tick: {{ schedule: \"@every 1s\" }}\n{allowed}"
+        )
+    };
+    let writer = |allowed: &str| {
+        format!(
+            "---\napiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\n\
+             metadata: {{ name: publish, namespace: vehicles }}\n\
+             spec:\n  eventBus: default\n  inputs:\n    t: {{ eventSource: fleet, event: tick }}\n\
+             \x20 subscribers:\n  - condition: t\n    topic: positions\n{allowed}"
+        )
+    };
+    let reader = "---\napiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\n\
+         metadata: { name: spy, namespace: billing }\n\
+         spec:\n  eventBus: default\n  inputs:\n\
+         \x20   ticks: { namespace: vehicles, eventSource: fleet, event: tick }\n\
+         \x20   places: { namespace: vehicles, topic: positions }\n\
+         \x20 subscribers:\n  - condition: ticks || places\n    sink: { uri: \"http://127.0.0.1:9/\" }\n";
+    let validate = |yaml: String| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("all.yaml");
+        std::fs::write(&file, yaml).expect("write");
+        let out = ofe().args(["validate", "-f"]).arg(&file).output().expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (code, stderr) = validate(source("") + &writer("") + reader);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "spec.inputs.ticks.namespace: reads EventSource `vehicles/fleet`, which does not \
+             share its events with namespace `billing`; add `billing` to its spec.allowedNamespaces"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "spec.inputs.places.namespace: reads topic `positions` of namespace `vehicles`, and \
+             no Trigger publishing it there shares it with namespace `billing`"
+        ),
+        "{stderr}"
+    );
+
+    let shared = "  allowedNamespaces: [billing]\n";
+    let (code, stderr) =
+        validate(source(shared) + &writer("  allowedNamespaces: [\"*\"]\n") + reader);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // An EventSource that is not there cannot have given its leave.
+    let (code, stderr) = validate(writer(shared) + reader);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("which is not among these resources"), "{stderr}");
+}

@@ -63,6 +63,16 @@ pub struct EventSourceSpec {
     /// Log verbosity, "1" (default) to "3". Maps onto ofe's log filter for this source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Namespaces whose Triggers may read this EventSource's events (ofe addition), besides
+    /// its own; `*` allows every namespace. Without it, only Triggers of its own namespace
+    /// may: a namespace's events are its own unless it shares them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<Vec<String>>,
+}
+
+/// Whether `allowed` (an `allowedNamespaces` list) lets namespace `reader` in.
+pub fn allows(allowed: Option<&Vec<String>>, reader: &str) -> bool {
+    allowed.is_some_and(|list| list.iter().any(|ns| ns == "*" || ns == reader))
 }
 
 impl EventSourceSpec {

@@ -53,6 +53,11 @@ pub struct TriggerSpec {
     /// recently seen keys are forgotten. Default 100000. Keys also expire with the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<u32>,
+    /// Namespaces whose Triggers may read the topics this Trigger's subscribers publish
+    /// (ofe addition), besides its own; `*` allows every namespace. Without it, a topic is
+    /// read only within its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<Vec<String>>,
 }
 
 /// One input of a Trigger: an event of an EventSource, or (ofe addition) a bus topic.

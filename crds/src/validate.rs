@@ -640,10 +640,11 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
     out
 }
 
-/// Checks that span resources: duplicates, and Trigger inputs naming events no EventSource in
-/// the set defines (a warning, since the EventSource may be applied separately).
+/// Checks that span resources: duplicates, Trigger inputs naming events no EventSource in
+/// the set defines (a warning, since the EventSource may be applied separately), and inputs
+/// reading another namespace's events or topics without its leave (an error).
 pub fn check_set(manifests: &[Manifest]) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
+    let mut out = check_namespaces(manifests);
     let mut seen = BTreeMap::new();
     let mut events = BTreeSet::new();
     for m in manifests {
@@ -688,6 +689,83 @@ pub fn check_set(manifests: &[Manifest]) -> Vec<Diagnostic> {
                     )
                     .at(&m.origin),
                 );
+            }
+        }
+    }
+    out
+}
+
+/// An input may read another namespace's events only when the EventSource lists its
+/// Trigger's namespace in `allowedNamespaces`, and another namespace's topic only when a
+/// Trigger publishing it there does. Buses and topics do not keep namespaces apart by
+/// themselves (any consumer could read any subject), so this is where tenancy is kept.
+fn check_namespaces(manifests: &[Manifest]) -> Vec<Diagnostic> {
+    let ns_of = |m: &Manifest| m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string();
+    // Per (namespace, EventSource): who may read it. Per (namespace, topic): who may read it,
+    // as the union over the Triggers that publish it.
+    let mut sources: BTreeMap<(String, &str), Option<&Vec<String>>> = BTreeMap::new();
+    let mut topics: BTreeMap<(String, String), Vec<Option<&Vec<String>>>> = BTreeMap::new();
+    for m in manifests {
+        match &m.resource {
+            Resource::EventSource(es) => {
+                sources.insert((ns_of(m), m.resource.name()), es.spec.allowed_namespaces.as_ref());
+            }
+            Resource::Trigger(t) => {
+                // Replies go to `<trigger>-replies` unless the subscriber names a topic.
+                let replies = format!("{}-replies", m.resource.name());
+                let written = t.spec.subscribers.iter().flat_map(|s| {
+                    [
+                        s.topic.clone(),
+                        s.dead_letter_topic.clone(),
+                        Some(s.reply_topic.clone().unwrap_or_else(|| replies.clone())),
+                    ]
+                });
+                for topic in written.flatten() {
+                    topics
+                        .entry((ns_of(m), topic))
+                        .or_default()
+                        .push(t.spec.allowed_namespaces.as_ref());
+                }
+            }
+            Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    for m in manifests {
+        let Resource::Trigger(t) = &m.resource else { continue };
+        let own = ns_of(m);
+        for (name, input) in &t.spec.inputs {
+            let Some(ns) = input.namespace.as_deref().filter(|ns| *ns != own) else { continue };
+            let problem = if let Some(es) = &input.event_source {
+                match sources.get(&(ns.to_string(), es.as_str())) {
+                    Some(allowed) if crate::eventsource::allows(*allowed, &own) => None,
+                    Some(_) => Some(format!(
+                        "reads EventSource `{ns}/{es}`, which does not share its events with \
+                         namespace `{own}`; add `{own}` to its spec.allowedNamespaces"
+                    )),
+                    None => Some(format!(
+                        "reads EventSource `{ns}/{es}` of another namespace, which is not among \
+                         these resources, so nothing shows it shares its events with namespace \
+                         `{own}`; apply it with them, listing `{own}` in its spec.allowedNamespaces"
+                    )),
+                }
+            } else if let Some(topic) = &input.topic {
+                let writers = topics.get(&(ns.to_string(), topic.clone()));
+                let allowed =
+                    writers.is_some_and(|w| w.iter().any(|a| crate::eventsource::allows(*a, &own)));
+                (!allowed).then(|| {
+                    format!(
+                        "reads topic `{topic}` of namespace `{ns}`, and no Trigger publishing it \
+                         there shares it with namespace `{own}`; add `{own}` to that Trigger's \
+                         spec.allowedNamespaces"
+                    )
+                })
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                let path = format!("spec.inputs.{name}.namespace");
+                out.push(Diagnostic::error(path, problem).at(&m.origin));
             }
         }
     }
