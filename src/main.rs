@@ -4,13 +4,16 @@
 //! - `ofe validate -f PATH...` checks manifests and explains every problem.
 //! - `ofe operator` runs them as the API server holds them, and writes their status.
 //! - `ofe crds` prints the CustomResourceDefinitions.
+//! - `ofe send`, `ofe tail` and `ofe status` talk to a running process's endpoint.
 
 mod buses;
 mod check;
+mod console;
 mod operator;
 mod plane;
 mod run;
 mod telemetry;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +47,15 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         paths: Vec<PathBuf>,
     },
+    /// Publish a test CloudEvent as an EventSource's event, or on a topic, through a running
+    /// ofe.
+    Send(tools::SendArgs),
+    /// Print each step of the events' paths (published, routed, filtered, delivered,
+    /// retrying, dead-lettered, dropped) as they flow through a running ofe.
+    Tail(tools::TailArgs),
+    /// Show each EventSource and Trigger of a running ofe with its condition, rates and
+    /// errors; exits 3 when something is not ready.
+    Status(tools::StatusArgs),
     /// Print the four CustomResourceDefinitions as YAML.
     Crds {
         /// Write one file per CRD into this folder instead of printing.
@@ -59,6 +71,9 @@ fn main() -> ExitCode {
         Command::Crds { out } => crds(out),
         Command::Run(args) => run::main(args),
         Command::Operator(args) => operator::main(args),
+        Command::Send(args) => tools::send(args),
+        Command::Tail(args) => tools::tail(args),
+        Command::Status(args) => tools::status(args),
     };
     match result {
         Ok(code) => code,

@@ -23,7 +23,10 @@ use ofe_trigger::{Deliverer, PlanOptions, RetryPolicy, SubscriberLabels, Trigger
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use axum::serve::ListenerExt as _;
+
 use crate::buses::Buses;
+use crate::console::Targets;
 
 /// Input events the router of a bus holds unacknowledged at once.
 const ROUTER_IN_FLIGHT: usize = 1024;
@@ -114,6 +117,8 @@ pub struct Plane {
     bus_watchers: BTreeMap<ResourceKey, Versioned>,
     /// What failed at the last apply, to withdraw from the board once it no longer does.
     failures: Vec<Failure>,
+    /// Where `ofe send` can publish, as of the last apply.
+    targets: Targets,
 }
 
 /// The desired state from a set of manifests.
@@ -128,6 +133,42 @@ struct Desired {
     failures: Vec<Failure>,
 }
 
+impl Desired {
+    /// Where events can be sent: every EventSource event, and every topic a Trigger reads
+    /// or writes, with the buses that carry it.
+    fn targets(&self) -> BTreeMap<Subject, Vec<Arc<dyn EventBus>>> {
+        let mut targets: BTreeMap<Subject, Vec<Arc<dyn EventBus>>> = BTreeMap::new();
+        let mut add = |subject: Subject, bus: &Arc<dyn EventBus>| {
+            let buses = targets.entry(subject).or_default();
+            if !buses.iter().any(|b| Arc::ptr_eq(b, bus)) {
+                buses.push(bus.clone());
+            }
+        };
+        for (key, (es, bus, ..)) in &self.sources {
+            for (_, event) in es.spec.events() {
+                add(Subject::event(&key.namespace, &key.name, event), bus);
+            }
+        }
+        for (plan, bus, ..) in self.subscribers.values() {
+            let read = plan.routing.iter().flat_map(|r| r.inputs.iter().map(|i| &i.subject));
+            let written = plan
+                .routes
+                .iter()
+                .flat_map(|r| std::iter::once(&r.destination).chain(r.dead_letter.as_ref()));
+            let written = written.filter_map(|d| match d {
+                ofe_trigger::delivery::Destination::Topic { subject, .. } => Some(subject),
+                ofe_trigger::delivery::Destination::Http { .. } => None,
+            });
+            for subject in read.chain(written).chain(plan.reply.as_ref()) {
+                if matches!(subject, Subject::Topic { .. }) {
+                    add(subject.clone(), bus);
+                }
+            }
+        }
+        targets
+    }
+}
+
 /// The digest of a resource's configuration.
 fn digest(namespace: &str, name: &str, spec: &impl serde::Serialize) -> String {
     format!("{namespace}/{name}/{}", serde_json::to_string(spec).unwrap_or_default())
@@ -140,6 +181,7 @@ impl Plane {
         health: Health,
         source_metrics: SourceMetrics,
         trigger_metrics: TriggerMetrics,
+        targets: Targets,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             settings,
@@ -154,6 +196,7 @@ impl Plane {
             webhooks: None,
             bus_watchers: BTreeMap::new(),
             failures: Vec::new(),
+            targets,
         })
     }
 
@@ -250,6 +293,9 @@ impl Plane {
     pub async fn apply(&mut self, manifests: &[Manifest]) -> anyhow::Result<Vec<Failure>> {
         let mut desired = self.desired(manifests).await;
         let mut failures = std::mem::take(&mut desired.failures);
+        if let Ok(mut targets) = self.targets.write() {
+            *targets = desired.targets();
+        }
 
         // Stop what goes or changes: sources first, then routers, then subscribers.
         let sources = &desired.sources;
@@ -492,8 +538,9 @@ impl Plane {
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) =
-                axum::serve(listener, router).with_graceful_shutdown(until.cancelled_owned()).await
+            if let Err(e) = axum::serve(listener.tap_io(crate::telemetry::no_delay), router)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await
             {
                 tracing::error!(error = %e, "webhook listener failed");
             }

@@ -21,6 +21,7 @@ use ofe_trigger::{PlanOptions, TriggerMetrics};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::console::{Console, Targets};
 use crate::plane::{Plane, Settings};
 use crate::{check, telemetry};
 
@@ -67,6 +68,10 @@ pub struct PlaneArgs {
     /// ofe stops it as a loop.
     #[arg(long, default_value_t = ofe_trigger::delivery::DEFAULT_MAX_HOPS, env = "OFE_MAX_HOPS")]
     max_hops: u32,
+    /// The bearer token `ofe send` and `ofe tail` must present (`/send`, `/tail`). Without
+    /// it they work only when `--listen` is a loopback address.
+    #[arg(long, env = "OFE_CONSOLE_TOKEN", hide_env_values = true)]
+    console_token: Option<String>,
 }
 
 /// A running process's endpoint and data plane.
@@ -85,8 +90,10 @@ impl Process {
     /// Opens the endpoint and an empty data plane with `options`.
     pub async fn start(args: &PlaneArgs, options: PlanOptions) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
-        let source_metrics = SourceMetrics::default();
-        let trigger_metrics = TriggerMetrics::default();
+        // One tap for sources and Triggers, so `ofe tail` sees an event's whole path.
+        let tap = ofe_eventbus::tap::Tap::default();
+        let source_metrics = SourceMetrics { tap: tap.clone(), ..SourceMetrics::default() };
+        let trigger_metrics = TriggerMetrics { tap: tap.clone(), ..TriggerMetrics::default() };
         source_metrics.register(&mut registry);
         trigger_metrics.register(&mut registry);
         let shutdown = CancellationToken::new();
@@ -96,11 +103,20 @@ impl Process {
         tracing::info!(endpoint = %telemetry::describe(listener.local_addr()?), "serving /healthz, /metrics and /status");
         let health = Health::default();
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let console = Console {
+            tap,
+            targets: Targets::default(),
+            metrics: source_metrics.clone(),
+            token: args.console_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
+            loopback: listener.local_addr()?.ip().is_loopback(),
+        };
+        let targets = console.targets.clone();
         let http = tokio::spawn(telemetry::serve(
             listener,
             Arc::new(registry),
             health.clone(),
             ready.clone(),
+            console,
             shutdown.clone(),
         ));
         let settings = Settings {
@@ -110,7 +126,7 @@ impl Process {
             drain: args.drain_timeout,
             webhook_listen: args.webhook_listen.clone(),
         };
-        let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics)?;
+        let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?;
         Ok(Self { plane, health, ready, shutdown, http })
     }
 

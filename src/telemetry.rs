@@ -1,4 +1,5 @@
-//! Logs, and the HTTP endpoint serving `/healthz` and `/metrics`.
+//! Logs, and the HTTP endpoint: `/healthz`, `/metrics`, `/status`, and the console's `/send`
+//! and `/tail`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,9 +8,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use ofe_eventbus::health::Health;
 use prometheus_client::registry::Registry;
+
+use crate::console::Console;
 use tokio_util::sync::CancellationToken;
 
 /// Installs the log subscriber: `RUST_LOG` if set, else `level`; JSON lines when asked.
@@ -32,6 +36,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     health: Health,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    console: Console,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let healthz = move || {
@@ -48,8 +53,21 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(registry)
-        .route("/status", get(status).with_state(health));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        .route("/status", get(status).with_state(health))
+        .route("/send", post(crate::console::send).with_state(console.clone()))
+        .route("/tail", get(crate::console::tail).with_state(console));
+    axum::serve(listener.tap_io(no_delay), app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Turns Nagle's algorithm off on an accepted connection, as Go's servers do by default:
+/// with it, a response written in two parts can wait for the client's delayed ACK (up to
+/// 40 ms on Linux) before its second part leaves.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
 }
 
 /// Every resource this process runs, with its conditions as the data plane sees them: the

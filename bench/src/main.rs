@@ -29,6 +29,7 @@ use anyhow::{Context, bail};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::serve::ListenerExt as _;
 use clap::{Parser, Subcommand};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
@@ -168,7 +169,7 @@ impl Sink {
         let url = format!("http://{}", listener.local_addr()?);
         let s = Self { base, delivered: Arc::default(), latencies: Arc::default() };
         let app = axum::Router::new().fallback(sink).with_state(s.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move { axum::serve(listener.tap_io(no_delay), app).await });
         Ok((s, url))
     }
 
@@ -400,8 +401,14 @@ async fn forwarder(listen: String, to: String) -> anyhow::Result<()> {
         }
     });
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    axum::serve(listener, app).await?;
+    axum::serve(listener.tap_io(no_delay), app).await?;
     Ok(())
+}
+
+/// TCP_NODELAY on every accepted connection, as ofe's own listeners set it: the sink and the
+/// forwarder must not answer later than they could, or the baselines would flatter ofe.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
 }
 
 /// The namespace of this run's resources: new subjects and consumers on a shared broker.

@@ -5,6 +5,7 @@
 //! - [`embedded::EmbeddedBus`] is the default backend: a log on local disk for one process.
 //! - [`Subject`] names where an event lives, unambiguously.
 //! - [`health`] is the board of what the data plane knows about each resource, as conditions.
+//! - [`tap`] reports each step of an event's path while someone listens (`ofe tail`).
 //! - [`state`] is the durable key-value state beside the events that Trigger joins keep.
 //! - [`event`] holds the CloudEvent extension names ofe sets and the storage encoding.
 //! - [`testing`] is the behaviour suite every backend must pass.
@@ -18,6 +19,7 @@ pub mod kafka;
 mod kafka_state;
 pub mod state;
 mod subject;
+pub mod tap;
 pub mod testing;
 
 pub use bus::{

@@ -58,6 +58,15 @@ impl Subject {
         }
     }
 
+    /// The namespace of the resource the subject belongs to.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Self::Event { namespace, .. }
+            | Self::Topic { namespace, .. }
+            | Self::Queue { namespace, .. } => namespace,
+        }
+    }
+
     /// Parses the rendered form back; `None` if it is not one.
     pub fn parse(text: &str) -> Option<Self> {
         let parts: Vec<&str> = text.split('.').collect();

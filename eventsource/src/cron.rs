@@ -133,11 +133,9 @@ pub async fn publish_with_retry(
         match bus.publish(subject, event).await {
             Ok(published) => {
                 if published.duplicate {
-                    metrics.duplicates.get_or_create(labels).inc();
                     tracing::debug!(subject = %subject, "bus already had this event");
-                } else {
-                    metrics.published.get_or_create(labels).inc();
                 }
+                metrics.published(labels, published.duplicate, || Arc::new(event.clone()));
                 return true;
             }
             Err(BusError::Closed) => return false,

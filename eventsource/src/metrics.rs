@@ -1,9 +1,14 @@
 //! Prometheus metrics of EventSources.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use ofe_eventbus::Event;
+use ofe_eventbus::tap::{Origin, Stage, Tap};
 
 /// Labels naming one event of one EventSource.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -14,6 +19,18 @@ pub struct EventLabels {
     pub eventsource: String,
     /// Name of the event.
     pub event: String,
+}
+
+impl EventLabels {
+    /// The EventSource event, as the tap names it.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            kind: "EventSource",
+            namespace: self.namespace.clone(),
+            name: self.eventsource.clone(),
+            part: self.event.clone(),
+        }
+    }
 }
 
 /// Counters of every EventSource in the process.
@@ -27,9 +44,28 @@ pub struct SourceMetrics {
     pub duplicates: Family<EventLabels, Counter>,
     /// Failed publish attempts (each is retried).
     pub publish_errors: Family<EventLabels, Counter>,
+    /// Where each published event is reported while `ofe tail` listens.
+    pub tap: Tap,
 }
 
 impl SourceMetrics {
+    /// Counts an event the bus stored, or recognised as a duplicate, and reports it to the tap.
+    pub fn published(
+        &self,
+        labels: &EventLabels,
+        duplicate: bool,
+        event: impl FnOnce() -> Arc<Event>,
+    ) {
+        if duplicate {
+            self.duplicates.get_or_create(labels).inc();
+            return;
+        }
+        self.published.get_or_create(labels).inc();
+        if self.tap.is_listened() {
+            self.tap.step(Stage::Published, || labels.origin(), &event());
+        }
+    }
+
     /// Registers the counters under `ofe_eventsource_*`.
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("ofe_eventsource");

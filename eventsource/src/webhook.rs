@@ -173,13 +173,9 @@ async fn handle(
     let count = events.len();
     for event in events {
         metrics.received.get_or_create(&hook.origin.labels).inc();
-        match hook.bus.publish_shared(&hook.subject, Arc::new(event)).await {
-            Ok(p) if p.duplicate => {
-                metrics.duplicates.get_or_create(&hook.origin.labels).inc();
-            }
-            Ok(_) => {
-                metrics.published.get_or_create(&hook.origin.labels).inc();
-            }
+        let event = Arc::new(event);
+        match hook.bus.publish_shared(&hook.subject, event.clone()).await {
+            Ok(p) => metrics.published(&hook.origin.labels, p.duplicate, || event),
             Err(error) => {
                 metrics.publish_errors.get_or_create(&hook.origin.labels).inc();
                 tracing::warn!(%error, path = %hook.path, "webhook event not accepted: the bus is unavailable");

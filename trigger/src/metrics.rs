@@ -1,5 +1,9 @@
 //! Prometheus metrics of Triggers.
 
+use std::sync::Arc;
+
+use ofe_eventbus::Event;
+use ofe_eventbus::tap::{Origin, Stage, Step, Tap};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,6 +20,41 @@ pub struct SubscriberLabels {
     pub trigger: String,
     /// Index of the subscriber in `spec.subscribers`, or `sink`.
     pub subscriber: String,
+}
+
+impl SubscriberLabels {
+    /// The subscriber, as the tap names it: a Trigger's, or an EventSource's own sink.
+    pub fn origin(&self) -> Origin {
+        let (kind, name) = match self.trigger.strip_prefix("eventsource/") {
+            Some(eventsource) => ("EventSource", eventsource),
+            None => ("Trigger", self.trigger.as_str()),
+        };
+        Origin {
+            kind,
+            namespace: self.namespace.clone(),
+            name: name.to_string(),
+            part: self.subscriber.clone(),
+        }
+    }
+}
+
+impl TriggerMetrics {
+    /// Reports `stage` of `event` at the subscriber `labels` to the tap, with `detail`.
+    pub fn tap(
+        &self,
+        stage: Stage,
+        labels: &SubscriberLabels,
+        event: &Arc<Event>,
+        detail: impl FnOnce() -> Option<String>,
+    ) {
+        self.tap.report(|| Step {
+            at: chrono::Utc::now(),
+            stage,
+            origin: labels.origin(),
+            detail: detail(),
+            event: event.clone(),
+        });
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -50,6 +89,12 @@ pub struct TriggerMetrics {
     pub dropped: Family<SubscriberLabels, Counter>,
     /// Time from receiving an event to its successful delivery, in seconds.
     pub latency: Family<SubscriberLabels, Histogram, fn() -> Histogram>,
+    /// Events on the bus the subscriber has not settled: waiting plus in flight, sampled
+    /// every [`crate::runner::LAG_INTERVAL`]. What an autoscaler scales its function on.
+    pub lag: Family<SubscriberLabels, Gauge>,
+    /// Where each step (routed, filtered, delivered, retried, dead-lettered) is reported
+    /// while `ofe tail` listens.
+    pub tap: Tap,
 }
 
 impl Default for TriggerMetrics {
@@ -67,6 +112,8 @@ impl Default for TriggerMetrics {
             dead_lettered: Family::default(),
             dropped: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            lag: Family::default(),
+            tap: Tap::default(),
         }
     }
 }
@@ -122,6 +169,11 @@ impl TriggerMetrics {
             "delivery_duration_seconds",
             "Receive-to-delivered time",
             self.latency.clone(),
+        );
+        sub.register(
+            "bus_lag",
+            "Events on the bus the subscriber has not settled yet (waiting plus in flight)",
+            self.lag.clone(),
         );
     }
 }

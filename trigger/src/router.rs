@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::condition::Condition;
 use crate::filter::{CompiledFilter, EventData};
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
+use ofe_eventbus::tap::Stage;
 
 /// Extension attribute on an event that fired a join: the ids of the other inputs' events
 /// that made the condition true, as `input=id` pairs joined by `,` (sorted by input name).
@@ -335,6 +336,12 @@ impl Router {
                 .collect();
             let Some(first) = passed.first() else {
                 self.metrics.filtered.get_or_create(&routing.labels).inc();
+                if self.metrics.tap.is_listened() {
+                    let event = Arc::new(event.clone());
+                    self.metrics.tap(Stage::Filtered, &routing.labels, &event, || {
+                        Some("no input's filters matched".into())
+                    });
+                }
                 continue;
             };
             let key = match &routing.inputs[*first].key {
@@ -461,7 +468,7 @@ impl Router {
             return self
                 .fires(&routing, 1)
                 .then(|| event.clone())
-                .or_else(|| self.not_fired(&routing));
+                .or_else(|| self.not_fired(&routing, event));
         }
         let at = at.timestamp_millis();
         let window = i64::try_from(routing.window.as_millis()).unwrap_or(i64::MAX);
@@ -502,7 +509,7 @@ impl Router {
         let keys = state.keys.len();
         self.metrics.join_keys.get_or_create(&routing.labels).set(as_i64(keys));
         if !self.fires(&routing, bits) {
-            return self.not_fired(&routing);
+            return self.not_fired(&routing, event);
         }
         let entry = self.state[touch.routing].keys.entry(touch.key.clone()).or_default();
         let joined: Vec<String> = routing
@@ -534,8 +541,10 @@ impl Router {
     }
 
     /// Counts an event that did not fire `routing`.
-    fn not_fired(&self, routing: &Routing) -> Option<Arc<Event>> {
+    fn not_fired(&self, routing: &Routing, event: &Arc<Event>) -> Option<Arc<Event>> {
         self.metrics.filtered.get_or_create(&routing.labels).inc();
+        self.metrics
+            .tap(Stage::Filtered, &routing.labels, event, || Some("the condition is false".into()));
         None
     }
 }
@@ -637,6 +646,7 @@ pub async fn run(
             }
             let routing = &router.routings()[r];
             router.metrics.received.get_or_create(&routing.labels).inc();
+            router.metrics.tap(Stage::Routed, &routing.labels, &event, || None);
             let (bus, queue) = (bus.clone(), routing.queue.clone());
             publishes.push(async move { bus.publish_shared(&queue, event).await });
         }

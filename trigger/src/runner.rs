@@ -24,9 +24,14 @@ use crate::delivery::{Deliverer, Destination, Failure, Outcome, RetryPolicy, dea
 use crate::filter::EventData;
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
 use crate::router::{KeyExpr, Routing};
+use ofe_eventbus::tap::Stage;
 
 /// How long a dead-letter failure waits before the event is tried again from the start.
 const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
+
+/// How often a subscriber's bus lag is sampled for its gauge. Asking costs a request to a
+/// broker per subscriber, and autoscalers poll every 15 to 30 s.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A destination and where its failures go.
 #[derive(Clone, Debug)]
@@ -90,6 +95,54 @@ pub async fn subscribe(
 /// `drain`; what is still unfinished then is left unacknowledged and is redelivered on the
 /// next start.
 pub async fn run(
+    plan: SubscriberPlan,
+    subscription: Box<dyn Subscription>,
+    deliverer: Deliverer,
+    metrics: TriggerMetrics,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), BusError> {
+    let lag = tokio::spawn(sample_lag(
+        deliverer.bus().clone(),
+        plan.consumer.clone(),
+        metrics.clone(),
+        plan.labels.clone(),
+    ));
+    let result = deliver_until(plan, subscription, deliverer, metrics, shutdown, drain).await;
+    lag.abort();
+    result
+}
+
+/// Sets the subscriber's lag gauge every [`LAG_INTERVAL`] until aborted, then removes it, so
+/// a stopped subscriber leaves no stale backlog behind for an autoscaler.
+async fn sample_lag(
+    bus: Arc<dyn EventBus>,
+    consumer: String,
+    metrics: TriggerMetrics,
+    labels: SubscriberLabels,
+) {
+    struct Remove(TriggerMetrics, SubscriberLabels);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            self.0.lag.remove(&self.1);
+        }
+    }
+    let _remove = Remove(metrics.clone(), labels.clone());
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match bus.lag(&consumer).await {
+            Ok(Some(lag)) => {
+                metrics.lag.get_or_create(&labels).set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, %consumer, "cannot read the bus lag"),
+        }
+    }
+}
+
+async fn deliver_until(
     plan: SubscriberPlan,
     mut subscription: Box<dyn Subscription>,
     deliverer: Deliverer,
@@ -232,8 +285,12 @@ async fn dead_letter(
     attempts: u32,
 ) -> bool {
     let labels = &plan.labels;
+    let shared = || Arc::new(event.clone());
     let Some(target) = &route.dead_letter else {
         metrics.dropped.get_or_create(labels).inc();
+        if metrics.tap.is_listened() {
+            metrics.tap(Stage::Dropped, labels, &shared(), || Some(failure.reason.clone()));
+        }
         tracing::error!(
             subscriber = ?labels, destination = %route.destination, id = %event.id(),
             reason = %failure.reason, attempts,
@@ -248,6 +305,11 @@ async fn dead_letter(
     match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
         Outcome::Delivered(..) => {
             metrics.dead_lettered.get_or_create(labels).inc();
+            if metrics.tap.is_listened() {
+                metrics.tap(Stage::DeadLettered, labels, &shared(), || {
+                    Some(format!("to {target}: {}", failure.reason))
+                });
+            }
             tracing::warn!(
                 subscriber = ?labels, destination = %route.destination, dead_letter = %target,
                 id = %event.id(), reason = %failure.reason, "event dead-lettered"
@@ -340,10 +402,15 @@ async fn deliver(
     for route in &plan.routes {
         let on_retry = || {
             metrics.retried.get_or_create(labels).inc();
+            metrics
+                .tap(Stage::Retrying, labels, &event, || Some(format!("to {}", route.destination)));
         };
         match deliverer.send(&route.destination, &event, &plan.retry, interrupt, on_retry).await {
             Outcome::Delivered(_, reply) => {
                 metrics.delivered.get_or_create(labels).inc();
+                metrics.tap(Stage::Delivered, labels, &event, || {
+                    Some(format!("to {}", route.destination))
+                });
                 metrics.latency.get_or_create(labels).observe(started.elapsed().as_secs_f64());
                 if let (Some(reply), Some(to)) = (reply, &plan.reply) {
                     // The function has the event; its reply must reach the bus before the

@@ -1,0 +1,356 @@
+//! The operator's console on the process's endpoint: `POST /send` publishes a test CloudEvent
+//! as an EventSource's event or on a topic, and `GET /tail` streams every step of the events'
+//! paths (published, routed, filtered, delivered, retrying, dead-lettered, dropped) as JSON
+//! lines. `ofe send` and `ofe tail` are their clients.
+//!
+//! Both inject or reveal events, so they answer only on a loopback endpoint, or to a request
+//! bearing the token of `--console-token`; on any other endpoint without a token they answer
+//! 403 and say how to enable them. `/healthz`, `/metrics` and `/status` stay open to scrapers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cloudevents::AttributesReader as _;
+use ofe_eventbus::tap::{Stage, Step, Tap};
+use ofe_eventbus::{Event, EventBus, Subject};
+use ofe_eventsource::SourceMetrics;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+/// Where events can be sent: per subject, the buses that carry it (a topic read by Triggers
+/// on two buses is on both). The data plane rewrites it at every apply.
+pub type Targets = Arc<RwLock<BTreeMap<Subject, Vec<Arc<dyn EventBus>>>>>;
+
+/// How often `/tail` writes an empty line while nothing happens, so that a client that left
+/// is noticed and stops costing the data plane anything.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// What the console needs of the process.
+#[derive(Clone)]
+pub struct Console {
+    /// The data plane's tap.
+    pub tap: Tap,
+    /// Where events can be sent.
+    pub targets: Targets,
+    /// Counts what `/send` publishes as the EventSource's own.
+    pub metrics: SourceMetrics,
+    /// The bearer token `/send` and `/tail` require, if set.
+    pub token: Option<Arc<str>>,
+    /// Whether the endpoint listens on loopback only, where no token is needed.
+    pub loopback: bool,
+}
+
+impl Console {
+    /// `None` when the request may use the console; else the answer refusing it.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (&self.token, presented) {
+            (Some(token), Some(given)) if same(token.as_bytes(), given.as_bytes()) => None,
+            (Some(_), _) => Some(text(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs the console token: pass --token (or set OFE_CONSOLE_TOKEN)",
+            )),
+            (None, _) if self.loopback => None,
+            (None, _) => Some(text(
+                StatusCode::FORBIDDEN,
+                "/send and /tail are off on an endpoint outside loopback; start ofe with \
+                 --console-token (or OFE_CONSOLE_TOKEN) to enable them",
+            )),
+        }
+    }
+}
+
+/// Compares in time independent of where the texts differ, so the token cannot be guessed
+/// byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into() + "\n")
+        .into_response()
+}
+
+/// Where `/send` publishes.
+#[derive(Debug, Deserialize)]
+pub struct SendTo {
+    /// Namespace of the EventSource or topic; `default` when absent.
+    #[serde(default)]
+    namespace: Option<String>,
+    /// An EventSource, to publish as one of its events.
+    #[serde(default)]
+    eventsource: Option<String>,
+    /// The EventSource's event; may be left out when it has only one.
+    #[serde(default)]
+    event: Option<String>,
+    /// A topic, as Trigger inputs and sinks name it.
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+/// `POST /send`: publishes the CloudEvent in the body (structured JSON) to what the query
+/// names, and answers with where it was stored.
+pub async fn send(
+    State(console): State<Console>,
+    Query(to): Query<SendTo>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = console.refuse(&headers) {
+        return refusal;
+    }
+    let mut event: Event = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a CloudEvent in JSON (structured mode): {e}"),
+            );
+        }
+    };
+    let namespace = to.namespace.as_deref().unwrap_or(ofe_crds::manifest::DEFAULT_NAMESPACE);
+    let subject = match resolve(&console.targets, namespace, &to) {
+        Ok(subject) => subject,
+        Err((status, message)) => return text(status, message),
+    };
+    let buses = console.targets.read().ok().and_then(|t| t.get(&subject).cloned());
+    let Some(buses) = buses else {
+        return text(StatusCode::NOT_FOUND, format!("nothing runs `{subject}` any more"));
+    };
+    let labels = match &subject {
+        Subject::Event { namespace, source, event: name } => {
+            let origin =
+                ofe_eventsource::ingest::Origin::of(namespace, source, name, "", uuid_namespace());
+            // As the EventSource's own events are: its name on every event.
+            origin.stamp(&mut event);
+            Some(origin.labels)
+        }
+        _ => None,
+    };
+    let event = Arc::new(event);
+    let mut stored = Vec::new();
+    for bus in buses {
+        match bus.publish_shared(&subject, event.clone()).await {
+            Ok(published) => {
+                if let Some(labels) = &labels {
+                    console.metrics.published(labels, published.duplicate, || event.clone());
+                }
+                stored.push(serde_json::json!({
+                    "subject": subject.to_string(),
+                    "bus": bus.backend(),
+                    "sequence": published.sequence,
+                    "duplicate": published.duplicate,
+                }));
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the bus did not take the event ({e}); try again"),
+                );
+            }
+        }
+    }
+    let body = serde_json::json!({ "id": event.id(), "published": stored });
+    (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n")
+        .into_response()
+}
+
+/// A fixed namespace for ids nobody derives: `/send` keeps the id the event has.
+fn uuid_namespace() -> uuid::Uuid {
+    uuid::Uuid::nil()
+}
+
+/// The subject `to` names in `namespace`, or the answer explaining what is wrong and what
+/// could be meant.
+fn resolve(
+    targets: &Targets,
+    namespace: &str,
+    to: &SendTo,
+) -> Result<Subject, (StatusCode, String)> {
+    let known: Vec<Subject> = targets
+        .read()
+        .map(|t| t.keys().filter(|s| s.namespace() == namespace).cloned().collect())
+        .unwrap_or_default();
+    let listing = || {
+        let names: Vec<String> = known.iter().map(describe).collect();
+        if names.is_empty() {
+            format!("nothing in namespace `{namespace}` takes events")
+        } else {
+            format!("in namespace `{namespace}`: {}", names.join(", "))
+        }
+    };
+    let not_found = |what: String| (StatusCode::NOT_FOUND, format!("{what}; {}", listing()));
+    match (&to.eventsource, &to.topic) {
+        (Some(_), Some(_)) | (None, None) => Err((
+            StatusCode::BAD_REQUEST,
+            "name either an EventSource (`eventsource`, and `event` when it has several) or a \
+             `topic`"
+                .into(),
+        )),
+        (None, Some(topic)) => {
+            let subject = Subject::topic(namespace, topic);
+            if known.contains(&subject) {
+                Ok(subject)
+            } else {
+                Err(not_found(format!("no Trigger reads or writes topic `{topic}`")))
+            }
+        }
+        (Some(source), None) => {
+            let events: Vec<&Subject> = known
+                .iter()
+                .filter(|s| matches!(s, Subject::Event { source: es, .. } if es == source))
+                .collect();
+            match (&to.event, events.as_slice()) {
+                (_, []) => Err(not_found(format!("no EventSource `{source}` runs here"))),
+                (None, [only]) => Ok((*only).clone()),
+                (None, _) => Err((
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "EventSource `{source}` has several events; name one with `event`: {}",
+                        events.iter().map(|s| describe(s)).collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+                (Some(event), _) => {
+                    let subject = Subject::event(namespace, source, event);
+                    if events.contains(&&subject) {
+                        Ok(subject)
+                    } else {
+                        Err(not_found(format!("EventSource `{source}` has no event `{event}`")))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A subject as a user names it.
+fn describe(subject: &Subject) -> String {
+    match subject {
+        Subject::Event { source, event, .. } => format!("eventsource {source} event {event}"),
+        Subject::Topic { topic, .. } => format!("topic {topic}"),
+        Subject::Queue { .. } => subject.to_string(),
+    }
+}
+
+/// Which steps `/tail` streams.
+#[derive(Debug, Default, Deserialize)]
+pub struct TailFilter {
+    /// Only this namespace.
+    #[serde(default)]
+    namespace: Option<String>,
+    /// Only this EventSource's steps (its events, and its own sink).
+    #[serde(default)]
+    source: Option<String>,
+    /// Only this Trigger's steps.
+    #[serde(default)]
+    trigger: Option<String>,
+    /// Only these stages, comma-separated, e.g. `delivered,dead-lettered`.
+    #[serde(default)]
+    stage: Option<String>,
+}
+
+impl TailFilter {
+    fn wants(&self, step: &Step) -> bool {
+        let o = &step.origin;
+        let stage_ok = self.stage.as_deref().is_none_or(|stages| {
+            let name = serde_json::to_value(step.stage).ok();
+            let name = name.as_ref().and_then(|v| v.as_str()).unwrap_or_default();
+            stages.split(',').any(|s| s.trim() == name)
+        });
+        self.namespace.as_deref().is_none_or(|ns| ns == o.namespace)
+            && self.source.as_deref().is_none_or(|s| o.kind == "EventSource" && s == o.name)
+            && self.trigger.as_deref().is_none_or(|t| o.kind == "Trigger" && t == o.name)
+            && stage_ok
+    }
+
+    /// Stage names the filter may hold.
+    fn check(&self) -> Result<(), String> {
+        const ALL: [Stage; 7] = [
+            Stage::Published,
+            Stage::Routed,
+            Stage::Filtered,
+            Stage::Delivered,
+            Stage::Retrying,
+            Stage::DeadLettered,
+            Stage::Dropped,
+        ];
+        let names: Vec<String> = ALL
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        for given in self.stage.iter().flat_map(|s| s.split(',')) {
+            if !names.iter().any(|n| n == given.trim()) {
+                return Err(format!("unknown stage `{given}`; use {}", names.join(", ")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET /tail`: every step from now on that passes the filter, one JSON object per line;
+/// `{"skipped":N}` when the reader fell behind and N steps were lost to it.
+pub async fn tail(
+    State(console): State<Console>,
+    Query(filter): Query<TailFilter>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = console.refuse(&headers) {
+        return refusal;
+    }
+    if let Err(e) = filter.check() {
+        return text(StatusCode::BAD_REQUEST, e);
+    }
+    let rx = console.tap.listen();
+    let lines = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            let line = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+                Err(_) => "\n".to_string(),
+                Ok(Ok(step)) if filter.wants(&step) => match serde_json::to_string(&*step) {
+                    Ok(json) => json + "\n",
+                    Err(_) => continue,
+                },
+                Ok(Ok(_)) => continue,
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => format!("{{\"skipped\":{n}}}\n"),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(line), (rx, filter)));
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+    }
+
+    #[test]
+    fn a_filter_names_known_stages_only() {
+        let filter =
+            TailFilter { stage: Some("delivered, dead-lettered".into()), ..Default::default() };
+        assert!(filter.check().is_ok());
+        let filter = TailFilter { stage: Some("delivred".into()), ..Default::default() };
+        let error = filter.check().expect_err("a typo is refused");
+        assert!(error.contains("delivred") && error.contains("dead-lettered"), "{error}");
+    }
+}
