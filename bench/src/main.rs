@@ -863,13 +863,54 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(forwarder(listen, to));
     }
     let json = cli.json;
+    let before = cpu_times();
     let rows = runtime.block_on(run(cli))?;
+    let steal = before.zip(cpu_times()).map(|(a, b)| b.steal_share_since(&a));
     if json {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-        let report = serde_json::json!({ "cores": cores, "rows": rows });
+        let report = serde_json::json!({ "cores": cores, "cpu_steal": steal, "rows": rows });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&rows);
+        if let Some(steal) = steal {
+            println!(
+                "CPU stolen by the host during the run: {:.1}%{}",
+                steal * 100.0,
+                if steal > 0.02 {
+                    " (a noisy host: other machines' work slowed this run, and its tails most)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(())
+}
+
+/// The machine's CPU time so far, from `/proc/stat` (Linux), in clock ticks.
+struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    /// The share of CPU time since `earlier` that the hypervisor gave to other machines: a
+    /// run on a shared host is slowed by it, and no baseline in the same run removes that
+    /// from latency tails.
+    fn steal_share_since(&self, earlier: &Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            0.0
+        } else {
+            self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+        }
+    }
+}
+
+fn cpu_times() -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal ...
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    Some(CpuTimes { total: fields.iter().take(8).sum(), steal: *fields.get(7)? })
 }
