@@ -57,7 +57,9 @@ pub struct ClusterEventBusSpec(pub EventBusSpec);
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EmbeddedBusSpec {
     /// Retention by size: the oldest events are dropped once the log exceeds this many bytes.
-    /// Default 1 GiB.
+    /// Events a running consumer has not settled are never dropped for size: when they fill
+    /// 80% of it, new events from sources are refused until the consumers catch up (a
+    /// webhook answers 503, broker sources wait). Default 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<i64>,
     /// Retention by age, as a duration such as `72h`. Default `168h` (7 days).

@@ -46,7 +46,9 @@ use crate::{Subject, event};
 pub struct EmbeddedConfig {
     /// Directory holding the store. Created if missing.
     pub dir: PathBuf,
-    /// Retention by size: whole old tables are dropped once the log is larger. Default 1 GiB.
+    /// Retention by size: whole old tables are dropped once the log is larger. Live
+    /// consumers' backlog never is: at 80% of this, sources' publishes are refused until they
+    /// catch up. Default 1 GiB.
     pub max_bytes: u64,
     /// Retention by age. Default 7 days.
     pub max_age: Duration,
@@ -126,6 +128,56 @@ const INDEX_DEPTH: usize = 256;
 
 /// The most records [`EmbeddedBus::lag`] reads from the log for a consumer behind the index.
 const LAG_SCAN_LIMIT: usize = 1 << 20;
+
+/// Marks [`Sizes`] keeps; a consumer behind the oldest counts the whole log.
+const SIZE_MARKS: usize = 1 << 16;
+
+/// The durable log's bytes after a sequence, for backpressure: a running total of what was
+/// appended, with a mark of the total before a record every 1/64 of the limit, so a backlog
+/// is over-counted by at most that much, never under-counted.
+struct Sizes {
+    /// Bytes appended since the bus opened, plus what the log held on disk then.
+    total: u64,
+    /// `(sequence, total before it)`, ascending.
+    marks: VecDeque<(u64, u64)>,
+    /// Bytes between marks.
+    mark_every: u64,
+    /// Bytes appended since the last mark.
+    since_mark: u64,
+    /// A floor every live consumer had settled when last asked. Floors only move up, so bytes
+    /// after it are never fewer than the bytes still wanted: computing the floors again (a
+    /// lock per consumer) is needed only when this bound reaches the limit.
+    settled: u64,
+}
+
+impl Sizes {
+    /// Sizes of a log holding `bytes` on disk from `first` to `last`, for a backlog limit of
+    /// `limit` bytes.
+    fn recovered(first: u64, last: u64, bytes: u64, limit: u64) -> Self {
+        let marks = VecDeque::from([(first, 0), (last + 1, bytes)]);
+        let mark_every = (limit / 64).max(1);
+        Self { total: bytes, marks, mark_every, since_mark: mark_every, settled: 0 }
+    }
+
+    fn add(&mut self, seq: u64, bytes: u64) {
+        if self.since_mark >= self.mark_every {
+            self.marks.push_back((seq, self.total));
+            if self.marks.len() > SIZE_MARKS {
+                self.marks.pop_front();
+            }
+            self.since_mark = 0;
+        }
+        self.since_mark += bytes;
+        self.total += bytes;
+    }
+
+    /// Bytes of the records after `floor`: at most one mark's records too many, never too few.
+    fn after(&self, floor: u64) -> u64 {
+        let i = self.marks.partition_point(|(seq, _)| *seq <= floor + 1);
+        let before = i.checked_sub(1).and_then(|i| self.marks.get(i)).map_or(0, |(_, b)| *b);
+        self.total - before
+    }
+}
 
 /// The recent sequences of each subject, so that a consumer goes straight to its next event
 /// instead of reading past every other consumer's (with a thousand Triggers, each subscriber
@@ -308,7 +360,15 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     groups: Groups,
     index: Arc<Mutex<SubjectIndex>>,
+    /// The durable log's sizes, and the backlog at which sources are refused; `None` in
+    /// memory, where [`MemoryLog::make_room`] decides.
+    backlog: Option<(Arc<Mutex<Sizes>>, u64)>,
 }
+
+/// The share of `maxBytes` that live consumers' backlog may fill before source publishes are
+/// refused: the rest is headroom for retention's own accounting (table overhead), so that
+/// retention by size never drops an event a consumer still wants.
+const BACKLOG_SHARE: (u64, u64) = (4, 5);
 
 impl EmbeddedBus {
     /// Opens (or creates) the store and recovers its state. A store left by a crash is
@@ -340,6 +400,13 @@ impl EmbeddedBus {
         let (head, _) = watch::channel(last);
         let groups: Groups = Arc::default();
         let index = Arc::new(Mutex::new(SubjectIndex { floor: last, recent: HashMap::new() }));
+        let first = match log.first_key_value() {
+            Some(kv) => kv.key().map_err(storage).map(|k| read_u64(&k))?.unwrap_or(1),
+            None => last + 1,
+        };
+        let limit = config.max_bytes / BACKLOG_SHARE.1 * BACKLOG_SHARE.0;
+        let sizes = Sizes::recovered(first, last, log.disk_space(), limit);
+        let sizes = Arc::new(Mutex::new(sizes));
         let (tx, rx) = mpsc::sync_channel(4 * MAX_BATCH);
         let committer = Committer {
             db: db.clone(),
@@ -350,6 +417,7 @@ impl EmbeddedBus {
             head: head.clone(),
             groups: groups.clone(),
             index: index.clone(),
+            sizes: sizes.clone(),
             last,
             last_revision: 0,
             dedup,
@@ -367,6 +435,7 @@ impl EmbeddedBus {
                 closed: false.into(),
                 groups,
                 index,
+                backlog: Some((sizes, limit)),
             }),
         })
     }
@@ -395,8 +464,43 @@ impl EmbeddedBus {
                 closed: false.into(),
                 groups: Arc::default(),
                 index: Arc::default(),
+                backlog: None,
             }),
         }
+    }
+
+    /// Refuses a source's publish while live consumers have not settled more than the
+    /// backlog limit (80% of `maxBytes`): retention by size would otherwise drop events they
+    /// still want. Hops inside ofe (queues, topics) are never refused, since they are how the
+    /// backlog drains; with no live consumer, retention keeps the newest, as a ring.
+    fn check_backlog(&self, subject: &Subject) -> Result<(), BusError> {
+        let Some((sizes, limit)) = &self.inner.backlog else { return Ok(()) };
+        if !matches!(subject, Subject::Event { .. }) {
+            return Ok(());
+        }
+        let bound = {
+            let sizes = sizes.lock().map_err(|_| BusError::Closed)?;
+            sizes.after(sizes.settled)
+        };
+        if bound <= *limit {
+            return Ok(());
+        }
+        // The floors take the consumers' locks: not under the sizes' lock.
+        let head = *self.inner.head.borrow();
+        let Some(floor) = live_floor(&self.inner.groups, &self.inner.index, head) else {
+            return Ok(());
+        };
+        let mut sizes = sizes.lock().map_err(|_| BusError::Closed)?;
+        sizes.settled = sizes.settled.max(floor);
+        let wanted = sizes.after(sizes.settled);
+        if wanted <= *limit {
+            return Ok(());
+        }
+        Err(BusError::Unavailable(format!(
+            "the embedded bus holds {wanted} bytes of events its consumers have not settled \
+             yet, the most it takes before retention could drop them; retry later, or raise \
+             spec.embedded.maxBytes"
+        )))
     }
 
     /// Appends to the in-memory log. The sequence, the index and the head move together under
@@ -686,6 +790,7 @@ impl EventBus for EmbeddedBus {
         if let Store::Memory(memory) = &self.inner.store {
             return self.append_memory(memory, subject, Arc::new(event.clone()));
         }
+        self.check_backlog(subject)?;
         let payload = event::encode(event)?;
         let (reply, answer) = oneshot::channel();
         let subject = subject.to_string();
@@ -1003,6 +1108,7 @@ struct Committer {
     head: watch::Sender<u64>,
     groups: Groups,
     index: Arc<Mutex<SubjectIndex>>,
+    sizes: Arc<Mutex<Sizes>>,
     last: u64,
     /// The highest state revision handed out, so that a removed and re-created key never
     /// reuses a revision.
@@ -1051,6 +1157,8 @@ impl Committer {
         let mut replies = Vec::with_capacity(ops.len());
         let mut added_keys = Vec::new();
         let mut appended: Vec<(String, u64)> = Vec::new();
+        // Per appended record, its sequence and its bytes with the key.
+        let mut sized: Vec<(u64, u64)> = Vec::new();
         let mut seq = self.last;
         // State revisions written earlier in this batch, which the keyspace does not show yet.
         let mut revisions: HashMap<String, u64> = HashMap::new();
@@ -1068,6 +1176,7 @@ impl Committer {
                     }
                     seq += 1;
                     let record = encode_record(&subject, &dedup, published_ms, &payload);
+                    sized.push((seq, (record.len() + 8) as u64));
                     batch.insert(&self.log, seq.to_be_bytes(), record);
                     appended.push((subject, seq));
                     self.dedup.keys.insert(key, seq);
@@ -1146,6 +1255,11 @@ impl Committer {
                     self.dedup.order.push_back((now, key));
                 }
                 self.last = seq;
+                if let Ok(mut sizes) = self.sizes.lock() {
+                    for (seq, bytes) in sized {
+                        sizes.add(seq, bytes);
+                    }
+                }
                 // In this order: a consumer that sees the new head must find its records in
                 // the index, and one woken for its subjects must see the new head.
                 self.index(&appended);

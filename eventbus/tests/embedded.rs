@@ -196,3 +196,45 @@ async fn a_consumer_far_behind_gets_every_event_of_its_subject_in_order() {
     assert_eq!(d.event.id(), "late");
     bus.close().await.expect("close");
 }
+
+/// When its live consumers fall behind by most of `maxBytes`, the durable bus refuses new
+/// events from sources instead of letting retention by size drop events they still want:
+/// backpressure reaches the source (a webhook answers 503, a broker source waits). Hops inside
+/// ofe are still taken, and once the consumer catches up, publishing resumes; nothing
+/// accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_near_max_bytes_refuses_sources_rather_than_lose_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EmbeddedConfig { max_bytes: 20_000, ..EmbeddedConfig::new(dir.path()) };
+    let bus = EmbeddedBus::open(config).expect("open");
+    let s = Subject::event("ns", "src", "e");
+    let mut slow = subscribe(&bus, "slow", &s, 10_000).await;
+    let mut accepted = 0;
+    let refusal = loop {
+        match bus.publish(&s, &sample_event(&format!("e-{accepted}"), accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1000, "the bus never refused a publish");
+    };
+    assert!(matches!(refusal, ofe_eventbus::BusError::Unavailable(_)), "{refusal:?}");
+    assert!(refusal.to_string().contains("spec.embedded.maxBytes"), "says the fix: {refusal}");
+    assert!(accepted >= 20, "refused too early: after {accepted} events");
+    let queue = Subject::queue("ns", "t", "0");
+    bus.publish(&queue, &sample_event("hop", 0)).await.expect("a queue publish is taken");
+    for i in 0..accepted {
+        let d = testing::next_within(&mut slow, Duration::from_secs(5)).await;
+        assert_eq!(d.event.id(), format!("e-{i}"), "nothing accepted was dropped");
+        d.ack().await.expect("ack");
+    }
+    bus.publish(&s, &sample_event("after", 0)).await.expect("room again once settled");
+    assert_eq!(testing::next_within(&mut slow, Duration::from_secs(5)).await.event.id(), "after");
+    // With no live consumer, nothing is held back: retention keeps the newest, as a ring.
+    drop(slow);
+    for i in 0..2 * accepted {
+        bus.publish(&s, &sample_event(&format!("late-{i}"), i))
+            .await
+            .expect("no consumer holds it");
+    }
+    bus.close().await.expect("close");
+}
