@@ -1,0 +1,475 @@
+//! The fault suite: ofe keeps its promises while things break. Each scenario drives the real
+//! binary with a sustained stream and prints what it did and what it counted (run with
+//! `cargo nextest run --test faults --no-capture` to see the counts).
+//!
+//! - `kill -9` of ofe every few seconds during a webhook stream, on the embedded bus, on
+//!   JetStream and on Kafka: every event the webhook acknowledged (202) reaches the function;
+//!   duplicates are counted.
+//! - The function is down for 30 s: nothing is lost, and nothing is dead-lettered that a
+//!   retry could deliver.
+//! - The function takes 2 s per request: memory stays bounded, and the webhook pushes back
+//!   (503) instead of a queue growing without end.
+//! - Poison events (data a CEL filter cannot read, a broken CloudEvent, an oversized body, an
+//!   event the function refuses): each goes to the dead-letter path or back to its sender,
+//!   with the reason, while the rest flows.
+//!
+//! The broker restarts mid-stream are in `tests/run_jetstream.rs` (NATS under a running ofe)
+//! and `eventbus/tests/{jetstream,kafka}.rs` (the bus API across a broker restart).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use support::{KillOnDrop, Receiver, free_addr, manifests, start_ofe_with_webhooks, wait_ready};
+
+/// A webhook EventSource `hook` (event `in`) and a Trigger `route` sending everything to
+/// `BASE/fn`, on the EventBus `bus` (YAML appended; empty for the embedded bus).
+fn stream_yaml(ns: &str, base: &str, subscriber_extra: &str, bus: &str) -> String {
+    format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: hook, namespace: {ns} }}\n\
+         spec:\n  eventBus: default\n  webhook:\n    in: {{ maxPayloadSize: 4096 }}\n"
+    ) + &support::trigger(
+        ns,
+        "route",
+        "    all: { eventSource: hook, event: in }",
+        &format!("  - condition: all\n    sink: {{ uri: \"{base}/fn\" }}\n{subscriber_extra}"),
+    ) + bus
+}
+
+/// POSTs event `id` to the webhook in binary mode with JSON `data`; the status, or `None`
+/// when nothing answered (ofe is down).
+async fn post(client: &reqwest::Client, url: &str, id: &str, data: &str) -> Option<StatusCode> {
+    send(client, url, &[("ce-id", id), ("content-type", "application/json")], data.to_string())
+        .await
+        .map(|(status, _)| status)
+}
+
+/// POSTs `body` with the binary-mode headers of a `faults.event` from `/faults`, replaced or
+/// completed by `headers`; the status and the answer's text.
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> Option<(StatusCode, String)> {
+    let mut all: BTreeMap<&str, &str> =
+        [("ce-specversion", "1.0"), ("ce-source", "/faults"), ("ce-type", "faults.event")]
+            .into_iter()
+            .collect();
+    all.extend(headers.iter().copied());
+    let mut request = client.post(url).body(body).timeout(Duration::from_secs(5));
+    for (name, value) in all {
+        request = request.header(name, value);
+    }
+    let answer = request.send().await.ok()?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).ok()?;
+    Some((status, answer.text().await.unwrap_or_default()))
+}
+
+/// Sends events `e-0` .. `e-{total-1}` to `url`, one every `every`, each until the webhook
+/// answers 202 (retrying refusals and a process that is down); returns the ids acknowledged
+/// and how many attempts were refused or unanswered.
+async fn stream(url: String, total: usize, every: Duration) -> (BTreeSet<String>, usize) {
+    let client = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    let mut refused = 0;
+    for n in 0..total {
+        let id = format!("e-{n}");
+        let started = Instant::now();
+        loop {
+            match post(&client, &url, &id, &format!("{{\"n\":{n}}}")).await {
+                Some(StatusCode::ACCEPTED) => break,
+                _ => refused += 1,
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{id} was never accepted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acknowledged.insert(id);
+        tokio::time::sleep(every).await;
+    }
+    (acknowledged, refused)
+}
+
+/// The `ce-id`s `receiver` got on `path`, with how often each came.
+fn arrivals(receiver: &Receiver, path: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for got in receiver.on(path) {
+        *seen.entry(got.header("ce-id")).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// A running `ofe run` on fixed addresses, so a restart takes over the webhook's port.
+struct Process {
+    folder: PathBuf,
+    data: PathBuf,
+    listen: SocketAddr,
+    webhooks: SocketAddr,
+    child: KillOnDrop,
+}
+
+impl Process {
+    async fn start(folder: &Path, data: &Path) -> Self {
+        let (listen, webhooks) = (free_addr(), free_addr());
+        let child = KillOnDrop(start_ofe_with_webhooks(folder, data, listen, webhooks));
+        wait_ready(listen).await;
+        Self { folder: folder.into(), data: data.into(), listen, webhooks, child }
+    }
+
+    fn hook_url(&self, ns: &str) -> String {
+        format!("http://{}/{ns}/hook/in", self.webhooks)
+    }
+
+    /// SIGKILL, then the same process again on the same data and ports.
+    async fn kill_9_and_restart(&mut self) {
+        self.child.0.kill().expect("kill -9");
+        self.child.0.wait().expect("reap");
+        self.child = KillOnDrop(start_ofe_with_webhooks(
+            &self.folder,
+            &self.data,
+            self.listen,
+            self.webhooks,
+        ));
+        wait_ready(self.listen).await;
+    }
+
+    /// The process's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// `kill -9` `kills` times, `every` apart, while events stream in at 100/s; then every
+/// acknowledged event must reach the function.
+async fn kill_9_repeatedly(
+    name: &str,
+    bus: impl FnOnce(&str) -> String,
+    kills: u32,
+    every: Duration,
+) {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(dir.path(), &stream_yaml(&ns, &base, "", &bus(&ns)));
+    let mut ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let total = (every.as_secs_f64() * f64::from(kills + 1) * 100.0) as usize;
+    let sender = tokio::spawn(stream(ofe.hook_url(&ns), total, Duration::from_millis(10)));
+    for _ in 0..kills {
+        tokio::time::sleep(every).await;
+        ofe.kill_9_and_restart().await;
+    }
+    let (acknowledged, refused) = sender.await.expect("sender");
+    receiver
+        .wait_for(Duration::from_secs(90), "every acknowledged event at the function", |r| {
+            let seen = arrivals(r, "/fn");
+            acknowledged.iter().all(|id| seen.contains_key(id))
+        })
+        .await;
+    let seen = arrivals(&receiver, "/fn");
+    let deliveries: usize = seen.values().sum();
+    println!(
+        "kill -9 ×{kills} every {every:?} on the {name} bus: {} acknowledged ({refused} attempts \
+         refused or unanswered while down), {} delivered, 0 lost, {} duplicate deliveries",
+        acknowledged.len(),
+        seen.len(),
+        deliveries - seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_every_few_seconds_loses_nothing_on_the_embedded_bus() {
+    kill_9_repeatedly("embedded", |_| String::new(), 4, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_every_few_seconds_loses_nothing_on_jetstream() {
+    let Some(url) = support::broker_var("OFE_TEST_NATS") else { return };
+    kill_9_repeatedly(
+        "JetStream",
+        |ns| support::jetstream_bus(ns, &url),
+        4,
+        Duration::from_secs(3),
+    )
+    .await;
+}
+
+/// Kafka consumer groups take seconds to form, and a killed member holds its partitions until
+/// its session (10 s) times out: the kills come further apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_every_few_seconds_loses_nothing_on_kafka() {
+    let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
+    kill_9_repeatedly("Kafka", |ns| support::kafka_bus(ns, &brokers), 2, Duration::from_secs(12))
+        .await;
+}
+
+/// A Receiver path that answers 503 while `down` is set, then 200.
+async fn flaky_function(down: Arc<AtomicBool>) -> (Arc<std::sync::Mutex<Vec<String>>>, String) {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let (seen, down) = (seen.clone(), down.clone());
+            async move {
+                if down.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let id = headers.get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                seen.lock().expect("lock").push(id.to_string());
+                StatusCode::OK
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (seen, base)
+}
+
+/// The function answers 503 for 30 s: with retries that outlast it, every event arrives
+/// once it is back, and none is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_down_for_30_seconds_loses_nothing() {
+    let down = Arc::new(AtomicBool::new(true));
+    let (seen, base) = flaky_function(down.clone()).await;
+    let (dead, dead_base) = Receiver::start().await;
+    let retries = format!(
+        "    deadLetterSink: {{ uri: \"{dead_base}/dead\" }}\n    \
+         delivery: {{ retry: 100, backoffPolicy: linear, backoffDelay: PT0.5S }}\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(dir.path(), &stream_yaml("default", &base, &retries, ""));
+    let ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let (acknowledged, _) = stream(ofe.hook_url("default"), 300, Duration::from_millis(50)).await;
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    down.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    let start = Instant::now();
+    loop {
+        let got: BTreeSet<String> = seen.lock().expect("lock").iter().cloned().collect();
+        if acknowledged.is_subset(&got) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {} arrived",
+            got.len(),
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dead.on("/dead").is_empty(), "nothing was dead-lettered that a retry could deliver");
+    let metrics = support::get(&format!("http://{}/metrics", ofe.listen)).await;
+    let retried = support::counter(
+        &metrics,
+        "ofe_trigger_delivery_retries_total{namespace=\"default\",trigger=\"route\"",
+    );
+    println!(
+        "function down for 30 s: {} acknowledged, all delivered {:.1} s after it came back, \
+         {retried} retries, 0 dead-lettered",
+        acknowledged.len(),
+        back.elapsed().as_secs_f64()
+    );
+}
+
+/// A function at `BASE/fn` that takes 2 s per request while `slow` is set.
+async fn slow_function(slow: Arc<AtomicBool>) -> (Arc<std::sync::Mutex<Vec<String>>>, String) {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let (seen, slow) = (seen.clone(), slow.clone());
+            async move {
+                if slow.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                let id = headers.get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                seen.lock().expect("lock").push(id.to_string());
+                StatusCode::OK
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (seen, base)
+}
+
+/// The function takes 2 s per request (4 at a time) while 1 KiB events are offered at
+/// 200/s for 15 s: the bus's backlog limit makes the webhook answer 503 instead of a queue
+/// growing, ofe's memory stays bounded, and once the function is fast again every accepted
+/// event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_function_pushes_back_on_the_source_with_bounded_memory() {
+    let slow = Arc::new(AtomicBool::new(true));
+    let (seen, base) = slow_function(slow.clone()).await;
+    let bus = "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+               metadata: { name: default, namespace: default }\n\
+               spec:\n  embedded: { maxBytes: 1048576 }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "    delivery: { maxConcurrency: 4 }\n";
+    let folder = manifests(dir.path(), &stream_yaml("default", &base, extra, bus));
+    let ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let url = ofe.hook_url("default");
+    let client = reqwest::Client::new();
+    let padding = "x".repeat(1000);
+    let (mut accepted, mut pushed_back, mut peak_kib) = (BTreeSet::new(), 0, 0);
+    let start_kib = ofe.rss_kib();
+    let started = Instant::now();
+    for n in 0..3000 {
+        let id = format!("e-{n}");
+        let data = format!("{{\"n\":{n},\"pad\":\"{padding}\"}}");
+        match post(&client, &url, &id, &data).await {
+            Some(StatusCode::ACCEPTED) => {
+                accepted.insert(id);
+            }
+            Some(StatusCode::SERVICE_UNAVAILABLE) => pushed_back += 1,
+            other => panic!("unexpected answer to {id}: {other:?}"),
+        }
+        if n % 100 == 0 {
+            peak_kib = peak_kib.max(ofe.rss_kib());
+        }
+        let due = started + Duration::from_millis(5 * (n + 1));
+        tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
+    }
+    assert!(pushed_back > 0, "the webhook never pushed back ({} accepted)", accepted.len());
+    // 3000 events of 1 KiB were offered; a queue taking them all would hold 3 MiB and more.
+    assert!(accepted.len() < 1000, "{} accepted: the backlog was not bounded", accepted.len());
+    assert!(peak_kib < start_kib + 64 * 1024, "memory grew from {start_kib} KiB to {peak_kib} KiB");
+    slow.store(false, Ordering::SeqCst);
+    let waited = Instant::now();
+    loop {
+        let got: BTreeSet<String> = seen.lock().expect("lock").iter().cloned().collect();
+        if accepted.is_subset(&got) {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "{} of {} accepted arrived",
+            got.len(),
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "slow function (2 s per request, 4 at a time), 3000 events offered at 200/s: {} accepted, \
+         {pushed_back} pushed back with 503, memory {start_kib} KiB at start and at most \
+         {peak_kib} KiB, every accepted event delivered once the function was fast again",
+        accepted.len()
+    );
+}
+
+/// Poison events do not block the stream: data a CEL filter cannot read is filtered out, a
+/// broken CloudEvent and an oversized body go back to their sender with the reason, and an
+/// event the function keeps failing on goes to the dead-letter sink with the reason, while
+/// the good events around them all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_take_the_dead_letter_path_while_the_rest_flows() {
+    let (receiver, base) = Receiver::start().await;
+    let yaml = String::from(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: { name: hook, namespace: default }\n\
+         spec:\n  eventBus: default\n  webhook:\n    in: { maxPayloadSize: 4096 }\n",
+    ) + &support::trigger(
+        "default",
+        "route",
+        "    fast:\n      eventSource: hook\n      event: in\n      filters:\n        - cel: \"type == 'faults.event' && data.speed > 120.0\"\n\
+         \x20   reject:\n      eventSource: hook\n      event: in\n      filters:\n        - exact: { type: faults.reject }",
+        &format!(
+            "  - condition: fast\n    sink: {{ uri: \"{base}/fn\" }}\n\
+             \x20 - condition: reject\n    sink: {{ uri: \"{base}/fail\" }}\n    \
+             deadLetterSink: {{ uri: \"{base}/dead\" }}\n    delivery: {{ retry: 1, backoffDelay: PT0.1S }}\n"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ofe = Process::start(&manifests(dir.path(), &yaml), &dir.path().join("data")).await;
+    let url = ofe.hook_url("default");
+    let client = reqwest::Client::new();
+    let json = |id: &str| {
+        vec![("ce-id", id.to_string()), ("content-type", "application/json".to_string())]
+    };
+    let (mut good, mut answers) = (Vec::new(), BTreeMap::new());
+    for round in 0..20 {
+        let id = format!("good-{round}");
+        let headers = json(&id);
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _) = send(&client, &url, &h, "{\"speed\":150}".into()).await.expect("answer");
+        assert_eq!(status, StatusCode::ACCEPTED);
+        good.push(id);
+        // Data no filter can read as JSON.
+        let garbled = format!("garbled-{round}");
+        let poison: Vec<(&str, &str, String, &str)> = vec![
+            ("unreadable data", &garbled, "{not json".into(), "application/json"),
+            ("broken CloudEvent", "broken", "{}".into(), "application/json"),
+            ("oversized body", "big", "x".repeat(8192), "text/plain"),
+        ];
+        for (what, id, body, content_type) in poison {
+            let mut h = vec![("ce-id", id), ("content-type", content_type)];
+            if what == "broken CloudEvent" {
+                h.push(("ce-specversion", "0.9"));
+            }
+            let (status, reason) = send(&client, &url, &h, body).await.expect("answer");
+            answers.entry(what).or_insert_with(|| (status, reason.trim().to_string()));
+        }
+        let reject = format!("reject-{round}");
+        let h = [
+            ("ce-id", reject.as_str()),
+            ("ce-type", "faults.reject"),
+            ("content-type", "application/json"),
+        ];
+        let (status, _) = send(&client, &url, &h, "{}".into()).await.expect("answer");
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    receiver
+        .wait_for(Duration::from_secs(30), "the good events and the dead letters", |r| {
+            r.on("/fn").len() >= 20 && r.on("/dead").len() >= 20
+        })
+        .await;
+    let delivered: BTreeSet<String> =
+        receiver.on("/fn").iter().map(|r| r.header("ce-id")).collect();
+    assert_eq!(
+        delivered,
+        good.iter().cloned().collect(),
+        "exactly the good events reach the function"
+    );
+    for dead in receiver.on("/dead") {
+        assert!(dead.header("ce-id").starts_with("reject-"), "{}", dead.header("ce-id"));
+        assert_eq!(dead.header("ce-ofeerrorcode"), "500");
+        assert!(
+            dead.header("ce-ofeerrorreason").contains("HTTP 500"),
+            "{}",
+            dead.header("ce-ofeerrorreason")
+        );
+    }
+    let (status, reason) = &answers["unreadable data"];
+    assert_eq!(*status, StatusCode::ACCEPTED, "the bus takes it: only the filter cannot read it");
+    let (status, reason_broken) = &answers["broken CloudEvent"];
+    assert_eq!(*status, StatusCode::BAD_REQUEST, "{reason_broken}");
+    let (status_big, reason_big) = &answers["oversized body"];
+    assert_eq!(*status_big, StatusCode::PAYLOAD_TOO_LARGE, "{reason_big}");
+    let metrics = support::get(&format!("http://{}/metrics", ofe.listen)).await;
+    let filtered = support::counter(
+        &metrics,
+        "ofe_trigger_events_filtered_total{namespace=\"default\",trigger=\"route\",subscriber=\"0\"",
+    );
+    assert!(filtered >= 20, "the unreadable events count as filtered: {filtered}\n{metrics}");
+    println!(
+        "poison events, 20 rounds: 20 good delivered; 20 unreadable-data events accepted ({reason}) \
+         and filtered out; 20 broken CloudEvents answered {status} ({reason_broken}); 20 \
+         oversized bodies answered {status_big} ({reason_big}); 20 events the function fails on \
+         dead-lettered with their reason"
+    );
+}
