@@ -43,6 +43,8 @@ pub struct Settings {
     pub drain: Duration,
     /// Where webhooks are served.
     pub webhook_listen: String,
+    /// How HTTPS sinks are trusted, and who ofe is to them.
+    pub sink_tls: ofe_trigger::delivery::SinkTls,
 }
 
 /// Tasks that stop together.
@@ -183,13 +185,15 @@ impl Plane {
         trigger_metrics: TriggerMetrics,
         targets: Targets,
     ) -> anyhow::Result<Self> {
+        let client = ofe_trigger::delivery::http_client_with(&settings.sink_tls)
+            .context("cannot build the HTTP client for sinks")?;
         Ok(Self {
             settings,
             buses: Buses::new(&[]),
             health,
             source_metrics,
             trigger_metrics,
-            client: ofe_trigger::delivery::http_client().context("cannot build the HTTP client")?,
+            client,
             sources: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             routers: BTreeMap::new(),

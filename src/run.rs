@@ -72,6 +72,17 @@ pub struct PlaneArgs {
     /// it they work only when `--listen` is a loopback address.
     #[arg(long, env = "OFE_CONSOLE_TOKEN", hide_env_values = true)]
     console_token: Option<String>,
+    /// PEM certificates of CAs to trust for HTTPS sinks, besides the system's (a cluster's
+    /// private CA).
+    #[arg(long, env = "OFE_SINK_CA_FILE")]
+    sink_ca_file: Option<PathBuf>,
+    /// A PEM client certificate for HTTPS sinks that ask for one (mutual TLS); needs
+    /// `--sink-key-file`.
+    #[arg(long, env = "OFE_SINK_CERT_FILE", requires = "sink_key_file")]
+    sink_cert_file: Option<PathBuf>,
+    /// The PEM private key of `--sink-cert-file`.
+    #[arg(long, env = "OFE_SINK_KEY_FILE", requires = "sink_cert_file")]
+    sink_key_file: Option<PathBuf>,
 }
 
 /// A running process's endpoint and data plane.
@@ -125,6 +136,10 @@ impl Process {
             max_hops: args.max_hops,
             drain: args.drain_timeout,
             webhook_listen: args.webhook_listen.clone(),
+            sink_tls: ofe_trigger::delivery::SinkTls {
+                ca_file: args.sink_ca_file.clone(),
+                client: args.sink_cert_file.clone().zip(args.sink_key_file.clone()),
+            },
         };
         let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?;
         Ok(Self { plane, health, ready, shutdown, http })

@@ -77,7 +77,7 @@ async fn send(
 /// answers 202 (retrying refusals and a process that is down); returns the ids acknowledged
 /// and how many attempts were refused or unanswered.
 async fn stream(url: String, total: usize, every: Duration) -> (BTreeSet<String>, usize) {
-    let client = reqwest::Client::new();
+    let client = support::http();
     let mut acknowledged = BTreeSet::new();
     let mut refused = 0;
     for n in 0..total {
@@ -324,7 +324,7 @@ async fn a_slow_function_pushes_back_on_the_source_with_bounded_memory() {
     let folder = manifests(dir.path(), &stream_yaml("default", &base, extra, bus));
     let ofe = Process::start(&folder, &dir.path().join("data")).await;
     let url = ofe.hook_url("default");
-    let client = reqwest::Client::new();
+    let client = support::http();
     let padding = "x".repeat(1000);
     let (mut accepted, mut pushed_back, mut peak_kib) = (BTreeSet::new(), 0, 0);
     let start_kib = ofe.rss_kib();
@@ -397,7 +397,7 @@ async fn poison_events_take_the_dead_letter_path_while_the_rest_flows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ofe = Process::start(&manifests(dir.path(), &yaml), &dir.path().join("data")).await;
     let url = ofe.hook_url("default");
-    let client = reqwest::Client::new();
+    let client = support::http();
     let json = |id: &str| {
         vec![("ce-id", id.to_string()), ("content-type", "application/json".to_string())]
     };

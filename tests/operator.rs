@@ -369,8 +369,7 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
     let post = |signature: &'static str| {
         let (url, signature) = (url.clone(), signature);
         async move {
-            let request =
-                reqwest::Client::new().post(&url).header("content-type", "application/json");
+            let request = support::http().post(&url).header("content-type", "application/json");
             let request = if signature.is_empty() {
                 request
             } else {
@@ -451,7 +450,7 @@ async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
 
     // Load: 20 webhook events into one replica; the slow sink takes 1.5 s each, and both
     // replicas' subscribers pull from the shared consumer.
-    let client = reqwest::Client::new();
+    let client = support::http();
     let total = 20;
     for i in 0..total {
         let answer = client

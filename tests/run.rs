@@ -184,7 +184,7 @@ async fn webhook_cloudevents_keep_their_attributes_end_to_end() {
         hooks,
     );
     wait_ready(listen).await;
-    let http = reqwest::Client::new();
+    let http = support::http();
     let sent = http
         .post(format!("http://{hooks}/telemetry"))
         .header("ce-specversion", "1.0")

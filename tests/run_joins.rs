@@ -40,7 +40,7 @@ spec:
 
 /// Posts a binary-mode CloudEvent with `id` about `car` to the webhook `path`.
 async fn post(webhooks: SocketAddr, path: &str, id: &str, car: &str) {
-    let answer = reqwest::Client::new()
+    let answer = support::http()
         .post(format!("http://{webhooks}{path}"))
         .header("ce-specversion", "1.0")
         .header("ce-id", id)

@@ -81,7 +81,7 @@ async fn a_binary_cloudevent_keeps_its_attributes_over_every_transport() {
     let payload = br#"{"vehicleId":"v1","speed":88}"#;
 
     // HTTP: curl-style binary mode.
-    let mut request = reqwest::Client::new()
+    let mut request = support::http()
         .post(format!("http://{webhooks}/{ns}/ingest/hook"))
         .header("content-type", "application/json")
         .body(payload.to_vec());

@@ -857,6 +857,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn main() -> anyhow::Result<()> {
+    ofe_eventbus::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(Internal::Forwarder { listen, to }) = cli.command {

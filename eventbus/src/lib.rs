@@ -29,3 +29,10 @@ pub use bus::{
 pub use cloudevents::Event;
 pub use state::{StateError, StateStore, Versioned, state_key};
 pub use subject::Subject;
+
+/// Makes ring the process's rustls crypto provider. Every TLS connection of ofe uses ring,
+/// and an HTTP client built without a TLS configuration of its own needs a process default:
+/// call this before building one. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -41,7 +41,16 @@ async fn fixture(spec: &str) -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
-    Fixture { base, bus, sub, http: reqwest::Client::new(), _dir: dir }
+    Fixture {
+        base,
+        bus,
+        sub,
+        http: {
+            ofe_eventbus::install_crypto_provider();
+            reqwest::Client::new()
+        },
+        _dir: dir,
+    }
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> ofe_eventbus::Delivery {

@@ -39,7 +39,8 @@ pub struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
 }
 
-async fn record(
+/// Records a request (the receiver's handler, for servers of a test's own).
+pub async fn record(
     State(r): State<Receiver>,
     uri: Uri,
     headers: HeaderMap,
@@ -157,9 +158,15 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().expect("wait for ofe")
 }
 
+/// An HTTP client for tests (with the process's TLS provider installed, which reqwest needs).
+pub fn http() -> reqwest::Client {
+    ofe_eventbus::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// GETs a URL on loopback and returns the body, or "" on failure.
 pub async fn get(url: &str) -> String {
-    match reqwest::get(url).await {
+    match http().get(url).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }

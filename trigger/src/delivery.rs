@@ -193,9 +193,95 @@ pub fn is_retryable(status: u16) -> bool {
 /// The HTTP client deliveries use: a keep-alive connection pool. Clones share it.
 pub type HttpClient = reqwest::Client;
 
-/// The HTTP client deliveries use: a keep-alive connection pool. Clones share it.
-pub fn http_client() -> Result<HttpClient, reqwest::Error> {
-    reqwest::Client::builder().pool_max_idle_per_host(64).build()
+/// How the delivery client proves who it talks to, and who it is, over HTTPS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkTls {
+    /// PEM certificates of CAs to trust besides the system's (a cluster's private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A PEM client certificate and key, for sinks that ask for one (mutual TLS).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Why the delivery client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A certificate or key file is unreadable or not PEM; names the file and the fix.
+    #[error("{0}")]
+    Tls(String),
+    /// The HTTP client itself.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// The HTTP client deliveries use: a keep-alive connection pool, trusting the system's CAs.
+/// Clones share it.
+pub fn http_client() -> Result<HttpClient, ClientError> {
+    http_client_with(&SinkTls::default())
+}
+
+/// [`http_client`] with `tls`: more CAs to trust, and a client certificate.
+pub fn http_client_with(tls: &SinkTls) -> Result<HttpClient, ClientError> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .tls_backend_preconfigured(rustls_config(tls)?)
+        .build()?)
+}
+
+/// A rustls configuration on the ring provider (the one every TLS connection of ofe uses):
+/// the system's roots plus `tls.ca_file`, and the client certificate if any.
+fn rustls_config(tls: &SinkTls) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| ClientError::Tls(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    let certs = |path: &std::path::Path, what: &str| {
+        let found = CertificateDer::pem_slice_iter(&read(path, what)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Tls(format!("{what} {} is not PEM: {e}", path.display())))?;
+        if found.is_empty() {
+            return Err(ClientError::Tls(format!(
+                "{what} {} holds no certificate; give a PEM file",
+                path.display()
+            )));
+        }
+        Ok(found)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot use is skipped, as every TLS client does.
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &tls.ca_file {
+        for cert in certs(ca, "--sink-ca-file")? {
+            roots.add(cert).map_err(|e| ClientError::Tls(format!("--sink-ca-file: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client {
+        Some((cert, key)) => {
+            let chain = certs(cert, "--sink-cert-file")?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&read(key, "--sink-key-file")?).map_err(|e| {
+                    ClientError::Tls(format!(
+                        "--sink-key-file {} is not a PEM key: {e}",
+                        key.display()
+                    ))
+                })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Tls(format!("--sink-cert-file: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // reqwest speaks HTTP/1.1 here; offer it, as its own configuration would.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Sends events to destinations. Cheap to clone; the HTTP connection pool is shared.
@@ -208,7 +294,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// A deliverer with its own HTTP connection pool, publishing topics to `bus`.
-    pub fn new(bus: Arc<dyn EventBus>) -> Result<Self, reqwest::Error> {
+    pub fn new(bus: Arc<dyn EventBus>) -> Result<Self, ClientError> {
         Ok(Self::with_client(http_client()?, bus))
     }
 
