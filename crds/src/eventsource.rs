@@ -158,6 +158,11 @@ pub struct WebhookSpec {
     /// Requests must carry `Authorization: Bearer <token>`; others get 401.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token: Option<String>,
+    /// Most requests accepted per second (ofe addition), with bursts of as many; requests
+    /// beyond it get 429 with `Retry-After`, before any other work is done for them. No
+    /// limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     /// Requests must carry an HMAC-SHA256 signature of the body; others get 401.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac: Option<HmacSpec>,

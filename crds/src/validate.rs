@@ -203,6 +203,13 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
                 "must be at least 1 byte",
             ));
         }
+        if hook.rate_limit == Some(0) {
+            out.push(Diagnostic::error(
+                format!("{path}.rateLimit"),
+                "is 0, which refuses every request; allow at least 1 per second, or remove it for \
+                 no limit",
+            ));
+        }
         if hook.bearer_token.is_some() && hook.hmac.is_some() {
             out.push(Diagnostic::error(path.clone(), "sets both bearerToken and hmac; keep one"));
         }

@@ -19,7 +19,7 @@
 //! nothing invalid enters the bus.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -65,12 +65,47 @@ pub struct Webhook {
     auth: Auth,
     subject: Subject,
     bus: Arc<dyn EventBus>,
+    /// `rateLimit`, shared by the clones that serve it.
+    limit: Option<Arc<Mutex<Bucket>>>,
+}
+
+/// A token bucket: `rate` requests a second, in bursts of as many.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self { rate, tokens: rate, at: std::time::Instant::now() }
+    }
+
+    /// Takes a token; `Err` with how long until one is free when there is none.
+    fn take(&mut self) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
 }
 
 impl Webhook {
     /// The path it is served at.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Its `rateLimit`, for messages.
+    fn rate(&self) -> f64 {
+        self.limit.as_ref().and_then(|l| l.lock().ok().map(|b| b.rate)).unwrap_or(0.0)
     }
 }
 
@@ -104,6 +139,7 @@ pub fn webhooks(es: &EventSource, bus: &Arc<dyn EventBus>) -> Result<Vec<Webhook
                 .unwrap_or(DEFAULT_MAX_PAYLOAD),
             auth,
             bus: bus.clone(),
+            limit: spec.rate_limit.map(|rate| Arc::new(Mutex::new(Bucket::new(rate)))),
         });
     }
     Ok(out)
@@ -151,6 +187,20 @@ async fn handle(
     };
     if method != Method::POST {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "webhooks accept POST only");
+    }
+    // Before any other work, so a flood costs as little as it can.
+    if let Some(limit) = &hook.limit
+        && let Some(Err(wait)) = limit.lock().ok().map(|mut bucket| bucket.take())
+    {
+        let mut response = reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this webhook takes at most {} requests a second; retry later", hook.rate()),
+        );
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     if body.len() > hook.max_payload {
         return reply(

@@ -243,3 +243,44 @@ async fn bus_down_answers_503_with_retry_after() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
 }
+
+/// `rateLimit` refuses requests beyond the rate with 429 and `Retry-After` before doing
+/// anything else for them (not even checking the token), and takes them again once the
+/// bucket refills; what it took reaches the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_beyond_the_rate() {
+    let mut f = fixture("    limited: { rateLimit: 5, bearerToken: s3cret }\n").await;
+    let url = format!("{}/ns/hooks/limited", f.base);
+    let post = |id: String| {
+        f.http
+            .post(&url)
+            .bearer_auth("s3cret")
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/limited")
+            .header("ce-type", "t")
+            .body("{}")
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(post(format!("a-{i}")).await.expect("answer"));
+    }
+    let accepted = statuses.iter().filter(|r| r.status() == 202).count();
+    let limited: Vec<_> = statuses.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!(accepted + limited.len(), 8);
+    assert!((5..=6).contains(&accepted), "a burst of the rate is taken: {accepted}");
+    assert!(!limited.is_empty(), "requests beyond the rate are refused");
+    assert_eq!(limited[0].headers()["retry-after"], "1");
+    // A flood without the token is refused as cheaply: 429 before 401.
+    let anonymous = f.http.post(&url).body("{}").send().await.expect("answer");
+    assert_eq!(anonymous.status(), 429);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(post("b-0".into()).await.expect("answer").status(), 202, "the bucket refilled");
+    for _ in 0..accepted + 1 {
+        let d = next(&mut f.sub).await;
+        assert!(d.event.id().starts_with("a-") || d.event.id() == "b-0");
+        d.ack().await.expect("ack");
+    }
+    let _ = f.bus.close().await;
+}
