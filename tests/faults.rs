@@ -215,16 +215,31 @@ async fn kill_9_every_few_seconds_loses_nothing_on_kafka() {
         .await;
 }
 
-/// A Receiver path that answers 503 while `down` is set, then 200.
-async fn flaky_function(down: Arc<AtomicBool>) -> (Arc<std::sync::Mutex<Vec<String>>>, String) {
+/// What a troubled function does while its trouble lasts.
+#[derive(Clone, Copy)]
+enum Trouble {
+    /// Answers 503.
+    Down,
+    /// Takes 2 s per request.
+    Slow,
+}
+
+/// A function that records each event's id, and has `trouble` while `now` is set.
+async fn troubled_function(
+    trouble: Trouble,
+    now: Arc<AtomicBool>,
+) -> (Arc<std::sync::Mutex<Vec<String>>>, String) {
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let app = {
         let seen = seen.clone();
         axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-            let (seen, down) = (seen.clone(), down.clone());
+            let (seen, now) = (seen.clone(), now.clone());
             async move {
-                if down.load(Ordering::SeqCst) {
-                    return StatusCode::SERVICE_UNAVAILABLE;
+                if now.load(Ordering::SeqCst) {
+                    match trouble {
+                        Trouble::Down => return StatusCode::SERVICE_UNAVAILABLE,
+                        Trouble::Slow => tokio::time::sleep(Duration::from_secs(2)).await,
+                    }
                 }
                 let id = headers.get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                 seen.lock().expect("lock").push(id.to_string());
@@ -238,12 +253,27 @@ async fn flaky_function(down: Arc<AtomicBool>) -> (Arc<std::sync::Mutex<Vec<Stri
     (seen, base)
 }
 
+/// Waits until every id of `wanted` is in `seen`; panics after a minute.
+async fn wait_all(seen: &std::sync::Mutex<Vec<String>>, wanted: &BTreeSet<String>) {
+    let start = Instant::now();
+    loop {
+        let got: BTreeSet<String> = seen.lock().expect("lock").iter().cloned().collect();
+        if wanted.is_subset(&got) {
+            return;
+        }
+        let (have, want) = (got.intersection(wanted).count(), wanted.len());
+        assert!(start.elapsed() < Duration::from_secs(60), "{have} of {want} arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The function answers 503 for 30 s: with retries that outlast it, every event arrives
 /// once it is back, and none is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_down_for_30_seconds_loses_nothing() {
     let down = Arc::new(AtomicBool::new(true));
-    let (seen, base) = flaky_function(down.clone()).await;
+    let (seen, base) = troubled_function(Trouble::Down, down.clone()).await;
+    let outage = Instant::now();
     let (dead, dead_base) = Receiver::start().await;
     let retries = format!(
         "    deadLetterSink: {{ uri: \"{dead_base}/dead\" }}\n    \
@@ -253,24 +283,10 @@ async fn a_function_down_for_30_seconds_loses_nothing() {
     let folder = manifests(dir.path(), &stream_yaml("default", &base, &retries, ""));
     let ofe = Process::start(&folder, &dir.path().join("data")).await;
     let (acknowledged, _) = stream(ofe.hook_url("default"), 300, Duration::from_millis(50)).await;
-    let outage = Instant::now();
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     down.store(false, Ordering::SeqCst);
     let back = Instant::now();
-    let start = Instant::now();
-    loop {
-        let got: BTreeSet<String> = seen.lock().expect("lock").iter().cloned().collect();
-        if acknowledged.is_subset(&got) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} of {} arrived",
-            got.len(),
-            acknowledged.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all(&seen, &acknowledged).await;
     assert!(dead.on("/dead").is_empty(), "nothing was dead-lettered that a retry could deliver");
     let metrics = support::get(&format!("http://{}/metrics", ofe.listen)).await;
     let retried = support::counter(
@@ -285,29 +301,6 @@ async fn a_function_down_for_30_seconds_loses_nothing() {
     );
 }
 
-/// A function at `BASE/fn` that takes 2 s per request while `slow` is set.
-async fn slow_function(slow: Arc<AtomicBool>) -> (Arc<std::sync::Mutex<Vec<String>>>, String) {
-    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let app = {
-        let seen = seen.clone();
-        axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-            let (seen, slow) = (seen.clone(), slow.clone());
-            async move {
-                if slow.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                let id = headers.get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                seen.lock().expect("lock").push(id.to_string());
-                StatusCode::OK
-            }
-        })
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (seen, base)
-}
-
 /// The function takes 2 s per request (4 at a time) while 1 KiB events are offered at
 /// 200/s for 15 s: the bus's backlog limit makes the webhook answer 503 instead of a queue
 /// growing, ofe's memory stays bounded, and once the function is fast again every accepted
@@ -315,7 +308,7 @@ async fn slow_function(slow: Arc<AtomicBool>) -> (Arc<std::sync::Mutex<Vec<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_function_pushes_back_on_the_source_with_bounded_memory() {
     let slow = Arc::new(AtomicBool::new(true));
-    let (seen, base) = slow_function(slow.clone()).await;
+    let (seen, base) = troubled_function(Trouble::Slow, slow.clone()).await;
     let bus = "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
                metadata: { name: default, namespace: default }\n\
                spec:\n  embedded: { maxBytes: 1048576 }\n";
@@ -350,20 +343,7 @@ async fn a_slow_function_pushes_back_on_the_source_with_bounded_memory() {
     assert!(accepted.len() < 1000, "{} accepted: the backlog was not bounded", accepted.len());
     assert!(peak_kib < start_kib + 64 * 1024, "memory grew from {start_kib} KiB to {peak_kib} KiB");
     slow.store(false, Ordering::SeqCst);
-    let waited = Instant::now();
-    loop {
-        let got: BTreeSet<String> = seen.lock().expect("lock").iter().cloned().collect();
-        if accepted.is_subset(&got) {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(60),
-            "{} of {} accepted arrived",
-            got.len(),
-            accepted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all(&seen, &accepted).await;
     println!(
         "slow function (2 s per request, 4 at a time), 3000 events offered at 200/s: {} accepted, \
          {pushed_back} pushed back with 503, memory {start_kib} KiB at start and at most \

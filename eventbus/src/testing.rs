@@ -138,6 +138,35 @@ async fn expect_lag(bus: &dyn EventBus, consumer: &str, want: u64, others: u64) 
     }
 }
 
+/// A bus whose consumer has fallen behind by its size limit refuses new events from sources
+/// (`Unavailable`, naming `fix`) instead of dropping any it holds; hops inside ofe (queues)
+/// are still taken; once the consumer has settled what it had, publishing resumes, and every
+/// accepted event arrived in order. Returns how many were accepted before the refusal.
+pub async fn a_full_bus_refuses_rather_than_drop(bus: &dyn EventBus, fix: &str) -> u64 {
+    let s = Subject::event("ns", "src", "e");
+    let mut slow = subscribe(bus, "slow", &s, 10_000).await;
+    let mut accepted = 0;
+    let refusal = loop {
+        match bus.publish(&s, &sample_event(&format!("e-{accepted}"), accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1000, "the bus never refused a publish");
+    };
+    assert!(matches!(refusal, crate::BusError::Unavailable(_)), "{refusal:?}");
+    assert!(refusal.to_string().contains(fix), "the refusal says the fix: {refusal}");
+    let queue = Subject::queue("ns", "t", "0");
+    bus.publish(&queue, &sample_event("hop", 0)).await.expect("a queue publish is taken");
+    for i in 0..accepted {
+        let d = next_within(&mut slow, PATIENCE).await;
+        assert_eq!(d.event.id(), format!("e-{i}"), "nothing accepted was dropped");
+        d.ack().await.expect("ack");
+    }
+    bus.publish(&s, &sample_event("after", 0)).await.expect("room again once settled");
+    assert_eq!(next_within(&mut slow, PATIENCE).await.event.id(), "after");
+    accepted
+}
+
 /// A free TCP port on loopback, for a broker a test runs itself.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
