@@ -290,6 +290,20 @@ fn authenticate(auth: &Auth, headers: &HeaderMap, body: &[u8]) -> Result<(), Str
 /// request follows the rules every adapter shares (see [`crate::ingest`]), except that a
 /// malformed CloudEvent is refused rather than flagged: HTTP can tell the sender.
 fn to_events(hook: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, String> {
+    let mut events = decode(hook, headers, body)?;
+    // A sender that traces with W3C Trace Context headers, but does not set the CloudEvents
+    // tracing extension, still has its trace carried on to the functions.
+    for name in ["traceparent", "tracestate"] {
+        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
+        for event in events.iter_mut().filter(|e| e.extension(name).is_none()) {
+            event.set_extension(name, value.to_string());
+        }
+    }
+    Ok(events)
+}
+
+/// The events of a request, as the sender gave them.
+fn decode(hook: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, String> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let media = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
     if media.is_some_and(|m| m.eq_ignore_ascii_case("application/cloudevents-batch+json")) {

@@ -284,3 +284,46 @@ async fn rate_limit_answers_429_beyond_the_rate() {
     }
     let _ = f.bus.close().await;
 }
+
+/// A sender tracing with W3C Trace Context headers (and no CloudEvents tracing extension)
+/// has its trace context carried on the event, so functions continue its trace; an event
+/// that has the extension keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w3c_trace_headers_become_the_tracing_extension() {
+    let mut f = fixture("    traced: {}\n").await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let response = f
+        .http
+        .post(format!("{}/ns/hooks/traced", f.base))
+        .header("traceparent", parent)
+        .header("tracestate", "rojo=00f067aa0ba902b7")
+        .header("content-type", "application/json")
+        .body(r#"{"speed":1}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 202);
+    let d = next(&mut f.sub).await;
+    let ext = |name: &str| d.event.extension(name).map(ToString::to_string);
+    assert_eq!(ext("traceparent").as_deref(), Some(parent));
+    assert_eq!(ext("tracestate").as_deref(), Some("rojo=00f067aa0ba902b7"));
+    d.ack().await.expect("ack");
+    let own = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = f
+        .http
+        .post(format!("{}/ns/hooks/traced", f.base))
+        .header("traceparent", parent)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "x")
+        .header("ce-source", "/x")
+        .header("ce-type", "t")
+        .header("ce-traceparent", own)
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 202);
+    let d = next(&mut f.sub).await;
+    assert_eq!(d.event.extension("traceparent").map(ToString::to_string).as_deref(), Some(own));
+    let _ = f.bus.close().await;
+}

@@ -486,8 +486,23 @@ pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
     if let Some(Ok(value)) = event.datacontenttype().map(HeaderValue::from_str) {
         headers.insert(CONTENT_TYPE, value);
     }
+    // The CloudEvents distributed-tracing extension, also as W3C Trace Context headers: a
+    // function instrumented with OpenTelemetry reads those, not `ce-traceparent`, and so
+    // continues the sender's trace.
+    for (extension, header) in [("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)] {
+        if let Some(Ok(value)) =
+            event.extension(extension).map(|v| HeaderValue::from_str(&v.to_string()))
+        {
+            headers.insert(header, value);
+        }
+    }
     (headers, event::data_bytes(event))
 }
+
+/// W3C Trace Context's header naming the trace and the caller's span.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context's vendor-specific trace state.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The `ce-` header of attribute `name`: the spec's attributes without building the name.
 fn ce_header(name: &str) -> Option<HeaderName> {
@@ -604,7 +619,13 @@ mod tests {
             .expect("event");
         event.set_extension("ofeevent", "tick");
         event.set_extension("note", "naïve");
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        event.set_extension("traceparent", parent);
+        event.set_extension("tracestate", "congo=t61rcWkgMzE");
         let (h, body) = binary_mode(&event);
+        assert_eq!(h["traceparent"], parent);
+        assert_eq!(h["ce-traceparent"], parent);
+        assert_eq!(h["tracestate"], "congo=t61rcWkgMzE");
         assert_eq!(h["ce-id"], "1");
         assert_eq!(h["ce-source"], "/s");
         assert_eq!(h["ce-type"], "t");
