@@ -127,8 +127,10 @@ pub async fn send(
     };
     let labels = match &subject {
         Subject::Event { namespace, source, event: name } => {
+            // `/send` keeps the event's own id: none is derived, so any id namespace does.
+            let id_namespace = uuid::Uuid::nil();
             let origin =
-                ofe_eventsource::ingest::Origin::of(namespace, source, name, "", uuid_namespace());
+                ofe_eventsource::ingest::Origin::of(namespace, source, name, "", id_namespace);
             // As the EventSource's own events are: its name on every event.
             origin.stamp(&mut event);
             Some(origin.labels)
@@ -161,11 +163,6 @@ pub async fn send(
     let body = serde_json::json!({ "id": event.id(), "published": stored });
     (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n")
         .into_response()
-}
-
-/// A fixed namespace for ids nobody derives: `/send` keeps the id the event has.
-fn uuid_namespace() -> uuid::Uuid {
-    uuid::Uuid::nil()
 }
 
 /// The subject `to` names in `namespace`, or the answer explaining what is wrong and what
@@ -258,41 +255,26 @@ pub struct TailFilter {
 }
 
 impl TailFilter {
-    fn wants(&self, step: &Step) -> bool {
-        let o = &step.origin;
-        let stage_ok = self.stage.as_deref().is_none_or(|stages| {
-            let name = serde_json::to_value(step.stage).ok();
-            let name = name.as_ref().and_then(|v| v.as_str()).unwrap_or_default();
-            stages.split(',').any(|s| s.trim() == name)
-        });
-        self.namespace.as_deref().is_none_or(|ns| ns == o.namespace)
-            && self.source.as_deref().is_none_or(|s| o.kind == "EventSource" && s == o.name)
-            && self.trigger.as_deref().is_none_or(|t| o.kind == "Trigger" && t == o.name)
-            && stage_ok
+    /// The stages `stage` names (all when absent), or which name is unknown and what is known.
+    fn stages(&self) -> Result<Vec<Stage>, String> {
+        let Some(names) = &self.stage else { return Ok(Stage::ALL.to_vec()) };
+        names
+            .split(',')
+            .map(|name| {
+                Stage::from_name(name.trim()).ok_or_else(|| {
+                    let known: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+                    format!("unknown stage `{name}`; use {}", known.join(", "))
+                })
+            })
+            .collect()
     }
 
-    /// Stage names the filter may hold.
-    fn check(&self) -> Result<(), String> {
-        const ALL: [Stage; 7] = [
-            Stage::Published,
-            Stage::Routed,
-            Stage::Filtered,
-            Stage::Delivered,
-            Stage::Retrying,
-            Stage::DeadLettered,
-            Stage::Dropped,
-        ];
-        let names: Vec<String> = ALL
-            .iter()
-            .filter_map(|s| serde_json::to_value(s).ok())
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        for given in self.stage.iter().flat_map(|s| s.split(',')) {
-            if !names.iter().any(|n| n == given.trim()) {
-                return Err(format!("unknown stage `{given}`; use {}", names.join(", ")));
-            }
-        }
-        Ok(())
+    fn wants(&self, stages: &[Stage], step: &Step) -> bool {
+        let o = &step.origin;
+        stages.contains(&step.stage)
+            && self.namespace.as_deref().is_none_or(|ns| ns == o.namespace)
+            && self.source.as_deref().is_none_or(|s| o.kind == "EventSource" && s == o.name)
+            && self.trigger.as_deref().is_none_or(|t| o.kind == "Trigger" && t == o.name)
     }
 }
 
@@ -306,15 +288,18 @@ pub async fn tail(
     if let Some(refusal) = console.refuse(&headers) {
         return refusal;
     }
-    if let Err(e) = filter.check() {
-        return text(StatusCode::BAD_REQUEST, e);
-    }
+    let stages = match filter.stages() {
+        Ok(stages) => stages,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
     let rx = console.tap.listen();
-    let lines = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+    let state = (rx, filter, stages);
+    let lines = futures::stream::unfold(state, |(mut rx, filter, stages)| async move {
         loop {
             let line = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
                 Err(_) => "\n".to_string(),
-                Ok(Ok(step)) if filter.wants(&step) => match serde_json::to_string(&*step) {
+                Ok(Ok(step)) if filter.wants(&stages, &step) => match serde_json::to_string(&*step)
+                {
                     Ok(json) => json + "\n",
                     Err(_) => continue,
                 },
@@ -322,7 +307,7 @@ pub async fn tail(
                 Ok(Err(broadcast::error::RecvError::Lagged(n))) => format!("{{\"skipped\":{n}}}\n"),
                 Ok(Err(broadcast::error::RecvError::Closed)) => return None,
             };
-            return Some((Ok::<_, std::convert::Infallible>(line), (rx, filter)));
+            return Some((Ok::<_, std::convert::Infallible>(line), (rx, filter, stages)));
         }
     });
     (
@@ -348,9 +333,9 @@ mod tests {
     fn a_filter_names_known_stages_only() {
         let filter =
             TailFilter { stage: Some("delivered, dead-lettered".into()), ..Default::default() };
-        assert!(filter.check().is_ok());
+        assert_eq!(filter.stages(), Ok(vec![Stage::Delivered, Stage::DeadLettered]));
         let filter = TailFilter { stage: Some("delivred".into()), ..Default::default() };
-        let error = filter.check().expect_err("a typo is refused");
+        let error = filter.stages().expect_err("a typo is refused");
         assert!(error.contains("delivred") && error.contains("dead-lettered"), "{error}");
     }
 }

@@ -35,6 +35,37 @@ pub enum Stage {
     Dropped,
 }
 
+impl Stage {
+    /// Every stage, in path order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Published,
+        Stage::Routed,
+        Stage::Filtered,
+        Stage::Delivered,
+        Stage::Retrying,
+        Stage::DeadLettered,
+        Stage::Dropped,
+    ];
+
+    /// Its name, as it is serialized and as `ofe tail --stage` takes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stage::Published => "published",
+            Stage::Routed => "routed",
+            Stage::Filtered => "filtered",
+            Stage::Delivered => "delivered",
+            Stage::Retrying => "retrying",
+            Stage::DeadLettered => "dead-lettered",
+            Stage::Dropped => "dropped",
+        }
+    }
+
+    /// The stage called `name`.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// Who reported a step: an EventSource's event, or a Trigger's subscriber.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Origin {
@@ -97,13 +128,20 @@ impl Tap {
         }
     }
 
-    /// Reports `stage` of `event` at `origin`, with an optional detail.
-    pub fn step(&self, stage: Stage, origin: impl FnOnce() -> Origin, event: &Arc<Event>) {
+    /// Reports `stage` of `event` at `origin`, with `detail`; neither is built while nobody
+    /// listens.
+    pub fn step(
+        &self,
+        stage: Stage,
+        origin: impl FnOnce() -> Origin,
+        event: &Arc<Event>,
+        detail: impl FnOnce() -> Option<String>,
+    ) {
         self.report(|| Step {
             at: Utc::now(),
             stage,
             origin: origin(),
-            detail: None,
+            detail: detail(),
             event: event.clone(),
         });
     }
@@ -133,11 +171,16 @@ mod tests {
         let event = Arc::new(Event::default());
         tap.report(|| unreachable!("built a step nobody listens to"));
         let mut rx = tap.listen();
-        tap.step(Stage::Published, origin, &event);
+        tap.step(Stage::Published, origin, &event, || None);
         let step = rx.try_recv().expect("a step");
         assert_eq!((step.stage, &step.origin), (Stage::Published, &origin()));
         let json = serde_json::to_value(step.as_ref()).expect("serializes");
         assert_eq!(json["stage"], "published");
+        for stage in Stage::ALL {
+            let serialized = serde_json::to_value(stage).expect("serializes");
+            assert_eq!(serialized, stage.name(), "the name is the serialized form");
+            assert_eq!(Stage::from_name(stage.name()), Some(stage));
+        }
         assert_eq!(json["kind"], "EventSource");
         assert_eq!(json["event"]["specversion"], "1.0");
     }
@@ -148,7 +191,7 @@ mod tests {
         let event = Arc::new(Event::default());
         let mut rx = tap.listen();
         for _ in 0..BACKLOG + 10 {
-            tap.step(Stage::Published, origin, &event);
+            tap.step(Stage::Published, origin, &event, || None);
         }
         assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(10))));
         assert!(rx.try_recv().is_ok());

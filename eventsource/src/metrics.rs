@@ -62,7 +62,7 @@ impl SourceMetrics {
         }
         self.published.get_or_create(labels).inc();
         if self.tap.is_listened() {
-            self.tap.step(Stage::Published, || labels.origin(), &event());
+            self.tap.step(Stage::Published, || labels.origin(), &event(), || None);
         }
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ofe_eventbus::Event;
-use ofe_eventbus::tap::{Origin, Stage, Step, Tap};
+use ofe_eventbus::tap::{Origin, Stage, Tap};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -47,13 +47,7 @@ impl TriggerMetrics {
         event: &Arc<Event>,
         detail: impl FnOnce() -> Option<String>,
     ) {
-        self.tap.report(|| Step {
-            at: chrono::Utc::now(),
-            stage,
-            origin: labels.origin(),
-            detail: detail(),
-            event: event.clone(),
-        });
+        self.tap.step(stage, || labels.origin(), event, detail);
     }
 }
 
