@@ -21,6 +21,7 @@ pub mod state;
 mod subject;
 pub mod tap;
 pub mod testing;
+pub mod trace;
 
 pub use bus::{
     Acker, BusError, Connection, Delivery, EventBus, Published, StartPosition, SubscribeOptions,

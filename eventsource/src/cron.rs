@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
 use ofe_eventbus::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
+use ofe_eventbus::trace::SpanKind;
 use ofe_eventbus::{BusError, EventBus, Subject};
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +129,9 @@ pub async fn publish_with_retry(
     metrics: &SourceMetrics,
     shutdown: &CancellationToken,
 ) -> bool {
+    let (spans, stamped) =
+        crate::ingest::trace_ingest(event, labels, subject, SpanKind::Consumer, None);
+    let event = stamped.as_ref().unwrap_or(event);
     let mut backoff = crate::ingest::Backoff::default();
     loop {
         match bus.publish(subject, event).await {
@@ -141,6 +145,7 @@ pub async fn publish_with_retry(
             Err(BusError::Closed) => return false,
             Err(error) => {
                 metrics.publish_errors.get_or_create(labels).inc();
+                spans.publish_failed(&error);
                 tracing::warn!(%error, subject = %subject, retry_in = ?backoff.delay(), "publish failed; retrying");
                 if !backoff.wait(shutdown).await {
                     return false;

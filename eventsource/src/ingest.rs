@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use cloudevents::Event;
 use ofe_eventbus::event::{self, EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
 use ofe_eventbus::health::Reporter;
+use ofe_eventbus::trace::{self, KeyValue, Span, SpanKind};
 
 use crate::cron::source_uri;
 use crate::metrics::EventLabels;
@@ -281,6 +282,67 @@ impl Publisher<'_> {
             .into_iter()
             .all(|ok| ok)
     }
+}
+
+/// The spans of one event's way onto the bus: `ingest` (from the input to the bus's
+/// acknowledgement) and its child `publish`. Both end when dropped, `publish` first.
+#[derive(Debug, Default)]
+pub struct IngestSpans {
+    publish: Span,
+    ingest: Span,
+}
+
+impl IngestSpans {
+    /// Records a failed publish attempt (it is retried, or refused upstream).
+    pub fn publish_failed(&self, error: &impl std::fmt::Display) {
+        self.publish
+            .note("publish failed", vec![KeyValue::new("error.message", error.to_string())]);
+    }
+
+    /// Records that the event was refused upstream (the sender is told to retry).
+    pub fn refused(&self, error: &impl std::fmt::Display) {
+        self.publish_failed(error);
+        self.ingest.fail(format!("the bus did not take the event: {error}"));
+    }
+}
+
+/// Starts the spans of `event`'s ingest by the EventSource event `labels` onto `subject`, as
+/// a child of `parent` (the transport's trace context) or else of the event's own; returns
+/// them with the event as it must be published, the trace recorded in it. With tracing off,
+/// no spans and no copy: publish the event as it is.
+pub fn trace_ingest(
+    event: &Event,
+    labels: &EventLabels,
+    subject: &ofe_eventbus::Subject,
+    kind: SpanKind,
+    parent: Option<ofe_eventbus::trace::Context>,
+) -> (IngestSpans, Option<Event>) {
+    if !trace::enabled() {
+        return (IngestSpans::default(), None);
+    }
+    let parent = parent.unwrap_or_else(|| trace::parent_of(event));
+    let mut attributes = trace::event_attributes(event);
+    attributes.extend([
+        KeyValue::new("ofe.namespace", labels.namespace.clone()),
+        KeyValue::new("ofe.eventsource", labels.eventsource.clone()),
+        KeyValue::new("ofe.event", labels.event.clone()),
+    ]);
+    let name = format!("ingest {}/{}", labels.eventsource, labels.event);
+    let ingest = Span::start(name, kind, &parent, attributes);
+    let publish = Span::start(
+        format!("publish {subject}"),
+        SpanKind::Producer,
+        &ingest.context(),
+        vec![
+            KeyValue::new("messaging.system", "ofe"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", subject.to_string()),
+        ],
+    );
+    let mut event = event.clone();
+    ingest.stamp_origin(&mut event);
+    publish.stamp_hop(&mut event);
+    (IngestSpans { publish, ingest }, Some(event))
 }
 
 /// Most upstream messages an adapter publishes and acknowledges together.

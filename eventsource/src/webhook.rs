@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use cloudevents::Event;
 use hmac::{Hmac, Mac};
 use ofe_crds::EventSource;
+use ofe_eventbus::trace::SpanKind;
 use ofe_eventbus::{EventBus, Subject};
 use sha2::Sha256;
 
@@ -221,12 +222,28 @@ async fn handle(
     };
     let metrics = &routes.metrics;
     let count = events.len();
+    // The request's own trace context is the hop before this one.
+    let parent = ofe_eventbus::trace::enabled()
+        .then(|| headers.get("traceparent").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .and_then(|p| {
+            let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
+            ofe_eventbus::trace::remote(p, state)
+        });
     for event in events {
         metrics.received.get_or_create(&hook.origin.labels).inc();
-        let event = Arc::new(event);
+        let (spans, stamped) = crate::ingest::trace_ingest(
+            &event,
+            &hook.origin.labels,
+            &hook.subject,
+            SpanKind::Server,
+            parent.clone(),
+        );
+        let event = Arc::new(stamped.unwrap_or(event));
         match hook.bus.publish_shared(&hook.subject, event.clone()).await {
             Ok(p) => metrics.published(&hook.origin.labels, p.duplicate, || event),
             Err(error) => {
+                spans.refused(&error);
                 metrics.publish_errors.get_or_create(&hook.origin.labels).inc();
                 tracing::warn!(%error, path = %hook.path, "webhook event not accepted: the bus is unavailable");
                 let mut response = reply(

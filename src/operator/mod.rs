@@ -76,7 +76,14 @@ pub fn main(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .thread_name("ofe")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))?;
+    let traces = telemetry::init_traces()?;
+    let result = runtime.block_on(serve(args));
+    // The runtime's tasks are done; the exporter's last batch goes out before exit.
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::{AttributesReader, Event};
+use ofe_eventbus::trace::{self, KeyValue, SpanKind};
 use ofe_eventbus::{EventBus, Subject, event};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
@@ -132,10 +133,27 @@ impl Destination {
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Http { url } => f.write_str(url.as_str()),
+            Self::Http { url } => f.write_str(&redacted(url)),
             Self::Topic { name, .. } => write!(f, "topic:{name}"),
         }
     }
+}
+
+/// `url` as logs, the tap and spans show it: a password in it, and the query's values, which
+/// often carry tokens, become `***`.
+pub fn redacted(url: &reqwest::Url) -> String {
+    if url.password().is_none() && url.query().is_none() {
+        return url.to_string();
+    }
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let names: Vec<String> = url.query_pairs().map(|(name, _)| name.into_owned()).collect();
+        url.query_pairs_mut().clear().extend_pairs(names.iter().map(|n| (n.as_str(), "***")));
+    }
+    url.to_string()
 }
 
 /// Why one attempt failed.
@@ -223,13 +241,28 @@ pub fn http_client() -> Result<HttpClient, ClientError> {
 pub fn http_client_with(tls: &SinkTls) -> Result<HttpClient, ClientError> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(64)
-        .tls_backend_preconfigured(rustls_config(tls)?)
+        .tls_backend_preconfigured(rustls_config(tls, &SINK_TLS_NAMES)?)
         .build()?)
 }
 
+/// What a TLS setting is called where the user gives it, for errors: a flag, an env var.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsNames {
+    /// The CA file's name.
+    pub ca: &'static str,
+    /// The client certificate file's name.
+    pub cert: &'static str,
+    /// The client key file's name.
+    pub key: &'static str,
+}
+
+const SINK_TLS_NAMES: TlsNames =
+    TlsNames { ca: "--sink-ca-file", cert: "--sink-cert-file", key: "--sink-key-file" };
+
 /// A rustls configuration on the ring provider (the one every TLS connection of ofe uses):
-/// the system's roots plus `tls.ca_file`, and the client certificate if any.
-fn rustls_config(tls: &SinkTls) -> Result<rustls::ClientConfig, ClientError> {
+/// the system's roots plus `tls.ca_file`, and the client certificate if any; errors name the
+/// settings as `names` says.
+pub fn rustls_config(tls: &SinkTls, names: &TlsNames) -> Result<rustls::ClientConfig, ClientError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |path: &std::path::Path, what: &str| {
@@ -254,8 +287,8 @@ fn rustls_config(tls: &SinkTls) -> Result<rustls::ClientConfig, ClientError> {
         let _ = roots.add(cert);
     }
     if let Some(ca) = &tls.ca_file {
-        for cert in certs(ca, "--sink-ca-file")? {
-            roots.add(cert).map_err(|e| ClientError::Tls(format!("--sink-ca-file: {e}")))?;
+        for cert in certs(ca, names.ca)? {
+            roots.add(cert).map_err(|e| ClientError::Tls(format!("{}: {e}", names.ca)))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -265,17 +298,13 @@ fn rustls_config(tls: &SinkTls) -> Result<rustls::ClientConfig, ClientError> {
         .with_root_certificates(roots);
     let mut config = match &tls.client {
         Some((cert, key)) => {
-            let chain = certs(cert, "--sink-cert-file")?;
-            let key =
-                PrivateKeyDer::from_pem_slice(&read(key, "--sink-key-file")?).map_err(|e| {
-                    ClientError::Tls(format!(
-                        "--sink-key-file {} is not a PEM key: {e}",
-                        key.display()
-                    ))
-                })?;
+            let chain = certs(cert, names.cert)?;
+            let key = PrivateKeyDer::from_pem_slice(&read(key, names.key)?).map_err(|e| {
+                ClientError::Tls(format!("{} {} is not a PEM key: {e}", names.key, key.display()))
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientError::Tls(format!("--sink-cert-file: {e}")))?
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", names.cert)))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -326,9 +355,49 @@ impl Deliverer {
         event: &Event,
         timeout: Duration,
     ) -> Result<Option<Box<Reply>>, Failure> {
+        self.attempt(dest, event, timeout, 1).await
+    }
+
+    /// Attempt number `n`, traced as a child of the current span when tracing is on.
+    async fn attempt(
+        &self,
+        dest: &Destination,
+        event: &Event,
+        timeout: Duration,
+        n: u32,
+    ) -> Result<Option<Box<Reply>>, Failure> {
+        let span = attempt_span(dest, n);
+        let result = self.attempt_traced(dest, event, timeout, &span).await;
+        if let Err(failure) = &result {
+            if let Some(code) = failure.code {
+                span.set(KeyValue::new("error.type", code.to_string()));
+            }
+            span.fail(failure.reason.clone());
+        }
+        result
+    }
+
+    async fn attempt_traced(
+        &self,
+        dest: &Destination,
+        event: &Event,
+        timeout: Duration,
+        span: &trace::Span,
+    ) -> Result<Option<Box<Reply>>, Failure> {
         match dest {
             Destination::Http { url } => {
-                let (headers, body) = binary_mode(event);
+                let (mut headers, body) = binary_mode(event);
+                // The function continues this attempt's span, as it would behind any
+                // OpenTelemetry-instrumented client.
+                if let Some((parent, state)) = span.traceparent() {
+                    if let Ok(value) = HeaderValue::try_from(parent) {
+                        headers.insert(TRACEPARENT, value);
+                    }
+                    match HeaderValue::try_from(state) {
+                        Ok(value) if !value.is_empty() => drop(headers.insert(TRACESTATE, value)),
+                        _ => drop(headers.remove(TRACESTATE)),
+                    }
+                }
                 let response = self
                     .http
                     .post(url.clone())
@@ -341,6 +410,7 @@ impl Deliverer {
                         Failure::transient(format!("request failed: {}", error_chain(&e)))
                     })?;
                 let status = response.status().as_u16();
+                span.set(KeyValue::new("http.response.status_code", i64::from(status)));
                 if response.status().is_success() {
                     let headers = response.headers().clone();
                     let body = response.bytes().await.unwrap_or_default();
@@ -379,8 +449,10 @@ impl Deliverer {
                         ..Failure::default()
                     });
                 }
+                let mut next = with_hops(event, hops);
+                span.stamp_hop(&mut next);
                 self.bus
-                    .publish_shared(subject, Arc::new(with_hops(event, hops)))
+                    .publish_shared(subject, Arc::new(next))
                     .await
                     .map(|_| None)
                     .map_err(|e| Failure::transient(format!("publish failed: {e}")))
@@ -398,7 +470,43 @@ impl Deliverer {
         shutdown: &CancellationToken,
         on_retry: impl Fn(),
     ) -> Outcome {
-        retry(policy, shutdown, on_retry, |_| self.send_once(dest, event, policy.timeout)).await
+        retry(policy, shutdown, on_retry, |n| self.attempt(dest, event, policy.timeout, n)).await
+    }
+}
+
+/// The span of attempt `n` to `dest` (a child of the current span), after OpenTelemetry's HTTP
+/// and messaging conventions; nothing when tracing is off.
+fn attempt_span(dest: &Destination, n: u32) -> trace::Span {
+    if !trace::enabled() {
+        return trace::Span::default();
+    }
+    let resend = KeyValue::new("http.request.resend_count", i64::from(n.saturating_sub(1)));
+    match dest {
+        Destination::Http { url } => {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("url.full", redacted(url)),
+                KeyValue::new("server.address", url.host_str().unwrap_or_default().to_string()),
+            ];
+            if let Some(port) = url.port_or_known_default() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            if n > 1 {
+                attributes.push(resend);
+            }
+            trace::Span::start("POST", SpanKind::Client, &trace::current(), attributes)
+        }
+        Destination::Topic { subject, .. } => trace::Span::start(
+            format!("publish {subject}"),
+            SpanKind::Producer,
+            &trace::current(),
+            vec![
+                KeyValue::new("messaging.system", "ofe"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", subject.to_string()),
+                resend,
+            ],
+        ),
     }
 }
 
@@ -478,6 +586,10 @@ pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
     let attributes = event::binary_attributes(event);
     let mut headers = HeaderMap::with_capacity(attributes.len() + 1);
     for (name, value) in attributes {
+        if name == trace::EXT_HOP {
+            // ofe's own hop; the W3C headers carry the delivery's span instead.
+            continue;
+        }
         // `HeaderValue` takes the `String`'s buffer as it is.
         if let (Some(name), Ok(value)) = (ce_header(&name), HeaderValue::try_from(value)) {
             headers.insert(name, value);

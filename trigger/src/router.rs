@@ -33,6 +33,7 @@ use crate::condition::Condition;
 use crate::filter::{CompiledFilter, EventData};
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
 use ofe_eventbus::tap::Stage;
+use ofe_eventbus::trace::{self, KeyValue, SpanKind};
 
 /// Extension attribute on an event that fired a join: the ids of the other inputs' events
 /// that made the condition true, as `input=id` pairs joined by `,` (sorted by input name).
@@ -612,6 +613,7 @@ pub async fn run(
                 Some(Err(e)) => return Err(e),
             }
         }
+        let spans = filter_spans(&batch);
         // What each event means for each subscriber; then the join state it needs, from the
         // store; then the decisions, in input order; then the state, written back.
         let touches: Vec<Vec<Touch>> =
@@ -645,6 +647,10 @@ pub async fn run(
                 continue;
             }
             let routing = &router.routings()[r];
+            let event = match spans.get(n) {
+                Some(span) => fired_on(span, routing, &event),
+                None => event,
+            };
             router.metrics.received.get_or_create(&routing.labels).inc();
             router.metrics.tap(Stage::Routed, &routing.labels, &event, || None);
             let (bus, queue) = (bus.clone(), routing.queue.clone());
@@ -662,6 +668,41 @@ pub async fn run(
         settle(done.into_iter().map(|(_, d)| d).collect(), None).await;
         settle(retry.into_iter().map(|(_, d)| d).collect(), Some(Duration::ZERO)).await;
     }
+}
+
+/// One `filter` span per event of `batch` when tracing is on (none when off): each a child
+/// of the hop that published the event, ended when the batch is queued.
+fn filter_spans(batch: &[Delivery]) -> Vec<trace::Span> {
+    if !trace::enabled() {
+        return Vec::new();
+    }
+    batch
+        .iter()
+        .map(|d| {
+            let mut attributes = trace::event_attributes(&d.event);
+            attributes.extend([
+                KeyValue::new("messaging.system", "ofe"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", d.subject.to_string()),
+            ]);
+            trace::Span::for_event("filter", SpanKind::Consumer, &d.event, attributes)
+        })
+        .collect()
+}
+
+/// `event` as the subscriber `routing` fired on it, noted on its filter `span` and stamped
+/// with it, so the delivery's span is the filter's child.
+fn fired_on(span: &trace::Span, routing: &Routing, event: &Arc<Event>) -> Arc<Event> {
+    span.note(
+        "fired",
+        vec![
+            KeyValue::new("ofe.trigger", routing.labels.trigger.clone()),
+            KeyValue::new("ofe.subscriber", routing.labels.subscriber.clone()),
+        ],
+    );
+    let mut event = Event::clone(event);
+    span.stamp_hop(&mut event);
+    Arc::new(event)
 }
 
 /// Acknowledges a batch, or asks for it again after `retry`.

@@ -25,6 +25,7 @@ use crate::filter::EventData;
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
 use crate::router::{KeyExpr, Routing};
 use ofe_eventbus::tap::Stage;
+use ofe_eventbus::trace::{self, KeyValue, SpanKind};
 
 /// How long a dead-letter failure waits before the event is tried again from the start.
 const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
@@ -250,7 +251,10 @@ async fn give_up(
         ..Failure::default()
     };
     for route in &plan.routes {
-        if !dead_letter(
+        let span =
+            deliver_span(&plan.labels, &route.destination, &delivery.event, delivery.attempt);
+        span.fail(failure.reason.clone());
+        let dead = dead_letter(
             plan,
             deliverer,
             metrics,
@@ -259,9 +263,8 @@ async fn give_up(
             &delivery.event,
             &failure,
             delivery.attempt,
-        )
-        .await
-        {
+        );
+        if !trace::within(&span, dead).await {
             let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
             return;
         }
@@ -388,6 +391,44 @@ async fn publish_reply(
     }
 }
 
+/// The span of delivering `event` to `destination` for the subscriber `labels`: every
+/// attempt, and the dead letter if it comes to that. `bus_attempt` counts the bus's
+/// deliveries of the event (more than 1 after a crash or a nack).
+fn deliver_span(
+    labels: &SubscriberLabels,
+    destination: &Destination,
+    event: &cloudevents::Event,
+    bus_attempt: u32,
+) -> trace::Span {
+    if !trace::enabled() {
+        return trace::Span::default();
+    }
+    let mut attributes = trace::event_attributes(event);
+    attributes.extend([
+        KeyValue::new("ofe.namespace", labels.namespace.clone()),
+        KeyValue::new("ofe.trigger", labels.trigger.clone()),
+        KeyValue::new("ofe.subscriber", labels.subscriber.clone()),
+        KeyValue::new("ofe.destination", destination.to_string()),
+        KeyValue::new("messaging.delivery.attempt", i64::from(bus_attempt)),
+    ]);
+    let name = format!("deliver {}/{}", labels.trigger, labels.subscriber);
+    trace::Span::for_event(name, SpanKind::Internal, event, attributes)
+}
+
+/// Records how a delivery ended on its span.
+fn record(span: &trace::Span, outcome: &Outcome) {
+    match outcome {
+        Outcome::Delivered(attempts, _) => {
+            span.set(KeyValue::new("ofe.attempts", i64::from(*attempts)));
+        }
+        Outcome::Failed(failure, attempts) => {
+            span.set(KeyValue::new("ofe.attempts", i64::from(*attempts)));
+            span.fail(failure.reason.clone());
+        }
+        Outcome::Interrupted => span.note("interrupted by shutdown", Vec::new()),
+    }
+}
+
 /// Delivers to every route, dead-lettering failures, then settles the bus delivery.
 async fn deliver(
     plan: &SubscriberPlan,
@@ -400,12 +441,16 @@ async fn deliver(
     let labels = &plan.labels;
     let event = delivery.event.clone();
     for route in &plan.routes {
+        let span = deliver_span(labels, &route.destination, &event, delivery.attempt);
         let on_retry = || {
             metrics.retried.get_or_create(labels).inc();
             metrics
                 .tap(Stage::Retrying, labels, &event, || Some(format!("to {}", route.destination)));
         };
-        match deliverer.send(&route.destination, &event, &plan.retry, interrupt, on_retry).await {
+        let sent = deliverer.send(&route.destination, &event, &plan.retry, interrupt, on_retry);
+        let outcome = trace::within(&span, sent).await;
+        record(&span, &outcome);
+        match outcome {
             Outcome::Delivered(_, reply) => {
                 metrics.delivered.get_or_create(labels).inc();
                 metrics.tap(Stage::Delivered, labels, &event, || {
@@ -434,11 +479,19 @@ async fn deliver(
                 {
                     metrics.loops.get_or_create(labels).inc();
                 }
-                if !dead_letter(
+                let dead = dead_letter(
                     plan, deliverer, metrics, interrupt, route, &event, &failure, attempts,
-                )
-                .await
-                {
+                );
+                let dead = trace::within(&span, dead).await;
+                match &route.dead_letter {
+                    Some(target) if dead => span.note(
+                        "dead-lettered",
+                        vec![KeyValue::new("ofe.dead_letter", target.to_string())],
+                    ),
+                    None => span.note("dropped", Vec::new()),
+                    Some(_) => span.note("dead letter failed", Vec::new()),
+                }
+                if !dead {
                     if interrupt.is_cancelled() {
                         return drop(delivery);
                     }
