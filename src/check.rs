@@ -21,36 +21,121 @@ impl Checked {
     }
 }
 
+/// Where `ofe run` finds the values `secretKeyRef`s name, having no Kubernetes Secrets: the
+/// variable `OFE_SECRET_<NAME>_<KEY>` (the Secret's name and key in upper case, every other
+/// character `_`), else the file `<dir>/<name>/<key>` (the layout of mounted Secrets).
+pub struct LocalSecrets {
+    /// `--secrets-dir`, if given.
+    pub dir: Option<PathBuf>,
+    /// Where values of fields that take a file path (`caFile`, …) are written.
+    pub files: PathBuf,
+}
+
+impl LocalSecrets {
+    /// The variable that holds key `key` of Secret `name`.
+    pub fn variable(name: &str, key: &str) -> String {
+        let upper = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                .collect()
+        };
+        format!("OFE_SECRET_{}_{}", upper(name), upper(key))
+    }
+
+    /// The value of key `key` of Secret `name`, or where to put it. A file's trailing line
+    /// break is not part of the value (`echo secret > file` adds one).
+    fn read(&self, name: &str, key: &str, field: &str) -> Result<String, String> {
+        let variable = Self::variable(name, key);
+        if let Ok(value) = std::env::var(&variable) {
+            return Ok(value);
+        }
+        let file = self.dir.as_ref().map(|dir| dir.join(name).join(key));
+        if let Some(file) = &file
+            && let Ok(value) = std::fs::read_to_string(file)
+        {
+            return Ok(value.trim_end_matches(['\n', '\r']).to_string());
+        }
+        let file = match &file {
+            Some(file) => format!("write it to {}", file.display()),
+            None => format!("write it to <dir>/{name}/{key} and pass --secrets-dir <dir>"),
+        };
+        Err(format!(
+            "reads key `{key}` of Secret `{name}`, which `ofe run` looks for in the variable \
+             {variable} and in files: set the variable, {file}, or set `{field}` itself"
+        ))
+    }
+
+    /// Sets the fields `m`'s `secretKeyRef`s name; what cannot be set, as diagnostics.
+    fn resolve(&self, m: &mut Manifest) -> Vec<Diagnostic> {
+        let Ok(mut value) = m.resource.to_value() else { return Vec::new() };
+        let refs = ofe_crds::validate::secret_refs(&value["spec"]);
+        if refs.is_empty() {
+            return Vec::new();
+        }
+        let own = m.resource.namespace().unwrap_or("default").to_string();
+        let mut values = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for r in refs {
+            match self.read(&r.name, &r.key, &r.field) {
+                Ok(v) => {
+                    let ns = r.namespace.clone().unwrap_or_else(|| own.clone());
+                    values.insert((ns, r.name.clone(), r.key.clone()), Ok(v));
+                }
+                Err(e) => {
+                    let path = format!("{}.secretKeyRef.{}", r.object, r.field);
+                    out.push(Diagnostic::error(path, e).at(&m.origin));
+                }
+            }
+        }
+        if !out.is_empty() {
+            return out;
+        }
+        let r = &m.resource;
+        let dir = self.files.join(format!("{}-{own}-{}", r.kind(), r.name()));
+        let errors = crate::operator::secrets::fill(&mut value, &own, &values, &dir);
+        out.extend(errors.into_iter().map(|e| Diagnostic::error("spec", e).at(&m.origin)));
+        match m.resource.same_kind_from(value) {
+            Ok(resource) if out.is_empty() => m.resource = resource,
+            Ok(_) => {}
+            Err(e) => out.push(Diagnostic::error("spec", e.to_string()).at(&m.origin)),
+        }
+        out
+    }
+}
+
 /// Loads `paths` and runs every check: structure, CEL conditions, cron schedules, and
 /// references between resources.
-/// `standalone`: for `ofe run`, which has no Kubernetes Secrets to read, so a `secretKeyRef`
-/// is an error; `ofe validate` only warns, since the manifests may be meant for the operator.
-pub fn load_and_check(paths: &[PathBuf], standalone: bool) -> Checked {
-    let set = manifest::load(paths);
+/// `secrets`: for `ofe run`, where a `secretKeyRef` is read from the variables and files
+/// [`LocalSecrets`] names, and is an error when neither has it; `ofe validate` (`None`) only
+/// warns, since the manifests may be meant for the operator.
+pub fn load_and_check(paths: &[PathBuf], secrets: Option<&LocalSecrets>) -> Checked {
+    let mut set = manifest::load(paths);
     let mut diagnostics = set.diagnostics;
-    diagnostics.extend(check_manifests(&set.manifests));
-    for m in &set.manifests {
-        let value = m.resource.to_value().unwrap_or_default();
-        for r in ofe_crds::validate::secret_refs(&value["spec"]) {
-            let path = format!("{}.secretKeyRef.{}", r.object, r.field);
-            let d = if standalone {
-                Diagnostic::error(
-                    path,
-                    format!(
-                        "reads the Kubernetes Secret `{}`, which only `ofe operator` can; \
-                         set `{}` itself to run standalone",
-                        r.name, r.field
-                    ),
-                )
-            } else {
-                Diagnostic::warning(
-                    path,
-                    format!("read from the Kubernetes Secret `{}` by `ofe operator`", r.name),
-                )
-            };
-            diagnostics.push(d.at(&m.origin));
+    match secrets {
+        Some(secrets) => {
+            for m in &mut set.manifests {
+                diagnostics.extend(secrets.resolve(m));
+            }
+        }
+        None => {
+            for m in &set.manifests {
+                let value = m.resource.to_value().unwrap_or_default();
+                for r in ofe_crds::validate::secret_refs(&value["spec"]) {
+                    let path = format!("{}.secretKeyRef.{}", r.object, r.field);
+                    let message = format!(
+                        "read from the Kubernetes Secret `{}` by `ofe operator`, and by `ofe run` \
+                         from the variable {} or the file <--secrets-dir>/{}/{}",
+                        r.name,
+                        LocalSecrets::variable(&r.name, &r.key),
+                        r.name,
+                        r.key
+                    );
+                    diagnostics.push(Diagnostic::warning(path, message).at(&m.origin));
+                }
+            }
         }
     }
+    diagnostics.extend(check_manifests(&set.manifests));
     Checked { manifests: set.manifests, diagnostics }
 }
 
@@ -90,7 +175,7 @@ pub fn report(diagnostics: &[Diagnostic]) {
 
 /// `ofe validate`: prints every problem; exit status 1 on any error.
 pub fn validate_command(paths: &[PathBuf]) -> ExitCode {
-    let checked = load_and_check(paths, false);
+    let checked = load_and_check(paths, None);
     report(&checked.diagnostics);
     let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = checked.diagnostics.len() - errors;

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Reload the manifests when their files change (SIGHUP always reloads them).
     #[arg(long)]
     watch: bool,
+    /// Where `secretKeyRef`s are read from, as mounted Secrets are laid out:
+    /// `<dir>/<secret name>/<key>`. The variable `OFE_SECRET_<NAME>_<KEY>` comes first.
+    #[arg(long, env = "OFE_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
     #[command(flatten)]
     plane: PlaneArgs,
 }
@@ -162,10 +166,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     ofe_crds::duration::parse(text)
 }
 
+impl RunArgs {
+    /// Where `secretKeyRef`s are read from; file fields are written under the data directory.
+    fn secrets(&self) -> check::LocalSecrets {
+        check::LocalSecrets {
+            dir: self.secrets_dir.clone(),
+            files: self.plane.data_dir.join("secrets"),
+        }
+    }
+}
+
 /// Entry point of `ofe run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logs(&args.plane.log_level, args.plane.log_json);
-    let checked = check::load_and_check(&args.paths, true);
+    let checked = check::load_and_check(&args.paths, Some(&args.secrets()));
     check::report(&checked.diagnostics);
     if checked.has_errors() {
         bail!("the manifests have errors (listed above); fix them, or see `ofe validate`");
@@ -188,8 +202,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Loads and checks the manifests again and applies them; with errors, says so and keeps
 /// running what runs.
-async fn reload(plane: &mut Plane, paths: &[PathBuf]) {
-    let checked = check::load_and_check(paths, true);
+async fn reload(plane: &mut Plane, paths: &[PathBuf], secrets: &check::LocalSecrets) {
+    let checked = check::load_and_check(paths, Some(secrets));
     check::report(&checked.diagnostics);
     if checked.has_errors() {
         tracing::error!(
@@ -305,7 +319,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = &mut stop => break,
-            Some(()) = reloads.recv() => reload(&mut process.plane, &args.paths).await,
+            Some(()) = reloads.recv() => reload(&mut process.plane, &args.paths, &args.secrets()).await,
         }
     }
     tracing::info!("shutting down: stopping sources, finishing in-flight deliveries");

@@ -56,7 +56,8 @@ pub struct SecretKeySelector {
 /// Fields of an object read from Kubernetes Secrets (ofe addition): field name → Secret key,
 /// e.g. `secretKeyRef: { saslPassword: { name: kafka, key: password } }`. `ofe operator` reads
 /// the Secrets and sets the fields (a field that takes a file path gets a file holding the
-/// value); `ofe run` has no Secrets to read and refuses them. See
+/// value); `ofe run` reads them from variables and files (`OFE_SECRET_<NAME>_<KEY>`,
+/// `--secrets-dir`). See
 /// [`crate::validate::SECRET_FIELDS`] for the fields that may be read so.
 pub type SecretKeyRefs = BTreeMap<String, SecretKeySelector>;
 

@@ -35,8 +35,8 @@ use crate::state::{StateError, StateStore, Versioned};
 use crate::{Subject, event};
 use tokio::sync::watch;
 
-/// How a client authenticates to NATS.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How a client authenticates to NATS. Its `Debug` shows no secret.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum NatsAuth {
     /// No credentials.
     #[default]
@@ -52,6 +52,17 @@ pub enum NatsAuth {
     Token(String),
     /// A `.creds` file with a JWT and NKey seed.
     CredentialsFile(PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::CredentialsFile(path) => write!(f, "CredentialsFile({})", path.display()),
+        }
+    }
 }
 
 /// Settings of the JetStream backend.
@@ -129,7 +140,22 @@ async fn connect_watched(
     tls: Option<&TlsFiles>,
     state: Option<Arc<watch::Sender<Connection>>>,
 ) -> Result<async_nats::Client, BusError> {
-    let servers: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+    // Credentials in a URL are taken out of it and given as options, so that no URL the
+    // client logs (it logs every attempt at debug level) carries them.
+    let mut from_url = None;
+    let servers: Vec<String> = url
+        .split(',')
+        .map(|u| {
+            let (server, credentials) = without_credentials(u.trim());
+            from_url = from_url.take().or(credentials);
+            server
+        })
+        .collect();
+    let url = servers.join(",");
+    let auth = match (auth, &from_url) {
+        (NatsAuth::None, Some(credentials)) => credentials,
+        _ => auth,
+    };
     let mut attempt = 0;
     loop {
         match connect_options(auth, tls, state.clone()).await?.connect(servers.as_slice()).await {
@@ -146,6 +172,34 @@ async fn connect_watched(
             }
         }
     }
+}
+
+/// `url` (comma-separated servers) without any credentials, as logs and errors may show it.
+pub fn url_without_credentials(url: &str) -> String {
+    url.split(',').map(|u| without_credentials(u.trim()).0).collect::<Vec<_>>().join(",")
+}
+
+/// `server` without the credentials of its URL (`nats://user:password@host` or
+/// `nats://token@host`), and those credentials.
+fn without_credentials(server: &str) -> (String, Option<NatsAuth>) {
+    let (scheme, rest) = match server.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, server),
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else { return (server.to_string(), None) };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => {
+            NatsAuth::UserPassword { user: user.to_string(), password: password.to_string() }
+        }
+        None => NatsAuth::Token(userinfo.to_string()),
+    };
+    let server = match scheme {
+        Some(scheme) => format!("{scheme}://{host}"),
+        None => host.to_string(),
+    };
+    (server, Some(credentials))
 }
 
 /// Connection options: credentials, TLS, and the connection log.
@@ -664,5 +718,24 @@ impl Acker for JetStreamAcker {
                 let _ = self.acker.ack_with(AckKind::Nak(None)).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let (server, auth) = without_credentials("nats://me:pw@127.0.0.1:4222");
+        assert_eq!(server, "nats://127.0.0.1:4222");
+        assert_eq!(auth, Some(NatsAuth::UserPassword { user: "me".into(), password: "pw".into() }));
+        let (server, auth) = without_credentials("tls://s3cr3t@nats.example/x");
+        assert_eq!(server, "tls://nats.example/x");
+        assert_eq!(auth, Some(NatsAuth::Token("s3cr3t".into())));
+        assert_eq!(without_credentials("127.0.0.1:4222"), ("127.0.0.1:4222".into(), None));
+        let debug =
+            format!("{:?}", NatsAuth::UserPassword { user: "me".into(), password: "pw".into() });
+        assert!(!debug.contains("pw"), "{debug}");
     }
 }

@@ -13,7 +13,7 @@
 mod cluster;
 mod lease;
 pub mod reconcile;
-mod secrets;
+pub(crate) mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
