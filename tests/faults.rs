@@ -13,8 +13,11 @@
 //!   event the function refuses): each goes to the dead-letter path or back to its sender,
 //!   with the reason, while the rest flows.
 //!
-//! The broker restarts mid-stream are in `tests/run_jetstream.rs` (NATS under a running ofe)
-//! and `eventbus/tests/{jetstream,kafka}.rs` (the bus API across a broker restart).
+//! - The bus's broker (NATS JetStream, Kafka) is killed mid-stream and restarted 3 s later:
+//!   the webhook refuses what the bus cannot take meanwhile, and every event it acknowledged
+//!   reaches the function.
+//! - The MQTT broker an EventSource reads restarts mid-stream: every message it acknowledged
+//!   to its publisher, before and after, reaches the function.
 
 mod support;
 
@@ -213,6 +216,249 @@ async fn kill_9_every_few_seconds_loses_nothing_on_kafka() {
     let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
     kill_9_repeatedly("Kafka", |ns| support::kafka_bus(ns, &brokers), 2, Duration::from_secs(12))
         .await;
+}
+
+/// Starts a broker on a port, with a store.
+type StartBroker = Box<dyn Fn(u16, &Path) -> std::process::Child + Send>;
+
+/// A broker of the test's own, on a free port with a store of its own, that can be killed
+/// and started again on both.
+struct Broker {
+    start: StartBroker,
+    port: u16,
+    store: tempfile::TempDir,
+    child: KillOnDrop,
+}
+
+impl Broker {
+    async fn launch(start: impl Fn(u16, &Path) -> std::process::Child + Send + 'static) -> Self {
+        let port = free_addr().port();
+        let store = tempfile::tempdir().expect("tempdir");
+        let child = KillOnDrop(start(port, store.path()));
+        ofe_eventbus::testing::wait_port(port, "the test's broker").await;
+        Self { start: Box::new(start), port, store, child }
+    }
+
+    /// `kill -9` of the broker, `down` of silence, and the broker again on its port and store.
+    async fn restart_after(&mut self, down: Duration) {
+        self.child.0.kill().expect("kill -9 the broker");
+        self.child.0.wait().expect("reap");
+        tokio::time::sleep(down).await;
+        self.child = KillOnDrop((self.start)(self.port, self.store.path()));
+        ofe_eventbus::testing::wait_port(self.port, "the restarted broker").await;
+    }
+}
+
+/// The bus's broker is killed (`kill -9`) while events stream in at 100/s, and comes back
+/// 3 s later: the webhook refuses what the bus cannot take meanwhile (503, retried by the
+/// sender), and every event it acknowledged reaches the function.
+async fn bus_broker_restarts_mid_stream(
+    name: &str,
+    mut broker: Broker,
+    bus: impl Fn(&str, u16) -> String,
+) {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(dir.path(), &stream_yaml(&ns, &base, "", &bus(&ns, broker.port)));
+    let ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let sender = tokio::spawn(stream(ofe.hook_url(&ns), 800, Duration::from_millis(10)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = arrivals(&receiver, "/fn").len();
+    broker.restart_after(Duration::from_secs(3)).await;
+    let back = Instant::now();
+    let (acknowledged, refused) = sender.await.expect("sender");
+    receiver
+        .wait_for(Duration::from_secs(120), "every acknowledged event at the function", |r| {
+            let seen = arrivals(r, "/fn");
+            acknowledged.iter().all(|id| seen.contains_key(id))
+        })
+        .await;
+    let seen = arrivals(&receiver, "/fn");
+    let deliveries: usize = seen.values().sum();
+    println!(
+        "{name} broker kill -9 and restart after 3 s, mid-stream: {} acknowledged ({before} \
+         delivered before the kill; {refused} attempts refused while it was down), {} delivered, \
+         0 lost, {} duplicate deliveries; all in {:.1} s after it came back",
+        acknowledged.len(),
+        seen.len(),
+        deliveries - seen.len(),
+        back.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
+    let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
+    let broker = Broker::launch(move |port, store| {
+        std::process::Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server")
+    })
+    .await;
+    bus_broker_restarts_mid_stream("JetStream", broker, |ns, port| {
+        support::jetstream_bus(ns, &format!("nats://127.0.0.1:{port}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_broker_restarts_mid_stream_and_nothing_is_lost() {
+    let Some(binary) = support::broker_var("OFE_TEST_KAFKA_SERVER") else { return };
+    let broker = Broker::launch(move |port, store| {
+        let url = format!("tcp://127.0.0.1:{port}");
+        std::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            // tansu reads the path of a sqlite:// URL relative to its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the Kafka broker")
+    })
+    .await;
+    bus_broker_restarts_mid_stream("Kafka", broker, |ns, port| {
+        support::kafka_bus(ns, &format!("127.0.0.1:{port}"))
+    })
+    .await;
+}
+
+/// Publishes `payloads` to `topic` at QoS 1 with a client of its own, one every 5 ms, and
+/// returns once the broker has acknowledged (PUBACK) every one. While the broker is away, the
+/// client reconnects, and then sends again what it had not had acknowledged (a persistent
+/// session).
+async fn publish_acknowledged(port: u16, client_id: String, topic: String, payloads: Vec<String>) {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(false);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, payloads.len() + 8);
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = acked.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    let total = payloads.len();
+    for payload in payloads {
+        client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start = Instant::now();
+    while acked.load(Ordering::SeqCst) < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the broker did not acknowledge every message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    poller.abort();
+}
+
+/// The MQTT broker ofe reads from restarts (SIGTERM, as in an upgrade; it keeps its sessions
+/// on disk) right after a burst, while ofe is still taking it in, and is back 3 s later:
+/// every message the broker acknowledged to its publisher, before and after, reaches the
+/// function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_broker_restarts_mid_stream_and_nothing_is_lost() {
+    let Some(binary) = support::broker_var("OFE_TEST_MOSQUITTO_SERVER") else { return };
+    let mut broker = Broker::launch(move |port, store| {
+        let config = store.join("mosquitto.conf");
+        let text = format!(
+            // `user`: started as root, mosquitto would drop to its own user, which cannot
+            // write the session store in the test's directory.
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser {}\n\
+             persistence_location {}/\nautosave_interval 1\n",
+            std::env::var("USER").unwrap_or_else(|_| "root".into()),
+            store.display()
+        );
+        std::fs::write(&config, text).expect("mosquitto.conf");
+        std::process::Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto")
+    })
+    .await;
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let topic = format!("fleet/{ns}/telemetry");
+    let yaml = format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: fleet, namespace: {ns} }}\n\
+         spec:\n  eventBus: default\n  mqtt:\n    telemetry: {{ url: \"tcp://127.0.0.1:{}\", topic: \"{topic}\", qos: 1 }}\n",
+        broker.port
+    ) + &support::trigger(
+        &ns,
+        "route",
+        "    telemetry: { eventSource: fleet, event: telemetry }",
+        &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/fn\" }}"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ofe = Process::start(&manifests(dir.path(), &yaml), &dir.path().join("data")).await;
+    support::wait_ready_status(ofe.listen, "EventSource", "fleet", "True").await;
+    let payloads = |range: std::ops::Range<usize>| -> Vec<String> {
+        range.map(|n| format!("{{\"vehicle\":\"v{}\",\"n\":{n}}}", n % 7)).collect()
+    };
+    let total = 1000;
+    let publisher = tokio::spawn(publish_acknowledged(
+        broker.port,
+        format!("publisher-{ns}"),
+        topic,
+        payloads(0..total),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = receiver.on("/fn").len();
+    // SIGTERM: the broker writes its sessions, queued messages included, before it exits.
+    let pid = broker.child.0.id().to_string();
+    let stopped = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(stopped.success());
+    broker.child.0.wait().expect("reap");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.child = KillOnDrop((broker.start)(broker.port, broker.store.path()));
+    ofe_eventbus::testing::wait_port(broker.port, "the restarted broker").await;
+    let back = Instant::now();
+    publisher.await.expect("publisher");
+    let wanted: BTreeSet<String> = payloads(0..total).into_iter().collect();
+    let start = Instant::now();
+    loop {
+        let got: BTreeSet<String> = receiver
+            .on("/fn")
+            .iter()
+            .map(|x| String::from_utf8_lossy(&x.body).into_owned())
+            .collect();
+        let missing: Vec<&String> = wanted.difference(&got).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {total} acknowledged messages never reached the function; the first: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deliveries = receiver.on("/fn").len();
+    println!(
+        "MQTT broker restart mid-stream (SIGTERM, back after 3 s): {total} messages the broker \
+         acknowledged to their publisher ({before} at the function when it stopped), {total} \
+         delivered, 0 lost, {} duplicate deliveries; all in {:.1} s after it came back",
+        deliveries - total,
+        back.elapsed().as_secs_f64()
+    );
 }
 
 /// What a troubled function does while its trouble lasts.

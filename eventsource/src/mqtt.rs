@@ -377,7 +377,7 @@ impl MqttSource {
             if let Some((user, password)) = &self.broker.credentials {
                 options.set_credentials(user, password);
             }
-            let (client, events) = AsyncClient::new(options, 64);
+            let (client, events) = AsyncClient::new(options, REQUESTS);
             (Client::V5(client), Events::V5(Box::new(events)))
         } else {
             use rumqttc::{AsyncClient, MqttOptions};
@@ -390,7 +390,7 @@ impl MqttSource {
             if let Some((user, password)) = &self.broker.credentials {
                 options.set_credentials(user, password);
             }
-            let (client, events) = AsyncClient::new(options, 64);
+            let (client, events) = AsyncClient::new(options, REQUESTS);
             (Client::V4(client), Events::V4(Box::new(events)))
         }
     }
@@ -492,6 +492,14 @@ async fn poll(
         }
     }
 }
+
+/// Room in the client's request queue: as many requests as MQTT has packet ids, plus a batch.
+/// Acks are requests, and only a poll sends them; the poller in turn waits while a batch is
+/// stored. With a smaller queue, a burst (a broker handing over a resumed session's backlog
+/// at once, say) fills both, each side waits for the other, and the connection dies of
+/// silence. A broker cannot have more QoS 1/2 messages unacknowledged than there are packet
+/// ids, so acks never wait for room. The queue allocates only what it holds.
+const REQUESTS: usize = u16::MAX as usize + BATCH + 16;
 
 /// What one poll of the connection produced.
 enum Polled {
