@@ -109,6 +109,24 @@ fn arrivals(receiver: &Receiver, path: &str) -> BTreeMap<String, usize> {
     seen
 }
 
+/// Waits (up to `limit`) until every id of `acknowledged` reached the function (`/fn`);
+/// how many distinct events arrived, and how many deliveries repeated one.
+async fn all_arrive(
+    receiver: &Receiver,
+    acknowledged: &BTreeSet<String>,
+    limit: Duration,
+) -> (usize, usize) {
+    receiver
+        .wait_for(limit, "every acknowledged event at the function", |r| {
+            let seen = arrivals(r, "/fn");
+            acknowledged.iter().all(|id| seen.contains_key(id))
+        })
+        .await;
+    let seen = arrivals(receiver, "/fn");
+    let deliveries: usize = seen.values().sum();
+    (seen.len(), deliveries - seen.len())
+}
+
 /// A running `ofe run` on fixed addresses, so a restart takes over the webhook's port.
 struct Process {
     folder: PathBuf,
@@ -175,20 +193,14 @@ async fn kill_9_repeatedly(
         ofe.kill_9_and_restart().await;
     }
     let (acknowledged, refused) = sender.await.expect("sender");
-    receiver
-        .wait_for(Duration::from_secs(90), "every acknowledged event at the function", |r| {
-            let seen = arrivals(r, "/fn");
-            acknowledged.iter().all(|id| seen.contains_key(id))
-        })
-        .await;
-    let seen = arrivals(&receiver, "/fn");
-    let deliveries: usize = seen.values().sum();
+    let (delivered, duplicates) =
+        all_arrive(&receiver, &acknowledged, Duration::from_secs(90)).await;
     println!(
         "kill -9 ×{kills} every {every:?} on the {name} bus: {} acknowledged ({refused} attempts \
          refused or unanswered while down), {} delivered, 0 lost, {} duplicate deliveries",
         acknowledged.len(),
-        seen.len(),
-        deliveries - seen.len()
+        delivered,
+        duplicates
     );
 }
 
@@ -216,6 +228,15 @@ async fn kill_9_every_few_seconds_loses_nothing_on_kafka() {
     let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
     kill_9_repeatedly("Kafka", |ns| support::kafka_bus(ns, &brokers), 2, Duration::from_secs(12))
         .await;
+}
+
+/// Spawns `command` with its output discarded; `what` names it if it cannot start.
+fn spawn_quiet(command: &mut std::process::Command, what: &str) -> std::process::Child {
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
 }
 
 /// Starts a broker on a port, with a store.
@@ -268,21 +289,15 @@ async fn bus_broker_restarts_mid_stream(
     broker.restart_after(Duration::from_secs(3)).await;
     let back = Instant::now();
     let (acknowledged, refused) = sender.await.expect("sender");
-    receiver
-        .wait_for(Duration::from_secs(120), "every acknowledged event at the function", |r| {
-            let seen = arrivals(r, "/fn");
-            acknowledged.iter().all(|id| seen.contains_key(id))
-        })
-        .await;
-    let seen = arrivals(&receiver, "/fn");
-    let deliveries: usize = seen.values().sum();
+    let (delivered, duplicates) =
+        all_arrive(&receiver, &acknowledged, Duration::from_secs(120)).await;
     println!(
         "{name} broker kill -9 and restart after 3 s, mid-stream: {} acknowledged ({before} \
-         delivered before the kill; {refused} attempts refused while it was down), {} delivered, \
+         delivered before the kill; webhook requests refused while it was down: {refused}), {} delivered, \
          0 lost, {} duplicate deliveries; all in {:.1} s after it came back",
         acknowledged.len(),
-        seen.len(),
-        deliveries - seen.len(),
+        delivered,
+        duplicates,
         back.elapsed().as_secs_f64()
     );
 }
@@ -291,13 +306,12 @@ async fn bus_broker_restarts_mid_stream(
 async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
     let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
     let broker = Broker::launch(move |port, store| {
-        std::process::Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nats-server")
+        spawn_quiet(
+            std::process::Command::new(&binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store),
+            "nats-server",
+        )
     })
     .await;
     bus_broker_restarts_mid_stream("JetStream", broker, |ns, port| {
@@ -311,15 +325,14 @@ async fn the_kafka_broker_restarts_mid_stream_and_nothing_is_lost() {
     let Some(binary) = support::broker_var("OFE_TEST_KAFKA_SERVER") else { return };
     let broker = Broker::launch(move |port, store| {
         let url = format!("tcp://127.0.0.1:{port}");
-        std::process::Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            // tansu reads the path of a sqlite:// URL relative to its working directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the Kafka broker")
+        spawn_quiet(
+            std::process::Command::new(&binary)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                // tansu reads the path of a sqlite:// URL relative to its working directory.
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(store),
+            "the Kafka broker",
+        )
     })
     .await;
     bus_broker_restarts_mid_stream("Kafka", broker, |ns, port| {
@@ -383,13 +396,7 @@ async fn the_mqtt_broker_restarts_mid_stream_and_nothing_is_lost() {
             store.display()
         );
         std::fs::write(&config, text).expect("mosquitto.conf");
-        std::process::Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start mosquitto")
+        spawn_quiet(std::process::Command::new(&binary).arg("-c").arg(&config), "mosquitto")
     })
     .await;
     let ns = support::unique_namespace();
