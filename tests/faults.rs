@@ -622,7 +622,8 @@ async fn poison_events_take_the_dead_letter_path_while_the_rest_flows() {
         "    fast:\n      eventSource: hook\n      event: in\n      filters:\n        - cel: \"type == 'faults.event' && data.speed > 120.0\"\n\
          \x20   reject:\n      eventSource: hook\n      event: in\n      filters:\n        - exact: { type: faults.reject }",
         &format!(
-            "  - condition: fast\n    sink: {{ uri: \"{base}/fn\" }}\n\
+            "  - condition: fast\n    sink: {{ uri: \"{base}/fn\" }}\n    \
+             deadLetterSink: {{ uri: \"{base}/poison\" }}\n\
              \x20 - condition: reject\n    sink: {{ uri: \"{base}/fail\" }}\n    \
              deadLetterSink: {{ uri: \"{base}/dead\" }}\n    delivery: {{ retry: 1, backoffDelay: PT0.1S }}\n"
         ),
@@ -668,7 +669,7 @@ async fn poison_events_take_the_dead_letter_path_while_the_rest_flows() {
     }
     receiver
         .wait_for(Duration::from_secs(30), "the good events and the dead letters", |r| {
-            r.on("/fn").len() >= 20 && r.on("/dead").len() >= 20
+            r.on("/fn").len() >= 20 && r.on("/dead").len() >= 20 && r.on("/poison").len() >= 20
         })
         .await;
     let delivered: BTreeSet<String> =
@@ -689,19 +690,39 @@ async fn poison_events_take_the_dead_letter_path_while_the_rest_flows() {
     }
     let (status, reason) = &answers["unreadable data"];
     assert_eq!(*status, StatusCode::ACCEPTED, "the bus takes it: only the filter cannot read it");
+    // Data the filter cannot read goes to the dead letter of the subscriber whose filter
+    // reads it, with the reason, and never to its function.
+    let poisoned = receiver.on("/poison");
+    let why = poisoned.first().map(|p| p.header("ce-ofeerrorreason")).unwrap_or_default();
+    for p in &poisoned {
+        assert!(p.header("ce-id").starts_with("garbled-"), "{}", p.header("ce-id"));
+        assert!(
+            p.header("ce-ofeerrorreason").contains("not the JSON its content type"),
+            "{}",
+            p.header("ce-ofeerrorreason")
+        );
+        // No attempt was made: no response, no attempts.
+        assert_eq!(
+            (p.header("ce-ofeerrorcode"), p.header("ce-ofeerrorattempts")),
+            ("0".into(), "0".into())
+        );
+    }
     let (status, reason_broken) = &answers["broken CloudEvent"];
     assert_eq!(*status, StatusCode::BAD_REQUEST, "{reason_broken}");
     let (status_big, reason_big) = &answers["oversized body"];
     assert_eq!(*status_big, StatusCode::PAYLOAD_TOO_LARGE, "{reason_big}");
     let metrics = support::get(&format!("http://{}/metrics", ofe.listen)).await;
-    let filtered = support::counter(
+    let dead_lettered = support::counter(
         &metrics,
-        "ofe_trigger_events_filtered_total{namespace=\"default\",trigger=\"route\",subscriber=\"0\"",
+        "ofe_trigger_events_dead_lettered_total{namespace=\"default\",trigger=\"route\",subscriber=\"0\"",
     );
-    assert!(filtered >= 20, "the unreadable events count as filtered: {filtered}\n{metrics}");
+    assert!(
+        dead_lettered >= 20,
+        "the unreadable events count as dead-lettered: {dead_lettered}\n{metrics}"
+    );
     println!(
         "poison events, 20 rounds: 20 good delivered; 20 unreadable-data events accepted ({reason}) \
-         and filtered out; 20 broken CloudEvents answered {status} ({reason_broken}); 20 \
+         and dead-lettered ({why}); 20 broken CloudEvents answered {status} ({reason_broken}); 20 \
          oversized bodies answered {status_big} ({reason_big}); 20 events the function fails on \
          dead-lettered with their reason"
     );

@@ -41,6 +41,20 @@ pub enum CompiledFilter {
     JsonPath(Box<JpQuery>),
 }
 
+impl CompiledFilter {
+    /// Whether it reads the event's data (a CEL expression naming `data`, any JSONPath
+    /// query), and so cannot judge an event whose data does not parse.
+    pub fn reads_data(&self) -> bool {
+        match self {
+            Self::Exact(_) | Self::Prefix(_) | Self::Suffix(_) => false,
+            Self::All(filters) | Self::Any(filters) => filters.iter().any(Self::reads_data),
+            Self::Not(filter) => filter.reads_data(),
+            Self::Cel(program) => program.references().has_variable("data"),
+            Self::JsonPath(_) => true,
+        }
+    }
+}
+
 /// A filter that cannot be used, with the field path inside the filter (e.g. `.cel`,
 /// `.all[1].exact`) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +264,25 @@ impl<'a> EventData<'a> {
         self.event
     }
 
+    /// Why the event's data cannot be read, if it says it is JSON (`datacontenttype`
+    /// `application/json`, `text/json` or `…+json`) and does not parse: a filter over its
+    /// data can then never judge it. Parses again; call it only for an event that failed.
+    pub fn invalid_json(&self) -> Option<String> {
+        let media = self.event.datacontenttype()?;
+        let media = media.split(';').next().unwrap_or(media).trim().to_ascii_lowercase();
+        if !(media == "application/json" || media == "text/json" || media.ends_with("+json")) {
+            return None;
+        }
+        let error = match self.event.data()? {
+            cloudevents::Data::Json(_) => return None,
+            cloudevents::Data::String(s) => serde_json::from_str::<serde::de::IgnoredAny>(s).err(),
+            cloudevents::Data::Binary(b) => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(b).err()
+            }
+        };
+        error.map(|e| format!("the data is not the JSON its content type `{media}` says: {e}"))
+    }
+
     /// The event as JSON: every attribute and extension as a string, and `data` parsed as
     /// JSON when it is JSON, else a string (null without data).
     fn json(&self) -> &serde_json::Value {
@@ -404,5 +437,33 @@ mod tests {
         assert_eq!(e.path, ".jsonpath");
         assert!(e.message.contains("(column"), "{}", e.message);
         assert!(filter("jsonpath: data.speed").expect_err("no root").message.contains("start it"));
+    }
+
+    #[test]
+    fn data_declared_json_that_does_not_parse_is_poison_to_filters_that_read_data() {
+        let with = |content_type: &str, body: &str| {
+            let mut e = event(1.0);
+            e.set_data(content_type, body.as_bytes().to_vec());
+            e
+        };
+        let garbled = with("application/json", "{not json");
+        let reason = EventData::new(&garbled).invalid_json().expect("poison");
+        assert!(reason.contains("application/json"), "{reason}");
+        assert!(
+            EventData::new(&with("application/cloudevents+json; charset=utf-8", "["))
+                .invalid_json()
+                .is_some()
+        );
+        // Not claimed to be JSON, or JSON indeed: nothing wrong with it.
+        assert!(EventData::new(&with("text/plain", "{not json")).invalid_json().is_none());
+        assert!(
+            EventData::new(&with("application/json", "{\"speed\":1}")).invalid_json().is_none()
+        );
+        let compile = |cel: &str| CompiledFilter::Cel(Box::new(compile_cel(cel).expect("cel")));
+        assert!(compile("data.speed > 120.0").reads_data());
+        assert!(!compile("type == 'a' && subject == 'b'").reads_data());
+        let exact = CompiledFilter::Exact(vec![("type".into(), "a".into())]);
+        assert!(!exact.reads_data());
+        assert!(CompiledFilter::Not(Box::new(compile("data.x == 1"))).reads_data());
     }
 }

@@ -39,6 +39,10 @@ use ofe_eventbus::trace::{self, KeyValue, SpanKind};
 /// that made the condition true, as `input=id` pairs joined by `,` (sorted by input name).
 pub const EXT_JOINED: &str = "ofejoined";
 
+/// Extension attribute on an event routed as poison: why its subscriber's filters cannot read
+/// it. Its delivery worker sends it to the dead letter with this reason, not to the sink.
+pub const EXT_POISON: &str = "ofepoison";
+
 /// Input events the router reads before it publishes and acknowledges them together.
 const BATCH: usize = 256;
 
@@ -230,6 +234,9 @@ pub struct Touch {
     passed: Vec<usize>,
     /// Its correlation key (empty without one).
     pub key: String,
+    /// Why the event is poison to this subscriber: its filters read data that does not
+    /// parse. It goes to the subscriber's dead letter, with the reason, not to its sink.
+    poison: Option<String>,
 }
 
 /// Decides which subscribers each event fires. Built once from every routed subscriber of a
@@ -336,6 +343,19 @@ impl Router {
                 .filter(|i| data.passes(&routing.inputs[*i].filters))
                 .collect();
             let Some(first) = passed.first() else {
+                let reads_data = group.iter().any(|(_, i)| {
+                    routing.inputs[*i as usize].filters.iter().any(CompiledFilter::reads_data)
+                });
+                if let Some(reason) = reads_data.then(|| data.invalid_json()).flatten() {
+                    let poison = Some(reason);
+                    touches.push(Touch {
+                        routing: r,
+                        passed: Vec::new(),
+                        key: String::new(),
+                        poison,
+                    });
+                    continue;
+                }
                 self.metrics.filtered.get_or_create(&routing.labels).inc();
                 if self.metrics.tap.is_listened() {
                     let event = Arc::new(event.clone());
@@ -356,14 +376,14 @@ impl Router {
                     }
                 },
             };
-            touches.push(Touch { routing: r, passed, key });
+            touches.push(Touch { routing: r, passed, key, poison: None });
         }
         touches
     }
 
     /// Whether `touch` needs join state: its condition names more than one input.
     pub fn is_stateful(&self, touch: &Touch) -> bool {
-        self.routings[touch.routing].joins()
+        touch.poison.is_none() && self.routings[touch.routing].joins()
     }
 
     /// The store key of a subscriber's correlation key.
@@ -463,6 +483,13 @@ impl Router {
         event: &Arc<Event>,
         at: DateTime<Utc>,
     ) -> Option<Arc<Event>> {
+        if let Some(reason) = &touch.poison {
+            // Straight to the subscriber, whose worker dead-letters it: no condition can
+            // judge an input it cannot read.
+            let mut event = Event::clone(event);
+            event.set_extension(EXT_POISON, reason.as_str());
+            return Some(Arc::new(event));
+        }
         let routing = self.routings[touch.routing].clone();
         if !routing.joins() {
             // Nothing else to join: the condition's value for its own input decides.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::{Deliverer, Destination, Failure, Outcome, RetryPolicy, dead_letter_event};
 use crate::filter::EventData;
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
-use crate::router::{KeyExpr, Routing};
+use crate::router::{EXT_POISON, KeyExpr, Routing};
 use ofe_eventbus::tap::Stage;
 use ofe_eventbus::trace::{self, KeyValue, SpanKind};
 
@@ -250,6 +250,22 @@ async fn give_up(
         ),
         ..Failure::default()
     };
+    let attempts = delivery.attempt;
+    dead_letter_unattempted(plan, deliverer, metrics, interrupt, delivery, &failure, attempts)
+        .await;
+}
+
+/// Sends `delivery` to every route's dead letter with `failure` and `attempts`, without
+/// attempting the destinations, and settles it: acknowledged once every dead letter has it.
+async fn dead_letter_unattempted(
+    plan: &SubscriberPlan,
+    deliverer: &Deliverer,
+    metrics: &TriggerMetrics,
+    interrupt: &CancellationToken,
+    delivery: Delivery,
+    failure: &Failure,
+    attempts: u32,
+) {
     for route in &plan.routes {
         let span =
             deliver_span(&plan.labels, &route.destination, &delivery.event, delivery.attempt);
@@ -261,8 +277,8 @@ async fn give_up(
             interrupt,
             route,
             &delivery.event,
-            &failure,
-            delivery.attempt,
+            failure,
+            attempts,
         );
         if !trace::within(&span, dead).await {
             let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
@@ -437,6 +453,11 @@ async fn deliver(
     interrupt: &CancellationToken,
     delivery: Delivery,
 ) {
+    if let Some(reason) = delivery.event.extension(EXT_POISON) {
+        let failure = Failure { reason: format!("poison: {reason}"), ..Failure::default() };
+        return dead_letter_unattempted(plan, deliverer, metrics, interrupt, delivery, &failure, 0)
+            .await;
+    }
     let started = Instant::now();
     let labels = &plan.labels;
     let event = delivery.event.clone();
