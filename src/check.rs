@@ -50,10 +50,18 @@ impl LocalSecrets {
             return Ok(value);
         }
         let file = self.dir.as_ref().map(|dir| dir.join(name).join(key));
-        if let Some(file) = &file
-            && let Ok(value) = std::fs::read_to_string(file)
-        {
-            return Ok(value.trim_end_matches(['\n', '\r']).to_string());
+        if let Some(file) = &file {
+            match std::fs::read_to_string(file) {
+                Ok(value) => return Ok(value.trim_end_matches(['\n', '\r']).to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(format!(
+                        "reads key `{key}` of Secret `{name}` from {}, which cannot be read \
+                         ({e}); make it readable by ofe, or set {variable}",
+                        file.display()
+                    ));
+                }
+            }
         }
         let file = match &file {
             Some(file) => format!("write it to {}", file.display()),
@@ -186,4 +194,36 @@ pub fn validate_command(paths: &[PathBuf]) -> ExitCode {
         if warnings == 1 { "" } else { "s" },
     );
     if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_secrets_come_from_the_variable_then_the_file_and_say_where_to_put_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("kafka")).expect("mkdir");
+        std::fs::write(dir.path().join("kafka").join("password"), "from-file\r\n").expect("write");
+        // A key that is a folder cannot be read: the error says so, not "write it there".
+        std::fs::create_dir_all(dir.path().join("kafka").join("odd")).expect("mkdir");
+        let secrets = LocalSecrets { dir: Some(dir.path().into()), files: dir.path().join("f") };
+        assert_eq!(
+            LocalSecrets::variable("kafka-credentials", "tls.key"),
+            "OFE_SECRET_KAFKA_CREDENTIALS_TLS_KEY"
+        );
+        assert_eq!(secrets.read("kafka", "password", "saslPassword"), Ok("from-file".into()));
+        let missing = secrets.read("kafka", "user", "saslUsername").expect_err("missing");
+        assert!(
+            missing.contains("OFE_SECRET_KAFKA_USER")
+                && missing.contains(&dir.path().join("kafka/user").display().to_string())
+                && missing.contains("set `saslUsername` itself"),
+            "{missing}"
+        );
+        let unreadable = secrets.read("kafka", "odd", "saslPassword").expect_err("a folder");
+        assert!(unreadable.contains("cannot be read"), "{unreadable}");
+        let without_dir = LocalSecrets { dir: None, files: dir.path().join("f") };
+        let hint = without_dir.read("kafka", "password", "saslPassword").expect_err("no dir");
+        assert!(hint.contains("--secrets-dir"), "{hint}");
+    }
 }

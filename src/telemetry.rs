@@ -30,18 +30,34 @@ pub fn init_logs(level: &str, json: bool) {
 
 /// The OpenTelemetry trace exporter, while it runs: [`Traces::shutdown`] sends what is
 /// buffered.
-pub struct Traces {
+struct Traces {
     provider: opentelemetry_sdk::trace::SdkTracerProvider,
 }
 
 impl Traces {
     /// Exports the spans still buffered (waiting at most the exporter's timeout) and stops.
     /// Call it outside the async runtime: the exporter's HTTP client blocks.
-    pub fn shutdown(self) {
+    fn shutdown(self) {
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "cannot export the last spans");
         }
     }
+}
+
+/// Runs `work`, the process's whole async life, on `runtime`, exporting spans when the
+/// `OTEL_*` variables ask (see [`init_traces`]); the exporter's last batch goes out once the
+/// runtime's tasks are gone.
+pub fn run_traced<T>(
+    runtime: tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let traces = init_traces()?;
+    let result = runtime.block_on(work);
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    result
 }
 
 /// Starts exporting ofe's spans over OTLP/HTTP when the standard variables ask for it, and
@@ -52,7 +68,7 @@ impl Traces {
 /// timeout; the SDK reads the sampler, the batch settings and the resource
 /// (`OTEL_SERVICE_NAME`, else `ofe`). A setting ofe cannot honour is an error that says
 /// what to set instead. Call outside the async runtime.
-pub fn init_traces() -> anyhow::Result<Option<Traces>> {
+fn init_traces() -> anyhow::Result<Option<Traces>> {
     use anyhow::{Context as _, bail};
     use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -103,10 +119,12 @@ pub fn init_traces() -> anyhow::Result<Option<Traces>> {
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     ofe_eventbus::trace::enable();
-    tracing::info!(
-        endpoint = endpoint.as_deref().unwrap_or("http://localhost:4318"),
-        "exporting traces over OTLP"
-    );
+    let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4318".into());
+    // As every URL ofe logs: without a password or query values.
+    let shown = reqwest::Url::parse(&endpoint)
+        .map(|url| ofe_trigger::delivery::redacted(&url))
+        .unwrap_or(endpoint);
+    tracing::info!(endpoint = %shown, "exporting traces over OTLP");
     Ok(Some(Traces { provider }))
 }
 

@@ -72,20 +72,15 @@ async fn secrets_come_from_variables_and_files_and_never_show() {
     std::fs::write(secrets.join("hmac").join("secret"), "hmac-from-file-77c2\n").expect("write");
     let log = dir.path().join("ofe.log");
     let (listen, webhooks) = (free_addr(), free_addr());
-    let child = ofe()
-        .args(["run", "-f"])
-        .arg(manifests(dir.path(), &yaml(&base)))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--secrets-dir")
-        .arg(&secrets)
-        .args(["--listen", &listen.to_string(), "--webhook-listen", &webhooks.to_string()])
-        .args(["--log-level", "debug"])
-        .env("OFE_SECRET_HOOK_TOKEN", "bearer-from-env-5b1e")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn ofe run");
+    let child =
+        support::ofe_run(&manifests(dir.path(), &yaml(&base)), &dir.path().join("data"), listen)
+            .arg("--secrets-dir")
+            .arg(&secrets)
+            .args(["--webhook-listen", &webhooks.to_string(), "--log-level", "debug"])
+            .env("OFE_SECRET_HOOK_TOKEN", "bearer-from-env-5b1e")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn ofe run");
     let mut process = KillOnDrop(child);
     wait_ready(listen).await;
 
@@ -185,4 +180,57 @@ fn a_bus_error_does_not_show_its_credentials() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "the error names the bus: {stderr}");
     assert!(!stderr.contains("nats-bus-pass-7d1a"), "{stderr}");
+}
+
+/// Credentials in the URLs of brokers that take them, a JetStream bus and an MQTT source:
+/// everything connects and flows, and at debug level (the clients log every connection) no
+/// password shows in the log or `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_made_with_credentials_do_not_show_them() {
+    let Some(nats) = support::broker_var("OFE_TEST_NATS") else { return };
+    let Some(mqtt) = support::broker_var("OFE_TEST_MQTT") else { return };
+    let with_password = |url: &str, scheme: &str, password: &str| {
+        let host = url.split_once("://").map_or(url, |(_, rest)| rest);
+        format!("{scheme}://ofe:{password}@{host}")
+    };
+    let ns = support::unique_namespace();
+    let (function, base) = Receiver::start().await;
+    let topic = format!("creds/{ns}");
+    let mqtt_url = with_password(&mqtt, "tcp", "mqtt-connected-pass-31f0");
+    let nats_url = with_password(&nats, "nats", "nats-connected-pass-8c2e");
+    let yaml = support::mqtt_to_sink(&ns, "cars", &mqtt_url, &topic, &format!("{base}/fn"))
+        + &support::jetstream_bus(&ns, &nats_url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("ofe.log");
+    let listen = free_addr();
+    let mut process = KillOnDrop(
+        support::ofe_run(&manifests(dir.path(), &yaml), &dir.path().join("data"), listen)
+            .args(["--webhook-listen", "127.0.0.1:0", "--log-level", "debug"])
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn ofe run"),
+    );
+    wait_ready(listen).await;
+    support::wait_ready_status(listen, "EventSource", "cars", "True").await;
+    let publisher = support::mqtt_publisher(&mqtt, &format!("pub-{ns}"));
+    function
+        .wait_for(Duration::from_secs(20), "a message through the bus", |r| {
+            if r.on("/fn").is_empty() {
+                let (p, t) = (publisher.clone(), topic.clone());
+                tokio::spawn(async move {
+                    let _ = p.publish(t, rumqttc::QoS::AtLeastOnce, false, "{}").await;
+                });
+            }
+            !r.on("/fn").is_empty()
+        })
+        .await;
+    let status = support::get(&format!("http://{listen}/status")).await;
+    support::terminate(&mut process.0);
+    let logs = std::fs::read_to_string(&log).expect("log");
+    assert!(logs.contains("JetStream bus connected"), "the connections were logged: {logs}");
+    for (what, text) in [("the log", &logs), ("/status", &status)] {
+        for secret in ["mqtt-connected-pass-31f0", "nats-connected-pass-8c2e"] {
+            assert!(!text.contains(secret), "{what} shows the credential {secret}:\n{text}");
+        }
+    }
 }

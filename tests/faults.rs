@@ -230,15 +230,6 @@ async fn kill_9_every_few_seconds_loses_nothing_on_kafka() {
         .await;
 }
 
-/// Spawns `command` with its output discarded; `what` names it if it cannot start.
-fn spawn_quiet(command: &mut std::process::Command, what: &str) -> std::process::Child {
-    command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
-}
-
 /// Starts a broker on a port, with a store.
 type StartBroker = Box<dyn Fn(u16, &Path) -> std::process::Child + Send>;
 
@@ -306,12 +297,7 @@ async fn bus_broker_restarts_mid_stream(
 async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
     let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
     let broker = Broker::launch(move |port, store| {
-        spawn_quiet(
-            std::process::Command::new(&binary)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(store),
-            "nats-server",
-        )
+        ofe_eventbus::testing::start_nats_server(&binary, port, store, &[])
     })
     .await;
     bus_broker_restarts_mid_stream("JetStream", broker, |ns, port| {
@@ -324,15 +310,7 @@ async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
 async fn the_kafka_broker_restarts_mid_stream_and_nothing_is_lost() {
     let Some(binary) = support::broker_var("OFE_TEST_KAFKA_SERVER") else { return };
     let broker = Broker::launch(move |port, store| {
-        let url = format!("tcp://127.0.0.1:{port}");
-        spawn_quiet(
-            std::process::Command::new(&binary)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                // tansu reads the path of a sqlite:// URL relative to its working directory.
-                .args(["--storage-engine", "sqlite://tansu.db"])
-                .current_dir(store),
-            "the Kafka broker",
-        )
+        ofe_eventbus::testing::start_kafka_broker(&binary, port, store, &[])
     })
     .await;
     bus_broker_restarts_mid_stream("Kafka", broker, |ns, port| {
@@ -396,23 +374,20 @@ async fn the_mqtt_broker_restarts_mid_stream_and_nothing_is_lost() {
             store.display()
         );
         std::fs::write(&config, text).expect("mosquitto.conf");
-        spawn_quiet(std::process::Command::new(&binary).arg("-c").arg(&config), "mosquitto")
+        std::process::Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("OFE_TEST_MOSQUITTO_SERVER={binary}: {e}"))
     })
     .await;
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let topic = format!("fleet/{ns}/telemetry");
-    let yaml = format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
-         metadata: {{ name: fleet, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  mqtt:\n    telemetry: {{ url: \"tcp://127.0.0.1:{}\", topic: \"{topic}\", qos: 1 }}\n",
-        broker.port
-    ) + &support::trigger(
-        &ns,
-        "route",
-        "    telemetry: { eventSource: fleet, event: telemetry }",
-        &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/fn\" }}"),
-    );
+    let url = format!("tcp://127.0.0.1:{}", broker.port);
+    let yaml = support::mqtt_to_sink(&ns, "fleet", &url, &topic, &format!("{base}/fn"));
     let dir = tempfile::tempdir().expect("tempdir");
     let ofe = Process::start(&manifests(dir.path(), &yaml), &dir.path().join("data")).await;
     support::wait_ready_status(ofe.listen, "EventSource", "fleet", "True").await;

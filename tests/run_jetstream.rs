@@ -71,15 +71,8 @@ async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
     let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
     let port = free_addr().port();
     let store = tempfile::tempdir().expect("tempdir");
-    let start_server = || {
-        std::process::Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nats-server")
-    };
+    let start_server =
+        || ofe_eventbus::testing::start_nats_server(&binary, port, store.path(), &[]);
     let mut server = start_server();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ns = support::unique_namespace();

@@ -14,15 +14,7 @@ async fn kill_9_during_an_mqtt_qos1_stream_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let topic = format!("ofe-e2e/{ns}/telemetry");
     let broker = url.replace("mqtt://", "tcp://");
-    let yaml = format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: fleet, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  mqtt:\n    telemetry: {{ url: \"{broker}\", topic: \"{topic}\", qos: 1 }}\n"
-    ) + &support::trigger(
-        &ns,
-        "route",
-        "    telemetry: { eventSource: fleet, event: telemetry }",
-        &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/slow\" }}"),
-    );
+    let yaml = support::mqtt_to_sink(&ns, "fleet", &broker, &topic, &format!("{base}/slow"));
     let folder = manifests(dir.path(), &yaml);
     let client = support::mqtt_publisher(&broker, &format!("pub-{ns}"));
     let total = 30;

@@ -151,15 +151,8 @@ async fn start(
     env: &[(&str, &str)],
 ) -> (KillOnDrop, SocketAddr, SocketAddr) {
     let (listen, webhooks) = (free_addr(), free_addr());
-    let mut command = ofe();
-    command
-        .args(["run", "-f"])
-        .arg(manifests(dir, yaml))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--listen", &listen.to_string(), "--webhook-listen", &webhooks.to_string()])
-        .args(["--log-level", "error"])
-        .stdout(std::process::Stdio::null());
+    let mut command = support::ofe_run(&manifests(dir, yaml), &dir.join("data"), listen);
+    command.args(["--webhook-listen", &webhooks.to_string(), "--log-level", "error"]);
     for name in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED"] {
         command.env_remove(name);
     }

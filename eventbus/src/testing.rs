@@ -167,6 +167,55 @@ pub async fn a_full_bus_refuses_rather_than_drop(bus: &dyn EventBus, fix: &str) 
     accepted
 }
 
+/// Starts `nats-server` (`binary`, from `OFE_TEST_NATS_SERVER`) with JetStream on
+/// `127.0.0.1:port`, storing under `store`, with `extra` flags; its output is discarded.
+pub fn start_nats_server(
+    binary: &str,
+    port: u16,
+    store: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    quiet(
+        std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .args(extra),
+        "OFE_TEST_NATS_SERVER",
+        binary,
+    )
+}
+
+/// Starts the Kafka-protocol broker (`binary`, the tansu of `OFE_TEST_KAFKA_SERVER`) on
+/// `127.0.0.1:port` with its SQLite store in `store`, with `extra` flags; its output is
+/// discarded.
+pub fn start_kafka_broker(
+    binary: &str,
+    port: u16,
+    store: &std::path::Path,
+    extra: &[String],
+) -> std::process::Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    quiet(
+        std::process::Command::new(binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(extra)
+            // tansu reads the path of a sqlite:// URL relative to its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(store),
+        "OFE_TEST_KAFKA_SERVER",
+        binary,
+    )
+}
+
+/// Spawns `command` with its output discarded; panics naming `var=binary` if it cannot.
+fn quiet(command: &mut std::process::Command, var: &str, binary: &str) -> std::process::Child {
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{var}={binary}: {e}"))
+}
+
 /// A free TCP port on loopback, for a broker a test runs itself.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

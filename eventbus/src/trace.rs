@@ -214,6 +214,16 @@ pub fn format(sc: &SpanContext) -> String {
     format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
 }
 
+/// Attributes of a span that sends to (`operation` `send`) or processes from (`process`)
+/// the bus subject `destination`, after OpenTelemetry's messaging conventions.
+pub fn messaging(operation: &'static str, destination: &crate::Subject) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("messaging.system", "ofe"),
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.destination.name", destination.to_string()),
+    ]
+}
+
 /// Attributes naming `event` on a span, after the CloudEvents semantic conventions.
 pub fn event_attributes(event: &Event) -> Vec<KeyValue> {
     vec![

@@ -61,13 +61,7 @@ impl Server {
     }
 
     fn start(binary: &str, port: u16, dir: &tempfile::TempDir) -> std::process::Child {
-        std::process::Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}"))
+        ofe_eventbus::testing::start_nats_server(binary, port, dir.path(), &[])
     }
 
     /// kill -9, then start again on the same port and store.

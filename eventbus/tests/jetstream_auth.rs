@@ -1,7 +1,6 @@
 //! JetStream connections with credentials and TLS, against servers that require them.
 //! `OFE_TEST_NATS_SERVER` names the `nats-server` binary; unset, the tests skip and say so.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
@@ -13,16 +12,8 @@ async fn server(extra: &[&str]) -> Option<(ChildGuard, u16, tempfile::TempDir)> 
     let binary = ofe_eventbus::testing::broker_var("OFE_TEST_NATS_SERVER")?;
     let port = ofe_eventbus::testing::free_port();
     let store = tempfile::tempdir().expect("tempdir");
-    let server = ChildGuard(
-        Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("OFE_TEST_NATS_SERVER={binary}: {e}")),
-    );
+    let server =
+        ChildGuard(ofe_eventbus::testing::start_nats_server(&binary, port, store.path(), extra));
     ofe_eventbus::testing::wait_port(port, "nats-server").await;
     Some((server, port, store))
 }

@@ -67,18 +67,7 @@ impl Broker {
         store: &tempfile::TempDir,
         extra: &[String],
     ) -> std::process::Child {
-        let url = format!("tcp://127.0.0.1:{port}");
-        std::process::Command::new(binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(extra)
-            .arg("--storage-engine")
-            // tansu reads the path of a sqlite:// URL relative to its working directory.
-            .arg("sqlite://tansu.db")
-            .current_dir(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("OFE_TEST_KAFKA_SERVER={binary}: {e}"))
+        testing::start_kafka_broker(binary, port, store.path(), extra)
     }
 
     async fn wait(port: u16) {

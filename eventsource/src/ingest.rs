@@ -333,11 +333,7 @@ pub fn trace_ingest(
         format!("publish {subject}"),
         SpanKind::Producer,
         &ingest.context(),
-        vec![
-            KeyValue::new("messaging.system", "ofe"),
-            KeyValue::new("messaging.operation.type", "send"),
-            KeyValue::new("messaging.destination.name", subject.to_string()),
-        ],
+        trace::messaging("send", subject),
     );
     let mut event = event.clone();
     ingest.stamp_origin(&mut event);

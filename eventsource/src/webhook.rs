@@ -83,18 +83,26 @@ impl Bucket {
         Self { rate, tokens: rate, at: std::time::Instant::now() }
     }
 
-    /// Takes a token; `Err` with how long until one is free when there is none.
-    fn take(&mut self) -> Result<(), std::time::Duration> {
+    /// Takes a token; when there is none, the 429 to answer, saying when one is free.
+    fn refusal(&mut self) -> Option<Response> {
         let now = std::time::Instant::now();
         let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            return None;
         }
+        let wait = (1.0 - self.tokens) / self.rate;
+        let mut response = reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this webhook takes at most {} requests a second; retry later", self.rate),
+        );
+        let seconds = wait.ceil().max(1.0) as u64;
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        Some(response)
     }
 }
 
@@ -102,11 +110,6 @@ impl Webhook {
     /// The path it is served at.
     pub fn path(&self) -> &str {
         &self.path
-    }
-
-    /// Its `rateLimit`, for messages.
-    fn rate(&self) -> f64 {
-        self.limit.as_ref().and_then(|l| l.lock().ok().map(|b| b.rate)).unwrap_or(0.0)
     }
 }
 
@@ -191,17 +194,9 @@ async fn handle(
     }
     // Before any other work, so a flood costs as little as it can.
     if let Some(limit) = &hook.limit
-        && let Some(Err(wait)) = limit.lock().ok().map(|mut bucket| bucket.take())
+        && let Some(refusal) = limit.lock().ok().and_then(|mut bucket| bucket.refusal())
     {
-        let mut response = reply(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("this webhook takes at most {} requests a second; retry later", hook.rate()),
-        );
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
+        return refusal;
     }
     if body.len() > hook.max_payload {
         return reply(

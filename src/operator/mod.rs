@@ -76,14 +76,7 @@ pub fn main(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .thread_name("ofe")
         .build()
         .context("cannot start the async runtime")?;
-    let traces = telemetry::init_traces()?;
-    let result = runtime.block_on(serve(args));
-    // The runtime's tasks are done; the exporter's last batch goes out before exit.
-    drop(runtime);
-    if let Some(traces) = traces {
-        traces.shutdown();
-    }
-    result?;
+    telemetry::run_traced(runtime, serve(args))?;
     Ok(ExitCode::SUCCESS)
 }
 

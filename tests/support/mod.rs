@@ -94,6 +94,20 @@ pub fn ofe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ofe"))
 }
 
+/// `ofe run` on `manifests` with `data_dir`, serving its endpoint on `listen`, its standard
+/// output discarded: the command every start below builds on, for a test to add to.
+pub fn ofe_run(manifests: &Path, data_dir: &Path, listen: SocketAddr) -> Command {
+    let mut command = ofe();
+    command
+        .args(["run", "-f"])
+        .arg(manifests)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &listen.to_string()])
+        .stdout(Stdio::null());
+    command
+}
+
 /// Starts `ofe run` on `manifests` with `data_dir`, serving metrics on `listen`.
 pub fn start_ofe(manifests: &Path, data_dir: &Path, listen: SocketAddr) -> Child {
     start_ofe_with_webhooks(manifests, data_dir, listen, free_addr())
@@ -106,16 +120,11 @@ pub fn start_ofe_with_webhooks(
     listen: SocketAddr,
     webhooks: SocketAddr,
 ) -> Child {
-    ofe()
-        .args(["run", "-f"])
-        .arg(manifests)
-        .arg("--data-dir")
-        .arg(data_dir)
+    ofe_run(manifests, data_dir, listen)
         // OFE_TEST_LOG (e.g. `info`) shows the process's logs when a test needs debugging.
-        .args(["--listen", &listen.to_string(), "--log-level"])
+        .arg("--log-level")
         .arg(std::env::var("OFE_TEST_LOG").unwrap_or_else(|_| "error".into()))
         .args(["--webhook-listen", &webhooks.to_string()])
-        .stdout(Stdio::null())
         .spawn()
         .expect("spawn ofe run")
 }
@@ -138,14 +147,9 @@ pub fn start_ofe_logged(
     log: &Path,
 ) -> Child {
     let file = std::fs::File::create(log).expect("log file");
-    ofe()
-        .args(["run", "-f"])
-        .arg(manifests)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", &listen.to_string(), "--log-level", "info,lsm_tree=warn,fjall=warn"])
+    ofe_run(manifests, data_dir, listen)
+        .args(["--log-level", "info,lsm_tree=warn,fjall=warn"])
         .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
         .stderr(file)
         .spawn()
         .expect("spawn ofe run")
@@ -512,6 +516,21 @@ pub async fn wait_ready_status(
     }
 }
 pub mod fake_kube;
+
+/// An MQTT EventSource `name` in `namespace`, whose event `telemetry` reads `topic` at QoS 1
+/// from the broker at `url` (`tcp://…`), and a Trigger `route` sending it to `sink`.
+pub fn mqtt_to_sink(namespace: &str, name: &str, url: &str, topic: &str, sink: &str) -> String {
+    format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: {name}, namespace: {namespace} }}\n\
+         spec:\n  eventBus: default\n  mqtt:\n    telemetry: {{ url: \"{url}\", topic: \"{topic}\", qos: 1 }}\n"
+    ) + &trigger(
+        namespace,
+        "route",
+        &format!("    telemetry: {{ eventSource: {name}, event: telemetry }}"),
+        &format!("  - condition: telemetry\n    sink: {{ uri: \"{sink}\" }}"),
+    )
+}
 
 /// An MQTT 3.1.1 client publishing to the broker at `url` (`mqtt://` or `tcp://host:port`),
 /// its event loop driven in the background.

@@ -480,7 +480,8 @@ fn attempt_span(dest: &Destination, n: u32) -> trace::Span {
     if !trace::enabled() {
         return trace::Span::default();
     }
-    let resend = KeyValue::new("http.request.resend_count", i64::from(n.saturating_sub(1)));
+    // A first attempt is no resend, and has no count, as OpenTelemetry's HTTP conventions ask.
+    let resend = (n > 1).then(|| KeyValue::new("http.request.resend_count", i64::from(n - 1)));
     match dest {
         Destination::Http { url } => {
             let mut attributes = vec![
@@ -491,22 +492,15 @@ fn attempt_span(dest: &Destination, n: u32) -> trace::Span {
             if let Some(port) = url.port_or_known_default() {
                 attributes.push(KeyValue::new("server.port", i64::from(port)));
             }
-            if n > 1 {
-                attributes.push(resend);
-            }
+            attributes.extend(resend);
             trace::Span::start("POST", SpanKind::Client, &trace::current(), attributes)
         }
-        Destination::Topic { subject, .. } => trace::Span::start(
-            format!("publish {subject}"),
-            SpanKind::Producer,
-            &trace::current(),
-            vec![
-                KeyValue::new("messaging.system", "ofe"),
-                KeyValue::new("messaging.operation.type", "send"),
-                KeyValue::new("messaging.destination.name", subject.to_string()),
-                resend,
-            ],
-        ),
+        Destination::Topic { subject, .. } => {
+            let mut attributes = trace::messaging("send", subject);
+            attributes.extend(resend);
+            let name = format!("publish {subject}");
+            trace::Span::start(name, SpanKind::Producer, &trace::current(), attributes)
+        }
     }
 }
 

@@ -640,7 +640,7 @@ pub async fn run(
                 Some(Err(e)) => return Err(e),
             }
         }
-        let spans = filter_spans(&batch);
+        let spans = filter_spans(&mut batch);
         // What each event means for each subscriber; then the join state it needs, from the
         // store; then the decisions, in input order; then the state, written back.
         let touches: Vec<Vec<Touch>> =
@@ -674,10 +674,9 @@ pub async fn run(
                 continue;
             }
             let routing = &router.routings()[r];
-            let event = match spans.get(n) {
-                Some(span) => fired_on(span, routing, &event),
-                None => event,
-            };
+            if let Some(span) = spans.get(n) {
+                note_fired(span, routing);
+            }
             router.metrics.received.get_or_create(&routing.labels).inc();
             router.metrics.tap(Stage::Routed, &routing.labels, &event, || None);
             let (bus, queue) = (bus.clone(), routing.queue.clone());
@@ -698,28 +697,27 @@ pub async fn run(
 }
 
 /// One `filter` span per event of `batch` when tracing is on (none when off): each a child
-/// of the hop that published the event, ended when the batch is queued.
-fn filter_spans(batch: &[Delivery]) -> Vec<trace::Span> {
+/// of the hop that published the event, ended when the batch is queued. Each event is
+/// stamped with its span once, here, so whatever it fires (shared, joined or poison) carries
+/// it to the delivery's span without a copy per subscriber.
+fn filter_spans(batch: &mut [Delivery]) -> Vec<trace::Span> {
     if !trace::enabled() {
         return Vec::new();
     }
     batch
-        .iter()
+        .iter_mut()
         .map(|d| {
             let mut attributes = trace::event_attributes(&d.event);
-            attributes.extend([
-                KeyValue::new("messaging.system", "ofe"),
-                KeyValue::new("messaging.operation.type", "process"),
-                KeyValue::new("messaging.destination.name", d.subject.to_string()),
-            ]);
-            trace::Span::for_event("filter", SpanKind::Consumer, &d.event, attributes)
+            attributes.extend(trace::messaging("process", &d.subject));
+            let span = trace::Span::for_event("filter", SpanKind::Consumer, &d.event, attributes);
+            span.stamp_hop(Arc::make_mut(&mut d.event));
+            span
         })
         .collect()
 }
 
-/// `event` as the subscriber `routing` fired on it, noted on its filter `span` and stamped
-/// with it, so the delivery's span is the filter's child.
-fn fired_on(span: &trace::Span, routing: &Routing, event: &Arc<Event>) -> Arc<Event> {
+/// Notes on the filter `span` that the subscriber `routing` fired.
+fn note_fired(span: &trace::Span, routing: &Routing) {
     span.note(
         "fired",
         vec![
@@ -727,9 +725,6 @@ fn fired_on(span: &trace::Span, routing: &Routing, event: &Arc<Event>) -> Arc<Ev
             KeyValue::new("ofe.subscriber", routing.labels.subscriber.clone()),
         ],
     );
-    let mut event = Event::clone(event);
-    span.stamp_hop(&mut event);
-    Arc::new(event)
 }
 
 /// Acknowledges a batch, or asks for it again after `retry`.

@@ -280,7 +280,7 @@ async fn dead_letter_unattempted(
             failure,
             attempts,
         );
-        if !trace::within(&span, dead).await {
+        if !dead_letter_traced(&span, route, dead).await {
             let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
             return;
         }
@@ -431,6 +431,24 @@ fn deliver_span(
     trace::Span::for_event(name, SpanKind::Internal, event, attributes)
 }
 
+/// Runs `dead` (a [`dead_letter`] to `route`) inside the delivery's `span`, and notes on the
+/// span what became of the event; whether it did as [`dead_letter`] says.
+async fn dead_letter_traced(
+    span: &trace::Span,
+    route: &Route,
+    dead: impl std::future::Future<Output = bool>,
+) -> bool {
+    let done = trace::within(span, dead).await;
+    match &route.dead_letter {
+        Some(target) if done => {
+            span.note("dead-lettered", vec![KeyValue::new("ofe.dead_letter", target.to_string())])
+        }
+        None => span.note("dropped", Vec::new()),
+        Some(_) => span.note("dead letter failed", Vec::new()),
+    }
+    done
+}
+
 /// Records how a delivery ended on its span.
 fn record(span: &trace::Span, outcome: &Outcome) {
     match outcome {
@@ -503,16 +521,7 @@ async fn deliver(
                 let dead = dead_letter(
                     plan, deliverer, metrics, interrupt, route, &event, &failure, attempts,
                 );
-                let dead = trace::within(&span, dead).await;
-                match &route.dead_letter {
-                    Some(target) if dead => span.note(
-                        "dead-lettered",
-                        vec![KeyValue::new("ofe.dead_letter", target.to_string())],
-                    ),
-                    None => span.note("dropped", Vec::new()),
-                    Some(_) => span.note("dead letter failed", Vec::new()),
-                }
-                if !dead {
+                if !dead_letter_traced(&span, route, dead).await {
                     if interrupt.is_cancelled() {
                         return drop(delivery);
                     }
