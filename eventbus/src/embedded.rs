@@ -123,6 +123,11 @@ enum WriteOp {
 
 type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
 
+/// A set of subjects. Every publish looks its subject up in each consumer group's set, and
+/// in the subject index, so it hashes with foldhash rather than SipHash; subjects come from
+/// manifests, not from events, so nothing an event carries can aim at its collisions.
+type SubjectSet = HashSet<String, foldhash::fast::RandomState>;
+
 /// How many recent sequences the index keeps per subject.
 const INDEX_DEPTH: usize = 256;
 
@@ -189,7 +194,7 @@ struct SubjectIndex {
     /// Records up to here predate the index.
     floor: u64,
     /// Per subject: its recent sequences, ascending, and the highest one dropped from them.
-    recent: HashMap<String, (std::collections::VecDeque<u64>, u64)>,
+    recent: HashMap<String, (std::collections::VecDeque<u64>, u64), foldhash::fast::RandomState>,
 }
 
 impl SubjectIndex {
@@ -209,7 +214,7 @@ impl SubjectIndex {
 
     /// The first sequence after `after` of any of `subjects`: `Some(None)` when there is
     /// none, `None` when the index cannot tell (read the log instead).
-    fn next(&self, subjects: &HashSet<String>, after: u64) -> Option<Option<u64>> {
+    fn next(&self, subjects: &SubjectSet, after: u64) -> Option<Option<u64>> {
         if after < self.floor {
             return None;
         }
@@ -399,7 +404,7 @@ impl EmbeddedBus {
 
         let (head, _) = watch::channel(last);
         let groups: Groups = Arc::default();
-        let index = Arc::new(Mutex::new(SubjectIndex { floor: last, recent: HashMap::new() }));
+        let index = Arc::new(Mutex::new(SubjectIndex { floor: last, recent: HashMap::default() }));
         let first = match log.first_key_value() {
             Some(kv) => kv.key().map_err(storage).map(|k| read_u64(&k))?.unwrap_or(1),
             None => last + 1,
@@ -577,7 +582,7 @@ impl EmbeddedBus {
     /// exactly for what it holds; below it (a consumer far behind), the log is read, at most
     /// [`LAG_SCAN_LIMIT`] records, and what is left unread counts as all wanted, so a huge
     /// backlog is over-counted rather than missed.
-    fn waiting(&self, subjects: &HashSet<String>, after: u64, head: u64) -> Result<u64, BusError> {
+    fn waiting(&self, subjects: &SubjectSet, after: u64, head: u64) -> Result<u64, BusError> {
         if after >= head {
             return Ok(0);
         }
@@ -636,7 +641,7 @@ impl EmbeddedBus {
     async fn new_group(
         &self,
         options: &SubscribeOptions,
-        filter: HashSet<String>,
+        filter: SubjectSet,
     ) -> Result<Arc<Group>, BusError> {
         let stored = match &self.inner.store {
             Store::Disk { cursors, .. } => cursors.get(&options.consumer).map_err(storage)?,
@@ -820,7 +825,7 @@ impl EventBus for EmbeddedBus {
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, BusError> {
         options.check()?;
-        let filter: HashSet<String> = options.subjects.iter().map(ToString::to_string).collect();
+        let filter: SubjectSet = options.subjects.iter().map(ToString::to_string).collect();
         let existing = {
             let groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
             groups.get(&options.consumer).cloned()
@@ -1063,12 +1068,7 @@ fn live_floor(groups: &Groups, index: &Mutex<SubjectIndex>, head: u64) -> Option
 }
 
 /// What a consumer has settled, counting the records of other subjects it has not read yet.
-fn settled_up_to(
-    state: &GroupState,
-    filter: &HashSet<String>,
-    index: &SubjectIndex,
-    head: u64,
-) -> u64 {
+fn settled_up_to(state: &GroupState, filter: &SubjectSet, index: &SubjectIndex, head: u64) -> u64 {
     let next_unread = match index.next(filter, state.read_pos) {
         Some(Some(seq)) => seq.min(head + 1),
         Some(None) => head + 1,
@@ -1323,7 +1323,7 @@ impl Committer {
 
 /// A named consumer: shared by every subscription with its name.
 struct Group {
-    filter: HashSet<String>,
+    filter: SubjectSet,
     max_in_flight: usize,
     state: Mutex<GroupState>,
     /// Woken on ack and nack, which free capacity or schedule a redelivery.
@@ -1601,7 +1601,7 @@ mod tests {
 
     #[test]
     fn the_index_answers_only_what_it_knows() {
-        let mut index = SubjectIndex { floor: 10, recent: HashMap::new() };
+        let mut index = SubjectIndex { floor: 10, recent: HashMap::default() };
         let subjects = |names: &[&str]| names.iter().map(ToString::to_string).collect();
         for seq in 11..=20 {
             index.add(if seq % 2 == 0 { "a" } else { "b" }, seq);

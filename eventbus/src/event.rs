@@ -1,5 +1,7 @@
 //! CloudEvents on the bus: the extension attributes ofe adds, and the storage encoding.
 
+use std::borrow::Cow;
+
 use cloudevents::{AttributesReader, Event};
 
 use crate::BusError;
@@ -92,20 +94,29 @@ pub fn dedup_key(subject: &str, event: &Event) -> String {
 /// (HTTP `ce-`, NATS `ce-`, Kafka `ce_` headers): every context attribute except
 /// `datacontenttype`, which travels as the content type. Values are percent-encoded where a
 /// header could not carry them, as the CloudEvents bindings ask.
-pub fn binary_attributes(event: &Event) -> Vec<(String, String)> {
-    use cloudevents::event::ExtensionValue;
-    let mut out = Vec::new();
+pub fn binary_attributes(event: &Event) -> Vec<(&str, Cow<'_, str>)> {
+    use cloudevents::event::{AttributeValue, ExtensionValue};
+    // Names and string values are borrowed from the event: this runs for every delivery,
+    // and most values need no encoding.
+    let mut out = Vec::with_capacity(16);
     for (name, value) in event.iter_attributes() {
-        if name != "datacontenttype" {
-            out.push((name.to_string(), encoded(value.to_string())));
+        if name == "datacontenttype" {
+            continue;
         }
+        let text = match value {
+            AttributeValue::String(s) => Cow::Borrowed(s),
+            AttributeValue::URI(u) => Cow::Borrowed(u.as_str()),
+            AttributeValue::URIRef(u) => Cow::Borrowed(u.as_str()),
+            other => Cow::Owned(other.to_string()),
+        };
+        out.push((name, encoded(text)));
     }
     for (name, value) in event.iter_extensions() {
         let text = match value {
-            ExtensionValue::String(s) => s.clone(),
-            other => other.to_string(),
+            ExtensionValue::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(other.to_string()),
         };
-        out.push((name.to_string(), encoded(text)));
+        out.push((name, encoded(text)));
     }
     out
 }
@@ -217,8 +228,8 @@ fn header_safe(byte: u8) -> bool {
 }
 
 /// `text` percent-encoded, reusing it when nothing needs encoding (the usual case).
-fn encoded(text: String) -> String {
-    if text.bytes().all(header_safe) { text } else { percent_encode(&text) }
+fn encoded(text: Cow<'_, str>) -> Cow<'_, str> {
+    if text.bytes().all(header_safe) { text } else { Cow::Owned(percent_encode(&text)) }
 }
 
 /// Reverses [`percent_encode`]; malformed escapes are kept as they are.
@@ -259,8 +270,7 @@ mod tests {
         event.set_extension("traceparent", "00-abc-def-01");
         event.set_extension("note", "naïve \"quoted\" 100%");
         let attrs = binary_attributes(&event);
-        let pairs: Vec<(&str, &str)> =
-            attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = attrs.iter().map(|(n, v)| (*n, v.as_ref())).collect();
         assert!(pairs.contains(&("note", "na%C3%AFve %22quoted%22 100%25")));
         let body = data_bytes(&event);
         let back = from_binary(pairs, Some("application/json"), &body).expect("decodes");

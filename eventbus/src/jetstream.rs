@@ -420,7 +420,7 @@ impl EventBus for JetStreamBus {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id(&subject, event).as_str());
         for (name, value) in event::binary_attributes(event) {
-            headers.insert(format!("ce-{name}").as_str(), value.as_str());
+            headers.insert(format!("ce-{name}").as_str(), value.as_ref());
         }
         if let Some(content_type) = event.datacontenttype() {
             headers.insert("content-type", content_type);

@@ -91,34 +91,50 @@ impl Subject {
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Written token by token into the formatter: a subject is rendered on every publish,
+        // so it builds no string of its own.
         match self {
             Self::Event { namespace, source, event } => {
-                write!(f, "ofe.event.{}.{}.{}", escape(namespace), escape(source), escape(event))
+                write!(f, "ofe.event.{}.{}.{}", Escaped(namespace), Escaped(source), Escaped(event))
             }
             Self::Topic { namespace, topic } => {
-                write!(f, "ofe.topic.{}.{}", escape(namespace), escape(topic))
+                write!(f, "ofe.topic.{}.{}", Escaped(namespace), Escaped(topic))
             }
             Self::Queue { namespace, trigger, subscriber } => write!(
                 f,
                 "ofe.queue.{}.{}.{}",
-                escape(namespace),
-                escape(trigger),
-                escape(subscriber)
+                Escaped(namespace),
+                Escaped(trigger),
+                Escaped(subscriber)
             ),
         }
     }
 }
 
-pub(crate) fn escape(token: &str) -> String {
-    let mut out = String::with_capacity(token.len());
-    for byte in token.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// A token as it appears in a subject: `[A-Za-z0-9_-]` as is, any other byte as `%XX`.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Bytes, not chars: a multi-byte character is escaped byte by byte.
+        let mut rest = self.0.as_bytes();
+        while !rest.is_empty() {
+            // The longest run that needs no escaping goes out in one write; it is ASCII.
+            let safe = rest
+                .iter()
+                .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+                .unwrap_or(rest.len());
+            f.write_str(std::str::from_utf8(&rest[..safe]).unwrap_or_default())?;
+            let Some((&byte, after)) = rest[safe..].split_first() else { break };
+            write!(f, "%{byte:02X}")?;
+            rest = after;
         }
+        Ok(())
     }
-    out
+}
+
+pub(crate) fn escape(token: &str) -> String {
+    Escaped(token).to_string()
 }
 
 fn unescape(token: &str) -> Option<String> {
@@ -148,6 +164,15 @@ mod tests {
         let b = Subject::event("a", "b-c", "e").to_string();
         assert_ne!(a, b);
         assert_eq!(a, "ofe.event.a-b.c.e");
+    }
+
+    #[test]
+    fn multibyte_characters_are_escaped_byte_by_byte_and_round_trip() {
+        let s = Subject::event("ns", "fahrzeug-ö", "a b");
+        let text = s.to_string();
+        assert_eq!(text, "ofe.event.ns.fahrzeug-%C3%B6.a%20b");
+        assert_eq!(Subject::parse(&text), Some(s));
+        assert_eq!(escape("ö"), "%C3%B6");
     }
 
     #[test]

@@ -208,8 +208,7 @@ pub fn is_retryable(status: u16) -> bool {
     status >= 500 || matches!(status, 404 | 408 | 409 | 429)
 }
 
-/// The HTTP client deliveries use: a keep-alive connection pool. Clones share it.
-pub type HttpClient = reqwest::Client;
+pub use crate::sink_client::HttpClient;
 
 /// How the delivery client proves who it talks to, and who it is, over HTTPS.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -239,10 +238,7 @@ pub fn http_client() -> Result<HttpClient, ClientError> {
 
 /// [`http_client`] with `tls`: more CAs to trust, and a client certificate.
 pub fn http_client_with(tls: &SinkTls) -> Result<HttpClient, ClientError> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .tls_backend_preconfigured(rustls_config(tls, &SINK_TLS_NAMES)?)
-        .build()?)
+    Ok(HttpClient::new(rustls_config(tls, &SINK_TLS_NAMES)?)?)
 }
 
 /// What a TLS setting is called where the user gives it, for errors: a flag, an env var.
@@ -316,7 +312,7 @@ pub fn rustls_config(tls: &SinkTls, names: &TlsNames) -> Result<rustls::ClientCo
 /// Sends events to destinations. Cheap to clone; the HTTP connection pool is shared.
 #[derive(Clone)]
 pub struct Deliverer {
-    http: reqwest::Client,
+    http: HttpClient,
     bus: Arc<dyn EventBus>,
     max_hops: u32,
 }
@@ -328,7 +324,7 @@ impl Deliverer {
     }
 
     /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
-    pub fn with_client(http: reqwest::Client, bus: Arc<dyn EventBus>) -> Self {
+    pub fn with_client(http: HttpClient, bus: Arc<dyn EventBus>) -> Self {
         Self { http, bus, max_hops: DEFAULT_MAX_HOPS }
     }
 
@@ -386,46 +382,40 @@ impl Deliverer {
     ) -> Result<Option<Box<Reply>>, Failure> {
         match dest {
             Destination::Http { url } => {
-                let (mut headers, body) = binary_mode(event);
-                // The function continues this attempt's span, as it would behind any
-                // OpenTelemetry-instrumented client.
-                if let Some((parent, state)) = span.traceparent() {
-                    if let Ok(value) = HeaderValue::try_from(parent) {
-                        headers.insert(TRACEPARENT, value);
+                let request = || {
+                    let (mut headers, body) = binary_mode(event);
+                    // The function continues this attempt's span, as it would behind any
+                    // OpenTelemetry-instrumented client.
+                    if let Some((parent, state)) = span.traceparent() {
+                        if let Ok(value) = HeaderValue::try_from(parent) {
+                            headers.insert(TRACEPARENT, value);
+                        }
+                        match HeaderValue::try_from(state) {
+                            Ok(value) if !value.is_empty() => {
+                                drop(headers.insert(TRACESTATE, value));
+                            }
+                            _ => drop(headers.remove(TRACESTATE)),
+                        }
                     }
-                    match HeaderValue::try_from(state) {
-                        Ok(value) if !value.is_empty() => drop(headers.insert(TRACESTATE, value)),
-                        _ => drop(headers.remove(TRACESTATE)),
-                    }
-                }
-                let response = self
-                    .http
-                    .post(url.clone())
-                    .headers(headers)
-                    .body(body)
-                    .timeout(timeout)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Failure::transient(format!("request failed: {}", error_chain(&e)))
-                    })?;
-                let status = response.status().as_u16();
+                    (headers, body)
+                };
+                let response =
+                    self.http.post(url, request, timeout).await.map_err(Failure::transient)?;
+                let status = response.status;
                 span.set(KeyValue::new("http.response.status_code", i64::from(status)));
-                if response.status().is_success() {
-                    let headers = response.headers().clone();
-                    let body = response.bytes().await.unwrap_or_default();
-                    return Ok(read_reply(&headers, &body).map(Box::new));
+                if (200..300).contains(&status) {
+                    return Ok(read_reply(&response.headers, &response.body).map(Box::new));
                 }
                 let retry_after = if matches!(status, 429 | 503) {
                     response
-                        .headers()
+                        .headers
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
                 } else {
                     None
                 };
-                let mut body = response.bytes().await.unwrap_or_default().to_vec();
+                let mut body = response.body.to_vec();
                 body.truncate(BODY_LIMIT);
                 let text = String::from_utf8_lossy(&body).into_owned();
                 Err(Failure {
@@ -537,17 +527,6 @@ where
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The CloudEvent in a sink's response, in binary mode (`ce-*` headers) or structured mode
 /// (`application/cloudevents+json`); `None` when the response is not a CloudEvent.
 pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
@@ -578,29 +557,30 @@ pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
 /// extensions as `ce-*` headers, `datacontenttype` as `Content-Type`, data as the body.
 pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
     let attributes = event::binary_attributes(event);
-    let mut headers = HeaderMap::with_capacity(attributes.len() + 1);
+    let mut headers = HeaderMap::with_capacity(attributes.len() + 3);
     for (name, value) in attributes {
         if name == trace::EXT_HOP {
             // ofe's own hop; the W3C headers carry the delivery's span instead.
             continue;
         }
-        // `HeaderValue` takes the `String`'s buffer as it is.
-        if let (Some(name), Ok(value)) = (ce_header(&name), HeaderValue::try_from(value)) {
-            headers.insert(name, value);
+        let value = match value {
+            // An encoded value's buffer becomes the header's as it is.
+            std::borrow::Cow::Owned(text) => HeaderValue::try_from(text),
+            std::borrow::Cow::Borrowed(text) => HeaderValue::from_str(text),
+        };
+        let (Some(header), Ok(value)) = (ce_header(name), value) else { continue };
+        // The CloudEvents distributed-tracing extension, also as W3C Trace Context headers:
+        // a function instrumented with OpenTelemetry reads those, not `ce-traceparent`, and
+        // so continues the sender's trace.
+        match name {
+            "traceparent" => drop(headers.insert(TRACEPARENT, value.clone())),
+            "tracestate" => drop(headers.insert(TRACESTATE, value.clone())),
+            _ => {}
         }
+        headers.insert(header, value);
     }
     if let Some(Ok(value)) = event.datacontenttype().map(HeaderValue::from_str) {
         headers.insert(CONTENT_TYPE, value);
-    }
-    // The CloudEvents distributed-tracing extension, also as W3C Trace Context headers: a
-    // function instrumented with OpenTelemetry reads those, not `ce-traceparent`, and so
-    // continues the sender's trace.
-    for (extension, header) in [("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)] {
-        if let Some(Ok(value)) =
-            event.extension(extension).map(|v| HeaderValue::from_str(&v.to_string()))
-        {
-            headers.insert(header, value);
-        }
     }
     (headers, event::data_bytes(event))
 }
@@ -610,7 +590,8 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// W3C Trace Context's vendor-specific trace state.
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// The `ce-` header of attribute `name`: the spec's attributes without building the name.
+/// The `ce-` header of attribute `name`: the spec's attributes, and the extensions every
+/// event through ofe carries, without building the name.
 fn ce_header(name: &str) -> Option<HeaderName> {
     Some(HeaderName::from_static(match name {
         "id" => "ce-id",
@@ -620,6 +601,12 @@ fn ce_header(name: &str) -> Option<HeaderName> {
         "subject" => "ce-subject",
         "time" => "ce-time",
         "dataschema" => "ce-dataschema",
+        event::EXT_NAMESPACE => "ce-ofenamespace",
+        event::EXT_EVENTSOURCE => "ce-ofeeventsource",
+        event::EXT_EVENT => "ce-ofeevent",
+        EXT_HOPS => "ce-ofehops",
+        "traceparent" => "ce-traceparent",
+        "tracestate" => "ce-tracestate",
         _ => return HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok(),
     }))
 }

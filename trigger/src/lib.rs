@@ -16,6 +16,7 @@ pub mod filter;
 pub mod metrics;
 pub mod router;
 pub mod runner;
+pub mod sink_client;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

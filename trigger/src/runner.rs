@@ -217,7 +217,9 @@ async fn deliver_until(
                 // Ends when the previous delivery of the key settles, or its task is gone.
                 let _ = previous.await;
             }
-            deliver(&plan, &deliverer, &metrics, &interrupt, delivery).await;
+            // Boxed: the delivery's future (an HTTP request and its retries) is kilobytes,
+            // and a task's future is moved when spawned and written over when it ends.
+            Box::pin(deliver(&plan, &deliverer, &metrics, &interrupt, delivery)).await;
             if let Some(done) = done {
                 let _ = done.send(());
             }

@@ -1,0 +1,166 @@
+//! The HTTP client deliveries use.
+//!
+//! Every delivery is one POST, so the client's cost per request is ofe's cost per event. A
+//! request goes straight through hyper's pooled client: its URL was parsed once, when the
+//! Trigger was loaded. reqwest, which wraps the same pool, also parses each request's URL
+//! twice more for its redirect layer, copies its headers for its retry layer, and checks the
+//! proxy settings; together that was about a tenth of ofe's instructions per event. reqwest
+//! still serves what the direct path does not: a sink behind a proxy (`HTTP_PROXY`,
+//! `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, as every Go-based peer honours them), and a sink
+//! that answers with a redirect, which is then followed as reqwest follows it (at most 10).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::header::HeaderMap;
+
+/// Idle keep-alive connections kept per sink host.
+const IDLE_PER_HOST: usize = 64;
+
+/// The environment variables that put a proxy between ofe and its sinks.
+const PROXY_VARIABLES: &[&str] =
+    &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+
+/// A pooled HTTP/1.1 client with keep-alive and `TCP_NODELAY`, trusting what its rustls
+/// configuration trusts. Clones share the pool.
+#[derive(Clone)]
+pub struct HttpClient {
+    direct: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    full: reqwest::Client,
+    /// The proxy settings, when the environment has any.
+    proxies: Option<Arc<Matcher>>,
+}
+
+/// What a sink answered.
+#[derive(Debug)]
+pub struct SinkResponse {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl HttpClient {
+    /// A client on `tls`, whose ALPN protocols it sets itself (HTTP/1.1).
+    pub fn new(mut tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let full = reqwest::Client::builder()
+            .pool_max_idle_per_host(IDLE_PER_HOST)
+            .tls_backend_preconfigured(tls.clone())
+            // ofe retries by the subscriber's policy, and counts and traces each attempt;
+            // the client's own retry layer would only copy every request's headers in case.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
+            .build()?;
+        // Without ALPN, as hyper-rustls asks when it speaks HTTP/1.1 only.
+        tls.alpn_protocols.clear();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let direct = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(IDLE_PER_HOST)
+            .build(https);
+        let proxied = PROXY_VARIABLES.iter().any(|v| std::env::var_os(v).is_some());
+        let proxies = proxied.then(|| Arc::new(Matcher::from_env()));
+        Ok(Self { direct, full, proxies })
+    }
+
+    /// POSTs to `url` what `request` builds (headers and body), within `timeout` for the
+    /// whole exchange, body included. `request` is called again only if the sink redirects.
+    /// The error is the reason, with its causes.
+    pub async fn post(
+        &self,
+        url: &reqwest::Url,
+        request: impl Fn() -> (HeaderMap, Vec<u8>),
+        timeout: Duration,
+    ) -> Result<SinkResponse, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let uri: Option<Uri> = url.as_str().parse().ok();
+        let direct =
+            uri.filter(|uri| self.proxies.as_ref().is_none_or(|p| p.intercept(uri).is_none()));
+        let Some(uri) = direct else {
+            return within(deadline, timeout, self.through_reqwest(url, &request)).await?;
+        };
+        let (headers, body) = request();
+        let mut message = Request::new(Full::new(Bytes::from(body)));
+        *message.method_mut() = Method::POST;
+        *message.uri_mut() = uri;
+        *message.headers_mut() = headers;
+        let response = within(deadline, timeout, self.direct.request(message))
+            .await?
+            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        let status = response.status();
+        if status.is_redirection() && response.headers().contains_key(reqwest::header::LOCATION) {
+            return within(deadline, timeout, self.through_reqwest(url, &request)).await?;
+        }
+        let (parts, body) = response.into_parts();
+        // The status decides; a body that breaks off is only less to read (a reply, a
+        // failure's reason), not a reason to send the event again.
+        let body = within(deadline, timeout, body.collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        Ok(SinkResponse { status: status.as_u16(), headers: parts.headers, body })
+    }
+
+    /// The same exchange through reqwest: through a proxy, or following redirects.
+    async fn through_reqwest(
+        &self,
+        url: &reqwest::Url,
+        request: &impl Fn() -> (HeaderMap, Vec<u8>),
+    ) -> Result<SinkResponse, String> {
+        let (headers, body) = request();
+        let mut response = self
+            .full
+            .post(url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        let body = response.bytes().await.unwrap_or_default();
+        Ok(SinkResponse { status, headers, body })
+    }
+}
+
+/// `what`, unless `deadline` (the end of `timeout`) comes first.
+async fn within<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    what: F,
+) -> Result<F::Output, String> {
+    tokio::time::timeout_at(deadline, what)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))
+}
+
+/// `e` and its causes, joined with `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
