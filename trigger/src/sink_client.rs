@@ -5,9 +5,12 @@
 //! Trigger was loaded. reqwest, which wraps the same pool, also parses each request's URL
 //! twice more for its redirect layer, copies its headers for its retry layer, and checks the
 //! proxy settings; together that was about a tenth of ofe's instructions per event. reqwest
-//! still serves what the direct path does not: a sink behind a proxy (`HTTP_PROXY`,
-//! `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, as every Go-based peer honours them), and a sink
-//! that answers with a redirect, which is then followed as reqwest follows it (at most 10).
+//! still serves what the direct path does not:
+//! - a sink behind a proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, as every
+//!   Go-based peer honours them);
+//! - a sink with credentials in its URL, sent as basic authentication;
+//! - a sink that answers with a 307 or 308 redirect, followed with the event intact (at most
+//!   10 hops). A 301, 302 or 303 is a failure: following it means a GET without the event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reqwest::header::HeaderMap;
+
+/// The most redirects followed for one attempt.
+const MAX_REDIRECTS: usize = 10;
 
 /// Idle keep-alive connections kept per sink host.
 const IDLE_PER_HOST: usize = 64;
@@ -60,6 +66,15 @@ impl HttpClient {
             // ofe retries by the subscriber's policy, and counts and traces each attempt;
             // the client's own retry layer would only copy every request's headers in case.
             .retry(reqwest::retry::never().max_retries_per_request(0))
+            // Only redirects that keep the method and body: a client following a 301, 302
+            // or 303 sends a GET without the event, and the sink's 2xx to that would count
+            // as delivered. Those, and the 11th hop, come back as they are: a failure.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                match attempt.status().as_u16() {
+                    307 | 308 if attempt.previous().len() <= MAX_REDIRECTS => attempt.follow(),
+                    _ => attempt.stop(),
+                }
+            }))
             .build()?;
         // Without ALPN, as hyper-rustls asks when it speaks HTTP/1.1 only.
         tls.alpn_protocols.clear();
@@ -90,7 +105,10 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<SinkResponse, String> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let uri: Option<Uri> = url.as_str().parse().ok();
+        // A URL with credentials goes through reqwest, which sends them as basic
+        // authentication and keeps them out of the request line, its pool and its logs.
+        let credentials = !url.username().is_empty() || url.password().is_some();
+        let uri: Option<Uri> = if credentials { None } else { url.as_str().parse().ok() };
         let direct =
             uri.filter(|uri| self.proxies.as_ref().is_none_or(|p| p.intercept(uri).is_none()));
         let Some(uri) = direct else {
@@ -105,7 +123,9 @@ impl HttpClient {
             .await?
             .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
         let status = response.status();
-        if status.is_redirection() && response.headers().contains_key(reqwest::header::LOCATION) {
+        if matches!(status.as_u16(), 307 | 308)
+            && response.headers().contains_key(reqwest::header::LOCATION)
+        {
             return within(deadline, timeout, self.through_reqwest(url, &request)).await?;
         }
         let (parts, body) = response.into_parts();

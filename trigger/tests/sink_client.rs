@@ -76,13 +76,11 @@ async fn a_sink_gets_the_event_in_binary_mode_over_one_kept_alive_connection() {
 }
 
 #[tokio::test]
-async fn a_redirect_is_followed_with_the_event_intact() {
-    let (base, log) = sink(|path| {
-        if path == "/old" {
-            (StatusCode::TEMPORARY_REDIRECT, [("location", "/new")]).into_response()
-        } else {
-            StatusCode::OK.into_response()
-        }
+async fn a_307_redirect_is_followed_with_the_event_intact_and_a_302_is_a_failure() {
+    let (base, log) = sink(|path| match path {
+        "/old" => (StatusCode::TEMPORARY_REDIRECT, [("location", "/new")]).into_response(),
+        "/moved" => (StatusCode::FOUND, [("location", "/new")]).into_response(),
+        _ => StatusCode::OK.into_response(),
     })
     .await;
     let (deliverer, _dir) = deliverer();
@@ -95,6 +93,15 @@ async fn a_redirect_is_followed_with_the_event_intact() {
     let (_, headers, body) = at_new[0];
     assert_eq!(headers["ce-id"], "e-1");
     assert_eq!(&body[..], br#"{"speed":131}"#);
+    drop(log);
+
+    // A 302 would be followed with a GET that carries no event: it is a failure instead,
+    // which goes to the dead letter rather than counting as delivered.
+    let dest = Destination::http(&format!("{base}/moved")).expect("url");
+    let failure =
+        deliverer.send_once(&dest, &event(), Duration::from_secs(5)).await.expect_err("302");
+    assert_eq!(failure.code, Some(302));
+    assert!(!failure.retryable);
 }
 
 #[tokio::test]
@@ -174,4 +181,21 @@ async fn a_reply_and_a_failure_body_are_read() {
     assert_eq!(failure.code, Some(503));
     assert_eq!(failure.reason, "HTTP 503: overloaded");
     assert_eq!(failure.retry_after, Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_authentication() {
+    let (base, log) = sink(|_| StatusCode::OK.into_response()).await;
+    let (deliverer, _dir) = deliverer();
+    let url = base.replace("http://", "http://fn:s3cret@") + "/auth";
+    let reply = deliverer
+        .send_once(&Destination::http(&url).expect("url"), &event(), Duration::from_secs(5))
+        .await;
+    assert!(matches!(reply, Ok(None)), "{reply:?}");
+    let log = log.lock().expect("log");
+    let (path, headers, _) = &log[0];
+    assert_eq!(path, "/auth");
+    // base64("fn:s3cret")
+    assert_eq!(headers["authorization"], "Basic Zm46czNjcmV0");
+    assert!(!headers["host"].to_str().expect("host").contains('@'));
 }
