@@ -87,13 +87,14 @@ async fn a_307_redirect_is_followed_with_the_event_intact_and_a_302_is_a_failure
     let dest = Destination::http(&format!("{base}/old")).expect("url");
     let reply = deliverer.send_once(&dest, &event(), Duration::from_secs(5)).await;
     assert!(matches!(reply, Ok(None)), "{reply:?}");
-    let log = log.lock().expect("log");
-    let at_new: Vec<_> = log.iter().filter(|(p, _, _)| p == "/new").collect();
-    assert_eq!(at_new.len(), 1, "the redirect's target got the event once");
-    let (_, headers, body) = at_new[0];
-    assert_eq!(headers["ce-id"], "e-1");
-    assert_eq!(&body[..], br#"{"speed":131}"#);
-    drop(log);
+    {
+        let log = log.lock().expect("log");
+        let at_new: Vec<_> = log.iter().filter(|(p, _, _)| p == "/new").collect();
+        assert_eq!(at_new.len(), 1, "the redirect's target got the event once");
+        let (_, headers, body) = at_new[0];
+        assert_eq!(headers["ce-id"], "e-1");
+        assert_eq!(&body[..], br#"{"speed":131}"#);
+    }
 
     // A 302 would be followed with a GET that carries no event: it is a failure instead,
     // which goes to the dead letter rather than counting as delivered.
