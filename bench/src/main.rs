@@ -501,6 +501,34 @@ fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// The load generator and the sink every throughput run shares.
+struct Load<'a> {
+    client: &'a reqwest::Client,
+    sink: &'a Sink,
+    concurrency: usize,
+}
+
+impl Load<'_> {
+    /// [`throughput`] of `events` through `url`, served by `process`.
+    async fn run(
+        &self,
+        url: &str,
+        process: &Process,
+        events: &[Event],
+        expected: u64,
+    ) -> anyhow::Result<Throughput> {
+        throughput(
+            self.client,
+            (url, process.0.id()),
+            self.sink,
+            events,
+            expected,
+            self.concurrency,
+        )
+        .await
+    }
+}
+
 /// Publish acknowledgements W3 keeps outstanding, on both of its sides.
 const WINDOW: usize = 256;
 
@@ -644,6 +672,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
     let n = cli.events;
     let same =
         |kind: &str| (0..n).map(|_| Event { kind: kind.into(), speed: 80 }).collect::<Vec<_>>();
+    let load = Load { client: &client, sink: &sink, concurrency: cli.concurrency };
     let mut rows = Vec::new();
     let say = |what: &str| {
         if !cli.json {
@@ -653,15 +682,8 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
 
     say("baseline: the forwarder");
     let (forwarder_process, forwarder_url) = start_forwarder(&sink_url).await?;
-    let forwarded = throughput(
-        &client,
-        (&forwarder_url, forwarder_process.0.id()),
-        &sink,
-        &same("bench.w1"),
-        n as u64,
-        cli.concurrency,
-    )
-    .await?;
+    let forwarded =
+        load.run(&forwarder_url, &forwarder_process, &same("bench.w1"), n as u64).await?;
 
     say("W1: webhook → memory bus → 1 Trigger → sink");
     let dir = tempfile::tempdir()?;
@@ -669,15 +691,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
         + &trigger("w1", "mem", "exact: { type: bench.w1 }", &[format!("{sink_url}/w1")])
         + &memory_bus();
     let (ofe_w1, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
-    let measured = throughput(
-        &client,
-        (&webhook, ofe_w1.0.id()),
-        &sink,
-        &same("bench.w1"),
-        n as u64,
-        cli.concurrency,
-    )
-    .await?;
+    let measured = load.run(&webhook, &ofe_w1, &same("bench.w1"), n as u64).await?;
     let w1 = measured.rate;
     let mut row = Row::rate(
         "W1",
@@ -744,16 +758,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
             })
             .collect();
         let expected = events.iter().filter(|e| e.speed > 120).count() as u64;
-        let w2 = throughput(
-            &client,
-            (&webhook, ofe_w2.0.id()),
-            &sink,
-            &events,
-            expected,
-            cli.concurrency,
-        )
-        .await?
-        .rate;
+        let w2 = load.run(&webhook, &ofe_w2, &events, expected).await?.rate;
         rows.push(Row::rate(
             "W2",
             "W1 with 1000 CEL Triggers, 1% matching",
@@ -771,16 +776,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
             + &trigger("fan", "mem", "exact: { type: bench.w4 }", &sinks)
             + &memory_bus();
         let (ofe_w4, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
-        let per_input = throughput(
-            &client,
-            (&webhook, ofe_w4.0.id()),
-            &sink,
-            &same("bench.w4"),
-            10 * n as u64,
-            cli.concurrency,
-        )
-        .await?
-        .rate;
+        let per_input = load.run(&webhook, &ofe_w4, &same("bench.w4"), 10 * n as u64).await?.rate;
         let deliveries = per_input * 10.0;
         rows.push(Row::rate(
             "W4",
@@ -797,16 +793,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
         let yaml = source("default")
             + &trigger("w3", "default", "exact: { type: bench.w3 }", &[format!("{sink_url}/w3")]);
         let (ofe_w3, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
-        let durable = throughput(
-            &client,
-            (&webhook, ofe_w3.0.id()),
-            &sink,
-            &same("bench.w3"),
-            n as u64,
-            cli.concurrency,
-        )
-        .await?
-        .rate;
+        let durable = load.run(&webhook, &ofe_w3, &same("bench.w3"), n as u64).await?.rate;
         drop(ofe_w3);
         rows.push(Row::info(
             "W3",
@@ -872,16 +859,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<Row>> {
                     )
                     + &bus;
                 let (ofe_js, webhook) = start_ofe(&ofe, dir.path(), &yaml).await?;
-                let w3 = throughput(
-                    &client,
-                    (&webhook, ofe_js.0.id()),
-                    &sink,
-                    &same("bench.w3"),
-                    n as u64,
-                    cli.concurrency,
-                )
-                .await?
-                .rate;
+                let w3 = load.run(&webhook, &ofe_js, &same("bench.w3"), n as u64).await?.rate;
                 rows.push(Row::info(
                     "W3",
                     "HTTP → bus (JetStream) → 1 Trigger → HTTP",
@@ -901,7 +879,7 @@ fn print_table(rows: &[Row]) {
     );
     for r in rows {
         let ratio = match (r.unit, r.ratio) {
-            ("ms", Some(added)) => format!("+{added:.3}ms"),
+            ("ms", Some(added)) => format!("{added:+.3}ms"),
             (_, Some(x)) => format!("{x:.2}×"),
             (_, None) => String::new(),
         };
