@@ -415,8 +415,8 @@ impl Deliverer {
                 } else {
                     None
                 };
-                let mut body = response.body.to_vec();
-                body.truncate(BODY_LIMIT);
+                // Only the start of the body is kept: copied once, not whole and then cut.
+                let body = response.body[..response.body.len().min(BODY_LIMIT)].to_vec();
                 let text = String::from_utf8_lossy(&body).into_owned();
                 Err(Failure {
                     code: Some(status),

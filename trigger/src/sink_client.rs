@@ -1,8 +1,8 @@
 //! The HTTP client deliveries use.
 //!
 //! Every delivery is one POST, so the client's cost per request is ofe's cost per event. A
-//! request goes straight through hyper's pooled client: its URL was parsed once, when the
-//! Trigger was loaded. reqwest, which wraps the same pool, also parses each request's URL
+//! request goes straight through hyper's pooled client: the sink's URL, checked when the
+//! Trigger was loaded, becomes the request's URI with one cheap parse. reqwest, which wraps the same pool, also parses each request's URL
 //! twice more for its redirect layer, copies its headers for its retry layer, and checks the
 //! proxy settings; together that was about a tenth of ofe's instructions per event. reqwest
 //! still serves what the direct path does not:
