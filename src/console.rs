@@ -129,8 +129,14 @@ pub async fn send(
         Subject::Event { namespace, source, event: name } => {
             // `/send` keeps the event's own id: none is derived, so any id namespace does.
             let id_namespace = uuid::Uuid::nil();
-            let origin =
-                ofe_eventsource::ingest::Origin::of(namespace, source, name, "", id_namespace);
+            let origin = ofe_eventsource::ingest::Origin::of(
+                namespace,
+                source,
+                "send",
+                name,
+                "",
+                id_namespace,
+            );
             // As the EventSource's own events are: its name on every event.
             origin.stamp(&mut event);
             Some(origin.labels)

@@ -147,7 +147,7 @@ impl Desired {
             }
         };
         for (key, (es, bus, ..)) in &self.sources {
-            for (_, event) in es.spec.events() {
+            for event in es.spec.event_names() {
                 add(Subject::event(&key.namespace, &key.name, event), bus);
             }
         }
@@ -535,7 +535,11 @@ impl Plane {
         for (es, ..) in sources {
             for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
                 self.health
-                    .reporter(es_key(es), ofe_eventsource::SOURCE_CONNECTED, event)
+                    .reporter(
+                        es_key(es),
+                        ofe_eventsource::SOURCE_CONNECTED,
+                        &format!("webhook.{event}"),
+                    )
                     .up("Listening");
             }
         }
@@ -610,15 +614,18 @@ fn event_source_sink_plan(
     options: &PlanOptions,
 ) -> anyhow::Result<Option<SubscriberPlan>> {
     let Some(sink) = &es.spec.sink else { return Ok(None) };
+    if es.spec.events().is_empty() {
+        return Ok(None); // nothing to deliver (`ofe validate` warns)
+    }
     let namespace = es.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let name = es.metadata.name.as_deref().unwrap_or_default();
     let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
     let subjects = es
         .spec
-        .events()
+        .event_names()
         .into_iter()
-        .map(|(_, event)| Subject::event(namespace, name, event))
+        .map(|event| Subject::event(namespace, name, event))
         .collect();
     Ok(Some(SubscriberPlan {
         labels: SubscriberLabels {

@@ -192,3 +192,74 @@ async fn a_binary_cloudevent_keeps_its_attributes_over_every_transport() {
     let deliveries = receiver.on("/fn").len();
     assert_eq!(deliveries, 5, "one delivery per event: repeats were dropped as duplicates");
 }
+
+/// OpenFunction's "multi sources in one EventSource": one event name under two kinds (here
+/// cron and a Redis stream). Both feed the one event, so the Trigger input and the
+/// EventSource's own sink receive the events of both kinds, each once; the metrics count
+/// the kinds apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kinds_under_one_event_name_feed_that_event() {
+    let Some(redis_url) = support::broker_var("OFE_TEST_REDIS") else { return };
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let stream = format!("ofe-readings-{ns}");
+    let redis_host = redis_url.trim_start_matches("redis://").trim_end_matches('/');
+    let yaml = format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: plant, namespace: {ns} }}\n\
+         spec:\n  eventBus: default\n\
+         \x20 redis:\n    readings: {{ redisHost: \"{redis_host}\", redisPassword: \"\", stream: \"{stream}\", initialOffset: earliest }}\n\
+         \x20 cron:\n    readings: {{ schedule: \"@every 1s\" }}\n\
+         \x20 sink: {{ uri: \"{base}/es\" }}\n"
+    ) + &support::trigger(
+        &ns,
+        "route",
+        "    readings: { eventSource: plant, event: readings }",
+        &format!("  - condition: readings\n    sink: {{ uri: \"{base}/fn\" }}"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(dir.path(), &yaml);
+    let check =
+        support::ofe().args(["validate", "-f"]).arg(&folder).output().expect("ofe validate");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let listen = free_addr();
+    let _ofe = KillOnDrop(support::start_ofe(&folder, &dir.path().join("data"), listen));
+    wait_ready(listen).await;
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for n in 0..3 {
+        let fields = [("data", format!("{{\"reading\":{n}}}"))];
+        let _: String = redis.xadd(&stream, "*", &fields).await.expect("xadd");
+    }
+    let kinds = |r: &Receiver, path: &str| -> (usize, usize) {
+        let got = r.on(path);
+        let cron = got.iter().filter(|x| x.header("ce-type") == "io.openfunction.events.cron");
+        let redis = got.iter().filter(|x| x.header("ce-type") == "io.openfunction.events.redis");
+        (cron.count(), redis.count())
+    };
+    receiver
+        .wait_for(Duration::from_secs(30), "cron ticks and 3 Redis entries at both sinks", |r| {
+            let (fc, fr) = kinds(r, "/fn");
+            let (ec, er) = kinds(r, "/es");
+            fc >= 2 && fr == 3 && ec >= 2 && er == 3
+        })
+        .await;
+    for path in ["/fn", "/es"] {
+        let got = receiver.on(path);
+        for x in &got {
+            assert_eq!(x.header("ce-ofeevent"), "readings", "{path}: the one event");
+        }
+        let ids: BTreeSet<String> = got.iter().map(|x| x.header("ce-id")).collect();
+        assert_eq!(ids.len(), got.len(), "{path}: each event once, not once per kind");
+    }
+    let metrics = support::get(&format!("http://{listen}/metrics")).await;
+    for kind in ["cron", "redis"] {
+        let prefix = format!(
+            "ofe_eventsource_events_published_total{{namespace=\"{ns}\",eventsource=\"plant\",event=\"readings\",kind=\"{kind}\"}}"
+        );
+        assert!(support::counter(&metrics, &prefix) >= 2, "{kind} counted apart:\n{metrics}");
+    }
+}

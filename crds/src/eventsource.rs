@@ -92,6 +92,13 @@ impl EventSourceSpec {
         all.extend(names(SourceKind::Webhook, &self.webhook));
         all
     }
+
+    /// Every event name, once each, in order. OpenFunction lets several kinds declare the
+    /// same name ("multi sources in one EventSource"): they all publish to that one event, so
+    /// a reader of the event (a Trigger input, the EventSource's `sink`) reads it once.
+    pub fn event_names(&self) -> std::collections::BTreeSet<&str> {
+        self.events().into_iter().map(|(_, name)| name).collect()
+    }
 }
 
 /// The kinds of input an EventSource can hold.

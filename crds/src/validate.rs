@@ -180,9 +180,10 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
     }
     let events = spec.events();
     if events.is_empty() {
-        out.push(Diagnostic::error(
+        // OpenFunction accepts it (and runs nothing); so does ofe, with a word.
+        out.push(Diagnostic::warning(
             "spec",
-            "defines no events; add one under spec.cron, spec.kafka, spec.mqtt, spec.nats, spec.redis or spec.webhook",
+            "defines no events, so it does nothing; add one under spec.cron, spec.kafka, spec.mqtt, spec.nats, spec.redis or spec.webhook",
         ));
     }
     for (name, hook) in spec.webhook.iter().flatten() {
@@ -374,19 +375,13 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
             }
         }
     }
-    let mut seen = BTreeSet::new();
+    // One name under several kinds is allowed, as in OpenFunction: every kind feeds that event.
     for (kind, name) in events {
         let path = format!("spec.{}.{name}", kind.field());
         if !is_event_name(name) {
             out.push(Diagnostic::error(
                 path.clone(),
                 "event names may use only letters, digits, `-`, `_` and `.`; rename the event",
-            ));
-        }
-        if !seen.insert(name) {
-            out.push(Diagnostic::error(
-                path,
-                format!("event `{name}` is defined by more than one source kind; rename one"),
             ));
         }
     }
@@ -544,6 +539,10 @@ fn suggest_identifier(name: &str) -> String {
     if s.chars().next().is_none_or(|c| c.is_ascii_digit()) {
         s.insert(0, '_');
     }
+    // A reserved word (`in`, `true`, `null`, ...) is made valid the same way: `in_`.
+    if !is_cel_identifier(&s) {
+        s.push('_');
+    }
     s
 }
 
@@ -670,7 +669,7 @@ pub fn check_set(manifests: &[Manifest]) -> Vec<Diagnostic> {
             );
         }
         if let Resource::EventSource(es) = &m.resource {
-            for (_, event) in es.spec.events() {
+            for event in es.spec.event_names() {
                 events.insert((
                     m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE),
                     m.resource.name(),
@@ -793,5 +792,7 @@ mod tests {
         assert!(!is_cel_identifier(""));
         assert_eq!(suggest_identifier("event-a"), "event_a");
         assert_eq!(suggest_identifier("1a"), "_1a");
+        assert_eq!(suggest_identifier("in"), "in_", "a reserved word is not a suggestion");
+        assert!(is_cel_identifier(&suggest_identifier("true")));
     }
 }

@@ -75,11 +75,7 @@ impl CronSource {
         metrics: SourceMetrics,
         shutdown: CancellationToken,
     ) {
-        let labels = EventLabels {
-            namespace: self.namespace.clone(),
-            eventsource: self.eventsource.clone(),
-            event: self.event.clone(),
-        };
+        let labels = EventLabels::new(&self.namespace, &self.eventsource, "cron", &self.event);
         let subject = Subject::event(&self.namespace, &self.eventsource, &self.event);
         let mut after = Utc::now();
         loop {

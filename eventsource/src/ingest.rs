@@ -96,20 +96,17 @@ impl Origin {
         }
     }
 
-    /// The origin of event `event` of EventSource `eventsource` in `namespace`.
+    /// The origin of event `event` of EventSource `eventsource` in `namespace`, read by the
+    /// source `kind` (its field under `spec`).
     pub fn of(
         namespace: &str,
         eventsource: &str,
+        kind: &str,
         event: &str,
         event_type: &'static str,
         id_namespace: uuid::Uuid,
     ) -> Self {
-        let labels = EventLabels {
-            namespace: namespace.into(),
-            eventsource: eventsource.into(),
-            event: event.into(),
-        };
-        Self::new(labels, event_type, id_namespace)
+        Self::new(EventLabels::new(namespace, eventsource, kind, event), event_type, id_namespace)
     }
 
     /// The bus subject of this EventSource event.
@@ -415,7 +412,7 @@ mod tests {
 
     fn origin() -> Origin {
         Origin::new(
-            EventLabels { namespace: "ns".into(), eventsource: "es".into(), event: "e".into() },
+            EventLabels::new("ns", "es", "webhook", "e"),
             "io.openfunction.events.test",
             uuid::Uuid::from_u128(7),
         )

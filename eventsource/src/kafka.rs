@@ -104,7 +104,14 @@ impl KafkaSource {
                 .set("sasl.password", password);
         }
         Ok(Self {
-            origin: Origin::of(namespace, eventsource, event, KAFKA_EVENT_TYPE, ID_NAMESPACE),
+            origin: Origin::of(
+                namespace,
+                eventsource,
+                "kafka",
+                event,
+                KAFKA_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
             topic,
             group,
             config,

@@ -69,14 +69,15 @@ enum Source {
 pub const SOURCE_CONNECTED: &str = "SourceConnected";
 
 impl Source {
-    /// The name of its event.
-    fn event(&self) -> &str {
+    /// `<kind>.<event>`: what it reads, unique within its EventSource even when several
+    /// kinds feed one event name (as OpenFunction allows).
+    fn part(&self) -> String {
         match self {
-            Self::Cron(s) => &s.event,
-            Self::Mqtt(s) => &s.origin.labels.event,
-            Self::Kafka(s) => &s.origin.labels.event,
-            Self::Nats(s) => &s.origin.labels.event,
-            Self::Redis(s) => &s.origin.labels.event,
+            Self::Cron(s) => format!("cron.{}", s.event),
+            Self::Mqtt(s) => s.origin.labels.part(),
+            Self::Kafka(s) => s.origin.labels.part(),
+            Self::Nats(s) => s.origin.labels.part(),
+            Self::Redis(s) => s.origin.labels.part(),
         }
     }
 
@@ -168,7 +169,7 @@ pub fn spawn(
         name: es.metadata.name.clone().unwrap_or_default(),
     };
     for source in &mut sources {
-        let reporter = health.reporter(resource.clone(), SOURCE_CONNECTED, source.event());
+        let reporter = health.reporter(resource.clone(), SOURCE_CONNECTED, &source.part());
         source.set_reporter(reporter);
     }
     Ok(sources

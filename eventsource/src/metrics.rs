@@ -19,16 +19,37 @@ pub struct EventLabels {
     pub eventsource: String,
     /// Name of the event.
     pub event: String,
+    /// The source kind that produced it (`cron`, `kafka`, `mqtt`, `nats`, `redis`, `webhook`,
+    /// or `send` for `ofe send`). OpenFunction lets several kinds share one event name, all
+    /// feeding the one event; this label keeps their counts apart.
+    pub kind: String,
 }
 
 impl EventLabels {
+    /// The labels of `event` of EventSource `eventsource` in `namespace`, read by `kind`.
+    pub fn new(namespace: &str, eventsource: &str, kind: &str, event: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            eventsource: eventsource.into(),
+            event: event.into(),
+            kind: kind.into(),
+        }
+    }
+
+    /// `<kind>.<event>`: the part of the EventSource that reads this input, as its field path
+    /// under `spec` says it. Unique within an EventSource even when kinds share an event name,
+    /// so health reports and tap steps of the kinds stay apart.
+    pub fn part(&self) -> String {
+        format!("{}.{}", self.kind, self.event)
+    }
+
     /// The EventSource event, as the tap names it.
     pub fn origin(&self) -> Origin {
         Origin {
             kind: "EventSource",
             namespace: self.namespace.clone(),
             name: self.eventsource.clone(),
-            part: self.event.clone(),
+            part: self.part(),
         }
     }
 }

@@ -260,7 +260,14 @@ impl MqttSource {
             None => spec.topic.clone(),
         };
         Ok(Self {
-            origin: Origin::of(namespace, eventsource, event, MQTT_EVENT_TYPE, ID_NAMESPACE),
+            origin: Origin::of(
+                namespace,
+                eventsource,
+                "mqtt",
+                event,
+                MQTT_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
             broker,
             transport,
             filter,

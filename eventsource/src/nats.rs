@@ -68,7 +68,14 @@ impl NatsSource {
             });
         }
         Ok(Self {
-            origin: Origin::of(namespace, eventsource, event, NATS_EVENT_TYPE, ID_NAMESPACE),
+            origin: Origin::of(
+                namespace,
+                eventsource,
+                "nats",
+                event,
+                NATS_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
             url: spec.url.clone(),
             subject: spec.subject.clone(),
             queue_group: spec.queue_group.clone().unwrap_or_else(|| default_name.clone()),

@@ -156,7 +156,14 @@ impl RedisSource {
         .map_err(|e| invalid("redisHost", e.to_string()))?;
         let host_name = crate::ingest::instance_name().unwrap_or_else(|| "ofe".into());
         Ok(Self {
-            origin: Origin::of(namespace, eventsource, event, REDIS_EVENT_TYPE, ID_NAMESPACE),
+            origin: Origin::of(
+                namespace,
+                eventsource,
+                "redis",
+                event,
+                REDIS_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
             input,
             client,
             group: spec

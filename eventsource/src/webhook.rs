@@ -135,7 +135,14 @@ pub fn webhooks(es: &EventSource, bus: &Arc<dyn EventBus>) -> Result<Vec<Webhook
         };
         out.push(Webhook {
             subject: Subject::event(&namespace, &name, event),
-            origin: Origin::of(&namespace, &name, event, WEBHOOK_EVENT_TYPE, ID_NAMESPACE),
+            origin: Origin::of(
+                &namespace,
+                &name,
+                "webhook",
+                event,
+                WEBHOOK_EVENT_TYPE,
+                ID_NAMESPACE,
+            ),
             path: spec.path.clone().unwrap_or_else(|| format!("/{namespace}/{name}/{event}")),
             max_payload: spec
                 .max_payload_size

@@ -147,11 +147,7 @@ async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
     resumed.ack().await.expect("ack");
     // The bus would drop repeats by id, so count what the source took from Kafka instead.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let labels = ofe_eventsource::metrics::EventLabels {
-        namespace: "ns".into(),
-        eventsource: "fleet".into(),
-        event: "telemetry".into(),
-    };
+    let labels = ofe_eventsource::metrics::EventLabels::new("ns", "fleet", "kafka", "telemetry");
     assert_eq!(
         metrics.received.get_or_create(&labels).get(),
         5,

@@ -175,8 +175,7 @@ async fn jetstream_messages_are_acked_after_the_bus_has_them() {
     let third = next(&mut s.sub).await;
     assert_eq!(ofe_eventbus::event::data_bytes(&third.event), b"third".to_vec());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let labels =
-        EventLabels { namespace: "ns".into(), eventsource: "cars".into(), event: "feed".into() };
+    let labels = EventLabels::new("ns", "cars", "nats", "feed");
     assert_eq!(metrics.received.get_or_create(&labels).get(), 3, "nothing acknowledged came again");
     shutdown.cancel();
     task.await.expect("source stops on shutdown");
