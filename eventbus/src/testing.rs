@@ -13,6 +13,7 @@ macro_rules! conformance_suite {
     (connect: $connect:expr, settle: $settle:expr $(,)?) => {
         $crate::conformance_suite!(@each $connect;
             delivers_in_order_with_filter,
+            reads_several_subjects_and_only_those,
             nack_redelivers_after_delay,
             dropped_delivery_is_redelivered,
             in_flight_is_bounded,
@@ -340,6 +341,80 @@ pub async fn delivers_in_order_with_filter(bus: &dyn EventBus, prefix: &str) {
         d.ack().await.expect("ack");
     }
     assert_quiet(&mut sub, Duration::from_millis(200)).await;
+}
+
+/// A consumer named as the runtime names them (with `.`), reading two of three subjects whose
+/// names need escaping, receives each of its two in order and nothing of the third. This is
+/// a Trigger with two inputs; on a server that cannot filter by several subjects (NATS 2.9)
+/// the backend must still deliver only these.
+pub async fn reads_several_subjects_and_only_those(bus: &dyn EventBus, prefix: &str) {
+    let source = format!("{prefix}.src");
+    let (a, b, c) = (
+        Subject::event("ns", &source, "a.x"),
+        Subject::event("ns", &source, "b"),
+        Subject::event("ns", &source, "c"),
+    );
+    let mut options =
+        SubscribeOptions::new(format!("trigger.ns.{prefix}.0"), vec![a.clone(), b.clone()]);
+    options.start = StartPosition::All;
+    let mut sub = bus.subscribe(options).await.unwrap_or_else(|e| panic!("subscribe: {e}"));
+    for i in 0..30u64 {
+        let subject = [&a, &b, &c][(i % 3) as usize];
+        bus.publish(subject, &sample_event(&format!("{prefix}-{i}"), i)).await.expect("publish");
+    }
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let (id, d) = next_id(&mut sub).await;
+        match &d.subject {
+            s if *s == a => from_a.push(id),
+            s if *s == b => from_b.push(id),
+            other => panic!("{id} came from {other}, which the consumer does not read"),
+        }
+        d.ack().await.expect("ack");
+    }
+    let expect = |rest: u64| -> Vec<String> {
+        (0..30).filter(|i| i % 3 == rest).map(|i| format!("{prefix}-{i}")).collect()
+    };
+    assert_eq!(from_a, expect(0), "the first subject's events, in order");
+    assert_eq!(from_b, expect(1), "the second subject's events, in order");
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+}
+
+/// Two buses on one broker (two teams' EventBuses: two streams, two topic prefixes) each see
+/// exactly their own events, although both use the same subjects and consumer names, and
+/// their state stores are apart.
+pub async fn two_buses_on_one_broker_keep_apart(
+    first: &dyn EventBus,
+    second: &dyn EventBus,
+    prefix: &str,
+) {
+    let subject = Subject::event("ns", &format!("{prefix}-src"), "e");
+    let consumer = format!("trigger.ns.{prefix}.0");
+    let mut subs = Vec::new();
+    for bus in [first, second] {
+        subs.push(subscribe(bus, &consumer, &subject, 16).await);
+    }
+    for (i, bus) in [first, second].into_iter().enumerate() {
+        for n in 0..3u64 {
+            let id = format!("{prefix}-bus{i}-{n}");
+            bus.publish(&subject, &sample_event(&id, n)).await.expect("publish");
+        }
+    }
+    for (i, sub) in subs.iter_mut().enumerate() {
+        for n in 0..3 {
+            let (id, d) = next_id(sub).await;
+            assert_eq!(id, format!("{prefix}-bus{i}-{n}"), "bus {i} sees its own events only");
+            d.ack().await.expect("ack");
+        }
+        assert_quiet(sub, Duration::from_millis(300)).await;
+    }
+    let key = crate::state_key(&[prefix, "shared key"]);
+    let stores = [first.state_store().await, second.state_store().await];
+    if let [Ok(Some(one)), Ok(Some(two))] = &stores {
+        one.put(&key, b"first".to_vec(), None).await.expect("first bus writes");
+        assert_eq!(two.get(&key).await.expect("read"), None, "the second bus's state is apart");
+        two.put(&key, b"second".to_vec(), None).await.expect("second bus writes its own");
+    }
 }
 
 /// A nacked delivery comes back after its delay, with its attempt count raised.

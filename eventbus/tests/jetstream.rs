@@ -1,8 +1,9 @@
-//! The JetStream backend passes the backend suite against a real NATS server.
+//! The JetStream backend passes the backend suite against real NATS servers: the current
+//! release and the 2.9 that Debian bookworm ships (what many users run).
 //!
-//! `OFE_TEST_NATS` names the server (e.g. `nats://127.0.0.1:14222`); unset, every test skips and
-//! says so. `OFE_TEST_NATS_SERVER` names a `nats-server` binary for the broker-restart test,
-//! which runs a server of its own.
+//! `OFE_TEST_NATS` names the current server (e.g. `nats://127.0.0.1:14222`), `OFE_TEST_NATS_2_9`
+//! Debian's; unset, their tests skip and say so. `OFE_TEST_NATS_SERVER` names a `nats-server`
+//! binary for the broker-restart test, which runs a server of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,40 +12,74 @@ use ofe_eventbus::EventBus;
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 use ofe_eventbus::testing;
 
-fn url() -> Option<String> {
-    testing::broker_var("OFE_TEST_NATS")
-}
-
 async fn connect(url: &str) -> JetStreamBus {
     let mut config = JetStreamConfig::new(url);
     config.ack_wait = Duration::from_secs(5);
     JetStreamBus::connect(config)
         .await
-        .unwrap_or_else(|e| panic!("OFE_TEST_NATS={url} is set but: {e}"))
+        .unwrap_or_else(|e| panic!("the NATS server at {url} is set but: {e}"))
 }
 
-async fn bus() -> Option<Arc<dyn EventBus>> {
-    let url = url()?;
-    Some(Arc::new(connect(&url).await))
+/// The suite, and the checks that take a server URL, against the server named by `$var`.
+macro_rules! per_server {
+    ($module:ident, $var:literal) => {
+        mod $module {
+            use super::*;
+
+            fn url() -> Option<String> {
+                testing::broker_var($var)
+            }
+
+            async fn bus() -> Option<Arc<dyn EventBus>> {
+                let url = url()?;
+                Some(Arc::new(connect(&url).await))
+            }
+
+            ofe_eventbus::conformance_suite!(connect: bus().await, settle: Duration::ZERO);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn publish_reports_duplicates() {
+                let Some(url) = url() else { return };
+                testing::publish_reports_duplicates(&connect(&url).await, &testing::unique("dups"))
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn restart_resumes_after_the_last_ack() {
+                let Some(url) = url() else { return };
+                let reopen: testing::Reopen = Box::new(move || {
+                    let url = url.clone();
+                    Box::pin(async move { Arc::new(connect(&url).await) as Arc<dyn EventBus> })
+                });
+                testing::restart_resumes_after_the_last_ack(reopen, &testing::unique("restart"))
+                    .await;
+            }
+
+            /// Two teams' buses on one server: the default stream (`OFE`, subjects `ofe.>`)
+            /// and another stream (its own `ofe-<stream>.>`) both open, and each sees only
+            /// its own events.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_buses_on_one_server_keep_apart() {
+                let Some(url) = url() else { return };
+                let first = connect(&url).await;
+                let mut config = JetStreamConfig::new(&url);
+                config.stream = format!("TEAM_{}", uuid::Uuid::new_v4().simple());
+                config.ack_wait = Duration::from_secs(5);
+                let second = JetStreamBus::connect(config.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("a second stream on the same server must open: {e}"));
+                testing::two_buses_on_one_broker_keep_apart(&first, &second, &testing::unique("teams"))
+                    .await;
+                let js = async_nats::jetstream::new(second.client().clone());
+                let _ = js.delete_stream(&config.stream).await;
+                let _ = js.delete_stream(format!("KV_{}_state", config.stream)).await;
+            }
+        }
+    };
 }
 
-ofe_eventbus::conformance_suite!(connect: bus().await, settle: Duration::ZERO);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_reports_duplicates() {
-    let Some(url) = url() else { return };
-    testing::publish_reports_duplicates(&connect(&url).await, &testing::unique("dups")).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_resumes_after_the_last_ack() {
-    let Some(url) = url() else { return };
-    let reopen: testing::Reopen = Box::new(move || {
-        let url = url.clone();
-        Box::pin(async move { Arc::new(connect(&url).await) as Arc<dyn EventBus> })
-    });
-    testing::restart_resumes_after_the_last_ack(reopen, &testing::unique("restart")).await;
-}
+per_server!(current, "OFE_TEST_NATS");
+per_server!(debian_2_9, "OFE_TEST_NATS_2_9");
 
 /// A server of our own, on a free port, that the test can stop and start again.
 struct Server {
@@ -98,4 +133,49 @@ async fn broker_restart_loses_nothing() {
     })
     .await;
     drop(server);
+}
+
+/// A consumer that an older ofe created under its percent-escaped name carries on under the
+/// new name from where it was acknowledged: nothing settled comes again, nothing is skipped,
+/// and the old consumer is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_under_its_old_name_carries_on() {
+    use async_nats::jetstream::consumer::{self, PullConsumer};
+    use futures::StreamExt as _;
+    let Some(url) = testing::broker_var("OFE_TEST_NATS") else { return };
+    let bus = connect(&url).await;
+    let prefix = testing::unique("rename");
+    let subject = ofe_eventbus::Subject::event("ns", &prefix, "e");
+    for n in 0..5 {
+        bus.publish(&subject, &testing::sample_event(&format!("{prefix}-{n}"), n))
+            .await
+            .expect("publish");
+    }
+    let old_name = format!("trigger%2Ens%2E{prefix}%2E0");
+    let js = async_nats::jetstream::new(bus.client().clone());
+    let stream = js.get_stream("OFE").await.expect("stream");
+    let old: PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(old_name.clone()),
+            filter_subject: subject.to_string(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("the old consumer");
+    let mut batch = old.fetch().max_messages(3).messages().await.expect("fetch");
+    for _ in 0..3 {
+        let message = batch.next().await.expect("a message").expect("no error");
+        message.double_ack().await.expect("ack");
+    }
+    let mut sub = testing::subscribe(&bus, &format!("trigger.ns.{prefix}.0"), &subject, 16).await;
+    for n in 3..5 {
+        let delivery = testing::next_within(&mut sub, testing::PATIENCE).await;
+        use cloudevents::AttributesReader as _;
+        assert_eq!(delivery.event.id(), format!("{prefix}-{n}"), "carried on after the acks");
+        delivery.ack().await.expect("ack");
+    }
+    testing::assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    assert!(stream.consumer_info(&old_name).await.is_err(), "the old consumer was removed");
 }

@@ -225,3 +225,13 @@ async fn replicas_share_state_and_agree_on_who_won() {
     let got = c.get(&key).await.expect("get").expect("a value");
     assert_eq!((got.value.as_slice(), got.revision), (&b"telemetry+alarm"[..], updated));
 }
+
+/// Two buses (two `topicPrefix`es) on one cluster each see only their own events, with
+/// consumer groups and state topics of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_buses_on_one_cluster_keep_apart() {
+    let Some(brokers) = brokers() else { return };
+    let first = connect(config(&brokers, "team-a")).await;
+    let second = connect(config(&brokers, "team-b")).await;
+    testing::two_buses_on_one_broker_keep_apart(&first, &second, &testing::unique("teams")).await;
+}
