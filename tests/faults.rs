@@ -4,7 +4,8 @@
 //!
 //! - `kill -9` of ofe every few seconds during a webhook stream, on the embedded bus, on
 //!   JetStream and on Kafka: every event the webhook acknowledged (202) reaches the function;
-//!   duplicates are counted.
+//!   duplicates stay within what was in flight plus what settled just before each kill.
+//! - `kill -9` after every event was delivered and the bus was quiet: nothing comes again.
 //! - The function is down for 30 s: nothing is lost, and nothing is dead-lettered that a
 //!   retry could deliver.
 //! - The function takes 2 s per request: memory stays bounded, and the webhook pushes back
@@ -76,15 +77,20 @@ async fn send(
     Some((status, answer.text().await.unwrap_or_default()))
 }
 
-/// Sends events `e-0` .. `e-{total-1}` to `url`, one every `every`, each until the webhook
-/// answers 202 (retrying refusals and a process that is down); returns the ids acknowledged
-/// and how many attempts were refused or unanswered.
-async fn stream(url: String, total: usize, every: Duration) -> (BTreeSet<String>, usize) {
+/// Sends events `{prefix}-0` .. `{prefix}-{total-1}` to `url`, one every `every`, each until
+/// the webhook answers 202 (retrying refusals and a process that is down); returns the ids
+/// acknowledged and how many attempts were refused or unanswered.
+async fn stream(
+    url: String,
+    prefix: &'static str,
+    total: usize,
+    every: Duration,
+) -> (BTreeSet<String>, usize) {
     let client = support::http();
     let mut acknowledged = BTreeSet::new();
     let mut refused = 0;
     for n in 0..total {
-        let id = format!("e-{n}");
+        let id = format!("{prefix}-{n}");
         let started = Instant::now();
         loop {
             match post(&client, &url, &id, &format!("{{\"n\":{n}}}")).await {
@@ -148,9 +154,10 @@ impl Process {
         format!("http://{}/{ns}/hook/in", self.webhooks)
     }
 
-    /// SIGKILL, then the same process again on the same data and ports.
-    async fn kill_9_and_restart(&mut self) {
+    /// SIGKILL, then the same process again on the same data and ports; when it was killed.
+    async fn kill_9_and_restart(&mut self) -> Instant {
         self.child.0.kill().expect("kill -9");
+        let killed = Instant::now();
         self.child.0.wait().expect("reap");
         self.child = KillOnDrop(start_ofe_with_webhooks(
             &self.folder,
@@ -159,6 +166,7 @@ impl Process {
             self.webhooks,
         ));
         wait_ready(self.listen).await;
+        killed
     }
 
     /// The process's resident memory, in KiB.
@@ -173,8 +181,38 @@ impl Process {
     }
 }
 
+/// Deliveries the scenarios allow in flight at once (`delivery.maxConcurrency`): what a crash
+/// may find unsettled.
+const IN_FLIGHT: usize = 16;
+
+/// How long a delivery that settled may still be unrecorded when the process dies: the bus
+/// writes settled positions every 100 ms; the rest is the write's own time.
+const SETTLED_WINDOW: Duration = Duration::from_millis(250);
+
+/// The subscriber settings of the kill scenarios.
+fn bounded_in_flight() -> String {
+    format!("    delivery: {{ maxConcurrency: {IN_FLIGHT} }}\n")
+}
+
+/// The redeliveries a crash at each of `kills` may cause: what was in flight, plus what had
+/// settled within [`SETTLED_WINDOW`] before it (counted from what the function received).
+fn redelivery_bound(receiver: &Receiver, kills: &[Instant]) -> usize {
+    let arrived: Vec<Instant> = receiver.on("/fn").iter().map(|r| r.at).collect();
+    kills
+        .iter()
+        .map(|kill| {
+            let settled = arrived
+                .iter()
+                .filter(|at| **at <= *kill && kill.duration_since(**at) <= SETTLED_WINDOW)
+                .count();
+            IN_FLIGHT + settled
+        })
+        .sum()
+}
+
 /// `kill -9` `kills` times, `every` apart, while events stream in at 100/s; then every
-/// acknowledged event must reach the function.
+/// acknowledged event must reach the function, and the duplicates must stay within what was
+/// in flight and just settled at each kill.
 async fn kill_9_repeatedly(
     name: &str,
     bus: impl FnOnce(&str) -> String,
@@ -184,24 +222,77 @@ async fn kill_9_repeatedly(
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let folder = manifests(dir.path(), &stream_yaml(&ns, &base, "", &bus(&ns)));
+    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns));
+    let folder = manifests(dir.path(), &yaml);
     let mut ofe = Process::start(&folder, &dir.path().join("data")).await;
     let total = (every.as_secs_f64() * f64::from(kills + 1) * 100.0) as usize;
-    let sender = tokio::spawn(stream(ofe.hook_url(&ns), total, Duration::from_millis(10)));
+    let sender = tokio::spawn(stream(ofe.hook_url(&ns), "e", total, Duration::from_millis(10)));
+    let mut killed = Vec::new();
     for _ in 0..kills {
         tokio::time::sleep(every).await;
-        ofe.kill_9_and_restart().await;
+        killed.push(ofe.kill_9_and_restart().await);
     }
     let (acknowledged, refused) = sender.await.expect("sender");
     let (delivered, duplicates) =
         all_arrive(&receiver, &acknowledged, Duration::from_secs(90)).await;
+    let bound = redelivery_bound(&receiver, &killed);
     println!(
         "kill -9 ×{kills} every {every:?} on the {name} bus: {} acknowledged ({refused} attempts \
-         refused or unanswered while down), {} delivered, 0 lost, {} duplicate deliveries",
+         refused or unanswered while down), {} delivered, 0 lost, {} duplicate deliveries \
+         (bound: {bound} = {IN_FLIGHT} in flight per kill + what settled in the {SETTLED_WINDOW:?} \
+         before each)",
         acknowledged.len(),
         delivered,
         duplicates
     );
+    assert!(duplicates <= bound, "{duplicates} duplicates exceed the bound of {bound}");
+}
+
+/// Every event delivered, a quiet spell, then `kill -9` and a restart: nothing was in flight
+/// and nothing settled just before, so nothing may come again. (Before settled positions
+/// reached the OS at once, the embedded bus replayed almost all of them.)
+async fn kill_9_after_quiet_replays_nothing(name: &str, bus: impl FnOnce(&str) -> String) {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns));
+    let folder = manifests(dir.path(), &yaml);
+    let mut ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let (acknowledged, _) = stream(ofe.hook_url(&ns), "e", 300, Duration::from_millis(5)).await;
+    all_arrive(&receiver, &acknowledged, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = ofe.kill_9_and_restart().await;
+    // A marker sent after the restart arrives after anything the restart would replay.
+    let (marker, _) = stream(ofe.hook_url(&ns), "after-restart", 1, Duration::ZERO).await;
+    all_arrive(&receiver, &marker, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = arrivals(&receiver, "/fn");
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let bound = redelivery_bound(&receiver, &[killed]) - IN_FLIGHT;
+    println!(
+        "kill -9 after 2 s of quiet on the {name} bus: {} acknowledged, {} delivered, 0 lost, \
+         {duplicates} duplicate deliveries (bound: {bound}, nothing in flight or just settled)",
+        acknowledged.len(),
+        seen.len() - marker.len(),
+    );
+    assert!(duplicates <= bound, "{duplicates} settled events came again after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_quiet_replays_nothing_on_the_embedded_bus() {
+    kill_9_after_quiet_replays_nothing("embedded", |_| String::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_quiet_replays_nothing_on_jetstream() {
+    let Some(url) = support::broker_var("OFE_TEST_NATS") else { return };
+    kill_9_after_quiet_replays_nothing("JetStream", |ns| support::jetstream_bus(ns, &url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_quiet_replays_nothing_on_kafka() {
+    let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
+    kill_9_after_quiet_replays_nothing("Kafka", |ns| support::kafka_bus(ns, &brokers)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,13 +342,16 @@ impl Broker {
         Self { start: Box::new(start), port, store, child }
     }
 
-    /// `kill -9` of the broker, `down` of silence, and the broker again on its port and store.
-    async fn restart_after(&mut self, down: Duration) {
+    /// `kill -9` of the broker, `down` of silence, and the broker again on its port and store;
+    /// when it was killed.
+    async fn restart_after(&mut self, down: Duration) -> Instant {
         self.child.0.kill().expect("kill -9 the broker");
+        let killed = Instant::now();
         self.child.0.wait().expect("reap");
         tokio::time::sleep(down).await;
         self.child = KillOnDrop((self.start)(self.port, self.store.path()));
         ofe_eventbus::testing::wait_port(self.port, "the restarted broker").await;
+        killed
     }
 }
 
@@ -272,25 +366,29 @@ async fn bus_broker_restarts_mid_stream(
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let folder = manifests(dir.path(), &stream_yaml(&ns, &base, "", &bus(&ns, broker.port)));
+    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns, broker.port));
+    let folder = manifests(dir.path(), &yaml);
     let ofe = Process::start(&folder, &dir.path().join("data")).await;
-    let sender = tokio::spawn(stream(ofe.hook_url(&ns), 800, Duration::from_millis(10)));
+    let sender = tokio::spawn(stream(ofe.hook_url(&ns), "e", 800, Duration::from_millis(10)));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = arrivals(&receiver, "/fn").len();
-    broker.restart_after(Duration::from_secs(3)).await;
+    let killed = broker.restart_after(Duration::from_secs(3)).await;
     let back = Instant::now();
     let (acknowledged, refused) = sender.await.expect("sender");
     let (delivered, duplicates) =
         all_arrive(&receiver, &acknowledged, Duration::from_secs(120)).await;
+    // Settlements sent to a dead broker are lost like a crashed process's: the bound is the same.
+    let bound = redelivery_bound(&receiver, &[killed]);
     println!(
         "{name} broker kill -9 and restart after 3 s, mid-stream: {} acknowledged ({before} \
          delivered before the kill; webhook requests refused while it was down: {refused}), {} delivered, \
-         0 lost, {} duplicate deliveries; all in {:.1} s after it came back",
+         0 lost, {} duplicate deliveries (bound: {bound}); all in {:.1} s after it came back",
         acknowledged.len(),
         delivered,
         duplicates,
         back.elapsed().as_secs_f64()
     );
+    assert!(duplicates <= bound, "{duplicates} duplicates exceed the bound of {bound}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,7 +608,8 @@ async fn a_function_down_for_30_seconds_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let folder = manifests(dir.path(), &stream_yaml("default", &base, &retries, ""));
     let ofe = Process::start(&folder, &dir.path().join("data")).await;
-    let (acknowledged, _) = stream(ofe.hook_url("default"), 300, Duration::from_millis(50)).await;
+    let (acknowledged, _) =
+        stream(ofe.hook_url("default"), "e", 300, Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     down.store(false, Ordering::SeqCst);
     let back = Instant::now();

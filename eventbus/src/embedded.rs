@@ -1243,9 +1243,14 @@ impl Committer {
         if seq != self.last {
             batch.insert(&self.meta, "last_seq", seq.to_be_bytes());
         }
-        // Publishes and cursor creations must be on disk before they are answered; a batch of
-        // moved cursors alone may sit in OS buffers, since losing it only causes redelivery.
-        let result = batch.durability(durable.then_some(PersistMode::SyncData)).commit();
+        // Publishes and cursor creations must be on disk before they are answered. A batch of
+        // moved cursors alone goes to the OS's buffers, not to the disk: that survives a crash
+        // of the process (kill -9, OOM), so a restart redelivers only what was in flight and
+        // what settled in the last flush interval; only a machine crash can lose it, and then
+        // the cost is redelivery, not loss. Left in the store's own buffer, as it was, a quiet
+        // bus kept no progress at all until the next publish or a clean stop.
+        let mode = if durable { PersistMode::SyncData } else { PersistMode::Buffer };
+        let result = batch.durability(Some(mode)).commit();
         match result {
             Ok(()) => {
                 for (name, floor) in moved {

@@ -23,6 +23,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// Request body.
     pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -49,7 +51,7 @@ pub async fn record(
     let path = uri.path().to_string();
     let fail = path == "/fail";
     let slow = path == "/slow";
-    r.seen.lock().expect("lock").push(Received { path, headers, body });
+    r.seen.lock().expect("lock").push(Received { path, headers, body, at: Instant::now() });
     if slow {
         // Keeps deliveries in flight, so a crash lands while some are unacknowledged.
         tokio::time::sleep(Duration::from_millis(1500)).await;
