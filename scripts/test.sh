@@ -1,9 +1,37 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every test of the workspace. Needs only Rust.
-# Broker tests run when OFE_TEST_NATS / OFE_TEST_MQTT / OFE_TEST_REDIS / OFE_TEST_KAFKA are set
-# (scripts/services.sh starts the brokers and prints them); otherwise they skip and say so.
+# The test command: formatting, lints, then every test of the workspace, against real brokers.
+#
+# It starts the services the tests use first (scripts/services.sh: NATS 2.15 and Debian's 2.9,
+# Mosquitto, Redis and a Kafka-protocol broker, all on loopback; idempotent, so services that
+# already run are kept). A test whose service variable is unset is reported as ignored/skipped
+# with the variable it needs, never as passed; set but unreachable, it fails.
+#
+# OFE_TEST_SERVICES=none skips starting them (the tests needing them are then skipped). In CI
+# (CI=true) a service that cannot start fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${OFE_TEST_SERVICES:-start}" != "none" ]; then
+  echo "== services"
+  if exports=$(scripts/services.sh); then
+    eval "$exports"
+  elif [ "${CI:-}" = "true" ]; then
+    echo "the services did not start; see the lines above" >&2
+    exit 1
+  else
+    echo "warning: some services did not start; the tests that need them are skipped" >&2
+    eval "$(scripts/services.sh 2>/dev/null || true)"
+  fi
+fi
+skipped=()
+for name in OFE_TEST_NATS OFE_TEST_NATS_2_9 OFE_TEST_NATS_SERVER OFE_TEST_KAFKA OFE_TEST_KAFKA_SERVER \
+  OFE_TEST_MQTT OFE_TEST_MOSQUITTO_SERVER OFE_TEST_REDIS OFE_TEST_REDIS_SERVER; do
+  [ -n "${!name:-}" ] || skipped+=("$name")
+done
+if [ ${#skipped[@]} -gt 0 ]; then
+  echo "== not set, so the tests that need them are skipped: ${skipped[*]}"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

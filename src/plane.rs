@@ -446,6 +446,9 @@ impl Plane {
                 match connection.borrow_and_update().clone() {
                     ofe_eventbus::Connection::Up => reporter.up(up),
                     ofe_eventbus::Connection::Lost(why) => reporter.down("BusUnreachable", why),
+                    ofe_eventbus::Connection::Storage { reason, message } => {
+                        reporter.down(reason, message)
+                    }
                 }
                 tokio::select! {
                     () = until.cancelled() => return,

@@ -169,9 +169,32 @@ fn otlp_client() -> anyhow::Result<reqwest::blocking::Client> {
     .map_err(Into::into)
 }
 
+/// Why a bus's own storage cannot write, as `/healthz` says it, if one cannot.
+fn storage_failure(health: &Health) -> Option<String> {
+    health.snapshot().into_iter().find_map(|(key, conditions)| {
+        conditions.into_iter().find_map(|c| {
+            let storage = matches!(c.reason.as_deref(), Some("StorageFull" | "StorageFailed"));
+            (c.r#type == "BusConnected" && c.status == "False" && storage).then(|| {
+                format!(
+                    "{}: {} {}/{}: {}",
+                    c.reason.unwrap_or_default(),
+                    key.kind,
+                    key.namespace,
+                    key.name,
+                    c.message.unwrap_or_default()
+                )
+            })
+        })
+    })
+}
+
 /// Serves `/healthz`, `/metrics` and `/status` on `listener` until `shutdown`. `/healthz`
 /// answers 503 until `ready` is set: once every resource runs, so that a readiness probe (or a
-/// test) does not send events to webhooks that are not listening yet.
+/// test) does not send events to webhooks that are not listening yet. It answers 503 too
+/// while a bus's own storage cannot write (`BusConnected=False` with `StorageFull` or
+/// `StorageFailed`): the process then takes no events, although it recovers by itself once
+/// there is room. A broker that is unreachable does not fail it: restarting ofe would not
+/// bring the broker back.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
@@ -180,13 +203,15 @@ pub async fn serve(
     console: Console,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let board = health.clone();
     let healthz = move || {
         let ready = ready.load(std::sync::atomic::Ordering::Acquire);
+        let storage = storage_failure(&board);
         async move {
-            if ready {
-                (StatusCode::OK, "ok\n")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            match (ready, storage) {
+                (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
+                (true, Some(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                (true, None) => (StatusCode::OK, "ok\n".to_string()),
             }
         }
     };

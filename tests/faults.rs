@@ -284,14 +284,22 @@ async fn kill_9_after_quiet_replays_nothing_on_the_embedded_bus() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn kill_9_after_quiet_replays_nothing_on_jetstream() {
-    let Some(url) = support::broker_var("OFE_TEST_NATS") else { return };
+    let url = support::broker_var("OFE_TEST_NATS");
     kill_9_after_quiet_replays_nothing("JetStream", |ns| support::jetstream_bus(ns, &url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn kill_9_after_quiet_replays_nothing_on_kafka() {
-    let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
+    let brokers = support::broker_var("OFE_TEST_KAFKA");
     kill_9_after_quiet_replays_nothing("Kafka", |ns| support::kafka_bus(ns, &brokers)).await;
 }
 
@@ -301,8 +309,12 @@ async fn kill_9_every_few_seconds_loses_nothing_on_the_embedded_bus() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn kill_9_every_few_seconds_loses_nothing_on_jetstream() {
-    let Some(url) = support::broker_var("OFE_TEST_NATS") else { return };
+    let url = support::broker_var("OFE_TEST_NATS");
     kill_9_repeatedly(
         "JetStream",
         |ns| support::jetstream_bus(ns, &url),
@@ -315,8 +327,12 @@ async fn kill_9_every_few_seconds_loses_nothing_on_jetstream() {
 /// Kafka consumer groups take seconds to form, and a killed member holds its partitions until
 /// its session (10 s) times out: the kills come further apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn kill_9_every_few_seconds_loses_nothing_on_kafka() {
-    let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
+    let brokers = support::broker_var("OFE_TEST_KAFKA");
     kill_9_repeatedly("Kafka", |ns| support::kafka_bus(ns, &brokers), 2, Duration::from_secs(12))
         .await;
 }
@@ -392,8 +408,12 @@ async fn bus_broker_restarts_mid_stream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_server),
+    ignore = "needs OFE_TEST_NATS_SERVER (scripts/test.sh starts the services)"
+)]
 async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
-    let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
+    let binary = support::broker_var("OFE_TEST_NATS_SERVER");
     let broker = Broker::launch(move |port, store| {
         ofe_eventbus::testing::start_nats_server(&binary, port, store, &[])
     })
@@ -405,8 +425,12 @@ async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka_server),
+    ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
+)]
 async fn the_kafka_broker_restarts_mid_stream_and_nothing_is_lost() {
-    let Some(binary) = support::broker_var("OFE_TEST_KAFKA_SERVER") else { return };
+    let binary = support::broker_var("OFE_TEST_KAFKA_SERVER");
     let broker = Broker::launch(move |port, store| {
         ofe_eventbus::testing::start_kafka_broker(&binary, port, store, &[])
     })
@@ -459,8 +483,12 @@ async fn publish_acknowledged(port: u16, client_id: String, topic: String, paylo
 /// every message the broker acknowledged to its publisher, before and after, reaches the
 /// function.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_mosquitto_server),
+    ignore = "needs OFE_TEST_MOSQUITTO_SERVER (scripts/test.sh starts the services)"
+)]
 async fn the_mqtt_broker_restarts_mid_stream_and_nothing_is_lost() {
-    let Some(binary) = support::broker_var("OFE_TEST_MOSQUITTO_SERVER") else { return };
+    let binary = support::broker_var("OFE_TEST_MOSQUITTO_SERVER");
     let mut broker = Broker::launch(move |port, store| {
         let config = store.join("mosquitto.conf");
         let text = format!(

@@ -22,8 +22,12 @@ fn to_topic(ns: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn a_jetstream_consumer_reads_a_topic() {
-    let Some(url) = support::broker_var("OFE_TEST_NATS") else { return };
+    let url = support::broker_var("OFE_TEST_NATS");
     let ns = support::unique_namespace();
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = to_topic(&ns) + &support::jetstream_bus(&ns, &url);
@@ -59,8 +63,12 @@ async fn a_jetstream_consumer_reads_a_topic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn a_kafka_consumer_reads_a_topic() {
-    let Some(brokers) = support::broker_var("OFE_TEST_KAFKA") else { return };
+    let brokers = support::broker_var("OFE_TEST_KAFKA");
     let ns = support::unique_namespace();
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = to_topic(&ns) + &support::kafka_bus(&ns, &brokers);

@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use support::{Receiver, counter, free_addr, get, manifests, start_ofe, terminate, wait_ready};
 
-fn nats() -> Option<String> {
+fn nats() -> String {
     support::broker_var("OFE_TEST_NATS")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn example_runs_on_jetstream() {
-    let Some(url) = nats() else { return };
+    let url = nats();
     support::example_flow_on_bus(|ns| support::jetstream_bus(ns, &url), async |_| {}).await;
 }
 
@@ -25,14 +29,22 @@ async fn example_runs_on_jetstream() {
 /// ships. Before durable names lost their `%`, this server garbled every ack subject and the
 /// client reconnected forever, delivering nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_2_9),
+    ignore = "needs OFE_TEST_NATS_2_9 (scripts/test.sh starts the services)"
+)]
 async fn example_runs_on_debian_nats_2_9() {
-    let Some(url) = support::broker_var("OFE_TEST_NATS_2_9") else { return };
+    let url = support::broker_var("OFE_TEST_NATS_2_9");
     support::example_flow_on_bus(|ns| support::jetstream_bus(ns, &url), async |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn kill_9_on_jetstream_loses_no_acknowledged_event() {
-    let Some(url) = nats() else { return };
+    let url = nats();
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let yaml = support::cron_and_trigger(
@@ -46,8 +58,12 @@ async fn kill_9_on_jetstream_loses_no_acknowledged_event() {
 
 /// An OpenFunction NATS Streaming bus, unchanged, is served by JetStream at its `natsURL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn nats_streaming_bus_is_served_by_jetstream() {
-    let Some(url) = nats() else { return };
+    let url = nats();
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -77,8 +93,12 @@ async fn nats_streaming_bus_is_served_by_jetstream() {
 /// acknowledged reaches the function, and the log says "lost" once and "connected" again, not
 /// a flood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_server),
+    ignore = "needs OFE_TEST_NATS_SERVER (scripts/test.sh starts the services)"
+)]
 async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
-    let Some(binary) = support::broker_var("OFE_TEST_NATS_SERVER") else { return };
+    let binary = support::broker_var("OFE_TEST_NATS_SERVER");
     let port = free_addr().port();
     let store = tempfile::tempdir().expect("tempdir");
     let start_server =

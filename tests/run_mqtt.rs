@@ -7,8 +7,12 @@ use rumqttc::QoS;
 use support::{Receiver, manifests};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_mqtt),
+    ignore = "needs OFE_TEST_MQTT (scripts/test.sh starts the services)"
+)]
 async fn kill_9_during_an_mqtt_qos1_stream_loses_nothing() {
-    let Some(url) = support::broker_var("OFE_TEST_MQTT") else { return };
+    let url = support::broker_var("OFE_TEST_MQTT");
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -9,8 +9,12 @@ use std::process::{Command, Stdio};
 use support::{KillOnDrop, free_addr, manifests, start_ofe, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_mosquitto_server),
+    ignore = "needs OFE_TEST_MOSQUITTO_SERVER (scripts/test.sh starts the services)"
+)]
 async fn status_follows_the_broker_down_up_and_down() {
-    let Some(mosquitto) = support::broker_var("OFE_TEST_MOSQUITTO_SERVER") else { return };
+    let mosquitto = support::broker_var("OFE_TEST_MOSQUITTO_SERVER");
     let (_receiver, base) = support::Receiver::start().await;
     let port = free_addr().port();
     let ns = support::unique_namespace();

@@ -8,9 +8,14 @@ use std::process::Command;
 fn every_workload_reports_a_figure_and_its_baseline() {
     let ofe = std::path::Path::new(env!("CARGO_BIN_EXE_ofe-bench")).with_file_name("ofe");
     if !ofe.exists() {
-        // The root package's tests build `ofe`; a lone `cargo test -p ofe-bench` does not.
-        eprintln!("skipped: {} is not built (run `cargo build -p ofe`)", ofe.display());
-        return;
+        // The root package's tests build `ofe`; a lone `cargo test -p ofe-bench` does not, so
+        // build it here rather than skip.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "-p", "ofe", "--bin", "ofe"])
+            .status()
+            .expect("run cargo build -p ofe");
+        assert!(built.success() && ofe.exists(), "cannot build {}", ofe.display());
     }
     let mut command = Command::new(env!("CARGO_BIN_EXE_ofe-bench"));
     command.args(["--events", "300", "--latency-seconds", "1", "--json", "--ofe"]).arg(&ofe);

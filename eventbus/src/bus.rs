@@ -57,6 +57,14 @@ pub enum Connection {
     Up,
     /// The connection is lost and being re-established; why.
     Lost(String),
+    /// The bus's own storage cannot write (the embedded bus: a full disk); it refuses
+    /// publishes and recovers by itself.
+    Storage {
+        /// The condition reason: `StorageFull` or `StorageFailed`.
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
 }
 
 /// Where a consumer that does not exist yet starts reading.
@@ -162,7 +170,8 @@ pub trait EventBus: Send + Sync + 'static {
     async fn subscribe(&self, options: SubscribeOptions)
     -> Result<Box<dyn Subscription>, BusError>;
 
-    /// Follows the connection to the broker. A bus without one (embedded) is always up.
+    /// Follows the connection to the broker, or for the embedded bus, whether its storage
+    /// can write. A bus that reports nothing is always up.
     fn connection(&self) -> tokio::sync::watch::Receiver<Connection> {
         tokio::sync::watch::channel(Connection::Up).1
     }

@@ -181,7 +181,8 @@ fn probe(
                         crate::Connection::Up => {
                             tracing::info!(%brokers, "Kafka bus reachable again")
                         }
-                        crate::Connection::Lost(why) => {
+                        crate::Connection::Lost(why)
+                        | crate::Connection::Storage { message: why, .. } => {
                             tracing::warn!(%brokers, error = %why, "Kafka bus unreachable")
                         }
                     }

@@ -5,13 +5,13 @@
 //! [`crate::conformance_suite!`] from its integration tests, e.g. `tests/embedded.rs`.
 
 /// Generates one `#[tokio::test]` per check of the suite. `$connect` is an async block giving
-/// `Option<Arc<dyn EventBus>>` (`None` to skip, after saying why); `$reopen` is a closure
-/// returning such a block, for the process-restart check; `$settle` is how long consumer
-/// groups need to form.
+/// `Arc<dyn EventBus>`; `$settle` is how long consumer groups need to form. With
+/// `needs: cfg = "reason"`, the tests are ignored with that reason unless the build saw the
+/// service variable behind `cfg` (see `build-support/test_services.rs`).
 #[macro_export]
 macro_rules! conformance_suite {
-    (connect: $connect:expr, settle: $settle:expr $(,)?) => {
-        $crate::conformance_suite!(@each $connect;
+    (connect: $connect:expr, settle: $settle:expr $(, needs: $cfg:ident = $why:literal)? $(,)?) => {
+        $crate::conformance_suite!(@each [$($cfg = $why)?] $connect;
             delivers_in_order_with_filter,
             reads_several_subjects_and_only_those,
             nack_redelivers_after_delay,
@@ -26,30 +26,37 @@ macro_rules! conformance_suite {
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[cfg_attr(not($cfg), ignore = $why)])?
         async fn same_name_shares_other_name_gets_all() {
-            let Some(bus) = $connect else { return };
+            let bus = $connect;
             let prefix = $crate::testing::unique("share");
             $crate::testing::same_name_shares_other_name_gets_all(bus, &prefix, $settle).await;
         }
     };
-    (@each $connect:expr; $($name:ident),* $(,)?) => {$(
+    (@each $needs:tt $connect:expr; $($name:ident),* $(,)?) => {$(
+        $crate::conformance_suite!(@test $needs $name $connect);
+    )*};
+    (@test [$($cfg:ident = $why:literal)?] $name:ident $connect:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[cfg_attr(not($cfg), ignore = $why)])?
         async fn $name() {
-            let Some(bus) = $connect else { return };
+            let bus = $connect;
             let prefix = $crate::testing::unique(stringify!($name));
             $crate::testing::$name(bus.as_ref(), &prefix).await;
             let _ = bus.close().await;
         }
-    )*};
+    };
 }
 
 /// The state store keeps values across reads and refuses writes from a stale revision.
 pub async fn state_is_compare_and_set(bus: &dyn EventBus, prefix: &str) {
     use crate::StateError;
-    let Some(store) = bus.state_store().await.expect("state store") else {
-        eprintln!("skipped: the {} backend keeps no state store", bus.backend());
-        return;
-    };
+    // Every backend keeps one: Trigger joins depend on it.
+    let store = bus
+        .state_store()
+        .await
+        .expect("state store")
+        .unwrap_or_else(|| panic!("the {} backend keeps no state store", bus.backend()));
     let key = crate::state_key(&[prefix, "vehicle 7"]);
     assert_eq!(store.get(&key).await.expect("get"), None);
     let first = store.put(&key, b"one".to_vec(), None).await.expect("create");
@@ -278,14 +285,18 @@ pub async fn next_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> cra
         .unwrap_or_else(|e| panic!("subscription failed: {e}"))
 }
 
-/// The value of a test variable such as `OFE_TEST_NATS`, or `None` after saying the test is
-/// skipped because it is unset (or empty).
-pub fn broker_var(name: &str) -> Option<String> {
-    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if value.is_none() {
-        eprintln!("skipped: {name} is not set (run `eval \"$(scripts/services.sh)\"`)");
+/// The value of a test variable such as `OFE_TEST_NATS`. A test that needs one is ignored
+/// when the build did not see it (`build-support/test_services.rs`), so an unset variable
+/// here means the test was forced to run: it fails, naming the variable, rather than pass
+/// without having run.
+pub fn broker_var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => panic!(
+            "{name} is not set, and this test needs it: run scripts/test.sh, which starts the \
+             services, or `eval \"$(scripts/services.sh)\"` before cargo test"
+        ),
     }
-    value
 }
 
 /// A process a test started (a broker of its own, `ofe run`): killed when dropped, so a

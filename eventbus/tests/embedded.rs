@@ -13,9 +13,9 @@ fn open(dir: &std::path::Path) -> EmbeddedBus {
 }
 
 /// A bus in a directory that lives as long as the test process (tests are short).
-async fn fresh() -> Option<Arc<dyn EventBus>> {
+async fn fresh() -> Arc<dyn EventBus> {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir").keep();
-    Some(Arc::new(open(&dir)))
+    Arc::new(open(&dir))
 }
 
 ofe_eventbus::conformance_suite!(connect: fresh().await, settle: Duration::ZERO);

@@ -22,31 +22,36 @@ async fn connect(url: &str) -> JetStreamBus {
 
 /// The suite, and the checks that take a server URL, against the server named by `$var`.
 macro_rules! per_server {
-    ($module:ident, $var:literal) => {
+    ($module:ident, $cfg:ident = $var:literal, $why:literal) => {
         mod $module {
             use super::*;
 
-            fn url() -> Option<String> {
+            fn url() -> String {
                 testing::broker_var($var)
             }
 
-            async fn bus() -> Option<Arc<dyn EventBus>> {
-                let url = url()?;
-                Some(Arc::new(connect(&url).await))
+            async fn bus() -> Arc<dyn EventBus> {
+                Arc::new(connect(&url()).await)
             }
 
-            ofe_eventbus::conformance_suite!(connect: bus().await, settle: Duration::ZERO);
+            ofe_eventbus::conformance_suite!(
+                connect: bus().await,
+                settle: Duration::ZERO,
+                needs: $cfg = $why,
+            );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not($cfg), ignore = $why)]
             async fn publish_reports_duplicates() {
-                let Some(url) = url() else { return };
+                let url = url();
                 testing::publish_reports_duplicates(&connect(&url).await, &testing::unique("dups"))
                     .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not($cfg), ignore = $why)]
             async fn restart_resumes_after_the_last_ack() {
-                let Some(url) = url() else { return };
+                let url = url();
                 let reopen: testing::Reopen = Box::new(move || {
                     let url = url.clone();
                     Box::pin(async move { Arc::new(connect(&url).await) as Arc<dyn EventBus> })
@@ -59,8 +64,9 @@ macro_rules! per_server {
             /// and another stream (its own `ofe-<stream>.>`) both open, and each sees only
             /// its own events.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not($cfg), ignore = $why)]
             async fn two_buses_on_one_server_keep_apart() {
-                let Some(url) = url() else { return };
+                let url = url();
                 let first = connect(&url).await;
                 let mut config = JetStreamConfig::new(&url);
                 config.stream = format!("TEAM_{}", uuid::Uuid::new_v4().simple());
@@ -78,8 +84,16 @@ macro_rules! per_server {
     };
 }
 
-per_server!(current, "OFE_TEST_NATS");
-per_server!(debian_2_9, "OFE_TEST_NATS_2_9");
+per_server!(
+    current,
+    ofe_test_nats = "OFE_TEST_NATS",
+    "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+);
+per_server!(
+    debian_2_9,
+    ofe_test_nats_2_9 = "OFE_TEST_NATS_2_9",
+    "needs OFE_TEST_NATS_2_9, NATS 2.9 as Debian ships it (scripts/test.sh starts the services)"
+);
 
 /// A server of our own, on a free port, that the test can stop and start again.
 struct Server {
@@ -118,11 +132,12 @@ impl Drop for Server {
 /// The broker is killed and started again while events flow: every event whose publish was
 /// acknowledged is delivered, and the subscription recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_server),
+    ignore = "needs OFE_TEST_NATS_SERVER (scripts/test.sh starts the services)"
+)]
 async fn broker_restart_loses_nothing() {
-    let Ok(binary) = std::env::var("OFE_TEST_NATS_SERVER") else {
-        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary to restart)");
-        return;
-    };
+    let binary = testing::broker_var("OFE_TEST_NATS_SERVER");
     let port = ofe_eventbus::testing::free_port();
     let mut server = Server::spawn(&binary, port, tempfile::tempdir().expect("tempdir"));
     let url = format!("nats://127.0.0.1:{port}");
@@ -139,10 +154,14 @@ async fn broker_restart_loses_nothing() {
 /// new name from where it was acknowledged: nothing settled comes again, nothing is skipped,
 /// and the old consumer is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
 async fn a_consumer_under_its_old_name_carries_on() {
     use async_nats::jetstream::consumer::{self, PullConsumer};
     use futures::StreamExt as _;
-    let Some(url) = testing::broker_var("OFE_TEST_NATS") else { return };
+    let url = testing::broker_var("OFE_TEST_NATS");
     let bus = connect(&url).await;
     let prefix = testing::unique("rename");
     let subject = ofe_eventbus::Subject::event("ns", &prefix, "e");

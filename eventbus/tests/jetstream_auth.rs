@@ -1,5 +1,5 @@
 //! JetStream connections with credentials and TLS, against servers that require them.
-//! `OFE_TEST_NATS_SERVER` names the `nats-server` binary; unset, the tests skip and say so.
+//! `OFE_TEST_NATS_SERVER` names the `nats-server` binary; unset, the tests are ignored, naming it.
 
 use std::time::Duration;
 
@@ -8,14 +8,14 @@ use ofe_eventbus::testing::{ChildGuard, sample_event, subscribe};
 use ofe_eventbus::{EventBus, Subject, TlsFiles};
 
 /// Starts a JetStream server requiring `extra`; returns it and its port.
-async fn server(extra: &[&str]) -> Option<(ChildGuard, u16, tempfile::TempDir)> {
-    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_NATS_SERVER")?;
+async fn server(extra: &[&str]) -> (ChildGuard, u16, tempfile::TempDir) {
+    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_NATS_SERVER");
     let port = ofe_eventbus::testing::free_port();
     let store = tempfile::tempdir().expect("tempdir");
     let server =
         ChildGuard(ofe_eventbus::testing::start_nats_server(&binary, port, store.path(), extra));
     ofe_eventbus::testing::wait_port(port, "nats-server").await;
-    Some((server, port, store))
+    (server, port, store)
 }
 
 /// Publishes and consumes one event through a bus connected with `config`.
@@ -38,10 +38,12 @@ async fn refused(config: JetStreamConfig) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_server),
+    ignore = "needs OFE_TEST_NATS_SERVER (scripts/test.sh starts the services)"
+)]
 async fn user_and_password() {
-    let Some((_server, port, _store)) = server(&["--user", "ofe", "--pass", "s3cret"]).await else {
-        return;
-    };
+    let (_server, port, _store) = server(&["--user", "ofe", "--pass", "s3cret"]).await;
     let url = format!("nats://127.0.0.1:{port}");
     let mut config = JetStreamConfig::new(&url);
     config.auth = NatsAuth::UserPassword { user: "ofe".into(), password: "s3cret".into() };
@@ -51,8 +53,12 @@ async fn user_and_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_server),
+    ignore = "needs OFE_TEST_NATS_SERVER (scripts/test.sh starts the services)"
+)]
 async fn token() {
-    let Some((_server, port, _store)) = server(&["--auth", "t0ken"]).await else { return };
+    let (_server, port, _store) = server(&["--auth", "t0ken"]).await;
     let mut config = JetStreamConfig::new(format!("nats://127.0.0.1:{port}"));
     config.auth = NatsAuth::Token("t0ken".into());
     round_trip(config.clone()).await;
@@ -61,11 +67,11 @@ async fn token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats_server),
+    ignore = "needs OFE_TEST_NATS_SERVER (scripts/test.sh starts the services)"
+)]
 async fn tls_with_a_private_ca() {
-    if std::env::var("OFE_TEST_NATS_SERVER").is_err() {
-        eprintln!("skipped: OFE_TEST_NATS_SERVER is not set (a nats-server binary)");
-        return;
-    }
     let certs = tempfile::tempdir().expect("tempdir");
     ofe_eventbus::testing::certificates(certs.path());
     let cert = certs.path().join("server.pem");
@@ -77,7 +83,7 @@ async fn tls_with_a_private_ca() {
         "--tlskey",
         key.to_str().unwrap_or_default(),
     ];
-    let Some((_server, port, _store)) = server(&tls_args).await else { return };
+    let (_server, port, _store) = server(&tls_args).await;
     let mut config = JetStreamConfig::new(format!("tls://127.0.0.1:{port}"));
     config.tls = Some(TlsFiles { ca_file: Some(certs.path().join("ca.pem")), client: None });
     round_trip(config.clone()).await;

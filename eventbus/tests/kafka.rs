@@ -9,7 +9,7 @@ use ofe_eventbus::EventBus;
 use ofe_eventbus::kafka::{KafkaBus, KafkaConfig};
 use ofe_eventbus::testing;
 
-fn brokers() -> Option<String> {
+fn brokers() -> String {
     testing::broker_var("OFE_TEST_KAFKA")
 }
 
@@ -26,17 +26,24 @@ async fn connect(config: KafkaConfig) -> KafkaBus {
         .unwrap_or_else(|e| panic!("OFE_TEST_KAFKA={brokers} is set but: {e}"))
 }
 
-async fn bus(test: &str) -> Option<Arc<dyn EventBus>> {
-    let brokers = brokers()?;
-    Some(Arc::new(connect(config(&brokers, test)).await))
+async fn bus(test: &str) -> Arc<dyn EventBus> {
+    Arc::new(connect(config(&brokers(), test)).await)
 }
 
 // Consumer groups need a few seconds to form; tansu mishandles a rebalance mid-stream.
-ofe_eventbus::conformance_suite!(connect: bus("suite").await, settle: std::time::Duration::from_secs(5));
+ofe_eventbus::conformance_suite!(
+    connect: bus("suite").await,
+    settle: std::time::Duration::from_secs(5),
+    needs: ofe_test_kafka = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn restart_resumes_after_the_last_ack() {
-    let Some(brokers) = brokers() else { return };
+    let brokers = brokers();
     let config = config(&brokers, "restart");
     let reopen: testing::Reopen = Box::new(move || {
         let config = config.clone();
@@ -75,21 +82,16 @@ impl Broker {
     }
 
     /// A broker of its own from `OFE_TEST_KAFKA_SERVER` on a free port with a fresh store, ready;
-    /// `extra` flags apply from the first restart on. `None` (said) when the variable is unset.
-    async fn launch(extra: &[&str]) -> Option<Self> {
-        let Ok(binary) = std::env::var("OFE_TEST_KAFKA_SERVER") else {
-            eprintln!(
-                "skipped: OFE_TEST_KAFKA_SERVER is not set (a tansu binary with sqlite storage)"
-            );
-            return None;
-        };
+    /// `extra` flags apply from the first restart on.
+    async fn launch(extra: &[&str]) -> Self {
+        let binary = testing::broker_var("OFE_TEST_KAFKA_SERVER");
         let port = ofe_eventbus::testing::free_port();
         let store = tempfile::tempdir().expect("tempdir");
         let child = Self::start(&binary, port, &store);
         let extra = extra.iter().map(ToString::to_string).collect();
         let broker = Self { binary, port, store, child, extra };
         Self::wait(port).await;
-        Some(broker)
+        broker
     }
 
     /// kill -9, then start again on the same port and store.
@@ -112,8 +114,12 @@ impl Drop for Broker {
 /// The broker is killed and restarted while events flow: every event whose publish was
 /// acknowledged is delivered, and the subscription recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka_server),
+    ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
+)]
 async fn broker_restart_loses_nothing() {
-    let Some(mut broker) = Broker::launch(&[]).await else { return };
+    let mut broker = Broker::launch(&[]).await;
     let port = broker.port;
     let bus = connect(config(&format!("127.0.0.1:{port}"), "restart")).await;
     testing::broker_restart_loses_nothing(&bus, &testing::unique("restart"), || broker.restart())
@@ -123,10 +129,14 @@ async fn broker_restart_loses_nothing() {
 /// The bus tells when its brokers stop answering and when they answer again: what turns a
 /// resource's `BusConnected` false, with the reason, and back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka_server),
+    ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
+)]
 async fn the_connection_follows_the_broker() {
     use ofe_eventbus::{Connection, EventBus};
     use std::time::Duration;
-    let Some(mut broker) = Broker::launch(&[]).await else { return };
+    let mut broker = Broker::launch(&[]).await;
     let port = broker.port;
     let bus = connect(config(&format!("127.0.0.1:{port}"), "connection")).await;
     let mut connection = bus.connection();
@@ -156,12 +166,16 @@ async fn the_connection_follows_the_broker() {
 /// a way librdkafka reports, so the client only retries; against Kafka, librdkafka reports
 /// `SASL authentication failed`, which `KafkaBus::connect` turns into an immediate error.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka_server),
+    ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
+)]
 async fn sasl_scram() {
     use ofe_eventbus::kafka::KafkaSasl;
     use std::time::Duration;
     // Create the user (SCRAM-SHA-512, tansu's default) on an open broker, then require
     // authentication; the store keeps the user across the restart.
-    let Some(mut broker) = Broker::launch(&["--authentication"]).await else { return };
+    let mut broker = Broker::launch(&["--authentication"]).await;
     let (port, binary) = (broker.port, broker.binary.clone());
     let created = std::process::Command::new(&binary)
         .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}"), "ofe", "s3cret"])
@@ -193,9 +207,13 @@ async fn sasl_scram() {
 /// Replicas share join state through the compacted topic: one sees what another wrote, a
 /// stale write loses for every reader, and a replica that starts later reads the winner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn replicas_share_state_and_agree_on_who_won() {
     use ofe_eventbus::StateError;
-    let Some(brokers) = brokers() else { return };
+    let brokers = brokers();
     let config = config(&brokers, "state-replicas");
     let first = connect(config.clone()).await;
     let second = connect(config.clone()).await;
@@ -229,8 +247,12 @@ async fn replicas_share_state_and_agree_on_who_won() {
 /// Two buses (two `topicPrefix`es) on one cluster each see only their own events, with
 /// consumer groups and state topics of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn two_buses_on_one_cluster_keep_apart() {
-    let Some(brokers) = brokers() else { return };
+    let brokers = brokers();
     let first = connect(config(&brokers, "team-a")).await;
     let second = connect(config(&brokers, "team-b")).await;
     testing::two_buses_on_one_broker_keep_apart(&first, &second, &testing::unique("teams")).await;

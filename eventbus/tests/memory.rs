@@ -9,8 +9,8 @@ use ofe_eventbus::embedded::{EmbeddedBus, MemoryConfig};
 use ofe_eventbus::testing::{self, sample_event, subscribe};
 use ofe_eventbus::{EventBus, Subject};
 
-async fn fresh() -> Option<Arc<dyn EventBus>> {
-    Some(Arc::new(EmbeddedBus::in_memory(MemoryConfig::default())))
+async fn fresh() -> Arc<dyn EventBus> {
+    Arc::new(EmbeddedBus::in_memory(MemoryConfig::default()))
 }
 
 ofe_eventbus::conformance_suite!(connect: fresh().await, settle: Duration::ZERO);

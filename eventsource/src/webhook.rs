@@ -68,6 +68,28 @@ pub struct Webhook {
     bus: Arc<dyn EventBus>,
     /// `rateLimit`, shared by the clones that serve it.
     limit: Option<Arc<Mutex<Bucket>>>,
+    /// When a refusal was last logged, and how many went unlogged since.
+    refusals: Arc<Mutex<(Option<std::time::Instant>, u64)>>,
+}
+
+/// How often a webhook logs that the bus refuses its events: a full or unreachable bus
+/// refuses every request, and each is answered 503 with the reason, so the log says it once
+/// in this interval, with the count, instead of once per request.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Webhook {
+    /// Counts a refusal; the number of refusals to report when one should be logged now.
+    fn refusal_to_log(&self) -> Option<u64> {
+        let mut guard = self.refusals.lock().ok()?;
+        let (last, unlogged) = &mut *guard;
+        *unlogged += 1;
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
+    }
 }
 
 /// A token bucket: `rate` requests a second, in bursts of as many.
@@ -151,6 +173,7 @@ pub fn webhooks(es: &EventSource, bus: &Arc<dyn EventBus>) -> Result<Vec<Webhook
             auth,
             bus: bus.clone(),
             limit: spec.rate_limit.map(|rate| Arc::new(Mutex::new(Bucket::new(rate)))),
+            refusals: Arc::default(),
         });
     }
     Ok(out)
@@ -247,7 +270,14 @@ async fn handle(
             Err(error) => {
                 spans.refused(&error);
                 metrics.publish_errors.get_or_create(&hook.origin.labels).inc();
-                tracing::warn!(%error, path = %hook.path, "webhook event not accepted: the bus is unavailable");
+                match hook.refusal_to_log() {
+                    Some(refused) => {
+                        tracing::warn!(%error, path = %hook.path, refused, "webhook events not accepted: the bus is unavailable (said at most every 10 s)")
+                    }
+                    None => {
+                        tracing::debug!(%error, path = %hook.path, "webhook event not accepted")
+                    }
+                }
                 let mut response = reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the event bus cannot take the event now ({error}); retry later"),

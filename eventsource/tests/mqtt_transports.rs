@@ -17,10 +17,12 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_mosquitto_server),
+    ignore = "needs OFE_TEST_MOSQUITTO_SERVER (scripts/test.sh starts the services)"
+)]
 async fn tls_with_a_private_ca_and_websocket() {
-    let Some(binary) = ofe_eventbus::testing::broker_var("OFE_TEST_MOSQUITTO_SERVER") else {
-        return;
-    };
+    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_MOSQUITTO_SERVER");
     let dir = tempfile::tempdir().expect("tempdir");
     ofe_eventbus::testing::certificates(dir.path());
     // Mosquitto started as root drops to its own user, which must be able to read the files.

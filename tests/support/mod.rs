@@ -367,9 +367,9 @@ pub fn unique_namespace() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// The value of a broker variable such as `OFE_TEST_NATS`, or `None` after saying the test is
-/// skipped because it is unset.
-pub fn broker_var(name: &str) -> Option<String> {
+/// The value of a broker variable such as `OFE_TEST_NATS` (see
+/// `ofe_eventbus::testing::broker_var`: unset, the test fails naming it).
+pub fn broker_var(name: &str) -> String {
     ofe_eventbus::testing::broker_var(name)
 }
 

@@ -16,6 +16,9 @@
 //! the same batches; a cursor is never ahead of an unacknowledged event, so a crash can only
 //! cause redelivery (duplicates), never loss.
 //!
+//! A store that cannot write (a full disk) refuses publishes, reports the bus down, and
+//! reopens itself until it works again: see [`store`].
+//!
 //! The same consumers also run over a log kept in memory ([`EmbeddedBus::in_memory`], the
 //! `memory` EventBus): no journal, no committer thread, and the events kept as they were
 //! published, shared with every consumer instead of encoded and decoded.
@@ -29,8 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use cloudevents::Event;
-use fjall::compaction::Fifo;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Keyspace, PersistMode};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, oneshot, watch};
@@ -119,6 +121,24 @@ enum WriteOp {
         expected: Option<u64>,
         reply: oneshot::Sender<Result<u64, StateError>>,
     },
+}
+
+/// Answers every write of `ops` as unavailable, saying `why`, writing nothing.
+fn refuse(ops: Vec<WriteOp>, why: &str) {
+    let error = || BusError::Unavailable(why.to_string());
+    for op in ops {
+        match op {
+            WriteOp::Append { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            WriteOp::Cursor { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            WriteOp::State { reply, .. } => {
+                let _ = reply.send(Err(StateError::Bus(error())));
+            }
+        }
+    }
 }
 
 type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
@@ -233,10 +253,13 @@ impl SubjectIndex {
     }
 }
 
+mod store;
+use store::{DiskStore, Handles};
+
 /// Where the bus keeps its log.
 enum Store {
     /// On disk, written by the committer thread.
-    Disk { log: Keyspace, cursors: Keyspace, state: Keyspace, db: Database },
+    Disk(Arc<DiskStore>),
     /// In memory only (`spec.memory`): no journal, no fsync, and nothing survives the process.
     Memory(Mutex<MemoryLog>),
 }
@@ -380,20 +403,9 @@ impl EmbeddedBus {
     /// recovered from its journal; a torn last batch is dropped, and its publishers were never
     /// answered.
     pub fn open(config: EmbeddedConfig) -> Result<Self, BusError> {
-        std::fs::create_dir_all(&config.dir).map_err(storage)?;
-        let db = Database::builder(&config.dir).open().map_err(storage)?;
-        let (limit, ttl) = (config.max_bytes, config.max_age.as_secs().max(1));
-        let log = db
-            .keyspace("log", || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(8 << 20)
-                    .compaction_strategy(Arc::new(Fifo::new(limit, Some(ttl))))
-            })
-            .map_err(storage)?;
-        let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(storage)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
-        let state = db.keyspace("state", KeyspaceCreateOptions::default).map_err(storage)?;
-
+        let ttl = config.max_age.as_secs().max(1);
+        let handles = Handles::open(&config.dir, config.max_bytes, ttl)?;
+        let Handles { log, meta, .. } = handles.clone();
         let from_meta = meta.get("last_seq").map_err(storage)?.and_then(|v| read_u64(&v));
         let from_log = match log.last_key_value() {
             Some(kv) => kv.key().map_err(storage).map(|k| read_u64(&k))?,
@@ -413,12 +425,11 @@ impl EmbeddedBus {
         let sizes = Sizes::recovered(first, last, log.disk_space(), limit);
         let sizes = Arc::new(Mutex::new(sizes));
         let (tx, rx) = mpsc::sync_channel(4 * MAX_BATCH);
+        let disk = Arc::new(DiskStore::new(handles, config.dir.clone(), config.max_bytes, ttl));
         let committer = Committer {
-            db: db.clone(),
-            log: log.clone(),
-            cursors: cursors.clone(),
-            state: state.clone(),
-            meta,
+            store: disk.clone(),
+            health: store::Health::default(),
+            dedup_window: config.dedup_window,
             head: head.clone(),
             groups: groups.clone(),
             index: index.clone(),
@@ -433,7 +444,7 @@ impl EmbeddedBus {
             .map_err(storage)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                store: Store::Disk { log, cursors, state, db },
+                store: Store::Disk(disk),
                 writes: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 head,
@@ -614,7 +625,8 @@ impl EmbeddedBus {
             }
         };
         match &self.inner.store {
-            Store::Disk { log, .. } => {
+            Store::Disk(disk) => {
+                let log = disk.handles()?.log;
                 let range = log.range((after + 1).to_be_bytes()..=known.to_be_bytes());
                 for kv in range.take(LAG_SCAN_LIMIT) {
                     let (key, value) = kv.into_inner().map_err(storage)?;
@@ -644,7 +656,7 @@ impl EmbeddedBus {
         filter: SubjectSet,
     ) -> Result<Arc<Group>, BusError> {
         let stored = match &self.inner.store {
-            Store::Disk { cursors, .. } => cursors.get(&options.consumer).map_err(storage)?,
+            Store::Disk(disk) => disk.handles()?.cursors.get(&options.consumer).map_err(storage)?,
             Store::Memory(_) => None,
         };
         let floor = match stored.and_then(|v| read_u64(&v)) {
@@ -711,7 +723,7 @@ impl EmbeddedBus {
 
     fn first_sequence(&self) -> Result<u64, BusError> {
         let first = match &self.inner.store {
-            Store::Disk { log, .. } => match log.first_key_value() {
+            Store::Disk(disk) => match disk.handles()?.log.first_key_value() {
                 Some(kv) => Some(kv.key().map_err(storage).map(|k| read_u64(&k))?.unwrap_or(1)),
                 None => None,
             },
@@ -730,7 +742,7 @@ impl EmbeddedBus {
 impl StateStore for EmbeddedBus {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
         let state = match &self.inner.store {
-            Store::Disk { state, .. } => state,
+            Store::Disk(disk) => disk.handles()?.state,
             Store::Memory(memory) => {
                 let log = memory.lock().map_err(|_| BusError::Closed)?;
                 let found = log.state.get(key).map(|(revision, value)| Versioned {
@@ -786,7 +798,7 @@ impl StateStore for EmbeddedBus {
 impl EventBus for EmbeddedBus {
     fn backend(&self) -> &'static str {
         match self.inner.store {
-            Store::Disk { .. } => "embedded",
+            Store::Disk(_) => "embedded",
             Store::Memory(_) => "memory",
         }
     }
@@ -812,12 +824,19 @@ impl EventBus for EmbeddedBus {
     ) -> Result<Published, BusError> {
         match &self.inner.store {
             Store::Memory(memory) => self.append_memory(memory, subject, event),
-            Store::Disk { .. } => self.publish(subject, &event).await,
+            Store::Disk(_) => self.publish(subject, &event).await,
         }
     }
 
     async fn state_store(&self) -> Result<Option<Arc<dyn StateStore>>, BusError> {
         Ok(Some(Arc::new(self.clone())))
+    }
+
+    fn connection(&self) -> watch::Receiver<crate::Connection> {
+        match &self.inner.store {
+            Store::Disk(disk) => disk.connection.subscribe(),
+            Store::Memory(_) => watch::channel(crate::Connection::Up).1,
+        }
     }
 
     async fn subscribe(
@@ -888,7 +907,7 @@ impl EventBus for EmbeddedBus {
                 .map_err(|_| BusError::Storage("commit thread panicked".into()))?;
         }
         match &self.inner.store {
-            Store::Disk { db, .. } => db.persist(PersistMode::SyncAll).map_err(storage),
+            Store::Disk(disk) => disk.handles()?.db.persist(PersistMode::SyncAll).map_err(storage),
             Store::Memory(_) => Ok(()),
         }
     }
@@ -1100,11 +1119,11 @@ fn wake(groups: &Groups, appended: &[(String, u64)]) {
 }
 
 struct Committer {
-    db: Database,
-    log: Keyspace,
-    cursors: Keyspace,
-    state: Keyspace,
-    meta: Keyspace,
+    store: Arc<DiskStore>,
+    /// Whether the store writes, and what was said about it.
+    health: store::Health,
+    /// The duplicate window, to rebuild it from a reopened store.
+    dedup_window: Duration,
     head: watch::Sender<u64>,
     groups: Groups,
     index: Arc<Mutex<SubjectIndex>>,
@@ -1137,9 +1156,59 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            if self.health.due() {
+                self.recover();
+            }
             self.commit(ops);
         }
         self.commit(Vec::new());
+    }
+
+    /// After a failed write: reopens the store (its journal holds every batch that was
+    /// answered), catches up with what it holds, and proves it writes again.
+    fn recover(&mut self) {
+        let Some(handles) = self.health.reopen(&self.store) else { return };
+        if let Err(e) = self.catch_up(&handles) {
+            self.health.failed(&self.store, &e);
+            return;
+        }
+        let mut probe = handles.db.batch();
+        probe.insert(&handles.meta, "last_seq", self.last.to_be_bytes());
+        match probe.durability(Some(PersistMode::SyncData)).commit() {
+            Ok(()) => self.health.recovered(&self.store),
+            Err(e) => self.health.failed(&self.store, &e),
+        }
+    }
+
+    /// Takes in a reopened store. A batch that failed after reaching the journal is in it,
+    /// although its publishers were told it failed: its records are indexed and delivered,
+    /// and the duplicate window, rebuilt from the log, drops the publishers' retries.
+    fn catch_up(&mut self, handles: &Handles) -> Result<(), BusError> {
+        let from_meta = handles.meta.get("last_seq").map_err(storage)?.and_then(|v| read_u64(&v));
+        let from_log = match handles.log.last_key_value() {
+            Some(kv) => kv.key().map_err(storage).map(|k| read_u64(&k))?,
+            None => None,
+        };
+        let last = from_meta.unwrap_or(0).max(from_log.unwrap_or(0));
+        if last > self.last {
+            let mut appended = Vec::new();
+            let range = handles.log.range((self.last + 1).to_be_bytes()..=last.to_be_bytes());
+            for kv in range {
+                let (key, value) = kv.into_inner().map_err(storage)?;
+                if let (Some(seq), Some(record)) = (read_u64(&key), decode_record(&value)) {
+                    appended.push((record.subject.to_string(), seq));
+                    if let Ok(mut sizes) = self.sizes.lock() {
+                        sizes.add(seq, (value.len() + 8) as u64);
+                    }
+                }
+            }
+            self.last = last;
+            self.index(&appended);
+            self.head.send_replace(last);
+            wake(&self.groups, &appended);
+        }
+        self.dedup = Dedup::recover(&handles.log, self.dedup_window)?;
+        Ok(())
     }
 
     /// Adds committed records to the subject index.
@@ -1151,9 +1220,15 @@ impl Committer {
         }
     }
 
-    /// Commits `ops` and any moved consumer cursors in one batch.
+    /// Commits `ops` and any moved consumer cursors in one batch. While the store cannot
+    /// write, refuses them without trying.
     fn commit(&mut self, ops: Vec<WriteOp>) {
-        let mut batch = self.db.batch();
+        let handles = match (&self.health.trouble, self.store.handles()) {
+            (None, Ok(handles)) => handles,
+            (Some(trouble), _) => return refuse(ops, &trouble.refusal()),
+            (None, Err(e)) => return refuse(ops, &e.to_string()),
+        };
+        let mut batch = handles.db.batch();
         let mut replies = Vec::with_capacity(ops.len());
         let mut added_keys = Vec::new();
         let mut appended: Vec<(String, u64)> = Vec::new();
@@ -1177,7 +1252,7 @@ impl Committer {
                     seq += 1;
                     let record = encode_record(&subject, &dedup, published_ms, &payload);
                     sized.push((seq, (record.len() + 8) as u64));
-                    batch.insert(&self.log, seq.to_be_bytes(), record);
+                    batch.insert(&handles.log, seq.to_be_bytes(), record);
                     appended.push((subject, seq));
                     self.dedup.keys.insert(key, seq);
                     added_keys.push(key);
@@ -1187,13 +1262,13 @@ impl Committer {
                     ));
                 }
                 WriteOp::Cursor { name, floor, reply } => {
-                    batch.insert(&self.cursors, name.as_bytes(), floor.to_be_bytes());
+                    batch.insert(&handles.cursors, name.as_bytes(), floor.to_be_bytes());
                     replies.push(Reply::Cursor(reply));
                 }
                 WriteOp::State { key, value, expected, reply } => {
                     let current = match revisions.get(&key) {
                         Some(r) => *r,
-                        None => match self.state.get(key.as_bytes()) {
+                        None => match handles.state.get(key.as_bytes()) {
                             Ok(v) => v.as_deref().and_then(revision_of).unwrap_or(0),
                             Err(e) => {
                                 let _ = reply.send(Err(StateError::Bus(storage(e))));
@@ -1212,9 +1287,9 @@ impl Committer {
                         Some(value) => {
                             let mut record = revision.to_be_bytes().to_vec();
                             record.extend_from_slice(&value);
-                            batch.insert(&self.state, key.as_bytes(), record);
+                            batch.insert(&handles.state, key.as_bytes(), record);
                         }
-                        None => batch.remove(&self.state, key.as_bytes()),
+                        None => batch.remove(&handles.state, key.as_bytes()),
                     }
                     revisions.insert(key, revision);
                     replies.push(Reply::State(reply, Ok(revision)));
@@ -1223,7 +1298,7 @@ impl Committer {
         }
         let moved = self.moved_cursors();
         for (name, floor) in &moved {
-            batch.insert(&self.cursors, name.as_bytes(), floor.to_be_bytes());
+            batch.insert(&handles.cursors, name.as_bytes(), floor.to_be_bytes());
         }
         if batch.is_empty() {
             for reply in replies {
@@ -1241,7 +1316,7 @@ impl Committer {
         }
         let durable = !replies.is_empty();
         if seq != self.last {
-            batch.insert(&self.meta, "last_seq", seq.to_be_bytes());
+            batch.insert(&handles.meta, "last_seq", seq.to_be_bytes());
         }
         // Publishes and cursor creations must be on disk before they are answered. A batch of
         // moved cursors alone goes to the OS's buffers, not to the disk: that survives a crash
@@ -1285,7 +1360,9 @@ impl Committer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "embedded bus commit failed");
+                // Said once, then once a minute; the bus reports itself down and reopens
+                // the store until it writes again.
+                self.health.failed(&self.store, &e);
                 for key in added_keys {
                     self.dedup.keys.remove(&key);
                 }
@@ -1390,7 +1467,9 @@ impl EmbeddedSubscription {
     /// The record at `seq`, if retention has not dropped it.
     fn get(&self, seq: u64) -> Result<Option<Raw>, BusError> {
         Ok(match &self.bus.inner.store {
-            Store::Disk { log, .. } => log.get(seq.to_be_bytes()).map_err(storage)?.map(Raw::Disk),
+            Store::Disk(disk) => {
+                disk.handles()?.log.get(seq.to_be_bytes()).map_err(storage)?.map(Raw::Disk)
+            }
             Store::Memory(memory) => memory
                 .lock()
                 .map_err(|_| BusError::Closed)?
@@ -1407,7 +1486,8 @@ impl EmbeddedSubscription {
     fn read_log(&self, state: &mut GroupState, head: u64) -> Result<Option<Found>, BusError> {
         let start = state.read_pos + 1;
         match &self.bus.inner.store {
-            Store::Disk { log, .. } => {
+            Store::Disk(disk) => {
+                let log = disk.handles()?.log;
                 let range = log.range(start.to_be_bytes()..=head.to_be_bytes());
                 for (examined, kv) in range.enumerate() {
                     if examined >= SCAN_LIMIT {
