@@ -468,8 +468,14 @@ impl Plane {
         plan: SubscriberPlan,
         bus: Arc<dyn EventBus>,
     ) -> anyhow::Result<Running> {
+        let delivering = self.health.handle(
+            subscriber_key(&plan),
+            ofe_trigger::delivering::DELIVERING,
+            &format!("subscriber {}", plan.labels.subscriber),
+        );
         let deliverer = Deliverer::with_client(self.client.clone(), bus.clone())
-            .with_max_hops(self.settings.max_hops);
+            .with_max_hops(self.settings.max_hops)
+            .with_health(ofe_trigger::delivering::DeliveryHealth::new(delivering));
         let subscription = runner::subscribe(&plan, bus.as_ref())
             .await
             .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;

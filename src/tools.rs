@@ -302,6 +302,11 @@ struct Row {
     ready: String,
     reason: String,
     message: String,
+    /// The `Delivering` condition's status (`-` for a resource that delivers nothing itself),
+    /// and its reason and message when it is not `True`.
+    delivering: String,
+    delivering_reason: String,
+    delivering_message: String,
     /// Events in per second: received from upstream (EventSource), or firing it (Trigger).
     in_per_second: f64,
     /// Events out per second: published to the bus (EventSource), or delivered (Trigger).
@@ -329,8 +334,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             print!("{}", table(&rows));
         }
-        let all_ready = rows.iter().all(|r| r.ready == "True");
-        Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        let healthy = rows.iter().all(|r| r.ready == "True" && r.delivering != "False");
+        Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(3) })
     })
 }
 
@@ -404,10 +409,18 @@ fn rows(status: &serde_json::Value, before: &Metrics, after: &Metrics, seconds: 
             .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
             .cloned()
             .unwrap_or_default();
+        let delivering = resource["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Delivering"))
+            .cloned()
+            .unwrap_or_default();
         let mut row = Row {
             ready: ready.get("status").map_or_else(|| "Unknown".into(), s),
             reason: ready.get("reason").map(s).unwrap_or_default(),
             message: ready.get("message").map(s).unwrap_or_default(),
+            delivering: delivering.get("status").map_or_else(|| "-".into(), s),
+            delivering_reason: delivering.get("reason").map(s).unwrap_or_default(),
+            delivering_message: delivering.get("message").map(s).unwrap_or_default(),
             ..Row::default()
         };
         let rate = |name: &str, labels: &[(&str, &str)]| {
@@ -441,10 +454,21 @@ fn rows(status: &serde_json::Value, before: &Metrics, after: &Metrics, seconds: 
     rows
 }
 
-/// The rows as an aligned table, with the reason and message of what is not ready below.
+/// The rows as an aligned table, with the reason and message of what is not ready, or not
+/// delivering, below.
 fn table(rows: &[Row]) -> String {
-    let header =
-        ["KIND", "NAMESPACE", "NAME", "READY", "IN/S", "OUT/S", "ERRORS", "RETRIES", "LAG"];
+    let header = [
+        "KIND",
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "DELIVERING",
+        "IN/S",
+        "OUT/S",
+        "ERRORS",
+        "RETRIES",
+        "LAG",
+    ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
         cells.push(vec![
@@ -452,6 +476,7 @@ fn table(rows: &[Row]) -> String {
             r.namespace.clone(),
             r.name.clone(),
             r.ready.clone(),
+            r.delivering.clone(),
             format!("{:.1}", r.in_per_second),
             format!("{:.1}", r.out_per_second),
             r.errors.to_string(),
@@ -473,6 +498,12 @@ fn table(rows: &[Row]) -> String {
         out.push_str(&format!(
             "{} {}/{}: {} {}\n",
             r.kind, r.namespace, r.name, r.reason, r.message
+        ));
+    }
+    for r in rows.iter().filter(|r| r.delivering == "False") {
+        out.push_str(&format!(
+            "{} {}/{}: {} {}\n",
+            r.kind, r.namespace, r.name, r.delivering_reason, r.delivering_message
         ));
     }
     if rows.is_empty() {

@@ -65,3 +65,60 @@ async fn kill_9_during_a_kafka_stream_loses_nothing() {
         deliveries - total as usize
     );
 }
+
+/// The Kafka broker goes away under `ofe run` for a few seconds: the log says that the bus is
+/// unreachable and reachable again, once each, and carries no ERROR lines from librdkafka
+/// itself (which, left alone, logs several a second while a broker is down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kafka_server),
+    ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
+)]
+async fn a_broker_outage_is_a_clear_pair_of_lines_not_a_flood() {
+    use std::time::Duration;
+    let binary = support::broker_var("OFE_TEST_KAFKA_SERVER");
+    let port = ofe_eventbus::testing::free_port();
+    let store = tempfile::tempdir().expect("tempdir");
+    let start = || ofe_eventbus::testing::start_kafka_broker(&binary, port, store.path(), &[]);
+    let mut broker = ofe_eventbus::testing::ChildGuard(start());
+    ofe_eventbus::testing::wait_port(port, "the test's Kafka broker").await;
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = support::cron_and_trigger(
+        &ns,
+        &base,
+        "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
+    ) + &support::kafka_bus(&ns, &format!("127.0.0.1:{port}"));
+    let listen = support::free_addr();
+    let log = dir.path().join("ofe.log");
+    let mut ofe = support::start_ofe_logged(
+        &support::manifests(dir.path(), &yaml),
+        &dir.path().join("data"),
+        listen,
+        &log,
+    );
+    support::wait_ready(listen).await;
+    receiver
+        .wait_for(Duration::from_secs(40), "deliveries before the outage", |r| {
+            !r.on("/fn").is_empty()
+        })
+        .await;
+    broker.0.kill().expect("kill the broker");
+    broker.0.wait().expect("reap");
+    support::wait_ready_status(listen, "Trigger", "route", "False").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker = ofe_eventbus::testing::ChildGuard(start());
+    support::wait_ready_status(listen, "Trigger", "route", "True").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The log of the outage, before the process stops (stopping closes its clients).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(support::terminate(&mut ofe).success());
+    drop(broker);
+    let librdkafka: Vec<&str> =
+        text.lines().filter(|l| l.contains("ERROR") && l.contains("librdkafka")).collect();
+    assert!(librdkafka.is_empty(), "librdkafka's own errors reached the log:\n{text}");
+    let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(count("Kafka bus unreachable"), 1, "{text}");
+    assert_eq!(count("Kafka bus reachable again"), 1, "{text}");
+}

@@ -1,6 +1,8 @@
 //! `/status` tells what the data plane sees: an MQTT EventSource whose broker is down is not
 //! Ready, with the reason; once the broker is up it is Ready; when the broker goes away it is
-//! not Ready again. Conditions stay one per type throughout.
+//! not Ready again. Conditions stay one per type throughout. A Trigger whose sink refuses
+//! every connection shows `Delivering=False` with the error and since when, in `/status` and
+//! in `ofe status`, until the sink answers again.
 
 mod support;
 
@@ -56,4 +58,77 @@ async fn status_follows_the_broker_down_up_and_down() {
     drop(broker);
     let again = support::wait_ready_status(listen, "EventSource", "cars", "False").await;
     assert_eq!(again["reason"], "BrokerUnreachable");
+}
+
+/// Waits until `/status` shows `name`'s `Delivering` with `status`; returns the condition.
+async fn wait_delivering(
+    listen: std::net::SocketAddr,
+    name: &str,
+    status: &str,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((c, _)) = support::condition(listen, "Trigger", name, "Delivering").await
+            && c["status"] == status
+        {
+            return c;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "Trigger {name} never showed Delivering={status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_refuses_every_connection_shows_as_not_delivering() {
+    let sink = free_addr();
+    let ns = support::unique_namespace();
+    let subscribers = format!(
+        "  - condition: tick\n    sink: {{ uri: \"http://{sink}/fn\" }}\n    \
+         delivery: {{ retry: 1, backoffDelay: PT0.1S }}"
+    );
+    let yaml = support::clock(&ns, None)
+        + &support::trigger(
+            &ns,
+            "route",
+            "    tick: { eventSource: clock, event: tick }",
+            &subscribers,
+        );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_addr();
+    let _ofe =
+        KillOnDrop(start_ofe(&manifests(dir.path(), &yaml), &dir.path().join("data"), listen));
+    wait_ready(listen).await;
+
+    let failing = wait_delivering(listen, "route", "False").await;
+    assert_eq!(failing["reason"], "DeliveryFailing", "{failing}");
+    let message = failing["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("http://{sink}/fn")) && message.contains("failing since"),
+        "the message names the sink, the error and since when: {message}"
+    );
+    let (ready, _) = support::ready_condition(listen, "Trigger", "route").await.expect("Ready");
+    assert_eq!(ready["status"], "True", "Ready stays about running the Trigger as written");
+    let status = support::ofe()
+        .args(["status", "--window", "200ms", "--endpoint", &format!("http://{listen}")])
+        .output()
+        .expect("ofe status");
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(3), "ofe status says something needs attention: {table}");
+    assert!(table.contains("DELIVERING"), "{table}");
+    assert!(
+        table.contains(&format!("Trigger {ns}/route: DeliveryFailing to http://{sink}/fn")),
+        "{table}"
+    );
+
+    // The sink comes up: the next delivery turns it back.
+    let receiver = support::Receiver::default();
+    let listener = tokio::net::TcpListener::bind(sink).await.expect("bind the sink's port");
+    let app = axum::Router::new().fallback(support::record).with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let delivering = wait_delivering(listen, "route", "True").await;
+    assert_eq!(delivering["reason"], "Delivered", "{delivering}");
+    assert!(!receiver.on("/fn").is_empty());
 }

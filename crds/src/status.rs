@@ -82,9 +82,19 @@ impl Part {
     }
 }
 
+/// Condition types shown beside `Ready` but not summed into it. `Delivering` says whether a
+/// subscriber's sink takes its events; as in Knative, `Ready` stays about whether the resource
+/// runs as written (buses, sources, sinks resolved, consumers open), which a sink that is
+/// down for a while does not change.
+pub const NOT_IN_READY: &[&str] = &["Delivering"];
+
 /// `Ready` from the parts: `True` when every part is; else `False` with the first failed
-/// part's reason and message; else `Unknown` with the first unknown part's.
+/// part's reason and message; else `Unknown` with the first unknown part's. The parts in
+/// [`NOT_IN_READY`] do not count.
 pub fn ready(parts: &[Part]) -> Part {
+    let counted: Vec<&Part> =
+        parts.iter().filter(|p| !NOT_IN_READY.contains(&p.kind.as_str())).collect();
+    let parts = counted.as_slice();
     if let Some(failed) = parts.iter().find(|p| p.status == Status::False) {
         return Part {
             kind: READY.into(),
@@ -156,6 +166,19 @@ mod tests {
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
+    }
+
+    #[test]
+    fn delivering_is_shown_but_not_summed_into_ready() {
+        let parts = [
+            Part::ok("BusConnected", "Connected"),
+            Part::failed("Delivering", "DeliveryFailing", "to http://f: connection refused"),
+        ];
+        assert_eq!(ready(&parts).status, Status::True);
+        let mut conditions = Vec::new();
+        apply(&mut conditions, &parts, None, at(0));
+        let types: Vec<&str> = conditions.iter().map(|c| c.r#type.as_str()).collect();
+        assert_eq!(types, ["BusConnected", "Delivering", "Ready"]);
     }
 
     #[test]

@@ -135,14 +135,14 @@ const MAX_MESSAGE_BYTES: &str = "8388608";
 pub struct KafkaBus {
     config: Arc<KafkaConfig>,
     topic: Arc<str>,
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     partitions: i32,
     /// The join state store, opened on first use.
     state: Arc<tokio::sync::OnceCell<Arc<crate::kafka_state::KafkaState>>>,
     /// Whether the brokers answer, as the probe last found.
     connection: Arc<tokio::sync::watch::Sender<crate::Connection>>,
     /// Per consumer group, a client that reads its committed offsets for [`EventBus::lag`].
-    lag_readers: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
+    lag_readers: Arc<Mutex<HashMap<String, Arc<BaseConsumer<Quiet>>>>>,
 }
 
 /// How often the connection probe asks the brokers for metadata.
@@ -153,7 +153,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(3);
 /// an idle client may hold no connection at all, so asking is the one reliable signal. The
 /// probe stops once the bus is dropped.
 fn probe(
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     topic: String,
     brokers: String,
     state: std::sync::Weak<tokio::sync::watch::Sender<crate::Connection>>,
@@ -236,13 +236,13 @@ impl KafkaBus {
                 }
             }
         }
-        let producer: FutureProducer = config
+        let producer: FutureProducer<Quiet> = config
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.max.bytes", MAX_MESSAGE_BYTES)
             .set("linger.ms", "1")
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| BusError::Config(e.to_string()))?;
         let partitions = {
             let (producer, name) = (producer.clone(), topic.clone());
@@ -275,6 +275,30 @@ impl KafkaBus {
     }
 }
 
+/// The client context of every Kafka client ofe makes: librdkafka's own log lines and error
+/// callbacks go to `tracing` at debug level. Unrouted, librdkafka logs an ERROR several times a
+/// second while a broker is down; ofe says that itself, once when the bus becomes unreachable
+/// and once when it is back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+/// One of librdkafka's own log lines, at debug level.
+fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    tracing::debug!(target: "librdkafka", ?level, fac, "{message}");
+}
+
 /// Remembers an authentication or TLS failure librdkafka reports, which it would otherwise
 /// retry quietly until a request times out.
 #[derive(Clone, Default)]
@@ -289,6 +313,10 @@ impl AuthWatch {
 }
 
 impl ClientContext for AuthWatch {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        librdkafka_log(level, fac, log_message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         let refused =
@@ -378,7 +406,7 @@ impl EventBus for KafkaBus {
                 (consumer.clone(), self.topic.clone(), self.partitions);
             // A group renamed by the prefix carries on from the old group's offsets.
             let legacy = (legacy != group).then(|| {
-                self.config.client_config().set("group.id", &legacy).create::<BaseConsumer>()
+                self.config.client_config().set("group.id", &legacy).create_with_context(Quiet)
             });
             let legacy = match legacy {
                 Some(Ok(reader)) => Some(reader),
@@ -442,12 +470,12 @@ impl EventBus for KafkaBus {
                 None => {
                     // A client of the group that never joins it: it only asks the group's
                     // committed offsets, so it takes no partitions from the real members.
-                    let reader: BaseConsumer = self
+                    let reader: BaseConsumer<Quiet> = self
                         .config
                         .client_config()
                         .set("group.id", &group)
                         .set("enable.auto.commit", "false")
-                        .create()
+                        .create_with_context(Quiet)
                         .map_err(|e| BusError::Config(e.to_string()))?;
                     let reader = Arc::new(reader);
                     readers.insert(group.clone(), reader.clone());
@@ -474,7 +502,7 @@ impl EventBus for KafkaBus {
 /// partitions; `None` for a group that has committed nothing. The topic holds every subject,
 /// so this counts the records the group will skip as well: Kafka keeps no count per subject.
 fn group_lag(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     topic: &str,
     partitions: i32,
 ) -> Result<Option<u64>, BusError> {
@@ -507,7 +535,7 @@ fn group_lag(
 /// so events published in between are not missed; else the beginning.
 fn start_if_new(
     consumer: &BaseConsumer<Rebalancing>,
-    legacy: Option<&BaseConsumer>,
+    legacy: Option<&BaseConsumer<Quiet>>,
     topic: &str,
     partitions: i32,
     start_new: bool,
@@ -590,7 +618,15 @@ struct Rebalancing {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Rebalancing {}
+impl ClientContext for Rebalancing {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
+    }
+}
 
 impl ConsumerContext for Rebalancing {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::kafka::Quiet;
 use async_trait::async_trait;
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -56,7 +56,7 @@ struct Shared {
 /// The Kafka bus's state store.
 pub(crate) struct KafkaState {
     topic: String,
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
 }
@@ -72,11 +72,13 @@ impl KafkaState {
     /// everything already in it has been read.
     pub(crate) async fn open(
         config: &KafkaConfig,
-        producer: FutureProducer,
+        producer: FutureProducer<Quiet>,
     ) -> Result<Self, BusError> {
         let topic = format!("{}.state", config.topic_prefix);
-        let admin: AdminClient<DefaultClientContext> =
-            config.client_config().create().map_err(|e| BusError::Config(e.to_string()))?;
+        let admin: AdminClient<Quiet> = config
+            .client_config()
+            .create_with_context(Quiet)
+            .map_err(|e| BusError::Config(e.to_string()))?;
         let new_topic = NewTopic::new(&topic, 1, TopicReplication::Fixed(config.replication))
             .set("cleanup.policy", "compact");
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -88,11 +90,11 @@ impl KafkaState {
                 }
             }
         }
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<Quiet> = config
             .client_config()
             .set("group.id", format!("ofe.state-reader.{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| BusError::Config(e.to_string()))?;
         let mut assignment = TopicPartitionList::new();
         assignment
@@ -175,7 +177,7 @@ impl KafkaState {
 
 /// Reads the state topic for ever, applying records in log order and answering writers.
 fn read_loop(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     topic: &str,
     shared: &Mutex<Shared>,
     stop: &AtomicBool,

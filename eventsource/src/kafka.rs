@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use ofe_crds::KafkaSpec;
 use ofe_eventbus::EventBus;
+use ofe_eventbus::kafka::Quiet;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
@@ -132,7 +133,8 @@ impl KafkaSource {
         let config = self.config.clone();
         let topic = self.topic.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            let probe: rdkafka::consumer::BaseConsumer = config.create()?;
+            let probe: rdkafka::consumer::BaseConsumer<Quiet> =
+                config.create_with_context(Quiet)?;
             probe.fetch_metadata(Some(&topic), Duration::from_secs(5)).map(|_| ())
         })
         .await;
@@ -152,11 +154,12 @@ impl KafkaSource {
         shutdown: CancellationToken,
     ) {
         let mut backoff = crate::ingest::Backoff::default();
-        let consumer: StreamConsumer = loop {
-            let created = self.config.create::<StreamConsumer>().and_then(|c| {
-                c.subscribe(&[&self.topic])?;
-                Ok(c)
-            });
+        let consumer: StreamConsumer<Quiet> = loop {
+            let created =
+                self.config.create_with_context::<_, StreamConsumer<Quiet>>(Quiet).and_then(|c| {
+                    c.subscribe(&[&self.topic])?;
+                    Ok(c)
+                });
             match created {
                 Ok(consumer) => break consumer,
                 Err(error) => {
@@ -256,7 +259,12 @@ impl KafkaSource {
 }
 
 /// Commits `next` (the offset to resume from, per partition).
-fn commit(consumer: &StreamConsumer, topic: &str, next: &BTreeMap<i32, i64>, mode: CommitMode) {
+fn commit(
+    consumer: &StreamConsumer<Quiet>,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+    mode: CommitMode,
+) {
     if next.is_empty() {
         return;
     }

@@ -315,6 +315,8 @@ pub struct Deliverer {
     http: HttpClient,
     bus: Arc<dyn EventBus>,
     max_hops: u32,
+    /// Where the outcome of each attempt at a subscriber's own destinations is reported.
+    health: Option<Arc<crate::delivering::DeliveryHealth>>,
 }
 
 impl Deliverer {
@@ -325,7 +327,14 @@ impl Deliverer {
 
     /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
     pub fn with_client(http: HttpClient, bus: Arc<dyn EventBus>) -> Self {
-        Self { http, bus, max_hops: DEFAULT_MAX_HOPS }
+        Self { http, bus, max_hops: DEFAULT_MAX_HOPS, health: None }
+    }
+
+    /// The same deliverer, reporting how attempts at the subscriber's destinations go (see
+    /// [`Deliverer::send_reported`]) to `health`.
+    pub fn with_health(mut self, health: crate::delivering::DeliveryHealth) -> Self {
+        self.health = Some(Arc::new(health));
+        self
     }
 
     /// The same deliverer, refusing to pass on events that already made `max_hops` hops.
@@ -461,6 +470,33 @@ impl Deliverer {
         on_retry: impl Fn(),
     ) -> Outcome {
         retry(policy, shutdown, on_retry, |n| self.attempt(dest, event, policy.timeout, n)).await
+    }
+
+    /// [`Deliverer::send`] to one of the subscriber's own destinations (not a dead letter):
+    /// every failed attempt and every success is reported to its delivery health.
+    pub async fn send_reported(
+        &self,
+        dest: &Destination,
+        event: &Event,
+        policy: &RetryPolicy,
+        shutdown: &CancellationToken,
+        on_retry: impl Fn(),
+    ) -> Outcome {
+        let Some(health) = &self.health else {
+            return self.send(dest, event, policy, shutdown, on_retry).await;
+        };
+        let outcome = retry(policy, shutdown, on_retry, |n| async move {
+            let result = self.attempt(dest, event, policy.timeout, n).await;
+            if let Err(failure) = &result {
+                health.failed(dest, failure);
+            }
+            result
+        })
+        .await;
+        if let Outcome::Delivered(..) = outcome {
+            health.delivered();
+        }
+        outcome
     }
 }
 

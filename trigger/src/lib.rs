@@ -11,6 +11,7 @@
 //!   `ofe validate` asks of this crate.
 
 pub mod condition;
+pub mod delivering;
 pub mod delivery;
 pub mod filter;
 pub mod metrics;

@@ -488,7 +488,8 @@ async fn deliver(
             metrics
                 .tap(Stage::Retrying, labels, &event, || Some(format!("to {}", route.destination)));
         };
-        let sent = deliverer.send(&route.destination, &event, &plan.retry, interrupt, on_retry);
+        let sent =
+            deliverer.send_reported(&route.destination, &event, &plan.retry, interrupt, on_retry);
         let outcome = trace::within(&span, sent).await;
         record(&span, &outcome);
         match outcome {
