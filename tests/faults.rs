@@ -210,6 +210,20 @@ fn redelivery_bound(receiver: &Receiver, kills: &[Instant]) -> usize {
         .sum()
 }
 
+/// `ofe run` in a namespace of its own, with the webhook stream of [`stream_yaml`] on the bus
+/// `bus(namespace)` defines and [`IN_FLIGHT`] deliveries at once: the namespace, the function,
+/// the data folder (kept while the scenario runs) and the process.
+async fn bounded_stream(
+    bus: impl FnOnce(&str) -> String,
+) -> (String, Receiver, tempfile::TempDir, Process) {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns));
+    let ofe = Process::start(&manifests(dir.path(), &yaml), &dir.path().join("data")).await;
+    (ns, receiver, dir, ofe)
+}
+
 /// `kill -9` `kills` times, `every` apart, while events stream in at 100/s; then every
 /// acknowledged event must reach the function, and the duplicates must stay within what was
 /// in flight and just settled at each kill.
@@ -219,12 +233,7 @@ async fn kill_9_repeatedly(
     kills: u32,
     every: Duration,
 ) {
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns));
-    let folder = manifests(dir.path(), &yaml);
-    let mut ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let (ns, receiver, _dir, mut ofe) = bounded_stream(bus).await;
     let total = (every.as_secs_f64() * f64::from(kills + 1) * 100.0) as usize;
     let sender = tokio::spawn(stream(ofe.hook_url(&ns), "e", total, Duration::from_millis(10)));
     let mut killed = Vec::new();
@@ -252,12 +261,7 @@ async fn kill_9_repeatedly(
 /// and nothing settled just before, so nothing may come again. (Before settled positions
 /// reached the OS at once, the embedded bus replayed almost all of them.)
 async fn kill_9_after_quiet_replays_nothing(name: &str, bus: impl FnOnce(&str) -> String) {
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns));
-    let folder = manifests(dir.path(), &yaml);
-    let mut ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let (ns, receiver, _dir, mut ofe) = bounded_stream(bus).await;
     let (acknowledged, _) = stream(ofe.hook_url(&ns), "e", 300, Duration::from_millis(5)).await;
     all_arrive(&receiver, &acknowledged, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -380,12 +384,7 @@ async fn bus_broker_restarts_mid_stream(
     mut broker: Broker,
     bus: impl Fn(&str, u16) -> String,
 ) {
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = stream_yaml(&ns, &base, &bounded_in_flight(), &bus(&ns, broker.port));
-    let folder = manifests(dir.path(), &yaml);
-    let ofe = Process::start(&folder, &dir.path().join("data")).await;
+    let (ns, receiver, _dir, ofe) = bounded_stream(|ns| bus(ns, broker.port)).await;
     let sender = tokio::spawn(stream(ofe.hook_url(&ns), "e", 800, Duration::from_millis(10)));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = arrivals(&receiver, "/fn").len();

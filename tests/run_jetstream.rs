@@ -105,23 +105,11 @@ async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
         || ofe_eventbus::testing::start_nats_server(&binary, port, store.path(), &[]);
     let mut server = start_server();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = support::cron_and_trigger(
-        &ns,
-        &base,
-        "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
-    ) + &support::jetstream_bus(&ns, &format!("nats://127.0.0.1:{port}"));
-    let listen = free_addr();
-    let log = dir.path().join("ofe.log");
-    let mut ofe = support::start_ofe_logged(
-        &manifests(dir.path(), &yaml),
-        &dir.path().join("data"),
-        listen,
-        &log,
-    );
-    wait_ready(listen).await;
+    let (ns, receiver, mut ofe, listen, log) = support::logged_cron_flow(dir.path(), |ns| {
+        support::jetstream_bus(ns, &format!("nats://127.0.0.1:{port}"))
+    })
+    .await;
     receiver
         .wait_for(Duration::from_secs(20), "deliveries before the restart", |r| {
             r.on("/fn").len() >= 2

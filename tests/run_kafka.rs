@@ -82,23 +82,11 @@ async fn a_broker_outage_is_a_clear_pair_of_lines_not_a_flood() {
     let start = || ofe_eventbus::testing::start_kafka_broker(&binary, port, store.path(), &[]);
     let mut broker = ofe_eventbus::testing::ChildGuard(start());
     ofe_eventbus::testing::wait_port(port, "the test's Kafka broker").await;
-    let ns = support::unique_namespace();
-    let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = support::cron_and_trigger(
-        &ns,
-        &base,
-        "  - condition: tick\n    sink: { uri: \"BASE/fn\" }",
-    ) + &support::kafka_bus(&ns, &format!("127.0.0.1:{port}"));
-    let listen = support::free_addr();
-    let log = dir.path().join("ofe.log");
-    let mut ofe = support::start_ofe_logged(
-        &support::manifests(dir.path(), &yaml),
-        &dir.path().join("data"),
-        listen,
-        &log,
-    );
-    support::wait_ready(listen).await;
+    let (_, receiver, mut ofe, listen, log) = support::logged_cron_flow(dir.path(), |ns| {
+        support::kafka_bus(ns, &format!("127.0.0.1:{port}"))
+    })
+    .await;
     receiver
         .wait_for(Duration::from_secs(40), "deliveries before the outage", |r| {
             !r.on("/fn").is_empty()

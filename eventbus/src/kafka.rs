@@ -288,11 +288,16 @@ impl ClientContext for Quiet {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
+        librdkafka_error(&error, reason);
     }
 }
 
 impl ConsumerContext for Quiet {}
+
+/// One of librdkafka's own error callbacks, at debug level.
+fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
+}
 
 /// One of librdkafka's own log lines, at debug level.
 fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
@@ -328,7 +333,7 @@ impl ClientContext for AuthWatch {
                 slot.get_or_insert_with(|| reason.to_string());
             }
         } else {
-            tracing::debug!(%error, reason, "librdkafka");
+            librdkafka_error(&error, reason);
         }
     }
 }
@@ -624,7 +629,7 @@ impl ClientContext for Rebalancing {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
+        librdkafka_error(&error, reason);
     }
 }
 

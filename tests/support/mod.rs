@@ -157,6 +157,23 @@ pub fn start_ofe_logged(
         .expect("spawn ofe run")
 }
 
+/// A cron flow logged at `info`: `clock` and a Trigger `route` delivering each tick to the
+/// function, on the EventBus `bus(namespace)` defines, started and ready. Returns the
+/// namespace, the function, the process, its address and its log file (in `dir`).
+pub async fn logged_cron_flow(
+    dir: &Path,
+    bus: impl FnOnce(&str) -> String,
+) -> (String, Receiver, Child, SocketAddr, std::path::PathBuf) {
+    let ns = unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let subscribers = "  - condition: tick\n    sink: { uri: \"BASE/fn\" }";
+    let yaml = cron_and_trigger(&ns, &base, subscribers) + &bus(&ns);
+    let (listen, log) = (free_addr(), dir.join("ofe.log"));
+    let ofe = start_ofe_logged(&manifests(dir, &yaml), &dir.join("data"), listen, &log);
+    wait_ready(listen).await;
+    (ns, receiver, ofe, listen, log)
+}
+
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();

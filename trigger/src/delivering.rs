@@ -41,11 +41,11 @@ pub struct DeliveryHealth {
     reporter: Reporter,
     /// Whether any attempt failed since the last success.
     troubled: AtomicBool,
-    state: Mutex<Trouble>,
+    state: Mutex<Failing>,
 }
 
 #[derive(Default)]
-struct Trouble {
+struct Failing {
     since: Option<(Instant, DateTime<Utc>)>,
     failures: u64,
     /// When `False` was last reported; `None` while it is not.
@@ -93,7 +93,7 @@ impl DeliveryHealth {
         let Ok(mut t) = self.state.lock() else { return };
         self.troubled.store(false, Ordering::Release);
         let was_reported = t.reported.is_some();
-        *t = Trouble::default();
+        *t = Failing::default();
         if was_reported {
             self.reporter.up("Delivered");
         }

@@ -469,11 +469,12 @@ impl Deliverer {
         shutdown: &CancellationToken,
         on_retry: impl Fn(),
     ) -> Outcome {
-        retry(policy, shutdown, on_retry, |n| self.attempt(dest, event, policy.timeout, n)).await
+        self.send_to(dest, event, policy, shutdown, on_retry, None).await
     }
 
-    /// [`Deliverer::send`] to one of the subscriber's own destinations (not a dead letter):
-    /// every failed attempt and every success is reported to its delivery health.
+    /// [`Deliverer::send`] to one of the subscriber's own destinations (not a dead letter,
+    /// whose success must not clear a failing sink): every failed attempt and every success
+    /// is reported to its delivery health.
     pub async fn send_reported(
         &self,
         dest: &Destination,
@@ -482,18 +483,28 @@ impl Deliverer {
         shutdown: &CancellationToken,
         on_retry: impl Fn(),
     ) -> Outcome {
-        let Some(health) = &self.health else {
-            return self.send(dest, event, policy, shutdown, on_retry).await;
-        };
+        let health = self.health.as_deref();
+        self.send_to(dest, event, policy, shutdown, on_retry, health).await
+    }
+
+    async fn send_to(
+        &self,
+        dest: &Destination,
+        event: &Event,
+        policy: &RetryPolicy,
+        shutdown: &CancellationToken,
+        on_retry: impl Fn(),
+        health: Option<&crate::delivering::DeliveryHealth>,
+    ) -> Outcome {
         let outcome = retry(policy, shutdown, on_retry, |n| async move {
             let result = self.attempt(dest, event, policy.timeout, n).await;
-            if let Err(failure) = &result {
+            if let (Err(failure), Some(health)) = (&result, health) {
                 health.failed(dest, failure);
             }
             result
         })
         .await;
-        if let Outcome::Delivered(..) = outcome {
+        if let (Outcome::Delivered(..), Some(health)) = (&outcome, health) {
             health.delivered();
         }
         outcome

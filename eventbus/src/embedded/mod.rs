@@ -428,7 +428,7 @@ impl EmbeddedBus {
         let disk = Arc::new(DiskStore::new(handles, config.dir.clone(), config.max_bytes, ttl));
         let committer = Committer {
             store: disk.clone(),
-            health: store::Health::default(),
+            health: store::WriteHealth::default(),
             dedup_window: config.dedup_window,
             head: head.clone(),
             groups: groups.clone(),
@@ -1121,7 +1121,7 @@ fn wake(groups: &Groups, appended: &[(String, u64)]) {
 struct Committer {
     store: Arc<DiskStore>,
     /// Whether the store writes, and what was said about it.
-    health: store::Health,
+    health: store::WriteHealth,
     /// The duplicate window, to rebuild it from a reopened store.
     dedup_window: Duration,
     head: watch::Sender<u64>,

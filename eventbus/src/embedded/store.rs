@@ -123,8 +123,6 @@ pub(super) struct Trouble {
     reason: &'static str,
     message: String,
     retry_at: Instant,
-    /// When the last ERROR line about it was logged.
-    said: Instant,
 }
 
 impl Trouble {
@@ -136,14 +134,14 @@ impl Trouble {
 
 /// What the committer knows about the store's health.
 #[derive(Default)]
-pub(super) struct Health {
+pub(super) struct WriteHealth {
     pub(super) trouble: Option<Trouble>,
     /// When an ERROR was last logged, across recoveries, so a store that fails again and
     /// again is still said at most once a minute.
     last_said: Option<Instant>,
 }
 
-impl Health {
+impl WriteHealth {
     /// A write failed with `error`: refuse, report, and say so (once, then once a minute).
     pub(super) fn failed(&mut self, store: &DiskStore, error: &dyn std::fmt::Display) {
         let now = Instant::now();
@@ -180,8 +178,7 @@ impl Health {
         }
         store.connection.send_replace(Connection::Storage { reason, message: message.clone() });
         let since = self.trouble.as_ref().map_or(now, |t| t.since);
-        let said = self.last_said.unwrap_or(now);
-        self.trouble = Some(Trouble { since, reason, message, retry_at: now + RETRY, said });
+        self.trouble = Some(Trouble { since, reason, message, retry_at: now + RETRY });
     }
 
     /// Whether it is time to try the store again.
@@ -212,7 +209,6 @@ impl Health {
             tracing::info!(
                 reason = t.reason,
                 after_seconds = t.since.elapsed().as_secs(),
-                last_error_said_seconds_ago = t.said.elapsed().as_secs(),
                 "the embedded bus writes again"
             );
             store.connection.send_replace(Connection::Up);
