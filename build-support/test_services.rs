@@ -18,6 +18,9 @@ const SERVICES: &[&str] = &[
     "OFE_TEST_MOSQUITTO_SERVER",
     "OFE_TEST_REDIS",
     "OFE_TEST_REDIS_SERVER",
+    "OFE_TEST_KUBECONFIG",
+    "OFE_TEST_KUBECTL",
+    "OFE_TEST_KUBE_AUDIT_LOG",
 ];
 
 fn main() {

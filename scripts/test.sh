@@ -2,7 +2,7 @@
 # The test command: formatting, lints, then every test of the workspace, against real brokers.
 #
 # It starts the services the tests use first (scripts/services.sh: NATS 2.15 and Debian's 2.9,
-# Mosquitto, Redis and a Kafka-protocol broker, all on loopback; idempotent, so services that
+# Mosquitto, Redis, Apache Kafka, and etcd with a kube-apiserver, all on loopback; idempotent, so services that
 # already run are kept). A test whose service variable is unset is reported as ignored/skipped
 # with the variable it needs, never as passed; set but unreachable, it fails.
 #
@@ -25,7 +25,8 @@ if [ "${OFE_TEST_SERVICES:-start}" != "none" ]; then
 fi
 skipped=()
 for name in OFE_TEST_NATS OFE_TEST_NATS_2_9 OFE_TEST_NATS_SERVER OFE_TEST_KAFKA OFE_TEST_KAFKA_SERVER \
-  OFE_TEST_MQTT OFE_TEST_MOSQUITTO_SERVER OFE_TEST_REDIS OFE_TEST_REDIS_SERVER; do
+  OFE_TEST_MQTT OFE_TEST_MOSQUITTO_SERVER OFE_TEST_REDIS OFE_TEST_REDIS_SERVER \
+  OFE_TEST_KUBECONFIG OFE_TEST_KUBECTL OFE_TEST_KUBE_AUDIT_LOG; do
   [ -n "${!name:-}" ] || skipped+=("$name")
 done
 if [ ${#skipped[@]} -gt 0 ]; then

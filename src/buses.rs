@@ -71,8 +71,27 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
     Ok(c)
 }
 
-fn kafka_config(spec: &KafkaBusSpec) -> KafkaConfig {
+/// This process's name among a bus's processes: the host name (a pod's name in Kubernetes)
+/// and a digest of the data directory (two processes on one host have two), both stable
+/// across restarts.
+fn instance(data_dir: &Path) -> Option<String> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())?;
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: the same digest from every build, so an upgrade keeps the name.
+    let digest = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    Some(format!("{host}-{digest:08x}"))
+}
+
+fn kafka_config(spec: &KafkaBusSpec, data_dir: &Path) -> KafkaConfig {
     let mut c = KafkaConfig::new(&spec.brokers);
+    c.instance = instance(data_dir);
     if let Some(prefix) = &spec.topic_prefix {
         c.topic_prefix.clone_from(prefix);
     }
@@ -206,7 +225,7 @@ impl Buses {
                 tracing::warn!(bus = ?key, url = %ofe_eventbus::jetstream::url_without_credentials(&stan.nats_url), "NATS Streaming is end-of-life; serving this bus with JetStream at the same URL");
                 Backend::JetStream(nats_streaming_config(stan)?)
             }
-            (None, None, Some(kafka)) => Backend::Kafka(kafka_config(kafka)),
+            (None, None, Some(kafka)) => Backend::Kafka(kafka_config(kafka, data_dir)),
             (None, None, None) => match &spec.memory {
                 Some(memory) => Backend::Memory(memory_config(memory)?),
                 None => Backend::Embedded,

@@ -298,11 +298,10 @@ async fn kill_9_after_quiet_replays_nothing_on_jetstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// Passes alone (`cargo test --test faults -- --ignored kill_9_after_quiet`, about 20 s), but in
-// the full, parallel fault suite the restarted process's consumer on tansu (the
-// Kafka-protocol broker CI runs) waited more than a minute for its partitions, in 2 of 3 runs.
-// Issue 19 replaces tansu with Apache Kafka; then this runs with the rest again.
-#[ignore = "tansu stalls the restarted consumer group under the parallel fault suite; run alone with --ignored"]
+#[cfg_attr(
+    not(ofe_test_kafka),
+    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
 async fn kill_9_after_quiet_replays_nothing_on_kafka() {
     let brokers = support::broker_var("OFE_TEST_KAFKA");
     kill_9_after_quiet_replays_nothing("Kafka", |ns| support::kafka_bus(ns, &brokers)).await;

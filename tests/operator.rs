@@ -4,8 +4,11 @@
 //! `sink.ref`s follow the address of what they name, and replicas share the work while one of
 //! them fires each cron tick.
 //!
-//! No kube-apiserver can be installed on the build machines, so these run against the fake API
-//! server in `support::fake_kube`, over real HTTP through the real kube client.
+//! They run against a real kube-apiserver (`OFE_TEST_KUBECONFIG`, started by
+//! `scripts/services.sh`), with `deploy/`'s CRDs and RBAC installed. The operator signs in as
+//! the ServiceAccount that `deploy/02-rbac.yaml` binds, so the server's RBAC decides what it may
+//! do, and the audit log shows what it did. Tests share the server: each watches only its own
+//! namespace and elects its leader with a Lease of its own.
 
 mod support;
 
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::fake_kube::FakeKube;
+use support::cluster::Cluster;
 use support::{KillOnDrop, Receiver, free_addr, get, wait_ready};
 
 const EVENT_SOURCES: &str = "events.openfunction.io/v1alpha1/eventsources";
@@ -30,11 +33,13 @@ struct Replica {
     webhooks: SocketAddr,
 }
 
-fn start_operator(kube: &FakeKube, dir: &Path, identity: &str) -> Replica {
+/// Starts a replica watching namespace `ns`, electing its leader with a Lease of that test's.
+async fn start_operator(kube: &Cluster, dir: &Path, ns: &str, identity: &str) -> Replica {
     let (listen, webhooks) = (free_addr(), free_addr());
     let child = support::ofe()
         .arg("operator")
-        .env("KUBECONFIG", kube.kubeconfig(dir))
+        .env("KUBECONFIG", kube.kubeconfig(dir).await)
+        .args(["--watch-namespace", ns, "--lease-name", &format!("ofe-leader-{ns}")])
         .arg("--data-dir")
         .arg(dir.join(format!("data-{identity}")))
         .args(["--listen", &listen.to_string(), "--webhook-listen", &webhooks.to_string()])
@@ -66,7 +71,7 @@ fn conditions(object: &Value) -> Vec<Value> {
 /// Waits until the stored object's `Ready` has `status` (and `reason`, when given); returns
 /// the object.
 async fn wait_ready_in_status(
-    kube: &FakeKube,
+    kube: &Cluster,
     collection: &str,
     namespace: &str,
     name: &str,
@@ -75,7 +80,7 @@ async fn wait_ready_in_status(
 ) -> Value {
     let start = Instant::now();
     loop {
-        let object = kube.get(collection, namespace, name);
+        let object = kube.get(collection, namespace, name).await;
         let ready =
             object.as_ref().and_then(|o| conditions(o).into_iter().find(|c| c["type"] == "Ready"));
         if let (Some(object), Some(ready)) = (&object, &ready) {
@@ -102,9 +107,10 @@ fn condition(object: &Value, kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} condition in {}", object["status"]))
 }
 
-/// Every call the operator made is allowed by `deploy/02-rbac.yaml`, and every permission
-/// granted there was used: the rules are exactly what the operator needs.
-fn assert_rbac_is_exact(kube: &FakeKube) {
+/// Every call the operator made is allowed by `deploy/02-rbac.yaml` (the API server refused
+/// none), and every permission granted there was used: the rules are exactly what the operator
+/// needs.
+async fn assert_rbac_is_exact(kube: &Cluster) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/02-rbac.yaml");
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(&std::fs::read_to_string(path).expect("rbac")).expect("YAML");
@@ -137,7 +143,7 @@ fn assert_rbac_is_exact(kube: &FakeKube) {
         }
     }
     let mut used = std::collections::BTreeSet::new();
-    for call in kube.requests() {
+    for call in kube.requests().await {
         let rule = granted.iter().find(|(scope, group, resource, verb)| {
             scope.as_ref().is_none_or(|ns| *ns == call.namespace)
                 && *group == call.group
@@ -165,8 +171,8 @@ fn flagship(ns: &str, mqtt: &str, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(all(ofe_test_mqtt, ofe_test_nats)),
-    ignore = "needs OFE_TEST_MQTT, OFE_TEST_NATS (scripts/test.sh starts the services)"
+    not(all(ofe_test_mqtt, ofe_test_nats, ofe_test_kubeconfig)),
+    ignore = "needs OFE_TEST_MQTT, OFE_TEST_NATS, OFE_TEST_KUBECONFIG (scripts/test.sh starts the services)"
 )]
 async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_truth() {
     let nats = support::broker_var("OFE_TEST_NATS");
@@ -175,10 +181,10 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kube = FakeKube::start().await;
+    let kube = Cluster::connect().await;
     let bus = support::jetstream_bus(&ns, &nats);
-    kube.apply_yaml(&(flagship(&ns, &mqtt, &base) + &bus));
-    let operator = start_operator(&kube, dir.path(), "replica-a");
+    kube.apply_yaml(&(flagship(&ns, &mqtt, &base) + &bus)).await;
+    let operator = start_operator(&kube, dir.path(), &ns, "replica-a").await;
     wait_ready(operator.listen).await;
 
     // Applied: every resource becomes Ready, with a condition per part.
@@ -217,7 +223,7 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
         .await;
 
     // A broken bus URL: every resource on the bus turns not Ready, saying why.
-    kube.apply_yaml(&support::jetstream_bus(&ns, "nats://127.0.0.1:9"));
+    kube.apply_yaml(&support::jetstream_bus(&ns, "nats://127.0.0.1:9")).await;
     let broken =
         wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "fleet", "False", Some("BusUnreachable"))
             .await;
@@ -229,6 +235,7 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
     }
     let warnings: Vec<Value> = kube
         .list(EVENTS)
+        .await
         .into_iter()
         .filter(|e| e["regarding"]["name"] == "fleet" && e["type"] == "Warning")
         .collect();
@@ -238,7 +245,7 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
     );
 
     // Fixed: they recover, and events flow again.
-    kube.apply_yaml(&bus);
+    kube.apply_yaml(&bus).await;
     wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "fleet", "True", None).await;
     for name in ["fleet-router", "metrics-feed"] {
         wait_ready_in_status(&kube, TRIGGERS, &ns, name, "True", None).await;
@@ -252,9 +259,9 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
         .await;
 
     // Deleted: the sources and Triggers stop, and leave the process's status.
-    kube.delete(EVENT_SOURCES, &ns, "fleet");
-    kube.delete(TRIGGERS, &ns, "fleet-router");
-    kube.delete(TRIGGERS, &ns, "metrics-feed");
+    kube.delete(EVENT_SOURCES, &ns, "fleet").await;
+    kube.delete(TRIGGERS, &ns, "fleet-router").await;
+    kube.delete(TRIGGERS, &ns, "metrics-feed").await;
     let start = Instant::now();
     loop {
         let status: Value =
@@ -282,13 +289,17 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kubeconfig),
+    ignore = "needs OFE_TEST_KUBECONFIG (scripts/test.sh starts the services)"
+)]
 async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kube = FakeKube::start().await;
-    kube.install("serving.knative.dev/v1/services");
-    kube.install("core.openfunction.io/v1beta2/functions");
+    let kube = Cluster::connect().await;
+    kube.install("knative-service-crd.yaml");
+    kube.install("openfunction-function-crd.yaml");
     let service = |path: &str| {
         json!({
             "apiVersion": "serving.knative.dev/v1", "kind": "Service",
@@ -296,7 +307,7 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
             "status": {"url": format!("{base}/{path}")},
         })
     };
-    kube.apply(service("knative-v1"));
+    kube.apply(service("knative-v1")).await;
     kube.apply(json!({
         "apiVersion": "core.openfunction.io/v1beta2", "kind": "Function",
         "metadata": {"name": "fn", "namespace": ns},
@@ -304,7 +315,8 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
             {"type": "External", "value": "http://example.invalid/"},
             {"type": "Internal", "value": format!("{base}/function")},
         ]},
-    }));
+    }))
+    .await;
     let refs = "  - condition: tick\n    sink:\n      ref: { apiVersion: serving.knative.dev/v1, kind: Service, name: hello }\n\
                 \x20 - condition: tick\n    sink:\n      ref: { apiVersion: core.openfunction.io/v1beta2, kind: Function, name: fn }";
     let missing = "  - condition: tick\n    sink:\n      ref: { apiVersion: serving.knative.dev/v1, kind: Service, name: missing }";
@@ -313,8 +325,9 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
         &(support::clock(&ns, None)
             + &support::trigger(&ns, "route", tick, refs)
             + &support::trigger(&ns, "orphan", tick, missing)),
-    );
-    let operator = start_operator(&kube, dir.path(), "replica-a");
+    )
+    .await;
+    let operator = start_operator(&kube, dir.path(), &ns, "replica-a").await;
     wait_ready(operator.listen).await;
 
     let route = wait_ready_in_status(&kube, TRIGGERS, &ns, "route", "True", None).await;
@@ -333,7 +346,7 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
     );
 
     // The Service gets a new address: deliveries follow it.
-    kube.apply(service("knative-v2"));
+    kube.apply(service("knative-v2")).await;
     receiver
         .wait_for(Duration::from_secs(20), "ticks at the Service's new address", |r| {
             !r.on("/knative-v2").is_empty()
@@ -344,7 +357,8 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
         "apiVersion": "serving.knative.dev/v1", "kind": "Service",
         "metadata": {"name": "missing", "namespace": ns},
         "status": {"url": format!("{base}/found")},
-    }));
+    }))
+    .await;
     wait_ready_in_status(&kube, TRIGGERS, &ns, "orphan", "True", None).await;
     receiver
         .wait_for(Duration::from_secs(20), "ticks at the found Service", |r| {
@@ -357,12 +371,14 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "hook", "namespace": ns},
         "data": {"key": base64::engine::general_purpose::STANDARD.encode("s3cret")},
-    }));
+    }))
+    .await;
     kube.apply_yaml(&format!(
         "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
          metadata: {{ name: signed, namespace: {ns} }}\nspec:\n  eventBus: default\n  webhook:\n    \
          hook:\n      hmac: {{ secretKeyRef: {{ secret: {{ name: hook, key: key }} }} }}\n"
-    ));
+    ))
+    .await;
     let signed = wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "signed", "True", None).await;
     assert_eq!(condition(&signed, "SecretsResolved")["status"], "True");
     let body = br#"{"order":1}"#;
@@ -390,7 +406,8 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
         "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
          metadata: {{ name: unsigned, namespace: {ns} }}\nspec:\n  eventBus: default\n  webhook:\n    \
          hook:\n      hmac: {{ secretKeyRef: {{ secret: {{ name: absent, key: key }} }} }}\n"
-    ));
+    ))
+    .await;
     let unsigned = wait_ready_in_status(
         &kube,
         EVENT_SOURCES,
@@ -409,7 +426,8 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
         "broken",
         tick,
         "  - condition: tick &&\n    sink: { uri: \"http://127.0.0.1:9/\" }",
-    ));
+    ))
+    .await;
     let broken =
         wait_ready_in_status(&kube, TRIGGERS, &ns, "broken", "False", Some("InvalidSpec")).await;
     let message = condition(&broken, "Valid")["message"].as_str().unwrap_or_default().to_string();
@@ -418,20 +436,20 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
 
     // The Lease is renewed (an update) within a second; then every call is accounted for.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_rbac_is_exact(&kube);
+    assert_rbac_is_exact(&kube).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(ofe_test_nats),
-    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+    not(all(ofe_test_nats, ofe_test_kubeconfig)),
+    ignore = "needs OFE_TEST_NATS, OFE_TEST_KUBECONFIG (scripts/test.sh starts the services)"
 )]
 async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
     let nats = support::broker_var("OFE_TEST_NATS");
     let ns = support::unique_namespace();
     let (receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kube = FakeKube::start().await;
+    let kube = Cluster::connect().await;
     let yaml = support::jetstream_bus(&ns, &nats)
         + "---\n"
         + &support::clock(&ns, None)
@@ -449,9 +467,9 @@ async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
                  \x20 - condition: hook\n    sink: {{ uri: \"{base}/slow\" }}\n    delivery: {{ maxConcurrency: 2 }}"
             ),
         );
-    kube.apply_yaml(&yaml);
-    let a = start_operator(&kube, dir.path(), "replica-a");
-    let b = start_operator(&kube, dir.path(), "replica-b");
+    kube.apply_yaml(&yaml).await;
+    let a = start_operator(&kube, dir.path(), &ns, "replica-a").await;
+    let b = start_operator(&kube, dir.path(), &ns, "replica-b").await;
     wait_ready(a.listen).await;
     wait_ready(b.listen).await;
     wait_ready_in_status(&kube, TRIGGERS, &ns, "route", "True", None).await;

@@ -198,7 +198,7 @@ fn validation_rules_admit_the_samples_and_refuse_broken_resources() {
             ".spec.subscribers[0].sink: set uri, or ref",
         ),
         (
-            format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, backoffPolicy: quadratic }} }} ]\n"),
+            format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, maxConcurrency: 0 }} }} ]\n"),
             ".spec.subscribers[0].delivery: retry must be 0 or more",
         ),
         (
@@ -215,7 +215,7 @@ fn validation_rules_admit_the_samples_and_refuse_broken_resources() {
         assert!(broken.iter().any(|b| b.starts_with(want)), "want `{want}` in {broken:?}");
     }
     let both = admission(&format!(
-        "{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, backoffPolicy: quadratic }} }} ]\n"
+        "{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, maxConcurrency: 0 }} }} ]\n"
     ));
     assert_eq!(both.len(), 2, "each broken rule is reported: {both:?}");
 }

@@ -32,7 +32,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -71,6 +71,12 @@ pub struct KafkaConfig {
     pub tls: Option<TlsFiles>,
     /// Window in which a subscription drops repeated events.
     pub dedup_window: Duration,
+    /// A name for this process that is unique among the bus's processes and survives its
+    /// restarts (the runtime uses the host name and the data directory). When set, consumer
+    /// groups use static membership (KIP-345): a restarted process takes its partitions back
+    /// at once, instead of the group stalling until the dead member's session (10 s) ends,
+    /// and a clean stop hands them over only when that session ends. `None`: dynamic members.
+    pub instance: Option<String>,
 }
 
 impl KafkaConfig {
@@ -84,6 +90,7 @@ impl KafkaConfig {
             sasl: None,
             tls: None,
             dedup_window: Duration::from_secs(120),
+            instance: None,
         }
     }
 
@@ -200,9 +207,25 @@ impl KafkaBus {
     pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
         let topic = config.topic();
         let watch = AuthWatch::default();
-        let admin: AdminClient<AuthWatch> = config
+        // librdkafka reports a refused login or TLS handshake on a client's main queue, which
+        // rust-rdkafka's admin client never serves (it polls only its results). A producer's
+        // own thread serves that queue, so one watches a connection of its own, made by asking
+        // for metadata, while the admin client creates the topic.
+        let watcher: Arc<ThreadedProducer<AuthWatch>> = Arc::new(
+            config
+                .client_config()
+                .create_with_context(watch.clone())
+                .map_err(|e| BusError::Config(e.to_string()))?,
+        );
+        {
+            let watcher = watcher.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = watcher.client().fetch_metadata(None, Duration::from_secs(10));
+            });
+        }
+        let admin: AdminClient<Quiet> = config
             .client_config()
-            .create_with_context(watch.clone())
+            .create_with_context(Quiet)
             .map_err(|e| BusError::Config(e.to_string()))?;
         let new_topic =
             NewTopic::new(&topic, config.partitions, TopicReplication::Fixed(config.replication))
@@ -315,27 +338,48 @@ impl AuthWatch {
     fn refused(&self) -> Option<String> {
         self.refused.lock().ok().and_then(|r| r.clone())
     }
+
+    /// Keeps the first refusal's reason.
+    fn refuse(&self, reason: &str) {
+        if let Ok(mut slot) = self.refused.lock() {
+            slot.get_or_insert_with(|| reason.to_string());
+        }
+    }
+}
+
+/// Whether librdkafka's `reason` says the broker refused the client's credentials or the
+/// TLS handshake failed: a settings problem that retrying cannot fix.
+fn is_refusal(reason: &str) -> bool {
+    reason.contains("SASL authentication") || reason.contains("SSL handshake")
 }
 
 impl ClientContext for AuthWatch {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // A failed TLS handshake reaches only the log (facility FAIL), never the error
+        // callback, as librdkafka treats it as one broker's transport failure.
+        if fac == "FAIL" && is_refusal(log_message) {
+            self.refuse(log_message);
+        }
         librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
-        let refused =
-            matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL))
-                || reason.contains("SASL authentication")
-                || reason.contains("SSL handshake");
-        if refused {
-            if let Ok(mut slot) = self.refused.lock() {
-                slot.get_or_insert_with(|| reason.to_string());
-            }
+        if matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL))
+            || is_refusal(reason)
+        {
+            self.refuse(reason);
         } else {
             librdkafka_error(&error, reason);
         }
     }
+}
+
+/// The watcher sends nothing, so it has no deliveries to report.
+impl rdkafka::producer::ProducerContext for AuthWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
 /// The consumer group of `consumer` on the bus with topic prefix `prefix`: `<prefix>.<name>`,
@@ -393,9 +437,11 @@ impl EventBus for KafkaBus {
         let group = group_id(&self.config.topic_prefix, &options.consumer);
         let legacy = legacy_group_id(&options.consumer);
         let shared = Arc::new(Shared::default());
-        let consumer: BaseConsumer<Rebalancing> = self
-            .config
-            .client_config()
+        let mut client = self.config.client_config();
+        if let Some(instance) = &self.config.instance {
+            client.set("group.instance.id", format!("{group}-{instance}"));
+        }
+        let consumer: BaseConsumer<Rebalancing> = client
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -549,14 +595,19 @@ fn start_if_new(
     for p in 0..partitions {
         all.add_partition(topic, p);
     }
-    let committed =
-        consumer.committed_offsets(all.clone(), Duration::from_secs(10)).map_err(unavailable)?;
+    let committed = while_the_coordinator_loads(|| {
+        consumer.committed_offsets(all.clone(), Duration::from_secs(10))
+    })
+    .map_err(unavailable)?;
     let fresh = committed.elements().iter().all(|e| matches!(e.offset(), Offset::Invalid));
     if !fresh {
         return Ok(());
     }
     if let Some(legacy) = legacy {
-        let old = legacy.committed_offsets(all, Duration::from_secs(10)).map_err(unavailable)?;
+        let old = while_the_coordinator_loads(|| {
+            legacy.committed_offsets(all.clone(), Duration::from_secs(10))
+        })
+        .map_err(unavailable)?;
         let mut carried = TopicPartitionList::new();
         for e in old.elements() {
             if let Offset::Offset(at) = e.offset() {
@@ -583,6 +634,33 @@ fn start_if_new(
         ends.add_partition_offset(topic, p, Offset::Offset(high)).map_err(unavailable)?;
     }
     consumer.commit(&ends, CommitMode::Sync).map_err(unavailable)
+}
+
+/// Runs `call` (blocking) again while the group coordinator is still being elected or loading,
+/// for up to 30 s. A cluster that has just started (or moved its coordinator) answers so for a
+/// few seconds; that is not a failure to report.
+fn while_the_coordinator_loads<T>(
+    mut call: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match call() {
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::NotCoordinator
+                                | RDKafkaErrorCode::CoordinatorNotAvailable
+                                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                        )
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// What the polling thread and the subscription share.

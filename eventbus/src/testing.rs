@@ -193,23 +193,18 @@ pub fn start_nats_server(
     )
 }
 
-/// Starts the Kafka-protocol broker (`binary`, the tansu of `OFE_TEST_KAFKA_SERVER`) on
-/// `127.0.0.1:port` with its SQLite store in `store`, with `extra` flags; its output is
-/// discarded.
+/// Starts an Apache Kafka broker through the launcher of `OFE_TEST_KAFKA_SERVER`
+/// (`scripts/peers/kafka-broker.sh`) for clients on `127.0.0.1:port`, keeping its log and settings
+/// in `store` (formatted at the first start, reused by a restart), with the launcher's further
+/// arguments `extra` (`--protocol`, `KEY=VALUE` settings, `--add-scram`). Its output is discarded.
 pub fn start_kafka_broker(
     binary: &str,
     port: u16,
     store: &std::path::Path,
     extra: &[String],
 ) -> std::process::Child {
-    let url = format!("tcp://127.0.0.1:{port}");
     quiet(
-        std::process::Command::new(binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(extra)
-            // tansu reads the path of a sqlite:// URL relative to its working directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(store),
+        std::process::Command::new(binary).arg(store).arg(port.to_string()).args(extra),
         "OFE_TEST_KAFKA_SERVER",
         binary,
     )
@@ -310,9 +305,11 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Waits until something listens on `127.0.0.1:port`; panics naming `what` after 10 s.
+/// Waits until something listens on `127.0.0.1:port`; panics naming `what` after a minute.
 pub async fn wait_port(port: u16, what: &str) {
-    for _ in 0..200 {
+    // A minute: a JVM broker (Kafka) that formats its store first takes several seconds to
+    // listen, more while the rest of the suite loads both cores.
+    for _ in 0..1200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return;
         }

@@ -144,7 +144,7 @@ async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
     send(None, "after-restart", OwnedHeaders::new()).await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(source.run(shared, metrics.clone(), shutdown.clone()));
-    // The restarted member has the same static instance id; tansu hands its partitions back
+    // The restarted member has the same static instance id; the broker may hand its partitions back
     // only after the old member's session (10 s) times out, so allow for that and a rebalance.
     let resumed = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(60)).await;
     assert_eq!(ofe_eventbus::event::data_bytes(&resumed.event), b"after-restart".to_vec());

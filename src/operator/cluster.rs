@@ -252,13 +252,18 @@ impl Cluster {
             Resource::Trigger(t) => (t.metadata.uid.clone(), Trigger::api_version(&())),
             Resource::EventBus(_) | Resource::ClusterEventBus(_) => return Ok(()),
         };
+        // Named as client-go names Events: `<object>.<nanoseconds in hex>`. (A `generateName`
+        // of `<object>.` is refused: the server validates it as a name, which cannot end in a
+        // dot.) The object's part is cut so the whole stays within 253 characters.
+        let now = jiff::Timestamp::now();
+        let object: String = r.name().chars().take(253 - 17).collect();
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", r.name())),
+                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
-            event_time: Some(MicroTime(jiff::Timestamp::now())),
+            event_time: Some(MicroTime(now)),
             action: Some("Reconcile".into()),
             reason: Some(transition.reason.clone()),
             note: Some(transition.note.chars().take(1024).collect()),

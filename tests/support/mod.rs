@@ -534,7 +534,7 @@ pub async fn wait_ready_status(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-pub mod fake_kube;
+pub mod cluster;
 
 /// An MQTT EventSource `name` in `namespace`, whose event `telemetry` reads `topic` at QoS 1
 /// from the broker at `url` (`tcp://…`), and a Trigger `route` sending it to `sink`.
