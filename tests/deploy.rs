@@ -2,7 +2,8 @@
 //! Kubernetes API object and writes back the same (so a misspelt or misplaced field, which the
 //! API server would drop or refuse, fails here), the CRDs are the ones `ofe crds` generates,
 //! the Deployment's arguments are ones `ofe` takes, and the example EventBus passes
-//! `ofe validate`. No API server can run on the build machines; this is the offline check.
+//! `ofe validate`. This is the offline check; `tests/kube.rs` applies the same files to a real
+//! kube-apiserver.
 
 mod support;
 

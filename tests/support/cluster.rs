@@ -40,8 +40,9 @@ pub struct Cluster {
     tokens: Mutex<Vec<String>>,
 }
 
-/// `kubectl` with the admin kubeconfig and `args`; panics with its output if it fails.
-pub fn kubectl(args: &[&str]) -> String {
+/// `kubectl` with the admin kubeconfig and `args`: whether it succeeded, and its output
+/// (standard output, then standard error).
+pub fn try_kubectl(args: &[&str]) -> (bool, String) {
     let kubectl = super::broker_var("OFE_TEST_KUBECTL");
     let kubeconfig = super::broker_var("OFE_TEST_KUBECONFIG");
     let out = std::process::Command::new(&kubectl)
@@ -50,10 +51,16 @@ pub fn kubectl(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("OFE_TEST_KUBECTL={kubectl}: {e}"));
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}{stderr}");
-    stdout.into_owned()
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `kubectl` with the admin kubeconfig and `args`; panics with its output if it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let (ok, text) = try_kubectl(args);
+    assert!(ok, "kubectl {args:?} failed:\n{text}");
+    text
 }
 
 /// Installs what a cluster admin installs before the operator runs: `deploy/`'s namespace,
