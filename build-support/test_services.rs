@@ -21,6 +21,7 @@ const SERVICES: &[&str] = &[
     "OFE_TEST_KUBECONFIG",
     "OFE_TEST_KUBECTL",
     "OFE_TEST_KUBE_AUDIT_LOG",
+    "OFE_TEST_PODMAN",
 ];
 
 fn main() {

