@@ -16,7 +16,9 @@ RUN cargo build --release --locked --bin ofe \
 
 FROM scratch AS runtime
 COPY --from=builder /rootfs/ /
-COPY --from=builder --chown=65532:65532 /rootfs/var/lib/ofe/ /var/lib/ofe/
+# The data directory, owned by the user (copying /var/lib/'s contents carries the folder
+# itself; copying the empty folder's contents would leave it root's).
+COPY --from=builder --chown=65532:65532 /rootfs/var/lib/ /var/lib/
 USER 65532:65532
 WORKDIR /var/lib/ofe
 ENV OFE_DATA_DIR=/var/lib/ofe
@@ -26,7 +28,7 @@ CMD ["--help"]
 
 FROM scratch AS runtime-prebuilt
 COPY target/image/rootfs/ /
-COPY --chown=65532:65532 target/image/rootfs/var/lib/ofe/ /var/lib/ofe/
+COPY --chown=65532:65532 target/image/rootfs/var/lib/ /var/lib/
 USER 65532:65532
 WORKDIR /var/lib/ofe
 ENV OFE_DATA_DIR=/var/lib/ofe

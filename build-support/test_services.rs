@@ -22,6 +22,9 @@ const SERVICES: &[&str] = &[
     "OFE_TEST_KUBECTL",
     "OFE_TEST_KUBE_AUDIT_LOG",
     "OFE_TEST_PODMAN",
+    "OFE_TEST_GO_PEERS",
+    "OFE_TEST_NATS_CLUSTER",
+    "OFE_TEST_NATS_CLUSTER_DIR",
 ];
 
 fn main() {

