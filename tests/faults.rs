@@ -917,7 +917,11 @@ async fn the_nats_stream_leader_dies_under_two_replicas_and_nothing_is_lost() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Started again as services.sh started it, and left running for later tests.
     let config = cluster.join(format!("{old}.conf"));
-    std::process::Command::new(&server)
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the server outlives the test, as services.sh's did"
+    )]
+    let _restarted = std::process::Command::new(&server)
         .arg("-c")
         .arg(&config)
         .stdout(std::fs::File::create(cluster.join(format!("{old}.restarted.log"))).expect("log"))
