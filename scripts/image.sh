@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds ofe's OCI image with buildah from this machine's binary (no image is pulled: the
-# Dockerfile's `runtime-prebuilt` stage is FROM scratch) and writes an OCI archive that
-# `podman load`, `docker load` and `skopeo copy` take.
+# Dockerfile's runtime stage is FROM scratch, fed the root filesystem assembled here) and
+# writes an OCI archive that `podman load`, `docker load` and `skopeo copy` take.
 #
 #   scripts/image.sh [--binary PATH] [--tag NAME:TAG] [--out FILE]
 #
@@ -31,7 +31,7 @@ if [ -z "$binary" ]; then
   binary=target/release/ofe
 fi
 scripts/image-rootfs.sh "$binary" target/image/rootfs
-buildah bud --quiet --layers=false --target runtime-prebuilt -f Dockerfile -t "$tag" . >&2
+buildah bud --quiet --layers=false --build-arg ROOTFS=prebuilt --target runtime -f Dockerfile -t "$tag" . >&2
 mkdir -p "$(dirname "$out")"
 rm -f "$out"
 skopeo copy --quiet "containers-storage:$tag" "oci-archive:$out:$tag" >&2

@@ -269,15 +269,8 @@ async fn the_sdks_kafka_binding_reads_ofes_bus_records_and_writes_what_the_kafka
         ],
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: fleet, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  kafka:\n    telemetry: {{ brokers: \"{brokers}\", topic: \"{topic}\", authRequired: false, initialOffset: earliest }}\n"
-    ) + &support::trigger(
-        &ns,
-        "route",
-        "    telemetry: { eventSource: fleet, event: telemetry }",
-        &format!("  - condition: telemetry\n    sink: {{ uri: \"http://127.0.0.1:{port}/\" }}"),
-    );
+    let yaml =
+        support::kafka_source_to_sink(&ns, &brokers, &topic, &format!("http://127.0.0.1:{port}/"));
     let listen = free_addr();
     let mut ofe = KillOnDrop(support::start_ofe(
         &manifests(dir.path(), &yaml),

@@ -39,15 +39,7 @@ async fn kill_9_during_a_kafka_stream_loses_nothing() {
         .await
         .expect("Kafka must be reachable at OFE_TEST_KAFKA");
     let producer: FutureProducer = client.set("acks", "all").create().expect("producer");
-    let yaml = format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: fleet, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  kafka:\n    telemetry: {{ brokers: \"{brokers}\", topic: \"{topic}\", authRequired: false, initialOffset: earliest }}\n"
-    ) + &support::trigger(
-        &ns,
-        "route",
-        "    telemetry: { eventSource: fleet, event: telemetry }",
-        &format!("  - condition: telemetry\n    sink: {{ uri: \"{base}/slow\" }}"),
-    );
+    let yaml = support::kafka_source_to_sink(&ns, &brokers, &topic, &format!("{base}/slow"));
     let dir = tempfile::tempdir().expect("tempdir");
     let folder = support::manifests(dir.path(), &yaml);
     let total = 30;

@@ -224,6 +224,20 @@ pub fn clock(namespace: &str, sink: Option<&str>) -> String {
     )
 }
 
+/// A Kafka EventSource `fleet` in `namespace` whose event `telemetry` reads `topic` on
+/// `brokers` from the earliest offset, and a Trigger `route` sending it to `sink`.
+pub fn kafka_source_to_sink(namespace: &str, brokers: &str, topic: &str, sink: &str) -> String {
+    format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: fleet, namespace: {namespace} }}\n\
+         spec:\n  eventBus: default\n  kafka:\n    telemetry: {{ brokers: \"{brokers}\", topic: \"{topic}\", authRequired: false, initialOffset: earliest }}\n"
+    ) + &trigger(
+        namespace,
+        "route",
+        "    telemetry: { eventSource: fleet, event: telemetry }",
+        &format!("  - condition: telemetry\n    sink: {{ uri: \"{sink}\" }}"),
+    )
+}
+
 /// A Trigger in `namespace` on bus `default`; `inputs` and `subscribers` are YAML lines at
 /// two-space indent.
 pub fn trigger(namespace: &str, name: &str, inputs: &str, subscribers: &str) -> String {
