@@ -68,7 +68,17 @@ echo "export OFE_TEST_NATS_2_9=nats://127.0.0.1:14223"
 # are in .services/nats-cluster/, so the cluster test can kill the stream leader and start it
 # again (`nats-server -c nK.conf`).
 cluster="$state/nats-cluster"
-if ! up 127.0.0.1 14231 || ! up 127.0.0.1 14232 || ! up 127.0.0.1 14233; then
+ours() { for n in 1 2 3; do kill -0 "$(cat "$cluster/n$n.pid" 2>/dev/null)" 2>/dev/null || return 1; done; }
+if ! ours; then
+  # The cluster test kills servers by their pid files here: a cluster started from another
+  # checkout is not ours to kill, so it is stopped and started again from this one.
+  for port in 14231 14232 14233; do
+    pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  done
+  sleep 1
+fi
+if ! ours || ! up 127.0.0.1 14231 || ! up 127.0.0.1 14232 || ! up 127.0.0.1 14233; then
   rm -rf "$cluster"
   mkdir -p "$cluster"
   for n in 1 2 3; do

