@@ -68,6 +68,7 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
         c.auth = auth.into();
     }
     c.tls = spec.tls.as_ref().map(Into::into);
+    c.structured_topics = spec.topic_mode.as_deref() == Some("structured");
     Ok(c)
 }
 

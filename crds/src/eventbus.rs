@@ -118,6 +118,16 @@ pub struct JetStreamBusSpec {
     /// TLS to the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// How events published to topics (a subscriber's `topic`) are written (ofe addition):
+    /// `binary` (default; the CloudEvents NATS binding, attributes in headers) or `structured`
+    /// (the whole CloudEvent as JSON in the payload), which clients that read only the payload
+    /// understand, such as Dapr's JetStream pub/sub component (OpenFunction's async functions).
+    /// The subject of topic `T` in namespace `N` is `ofe.topic.N.T` (`ofe-<stream>.topic.N.T`
+    /// on a stream other than `OFE`). ofe reads both modes, and payloads without headers that
+    /// hold a structured CloudEvent, as Dapr publishes them.
+    #[schemars(extend("enum" = ["binary", "structured"]))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_mode: Option<String>,
 }
 
 /// NATS credentials: one of user/password, token, or a credentials file.

@@ -585,6 +585,14 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
         if js.max_deliver.is_some_and(|n| n < 1) {
             out.push(Diagnostic::error("spec.jetstream.maxDeliver", "must be at least 1"));
         }
+        if let Some(mode) =
+            js.topic_mode.as_deref().filter(|m| !["binary", "structured"].contains(m))
+        {
+            out.push(Diagnostic::error(
+                "spec.jetstream.topicMode",
+                format!("is `{mode}`; use `binary` or `structured`"),
+            ));
+        }
         if let Some(auth) = &js.auth {
             let ways = [
                 auth.user.is_some() || auth.password.is_some(),

@@ -96,6 +96,9 @@ pub struct JetStreamConfig {
     pub auth: NatsAuth,
     /// TLS, when set.
     pub tls: Option<TlsFiles>,
+    /// Topic events are written in structured mode (the CloudEvent as JSON in the payload),
+    /// for clients that read only the payload, such as Dapr's JetStream pub/sub component.
+    pub structured_topics: bool,
 }
 
 impl JetStreamConfig {
@@ -112,6 +115,7 @@ impl JetStreamConfig {
             max_deliver: 20,
             auth: NatsAuth::None,
             tls: None,
+            structured_topics: false,
         }
     }
 }
@@ -590,16 +594,22 @@ impl EventBus for JetStreamBus {
     }
 
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
+        let structured = self.config.structured_topics && matches!(subject, Subject::Topic { .. });
         let subject = to_wire(&self.prefix, subject);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id(&subject, event).as_str());
-        for (name, value) in event::binary_attributes(event) {
-            headers.insert(format!("ce-{name}").as_str(), value.as_ref());
-        }
-        if let Some(content_type) = event.datacontenttype() {
-            headers.insert("content-type", content_type);
-        }
-        let payload = event::data_bytes(event);
+        let payload = if structured {
+            headers.insert("content-type", STRUCTURED);
+            serde_json::to_vec(event).map_err(|e| BusError::Decode(e.to_string()))?
+        } else {
+            for (name, value) in event::binary_attributes(event) {
+                headers.insert(format!("ce-{name}").as_str(), value.as_ref());
+            }
+            if let Some(content_type) = event.datacontenttype() {
+                headers.insert("content-type", content_type);
+            }
+            event::data_bytes(event)
+        };
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
@@ -899,7 +909,24 @@ impl Subscription for JetStreamSubscription {
     }
 }
 
+/// The content type of a structured-mode CloudEvent.
+const STRUCTURED: &str = "application/cloudevents+json";
+
+/// The event of a message: binary mode (attributes in `ce-` headers), or structured mode (the
+/// CloudEvent as JSON in the payload, marked by its content type or, as Dapr publishes it,
+/// with no CloudEvents headers at all).
 fn decode(message: &jetstream::Message) -> Result<Event, BusError> {
+    let binary = message
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.iter().any(|(name, _)| AsRef::<str>::as_ref(name).starts_with("ce-")));
+    if !binary {
+        return serde_json::from_slice::<Event>(&message.payload).map_err(|e| {
+            BusError::Decode(format!(
+                "neither a binary-mode CloudEvent (no ce- headers) nor a structured one ({e})"
+            ))
+        });
+    }
     let headers = message.headers.as_ref().ok_or_else(|| BusError::Decode("no headers".into()))?;
     let mut attributes = Vec::new();
     let mut content_type = None;

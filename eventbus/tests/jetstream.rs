@@ -198,3 +198,73 @@ async fn a_consumer_under_its_old_name_carries_on() {
     testing::assert_quiet(&mut sub, Duration::from_millis(300)).await;
     assert!(stream.consumer_info(&old_name).await.is_err(), "the old consumer was removed");
 }
+
+/// `topicMode: structured`: a topic's events are written as JSON CloudEvents in the payload, as
+/// a client that reads only the payload (Dapr's JetStream pub/sub) needs, and read back whole;
+/// events stay in binary mode; and a structured CloudEvent published without headers, as Dapr
+/// publishes, reaches a subscriber with every attribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
+async fn structured_topics_are_json_cloudevents_in_the_payload() {
+    use cloudevents::{AttributesReader as _, EventBuilder as _, EventBuilderV10};
+    let url = testing::broker_var("OFE_TEST_NATS");
+    let mut config = JetStreamConfig::new(&url);
+    config.structured_topics = true;
+    let bus = JetStreamBus::connect(config).await.expect("connect");
+    let ns = testing::unique("structured");
+    let topic = ofe_eventbus::Subject::topic(&ns, "alerts");
+    let event = |id: &str| {
+        EventBuilderV10::new()
+            .id(id)
+            .source("/fleet/vehicle-42")
+            .ty("com.example.overspeed")
+            .subject("trip-7")
+            .extension("vehicleid", "42")
+            .data("application/json", serde_json::json!({"kmh": 131}))
+            .build()
+            .expect("event")
+    };
+    let mut sub = testing::subscribe(&bus, &format!("{ns}-reader"), &topic, 16).await;
+    bus.publish(&topic, &event("from-ofe")).await.expect("publish");
+
+    // On the wire: no ce- headers, the CloudEvent as JSON.
+    let js = async_nats::jetstream::new(bus.client().clone());
+    let stream = js.get_stream("OFE").await.expect("stream");
+    let raw = stream.get_last_raw_message_by_subject(&topic.to_string()).await.expect("stored");
+    let headers = raw.headers;
+    assert!(
+        headers.iter().all(|(name, _)| !AsRef::<str>::as_ref(name).starts_with("ce-")),
+        "no binary-mode headers: {headers:?}"
+    );
+    assert_eq!(
+        headers.get("content-type").map(|v| v.as_str()),
+        Some("application/cloudevents+json")
+    );
+    let json: serde_json::Value = serde_json::from_slice(&raw.payload).expect("JSON payload");
+    assert_eq!(json["id"], "from-ofe");
+    assert_eq!(json["vehicleid"], "42");
+    assert_eq!(json["data"]["kmh"], 131);
+
+    // What Dapr publishes: the JSON alone, no headers.
+    let dapr = serde_json::to_vec(&event("from-dapr")).expect("JSON");
+    js.publish(topic.to_string(), dapr.into()).await.expect("publish").await.expect("stored");
+    for id in ["from-ofe", "from-dapr"] {
+        let d = testing::next_within(&mut sub, testing::PATIENCE).await;
+        assert_eq!(d.event.id(), id);
+        assert_eq!(d.event.source().to_string(), "/fleet/vehicle-42");
+        assert_eq!(d.event.ty(), "com.example.overspeed");
+        assert_eq!(d.event.subject(), Some("trip-7"));
+        assert_eq!(d.event.extension("vehicleid").map(ToString::to_string).as_deref(), Some("42"));
+        assert_eq!(ofe_eventbus::event::data_bytes(&d.event), br#"{"kmh":131}"#.to_vec());
+        d.ack().await.expect("ack");
+    }
+
+    // An EventSource's events stay in binary mode.
+    let source = ofe_eventbus::Subject::event(&ns, "gateway", "telemetry");
+    bus.publish(&source, &event("binary")).await.expect("publish");
+    let raw = stream.get_last_raw_message_by_subject(&source.to_string()).await.expect("stored");
+    assert_eq!(raw.headers.get("ce-id").map(|v| v.as_str()), Some("binary"));
+}
