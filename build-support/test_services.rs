@@ -25,6 +25,7 @@ const SERVICES: &[&str] = &[
     "OFE_TEST_GO_PEERS",
     "OFE_TEST_NATS_CLUSTER",
     "OFE_TEST_NATS_CLUSTER_DIR",
+    "OFE_TEST_DAPRD",
 ];
 
 fn main() {

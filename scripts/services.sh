@@ -8,7 +8,7 @@
 # - Apache Kafka 4.1 on 127.0.0.1:9092 (jars from Maven Central, run on the machine's Java).
 # - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
 # - buildah, podman, skopeo and runc (Debian packages), for the image test.
-# - the Go peers of tests/peers/go (scripts/peers/go-peers.sh).
+# - the Go peers of tests/peers/go (scripts/peers/go-peers.sh), and daprd (scripts/peers/dapr.sh).
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -141,6 +141,15 @@ if peers=$(scripts/peers/go-peers.sh); then
   echo "export OFE_TEST_GO_PEERS=$peers"
 else
   log "the Go peers did not build: the interoperability tests cannot run"
+  failed=1
+fi
+
+# Dapr's sidecar, daprd 1.16, built from source with the JetStream and Kafka pub/sub components
+# (about 3 minutes cold), for the async-function test.
+if daprd=$(scripts/peers/dapr.sh); then
+  echo "export OFE_TEST_DAPRD=$daprd"
+else
+  log "daprd did not build: the Dapr test cannot run"
   failed=1
 fi
 

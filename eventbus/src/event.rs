@@ -156,6 +156,29 @@ pub fn data_bytes(event: &Event) -> Vec<u8> {
     }
 }
 
+/// The event in structured mode: one JSON CloudEvent (`application/cloudevents+json`). Data
+/// kept as bytes is written as a JSON value when its content type is JSON and it parses, and as
+/// a string when it is text, so a reader of the JSON finds `data` as it would have been sent in
+/// structured mode; other bytes become `data_base64`.
+pub fn to_structured(event: &Event) -> Result<Vec<u8>, BusError> {
+    let encode = |e: &Event| serde_json::to_vec(e).map_err(|e| BusError::Decode(e.to_string()));
+    let Some(cloudevents::Data::Binary(bytes)) = event.data() else { return encode(event) };
+    let content_type = event.datacontenttype().unwrap_or_default().to_string();
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = media == "application/json" || media == "text/json" || media.ends_with("+json");
+    let data = if json {
+        serde_json::from_slice::<serde_json::Value>(bytes).ok().map(cloudevents::Data::Json)
+    } else if media.starts_with("text/") {
+        String::from_utf8(bytes.clone()).ok().map(cloudevents::Data::String)
+    } else {
+        None
+    };
+    let Some(data) = data else { return encode(event) };
+    let mut event = event.clone();
+    event.set_data(content_type, data);
+    encode(&event)
+}
+
 /// Rebuilds an event from binary-mode attributes (names without their `ce-`/`ce_` prefix,
 /// values as sent), the content type and the body. The body is kept as the exact bytes sent,
 /// whatever the content type: re-serialising parsed JSON would reorder keys and change what a
@@ -255,6 +278,28 @@ pub fn percent_decode(value: &str) -> String {
 mod tests {
     use super::*;
     use cloudevents::{EventBuilder, EventBuilderV10};
+
+    #[test]
+    fn structured_mode_writes_json_data_as_json_text_as_text_and_bytes_as_base64() {
+        let structured = |content_type: &str, body: &[u8]| -> serde_json::Value {
+            let event = from_binary(
+                [("specversion", "1.0"), ("id", "1"), ("source", "/s"), ("type", "t")],
+                Some(content_type),
+                body,
+            )
+            .expect("event");
+            serde_json::from_slice(&to_structured(&event).expect("encodes")).expect("JSON")
+        };
+        let json = structured("application/json; charset=utf-8", br#"{"kmh":131}"#);
+        assert_eq!(json["data"]["kmh"], 131);
+        assert_eq!(json["datacontenttype"], "application/json; charset=utf-8");
+        assert_eq!(structured("application/vnd.fleet+json", b"[1,2]")["data"][1], 2);
+        assert_eq!(structured("text/plain", b"hello")["data"], "hello");
+        let bytes = structured("application/octet-stream", &[0, 255]);
+        assert_eq!(bytes["data_base64"], "AP8=");
+        let broken = structured("application/json", b"{not json");
+        assert_eq!(broken["data_base64"], "e25vdCBqc29u", "bytes that do not parse stay bytes");
+    }
 
     #[test]
     fn binary_mode_round_trips_attributes_extensions_and_data() {

@@ -600,7 +600,7 @@ impl EventBus for JetStreamBus {
         headers.insert("Nats-Msg-Id", msg_id(&subject, event).as_str());
         let payload = if structured {
             headers.insert("content-type", STRUCTURED);
-            serde_json::to_vec(event).map_err(|e| BusError::Decode(e.to_string()))?
+            event::to_structured(event)?
         } else {
             for (name, value) in event::binary_attributes(event) {
                 headers.insert(format!("ce-{name}").as_str(), value.as_ref());
