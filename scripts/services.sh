@@ -16,6 +16,8 @@ root=$(pwd)
 state="$root/.services"
 mkdir -p "$state"
 log() { echo "services: $*" >&2; }
+# A step that fails says which, instead of ending the script without a word.
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 wait_port() { # host port name [tenths of a second, 100 unless given]
   for _ in $(seq 1 "${4:-100}"); do
@@ -73,7 +75,7 @@ if ! ours; then
   # The cluster test kills servers by their pid files here: a cluster started from another
   # checkout is not ours to kill, so it is stopped and started again from this one.
   for port in 14231 14232 14233; do
-    pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+    pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
   done
   sleep 1

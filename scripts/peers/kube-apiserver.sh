@@ -28,7 +28,7 @@ bin=$("$root/scripts/peers/kube.sh")
 mkdir -p "$dir"
 stop_port() { # stops whatever listens on 127.0.0.1:$1
   local pid
-  pid=$(ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  pid=$(ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; sleep 1; fi
 }
 # A server started from another checkout answers with other credentials: it is not ours to
