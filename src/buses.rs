@@ -76,11 +76,7 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
 /// and a digest of the data directory (two processes on one host have two), both stable
 /// across restarts.
 fn instance(data_dir: &Path) -> Option<String> {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())?;
+    let host = ofe_eventbus::host_name()?;
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     // FNV-1a: the same digest from every build, so an upgrade keeps the name.
     let digest = dir

@@ -182,7 +182,7 @@ async fn a_topic_reaches_an_openfunction_async_function() {
     let record = dir.path().join("function.jsonl");
     let peers = std::path::PathBuf::from(support::broker_var("OFE_TEST_GO_PEERS"));
     let _function = KillOnDrop(
-        Command::new(peers.join("of-async-function"))
+        Command::new(peers.join("of-function"))
             .env("FUNC_CONTEXT", context.to_string())
             .env("POD_NAME", "alerts-fn-0")
             .env("POD_NAMESPACE", "default")

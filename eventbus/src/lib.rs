@@ -37,3 +37,13 @@ pub use subject::Subject;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// This process's host name (`HOSTNAME`, else `/etc/hostname`), if it has one: a pod's name in
+/// Kubernetes, the stable per-replica part of consumer and member names.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}

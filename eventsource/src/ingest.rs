@@ -341,14 +341,9 @@ pub fn trace_ingest(
 /// Most upstream messages an adapter publishes and acknowledges together.
 pub const BATCH: usize = 256;
 
-/// This process's host name (`HOSTNAME`, else `/etc/hostname`), if it has one: the stable,
-/// per-replica part of consumer names.
+/// This process's host name, if it has one: the stable, per-replica part of consumer names.
 pub(crate) fn instance_name() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
+    ofe_eventbus::host_name()
 }
 
 /// PEM text as given, or read from the file it names (a mounted Secret, say); `field` names

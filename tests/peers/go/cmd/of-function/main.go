@@ -1,9 +1,14 @@
-// An OpenFunction sync function, written as OpenFunction's own functions are: with
-// functions-framework-go, the Knative runtime, and a CloudEvent handler. It records each event
-// it receives, as the CloudEvents SDK sees it (JSON, one per line), to the file OFE_RECORD
-// names, so a test can compare what ofe delivered with what was sent.
+// An OpenFunction function, written as OpenFunction's own are, on functions-framework-go. Its
+// FUNC_CONTEXT (set as in an OpenFunction pod) picks the runtime:
 //
-// FUNC_CONTEXT configures it as in an OpenFunction pod; its "port" is where it listens.
+//   - Knative: a sync function with a CloudEvent handler, listening on the context's "port";
+//     it records each event as the CloudEvents SDK sees it.
+//   - Async: an async function, a Dapr app served to daprd over gRPC, whose input is a pub/sub
+//     topic; it records each event as the framework hands it over (a Dapr TopicEvent).
+//     DAPR_GRPC_PORT names daprd's gRPC port.
+//
+// Either way each event is appended to the file OFE_RECORD names (JSON, one per line), so a
+// test can compare what ofe delivered with what was sent.
 package main
 
 import (
@@ -23,9 +28,9 @@ var (
 	record *os.File
 )
 
-// Record is the function: it appends the event to OFE_RECORD.
-func Record(ctx context.Context, ce cloudevents.Event) error {
-	line, err := json.Marshal(ce)
+// write appends one event, as JSON, to OFE_RECORD.
+func write(event any) error {
+	line, err := json.Marshal(event)
 	if err != nil {
 		return err
 	}
@@ -35,21 +40,48 @@ func Record(ctx context.Context, ce cloudevents.Event) error {
 	return err
 }
 
+// RecordCloudEvent is the sync function.
+func RecordCloudEvent(ctx context.Context, ce cloudevents.Event) error {
+	return write(ce)
+}
+
+// RecordTopicEvent is the async function.
+func RecordTopicEvent(ctx ofctx.Context, in []byte) (ofctx.Out, error) {
+	e := ctx.GetTopicEvent()
+	if e == nil {
+		return ctx.ReturnOnInternalError(), nil
+	}
+	err := write(map[string]any{
+		"id": e.ID, "specversion": e.SpecVersion, "type": e.Type, "source": e.Source,
+		"subject": e.Subject, "datacontenttype": e.DataContentType, "data": e.Data,
+		"topic": e.Topic, "pubsubname": e.PubsubName, "input": string(in),
+	})
+	if err != nil {
+		return ctx.ReturnOnInternalError(), err
+	}
+	return ctx.ReturnOnSuccess(), nil
+}
+
 func main() {
 	var err error
 	record, err = os.OpenFile(os.Getenv("OFE_RECORD"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		klog.Exit(err)
 	}
-	if _, err := ofctx.GetRuntimeContext(); err != nil {
+	runtime, err := ofctx.GetRuntimeContext()
+	if err != nil {
 		klog.Exit(err)
+	}
+	var function any = RecordCloudEvent
+	if runtime.GetRuntime() == ofctx.Async {
+		function = RecordTopicEvent
 	}
 	ctx := context.Background()
 	fwk, err := framework.NewFramework()
 	if err != nil {
 		klog.Exit(err)
 	}
-	if err := fwk.Register(ctx, Record); err != nil {
+	if err := fwk.Register(ctx, function); err != nil {
 		klog.Exit(err)
 	}
 	if err := fwk.Start(ctx); err != nil {
