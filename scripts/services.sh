@@ -78,7 +78,10 @@ if ! ours; then
     pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
   done
-  sleep 1
+  # Wait until they have let go of their ports, or the start below finds them taken.
+  for port in 14231 14232 14233; do
+    for _ in $(seq 1 100); do up 127.0.0.1 "$port" || break; sleep 0.1; done
+  done
 fi
 if ! ours || ! up 127.0.0.1 14231 || ! up 127.0.0.1 14232 || ! up 127.0.0.1 14233; then
   rm -rf "$cluster"

@@ -29,7 +29,10 @@ mkdir -p "$dir"
 stop_port() { # stops whatever listens on 127.0.0.1:$1
   local pid
   pid=$(ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; sleep 1; fi
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  # Wait until it has let go of the port, or a start right after finds it taken.
+  for _ in $(seq 1 100); do up "$1" || return 0; sleep 0.1; done
+  log "127.0.0.1:$1 is still taken"; return 1
 }
 # A server started from another checkout answers with other credentials: it is not ours to
 # use, so it and its etcd are stopped and started again from here.
