@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ofe_core::EventBus;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
 use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
-use ofe_eventbus::EventBus;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig, MemoryConfig};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
@@ -76,7 +76,7 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> 
 /// and a digest of the data directory (two processes on one host have two), both stable
 /// across restarts.
 fn instance(data_dir: &Path) -> Option<String> {
-    let host = ofe_eventbus::host_name()?;
+    let host = ofe_core::host_name()?;
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     // FNV-1a: the same digest from every build, so an upgrade keeps the name.
     let digest = dir

@@ -65,7 +65,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    ofe_eventbus::install_crypto_provider();
+    ofe_core::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { paths } => Ok(check::validate_command(&paths)),

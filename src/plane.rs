@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ofe_core::health::{Health, ResourceKey};
+use ofe_core::{EventBus, Subject};
 use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
-use ofe_eventbus::health::{Health, ResourceKey};
-use ofe_eventbus::{EventBus, Subject};
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
 use ofe_trigger::{Deliverer, PlanOptions, RetryPolicy, SubscriberLabels, TriggerMetrics};
@@ -444,9 +444,9 @@ impl Plane {
         let task = tokio::spawn(async move {
             loop {
                 match connection.borrow_and_update().clone() {
-                    ofe_eventbus::Connection::Up => reporter.up(up),
-                    ofe_eventbus::Connection::Lost(why) => reporter.down("BusUnreachable", why),
-                    ofe_eventbus::Connection::Storage { reason, message } => {
+                    ofe_core::Connection::Up => reporter.up(up),
+                    ofe_core::Connection::Lost(why) => reporter.down("BusUnreachable", why),
+                    ofe_core::Connection::Storage { reason, message } => {
                         reporter.down(reason, message)
                     }
                 }

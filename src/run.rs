@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ofe_core::health::Health;
 use ofe_crds::manifest::Manifest;
-use ofe_eventbus::health::Health;
 use ofe_eventsource::SourceMetrics;
 use ofe_trigger::{PlanOptions, TriggerMetrics};
 use prometheus_client::registry::Registry;
@@ -106,7 +106,7 @@ impl Process {
     pub async fn start(args: &PlaneArgs, options: PlanOptions) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         // One tap for sources and Triggers, so `ofe tail` sees an event's whole path.
-        let tap = ofe_eventbus::tap::Tap::default();
+        let tap = ofe_core::tap::Tap::default();
         let source_metrics = SourceMetrics { tap: tap.clone(), ..SourceMetrics::default() };
         let trigger_metrics = TriggerMetrics { tap: tap.clone(), ..TriggerMetrics::default() };
         source_metrics.register(&mut registry);

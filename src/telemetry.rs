@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
-use ofe_eventbus::health::Health;
+use ofe_core::health::Health;
 use prometheus_client::registry::Registry;
 
 use crate::console::Console;
@@ -118,7 +118,7 @@ fn init_traces() -> anyhow::Result<Option<Traces>> {
         .with_resource(resource.build())
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    ofe_eventbus::trace::enable();
+    ofe_core::trace::enable();
     let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4318".into());
     // As every URL ofe logs: without a password or query values.
     let shown = reqwest::Url::parse(&endpoint)

@@ -77,7 +77,7 @@ fn daprd(
     if !subscription.is_empty() {
         std::fs::write(resources.join("subscription.yaml"), subscription).expect("write");
     }
-    let port = || ofe_eventbus::testing::free_port().to_string();
+    let port = || ofe_testkit::free_port().to_string();
     KillOnDrop(
         Command::new(support::broker_var("OFE_TEST_DAPRD"))
             .args(["--app-id", app_id, "--app-port", app_port, "--app-protocol", protocol])
@@ -130,7 +130,7 @@ async fn a_topic_reaches_a_dapr_app_with_every_attribute() {
          spec:\n  pubsubname: ofe\n  topic: {topic}\n  routes: {{ default: /alerts }}\n"
     );
     let log = dir.path().join("daprd.log");
-    let grpc = ofe_eventbus::testing::free_port().to_string();
+    let grpc = ofe_testkit::free_port().to_string();
     let _dapr =
         daprd(dir.path(), &nats, ("alerts-app", &app_port, "http"), &subscription, &grpc, &log);
     send_overspeed(&webhook, "overspeed-0001").await;
@@ -168,8 +168,8 @@ async fn a_topic_reaches_an_openfunction_async_function() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut ofe, webhook, topic) = ofe_publishing_to_a_topic(&ns, &nats, dir.path()).await;
     // daprd first: the function connects to it as a Dapr client when it starts.
-    let app_port = ofe_eventbus::testing::free_port().to_string();
-    let grpc = ofe_eventbus::testing::free_port().to_string();
+    let app_port = ofe_testkit::free_port().to_string();
+    let grpc = ofe_testkit::free_port().to_string();
     let log = dir.path().join("daprd.log");
     let _dapr = daprd(dir.path(), &nats, ("alerts-fn", &app_port, "grpc"), "", &grpc, &log);
     // What OpenFunction sets in an async function's pod: its input is the topic, through the

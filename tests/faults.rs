@@ -358,7 +358,7 @@ impl Broker {
         let port = free_addr().port();
         let store = tempfile::tempdir().expect("tempdir");
         let child = KillOnDrop(start(port, store.path()));
-        ofe_eventbus::testing::wait_port(port, "the test's broker").await;
+        ofe_testkit::wait_port(port, "the test's broker").await;
         Self { start: Box::new(start), port, store, child }
     }
 
@@ -370,7 +370,7 @@ impl Broker {
         self.child.0.wait().expect("reap");
         tokio::time::sleep(down).await;
         self.child = KillOnDrop((self.start)(self.port, self.store.path()));
-        ofe_eventbus::testing::wait_port(self.port, "the restarted broker").await;
+        ofe_testkit::wait_port(self.port, "the restarted broker").await;
         killed
     }
 }
@@ -414,7 +414,7 @@ async fn bus_broker_restarts_mid_stream(
 async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
     let binary = support::broker_var("OFE_TEST_NATS_SERVER");
     let broker = Broker::launch(move |port, store| {
-        ofe_eventbus::testing::start_nats_server(&binary, port, store, &[])
+        ofe_testkit::start_nats_server(&binary, port, store, &[])
     })
     .await;
     bus_broker_restarts_mid_stream("JetStream", broker, |ns, port| {
@@ -431,7 +431,7 @@ async fn the_jetstream_broker_restarts_mid_stream_and_nothing_is_lost() {
 async fn the_kafka_broker_restarts_mid_stream_and_nothing_is_lost() {
     let binary = support::broker_var("OFE_TEST_KAFKA_SERVER");
     let broker = Broker::launch(move |port, store| {
-        ofe_eventbus::testing::start_kafka_broker(&binary, port, store, &[])
+        ofe_testkit::start_kafka_broker(&binary, port, store, &[])
     })
     .await;
     bus_broker_restarts_mid_stream("Kafka", broker, |ns, port| {
@@ -536,7 +536,7 @@ async fn the_mqtt_broker_restarts_mid_stream_and_nothing_is_lost() {
     broker.child.0.wait().expect("reap");
     tokio::time::sleep(Duration::from_secs(3)).await;
     broker.child = KillOnDrop((broker.start)(broker.port, broker.store.path()));
-    ofe_eventbus::testing::wait_port(broker.port, "the restarted broker").await;
+    ofe_testkit::wait_port(broker.port, "the restarted broker").await;
     let back = Instant::now();
     publisher.await.expect("publisher");
     let wanted: BTreeSet<String> = payloads(0..total).into_iter().collect();

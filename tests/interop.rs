@@ -147,7 +147,7 @@ async fn ofe_with_webhook(
 async fn serve(mut command: Command, port: u16) -> KillOnDrop {
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("a Go peer");
     let child = KillOnDrop(child);
-    ofe_eventbus::testing::wait_port(port, "the Go peer").await;
+    ofe_testkit::wait_port(port, "the Go peer").await;
     child
 }
 
@@ -159,7 +159,7 @@ async fn serve(mut command: Command, port: u16) -> KillOnDrop {
 async fn an_openfunction_function_on_functions_framework_go_receives_what_was_sent() {
     let work = tempfile::tempdir().expect("tempdir");
     let record = work.path().join("function.jsonl");
-    let port = ofe_eventbus::testing::free_port();
+    let port = ofe_testkit::free_port();
     // What OpenFunction sets in a sync function's pod (the Knative runtime): the function's
     // context, and the pod's name and namespace, which the framework requires.
     let context = json!({
@@ -200,7 +200,7 @@ async fn an_openfunction_function_on_functions_framework_go_receives_what_was_se
 async fn the_cloudevents_go_sdk_sends_in_every_mode_and_receives_every_attribute() {
     let work = tempfile::tempdir().expect("tempdir");
     let record = work.path().join("received.jsonl");
-    let port = ofe_eventbus::testing::free_port();
+    let port = ofe_testkit::free_port();
     let mut command = Command::new(peer("ce-sdk"));
     command.arg("receive").arg(port.to_string()).arg(&record);
     let _receiver = serve(command, port).await;
@@ -252,7 +252,7 @@ async fn the_sdks_kafka_binding_reads_ofes_bus_records_and_writes_what_the_kafka
 
     // The SDK writes records; ofe's Kafka source takes them, and a Trigger delivers them.
     let record = work.path().join("from-kafka.jsonl");
-    let port = ofe_eventbus::testing::free_port();
+    let port = ofe_testkit::free_port();
     let mut command = Command::new(&sdk);
     command.arg("receive").arg(port.to_string()).arg(&record);
     let _receiver = serve(command, port).await;

@@ -101,8 +101,7 @@ async fn broker_restart_while_running_loses_nothing_and_logs_a_clear_pair() {
     let binary = support::broker_var("OFE_TEST_NATS_SERVER");
     let port = free_addr().port();
     let store = tempfile::tempdir().expect("tempdir");
-    let start_server =
-        || ofe_eventbus::testing::start_nats_server(&binary, port, store.path(), &[]);
+    let start_server = || ofe_testkit::start_nats_server(&binary, port, store.path(), &[]);
     let mut server = start_server();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dir = tempfile::tempdir().expect("tempdir");

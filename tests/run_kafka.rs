@@ -69,11 +69,11 @@ async fn kill_9_during_a_kafka_stream_loses_nothing() {
 async fn a_broker_outage_is_a_clear_pair_of_lines_not_a_flood() {
     use std::time::Duration;
     let binary = support::broker_var("OFE_TEST_KAFKA_SERVER");
-    let port = ofe_eventbus::testing::free_port();
+    let port = ofe_testkit::free_port();
     let store = tempfile::tempdir().expect("tempdir");
-    let start = || ofe_eventbus::testing::start_kafka_broker(&binary, port, store.path(), &[]);
-    let mut broker = ofe_eventbus::testing::ChildGuard(start());
-    ofe_eventbus::testing::wait_port(port, "the test's Kafka broker").await;
+    let start = || ofe_testkit::start_kafka_broker(&binary, port, store.path(), &[]);
+    let mut broker = ofe_testkit::ChildGuard(start());
+    ofe_testkit::wait_port(port, "the test's Kafka broker").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, receiver, mut ofe, listen, log) = support::logged_cron_flow(dir.path(), |ns| {
         support::kafka_bus(ns, &format!("127.0.0.1:{port}"))
@@ -88,7 +88,7 @@ async fn a_broker_outage_is_a_clear_pair_of_lines_not_a_flood() {
     broker.0.wait().expect("reap");
     support::wait_ready_status(listen, "Trigger", "route", "False").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    broker = ofe_eventbus::testing::ChildGuard(start());
+    broker = ofe_testkit::ChildGuard(start());
     support::wait_ready_status(listen, "Trigger", "route", "True").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The log of the outage, before the process stops (stopping closes its clients).

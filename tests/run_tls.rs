@@ -93,7 +93,7 @@ fn run(dir: &Path, yaml: &str, tls: &[&str]) -> (KillOnDrop, SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_sinks_trust_the_given_ca_and_get_the_client_certificate() {
     let certs = tempfile::tempdir().expect("tempdir");
-    ofe_eventbus::testing::certificates(certs.path());
+    ofe_testkit::certificates(certs.path());
     let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
     let subscribers = "  - condition: tick\n    sink: { uri: \"BASE/fn\" }";
 

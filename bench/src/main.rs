@@ -31,9 +31,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::serve::ListenerExt as _;
 use clap::{Parser, Subcommand};
+use ofe_core::{EventBus, Subject, SubscribeOptions};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
-use ofe_eventbus::{EventBus, Subject, SubscribeOptions};
 
 /// Event size, as the workloads specify.
 const EVENT_BYTES: usize = 1024;
@@ -911,7 +911,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn main() -> anyhow::Result<()> {
-    ofe_eventbus::install_crypto_provider();
+    ofe_core::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(Internal::Forwarder { listen, to }) = cli.command {

@@ -295,3 +295,17 @@ impl EventBusSpec {
         set
     }
 }
+
+/// The API's TLS fields as the core's connection settings: the one place they are mapped.
+impl From<&TlsSpec> for ofe_core::TlsFiles {
+    fn from(tls: &TlsSpec) -> Self {
+        Self {
+            ca_file: tls.ca_file.as_ref().map(Into::into),
+            client: tls
+                .cert_file
+                .as_ref()
+                .zip(tls.key_file.as_ref())
+                .map(|(c, k)| (c.into(), k.into())),
+        }
+    }
+}

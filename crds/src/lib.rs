@@ -8,9 +8,9 @@
 //!   [`diagnostic::Diagnostic`] that names the file, document and field path.
 //! - [`validate`]: structural checks; the CEL and cron checks live beside their engines.
 //! - [`duration`]: Go-style durations (`5s`, `1h30m`), the format OpenFunction uses.
-//! - [`status`]: conditions kept one per type and updated in place, with `Ready` summing up.
 //!
-//! This crate sits at the bottom of the workspace and depends on no other ofe crate.
+//! This crate depends only on `ofe-core`, whose settings it maps its specs onto (e.g. TLS
+//! files) and whose status [`Condition`] it embeds.
 
 // kube-derive's `printcolumn(...)` repeats `type_ = ...` once per column by design.
 #![allow(clippy::duplicated_attributes)]
@@ -23,7 +23,6 @@ pub mod eventbus;
 pub mod eventsource;
 pub mod manifest;
 mod schema;
-pub mod status;
 pub mod trigger;
 pub mod validate;
 

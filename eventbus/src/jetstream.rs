@@ -34,13 +34,13 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::bus::Connection;
-use crate::bus::{
+use ofe_core::Connection;
+use ofe_core::state::{StateError, StateStore, Versioned};
+use ofe_core::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
     TlsFiles,
 };
-use crate::state::{StateError, StateStore, Versioned};
-use crate::{Subject, event};
+use ofe_core::{Subject, event};
 use tokio::sync::watch;
 
 /// How a client authenticates to NATS. Its `Debug` shows no secret.

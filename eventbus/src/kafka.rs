@@ -37,11 +37,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::bus::{
+use ofe_core::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
     TlsFiles,
 };
-use crate::{Subject, event};
+use ofe_core::{Subject, event};
 
 /// SASL settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +147,7 @@ pub struct KafkaBus {
     /// The join state store, opened on first use.
     state: Arc<tokio::sync::OnceCell<Arc<crate::kafka_state::KafkaState>>>,
     /// Whether the brokers answer, as the probe last found.
-    connection: Arc<tokio::sync::watch::Sender<crate::Connection>>,
+    connection: Arc<tokio::sync::watch::Sender<ofe_core::Connection>>,
     /// Per consumer group, a client that reads its committed offsets for [`EventBus::lag`].
     lag_readers: Arc<Mutex<HashMap<String, Arc<BaseConsumer<Quiet>>>>>,
 }
@@ -163,7 +163,7 @@ fn probe(
     producer: FutureProducer<Quiet>,
     topic: String,
     brokers: String,
-    state: std::sync::Weak<tokio::sync::watch::Sender<crate::Connection>>,
+    state: std::sync::Weak<tokio::sync::watch::Sender<ofe_core::Connection>>,
 ) {
     tokio::spawn(async move {
         loop {
@@ -175,9 +175,9 @@ fn probe(
             })
             .await;
             let now = match answer {
-                Ok(Ok(())) => crate::Connection::Up,
+                Ok(Ok(())) => ofe_core::Connection::Up,
                 Ok(Err(e)) => {
-                    crate::Connection::Lost(format!("Kafka at {brokers} does not answer: {e}"))
+                    ofe_core::Connection::Lost(format!("Kafka at {brokers} does not answer: {e}"))
                 }
                 Err(_) => return,
             };
@@ -185,11 +185,11 @@ fn probe(
                 let changed = *was != now;
                 if changed {
                     match &now {
-                        crate::Connection::Up => {
+                        ofe_core::Connection::Up => {
                             tracing::info!(%brokers, "Kafka bus reachable again")
                         }
-                        crate::Connection::Lost(why)
-                        | crate::Connection::Storage { message: why, .. } => {
+                        ofe_core::Connection::Lost(why)
+                        | ofe_core::Connection::Storage { message: why, .. } => {
                             tracing::warn!(%brokers, error = %why, "Kafka bus unreachable")
                         }
                     }
@@ -279,7 +279,7 @@ impl KafkaBus {
             .map_err(unavailable)?
             .map_err(|e| unavailable(format!("cannot read metadata of {topic}: {e}")))?
         };
-        let connection = Arc::new(tokio::sync::watch::channel(crate::Connection::Up).0);
+        let connection = Arc::new(tokio::sync::watch::channel(ofe_core::Connection::Up).0);
         probe(producer.clone(), topic.clone(), config.brokers.clone(), Arc::downgrade(&connection));
         Ok(Self {
             config: Arc::new(config),
@@ -496,7 +496,7 @@ impl EventBus for KafkaBus {
         }))
     }
 
-    async fn state_store(&self) -> Result<Option<Arc<dyn crate::StateStore>>, BusError> {
+    async fn state_store(&self) -> Result<Option<Arc<dyn ofe_core::StateStore>>, BusError> {
         let state = self
             .state
             .get_or_try_init(|| async {
@@ -508,7 +508,7 @@ impl EventBus for KafkaBus {
         Ok(Some(state.clone()))
     }
 
-    fn connection(&self) -> tokio::sync::watch::Receiver<crate::Connection> {
+    fn connection(&self) -> tokio::sync::watch::Receiver<ofe_core::Connection> {
         self.connection.subscribe()
     }
 

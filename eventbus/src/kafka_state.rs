@@ -27,9 +27,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
 
-use crate::BusError;
 use crate::kafka::KafkaConfig;
-use crate::state::{StateError, StateStore, Versioned};
+use ofe_core::BusError;
+use ofe_core::state::{StateError, StateStore, Versioned};
 
 /// How long a writer waits to read its own record back.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader as _;
+use ofe_core::{EventBus, Subject};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::testing::{self, sample_event, subscribe};
-use ofe_eventbus::{EventBus, Subject};
+use ofe_testkit::{self as testing, sample_event, subscribe};
 
 fn open(dir: &std::path::Path) -> EmbeddedBus {
     EmbeddedBus::open(EmbeddedConfig::new(dir)).expect("open embedded bus")
@@ -18,7 +18,7 @@ async fn fresh() -> Arc<dyn EventBus> {
     Arc::new(open(&dir))
 }
 
-ofe_eventbus::conformance_suite!(connect: fresh().await, settle: Duration::ZERO);
+ofe_testkit::conformance_suite!(connect: fresh().await, settle: Duration::ZERO);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reports_duplicates() {
@@ -73,14 +73,14 @@ async fn new_consumer_starts_at_new_and_remembers_it() {
     {
         let bus = open(dir.path());
         bus.publish(&s, &sample_event("old", 0)).await.expect("publish");
-        let options = ofe_eventbus::SubscribeOptions::new("late", vec![s.clone()]);
+        let options = ofe_core::SubscribeOptions::new("late", vec![s.clone()]);
         let mut sub = bus.subscribe(options).await.expect("subscribe");
         testing::assert_quiet(&mut sub, Duration::from_millis(200)).await;
         bus.publish(&s, &sample_event("during", 1)).await.expect("publish");
         bus.close().await.expect("close");
     }
     let bus = open(dir.path());
-    let options = ofe_eventbus::SubscribeOptions::new("late", vec![s.clone()]);
+    let options = ofe_core::SubscribeOptions::new("late", vec![s.clone()]);
     let mut sub = bus.subscribe(options).await.expect("subscribe");
     let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await
@@ -116,7 +116,7 @@ async fn closed_bus_refuses_work() {
     let mut sub = subscribe(&bus, "c", &s, 1).await;
     bus.close().await.expect("close");
     assert!(bus.publish(&s, &sample_event("x", 0)).await.is_err());
-    assert!(matches!(sub.next().await, Err(ofe_eventbus::BusError::Closed)));
+    assert!(matches!(sub.next().await, Err(ofe_core::BusError::Closed)));
 }
 
 /// The generic restart check of the suite, as every backend runs it.
@@ -134,7 +134,7 @@ async fn suite_restart_resumes_after_the_last_ack() {
 /// and carries on from where it was; while someone reads it, its subjects are fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_consumer_can_change_its_subjects() {
-    use ofe_eventbus::{BusError, SubscribeOptions};
+    use ofe_core::{BusError, SubscribeOptions};
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = open(dir.path());
     let (a, b) = (Subject::event("ns", "a", "e"), Subject::event("ns", "b", "e"));

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ofe_eventbus::EventBus;
+use ofe_core::EventBus;
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
-use ofe_eventbus::testing;
+use ofe_testkit as testing;
 
 async fn connect(url: &str) -> JetStreamBus {
     let mut config = JetStreamConfig::new(url);
@@ -34,7 +34,7 @@ macro_rules! per_server {
                 Arc::new(connect(&url()).await)
             }
 
-            ofe_eventbus::conformance_suite!(
+            ofe_testkit::conformance_suite!(
                 connect: bus().await,
                 settle: Duration::ZERO,
                 needs: $cfg = $why,
@@ -110,7 +110,7 @@ impl Server {
     }
 
     fn start(binary: &str, port: u16, dir: &tempfile::TempDir) -> std::process::Child {
-        ofe_eventbus::testing::start_nats_server(binary, port, dir.path(), &[])
+        ofe_testkit::start_nats_server(binary, port, dir.path(), &[])
     }
 
     /// kill -9, then start again on the same port and store.
@@ -138,7 +138,7 @@ impl Drop for Server {
 )]
 async fn broker_restart_loses_nothing() {
     let binary = testing::broker_var("OFE_TEST_NATS_SERVER");
-    let port = ofe_eventbus::testing::free_port();
+    let port = ofe_testkit::free_port();
     let mut server = Server::spawn(&binary, port, tempfile::tempdir().expect("tempdir"));
     let url = format!("nats://127.0.0.1:{port}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -164,7 +164,7 @@ async fn a_consumer_under_its_old_name_carries_on() {
     let url = testing::broker_var("OFE_TEST_NATS");
     let bus = connect(&url).await;
     let prefix = testing::unique("rename");
-    let subject = ofe_eventbus::Subject::event("ns", &prefix, "e");
+    let subject = ofe_core::Subject::event("ns", &prefix, "e");
     for n in 0..5 {
         bus.publish(&subject, &testing::sample_event(&format!("{prefix}-{n}"), n))
             .await
@@ -215,7 +215,7 @@ async fn structured_topics_are_json_cloudevents_in_the_payload() {
     config.structured_topics = true;
     let bus = JetStreamBus::connect(config).await.expect("connect");
     let ns = testing::unique("structured");
-    let topic = ofe_eventbus::Subject::topic(&ns, "alerts");
+    let topic = ofe_core::Subject::topic(&ns, "alerts");
     let event = |id: &str| {
         EventBuilderV10::new()
             .id(id)
@@ -258,12 +258,12 @@ async fn structured_topics_are_json_cloudevents_in_the_payload() {
         assert_eq!(d.event.ty(), "com.example.overspeed");
         assert_eq!(d.event.subject(), Some("trip-7"));
         assert_eq!(d.event.extension("vehicleid").map(ToString::to_string).as_deref(), Some("42"));
-        assert_eq!(ofe_eventbus::event::data_bytes(&d.event), br#"{"kmh":131}"#.to_vec());
+        assert_eq!(ofe_core::event::data_bytes(&d.event), br#"{"kmh":131}"#.to_vec());
         d.ack().await.expect("ack");
     }
 
     // An EventSource's events stay in binary mode.
-    let source = ofe_eventbus::Subject::event(&ns, "gateway", "telemetry");
+    let source = ofe_core::Subject::event(&ns, "gateway", "telemetry");
     bus.publish(&source, &event("binary")).await.expect("publish");
     let raw = stream.get_last_raw_message_by_subject(&source.to_string()).await.expect("stored");
     assert_eq!(raw.headers.get("ce-id").map(|v| v.as_str()), Some("binary"));

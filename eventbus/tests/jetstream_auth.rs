@@ -3,18 +3,17 @@
 
 use std::time::Duration;
 
+use ofe_core::{EventBus, Subject, TlsFiles};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
-use ofe_eventbus::testing::{ChildGuard, sample_event, subscribe};
-use ofe_eventbus::{EventBus, Subject, TlsFiles};
+use ofe_testkit::{ChildGuard, sample_event, subscribe};
 
 /// Starts a JetStream server requiring `extra`; returns it and its port.
 async fn server(extra: &[&str]) -> (ChildGuard, u16, tempfile::TempDir) {
-    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_NATS_SERVER");
-    let port = ofe_eventbus::testing::free_port();
+    let binary = ofe_testkit::broker_var("OFE_TEST_NATS_SERVER");
+    let port = ofe_testkit::free_port();
     let store = tempfile::tempdir().expect("tempdir");
-    let server =
-        ChildGuard(ofe_eventbus::testing::start_nats_server(&binary, port, store.path(), extra));
-    ofe_eventbus::testing::wait_port(port, "nats-server").await;
+    let server = ChildGuard(ofe_testkit::start_nats_server(&binary, port, store.path(), extra));
+    ofe_testkit::wait_port(port, "nats-server").await;
     (server, port, store)
 }
 
@@ -73,7 +72,7 @@ async fn token() {
 )]
 async fn tls_with_a_private_ca() {
     let certs = tempfile::tempdir().expect("tempdir");
-    ofe_eventbus::testing::certificates(certs.path());
+    ofe_testkit::certificates(certs.path());
     let cert = certs.path().join("server.pem");
     let key = certs.path().join("server.key");
     let tls_args = [

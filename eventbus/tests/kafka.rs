@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use cloudevents::AttributesReader;
 
-use ofe_eventbus::EventBus;
+use ofe_core::EventBus;
 use ofe_eventbus::kafka::{KafkaBus, KafkaConfig};
-use ofe_eventbus::testing;
+use ofe_testkit as testing;
 
 fn brokers() -> String {
     testing::broker_var("OFE_TEST_KAFKA")
@@ -33,7 +33,7 @@ async fn bus(test: &str) -> Arc<dyn EventBus> {
 }
 
 // A consumer group takes a few seconds to form.
-ofe_eventbus::conformance_suite!(
+ofe_testkit::conformance_suite!(
     connect: bus("suite").await,
     settle: std::time::Duration::from_secs(5),
     needs: ofe_test_kafka = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)",
@@ -78,7 +78,7 @@ impl Broker {
     /// started with the launcher's arguments `extra`, and listening.
     async fn launch(extra: &[&str]) -> Self {
         let binary = testing::broker_var("OFE_TEST_KAFKA_SERVER");
-        let port = ofe_eventbus::testing::free_port();
+        let port = ofe_testkit::free_port();
         let store = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(ToString::to_string).collect();
         let child = testing::start_kafka_broker(&binary, port, store.path(), &extra);
@@ -127,7 +127,7 @@ async fn broker_restart_loses_nothing() {
     ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
 )]
 async fn the_connection_follows_the_broker() {
-    use ofe_eventbus::{Connection, EventBus};
+    use ofe_core::{Connection, EventBus};
     use std::time::Duration;
     let mut broker = Broker::launch(&[]).await;
     let port = broker.port;
@@ -157,7 +157,7 @@ async fn the_connection_follows_the_broker() {
 /// Publishes one event and reads it back through `bus`: the whole path works.
 async fn round_trip(bus: &KafkaBus, name: &str) {
     use std::time::Duration;
-    let s = ofe_eventbus::Subject::event("ns", name, "e");
+    let s = ofe_core::Subject::event("ns", name, "e");
     let mut sub = testing::subscribe(bus, &format!("{name}-c"), &s, 8).await;
     bus.publish(&s, &testing::sample_event(&format!("{name}-1"), 1)).await.expect("publish");
     let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
@@ -206,7 +206,7 @@ async fn sasl_scram_and_a_wrong_password() {
         Err(e) => e,
     };
     let took = started.elapsed();
-    assert!(matches!(refused, ofe_eventbus::BusError::Config(_)), "{refused:?}");
+    assert!(matches!(refused, ofe_core::BusError::Config(_)), "{refused:?}");
     let text = refused.to_string();
     assert!(text.contains("refused the connection"), "{text}");
     assert!(text.contains("Authentication failed"), "the broker's reason: {text}");
@@ -223,7 +223,7 @@ async fn sasl_scram_and_a_wrong_password() {
     ignore = "needs OFE_TEST_KAFKA_SERVER (scripts/test.sh starts the services)"
 )]
 async fn tls_with_the_brokers_ca() {
-    use ofe_eventbus::TlsFiles;
+    use ofe_core::TlsFiles;
     let certs = tempfile::tempdir().expect("tempdir");
     testing::certificates(certs.path());
     // Kafka reads a PEM key store: the (PKCS#8, unencrypted) key followed by the certificate.
@@ -260,7 +260,7 @@ async fn tls_with_the_brokers_ca() {
     ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
 )]
 async fn replicas_share_state_and_agree_on_who_won() {
-    use ofe_eventbus::StateError;
+    use ofe_core::StateError;
     let brokers = brokers();
     let config = config(&brokers, "state-replicas");
     let first = connect(config.clone()).await;
@@ -269,7 +269,7 @@ async fn replicas_share_state_and_agree_on_who_won() {
         first.state_store().await.expect("state").expect("a store"),
         second.state_store().await.expect("state").expect("a store"),
     );
-    let key = ofe_eventbus::state_key(&["ns", "join", "0", "car-1"]);
+    let key = ofe_core::state_key(&["ns", "join", "0", "car-1"]);
     let created = a.put(&key, b"telemetry".to_vec(), None).await.expect("create");
     let mut seen = None;
     for _ in 0..100 {
@@ -325,10 +325,10 @@ async fn a_member_joining_mid_stream_loses_nothing_and_keeps_order_per_key() {
     let brokers = brokers();
     let config = config(&brokers, "rebalance");
     let first = connect(config.clone()).await;
-    let subject = ofe_eventbus::Subject::event("ns", "rebalance", "e");
+    let subject = ofe_core::Subject::event("ns", "rebalance", "e");
     // (member, key, n) in the order the members received them, across both.
     let seen: Arc<Mutex<Vec<(usize, u64, u64)>>> = Arc::default();
-    let consume = |member: usize, mut sub: Box<dyn ofe_eventbus::Subscription>| {
+    let consume = |member: usize, mut sub: Box<dyn ofe_core::Subscription>| {
         let seen = seen.clone();
         tokio::spawn(async move {
             while let Ok(d) = sub.next().await {

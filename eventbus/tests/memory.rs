@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader as _;
+use ofe_core::{EventBus, Subject};
 use ofe_eventbus::embedded::{EmbeddedBus, MemoryConfig};
-use ofe_eventbus::testing::{self, sample_event, subscribe};
-use ofe_eventbus::{EventBus, Subject};
+use ofe_testkit::{self as testing, sample_event, subscribe};
 
 async fn fresh() -> Arc<dyn EventBus> {
     Arc::new(EmbeddedBus::in_memory(MemoryConfig::default()))
 }
 
-ofe_eventbus::conformance_suite!(connect: fresh().await, settle: Duration::ZERO);
+ofe_testkit::conformance_suite!(connect: fresh().await, settle: Duration::ZERO);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reports_duplicates() {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
-use ofe_eventbus::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
-use ofe_eventbus::trace::SpanKind;
-use ofe_eventbus::{BusError, EventBus, Subject};
+use ofe_core::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
+use ofe_core::trace::SpanKind;
+use ofe_core::{BusError, EventBus, Subject};
 use tokio_util::sync::CancellationToken;
 
 use crate::Schedule;

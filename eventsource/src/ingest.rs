@@ -17,9 +17,9 @@
 
 use chrono::{DateTime, Utc};
 use cloudevents::Event;
-use ofe_eventbus::event::{self, EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
-use ofe_eventbus::health::Reporter;
-use ofe_eventbus::trace::{self, KeyValue, Span, SpanKind};
+use ofe_core::event::{self, EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
+use ofe_core::health::Reporter;
+use ofe_core::trace::{self, KeyValue, Span, SpanKind};
 
 use crate::cron::source_uri;
 use crate::metrics::EventLabels;
@@ -110,8 +110,8 @@ impl Origin {
     }
 
     /// The bus subject of this EventSource event.
-    pub fn subject(&self) -> ofe_eventbus::Subject {
-        ofe_eventbus::Subject::event(
+    pub fn subject(&self) -> ofe_core::Subject {
+        ofe_core::Subject::event(
             &self.labels.namespace,
             &self.labels.eventsource,
             &self.labels.event,
@@ -121,7 +121,7 @@ impl Origin {
     /// A publisher of this EventSource event's events to `bus`.
     pub fn publisher<'a>(
         &'a self,
-        bus: &'a dyn ofe_eventbus::EventBus,
+        bus: &'a dyn ofe_core::EventBus,
         metrics: &'a crate::SourceMetrics,
         shutdown: &'a tokio_util::sync::CancellationToken,
     ) -> Publisher<'a> {
@@ -247,9 +247,9 @@ impl Origin {
 /// subject and metric labels, and the shutdown signal that ends retries.
 pub struct Publisher<'a> {
     /// The bus.
-    pub bus: &'a dyn ofe_eventbus::EventBus,
+    pub bus: &'a dyn ofe_core::EventBus,
     /// The EventSource event's subject.
-    pub subject: ofe_eventbus::Subject,
+    pub subject: ofe_core::Subject,
     /// The EventSource event's metric labels.
     pub labels: &'a EventLabels,
     /// Counters.
@@ -310,9 +310,9 @@ impl IngestSpans {
 pub fn trace_ingest(
     event: &Event,
     labels: &EventLabels,
-    subject: &ofe_eventbus::Subject,
+    subject: &ofe_core::Subject,
     kind: SpanKind,
-    parent: Option<ofe_eventbus::trace::Context>,
+    parent: Option<ofe_core::trace::Context>,
 ) -> (IngestSpans, Option<Event>) {
     if !trace::enabled() {
         return (IngestSpans::default(), None);
@@ -343,7 +343,7 @@ pub const BATCH: usize = 256;
 
 /// This process's host name, if it has one: the stable, per-replica part of consumer names.
 pub(crate) fn instance_name() -> Option<String> {
-    ofe_eventbus::host_name()
+    ofe_core::host_name()
 }
 
 /// PEM text as given, or read from the file it names (a mounted Secret, say); `field` names

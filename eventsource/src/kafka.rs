@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
+use ofe_core::EventBus;
 use ofe_crds::KafkaSpec;
-use ofe_eventbus::EventBus;
 use ofe_eventbus::kafka::Quiet;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};

@@ -21,10 +21,10 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+use ofe_core::EventBus;
+use ofe_core::health::{Health, Reporter, ResourceKey};
 use ofe_crds::EventSource;
 use ofe_crds::diagnostic::Diagnostic;
-use ofe_eventbus::EventBus;
-use ofe_eventbus::health::{Health, Reporter, ResourceKey};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -7,8 +7,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use ofe_eventbus::Event;
-use ofe_eventbus::tap::{Origin, Stage, Tap};
+use ofe_core::Event;
+use ofe_core::tap::{Origin, Stage, Tap};
 
 /// Labels naming one event of one EventSource.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

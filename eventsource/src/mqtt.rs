@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::Event;
+use ofe_core::EventBus;
 use ofe_crds::MqttSpec;
-use ofe_eventbus::EventBus;
 use rumqttc::v5::mqttbytes::v5::Publish as PublishV5;
 use rumqttc::{Publish, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
+use ofe_core::{EventBus, TlsFiles};
 use ofe_crds::NatsSourceSpec;
 use ofe_eventbus::jetstream::{NatsAuth, connect_client};
-use ofe_eventbus::{EventBus, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;

@@ -28,9 +28,9 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use cloudevents::Event;
 use hmac::{Hmac, Mac};
+use ofe_core::trace::SpanKind;
+use ofe_core::{EventBus, Subject};
 use ofe_crds::EventSource;
-use ofe_eventbus::trace::SpanKind;
-use ofe_eventbus::{EventBus, Subject};
 use sha2::Sha256;
 
 use crate::SourceError;
@@ -248,12 +248,12 @@ async fn handle(
     let metrics = &routes.metrics;
     let count = events.len();
     // The request's own trace context is the hop before this one.
-    let parent = ofe_eventbus::trace::enabled()
+    let parent = ofe_core::trace::enabled()
         .then(|| headers.get("traceparent").and_then(|v| v.to_str().ok()))
         .flatten()
         .and_then(|p| {
             let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
-            ofe_eventbus::trace::remote(p, state)
+            ofe_core::trace::remote(p, state)
         });
     for event in events {
         metrics.received.get_or_create(&hook.origin.labels).inc();

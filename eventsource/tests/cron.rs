@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cloudevents::AttributesReader;
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::{CronSource, Schedule, SourceMetrics};
 use tokio_util::sync::CancellationToken;
 

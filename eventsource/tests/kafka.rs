@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader;
+use ofe_core::{Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_crds::KafkaSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::kafka::KafkaSource;
 use rdkafka::ClientConfig;
@@ -24,7 +24,7 @@ fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    ofe_eventbus::testing::next_within(sub, Duration::from_secs(20)).await
+    ofe_testkit::next_within(sub, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +33,7 @@ async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
     ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
 )]
 async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
-    let brokers = ofe_eventbus::testing::broker_var("OFE_TEST_KAFKA");
+    let brokers = ofe_testkit::broker_var("OFE_TEST_KAFKA");
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("ofe-src-{run}");
     let mut client = ClientConfig::new();
@@ -111,7 +111,7 @@ async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
         "the message key is the partition key"
     );
     assert_eq!(
-        ofe_eventbus::event::data_bytes(&plain.event),
+        ofe_core::event::data_bytes(&plain.event),
         br#"{"vehicleId":"v42","speed":131}"#.to_vec()
     );
     let binary = next(&mut sub).await;
@@ -133,7 +133,7 @@ async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
     let invalid = next(&mut sub).await;
     let reason = invalid.event.extension("ofeinvalid").map(ToString::to_string);
     assert!(reason.as_deref().is_some_and(|r| r.contains("binary-mode")), "{reason:?}");
-    assert_eq!(ofe_eventbus::event::data_bytes(&invalid.event), b"x".to_vec());
+    assert_eq!(ofe_core::event::data_bytes(&invalid.event), b"x".to_vec());
     for d in [plain, binary, structured, invalid] {
         d.ack().await.expect("ack");
     }
@@ -146,8 +146,8 @@ async fn kafka_messages_reach_the_bus_and_offsets_follow_the_bus() {
     let task = tokio::spawn(source.run(shared, metrics.clone(), shutdown.clone()));
     // The restarted member has the same static instance id; the broker may hand its partitions back
     // only after the old member's session (10 s) times out, so allow for that and a rebalance.
-    let resumed = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(60)).await;
-    assert_eq!(ofe_eventbus::event::data_bytes(&resumed.event), b"after-restart".to_vec());
+    let resumed = ofe_testkit::next_within(&mut sub, Duration::from_secs(60)).await;
+    assert_eq!(ofe_core::event::data_bytes(&resumed.event), b"after-restart".to_vec());
     resumed.ack().await.expect("ack");
     // The bus would drop repeats by id, so count what the source took from Kafka instead.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader;
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_crds::MqttSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::mqtt::MqttSource;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
     ignore = "needs OFE_TEST_MQTT (scripts/test.sh starts the services)"
 )]
 async fn mqtt_messages_reach_the_bus_as_cloudevents() {
-    let url = ofe_eventbus::testing::broker_var("OFE_TEST_MQTT");
+    let url = ofe_testkit::broker_var("OFE_TEST_MQTT");
     let run = uuid::Uuid::new_v4().simple().to_string();
     let spec = MqttSpec {
         url: url.replace("mqtt://", "tcp://"),
@@ -56,9 +56,9 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
     let shutdown = CancellationToken::new();
     let task =
         tokio::spawn(source.run(Arc::new(bus.clone()), SourceMetrics::default(), shutdown.clone()));
-    let not_retained = |d: &ofe_eventbus::Delivery| {
+    let not_retained = |d: &ofe_core::Delivery| {
         assert_ne!(
-            ofe_eventbus::event::data_bytes(&d.event),
+            ofe_core::event::data_bytes(&d.event),
             b"retained-old".to_vec(),
             "a retained message became an event (retain: false)"
         );
@@ -86,13 +86,12 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
     let structured = r#"{"specversion":"1.0","id":"ce-7","source":"/fleet/42","type":"com.example.telemetry","traceparent":"00-aa-bb-01","data":{"speed":99}}"#;
     client.publish(&topic, QoS::AtLeastOnce, false, structured).await.expect("publish");
 
-    let mut next =
-        async || ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(10)).await;
+    let mut next = async || ofe_testkit::next_within(&mut sub, Duration::from_secs(10)).await;
     let first = next().await;
     assert_eq!(first.event.ty(), "io.openfunction.events.mqtt");
     assert_eq!(first.event.subject(), Some(topic.as_str()), "the MQTT topic is the subject");
     assert_eq!(first.event.datacontenttype(), Some("application/json"));
-    assert_eq!(ofe_eventbus::event::data_bytes(&first.event), plain, "payload bytes unchanged");
+    assert_eq!(ofe_core::event::data_bytes(&first.event), plain, "payload bytes unchanged");
     assert_eq!(
         first.event.extension("ofeeventsource").map(ToString::to_string).as_deref(),
         Some("fleet")
@@ -118,7 +117,7 @@ async fn mqtt_messages_reach_the_bus_as_cloudevents() {
 )]
 async fn mqtt5_binary_mode_and_shared_subscriptions() {
     use rumqttc::v5::mqttbytes::v5::PublishProperties;
-    let url = ofe_eventbus::testing::broker_var("OFE_TEST_MQTT");
+    let url = ofe_testkit::broker_var("OFE_TEST_MQTT");
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("ofe-test5/{run}/car");
     let broker = ofe_eventsource::mqtt::parse_url(&url).expect("url");
@@ -203,7 +202,7 @@ async fn mqtt5_binary_mode_and_shared_subscriptions() {
     let mut by_replica = std::collections::BTreeMap::<String, usize>::new();
     let mut ids = std::collections::BTreeSet::new();
     while total < 10 {
-        let d = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(10)).await;
+        let d = ofe_testkit::next_within(&mut sub, Duration::from_secs(10)).await;
         assert_eq!(d.event.source().to_string(), "/fleet/car-5", "binary mode keeps the source");
         assert_eq!(d.event.ty(), "com.example.telemetry");
         assert_eq!(d.event.datacontenttype(), Some("application/json"));

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader;
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_crds::MqttSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::testing::{ChildGuard, free_port, wait_port};
-use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::mqtt::MqttSource;
+use ofe_testkit::{ChildGuard, free_port, wait_port};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
     ignore = "needs OFE_TEST_MOSQUITTO_SERVER (scripts/test.sh starts the services)"
 )]
 async fn tls_with_a_private_ca_and_websocket() {
-    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_MOSQUITTO_SERVER");
+    let binary = ofe_testkit::broker_var("OFE_TEST_MOSQUITTO_SERVER");
     let dir = tempfile::tempdir().expect("tempdir");
-    ofe_eventbus::testing::certificates(dir.path());
+    ofe_testkit::certificates(dir.path());
     // Mosquitto started as root drops to its own user, which must be able to read the files.
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -105,7 +105,7 @@ async fn tls_with_a_private_ca_and_websocket() {
                 .expect("publish");
         }
         while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
-            let body = ofe_eventbus::event::data_bytes(&d.event);
+            let body = ofe_core::event::data_bytes(&d.event);
             assert_eq!(
                 d.event.subject().map(|s| s.trim_start_matches("transport/").as_bytes().to_vec()),
                 Some(body.clone())

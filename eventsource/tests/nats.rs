@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use cloudevents::AttributesReader;
+use ofe_core::{Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_crds::{NatsJetStreamSourceSpec, NatsSourceSpec};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::metrics::EventLabels;
 use ofe_eventsource::nats::NatsSource;
@@ -24,7 +24,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let url = ofe_eventbus::testing::broker_var("OFE_TEST_NATS");
+    let url = ofe_testkit::broker_var("OFE_TEST_NATS");
     let client = async_nats::connect(&url).await.expect("NATS must be reachable at OFE_TEST_NATS");
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = EmbeddedBus::open(EmbeddedConfig::new(dir.path())).expect("bus");
@@ -36,7 +36,7 @@ async fn setup() -> Setup {
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    ofe_eventbus::testing::next_within(sub, Duration::from_secs(20)).await
+    ofe_testkit::next_within(sub, Duration::from_secs(20)).await
 }
 
 fn binary_headers() -> HeaderMap {
@@ -102,7 +102,7 @@ async fn core_subjects_become_events() {
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
     assert_eq!(text(&binary.event, "ofeevent").as_deref(), Some("feed"));
-    assert_eq!(ofe_eventbus::event::data_bytes(&binary.event), br#"{"speed":77}"#.to_vec());
+    assert_eq!(ofe_core::event::data_bytes(&binary.event), br#"{"speed":77}"#.to_vec());
     shutdown.cancel();
     task.await.expect("source stops on shutdown");
     s.bus.close().await.expect("close");
@@ -181,7 +181,7 @@ async fn jetstream_messages_are_acked_after_the_bus_has_them() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(source.run(bus, metrics.clone(), shutdown.clone()));
     let third = next(&mut s.sub).await;
-    assert_eq!(ofe_eventbus::event::data_bytes(&third.event), b"third".to_vec());
+    assert_eq!(ofe_core::event::data_bytes(&third.event), b"third".to_vec());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let labels = EventLabels::new("ns", "cars", "nats", "feed");
     assert_eq!(metrics.received.get_or_create(&labels).get(), 3, "nothing acknowledged came again");

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::AttributesReader;
+use ofe_core::{Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_crds::RedisSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::redis::RedisSource;
 use redis::AsyncCommands;
@@ -22,7 +22,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let url = ofe_eventbus::testing::broker_var("OFE_TEST_REDIS");
+    let url = ofe_testkit::broker_var("OFE_TEST_REDIS");
     let client = redis::Client::open(url.as_str()).expect("redis url");
     let redis = client
         .get_multiplexed_async_connection()
@@ -38,7 +38,7 @@ async fn setup() -> Setup {
 }
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    ofe_eventbus::testing::next_within(sub, Duration::from_secs(20)).await
+    ofe_testkit::next_within(sub, Duration::from_secs(20)).await
 }
 
 fn text(event: &cloudevents::Event, name: &str) -> Option<String> {
@@ -82,7 +82,7 @@ async fn stream_entries_become_events_and_are_acked_after_the_bus_has_them() {
     let task = tokio::spawn(source.clone().run(bus, SourceMetrics::default(), shutdown.clone()));
     let orphan = next(&mut s.sub).await;
     assert_eq!(
-        ofe_eventbus::event::data_bytes(&orphan.event),
+        ofe_core::event::data_bytes(&orphan.event),
         br#"{"orphan":"yes"}"#.to_vec(),
         "the dead consumer's pending entry is claimed and published"
     );
@@ -117,7 +117,7 @@ async fn stream_entries_become_events_and_are_acked_after_the_bus_has_them() {
     assert_eq!(first.event.subject(), Some(stream.as_str()), "the stream is the subject");
     assert_eq!(first.event.datacontenttype(), Some("application/json"));
     let data: serde_json::Value =
-        serde_json::from_slice(&ofe_eventbus::event::data_bytes(&first.event)).expect("json");
+        serde_json::from_slice(&ofe_core::event::data_bytes(&first.event)).expect("json");
     assert_eq!(data, serde_json::json!({"vehicleId": "v9", "speed": "131"}));
     let millis: i64 = plain.split('-').next().and_then(|m| m.parse().ok()).expect("entry id");
     assert_eq!(first.event.time().map(|t| t.timestamp_millis()), Some(millis), "entry time");
@@ -131,7 +131,7 @@ async fn stream_entries_become_events_and_are_acked_after_the_bus_has_them() {
         text(&binary.event, "traceparent").as_deref(),
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
-    assert_eq!(ofe_eventbus::event::data_bytes(&binary.event), br#"{"speed":99}"#.to_vec());
+    assert_eq!(ofe_core::event::data_bytes(&binary.event), br#"{"speed":99}"#.to_vec());
 
     let invalid = next(&mut s.sub).await;
     let reason = text(&invalid.event, "ofeinvalid").unwrap_or_default();
@@ -187,7 +187,7 @@ async fn channel_messages_become_events() {
     let delivery = got.expect("a pub/sub message reached the bus");
     assert_eq!(delivery.event.subject(), Some(channel.as_str()), "the channel is the subject");
     assert_eq!(delivery.event.datacontenttype(), Some("application/json"));
-    assert_eq!(ofe_eventbus::event::data_bytes(&delivery.event), br#"{"speed":140}"#.to_vec());
+    assert_eq!(ofe_core::event::data_bytes(&delivery.event), br#"{"speed":140}"#.to_vec());
     shutdown.cancel();
     task.await.expect("source stops on shutdown");
     s.bus.close().await.expect("close");

@@ -5,12 +5,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_crds::RedisSpec;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::testing::{ChildGuard, free_port, wait_port};
-use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::redis::RedisSource;
+use ofe_testkit::{ChildGuard, free_port, wait_port};
 use redis::AsyncCommands as _;
 use tokio_util::sync::CancellationToken;
 
@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
     ignore = "needs OFE_TEST_REDIS_SERVER (scripts/test.sh starts the services)"
 )]
 async fn stream_over_tls_with_a_private_ca() {
-    let binary = ofe_eventbus::testing::broker_var("OFE_TEST_REDIS_SERVER");
+    let binary = ofe_testkit::broker_var("OFE_TEST_REDIS_SERVER");
     let dir = tempfile::tempdir().expect("tempdir");
-    ofe_eventbus::testing::certificates(dir.path());
+    ofe_testkit::certificates(dir.path());
     let port = free_port();
     let path = |name: &str| dir.path().join(name);
     let _server = ChildGuard(
@@ -70,8 +70,8 @@ async fn stream_over_tls_with_a_private_ca() {
     let shutdown = CancellationToken::new();
     let shared: Arc<dyn EventBus> = Arc::new(bus.clone());
     let task = tokio::spawn(source.run(shared, SourceMetrics::default(), shutdown.clone()));
-    let delivery = ofe_eventbus::testing::next_within(&mut sub, Duration::from_secs(20)).await;
-    assert_eq!(ofe_eventbus::event::data_bytes(&delivery.event), b"over-tls".to_vec());
+    let delivery = ofe_testkit::next_within(&mut sub, Duration::from_secs(20)).await;
+    assert_eq!(ofe_core::event::data_bytes(&delivery.event), b"over-tls".to_vec());
     shutdown.cancel();
     task.await.expect("source stops on shutdown");
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use cloudevents::AttributesReader;
 use hmac::{Hmac, Mac};
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_crds::manifest::{Resource, parse_document};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_eventsource::{SourceMetrics, webhook};
 
 struct Fixture {
@@ -46,14 +46,14 @@ async fn fixture(spec: &str) -> Fixture {
         bus,
         sub,
         http: {
-            ofe_eventbus::install_crypto_provider();
+            ofe_core::install_crypto_provider();
             reqwest::Client::new()
         },
         _dir: dir,
     }
 }
 
-async fn next(sub: &mut Box<dyn Subscription>) -> ofe_eventbus::Delivery {
+async fn next(sub: &mut Box<dyn Subscription>) -> ofe_core::Delivery {
     tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await
         .expect("an event on the bus")
@@ -94,7 +94,7 @@ async fn binary_mode_keeps_every_attribute() {
     );
     assert_eq!(ext("partitionkey").as_deref(), Some("vehicle-42"));
     assert_eq!(ext("ofeeventsource").as_deref(), Some("hooks"));
-    assert_eq!(ofe_eventbus::event::data_bytes(e), br#"{"speed":131}"#);
+    assert_eq!(ofe_core::event::data_bytes(e), br#"{"speed":131}"#);
     f.bus.close().await.expect("close");
 }
 
@@ -155,10 +155,10 @@ async fn plain_bodies_become_event_data_and_redeliveries_are_duplicates() {
     );
     assert_eq!(d.event.subject(), Some("push"));
     assert_eq!(d.event.datacontenttype(), Some("application/json"));
-    assert_eq!(ofe_eventbus::event::data_bytes(&d.event), br#"{"ref":"main"}"#);
+    assert_eq!(ofe_core::event::data_bytes(&d.event), br#"{"ref":"main"}"#);
     d.ack().await.expect("ack");
     // The sender's retry of delivery-7 carries the same id, so the bus keeps one.
-    ofe_eventbus::testing::assert_quiet(&mut f.sub, Duration::from_millis(300)).await;
+    ofe_testkit::assert_quiet(&mut f.sub, Duration::from_millis(300)).await;
     f.bus.close().await.expect("close");
 }
 

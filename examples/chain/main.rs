@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         .replace("127.0.0.1:8094", &back_addr.to_string());
     let manifest_path = work.path().join("manifests.yaml");
     std::fs::write(&manifest_path, manifests)?;
-    ofe_eventbus::install_crypto_provider();
+    ofe_core::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let ofe_binary = common::ofe_binary(args.ofe.as_ref())?;
     let mut ofe = OfeProcess::start(&ofe_binary, &manifest_path, work.path(), &http).await?;

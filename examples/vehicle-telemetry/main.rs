@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         .replace("127.0.0.1:8091", &alert_addr.to_string())
         .replace("127.0.0.1:8092", &metrics_addr.to_string());
     std::fs::write(work.path().join("manifests.yaml"), manifests)?;
-    ofe_eventbus::install_crypto_provider();
+    ofe_core::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let ofe_binary = common::ofe_binary(args.ofe.as_ref())?;
     let mut ofe =

@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(event) = ofe_eventbus::event::decode(data) {
-        let again = ofe_eventbus::event::encode(&event).expect("a decoded event encodes");
-        let back = ofe_eventbus::event::decode(&again).expect("and decodes again");
+    if let Ok(event) = ofe_core::event::decode(data) {
+        let again = ofe_core::event::encode(&event).expect("a decoded event encodes");
+        let back = ofe_core::event::decode(&again).expect("and decodes again");
         assert_eq!(back, event);
     }
 });

@@ -37,6 +37,6 @@ fuzz_target!(|data: &[u8]| {
         ..Message::default()
     };
     let event = origin.event(&message);
-    let bytes = ofe_eventbus::event::encode(&event).expect("every source event encodes");
-    ofe_eventbus::event::decode(&bytes).expect("an encoded event decodes");
+    let bytes = ofe_core::event::encode(&event).expect("every source event encodes");
+    ofe_core::event::decode(&bytes).expect("an encoded event decodes");
 });

@@ -23,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
         Message { payload: body, content_type, binary, subject: "in", ..Message::default() };
     if let Ok(event) = origin.strict_event(&message) {
         // What was accepted must survive the bus.
-        let bytes = ofe_eventbus::event::encode(&event).expect("an accepted event encodes");
-        ofe_eventbus::event::decode(&bytes).expect("an encoded event decodes");
+        let bytes = ofe_core::event::encode(&event).expect("an accepted event encodes");
+        ofe_core::event::decode(&bytes).expect("an encoded event decodes");
     }
     let _ = serde_json::from_slice::<Vec<cloudevents::Event>>(body);
 });

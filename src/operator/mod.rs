@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ofe_core::health::{Health, ResourceKey};
 use ofe_crds::Condition;
-use ofe_eventbus::health::{Health, ResourceKey};
 use ofe_trigger::PlanOptions;
 use tokio_util::sync::CancellationToken;
 

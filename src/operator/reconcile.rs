@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use ofe_core::health::ResourceKey;
+use ofe_core::health::conditions::{self as status, Part, READY, Status};
 use ofe_crds::diagnostic::Origin;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
-use ofe_crds::status::{self, Part, READY, Status};
 use ofe_crds::{Condition, EventSource, Trigger};
-use ofe_eventbus::health::ResourceKey;
 use serde_json::Value;
 
 /// The condition that says whether the spec passed validation.

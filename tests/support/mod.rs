@@ -183,7 +183,7 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
 
 /// An HTTP client for tests (with the process's TLS provider installed, which reqwest needs).
 pub fn http() -> reqwest::Client {
-    ofe_eventbus::install_crypto_provider();
+    ofe_core::install_crypto_provider();
     reqwest::Client::new()
 }
 
@@ -399,9 +399,9 @@ pub fn unique_namespace() -> String {
 }
 
 /// The value of a broker variable such as `OFE_TEST_NATS` (see
-/// `ofe_eventbus::testing::broker_var`: unset, the test fails naming it).
+/// `ofe_testkit::broker_var`: unset, the test fails naming it).
 pub fn broker_var(name: &str) -> String {
-    ofe_eventbus::testing::broker_var(name)
+    ofe_testkit::broker_var(name)
 }
 
 /// `ofe run` on the manifests in `folder`, fed by an upstream broker through `send` (which
@@ -468,7 +468,7 @@ where
 }
 
 /// A child process killed when dropped, so a failing test leaves no `ofe` behind.
-pub use ofe_eventbus::testing::ChildGuard as KillOnDrop;
+pub use ofe_testkit::ChildGuard as KillOnDrop;
 
 /// Runs the example `name` (which cargo builds next to the binaries when it builds the tests)
 /// with `args` and the `ofe` binary under test; asserts it succeeded and returns its output.

@@ -59,8 +59,8 @@ fn micro(c: &mut Criterion) {
     });
     c.bench_function("cloudevent_codec", |b| {
         b.iter(|| {
-            let bytes = ofe_eventbus::event::encode(black_box(&event)).expect("encode");
-            black_box(ofe_eventbus::event::decode(&bytes).expect("decode"))
+            let bytes = ofe_core::event::encode(black_box(&event)).expect("encode");
+            black_box(ofe_core::event::decode(&bytes).expect("decode"))
         })
     });
 }

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cloudevents::{Event, EventBuilder as _, EventBuilderV10};
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_crds::manifest::{Resource, parse_document};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_trigger::{PlanOptions, Router, Routing, TriggerMetrics, plan};
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,7 @@
 //! retried blip does not flap the status, and its message is refreshed at most every
 //! [`REFRESH`], so that a status writer (the operator) is not woken on every failure.
 //!
-//! `Delivering` does not count towards `Ready` (see `ofe_crds::status::ready`): as in
+//! `Delivering` does not count towards `Ready` (see `ofe_core::health::conditions::ready`): as in
 //! Knative, `Ready` says whether ofe can run the resource as written, which a restart of the
 //! sink does not change.
 
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use ofe_eventbus::health::Reporter;
+use ofe_core::health::Reporter;
 
 use crate::delivery::{Destination, Failure};
 
@@ -103,7 +103,7 @@ impl DeliveryHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ofe_eventbus::health::{Health, ResourceKey};
+    use ofe_core::health::{Health, ResourceKey};
 
     fn key() -> ResourceKey {
         ResourceKey { kind: "Trigger".into(), namespace: "ns".into(), name: "t".into() }

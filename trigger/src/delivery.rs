@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::{AttributesReader, Event};
-use ofe_eventbus::trace::{self, KeyValue, SpanKind};
-use ofe_eventbus::{EventBus, Subject, event};
+use ofe_core::trace::{self, KeyValue, SpanKind};
+use ofe_core::{EventBus, Subject, event};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 

@@ -23,10 +23,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ofe_core::Subject;
 use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::manifest::DEFAULT_NAMESPACE;
 use ofe_crds::{SinkSpec, Trigger};
-use ofe_eventbus::Subject;
 
 pub use condition::{Condition, ConditionError};
 pub use delivery::{Backoff, Deliverer, Destination, RetryPolicy};

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use ofe_eventbus::Event;
-use ofe_eventbus::tap::{Origin, Stage, Tap};
+use ofe_core::Event;
+use ofe_core::tap::{Origin, Stage, Tap};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cloudevents::{AttributesReader as _, Event};
 use futures::FutureExt as _;
-use ofe_eventbus::{
+use ofe_core::{
     BusError, Delivery, EventBus, StartPosition, StateError, StateStore, Subject, SubscribeOptions,
 };
 use tokio_util::sync::CancellationToken;
@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use crate::condition::Condition;
 use crate::filter::{CompiledFilter, EventData};
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
-use ofe_eventbus::tap::Stage;
-use ofe_eventbus::trace::{self, KeyValue, SpanKind};
+use ofe_core::tap::Stage;
+use ofe_core::trace::{self, KeyValue, SpanKind};
 
 /// Extension attribute on an event that fired a join: the ids of the other inputs' events
 /// that made the condition true, as `input=id` pairs joined by `,` (sorted by input name).
@@ -389,7 +389,7 @@ impl Router {
     /// The store key of a subscriber's correlation key.
     fn store_key(&self, routing: usize, key: &str) -> String {
         let labels = &self.routings[routing].labels;
-        ofe_eventbus::state_key(&[&labels.namespace, &labels.trigger, &labels.subscriber, key])
+        ofe_core::state_key(&[&labels.namespace, &labels.trigger, &labels.subscriber, key])
     }
 
     /// Brings the stored state of every stateful touch that is not in memory into memory.
@@ -604,7 +604,7 @@ pub async fn subscribe(
     bus: &dyn EventBus,
     consumer: &str,
     max_in_flight: usize,
-) -> Result<Box<dyn ofe_eventbus::Subscription>, BusError> {
+) -> Result<Box<dyn ofe_core::Subscription>, BusError> {
     let options = SubscribeOptions {
         consumer: consumer.to_string(),
         subjects: router.subjects(),
@@ -619,7 +619,7 @@ pub async fn subscribe(
 /// fired on the subscribers' queues, and then acknowledges the batch.
 pub async fn run(
     mut router: Router,
-    mut subscription: Box<dyn ofe_eventbus::Subscription>,
+    mut subscription: Box<dyn ofe_core::Subscription>,
     bus: Arc<dyn EventBus>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {

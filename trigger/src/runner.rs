@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cloudevents::AttributesReader as _;
 use futures::FutureExt as _;
 use futures::future::Shared;
-use ofe_eventbus::{
+use ofe_core::{
     BusError, Delivery, EventBus, StartPosition, Subject, SubscribeOptions, Subscription,
 };
 use tokio::sync::{Semaphore, oneshot};
@@ -24,8 +24,8 @@ use crate::delivery::{Deliverer, Destination, Failure, Outcome, RetryPolicy, dea
 use crate::filter::EventData;
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
 use crate::router::{EXT_POISON, KeyExpr, Routing};
-use ofe_eventbus::tap::Stage;
-use ofe_eventbus::trace::{self, KeyValue, SpanKind};
+use ofe_core::tap::Stage;
+use ofe_core::trace::{self, KeyValue, SpanKind};
 
 /// How long a dead-letter failure waits before the event is tried again from the start.
 const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);

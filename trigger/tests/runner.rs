@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderMap, Uri};
+use ofe_core::{EventBus, Subject};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventbus::testing::sample_event;
-use ofe_eventbus::{EventBus, Subject};
+use ofe_testkit::sample_event;
 use ofe_trigger::runner::{self, Route, SubscriberPlan};
 use ofe_trigger::{Deliverer, Destination, RetryPolicy, SubscriberLabels, TriggerMetrics};
 use tokio_util::sync::CancellationToken;
@@ -121,7 +121,7 @@ async fn run_until(
 /// [`run_until`] on an open subscription.
 async fn run_subscribed(
     plan: SubscriberPlan,
-    subscription: Box<dyn ofe_eventbus::Subscription>,
+    subscription: Box<dyn ofe_core::Subscription>,
     bus: &Arc<dyn EventBus>,
     events: Vec<cloudevents::Event>,
     seen: &Seen,
@@ -340,9 +340,9 @@ async fn a_sinks_reply_reaches_the_reply_topic() {
     let subject = Subject::event("ns", "src", "e");
     let replies = Subject::topic("ns", "enriched");
     let mut reader = shared
-        .subscribe(ofe_eventbus::SubscribeOptions {
-            start: ofe_eventbus::StartPosition::All,
-            ..ofe_eventbus::SubscribeOptions::new("reader", vec![replies.clone()])
+        .subscribe(ofe_core::SubscribeOptions {
+            start: ofe_core::StartPosition::All,
+            ..ofe_core::SubscribeOptions::new("reader", vec![replies.clone()])
         })
         .await
         .expect("reader");
@@ -360,7 +360,7 @@ async fn a_sinks_reply_reaches_the_reply_topic() {
         reply.event.extension(ofe_trigger::delivery::EXT_HOPS).map(ToString::to_string),
         Some("1".to_string())
     );
-    assert_eq!(ofe_eventbus::event::data_bytes(&reply.event), br#"{"enriched":true}"#);
+    assert_eq!(ofe_core::event::data_bytes(&reply.event), br#"{"enriched":true}"#);
     shared.close().await.expect("close");
 }
 

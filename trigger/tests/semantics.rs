@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV10};
+use ofe_core::Subject;
 use ofe_crds::Trigger;
 use ofe_crds::manifest::{Resource, parse_document};
-use ofe_eventbus::Subject;
 use ofe_trigger::router::EXT_JOINED;
 use ofe_trigger::{PlanOptions, Router, TriggerMetrics, plan};
 
@@ -345,7 +345,7 @@ spec:
 /// reloads, and decides again on the state that won.
 #[tokio::test]
 async fn a_router_that_lost_a_race_decides_again_on_the_winning_state() {
-    use ofe_eventbus::EventBus as _;
+    use ofe_core::EventBus as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = ofe_eventbus::embedded::EmbeddedBus::open(
         ofe_eventbus::embedded::EmbeddedConfig::new(dir.path()),

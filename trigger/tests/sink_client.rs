@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
-use ofe_eventbus::EventBus;
+use ofe_core::EventBus;
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
 use ofe_trigger::delivery::{Deliverer, Destination};
 

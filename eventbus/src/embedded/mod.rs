@@ -37,11 +37,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::bus::{
+use ofe_core::state::{StateError, StateStore, Versioned};
+use ofe_core::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
 };
-use crate::state::{StateError, StateStore, Versioned};
-use crate::{Subject, event};
+use ofe_core::{Subject, event};
 
 /// Settings of the embedded bus.
 #[derive(Clone, Debug)]
@@ -832,10 +832,10 @@ impl EventBus for EmbeddedBus {
         Ok(Some(Arc::new(self.clone())))
     }
 
-    fn connection(&self) -> watch::Receiver<crate::Connection> {
+    fn connection(&self) -> watch::Receiver<ofe_core::Connection> {
         match &self.inner.store {
             Store::Disk(disk) => disk.connection.subscribe(),
-            Store::Memory(_) => watch::channel(crate::Connection::Up).1,
+            Store::Memory(_) => watch::channel(ofe_core::Connection::Up).1,
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use fjall::compaction::Fifo;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
-use crate::bus::{BusError, Connection};
+use ofe_core::{BusError, Connection};
 
 /// The in-memory part of a keyspace written to disk at once: also the room a flush needs.
 pub(super) const MEMTABLE: u64 = 8 << 20;

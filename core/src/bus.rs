@@ -105,19 +105,6 @@ pub struct TlsFiles {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-impl From<&ofe_crds::TlsSpec> for TlsFiles {
-    fn from(tls: &ofe_crds::TlsSpec) -> Self {
-        Self {
-            ca_file: tls.ca_file.as_ref().map(Into::into),
-            client: tls
-                .cert_file
-                .as_ref()
-                .zip(tls.key_file.as_ref())
-                .map(|(c, k)| (c.into(), k.into())),
-        }
-    }
-}
-
 impl SubscribeOptions {
     /// Rejects options no backend can honour.
     pub fn check(&self) -> Result<(), BusError> {
@@ -142,7 +129,7 @@ impl SubscribeOptions {
 /// A broker-agnostic event bus: durable publish, and durable named consumers with explicit
 /// acknowledgement.
 ///
-/// Contract every backend keeps (the suite in [`crate::testing`] checks it):
+/// Contract every backend keeps (the conformance suite of `ofe-testkit` checks it):
 /// - `publish` returns only after the event is durable in the backend.
 /// - A delivery is redelivered until it is acked (at-least-once). A nack redelivers after its
 ///   delay; a delivery dropped without ack or nack counts as a nack with no delay.

@@ -3,14 +3,15 @@
 //! Every part that can fail (an EventSource's connection to its broker, a Trigger's sink) has a
 //! [`Reporter`]; it says when the part starts working and when it stops, with the reason. The
 //! [`Health`] board folds the reports of a resource into its conditions (one per type, with
-//! `Ready` summing up, see [`ofe_crds::status`]), so what `/status` shows, and what the
+//! `Ready` summing up, see [`conditions`]), so what `/status` shows, and what the
 //! operator writes into `.status`, is what the processes actually see.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use ofe_crds::Condition;
-use ofe_crds::status::{self, Part, Status};
+pub mod conditions;
+
+pub use conditions::{Condition, NOT_IN_READY, Part, READY, Status};
 
 /// A resource the board knows: kind, namespace, name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -167,7 +168,7 @@ impl Reporter {
                 }
             })
             .collect();
-        if status::apply(&mut entry.conditions, &parts, None, chrono::Utc::now()) {
+        if conditions::apply(&mut entry.conditions, &parts, None, chrono::Utc::now()) {
             drop(entries);
             self.health.changed();
         }

@@ -10,7 +10,34 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One status condition: OpenFunction's shape, plus the Kubernetes fields
+/// `lastTransitionTime` and `observedGeneration` (see [`apply`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// When the condition was recorded (RFC 3339).
+    #[serde(default)]
+    pub timestamp: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The `metadata.generation` of the resource this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Type of condition, e.g. `Ready`, `Error` or `Pending`.
+    pub r#type: String,
+    /// Status of the condition: `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One-word CamelCase reason for the condition's last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable details of the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
 
 /// The type of the condition that sums up the others.
 pub const READY: &str = "Ready";

@@ -2,7 +2,7 @@
 //!
 //! Each check takes a bus and a unique prefix (so checks can share one broker) and panics with
 //! a description of what went wrong. A backend runs the whole suite with
-//! [`crate::conformance_suite!`] from its integration tests, e.g. `tests/embedded.rs`.
+//! [`crate::conformance_suite!`] from its integration tests, e.g. `eventbus/tests/embedded.rs`.
 
 /// Generates one `#[tokio::test]` per check of the suite. `$connect` is an async block giving
 /// `Arc<dyn EventBus>`; `$settle` is how long consumer groups need to form. With
@@ -29,8 +29,8 @@ macro_rules! conformance_suite {
         $(#[cfg_attr(not($cfg), ignore = $why)])?
         async fn same_name_shares_other_name_gets_all() {
             let bus = $connect;
-            let prefix = $crate::testing::unique("share");
-            $crate::testing::same_name_shares_other_name_gets_all(bus, &prefix, $settle).await;
+            let prefix = $crate::unique("share");
+            $crate::same_name_shares_other_name_gets_all(bus, &prefix, $settle).await;
         }
     };
     (@each $needs:tt $connect:expr; $($name:ident),* $(,)?) => {$(
@@ -41,8 +41,8 @@ macro_rules! conformance_suite {
         $(#[cfg_attr(not($cfg), ignore = $why)])?
         async fn $name() {
             let bus = $connect;
-            let prefix = $crate::testing::unique(stringify!($name));
-            $crate::testing::$name(bus.as_ref(), &prefix).await;
+            let prefix = $crate::unique(stringify!($name));
+            $crate::$name(bus.as_ref(), &prefix).await;
             let _ = bus.close().await;
         }
     };
@@ -50,14 +50,14 @@ macro_rules! conformance_suite {
 
 /// The state store keeps values across reads and refuses writes from a stale revision.
 pub async fn state_is_compare_and_set(bus: &dyn EventBus, prefix: &str) {
-    use crate::StateError;
+    use ofe_core::StateError;
     // Every backend keeps one: Trigger joins depend on it.
     let store = bus
         .state_store()
         .await
         .expect("state store")
         .unwrap_or_else(|| panic!("the {} backend keeps no state store", bus.backend()));
-    let key = crate::state_key(&[prefix, "vehicle 7"]);
+    let key = ofe_core::state_key(&[prefix, "vehicle 7"]);
     assert_eq!(store.get(&key).await.expect("get"), None);
     let first = store.put(&key, b"one".to_vec(), None).await.expect("create");
     assert!(
@@ -161,7 +161,7 @@ pub async fn a_full_bus_refuses_rather_than_drop(bus: &dyn EventBus, fix: &str) 
         }
         assert!(accepted < 1000, "the bus never refused a publish");
     };
-    assert!(matches!(refusal, crate::BusError::Unavailable(_)), "{refusal:?}");
+    assert!(matches!(refusal, ofe_core::BusError::Unavailable(_)), "{refusal:?}");
     assert!(refusal.to_string().contains(fix), "the refusal says the fix: {refusal}");
     let queue = Subject::queue("ns", "t", "0");
     bus.publish(&queue, &sample_event("hop", 0)).await.expect("a queue publish is taken");
@@ -238,7 +238,7 @@ use std::time::Duration;
 
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 
-use crate::{EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
+use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 
 /// How long a check waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -267,13 +267,13 @@ pub async fn subscribe(
     bus.subscribe(options).await.unwrap_or_else(|e| panic!("subscribe {consumer}: {e}"))
 }
 
-async fn next_id(sub: &mut Box<dyn Subscription>) -> (String, crate::Delivery) {
+async fn next_id(sub: &mut Box<dyn Subscription>) -> (String, ofe_core::Delivery) {
     let delivery = next_within(sub, PATIENCE).await;
     (delivery.event.id().to_string(), delivery)
 }
 
 /// The next delivery; panics if none comes within `wait`.
-pub async fn next_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> crate::Delivery {
+pub async fn next_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> ofe_core::Delivery {
     tokio::time::timeout(wait, sub.next())
         .await
         .unwrap_or_else(|_| panic!("no delivery within {wait:?}"))
@@ -416,7 +416,7 @@ pub async fn two_buses_on_one_broker_keep_apart(
         }
         assert_quiet(sub, Duration::from_millis(300)).await;
     }
-    let key = crate::state_key(&[prefix, "shared key"]);
+    let key = ofe_core::state_key(&[prefix, "shared key"]);
     let stores = [first.state_store().await, second.state_store().await];
     if let [Ok(Some(one)), Ok(Some(two))] = &stores {
         one.put(&key, b"first".to_vec(), None).await.expect("first bus writes");
