@@ -219,7 +219,7 @@ impl Buses {
         let backend = match (&spec.jetstream, &spec.nats_streaming, &spec.kafka) {
             (Some(js), _, _) => Backend::JetStream(jetstream_config(js)?),
             (None, Some(stan), _) => {
-                tracing::warn!(bus = ?key, url = %ofe_eventbus::jetstream::url_without_credentials(&stan.nats_url), "NATS Streaming is end-of-life; serving this bus with JetStream at the same URL");
+                tracing::warn!(bus = ?key, url = %ofe_core::nats::url_without_credentials(&stan.nats_url), "NATS Streaming is end-of-life; serving this bus with JetStream at the same URL");
                 Backend::JetStream(nats_streaming_config(stan)?)
             }
             (None, None, Some(kafka)) => Backend::Kafka(kafka_config(kafka, data_dir)),
@@ -249,7 +249,7 @@ impl Buses {
         }
         let bus: Arc<dyn EventBus> = match backend {
             Backend::JetStream(config) => {
-                let url = ofe_eventbus::jetstream::url_without_credentials(&config.url);
+                let url = ofe_core::nats::url_without_credentials(&config.url);
                 let bus = JetStreamBus::connect(config)
                     .await
                     .with_context(|| format!("cannot open the JetStream bus at {url}"))?;

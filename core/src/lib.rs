@@ -7,6 +7,8 @@
 //! - [`health`] is the board of what the data plane knows about each resource, as conditions.
 //! - [`tap`] reports each step of an event's path while someone listens (`ofe tail`).
 //! - [`trace`] carries W3C trace context through events and makes the spans.
+//! - `nats` and `kafka` (features of the same names): connecting to those brokers, and their
+//!   CloudEvents protocol bindings, written once for the buses and the sources.
 //!
 //! This crate holds no Kubernetes API types: the API crate (`ofe-crds`) maps its specs onto the
 //! settings defined here, so a bus, source or sink never reads a CRD to connect.
@@ -14,6 +16,10 @@
 mod bus;
 pub mod event;
 pub mod health;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod state;
 mod subject;
 pub mod tap;

@@ -309,3 +309,17 @@ impl From<&TlsSpec> for ofe_core::TlsFiles {
         }
     }
 }
+
+/// The API's NATS credentials as the core's connection settings.
+impl From<&NatsAuthSpec> for ofe_core::nats::NatsAuth {
+    fn from(auth: &NatsAuthSpec) -> Self {
+        match (&auth.user, &auth.password, &auth.token, &auth.credentials_file) {
+            (Some(user), Some(password), _, _) => {
+                Self::UserPassword { user: user.clone(), password: password.clone() }
+            }
+            (_, _, Some(token), _) => Self::Token(token.clone()),
+            (_, _, _, Some(file)) => Self::CredentialsFile(std::path::PathBuf::from(file)),
+            _ => Self::None,
+        }
+    }
+}

@@ -21,20 +21,20 @@
 //!   connection log is one line when it drops and one when it is back, and an ERROR with what
 //!   the client saw when it drops more than [`RECONNECTS_PER_MINUTE`] times in a minute.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
-use async_nats::{ConnectOptions, HeaderMap};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cloudevents::{AttributesReader, Event};
+use cloudevents::Event;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 
 use ofe_core::Connection;
+use ofe_core::nats::{self, NatsAuth, connect_watched};
 use ofe_core::state::{StateError, StateStore, Versioned};
 use ofe_core::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
@@ -42,36 +42,6 @@ use ofe_core::{
 };
 use ofe_core::{Subject, event};
 use tokio::sync::watch;
-
-/// How a client authenticates to NATS. Its `Debug` shows no secret.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub enum NatsAuth {
-    /// No credentials.
-    #[default]
-    None,
-    /// User and password.
-    UserPassword {
-        /// User name.
-        user: String,
-        /// Password.
-        password: String,
-    },
-    /// A token.
-    Token(String),
-    /// A `.creds` file with a JWT and NKey seed.
-    CredentialsFile(PathBuf),
-}
-
-impl std::fmt::Debug for NatsAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
-            Self::Token(_) => f.write_str("Token(***)"),
-            Self::CredentialsFile(path) => write!(f, "CredentialsFile({})", path.display()),
-        }
-    }
-}
 
 /// Settings of the JetStream backend.
 #[derive(Clone, Debug)]
@@ -118,210 +88,6 @@ impl JetStreamConfig {
             structured_topics: false,
         }
     }
-}
-
-impl From<&ofe_crds::NatsAuthSpec> for NatsAuth {
-    fn from(auth: &ofe_crds::NatsAuthSpec) -> Self {
-        match (&auth.user, &auth.password, &auth.token, &auth.credentials_file) {
-            (Some(user), Some(password), _, _) => {
-                Self::UserPassword { user: user.clone(), password: password.clone() }
-            }
-            (_, _, Some(token), _) => Self::Token(token.clone()),
-            (_, _, _, Some(file)) => Self::CredentialsFile(PathBuf::from(file)),
-            _ => Self::None,
-        }
-    }
-}
-
-/// Connects a NATS client to `url` (comma-separated servers) with `auth` and `tls`. The first
-/// connection is retried while the server cannot be reached (it may still be starting), but
-/// refused credentials or certificates fail at once, with the server's reason: retrying
-/// cannot fix them. Later disconnections are logged and reconnected by the client.
-pub async fn connect_client(
-    url: &str,
-    auth: &NatsAuth,
-    tls: Option<&TlsFiles>,
-) -> Result<async_nats::Client, BusError> {
-    connect_watched(url, auth, tls, None).await
-}
-
-/// [`connect_client`], telling `state` when the connection drops and when it is back.
-async fn connect_watched(
-    url: &str,
-    auth: &NatsAuth,
-    tls: Option<&TlsFiles>,
-    state: Option<Arc<watch::Sender<Connection>>>,
-) -> Result<async_nats::Client, BusError> {
-    // Credentials in a URL are taken out of it and given as options, so that no URL the
-    // client logs (it logs every attempt at debug level) carries them.
-    let mut from_url = None;
-    let servers: Vec<String> = url
-        .split(',')
-        .map(|u| {
-            let (server, credentials) = without_credentials(u.trim());
-            from_url = from_url.take().or(credentials);
-            server
-        })
-        .collect();
-    let url = servers.join(",");
-    let auth = match (auth, &from_url) {
-        (NatsAuth::None, Some(credentials)) => credentials,
-        _ => auth,
-    };
-    let mut attempt = 0;
-    loop {
-        match connect_options(auth, tls, state.clone()).await?.connect(servers.as_slice()).await {
-            Ok(client) => return Ok(client),
-            Err(e) => {
-                use async_nats::ConnectErrorKind as Kind;
-                let transient = matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns);
-                if !transient || attempt >= 10 {
-                    return Err(unavailable(format!("cannot connect to NATS at {url}: {e}")));
-                }
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "NATS not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-/// `url` (comma-separated servers) without any credentials, as logs and errors may show it.
-pub fn url_without_credentials(url: &str) -> String {
-    url.split(',').map(|u| without_credentials(u.trim()).0).collect::<Vec<_>>().join(",")
-}
-
-/// `server` without the credentials of its URL (`nats://user:password@host` or
-/// `nats://token@host`), and those credentials.
-fn without_credentials(server: &str) -> (String, Option<NatsAuth>) {
-    let (scheme, rest) = match server.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, server),
-    };
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else { return (server.to_string(), None) };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    let credentials = match userinfo.split_once(':') {
-        Some((user, password)) => {
-            NatsAuth::UserPassword { user: user.to_string(), password: password.to_string() }
-        }
-        None => NatsAuth::Token(userinfo.to_string()),
-    };
-    let server = match scheme {
-        Some(scheme) => format!("{scheme}://{host}"),
-        None => host.to_string(),
-    };
-    (server, Some(credentials))
-}
-
-/// Drops of one connection within a minute beyond which the client is in a reconnect loop:
-/// something it does makes the server (or itself) close the connection again and again.
-pub const RECONNECTS_PER_MINUTE: usize = 3;
-
-/// What a connection's event callback remembers, to tell a reconnect loop from an outage.
-#[derive(Default)]
-struct ConnectionLog {
-    /// When the connection dropped, within the last minute.
-    drops: std::collections::VecDeque<std::time::Instant>,
-    /// The last error the server or the client reported.
-    last_error: Option<String>,
-    /// When the loop was last reported at ERROR, so it is said at most once a minute.
-    reported: Option<std::time::Instant>,
-}
-
-impl ConnectionLog {
-    /// Records a drop; the ERROR line to log when the connection is in a loop.
-    fn dropped(&mut self, now: std::time::Instant) -> Option<String> {
-        const MINUTE: Duration = Duration::from_secs(60);
-        self.drops.push_back(now);
-        while self.drops.front().is_some_and(|t| now.duration_since(*t) > MINUTE) {
-            self.drops.pop_front();
-        }
-        let looping = self.drops.len() > RECONNECTS_PER_MINUTE;
-        if !looping || self.reported.is_some_and(|t| now.duration_since(t) < MINUTE) {
-            return None;
-        }
-        self.reported = Some(now);
-        let seen = self.last_error.as_deref().unwrap_or("no error from the server or the client");
-        Some(format!(
-            "the NATS connection dropped {} times in the last minute, each time soon after              connecting; last error seen: {seen}. Events may not be flowing. Check the server's              log and version (`nats-server --version`; ofe is tested on 2.9 and 2.10+)",
-            self.drops.len()
-        ))
-    }
-}
-
-/// Connection options: credentials, TLS, and the connection log.
-async fn connect_options(
-    auth: &NatsAuth,
-    tls: Option<&TlsFiles>,
-    state: Option<Arc<watch::Sender<Connection>>>,
-) -> Result<ConnectOptions, BusError> {
-    let log = Arc::new(std::sync::Mutex::new(ConnectionLog::default()));
-    let mut options = ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let state = state.clone();
-            let log = log.clone();
-            async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        let looping =
-                            log.lock().ok().and_then(|mut l| l.dropped(std::time::Instant::now()));
-                        match &looping {
-                            Some(message) => tracing::error!("{message}"),
-                            None => tracing::warn!(
-                                "lost the connection to NATS; reconnecting with backoff"
-                            ),
-                        }
-                        if let Some(state) = &state {
-                            let why = looping.unwrap_or_else(|| {
-                                "lost the connection to NATS; reconnecting".into()
-                            });
-                            state.send_replace(Connection::Lost(why));
-                        }
-                    }
-                    async_nats::Event::Connected => {
-                        tracing::info!("connected to NATS");
-                        if let Some(state) = &state {
-                            state.send_replace(Connection::Up);
-                        }
-                    }
-                    async_nats::Event::ServerError(e) => {
-                        tracing::warn!(error = %e, "NATS server error");
-                        if let Ok(mut l) = log.lock() {
-                            l.last_error = Some(format!("server error: {e}"));
-                        }
-                    }
-                    async_nats::Event::ClientError(e) => {
-                        tracing::warn!(error = %e, "NATS client error");
-                        if let Ok(mut l) = log.lock() {
-                            l.last_error = Some(format!("client error: {e}"));
-                        }
-                    }
-                    other => tracing::debug!(event = %other, "NATS client event"),
-                }
-            }
-        });
-    options = match auth {
-        NatsAuth::None => options,
-        NatsAuth::UserPassword { user, password } => {
-            options.user_and_password(user.clone(), password.clone())
-        }
-        NatsAuth::Token(token) => options.token(token.clone()),
-        NatsAuth::CredentialsFile(path) => options.credentials_file(path).await.map_err(|e| {
-            BusError::Config(format!("cannot read credentials file {}: {e}", path.display()))
-        })?,
-    };
-    if let Some(tls) = tls {
-        options = options.require_tls(true);
-        if let Some(ca) = &tls.ca_file {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let Some((cert, key)) = &tls.client {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-    }
-    Ok(options)
 }
 
 /// A publish the server did not take. "No stream found" is also what a clustered stream
@@ -596,20 +362,9 @@ impl EventBus for JetStreamBus {
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
         let structured = self.config.structured_topics && matches!(subject, Subject::Topic { .. });
         let subject = to_wire(&self.prefix, subject);
-        let mut headers = HeaderMap::new();
+        let mode = if structured { nats::Mode::Structured } else { nats::Mode::Binary };
+        let (mut headers, payload) = nats::encode(event, mode)?;
         headers.insert("Nats-Msg-Id", msg_id(&subject, event).as_str());
-        let payload = if structured {
-            headers.insert("content-type", STRUCTURED);
-            event::to_structured(event)?
-        } else {
-            for (name, value) in event::binary_attributes(event) {
-                headers.insert(format!("ce-{name}").as_str(), value.as_ref());
-            }
-            if let Some(content_type) = event.datacontenttype() {
-                headers.insert("content-type", content_type);
-            }
-            event::data_bytes(event)
-        };
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
@@ -884,7 +639,7 @@ impl Subscription for JetStreamSubscription {
                 continue;
             }
             let subject = from_wire(&self.prefix, message.subject.as_str());
-            let decoded = decode(&message);
+            let decoded = nats::decode(message.headers.as_ref(), &message.payload);
             let (message, acker) = message.split();
             let (Some(subject), Ok(event)) = (subject, decoded) else {
                 // A message that is not a CloudEvent can never be processed here: terminate it
@@ -907,39 +662,6 @@ impl Subscription for JetStreamSubscription {
             ));
         }
     }
-}
-
-/// The content type of a structured-mode CloudEvent.
-const STRUCTURED: &str = "application/cloudevents+json";
-
-/// The event of a message: binary mode (attributes in `ce-` headers), or structured mode (the
-/// CloudEvent as JSON in the payload, marked by its content type or, as Dapr publishes it,
-/// with no CloudEvents headers at all).
-fn decode(message: &jetstream::Message) -> Result<Event, BusError> {
-    let binary = message
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.iter().any(|(name, _)| AsRef::<str>::as_ref(name).starts_with("ce-")));
-    if !binary {
-        return serde_json::from_slice::<Event>(&message.payload).map_err(|e| {
-            BusError::Decode(format!(
-                "neither a binary-mode CloudEvent (no ce- headers) nor a structured one ({e})"
-            ))
-        });
-    }
-    let headers = message.headers.as_ref().ok_or_else(|| BusError::Decode("no headers".into()))?;
-    let mut attributes = Vec::new();
-    let mut content_type = None;
-    for (name, values) in headers.iter() {
-        let name: &str = name.as_ref();
-        let Some(value) = values.first() else { continue };
-        if let Some(attribute) = name.strip_prefix("ce-") {
-            attributes.push((attribute, value.as_str()));
-        } else if name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value.as_str());
-        }
-    }
-    event::from_binary(attributes, content_type, &message.payload)
 }
 
 /// Sends progress acks while a delivery is held, so the server does not redeliver an event
@@ -1024,37 +746,5 @@ mod tests {
         assert!(major_minor("2.9.10").is_some_and(|v| v < MULTI_FILTER_VERSION));
         assert!(major_minor("2.10.0").is_some_and(|v| v >= MULTI_FILTER_VERSION));
         assert_eq!(major_minor("dev"), None);
-    }
-
-    #[test]
-    fn a_reconnect_loop_is_reported_once_a_minute_with_what_was_seen() {
-        let mut log = ConnectionLog::default();
-        let start = std::time::Instant::now();
-        let at = |s: u64| start + Duration::from_secs(s);
-        for s in 0..RECONNECTS_PER_MINUTE as u64 {
-            assert_eq!(log.dropped(at(s)), None, "an outage's few drops are a warning");
-        }
-        log.last_error = Some("client error: invalid message".into());
-        let message = log.dropped(at(4)).expect("a loop is reported");
-        assert!(message.contains("dropped 4 times"), "{message}");
-        assert!(message.contains("client error: invalid message"), "{message}");
-        let again: Vec<u64> =
-            (5..=66).step_by(2).filter(|s| log.dropped(at(*s)).is_some()).collect();
-        assert_eq!(again, vec![65], "said again once the minute is over, as the loop goes on");
-        assert_eq!(log.dropped(at(300)), None, "a single drop much later is no loop");
-    }
-
-    #[test]
-    fn credentials_leave_the_url() {
-        let (server, auth) = without_credentials("nats://me:pw@127.0.0.1:4222");
-        assert_eq!(server, "nats://127.0.0.1:4222");
-        assert_eq!(auth, Some(NatsAuth::UserPassword { user: "me".into(), password: "pw".into() }));
-        let (server, auth) = without_credentials("tls://s3cr3t@nats.example/x");
-        assert_eq!(server, "tls://nats.example/x");
-        assert_eq!(auth, Some(NatsAuth::Token("s3cr3t".into())));
-        assert_eq!(without_credentials("127.0.0.1:4222"), ("127.0.0.1:4222".into(), None));
-        let debug =
-            format!("{:?}", NatsAuth::UserPassword { user: "me".into(), password: "pw".into() });
-        assert!(!debug.contains("pw"), "{debug}");
     }
 }

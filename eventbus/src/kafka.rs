@@ -25,18 +25,19 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cloudevents::{AttributesReader, Event};
+use cloudevents::Event;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use ofe_core::kafka::Quiet;
 use ofe_core::{
     Acker, BusError, Delivery, EventBus, Published, StartPosition, SubscribeOptions, Subscription,
     TlsFiles,
@@ -298,35 +299,6 @@ impl KafkaBus {
     }
 }
 
-/// The client context of every Kafka client ofe makes: librdkafka's own log lines and error
-/// callbacks go to `tracing` at debug level. Unrouted, librdkafka logs an ERROR several times a
-/// second while a broker is down; ofe says that itself, once when the bus becomes unreachable
-/// and once when it is back.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        librdkafka_log(level, fac, log_message);
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        librdkafka_error(&error, reason);
-    }
-}
-
-impl ConsumerContext for Quiet {}
-
-/// One of librdkafka's own error callbacks, at debug level.
-fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
-    tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
-}
-
-/// One of librdkafka's own log lines, at debug level.
-fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-    tracing::debug!(target: "librdkafka", ?level, fac, "{message}");
-}
-
 /// Remembers an authentication or TLS failure librdkafka reports, which it would otherwise
 /// retry quietly until a request times out.
 #[derive(Clone, Default)]
@@ -360,7 +332,7 @@ impl ClientContext for AuthWatch {
         if fac == "FAIL" && is_refusal(log_message) {
             self.refuse(log_message);
         }
-        librdkafka_log(level, fac, log_message);
+        ofe_core::kafka::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -370,7 +342,7 @@ impl ClientContext for AuthWatch {
         {
             self.refuse(reason);
         } else {
-            librdkafka_error(&error, reason);
+            ofe_core::kafka::librdkafka_error(&error, reason);
         }
     }
 }
@@ -406,16 +378,8 @@ impl EventBus for KafkaBus {
 
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
         let subject = subject.to_string();
-        let mut headers = OwnedHeaders::new();
-        let attributes = event::binary_attributes(event);
-        for (name, value) in &attributes {
-            let key = format!("ce_{name}");
-            headers = headers.insert(Header { key: &key, value: Some(value.as_bytes()) });
-        }
-        if let Some(content_type) = event.datacontenttype() {
-            headers = headers.insert(Header { key: "content-type", value: Some(content_type) });
-        }
-        headers = headers.insert(Header { key: SUBJECT_HEADER, value: Some(subject.as_str()) });
+        let headers = ofe_core::kafka::headers(event)
+            .insert(Header { key: SUBJECT_HEADER, value: Some(subject.as_str()) });
         let key = match event.extension("partitionkey") {
             Some(k) => k.to_string(),
             None => subject.clone(),
@@ -703,11 +667,11 @@ struct Rebalancing {
 
 impl ClientContext for Rebalancing {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        librdkafka_log(level, fac, log_message);
+        ofe_core::kafka::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        librdkafka_error(&error, reason);
+        ofe_core::kafka::librdkafka_error(&error, reason);
     }
 }
 
@@ -854,24 +818,8 @@ fn header(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 
 fn decode(message: &BorrowedMessage<'_>, subject: &str) -> Option<(Event, Subject)> {
     let subject = Subject::parse(subject)?;
-    let headers = message.headers()?;
-    let mut owned = Vec::new();
-    let mut content_type = None;
-    for h in headers.iter() {
-        let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-        if let Some(name) = h.key.strip_prefix("ce_") {
-            owned.push((name.to_string(), value));
-        } else if h.key.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value);
-        }
-    }
-    let attributes = owned.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-    let event = event::from_binary(
-        attributes,
-        content_type.as_deref(),
-        message.payload().unwrap_or_default(),
-    )
-    .ok()?;
+    let event =
+        ofe_core::kafka::parts(message).decode(message.payload().unwrap_or_default()).ok()?;
     Some((event, subject))
 }
 

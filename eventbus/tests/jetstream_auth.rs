@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use ofe_core::nats::NatsAuth;
 use ofe_core::{EventBus, Subject, TlsFiles};
-use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig, NatsAuth};
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 use ofe_testkit::{ChildGuard, sample_event, subscribe};
 
 /// Starts a JetStream server requiring `extra`; returns it and its port.

@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use ofe_core::EventBus;
+use ofe_core::kafka::Quiet;
 use ofe_crds::KafkaSpec;
-use ofe_eventbus::kafka::Quiet;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -224,18 +224,7 @@ impl KafkaSource {
 
     /// The event for a message (see [`crate::ingest`]).
     pub fn to_event(&self, message: &BorrowedMessage<'_>) -> cloudevents::Event {
-        let mut binary = Vec::new();
-        let mut content_type = None;
-        if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-                if let Some(name) = h.key.strip_prefix("ce_") {
-                    binary.push((name.to_string(), value));
-                } else if h.key.eq_ignore_ascii_case("content-type") {
-                    content_type = Some(value);
-                }
-            }
-        }
+        let parts = ofe_core::kafka::parts(message);
         let identity = format!("{}/{}/{}", message.topic(), message.partition(), message.offset())
             .into_bytes();
         let time = message
@@ -248,8 +237,8 @@ impl KafkaSource {
             .unwrap_or_default();
         self.origin.event(&Message {
             payload: message.payload().unwrap_or_default(),
-            content_type: content_type.as_deref(),
-            binary: binary.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            content_type: parts.content_type.as_deref(),
+            binary: parts.pairs(),
             subject: message.topic(),
             identity: Some(identity),
             time,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
+use ofe_core::nats::{NatsAuth, connect_client};
 use ofe_core::{EventBus, TlsFiles};
 use ofe_crds::NatsSourceSpec;
-use ofe_eventbus::jetstream::{NatsAuth, connect_client};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
@@ -250,26 +250,13 @@ impl NatsSource {
         payload: &[u8],
         identity: Option<Vec<u8>>,
     ) -> cloudevents::Event {
-        let mut binary = Vec::new();
-        let mut content_type = None;
-        let mut msg_id = None;
-        for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
-            let name: &str = name.as_ref();
-            let Some(value) = values.first() else { continue };
-            if let Some(attribute) = name.strip_prefix("ce-") {
-                binary.push((attribute, value.as_str()));
-            } else if name.eq_ignore_ascii_case("content-type") {
-                content_type = Some(value.as_str());
-            } else if name.eq_ignore_ascii_case("Nats-Msg-Id") {
-                msg_id = Some(value.as_str());
-            }
-        }
+        let parts = ofe_core::nats::parts(headers);
         let identity =
-            identity.or_else(|| msg_id.map(|id| format!("{nats_subject}/{id}").into_bytes()));
+            identity.or_else(|| parts.msg_id.map(|id| format!("{nats_subject}/{id}").into_bytes()));
         self.origin.event(&Message {
             payload,
-            content_type,
-            binary,
+            content_type: parts.content_type,
+            binary: parts.attributes,
             subject: nats_subject,
             identity,
             ..Message::default()
