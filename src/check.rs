@@ -80,7 +80,8 @@ impl LocalSecrets {
         if refs.is_empty() {
             return Vec::new();
         }
-        let own = m.resource.namespace().unwrap_or("default").to_string();
+        let own =
+            m.resource.namespace().unwrap_or(ofe_crds::manifest::DEFAULT_NAMESPACE).to_string();
         let mut values = std::collections::HashMap::new();
         let mut out = Vec::new();
         for r in refs {

@@ -626,7 +626,7 @@ fn event_source_sink_plan(
     if es.spec.events().is_empty() {
         return Ok(None); // nothing to deliver (`ofe validate` warns)
     }
-    let namespace = es.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
     let name = es.metadata.name.as_deref().unwrap_or_default();
     let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -659,7 +659,7 @@ fn event_source_sink_plan(
 fn es_key(es: &EventSource) -> ResourceKey {
     ResourceKey {
         kind: "EventSource".into(),
-        namespace: es.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        namespace: ofe_crds::manifest::namespace_of(&es.metadata).to_string(),
         name: es.metadata.name.clone().unwrap_or_default(),
     }
 }

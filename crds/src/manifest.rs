@@ -18,6 +18,12 @@ pub const API_VERSION: &str = "events.openfunction.io/v1alpha1";
 /// The namespace of a namespaced resource that does not name one, as kubectl does.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The namespace of a namespaced object: `metadata.namespace`, else [`DEFAULT_NAMESPACE`]. The
+/// one place that rule is written.
+pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
 /// One resource of any of the four kinds.
 #[derive(Clone, Debug)]
 pub enum Resource {
@@ -80,7 +86,7 @@ impl Resource {
     pub fn namespace(&self) -> Option<&str> {
         match self {
             Self::ClusterEventBus(_) => None,
-            _ => Some(self.meta().namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)),
+            _ => Some(namespace_of(self.meta())),
         }
     }
 }

@@ -16,21 +16,27 @@ pub mod metrics;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
-mod schedule;
+mod source;
 pub mod webhook;
 
 use std::sync::Arc;
 
 use ofe_core::EventBus;
-use ofe_core::health::{Health, Reporter, ResourceKey};
+use ofe_core::health::{Health, ResourceKey};
 use ofe_crds::EventSource;
 use ofe_crds::diagnostic::Diagnostic;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use cron::CronSource;
+pub use cron::{CronSource, Schedule};
 pub use metrics::SourceMetrics;
-pub use schedule::Schedule;
+pub use source::{Source, SourceContext, SourceKind, SourceName};
+
+/// Every polling kind of EventSource input, in the order their events start. The webhook,
+/// which is served rather than polled, is [`webhook`]. A new kind is one line here.
+pub fn kinds() -> &'static [&'static dyn SourceKind] {
+    &[&cron::Kind, &mqtt::Kind, &kafka::Kind, &nats::Kind, &redis::Kind]
+}
 
 /// Errors starting an EventSource.
 #[derive(Debug, thiserror::Error)]
@@ -56,100 +62,15 @@ pub fn check(es: &EventSource) -> Vec<Diagnostic> {
         .collect()
 }
 
-/// One polling event, ready to run (boxed: made once per event, and the kinds differ in size).
-enum Source {
-    Cron(Box<CronSource>),
-    Mqtt(Box<mqtt::MqttSource>),
-    Kafka(Box<kafka::KafkaSource>),
-    Nats(Box<nats::NatsSource>),
-    Redis(Box<redis::RedisSource>),
-}
-
 /// The condition type of an EventSource's upstream connections.
 pub const SOURCE_CONNECTED: &str = "SourceConnected";
 
-impl Source {
-    /// `<kind>.<event>`: what it reads, unique within its EventSource even when several
-    /// kinds feed one event name (as OpenFunction allows).
-    fn part(&self) -> String {
-        match self {
-            Self::Cron(s) => format!("cron.{}", s.event),
-            Self::Mqtt(s) => s.origin.labels.part(),
-            Self::Kafka(s) => s.origin.labels.part(),
-            Self::Nats(s) => s.origin.labels.part(),
-            Self::Redis(s) => s.origin.labels.part(),
-        }
-    }
-
-    /// Reports its connection to `reporter`. A schedule has no upstream: it works from the
-    /// start.
-    fn set_reporter(&mut self, reporter: Reporter) {
-        match self {
-            Self::Cron(_) => reporter.up("Scheduled"),
-            Self::Mqtt(s) => s.origin.set_reporter(reporter),
-            Self::Kafka(s) => s.origin.set_reporter(reporter),
-            Self::Nats(s) => s.origin.set_reporter(reporter),
-            Self::Redis(s) => s.origin.set_reporter(reporter),
-        }
-    }
-
-    async fn run(
-        self,
-        bus: Arc<dyn EventBus>,
-        metrics: SourceMetrics,
-        shutdown: CancellationToken,
-    ) {
-        match self {
-            Self::Cron(s) => (*s).run(bus, metrics, shutdown).await,
-            Self::Mqtt(s) => (*s).run(bus, metrics, shutdown).await,
-            Self::Kafka(s) => (*s).run(bus, metrics, shutdown).await,
-            Self::Nats(s) => (*s).run(bus, metrics, shutdown).await,
-            Self::Redis(s) => (*s).run(bus, metrics, shutdown).await,
-        }
-    }
-}
-
 /// Every polling event of `es` (webhooks are served by [`webhook::router`]), or why it cannot
 /// run, naming the field.
-fn sources(es: &EventSource) -> Vec<Result<Source, SourceError>> {
-    let namespace = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let (ns, name) = (namespace.as_str(), es.metadata.name.as_deref().unwrap_or_default());
-    let mut out = Vec::new();
-    for (event, spec) in es.spec.cron.iter().flatten() {
-        out.push(
-            Schedule::parse(&spec.schedule, spec.timezone.as_deref())
-                .map(|schedule| {
-                    Source::Cron(Box::new(CronSource {
-                        namespace: ns.to_string(),
-                        eventsource: name.to_string(),
-                        event: event.clone(),
-                        schedule_text: spec.schedule.clone(),
-                        schedule,
-                    }))
-                })
-                .map_err(|message| {
-                    let field = if message.contains("time zone") { "timezone" } else { "schedule" };
-                    SourceError::Invalid { path: format!("spec.cron.{event}.{field}"), message }
-                }),
-        );
-    }
-    for (event, spec) in es.spec.mqtt.iter().flatten() {
-        out.push(mqtt::MqttSource::new(ns, name, event, spec).map(|s| Source::Mqtt(Box::new(s))));
-    }
-    for (event, spec) in es.spec.kafka.iter().flatten() {
-        out.push(
-            kafka::KafkaSource::new(ns, name, event, spec).map(|s| Source::Kafka(Box::new(s))),
-        );
-    }
-    for (event, spec) in es.spec.nats.iter().flatten() {
-        out.push(nats::NatsSource::new(ns, name, event, spec).map(|s| Source::Nats(Box::new(s))));
-    }
-    for (event, spec) in es.spec.redis.iter().flatten() {
-        out.push(
-            redis::RedisSource::new(ns, name, event, spec).map(|s| Source::Redis(Box::new(s))),
-        );
-    }
-    out
+fn sources(es: &EventSource) -> Vec<Result<Box<dyn Source>, SourceError>> {
+    let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
+    let at = SourceName { namespace, eventsource: es.metadata.name.as_deref().unwrap_or_default() };
+    kinds().iter().flat_map(|kind| kind.sources(es, at)).collect()
 }
 
 /// Starts every polling event of `es` (cron, MQTT, Kafka, NATS, Redis) as a task publishing to
@@ -162,20 +83,22 @@ pub fn spawn(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, SourceError> {
-    let mut sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
+    let sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
     let resource = ResourceKey {
         kind: "EventSource".into(),
-        namespace: es.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: ofe_crds::manifest::namespace_of(&es.metadata).into(),
         name: es.metadata.name.clone().unwrap_or_default(),
     };
-    for source in &mut sources {
-        let reporter = health.reporter(resource.clone(), SOURCE_CONNECTED, &source.part());
-        source.set_reporter(reporter);
-    }
     Ok(sources
         .into_iter()
         .map(|source| {
-            tokio::spawn(source.run(bus.clone(), metrics.clone(), shutdown.child_token()))
+            let context = SourceContext {
+                bus: bus.clone(),
+                metrics: metrics.clone(),
+                reporter: health.reporter(resource.clone(), SOURCE_CONNECTED, &source.part()),
+                shutdown: shutdown.child_token(),
+            };
+            tokio::spawn(source.run(context))
         })
         .collect())
 }

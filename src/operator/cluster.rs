@@ -246,7 +246,7 @@ impl Cluster {
         instance: &str,
     ) -> Result<(), kube::Error> {
         use k8s_openapi::api::events::v1::Event;
-        let namespace = r.namespace().unwrap_or("default").to_string();
+        let namespace = r.namespace().unwrap_or(ofe_crds::manifest::DEFAULT_NAMESPACE).to_string();
         let (uid, api_version) = match r {
             Resource::EventSource(es) => (es.metadata.uid.clone(), EventSource::api_version(&())),
             Resource::Trigger(t) => (t.metadata.uid.clone(), Trigger::api_version(&())),

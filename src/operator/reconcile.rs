@@ -164,7 +164,7 @@ fn for_replicas(mut es: EventSource, leader: bool) -> EventSource {
     if !leader {
         es.spec.cron = None;
     }
-    let namespace = es.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let namespace = ofe_crds::manifest::namespace_of(&es.metadata).to_string();
     let name = es.metadata.name.clone().unwrap_or_default();
     for (event, mqtt) in es.spec.mqtt.iter_mut().flatten() {
         if mqtt.share_group.is_none() {

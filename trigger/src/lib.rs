@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use ofe_core::Subject;
 use ofe_crds::diagnostic::Diagnostic;
-use ofe_crds::manifest::DEFAULT_NAMESPACE;
 use ofe_crds::{SinkSpec, Trigger};
 
 pub use condition::{Condition, ConditionError};
@@ -249,7 +248,7 @@ pub fn plan(
     trigger: &Trigger,
     options: &PlanOptions,
 ) -> Result<Vec<SubscriberPlan>, Vec<Diagnostic>> {
-    let namespace = trigger.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = ofe_crds::manifest::namespace_of(&trigger.metadata);
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let compiled = compile(trigger, options.retry)?;
     let mut errors = Vec::new();

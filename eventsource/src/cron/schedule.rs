@@ -17,6 +17,27 @@ pub enum Schedule {
     Cron(Box<Cron>, Tz),
 }
 
+/// Why a schedule cannot be used, by the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// `timezone` names no IANA time zone.
+    #[error("{0}")]
+    TimeZone(String),
+    /// `schedule` is not a schedule ofe can run.
+    #[error("{0}")]
+    Schedule(String),
+}
+
+impl ScheduleError {
+    /// The field of a cron event the error is about: `timezone` or `schedule`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::TimeZone(_) => "timezone",
+            Self::Schedule(_) => "schedule",
+        }
+    }
+}
+
 impl Schedule {
     /// Parses `schedule`:
     /// - `@every 5s` (a Go duration, at least 1 s);
@@ -25,7 +46,13 @@ impl Schedule {
     ///   Dapr's cron binding reads them.
     ///
     /// `timezone` is an IANA name (default UTC); it has no effect on `@every`.
-    pub fn parse(schedule: &str, timezone: Option<&str>) -> Result<Self, String> {
+    pub fn parse(schedule: &str, timezone: Option<&str>) -> Result<Self, ScheduleError> {
+        Self::parse_tz(timezone)
+            .map_err(ScheduleError::TimeZone)
+            .and_then(|tz| Self::parse_in(schedule, tz).map_err(ScheduleError::Schedule))
+    }
+
+    fn parse_tz(timezone: Option<&str>) -> Result<Tz, String> {
         let tz: Tz = match timezone {
             None => Tz::UTC,
             Some(name) => name.parse().map_err(|_| {
@@ -34,6 +61,10 @@ impl Schedule {
                 )
             })?,
         };
+        Ok(tz)
+    }
+
+    fn parse_in(schedule: &str, tz: Tz) -> Result<Self, String> {
         let text = schedule.trim();
         if let Some(every) = text.strip_prefix("@every") {
             let interval = ofe_crds::duration::parse(every.trim())
@@ -125,15 +156,30 @@ mod tests {
 
     #[test]
     fn bad_schedules_explain_the_fix() {
-        assert!(Schedule::parse("@every", None).unwrap_err().contains("empty duration"));
-        assert!(Schedule::parse("@every 100ms", None).unwrap_err().contains("shorter than 1s"));
-        assert!(Schedule::parse("@sometimes", None).unwrap_err().contains("unknown descriptor"));
-        assert!(Schedule::parse("* * *", None).unwrap_err().contains("has 3 fields"));
-        assert!(Schedule::parse("61 * * * *", None).unwrap_err().contains("not a valid cron"));
         assert!(
-            Schedule::parse("@hourly", Some("Mars/Base"))
+            Schedule::parse("@every", None).unwrap_err().to_string().contains("empty duration")
+        );
+        assert!(
+            Schedule::parse("@every 100ms", None)
                 .unwrap_err()
-                .contains("unknown time zone")
+                .to_string()
+                .contains("shorter than 1s")
+        );
+        assert!(
+            Schedule::parse("@sometimes", None)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown descriptor")
+        );
+        assert!(Schedule::parse("* * *", None).unwrap_err().to_string().contains("has 3 fields"));
+        assert!(
+            Schedule::parse("61 * * * *", None)
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid cron")
+        );
+        assert!(
+            matches!(Schedule::parse("@hourly", Some("Mars/Base")), Err(ScheduleError::TimeZone(m)) if m.contains("unknown time zone"))
         );
     }
 }

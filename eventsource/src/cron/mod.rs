@@ -10,8 +10,10 @@ use ofe_core::trace::SpanKind;
 use ofe_core::{BusError, EventBus, Subject};
 use tokio_util::sync::CancellationToken;
 
-use crate::Schedule;
+pub mod schedule;
+
 use crate::metrics::{EventLabels, SourceMetrics};
+pub use schedule::{Schedule, ScheduleError};
 
 /// The CloudEvents `type` of cron events.
 pub const CRON_EVENT_TYPE: &str = "io.openfunction.events.cron";
@@ -148,5 +150,53 @@ pub async fn publish_with_retry(
                 }
             }
         }
+    }
+}
+
+/// The `cron` kind: `spec.cron`, one [`CronSource`] per event.
+pub struct Kind;
+
+impl crate::SourceKind for Kind {
+    fn field(&self) -> &'static str {
+        "cron"
+    }
+
+    fn sources(
+        &self,
+        es: &ofe_crds::EventSource,
+        at: crate::SourceName<'_>,
+    ) -> Vec<Result<Box<dyn crate::Source>, crate::SourceError>> {
+        let events = es.spec.cron.iter().flatten();
+        events
+            .map(|(event, spec)| {
+                Schedule::parse(&spec.schedule, spec.timezone.as_deref())
+                    .map(|schedule| {
+                        Box::new(CronSource {
+                            namespace: at.namespace.to_string(),
+                            eventsource: at.eventsource.to_string(),
+                            event: event.clone(),
+                            schedule_text: spec.schedule.clone(),
+                            schedule,
+                        }) as Box<dyn crate::Source>
+                    })
+                    .map_err(|e| crate::SourceError::Invalid {
+                        path: format!("spec.cron.{event}.{}", e.field()),
+                        message: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Source for CronSource {
+    fn part(&self) -> String {
+        format!("cron.{}", self.event)
+    }
+
+    /// A schedule has no upstream: it works from the start.
+    async fn run(self: Box<Self>, context: crate::SourceContext) {
+        context.reporter.up("Scheduled");
+        CronSource::run(*self, context.bus, context.metrics, context.shutdown).await;
     }
 }

@@ -137,7 +137,7 @@ impl Webhook {
 
 /// The webhooks of `es`, publishing to `bus`.
 pub fn webhooks(es: &EventSource, bus: &Arc<dyn EventBus>) -> Result<Vec<Webhook>, SourceError> {
-    let namespace = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = ofe_crds::manifest::namespace_of(&es.metadata).to_string();
     let name = es.metadata.name.clone().unwrap_or_default();
     let mut out = Vec::new();
     for (event, spec) in es.spec.webhook.iter().flatten() {

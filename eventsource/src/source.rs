@@ -1,0 +1,63 @@
+//! The extension point of EventSources: a [`SourceKind`] reads its field of an EventSource's
+//! `spec` into [`Source`]s, one per event, and each runs with a [`SourceContext`].
+//!
+//! A new kind is one folder (its spec checks, its runtime, its `SourceKind`) and one line in
+//! [`crate::kinds`]; see `docs/extending.md`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ofe_core::EventBus;
+use ofe_core::health::Reporter;
+use ofe_crds::EventSource;
+use tokio_util::sync::CancellationToken;
+
+use crate::{SourceError, SourceMetrics};
+
+/// What a running source is given.
+pub struct SourceContext {
+    /// Where its events go; it acknowledges upstream only after the bus has them.
+    pub bus: Arc<dyn EventBus>,
+    /// The counters of every source (`ofe_source_*`).
+    pub metrics: SourceMetrics,
+    /// Where it says whether its upstream connection works (the `SourceConnected`
+    /// condition, and `Ready`).
+    pub reporter: Reporter,
+    /// Cancelled when the source is to stop.
+    pub shutdown: CancellationToken,
+}
+
+/// One event of one EventSource, ready to run: its settings are checked and compiled, and
+/// nothing is connected yet.
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// `<kind>.<event>`: what it reads, unique within its EventSource even when several kinds
+    /// feed one event name (as OpenFunction allows).
+    fn part(&self) -> String;
+
+    /// Reads upstream and publishes to the bus until `context.shutdown`.
+    async fn run(self: Box<Self>, context: SourceContext);
+}
+
+/// Where an EventSource is: the names every source of it stamps on its events.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceName<'a> {
+    /// Its namespace (`default` when it has none).
+    pub namespace: &'a str,
+    /// Its name.
+    pub eventsource: &'a str,
+}
+
+/// A kind of polling input: one field of an EventSource's `spec` (a map from event name to
+/// that kind's settings).
+pub trait SourceKind: Send + Sync {
+    /// The field under `spec`, e.g. `mqtt`.
+    fn field(&self) -> &'static str;
+
+    /// Every event of this kind in `es`: ready to run, or why not, naming the field.
+    fn sources(
+        &self,
+        es: &EventSource,
+        at: SourceName<'_>,
+    ) -> Vec<Result<Box<dyn Source>, SourceError>>;
+}
