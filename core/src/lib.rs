@@ -8,11 +8,13 @@
 //! - [`tap`] reports each step of an event's path while someone listens (`ofe tail`).
 //! - [`trace`] carries W3C trace context through events and makes the spans.
 //! - `nats` and `kafka` (features of the same names): connecting to those brokers, and their
-//!   CloudEvents protocol bindings, written once for the buses and the sources.
+//!   CloudEvents protocol bindings, written once for the buses and the sources; [`amqp`], the
+//!   AMQP binding's names.
 //!
 //! This crate holds no Kubernetes API types: the API crate (`ofe-crds`) maps its specs onto the
 //! settings defined here, so a bus, source or sink never reads a CRD to connect.
 
+pub mod amqp;
 mod bus;
 pub mod event;
 pub mod health;

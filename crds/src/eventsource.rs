@@ -48,6 +48,9 @@ pub struct EventSourceSpec {
     /// read with a durable consumer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<BTreeMap<String, NatsSourceSpec>>,
+    /// AMQP 0-9-1 queues (ofe addition; RabbitMQ and compatible brokers), keyed by event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<BTreeMap<String, AmqpSpec>>,
     /// HTTP webhooks (ofe addition), keyed by event name. They accept CloudEvents over HTTP
     /// (binary, structured and batch modes) and wrap any other body as event data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,19 +80,20 @@ pub fn allows(allowed: Option<&Vec<String>>, reader: &str) -> bool {
 
 impl EventSourceSpec {
     /// Every event this EventSource defines, as `(kind, event name)` pairs in a stable order.
-    pub fn events(&self) -> Vec<(SourceKind, &str)> {
+    pub fn events(&self) -> Vec<(SourceField, &str)> {
         fn names<T>(
-            kind: SourceKind,
+            kind: SourceField,
             map: &Option<BTreeMap<String, T>>,
-        ) -> Vec<(SourceKind, &str)> {
+        ) -> Vec<(SourceField, &str)> {
             map.iter().flatten().map(|(name, _)| (kind, name.as_str())).collect()
         }
-        let mut all = names(SourceKind::Cron, &self.cron);
-        all.extend(names(SourceKind::Kafka, &self.kafka));
-        all.extend(names(SourceKind::Mqtt, &self.mqtt));
-        all.extend(names(SourceKind::Nats, &self.nats));
-        all.extend(names(SourceKind::Redis, &self.redis));
-        all.extend(names(SourceKind::Webhook, &self.webhook));
+        let mut all = names(SourceField::Cron, &self.cron);
+        all.extend(names(SourceField::Kafka, &self.kafka));
+        all.extend(names(SourceField::Mqtt, &self.mqtt));
+        all.extend(names(SourceField::Nats, &self.nats));
+        all.extend(names(SourceField::Redis, &self.redis));
+        all.extend(names(SourceField::Amqp, &self.amqp));
+        all.extend(names(SourceField::Webhook, &self.webhook));
         all
     }
 
@@ -103,7 +107,7 @@ impl EventSourceSpec {
 
 /// The kinds of input an EventSource can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SourceKind {
+pub enum SourceField {
     /// `spec.cron`
     Cron,
     /// `spec.kafka`
@@ -114,11 +118,13 @@ pub enum SourceKind {
     Nats,
     /// `spec.redis`
     Redis,
+    /// `spec.amqp`
+    Amqp,
     /// `spec.webhook`
     Webhook,
 }
 
-impl SourceKind {
+impl SourceField {
     /// The field name under `spec`.
     pub const fn field(self) -> &'static str {
         match self {
@@ -127,6 +133,7 @@ impl SourceKind {
             Self::Mqtt => "mqtt",
             Self::Nats => "nats",
             Self::Redis => "redis",
+            Self::Amqp => "amqp",
             Self::Webhook => "webhook",
         }
     }
@@ -408,4 +415,37 @@ pub struct NatsJetStreamSourceSpec {
     /// Where a new consumer starts: `latest` (default) or `earliest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_offset: Option<String>,
+}
+
+/// An AMQP 0-9-1 input (ofe addition): one queue of RabbitMQ or a compatible broker, read
+/// with manual acknowledgements, each sent only after the bus has the event.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AmqpSpec {
+    /// Broker URL: `amqp://user:password@host:5672/vhost` (`%2f` is the default vhost `/`),
+    /// or `amqps://` for TLS.
+    pub url: String,
+    /// The queue to consume. Replicas of the EventSource share it (competing consumers).
+    pub queue: String,
+    /// Declare the queue (durable) when it does not exist, and with `exchange`, the exchange
+    /// too. Default `false`: the queue must exist, as most platform teams declare their
+    /// topology themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declare: Option<bool>,
+    /// Bind the queue to this exchange, with `routingKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// The type of `exchange` when ofe declares it: `topic` (default), `direct`, `fanout` or
+    /// `headers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_type: Option<String>,
+    /// The binding's routing key; default `#` (everything, on a topic exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// Messages the broker sends ahead of acknowledgements (QoS prefetch); default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u16>,
+    /// TLS to the broker (with `amqps://`): a CA file, and a client certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }

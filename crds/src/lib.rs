@@ -33,7 +33,7 @@ pub use eventbus::{
     TlsSpec,
 };
 pub use eventsource::{
-    CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec, MqttSpec,
-    NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceKind, WebhookSpec,
+    AmqpSpec, CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec,
+    MqttSpec, NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceField, WebhookSpec,
 };
 pub use trigger::{DeliverySpec, Filter, Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};

@@ -183,7 +183,7 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
         // OpenFunction accepts it (and runs nothing); so does ofe, with a word.
         out.push(Diagnostic::warning(
             "spec",
-            "defines no events, so it does nothing; add one under spec.cron, spec.kafka, spec.mqtt, spec.nats, spec.redis or spec.webhook",
+            "defines no events, so it does nothing; add one under spec.amqp, spec.cron, spec.kafka, spec.mqtt, spec.nats, spec.redis or spec.webhook",
         ));
     }
     for (name, hook) in spec.webhook.iter().flatten() {

@@ -4,11 +4,12 @@
 //! event: an input counts as done only when the bus has acknowledged it as durable. Events
 //! carry the extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds: `cron`, `mqtt` (TCP, TLS, WebSocket; 3.1.1 and 5), `kafka`, `nats` (core and JetStream), `redis` (streams
+//! Kinds: `amqp` (RabbitMQ), `cron`, `mqtt` (TCP, TLS, WebSocket; 3.1.1 and 5), `kafka`, `nats` (core and JetStream), `redis` (streams
 //! and pub/sub), and `webhook`
 //! (served by [`webhook::router`]). How inputs become events is shared by every adapter: see
 //! [`ingest`].
 
+pub mod amqp;
 pub mod cron;
 pub mod ingest;
 pub mod kafka;
@@ -35,7 +36,7 @@ pub use source::{Source, SourceContext, SourceKind, SourceName};
 /// Every polling kind of EventSource input, in the order their events start. The webhook,
 /// which is served rather than polled, is [`webhook`]. A new kind is one line here.
 pub fn kinds() -> &'static [&'static dyn SourceKind] {
-    &[&cron::Kind, &mqtt::Kind, &kafka::Kind, &nats::Kind, &redis::Kind]
+    &[&cron::Kind, &mqtt::Kind, &kafka::Kind, &nats::Kind, &redis::Kind, &amqp::Kind]
 }
 
 /// Errors starting an EventSource.

@@ -1,8 +1,14 @@
-//! The behaviour every [`EventBus`] backend must show, as reusable async checks.
+//! The ofe test kit: the behaviour every [`EventBus`] backend must show (the conformance
+//! suite, below), the behaviour every EventSource kind must show ([`sources`]), and the broker
+//! processes and certificates the tests use.
+//!
+//! The conformance suite is reusable async checks.
 //!
 //! Each check takes a bus and a unique prefix (so checks can share one broker) and panics with
 //! a description of what went wrong. A backend runs the whole suite with
 //! [`crate::conformance_suite!`] from its integration tests, e.g. `eventbus/tests/embedded.rs`.
+
+pub mod sources;
 
 /// Generates one `#[tokio::test]` per check of the suite. `$connect` is an async block giving
 /// `Arc<dyn EventBus>`; `$settle` is how long consumer groups need to form. With
