@@ -39,6 +39,7 @@ fn validate_accepts_every_example() {
         "examples/webhook-to-function",
         "examples/vehicle-telemetry/manifests.yaml",
         "examples/chain/manifests.yaml",
+        "examples/amqp-to-function/manifests.yaml",
     ] {
         let out = ofe().args(["validate", "-f"]).arg(repo(example)).output().expect("run");
         assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));

@@ -106,6 +106,7 @@ fn the_api_server_admits_every_example_and_openfunction_sample() {
             "examples/vehicle-telemetry/manifests.yaml",
             "examples/chain/manifests.yaml",
             "examples/webhook-to-function/manifests.yaml",
+            "examples/amqp-to-function/manifests.yaml",
         ]
         .map(|f| root().join(f)),
     )
