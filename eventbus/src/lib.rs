@@ -11,4 +11,3 @@
 pub mod embedded;
 pub mod jetstream;
 pub mod kafka;
-mod kafka_state;

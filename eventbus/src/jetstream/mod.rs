@@ -43,6 +43,12 @@ use ofe_core::{
 use ofe_core::{Subject, event};
 use tokio::sync::watch;
 
+mod state;
+mod subscription;
+
+use state::*;
+use subscription::*;
+
 /// Settings of the JetStream backend.
 #[derive(Clone, Debug)]
 pub struct JetStreamConfig {
@@ -282,48 +288,6 @@ impl JetStreamBus {
     }
 }
 
-/// How long join state a replica left behind stays in the key-value bucket.
-const STATE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Join state in a JetStream key-value bucket (`<stream>_state`), with its compare-and-set.
-struct KvState(jetstream::kv::Store);
-
-#[async_trait]
-impl StateStore for KvState {
-    async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
-        let entry =
-            self.0.entry(key).await.map_err(|e| unavailable(format!("cannot read state: {e}")))?;
-        Ok(entry
-            .filter(|e| e.operation == jetstream::kv::Operation::Put)
-            .map(|e| Versioned { value: e.value.to_vec(), revision: e.revision }))
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<u64>,
-    ) -> Result<u64, StateError> {
-        use jetstream::kv::{CreateErrorKind, UpdateErrorKind};
-        match expected {
-            None => self.0.create(key, value.into()).await.map_err(|e| match e.kind() {
-                CreateErrorKind::AlreadyExists => StateError::Conflict,
-                _ => StateError::Bus(unavailable(format!("cannot write state: {e}"))),
-            }),
-            Some(revision) => {
-                self.0.update(key, value.into(), revision).await.map_err(|e| match e.kind() {
-                    UpdateErrorKind::WrongLastRevision => StateError::Conflict,
-                    _ => StateError::Bus(unavailable(format!("cannot write state: {e}"))),
-                })
-            }
-        }
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), BusError> {
-        self.0.purge(key).await.map_err(|e| unavailable(format!("cannot delete state: {e}")))
-    }
-}
-
 /// A durable consumer name every NATS version takes as it is: `[A-Za-z0-9-]` as is, any other
 /// byte as `_XX` (so `trigger.ns.t.0` is `trigger_2Ens_2Et_2E0`, and no two consumers share a
 /// name). No `%`: NATS 2.9 formats ack subjects with the consumer name as a Go format string,
@@ -545,171 +509,6 @@ impl EventBus for JetStreamBus {
         // Drain: pending publishes and acks go out, then the connection closes, which also ends
         // the keep-alive of every delivery still held, so the server redelivers those.
         self.client.drain().await.map_err(unavailable)
-    }
-}
-
-struct JetStreamSubscription {
-    /// The stream's subject prefix, to read subjects back.
-    prefix: Arc<str>,
-    /// On a server that cannot filter by several subjects: the subjects to keep (wire form);
-    /// any other message is acknowledged and skipped.
-    keep_only: Option<std::collections::BTreeSet<String>>,
-    consumer: consumer::PullConsumer,
-    messages: Option<consumer::pull::Stream>,
-    batch: usize,
-    ack_wait: Duration,
-    backoff: Duration,
-    /// Whether the last pull failed; the recovery is logged once, when it ends.
-    failing: bool,
-}
-
-impl JetStreamSubscription {
-    async fn pull(&mut self) -> Result<jetstream::Message, BusError> {
-        loop {
-            if self.messages.is_none() {
-                match self.consumer.stream().max_messages_per_batch(self.batch).messages().await {
-                    Ok(stream) => self.messages = Some(stream),
-                    Err(e) => {
-                        self.wait_after_error(&e.to_string()).await;
-                        continue;
-                    }
-                }
-            }
-            let next = match self.messages.as_mut() {
-                Some(stream) => stream.next().await,
-                None => continue,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    if self.failing {
-                        tracing::info!("JetStream consumer recovered");
-                        self.failing = false;
-                    }
-                    self.backoff = Duration::from_millis(100);
-                    return Ok(message);
-                }
-                Some(Err(e)) => {
-                    self.messages = None;
-                    self.wait_after_error(&e.to_string()).await;
-                }
-                None => {
-                    self.messages = None;
-                    return Err(BusError::Closed);
-                }
-            }
-        }
-    }
-
-    async fn wait_after_error(&mut self, error: &str) {
-        if self.failing {
-            tracing::debug!(%error, "JetStream consumer still failing");
-        } else {
-            tracing::warn!(%error, "JetStream consumer failed; retrying with backoff");
-            self.failing = true;
-        }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-#[async_trait]
-impl Subscription for JetStreamSubscription {
-    async fn next(&mut self) -> Result<Delivery, BusError> {
-        loop {
-            let message = self.pull().await?;
-            let (sequence, attempt, published_at) = match message.info() {
-                Ok(info) => {
-                    let nanos = info.published.unix_timestamp_nanos();
-                    let published = i64::try_from(nanos).ok().map(DateTime::from_timestamp_nanos);
-                    (
-                        info.stream_sequence,
-                        u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                        published,
-                    )
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "JetStream message without metadata; skipping");
-                    continue;
-                }
-            };
-            if let Some(keep) = &self.keep_only
-                && !keep.contains(message.subject.as_str())
-            {
-                let _ = message.ack().await;
-                continue;
-            }
-            let subject = from_wire(&self.prefix, message.subject.as_str());
-            let decoded = nats::decode(message.headers.as_ref(), &message.payload);
-            let (message, acker) = message.split();
-            let (Some(subject), Ok(event)) = (subject, decoded) else {
-                // A message that is not a CloudEvent can never be processed here: terminate it
-                // so it does not come back, and say so loudly.
-                tracing::error!(subject = %message.subject, "undecodable message on the bus; terminating it");
-                let _ = acker.ack_with(AckKind::Term).await;
-                continue;
-            };
-            let acker = Arc::new(acker);
-            let (stop, stopped) = oneshot::channel();
-            tokio::spawn(keep_alive(acker.clone(), self.ack_wait, stopped));
-            let settle = Box::new(JetStreamAcker { acker, _keep_alive: stop });
-            return Ok(Delivery::new(
-                Arc::new(event),
-                subject,
-                sequence,
-                attempt,
-                published_at.unwrap_or_else(Utc::now),
-                settle,
-            ));
-        }
-    }
-}
-
-/// Sends progress acks while a delivery is held, so the server does not redeliver an event
-/// that is still being worked on. Stops when the delivery is settled.
-async fn keep_alive(
-    acker: Arc<jetstream::message::Acker>,
-    ack_wait: Duration,
-    stopped: oneshot::Receiver<()>,
-) {
-    let every = (ack_wait / 3).max(Duration::from_millis(100));
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            () = tokio::time::sleep(every) => {
-                if acker.ack_with(AckKind::Progress).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-struct JetStreamAcker {
-    acker: Arc<jetstream::message::Acker>,
-    /// Dropping it stops the keep-alive task.
-    _keep_alive: oneshot::Sender<()>,
-}
-
-impl Acker for JetStreamAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
-        // A plain ack, not a confirmed one: waiting for the server per message would cap a
-        // consumer at one round trip per event, and a lost ack only means a redelivery, which
-        // at-least-once already allows.
-        async move { self.acker.ack().await.map_err(unavailable) }.boxed()
-    }
-
-    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>> {
-        async move { self.acker.ack_with(AckKind::Nak(Some(delay))).await.map_err(unavailable) }
-            .boxed()
-    }
-
-    fn abandon(self: Box<Self>) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = self.acker.ack_with(AckKind::Nak(None)).await;
-            });
-        }
     }
 }
 

@@ -27,7 +27,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
 
-use crate::kafka::KafkaConfig;
+use super::KafkaConfig;
 use ofe_core::BusError;
 use ofe_core::state::{StateError, StateStore, Versioned};
 
