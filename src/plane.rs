@@ -44,7 +44,7 @@ pub struct Settings {
     /// Where webhooks are served.
     pub webhook_listen: String,
     /// How HTTPS sinks are trusted, and who ofe is to them.
-    pub sink_tls: ofe_trigger::delivery::SinkTls,
+    pub sink_tls: ofe_trigger::sink::http::tls::SinkTls,
 }
 
 /// Tasks that stop together.
@@ -110,7 +110,7 @@ pub struct Plane {
     health: Health,
     source_metrics: SourceMetrics,
     trigger_metrics: TriggerMetrics,
-    client: ofe_trigger::delivery::HttpClient,
+    client: ofe_trigger::sink::HttpClient,
     sources: BTreeMap<ResourceKey, Versioned>,
     subscribers: BTreeMap<String, Versioned>,
     routers: BTreeMap<String, Versioned>,
@@ -157,10 +157,7 @@ impl Desired {
                 .routes
                 .iter()
                 .flat_map(|r| std::iter::once(&r.destination).chain(r.dead_letter.as_ref()));
-            let written = written.filter_map(|d| match d {
-                ofe_trigger::delivery::Destination::Topic { subject, .. } => Some(subject),
-                ofe_trigger::delivery::Destination::Http { .. } => None,
-            });
+            let written = written.filter_map(|d| d.bus_subject());
             for subject in read.chain(written).chain(plan.reply.as_ref()) {
                 if matches!(subject, Subject::Topic { .. }) {
                     add(subject.clone(), bus);
@@ -185,7 +182,7 @@ impl Plane {
         trigger_metrics: TriggerMetrics,
         targets: Targets,
     ) -> anyhow::Result<Self> {
-        let client = ofe_trigger::delivery::http_client_with(&settings.sink_tls)
+        let client = ofe_trigger::sink::http::tls::http_client_with(&settings.sink_tls)
             .context("cannot build the HTTP client for sinks")?;
         Ok(Self {
             settings,

@@ -70,7 +70,7 @@ pub struct PlaneArgs {
     drain_timeout: Duration,
     /// How many times an event may be passed on to a topic or answered with a reply before
     /// ofe stops it as a loop.
-    #[arg(long, default_value_t = ofe_trigger::delivery::DEFAULT_MAX_HOPS, env = "OFE_MAX_HOPS")]
+    #[arg(long, default_value_t = ofe_trigger::sink::topic::DEFAULT_MAX_HOPS, env = "OFE_MAX_HOPS")]
     max_hops: u32,
     /// The bearer token `ofe send` and `ofe tail` must present (`/send`, `/tail`). Without
     /// it they work only when `--listen` is a loopback address.
@@ -140,7 +140,7 @@ impl Process {
             max_hops: args.max_hops,
             drain: args.drain_timeout,
             webhook_listen: args.webhook_listen.clone(),
-            sink_tls: ofe_trigger::delivery::SinkTls {
+            sink_tls: ofe_trigger::sink::http::tls::SinkTls {
                 ca_file: args.sink_ca_file.clone(),
                 client: args.sink_cert_file.clone().zip(args.sink_key_file.clone()),
             },

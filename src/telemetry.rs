@@ -122,7 +122,7 @@ fn init_traces() -> anyhow::Result<Option<Traces>> {
     let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4318".into());
     // As every URL ofe logs: without a password or query values.
     let shown = reqwest::Url::parse(&endpoint)
-        .map(|url| ofe_trigger::delivery::redacted(&url))
+        .map(|url| ofe_trigger::sink::http::redacted(&url))
         .unwrap_or(endpoint);
     tracing::info!(endpoint = %shown, "exporting traces over OTLP");
     Ok(Some(Traces { provider }))
@@ -133,7 +133,7 @@ fn init_traces() -> anyhow::Result<Option<Traces>> {
 /// presenting `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`/`_KEY` when set. Built on a thread of
 /// its own: a blocking client cannot be made inside an async runtime.
 fn otlp_client() -> anyhow::Result<reqwest::blocking::Client> {
-    use ofe_trigger::delivery::{SinkTls, TlsNames};
+    use ofe_trigger::sink::http::tls::{SinkTls, TlsNames};
     let var = |signal: &'static str, general: &'static str| {
         std::env::var(signal)
             .ok()
@@ -160,7 +160,7 @@ fn otlp_client() -> anyhow::Result<reqwest::blocking::Client> {
         key: key.as_ref().map_or("OTEL_EXPORTER_OTLP_CLIENT_KEY", |(n, _)| *n),
     };
     let tls = SinkTls { ca_file: ca.map(|(_, v)| v.into()), client };
-    let config = ofe_trigger::delivery::rustls_config(&tls, &names)?;
+    let config = ofe_trigger::sink::http::tls::rustls_config(&tls, &names)?;
     std::thread::spawn(move || {
         reqwest::blocking::Client::builder().tls_backend_preconfigured(config).build()
     })

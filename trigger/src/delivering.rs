@@ -119,7 +119,7 @@ mod tests {
     fn failing_shows_after_a_few_attempts_and_clears_on_success() {
         let health = Health::default();
         let d = DeliveryHealth::new(health.handle(key(), DELIVERING, "subscriber 0"));
-        let dest = Destination::Http { url: "http://127.0.0.1:9/fn".parse().expect("url") };
+        let dest = Destination::http("http://127.0.0.1:9/fn").expect("url");
         let failure = Failure { reason: "connection refused".into(), ..Failure::default() };
         assert_eq!(delivering(&health).0, "True");
         d.failed(&dest, &failure);

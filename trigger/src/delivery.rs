@@ -1,14 +1,19 @@
-//! Delivering events to destinations: HTTP sinks (CloudEvents binary mode) and bus topics,
-//! with retries, linear or exponential backoff, `Retry-After`, and dead letters.
+//! Delivering events to destinations, whatever their sink (see [`crate::sink`]): retries,
+//! linear or exponential backoff, `Retry-After`, and dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudevents::{AttributesReader, Event};
-use ofe_core::trace::{self, KeyValue, SpanKind};
-use ofe_core::{EventBus, Subject, event};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use cloudevents::Event;
+use ofe_core::EventBus;
+use ofe_core::trace::{self, KeyValue};
 use tokio_util::sync::CancellationToken;
+
+use crate::sink::http::BODY_LIMIT;
+use crate::sink::http::tls::{ClientError, http_client};
+use crate::sink::topic::DEFAULT_MAX_HOPS;
+pub use crate::sink::{Destination, Failure, Reply};
+use crate::sink::{HttpClient, SinkContext};
 
 /// Extension attribute on a dead-lettered event: the destination that failed.
 pub const EXT_ERROR_DEST: &str = "ofeerrordest";
@@ -22,29 +27,6 @@ pub const EXT_ERROR_ATTEMPTS: &str = "ofeerrorattempts";
 /// Extension attribute on a dead-lettered event: the start of the last response body (up to
 /// 1024 bytes), base64-encoded, so that any body can travel as an attribute.
 pub const EXT_ERROR_DATA: &str = "ofeerrordata";
-
-/// Extension attribute counting how many times ofe has passed an event on to a topic or
-/// published a reply derived from it, so that a loop of Triggers stops (as Knative's broker
-/// TTL does).
-pub const EXT_HOPS: &str = "ofehops";
-
-/// The hop limit when none is configured.
-pub const DEFAULT_MAX_HOPS: u32 = 16;
-
-/// The hop count of `event` (0 when it has none).
-pub fn hops(event: &Event) -> u32 {
-    event.extension(EXT_HOPS).and_then(|v| v.to_string().parse().ok()).unwrap_or(0)
-}
-
-/// `event` with its hop count set to `n`.
-pub fn with_hops(event: &Event, n: u32) -> Event {
-    let mut out = event.clone();
-    out.set_extension(EXT_HOPS, i64::from(n));
-    out
-}
-
-/// How much of a failing response body is kept.
-const BODY_LIMIT: usize = 1024;
 
 /// How the wait between attempts grows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -105,89 +87,6 @@ impl RetryPolicy {
     }
 }
 
-/// Where an event goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Destination {
-    /// An HTTP endpoint; the event is POSTed in CloudEvents binary mode.
-    Http {
-        /// Absolute URL, parsed once rather than for every request.
-        url: reqwest::Url,
-    },
-    /// A topic on the bus.
-    Topic {
-        /// Topic name, as written in the manifest.
-        name: String,
-        /// Its subject.
-        subject: Subject,
-    },
-}
-
-impl Destination {
-    /// An HTTP endpoint at `url`; the error says why it is not an absolute http(s) URL, as
-    /// `ofe validate` does.
-    pub fn http(url: &str) -> Result<Self, String> {
-        ofe_crds::validate::http_url(url).map(|url| Self::Http { url })
-    }
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Http { url } => f.write_str(&redacted(url)),
-            Self::Topic { name, .. } => write!(f, "topic:{name}"),
-        }
-    }
-}
-
-/// `url` as logs, the tap and spans show it: a password in it, and the query's values, which
-/// often carry tokens, become `***`.
-pub fn redacted(url: &reqwest::Url) -> String {
-    if url.password().is_none() && url.query().is_none() {
-        return url.to_string();
-    }
-    let mut url = url.clone();
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query().is_some() {
-        let names: Vec<String> = url.query_pairs().map(|(name, _)| name.into_owned()).collect();
-        url.query_pairs_mut().clear().extend_pairs(names.iter().map(|n| (n.as_str(), "***")));
-    }
-    url.to_string()
-}
-
-/// Why one attempt failed.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Failure {
-    /// HTTP status, if a response came back.
-    pub code: Option<u16>,
-    /// Human-readable reason, with the start of the response body.
-    pub reason: String,
-    /// Whether trying again may help: 5xx, 404, 408, 409, 429 and network errors.
-    pub retryable: bool,
-    /// The wait a 429 or 503 response asked for with `Retry-After`.
-    pub retry_after: Option<Duration>,
-    /// The start of the response body, up to 1024 bytes.
-    pub body: Vec<u8>,
-}
-
-impl Failure {
-    /// A failure without a response (network error, bus error), worth retrying.
-    pub fn transient(reason: String) -> Self {
-        Self { reason, retryable: true, ..Self::default() }
-    }
-}
-
-/// The wait a `Retry-After` value asks for: delta-seconds, or an HTTP date (from `now`).
-pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// The outcome of delivering with retries.
 #[derive(Debug)]
 pub enum Outcome {
@@ -198,115 +97,6 @@ pub enum Outcome {
     Failed(Failure, u32),
     /// Shutdown interrupted the retries; the event must be delivered again later.
     Interrupted,
-}
-
-/// What a sink answered beyond success: a CloudEvent, or one that could not be read.
-pub type Reply = Result<Event, String>;
-
-/// Whether a status is worth retrying (the same set as Knative Eventing).
-pub fn is_retryable(status: u16) -> bool {
-    status >= 500 || matches!(status, 404 | 408 | 409 | 429)
-}
-
-pub use crate::sink_client::HttpClient;
-
-/// How the delivery client proves who it talks to, and who it is, over HTTPS.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SinkTls {
-    /// PEM certificates of CAs to trust besides the system's (a cluster's private CA).
-    pub ca_file: Option<std::path::PathBuf>,
-    /// A PEM client certificate and key, for sinks that ask for one (mutual TLS).
-    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-/// Why the delivery client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// A certificate or key file is unreadable or not PEM; names the file and the fix.
-    #[error("{0}")]
-    Tls(String),
-    /// The HTTP client itself.
-    #[error("cannot build the HTTP client: {0}")]
-    Build(#[from] reqwest::Error),
-}
-
-/// The HTTP client deliveries use: a keep-alive connection pool, trusting the system's CAs.
-/// Clones share it.
-pub fn http_client() -> Result<HttpClient, ClientError> {
-    http_client_with(&SinkTls::default())
-}
-
-/// [`http_client`] with `tls`: more CAs to trust, and a client certificate.
-pub fn http_client_with(tls: &SinkTls) -> Result<HttpClient, ClientError> {
-    Ok(HttpClient::new(rustls_config(tls, &SINK_TLS_NAMES)?)?)
-}
-
-/// What a TLS setting is called where the user gives it, for errors: a flag, an env var.
-#[derive(Clone, Copy, Debug)]
-pub struct TlsNames {
-    /// The CA file's name.
-    pub ca: &'static str,
-    /// The client certificate file's name.
-    pub cert: &'static str,
-    /// The client key file's name.
-    pub key: &'static str,
-}
-
-const SINK_TLS_NAMES: TlsNames =
-    TlsNames { ca: "--sink-ca-file", cert: "--sink-cert-file", key: "--sink-key-file" };
-
-/// A rustls configuration on the ring provider (the one every TLS connection of ofe uses):
-/// the system's roots plus `tls.ca_file`, and the client certificate if any; errors name the
-/// settings as `names` says.
-pub fn rustls_config(tls: &SinkTls, names: &TlsNames) -> Result<rustls::ClientConfig, ClientError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path)
-            .map_err(|e| ClientError::Tls(format!("cannot read {what} {}: {e}", path.display())))
-    };
-    let certs = |path: &std::path::Path, what: &str| {
-        let found = CertificateDer::pem_slice_iter(&read(path, what)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::Tls(format!("{what} {} is not PEM: {e}", path.display())))?;
-        if found.is_empty() {
-            return Err(ClientError::Tls(format!(
-                "{what} {} holds no certificate; give a PEM file",
-                path.display()
-            )));
-        }
-        Ok(found)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A system certificate rustls cannot use is skipped, as every TLS client does.
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = &tls.ca_file {
-        for cert in certs(ca, names.ca)? {
-            roots.add(cert).map_err(|e| ClientError::Tls(format!("{}: {e}", names.ca)))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    let mut config = match &tls.client {
-        Some((cert, key)) => {
-            let chain = certs(cert, names.cert)?;
-            let key = PrivateKeyDer::from_pem_slice(&read(key, names.key)?).map_err(|e| {
-                ClientError::Tls(format!("{} {} is not a PEM key: {e}", names.key, key.display()))
-            })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientError::Tls(format!("{}: {e}", names.cert)))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    // reqwest speaks HTTP/1.1 here; offer it, as its own configuration would.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 /// Sends events to destinations. Cheap to clone; the HTTP connection pool is shared.
@@ -371,7 +161,15 @@ impl Deliverer {
         timeout: Duration,
         n: u32,
     ) -> Result<Option<Box<Reply>>, Failure> {
-        let span = attempt_span(dest, n);
+        let span = if trace::enabled() {
+            // A first attempt is no resend, and has no count, as OpenTelemetry's HTTP
+            // conventions ask.
+            let resend =
+                (n > 1).then(|| KeyValue::new("http.request.resend_count", i64::from(n - 1)));
+            dest.sink().span(resend)
+        } else {
+            trace::Span::default()
+        };
         let result = self.attempt_traced(dest, event, timeout, &span).await;
         if let Err(failure) = &result {
             if let Some(code) = failure.code {
@@ -389,74 +187,14 @@ impl Deliverer {
         timeout: Duration,
         span: &trace::Span,
     ) -> Result<Option<Box<Reply>>, Failure> {
-        match dest {
-            Destination::Http { url } => {
-                let request = || {
-                    let (mut headers, body) = binary_mode(event);
-                    // The function continues this attempt's span, as it would behind any
-                    // OpenTelemetry-instrumented client.
-                    if let Some((parent, state)) = span.traceparent() {
-                        if let Ok(value) = HeaderValue::try_from(parent) {
-                            headers.insert(TRACEPARENT, value);
-                        }
-                        match HeaderValue::try_from(state) {
-                            Ok(value) if !value.is_empty() => {
-                                drop(headers.insert(TRACESTATE, value));
-                            }
-                            _ => drop(headers.remove(TRACESTATE)),
-                        }
-                    }
-                    (headers, body)
-                };
-                let response =
-                    self.http.post(url, request, timeout).await.map_err(Failure::transient)?;
-                let status = response.status;
-                span.set(KeyValue::new("http.response.status_code", i64::from(status)));
-                if (200..300).contains(&status) {
-                    return Ok(read_reply(&response.headers, &response.body).map(Box::new));
-                }
-                let retry_after = if matches!(status, 429 | 503) {
-                    response
-                        .headers
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-                } else {
-                    None
-                };
-                // Only the start of the body is kept: copied once, not whole and then cut.
-                let body = response.body[..response.body.len().min(BODY_LIMIT)].to_vec();
-                let text = String::from_utf8_lossy(&body).into_owned();
-                Err(Failure {
-                    code: Some(status),
-                    reason: format!("HTTP {status}: {text}"),
-                    retryable: is_retryable(status),
-                    retry_after,
-                    body,
-                })
-            }
-            Destination::Topic { subject, .. } => {
-                let hops = hops(event) + 1;
-                if hops > self.max_hops {
-                    return Err(Failure {
-                        reason: format!(
-                            "hop limit {} reached: the event has passed through Triggers {} \
-                             times; a loop of Triggers?",
-                            self.max_hops,
-                            hops - 1
-                        ),
-                        ..Failure::default()
-                    });
-                }
-                let mut next = with_hops(event, hops);
-                span.stamp_hop(&mut next);
-                self.bus
-                    .publish_shared(subject, Arc::new(next))
-                    .await
-                    .map(|_| None)
-                    .map_err(|e| Failure::transient(format!("publish failed: {e}")))
-            }
-        }
+        let context = SinkContext {
+            http: &self.http,
+            bus: &self.bus,
+            max_hops: self.max_hops,
+            timeout,
+            span,
+        };
+        dest.sink().attempt(event, &context).await
     }
 
     /// Attempts until success, a non-retryable failure, the retries run out, or shutdown.
@@ -511,36 +249,6 @@ impl Deliverer {
     }
 }
 
-/// The span of attempt `n` to `dest` (a child of the current span), after OpenTelemetry's HTTP
-/// and messaging conventions; nothing when tracing is off.
-fn attempt_span(dest: &Destination, n: u32) -> trace::Span {
-    if !trace::enabled() {
-        return trace::Span::default();
-    }
-    // A first attempt is no resend, and has no count, as OpenTelemetry's HTTP conventions ask.
-    let resend = (n > 1).then(|| KeyValue::new("http.request.resend_count", i64::from(n - 1)));
-    match dest {
-        Destination::Http { url } => {
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("url.full", redacted(url)),
-                KeyValue::new("server.address", url.host_str().unwrap_or_default().to_string()),
-            ];
-            if let Some(port) = url.port_or_known_default() {
-                attributes.push(KeyValue::new("server.port", i64::from(port)));
-            }
-            attributes.extend(resend);
-            trace::Span::start("POST", SpanKind::Client, &trace::current(), attributes)
-        }
-        Destination::Topic { subject, .. } => {
-            let mut attributes = trace::messaging("send", subject);
-            attributes.extend(resend);
-            let name = format!("publish {subject}");
-            trace::Span::start(name, SpanKind::Producer, &trace::current(), attributes)
-        }
-    }
-}
-
 /// Runs `attempt` (given its 1-based number) until it succeeds, fails for good, the retries
 /// run out, or `shutdown`; between attempts it waits as `policy` says, on the tokio clock.
 pub async fn retry<F, Fut>(
@@ -574,90 +282,6 @@ where
     }
 }
 
-/// The CloudEvent in a sink's response, in binary mode (`ce-*` headers) or structured mode
-/// (`application/cloudevents+json`); `None` when the response is not a CloudEvent.
-pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
-    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if headers.contains_key("ce-specversion") {
-        let attributes: Vec<(&str, &str)> = headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((name.as_str().strip_prefix("ce-")?, value.to_str().ok()?))
-            })
-            .collect();
-        return Some(
-            event::from_binary(attributes, content_type, body)
-                .map_err(|e| format!("malformed binary-mode CloudEvent reply: {e}")),
-        );
-    }
-    let media = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
-    if media.is_some_and(|m| m.eq_ignore_ascii_case("application/cloudevents+json")) {
-        return Some(
-            serde_json::from_slice::<Event>(body)
-                .map_err(|e| format!("malformed structured CloudEvent reply: {e}")),
-        );
-    }
-    None
-}
-
-/// The HTTP headers and body of `event` in CloudEvents binary content mode: attributes and
-/// extensions as `ce-*` headers, `datacontenttype` as `Content-Type`, data as the body.
-pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
-    let attributes = event::binary_attributes(event);
-    let mut headers = HeaderMap::with_capacity(attributes.len() + 3);
-    for (name, value) in attributes {
-        if name == trace::EXT_HOP {
-            // ofe's own hop; the W3C headers carry the delivery's span instead.
-            continue;
-        }
-        let value = match value {
-            // An encoded value's buffer becomes the header's as it is.
-            std::borrow::Cow::Owned(text) => HeaderValue::try_from(text),
-            std::borrow::Cow::Borrowed(text) => HeaderValue::from_str(text),
-        };
-        let (Some(header), Ok(value)) = (ce_header(name), value) else { continue };
-        // The CloudEvents distributed-tracing extension, also as W3C Trace Context headers:
-        // a function instrumented with OpenTelemetry reads those, not `ce-traceparent`, and
-        // so continues the sender's trace.
-        match name {
-            "traceparent" => drop(headers.insert(TRACEPARENT, value.clone())),
-            "tracestate" => drop(headers.insert(TRACESTATE, value.clone())),
-            _ => {}
-        }
-        headers.insert(header, value);
-    }
-    if let Some(Ok(value)) = event.datacontenttype().map(HeaderValue::from_str) {
-        headers.insert(CONTENT_TYPE, value);
-    }
-    (headers, event::data_bytes(event))
-}
-
-/// W3C Trace Context's header naming the trace and the caller's span.
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// W3C Trace Context's vendor-specific trace state.
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-
-/// The `ce-` header of attribute `name`: the spec's attributes, and the extensions every
-/// event through ofe carries, without building the name.
-fn ce_header(name: &str) -> Option<HeaderName> {
-    Some(HeaderName::from_static(match name {
-        "id" => "ce-id",
-        "source" => "ce-source",
-        "specversion" => "ce-specversion",
-        "type" => "ce-type",
-        "subject" => "ce-subject",
-        "time" => "ce-time",
-        "dataschema" => "ce-dataschema",
-        event::EXT_NAMESPACE => "ce-ofenamespace",
-        event::EXT_EVENTSOURCE => "ce-ofeeventsource",
-        event::EXT_EVENT => "ce-ofeevent",
-        EXT_HOPS => "ce-ofehops",
-        "traceparent" => "ce-traceparent",
-        "tracestate" => "ce-tracestate",
-        _ => return HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok(),
-    }))
-}
-
 /// The event to dead-letter: the original, with the failure recorded in extension attributes.
 pub fn dead_letter_event(
     event: &Event,
@@ -685,7 +309,10 @@ pub fn dead_letter_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::http::*;
+    use cloudevents::AttributesReader as _;
     use cloudevents::{EventBuilder, EventBuilderV10};
+    use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
     #[test]
     fn backoff_grows_as_its_policy_says_and_is_capped() {

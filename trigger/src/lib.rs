@@ -14,10 +14,11 @@ pub mod condition;
 pub mod delivering;
 pub mod delivery;
 pub mod filter;
+pub mod key;
 pub mod metrics;
 pub mod router;
 pub mod runner;
-pub mod sink_client;
+pub mod sink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,10 +29,11 @@ use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::{SinkSpec, Trigger};
 
 pub use condition::{Condition, ConditionError};
-pub use delivery::{Backoff, Deliverer, Destination, RetryPolicy};
+pub use delivery::{Backoff, Deliverer, RetryPolicy};
 pub use metrics::{SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
+pub use sink::{Destination, Sink};
 
 /// The window when a Trigger sets none, as in OpenFunction.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
@@ -299,10 +301,7 @@ pub fn plan(
             route(sink_destination(&format!("{path}.sink"), sink, namespace, options), dl);
         }
         if let Some(topic) = &sub.topic {
-            let to = |t: &String| Destination::Topic {
-                name: t.clone(),
-                subject: Subject::topic(namespace, t),
-            };
+            let to = |t: &String| Destination::topic(t.clone(), Subject::topic(namespace, t));
             route(Ok(to(topic)), sub.dead_letter_topic.as_ref().map(|t| Ok(to(t))));
         }
         let labels = SubscriberLabels {

@@ -370,7 +370,7 @@ async fn publish_reply(
             return Ok(());
         }
     };
-    let hops = crate::delivery::hops(event) + 1;
+    let hops = crate::sink::topic::hops(event) + 1;
     if hops > deliverer.max_hops() {
         metrics.loops.get_or_create(labels).inc();
         tracing::error!(
@@ -380,7 +380,7 @@ async fn publish_reply(
         );
         return Ok(());
     }
-    let reply = crate::delivery::with_hops(&reply, hops);
+    let reply = crate::sink::topic::with_hops(&reply, hops);
     let bus = deliverer.bus().clone();
     let outcome = crate::delivery::retry(
         &plan.retry,
@@ -516,8 +516,8 @@ async fn deliver(
             }
             Outcome::Interrupted => return drop(delivery),
             Outcome::Failed(failure, attempts) => {
-                if matches!(route.destination, Destination::Topic { .. })
-                    && crate::delivery::hops(&event) >= deliverer.max_hops()
+                if route.destination.bus_subject().is_some()
+                    && crate::sink::topic::hops(&event) >= deliverer.max_hops()
                 {
                     metrics.loops.get_or_create(labels).inc();
                 }

@@ -37,7 +37,7 @@ fn status(code: u16) -> Result<(), Failure> {
     Err(Failure {
         code: Some(code),
         reason: format!("HTTP {code}"),
-        retryable: ofe_trigger::delivery::is_retryable(code),
+        retryable: ofe_trigger::sink::http::is_retryable(code),
         ..Failure::default()
     })
 }

@@ -357,7 +357,7 @@ async fn a_sinks_reply_reaches_the_reply_topic() {
     assert_eq!(reply.event.id(), "reply-0");
     assert_eq!(reply.event.ty(), "com.example.enriched");
     assert_eq!(
-        reply.event.extension(ofe_trigger::delivery::EXT_HOPS).map(ToString::to_string),
+        reply.event.extension(ofe_trigger::sink::topic::EXT_HOPS).map(ToString::to_string),
         Some("1".to_string())
     );
     assert_eq!(ofe_core::event::data_bytes(&reply.event), br#"{"enriched":true}"#);

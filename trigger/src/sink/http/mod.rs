@@ -1,0 +1,227 @@
+//! The HTTP sink: an HTTP POST of the CloudEvent in binary content mode, as Knative and
+//! OpenFunction's functions take it, continuing the sender's trace in W3C headers; a reply in
+//! binary or structured mode is read back.
+//!
+//! - [`client`]: the connection pool (keep-alive, HTTP/1.1);
+//! - [`tls`]: the client's TLS (the system's roots plus a cluster CA, a client certificate).
+
+pub mod client;
+pub mod tls;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudevents::{AttributesReader as _, Event};
+use ofe_core::event;
+use ofe_core::trace::{self, KeyValue, SpanKind};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use super::{Failure, Reply, Sink, SinkContext};
+use crate::sink::topic::EXT_HOPS;
+
+/// How much of a failing response body is kept.
+pub(crate) const BODY_LIMIT: usize = 1024;
+
+/// A function's HTTP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSink {
+    /// Absolute URL, parsed once rather than for every request.
+    pub url: reqwest::Url,
+}
+
+impl HttpSink {
+    /// The sink at `url`, which must be an absolute http(s) URL; the error says why not, as
+    /// `ofe validate` does.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        ofe_crds::validate::http_url(url).map(|url| Self { url })
+    }
+}
+
+#[async_trait]
+impl Sink for HttpSink {
+    fn describe(&self) -> String {
+        redacted(&self.url)
+    }
+
+    fn span(&self, resend: Option<KeyValue>) -> trace::Span {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.full", redacted(&self.url)),
+            KeyValue::new("server.address", self.url.host_str().unwrap_or_default().to_string()),
+        ];
+        if let Some(port) = self.url.port_or_known_default() {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        attributes.extend(resend);
+        trace::Span::start("POST", SpanKind::Client, &trace::current(), attributes)
+    }
+
+    async fn attempt(
+        &self,
+        event: &Event,
+        context: &SinkContext<'_>,
+    ) -> Result<Option<Box<Reply>>, Failure> {
+        let request = || {
+            let (mut headers, body) = binary_mode(event);
+            // The function continues this attempt's span, as it would behind any
+            // OpenTelemetry-instrumented client.
+            if let Some((parent, state)) = context.span.traceparent() {
+                if let Ok(value) = HeaderValue::try_from(parent) {
+                    headers.insert(TRACEPARENT, value);
+                }
+                match HeaderValue::try_from(state) {
+                    Ok(value) if !value.is_empty() => {
+                        drop(headers.insert(TRACESTATE, value));
+                    }
+                    _ => drop(headers.remove(TRACESTATE)),
+                }
+            }
+            (headers, body)
+        };
+        let response = context
+            .http
+            .post(&self.url, request, context.timeout)
+            .await
+            .map_err(Failure::transient)?;
+        let status = response.status;
+        context.span.set(KeyValue::new("http.response.status_code", i64::from(status)));
+        if (200..300).contains(&status) {
+            return Ok(read_reply(&response.headers, &response.body).map(Box::new));
+        }
+        let retry_after = if matches!(status, 429 | 503) {
+            response
+                .headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+        } else {
+            None
+        };
+        // Only the start of the body is kept: copied once, not whole and then cut.
+        let body = response.body[..response.body.len().min(BODY_LIMIT)].to_vec();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        Err(Failure {
+            code: Some(status),
+            reason: format!("HTTP {status}: {text}"),
+            retryable: is_retryable(status),
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// `url` as logs, the tap and spans show it: a password in it, and the query's values, which
+/// often carry tokens, become `***`.
+pub fn redacted(url: &reqwest::Url) -> String {
+    if url.password().is_none() && url.query().is_none() {
+        return url.to_string();
+    }
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let names: Vec<String> = url.query_pairs().map(|(name, _)| name.into_owned()).collect();
+        url.query_pairs_mut().clear().extend_pairs(names.iter().map(|n| (n.as_str(), "***")));
+    }
+    url.to_string()
+}
+
+/// The wait a `Retry-After` value asks for: delta-seconds, or an HTTP date (from `now`).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Whether a status is worth retrying (the same set as Knative Eventing).
+pub fn is_retryable(status: u16) -> bool {
+    status >= 500 || matches!(status, 404 | 408 | 409 | 429)
+}
+
+/// The CloudEvent in a sink's response, in binary mode (`ce-*` headers) or structured mode
+/// (`application/cloudevents+json`); `None` when the response is not a CloudEvent.
+pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if headers.contains_key("ce-specversion") {
+        let attributes: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().strip_prefix("ce-")?, value.to_str().ok()?))
+            })
+            .collect();
+        return Some(
+            event::from_binary(attributes, content_type, body)
+                .map_err(|e| format!("malformed binary-mode CloudEvent reply: {e}")),
+        );
+    }
+    let media = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
+    if media.is_some_and(|m| m.eq_ignore_ascii_case("application/cloudevents+json")) {
+        return Some(
+            serde_json::from_slice::<Event>(body)
+                .map_err(|e| format!("malformed structured CloudEvent reply: {e}")),
+        );
+    }
+    None
+}
+
+/// The HTTP headers and body of `event` in CloudEvents binary content mode: attributes and
+/// extensions as `ce-*` headers, `datacontenttype` as `Content-Type`, data as the body.
+pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
+    let attributes = event::binary_attributes(event);
+    let mut headers = HeaderMap::with_capacity(attributes.len() + 3);
+    for (name, value) in attributes {
+        if name == trace::EXT_HOP {
+            // ofe's own hop; the W3C headers carry the delivery's span instead.
+            continue;
+        }
+        let value = match value {
+            // An encoded value's buffer becomes the header's as it is.
+            std::borrow::Cow::Owned(text) => HeaderValue::try_from(text),
+            std::borrow::Cow::Borrowed(text) => HeaderValue::from_str(text),
+        };
+        let (Some(header), Ok(value)) = (ce_header(name), value) else { continue };
+        // The CloudEvents distributed-tracing extension, also as W3C Trace Context headers:
+        // a function instrumented with OpenTelemetry reads those, not `ce-traceparent`, and
+        // so continues the sender's trace.
+        match name {
+            "traceparent" => drop(headers.insert(TRACEPARENT, value.clone())),
+            "tracestate" => drop(headers.insert(TRACESTATE, value.clone())),
+            _ => {}
+        }
+        headers.insert(header, value);
+    }
+    if let Some(Ok(value)) = event.datacontenttype().map(HeaderValue::from_str) {
+        headers.insert(CONTENT_TYPE, value);
+    }
+    (headers, event::data_bytes(event))
+}
+
+/// W3C Trace Context's header naming the trace and the caller's span.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context's vendor-specific trace state.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The `ce-` header of attribute `name`: the spec's attributes, and the extensions every
+/// event through ofe carries, without building the name.
+fn ce_header(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "specversion" => "ce-specversion",
+        "type" => "ce-type",
+        "subject" => "ce-subject",
+        "time" => "ce-time",
+        "dataschema" => "ce-dataschema",
+        event::EXT_NAMESPACE => "ce-ofenamespace",
+        event::EXT_EVENTSOURCE => "ce-ofeeventsource",
+        event::EXT_EVENT => "ce-ofeevent",
+        EXT_HOPS => "ce-ofehops",
+        "traceparent" => "ce-traceparent",
+        "tracestate" => "ce-tracestate",
+        _ => return HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok(),
+    }))
+}

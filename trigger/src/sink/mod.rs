@@ -1,0 +1,125 @@
+//! The extension point of delivery: a [`Sink`] makes one attempt at delivering an event, and
+//! the delivery loop (`crate::delivery`) adds retries, backoff, `Retry-After`, dead letters
+//! and metrics around it, the same for every kind.
+//!
+//! - [`http`]: an HTTP POST in CloudEvents binary mode (a sync function);
+//! - [`topic`]: a publish on a bus topic (an async function, or the next Trigger of a chain).
+//!
+//! A new kind of sink is a folder here, implementing [`Sink`], and a constructor on
+//! [`Destination`]; see `docs/extending.md`.
+
+pub mod http;
+pub mod topic;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudevents::Event;
+use ofe_core::trace::{self, KeyValue};
+use ofe_core::{EventBus, Subject};
+
+pub use http::client::HttpClient;
+
+/// What a sink answered beyond success: a CloudEvent, or one that could not be read.
+pub type Reply = Result<Event, String>;
+
+/// Why one attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Failure {
+    /// HTTP status, if a response came back.
+    pub code: Option<u16>,
+    /// Human-readable reason, with the start of the response body.
+    pub reason: String,
+    /// Whether trying again may help: 5xx, 404, 408, 409, 429 and network errors.
+    pub retryable: bool,
+    /// The wait a 429 or 503 response asked for with `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// The start of the response body, up to 1024 bytes.
+    pub body: Vec<u8>,
+}
+
+impl Failure {
+    /// A failure without a response (network error, bus error), worth retrying.
+    pub fn transient(reason: String) -> Self {
+        Self { reason, retryable: true, ..Self::default() }
+    }
+}
+
+/// What every attempt has to hand, whatever the sink.
+pub struct SinkContext<'a> {
+    /// The HTTP connection pool, shared by every HTTP sink.
+    pub http: &'a HttpClient,
+    /// The bus topics are published to.
+    pub bus: &'a Arc<dyn EventBus>,
+    /// The hop limit of events passed on to the bus.
+    pub max_hops: u32,
+    /// How long the attempt may take.
+    pub timeout: Duration,
+    /// The attempt's span, which the sink carries downstream.
+    pub span: &'a trace::Span,
+}
+
+/// One kind of destination.
+#[async_trait]
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// Where it delivers, as logs, status, the tap and dead letters (`ofeerrordest`) show it:
+    /// without credentials.
+    fn describe(&self) -> String;
+
+    /// The span of one attempt (with `resend`, the resend count, on retries), after
+    /// OpenTelemetry's conventions for the protocol. Called only while tracing is on.
+    fn span(&self, resend: Option<KeyValue>) -> trace::Span;
+
+    /// The bus subject it writes to, for a sink that publishes on the bus (what `ofe send`
+    /// may target, and where a loop of Triggers is counted).
+    fn bus_subject(&self) -> Option<&Subject> {
+        None
+    }
+
+    /// One attempt: on success, the sink's reply when it answered with a CloudEvent.
+    async fn attempt(
+        &self,
+        event: &Event,
+        context: &SinkContext<'_>,
+    ) -> Result<Option<Box<Reply>>, Failure>;
+}
+
+/// Where an event goes: a sink, built once from the manifest and shared by every delivery.
+#[derive(Clone, Debug)]
+pub struct Destination(Arc<dyn Sink>);
+
+impl Destination {
+    /// A destination of any kind.
+    pub fn new(sink: impl Sink + 'static) -> Self {
+        Self(Arc::new(sink))
+    }
+
+    /// An HTTP endpoint at `url`; the error says why it is not an absolute http(s) URL, as
+    /// `ofe validate` does.
+    pub fn http(url: &str) -> Result<Self, String> {
+        http::HttpSink::parse(url).map(Self::new)
+    }
+
+    /// Topic `name` of the bus, at `subject`.
+    pub fn topic(name: impl Into<String>, subject: Subject) -> Self {
+        Self::new(topic::TopicSink { name: name.into(), subject })
+    }
+
+    /// Its sink.
+    pub fn sink(&self) -> &dyn Sink {
+        self.0.as_ref()
+    }
+
+    /// The bus subject it writes to, if it publishes on the bus.
+    pub fn bus_subject(&self) -> Option<&Subject> {
+        self.0.bus_subject()
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.describe())
+    }
+}
