@@ -6,7 +6,6 @@
 //! - `ofe crds` prints the CustomResourceDefinitions.
 //! - `ofe send`, `ofe tail` and `ofe status` talk to a running process's endpoint.
 
-mod buses;
 mod check;
 mod console;
 mod operator;

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use axum::serve::ListenerExt as _;
 
-use crate::buses::Buses;
 use crate::console::Targets;
+use ofe_eventbus::Buses;
 
 /// Input events the router of a bus holds unacknowledged at once.
 const ROUTER_IN_FLIGHT: usize = 1024;
@@ -234,7 +234,7 @@ impl Plane {
                         key,
                         condition: "BusConnected",
                         reason: "BusUnreachable",
-                        message: format!("{:#}", e.context(at())),
+                        message: format!("{:#}", anyhow::Error::from(e).context(at())),
                     });
                     continue;
                 }

@@ -7,7 +7,13 @@
 //!   memory (`mem`).
 //! - [`jetstream::JetStreamBus`] keeps events in a NATS JetStream stream.
 //! - [`kafka::KafkaBus`] keeps them in a Kafka topic.
+//!
+//! [`Buses`] is the one place an EventBus resource becomes a backend: it resolves `eventBus`
+//! names as OpenFunction does and opens each bus once.
 
 pub mod embedded;
 pub mod jetstream;
 pub mod kafka;
+pub mod open;
+
+pub use open::{BusKey, Buses, OpenError};

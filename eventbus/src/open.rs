@@ -1,4 +1,5 @@
-//! Resolving `eventBus` names to running buses.
+//! Resolving `eventBus` names to running buses: the one place an EventBus resource becomes a
+//! backend's settings and an open bus.
 //!
 //! A name resolves as in OpenFunction: the namespaced EventBus, else the ClusterEventBus. A name
 //! no loaded resource defines runs on the embedded bus. Every embedded bus of the process
@@ -10,13 +11,36 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use ofe_core::EventBus;
+use crate::embedded::{EmbeddedBus, EmbeddedConfig, MemoryConfig};
+use crate::jetstream::{JetStreamBus, JetStreamConfig};
+use crate::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
+use ofe_core::{BusError, EventBus};
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
 use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
-use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig, MemoryConfig};
-use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
-use ofe_eventbus::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
+
+/// Why a bus did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A field of the EventBus cannot be used as written.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The field path, e.g. `spec.jetstream.maxAge`.
+        path: String,
+        /// What is wrong and the fix.
+        message: String,
+    },
+    /// The backend refused or could not be reached.
+    #[error("cannot open the {backend} bus at {at}")]
+    Backend {
+        /// `embedded`, `JetStream` or `Kafka`.
+        backend: &'static str,
+        /// Where: a directory, URLs or brokers, without credentials.
+        at: String,
+        /// The backend's error.
+        #[source]
+        source: BusError,
+    },
+}
 
 /// Which bus a resource uses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,14 +64,15 @@ pub struct Buses {
     announced: HashSet<String>,
 }
 
-fn duration(path: &str, text: Option<&String>, default: Duration) -> anyhow::Result<Duration> {
+fn duration(path: &str, text: Option<&String>, default: Duration) -> Result<Duration, OpenError> {
     match text {
         None => Ok(default),
-        Some(t) => ofe_crds::duration::parse(t).map_err(|e| anyhow::anyhow!("{path}: {e}")),
+        Some(t) => ofe_crds::duration::parse(t)
+            .map_err(|message| OpenError::Invalid { path: path.into(), message }),
     }
 }
 
-fn jetstream_config(spec: &JetStreamBusSpec) -> anyhow::Result<JetStreamConfig> {
+fn jetstream_config(spec: &JetStreamBusSpec) -> Result<JetStreamConfig, OpenError> {
     let mut c = JetStreamConfig::new(&spec.url);
     if let Some(stream) = &spec.stream {
         c.stream.clone_from(stream);
@@ -103,7 +128,7 @@ fn kafka_config(spec: &KafkaBusSpec, data_dir: &Path) -> KafkaConfig {
     c
 }
 
-fn memory_config(spec: &ofe_crds::MemoryBusSpec) -> anyhow::Result<MemoryConfig> {
+fn memory_config(spec: &ofe_crds::MemoryBusSpec) -> Result<MemoryConfig, OpenError> {
     let mut c = MemoryConfig::default();
     if let Some(b) = spec.max_bytes.and_then(|b| u64::try_from(b).ok()) {
         c.max_bytes = b;
@@ -113,7 +138,7 @@ fn memory_config(spec: &ofe_crds::MemoryBusSpec) -> anyhow::Result<MemoryConfig>
 }
 
 /// NATS Streaming settings mapped onto JetStream at the same URL.
-fn nats_streaming_config(spec: &NatsStreamingSpec) -> anyhow::Result<JetStreamConfig> {
+fn nats_streaming_config(spec: &NatsStreamingSpec) -> Result<JetStreamConfig, OpenError> {
     let mut c = JetStreamConfig::new(&spec.nats_url);
     c.ack_wait =
         duration("spec.natsStreaming.ackWaitTime", spec.ack_wait_time.as_ref(), c.ack_wait)?;
@@ -207,7 +232,7 @@ impl Buses {
         namespace: &str,
         name: Option<&str>,
         data_dir: &Path,
-    ) -> anyhow::Result<Arc<dyn EventBus>> {
+    ) -> Result<Arc<dyn EventBus>, OpenError> {
         let (mut key, spec) = self.resolve(namespace, name);
         let spec = spec.unwrap_or_default();
         enum Backend {
@@ -250,17 +275,19 @@ impl Buses {
         let bus: Arc<dyn EventBus> = match backend {
             Backend::JetStream(config) => {
                 let url = ofe_core::nats::url_without_credentials(&config.url);
-                let bus = JetStreamBus::connect(config)
-                    .await
-                    .with_context(|| format!("cannot open the JetStream bus at {url}"))?;
+                let bus = JetStreamBus::connect(config).await.map_err(|source| {
+                    OpenError::Backend { backend: "JetStream", at: url.clone(), source }
+                })?;
                 tracing::info!(bus = ?key, %url, "JetStream bus connected");
                 Arc::new(bus)
             }
             Backend::Kafka(config) => {
                 let brokers = config.brokers.clone();
-                let bus = KafkaBus::connect(config)
-                    .await
-                    .with_context(|| format!("cannot open the Kafka bus at {brokers}"))?;
+                let bus = KafkaBus::connect(config).await.map_err(|source| OpenError::Backend {
+                    backend: "Kafka",
+                    at: brokers.clone(),
+                    source,
+                })?;
                 tracing::info!(bus = ?key, %brokers, topic = %bus.topic(), "Kafka bus connected");
                 Arc::new(bus)
             }
@@ -278,9 +305,12 @@ impl Buses {
                         duration("spec.embedded.maxAge", e.max_age.as_ref(), config.max_age)?;
                 }
                 let dir = config.dir.display().to_string();
+                let failed =
+                    |source| OpenError::Backend { backend: "embedded", at: dir.clone(), source };
                 let bus = tokio::task::spawn_blocking(move || EmbeddedBus::open(config))
-                    .await?
-                    .with_context(|| format!("cannot open the embedded bus in {dir}"))?;
+                    .await
+                    .map_err(|e| failed(BusError::Storage(e.to_string())))?
+                    .map_err(failed)?;
                 tracing::info!(%dir, last_sequence = bus.last_sequence(), "embedded bus open");
                 Arc::new(bus)
             }
