@@ -7,8 +7,7 @@
 //! bearing the token of `--console-token`; on any other endpoint without a token they answer
 //! 403 and say how to enable them. `/healthz`, `/metrics` and `/status` stay open to scrapers.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -17,14 +16,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cloudevents::AttributesReader as _;
 use ofe_core::tap::{Stage, Step, Tap};
-use ofe_core::{Event, EventBus, Subject};
+use ofe_core::{Event, Subject};
 use ofe_eventsource::SourceMetrics;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
 /// Where events can be sent: per subject, the buses that carry it (a topic read by Triggers
 /// on two buses is on both). The data plane rewrites it at every apply.
-pub type Targets = Arc<RwLock<BTreeMap<Subject, Vec<Arc<dyn EventBus>>>>>;
+pub use ofe_runtime::SendTargets as Targets;
 
 /// How often `/tail` writes an empty line while nothing happens, so that a client that left
 /// is noticed and stops costing the data plane anything.

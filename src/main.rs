@@ -9,7 +9,6 @@
 mod check;
 mod console;
 mod operator;
-mod plane;
 mod run;
 mod telemetry;
 mod tools;

@@ -22,8 +22,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::console::{Console, Targets};
-use crate::plane::{Plane, Settings};
 use crate::{check, telemetry};
+use ofe_runtime::{Plane, Settings};
 
 /// Arguments of `ofe run`.
 #[derive(clap::Args)]
@@ -292,7 +292,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
         Ok(failures) => failures,
         Err(e) => {
             process.stop().await;
-            return Err(e);
+            return Err(e.into());
         }
     };
     if !failures.is_empty() {

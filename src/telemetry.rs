@@ -227,14 +227,7 @@ pub async fn serve(
         .await
 }
 
-/// Turns Nagle's algorithm off on an accepted connection, as Go's servers do by default:
-/// with it, a response written in two parts can wait for the client's delayed ACK (up to
-/// 40 ms on Linux) before its second part leaves.
-pub fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
-}
+pub use ofe_runtime::no_delay;
 
 /// Every resource this process runs, with its conditions as the data plane sees them: the
 /// same conditions the operator writes into `.status` in Kubernetes mode.

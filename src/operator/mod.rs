@@ -8,7 +8,7 @@
 //! a Lease, also fires cron schedules (so a tick fires once) and writes `.status` and Events
 //! from what its data plane reports.
 //!
-//! [`Plane`]: crate::plane::Plane
+//! [`Plane`]: ofe_runtime::Plane
 
 mod cluster;
 mod lease;

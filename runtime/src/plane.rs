@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ofe_core::health::{Health, ResourceKey};
 use ofe_core::{EventBus, Subject};
 use ofe_crds::EventSource;
@@ -25,8 +24,21 @@ use tokio_util::sync::CancellationToken;
 
 use axum::serve::ListenerExt as _;
 
-use crate::console::Targets;
 use ofe_eventbus::Buses;
+
+use crate::error::{RuntimeError, chain};
+
+/// Where `ofe send` can publish: per subject, the buses that carry it, as of the last apply.
+pub type SendTargets = Arc<std::sync::RwLock<BTreeMap<Subject, Vec<Arc<dyn EventBus>>>>>;
+
+/// Turns Nagle's algorithm off on an accepted connection, as Go's servers do by default:
+/// with it, a response written in two parts can wait for the client's delayed ACK (up to
+/// 40 ms on Linux) before its second part leaves.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+}
 
 /// Input events the router of a bus holds unacknowledged at once.
 const ROUTER_IN_FLIGHT: usize = 1024;
@@ -45,6 +57,21 @@ pub struct Settings {
     pub webhook_listen: String,
     /// How HTTPS sinks are trusted, and who ofe is to them.
     pub sink_tls: ofe_trigger::sink::http::tls::SinkTls,
+}
+
+impl Settings {
+    /// The settings `ofe run` starts with unless told otherwise: data in `data_dir`, default
+    /// plan options and hop limit, a 30 s drain, webhooks on 127.0.0.1:8080, the system's CAs.
+    pub fn new(data_dir: std::path::PathBuf) -> Self {
+        Self {
+            data_dir,
+            options: PlanOptions::default(),
+            max_hops: ofe_trigger::sink::topic::DEFAULT_MAX_HOPS,
+            drain: Duration::from_secs(30),
+            webhook_listen: "127.0.0.1:8080".into(),
+            sink_tls: ofe_trigger::sink::http::tls::SinkTls::default(),
+        }
+    }
 }
 
 /// Tasks that stop together.
@@ -80,7 +107,7 @@ impl Running {
 /// A resource, or a part of one, that the plane could not start, and why. The plane reports
 /// it on the health board and tries again at the next [`Plane::apply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
+pub struct ResourceFailure {
     /// The resource.
     pub key: ResourceKey,
     /// The condition type that turns false, e.g. `BusConnected`.
@@ -91,7 +118,7 @@ pub struct Failure {
     pub message: String,
 }
 
-impl std::fmt::Display for Failure {
+impl std::fmt::Display for ResourceFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}/{}: {}", self.key.kind, self.key.namespace, self.key.name, self.message)
     }
@@ -118,9 +145,9 @@ pub struct Plane {
     /// Per resource, the task that reports its bus's connection.
     bus_watchers: BTreeMap<ResourceKey, Versioned>,
     /// What failed at the last apply, to withdraw from the board once it no longer does.
-    failures: Vec<Failure>,
+    failures: Vec<ResourceFailure>,
     /// Where `ofe send` can publish, as of the last apply.
-    targets: Targets,
+    targets: SendTargets,
 }
 
 /// The desired state from a set of manifests.
@@ -132,7 +159,7 @@ struct Desired {
     /// Per Trigger: its bus and its digest.
     triggers: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)>,
     /// Resources left out, and why.
-    failures: Vec<Failure>,
+    failures: Vec<ResourceFailure>,
 }
 
 impl Desired {
@@ -180,10 +207,10 @@ impl Plane {
         health: Health,
         source_metrics: SourceMetrics,
         trigger_metrics: TriggerMetrics,
-        targets: Targets,
-    ) -> anyhow::Result<Self> {
+        targets: SendTargets,
+    ) -> Result<Self, RuntimeError> {
         let client = ofe_trigger::sink::http::tls::http_client_with(&settings.sink_tls)
-            .context("cannot build the HTTP client for sinks")?;
+            .map_err(RuntimeError::Client)?;
         Ok(Self {
             settings,
             buses: Buses::new(&[]),
@@ -202,7 +229,7 @@ impl Plane {
     }
 
     /// What `manifests` ask for. A resource whose bus cannot be opened, or which cannot be
-    /// planned, is left out as a [`Failure`] naming its file and document.
+    /// planned, is left out as a [`ResourceFailure`] naming its file and document.
     async fn desired(&mut self, manifests: &[Manifest]) -> Desired {
         let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
         self.buses.set_specs(&resources);
@@ -230,18 +257,18 @@ impl Plane {
             let bus = match self.buses.get(namespace, bus_name, &data_dir).await {
                 Ok(bus) => bus,
                 Err(e) => {
-                    desired.failures.push(Failure {
+                    desired.failures.push(ResourceFailure {
                         key,
                         condition: "BusConnected",
                         reason: "BusUnreachable",
-                        message: format!("{:#}", anyhow::Error::from(e).context(at())),
+                        message: format!("{}: {}", at(), chain(&e)),
                     });
                     continue;
                 }
             };
             // A resource restarts when its bus's spec changes, on the new bus.
             let bus_digest = self.buses.digest(namespace, bus_name);
-            let invalid = |message: String| Failure {
+            let invalid = |message: String| ResourceFailure {
                 key: key.clone(),
                 condition: "SinkResolved",
                 reason: "SinkUnresolved",
@@ -275,7 +302,7 @@ impl Plane {
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            desired.failures.push(invalid(format!("{:#}", e.context(at()))));
+                            desired.failures.push(invalid(format!("{}: {}", at(), chain(&e))));
                             continue;
                         }
                     }
@@ -291,7 +318,10 @@ impl Plane {
     /// start (a bus that cannot be reached, a consumer that cannot be opened) is left out,
     /// reported on the health board, and returned; the next apply tries it again, and the
     /// rest runs meanwhile.
-    pub async fn apply(&mut self, manifests: &[Manifest]) -> anyhow::Result<Vec<Failure>> {
+    pub async fn apply(
+        &mut self,
+        manifests: &[Manifest],
+    ) -> Result<Vec<ResourceFailure>, RuntimeError> {
         let mut desired = self.desired(manifests).await;
         let mut failures = std::mem::take(&mut desired.failures);
         if let Ok(mut targets) = self.targets.write() {
@@ -321,7 +351,7 @@ impl Plane {
                 Ok(started) => {
                     self.subscribers.insert(consumer, (version, started));
                 }
-                Err(e) => failures.push(Failure {
+                Err(e) => failures.push(ResourceFailure {
                     key,
                     condition: "Subscribed",
                     reason: "SubscribeFailed",
@@ -339,7 +369,7 @@ impl Plane {
                 Ok(started) => {
                     self.routers.insert(name, (version, started));
                 }
-                Err(e) => failures.extend(routed.into_iter().map(|key| Failure {
+                Err(e) => failures.extend(routed.into_iter().map(|key| ResourceFailure {
                     key,
                     condition: "Subscribed",
                     reason: "RouterFailed",
@@ -362,11 +392,11 @@ impl Plane {
                     tracing::info!(eventsource = %key.name, events = tasks.len(), "eventsource started");
                     self.sources.insert(key.clone(), (version.clone(), Running { stop, tasks }));
                 }
-                Err(e) => failures.push(Failure {
+                Err(e) => failures.push(ResourceFailure {
                     key: key.clone(),
                     condition: ofe_eventsource::SOURCE_CONNECTED,
                     reason: "SourceFailed",
-                    message: format!("{:#}", anyhow::Error::from(e).context(at.clone())),
+                    message: format!("{at}: {}", chain(&e)),
                 }),
             }
         }
@@ -402,7 +432,7 @@ impl Plane {
 
     /// Puts `failures` on the board, and takes back the earlier ones that no longer happen;
     /// a resource no longer in `manifests` leaves the board.
-    fn report_failures(&mut self, manifests: &[Manifest], failures: &[Failure]) {
+    fn report_failures(&mut self, manifests: &[Manifest], failures: &[ResourceFailure]) {
         let wanted: std::collections::BTreeSet<ResourceKey> = manifests
             .iter()
             .map(|m| ResourceKey {
@@ -464,7 +494,7 @@ impl Plane {
         &self,
         plan: SubscriberPlan,
         bus: Arc<dyn EventBus>,
-    ) -> anyhow::Result<Running> {
+    ) -> Result<Running, RuntimeError> {
         let delivering = self.health.handle(
             subscriber_key(&plan),
             ofe_trigger::delivering::DELIVERING,
@@ -473,9 +503,9 @@ impl Plane {
         let deliverer = Deliverer::with_client(self.client.clone(), bus.clone())
             .with_max_hops(self.settings.max_hops)
             .with_health(ofe_trigger::delivering::DeliveryHealth::new(delivering));
-        let subscription = runner::subscribe(&plan, bus.as_ref())
-            .await
-            .with_context(|| format!("cannot subscribe consumer {}", plan.consumer))?;
+        let subscription = runner::subscribe(&plan, bus.as_ref()).await.map_err(|source| {
+            RuntimeError::Subscribe { what: format!("consumer {}", plan.consumer), source }
+        })?;
         tracing::info!(consumer = %plan.consumer, "subscriber ready");
         report_subscriber(&self.health, &plan);
         let stop = CancellationToken::new();
@@ -495,12 +525,16 @@ impl Plane {
         name: &str,
         bus: Arc<dyn EventBus>,
         routings: Vec<Arc<ofe_trigger::Routing>>,
-    ) -> anyhow::Result<Running> {
+    ) -> Result<Running, RuntimeError> {
         let subscribers = routings.len();
         let joins = routings.iter().any(|r| r.joins());
         let mut router = ofe_trigger::Router::new(routings, self.trigger_metrics.clone());
         if joins {
-            match bus.state_store().await.context("cannot open the join state store")? {
+            let store = bus.state_store().await.map_err(|source| RuntimeError::Subscribe {
+                what: format!("the join state store of router {name}"),
+                source,
+            })?;
+            match store {
                 Some(store) => router = router.with_store(store),
                 None => tracing::warn!(
                     backend = bus.backend(),
@@ -512,7 +546,10 @@ impl Plane {
         let subscription =
             ofe_trigger::router::subscribe(&router, bus.as_ref(), name, ROUTER_IN_FLIGHT)
                 .await
-                .with_context(|| format!("cannot subscribe the Trigger router {name}"))?;
+                .map_err(|source| RuntimeError::Subscribe {
+                    what: format!("the Trigger router {name}"),
+                    source,
+                })?;
         tracing::info!(consumer = %name, backend = bus.backend(), subscribers, "router ready");
         let stop = CancellationToken::new();
         let task = ofe_trigger::router::run(router, subscription, bus, stop.clone());
@@ -522,22 +559,27 @@ impl Plane {
     async fn start_webhooks(
         &self,
         sources: &[&(EventSource, Arc<dyn EventBus>, String, String)],
-    ) -> anyhow::Result<Option<Running>> {
+    ) -> Result<Option<Running>, RuntimeError> {
         let mut hooks = Vec::new();
         for (es, bus, _, at) in sources {
-            hooks.extend(ofe_eventsource::webhook::webhooks(es, bus).with_context(|| at.clone())?);
+            let found = ofe_eventsource::webhook::webhooks(es, bus)
+                .map_err(|source| RuntimeError::Source { at: at.clone(), source })?;
+            hooks.extend(found);
         }
         if hooks.is_empty() {
             return Ok(None);
         }
         let paths: Vec<String> = hooks.iter().map(|h| h.path().to_string()).collect();
         let router = ofe_eventsource::webhook::router(hooks, self.source_metrics.clone())
-            .context("webhook EventSources")?;
+            .map_err(|source| RuntimeError::Source { at: "webhook EventSources".into(), source })?;
         let listen = &self.settings.webhook_listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen} (--webhook-listen)"))?;
-        tracing::info!(address = %listener.local_addr()?, ?paths, "serving webhooks");
+            .map_err(|source| RuntimeError::Listen { address: listen.clone(), source })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| RuntimeError::Listen { address: listen.clone(), source })?;
+        tracing::info!(%address, ?paths, "serving webhooks");
         for (es, ..) in sources {
             for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
                 self.health
@@ -552,7 +594,7 @@ impl Plane {
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener.tap_io(crate::telemetry::no_delay), router)
+            if let Err(e) = axum::serve(listener.tap_io(no_delay), router)
                 .with_graceful_shutdown(until.cancelled_owned())
                 .await
             {
@@ -618,7 +660,7 @@ fn group_routers(desired: &Desired) -> BTreeMap<String, RouterPlan> {
 fn event_source_sink_plan(
     es: &EventSource,
     options: &PlanOptions,
-) -> anyhow::Result<Option<SubscriberPlan>> {
+) -> Result<Option<SubscriberPlan>, RuntimeError> {
     let Some(sink) = &es.spec.sink else { return Ok(None) };
     if es.spec.events().is_empty() {
         return Ok(None); // nothing to deliver (`ofe validate` warns)
@@ -626,7 +668,7 @@ fn event_source_sink_plan(
     let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
     let name = es.metadata.name.as_deref().unwrap_or_default();
     let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
-        .map_err(|d| anyhow::anyhow!("{d}"))?;
+        .map_err(|d| RuntimeError::Plan(d.to_string()))?;
     let subjects = es
         .spec
         .event_names()
