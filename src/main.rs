@@ -7,11 +7,11 @@
 //! - `ofe send`, `ofe tail` and `ofe status` talk to a running process's endpoint.
 
 mod check;
-mod console;
+mod client;
+mod endpoint;
+mod logging;
 mod operator;
 mod run;
-mod telemetry;
-mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,13 +47,13 @@ enum Command {
     },
     /// Publish a test CloudEvent as an EventSource's event, or on a topic, through a running
     /// ofe.
-    Send(tools::SendArgs),
+    Send(client::send::SendArgs),
     /// Print each step of the events' paths (published, routed, filtered, delivered,
     /// retrying, dead-lettered, dropped) as they flow through a running ofe.
-    Tail(tools::TailArgs),
+    Tail(client::tail::TailArgs),
     /// Show each EventSource and Trigger of a running ofe with its condition, rates and
     /// errors; exits 3 when something is not ready.
-    Status(tools::StatusArgs),
+    Status(client::status::StatusArgs),
     /// Print the four CustomResourceDefinitions as YAML.
     Crds {
         /// Write one file per CRD into this folder instead of printing.
@@ -70,9 +70,9 @@ fn main() -> ExitCode {
         Command::Crds { out } => crds(out),
         Command::Run(args) => run::main(args),
         Command::Operator(args) => operator::main(args),
-        Command::Send(args) => tools::send(args),
-        Command::Tail(args) => tools::tail(args),
-        Command::Status(args) => tools::status(args),
+        Command::Send(args) => client::send::send(args),
+        Command::Tail(args) => client::tail::tail(args),
+        Command::Status(args) => client::status::status(args),
     };
     match result {
         Ok(code) => code,

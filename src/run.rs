@@ -21,8 +21,8 @@ use ofe_trigger::{PlanOptions, TriggerMetrics};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::console::{Console, Targets};
-use crate::{check, telemetry};
+use crate::endpoint::console::{Console, Targets};
+use crate::{check, endpoint, logging};
 use ofe_runtime::{Plane, Settings};
 
 /// Arguments of `ofe run`.
@@ -115,7 +115,7 @@ impl Process {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-        tracing::info!(endpoint = %telemetry::describe(listener.local_addr()?), "serving /healthz, /metrics and /status");
+        tracing::info!(endpoint = %endpoint::describe(listener.local_addr()?), "serving /healthz, /metrics and /status");
         let health = Health::default();
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let console = Console {
@@ -126,7 +126,7 @@ impl Process {
             loopback: listener.local_addr()?.ip().is_loopback(),
         };
         let targets = console.targets.clone();
-        let http = tokio::spawn(telemetry::serve(
+        let http = tokio::spawn(endpoint::serve(
             listener,
             Arc::new(registry),
             health.clone(),
@@ -178,7 +178,7 @@ impl RunArgs {
 
 /// Entry point of `ofe run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_logs(&args.plane.log_level, args.plane.log_json);
+    logging::init_logs(&args.plane.log_level, args.plane.log_json);
     let checked = check::load_and_check(&args.paths, Some(&args.secrets()));
     check::report(&checked.diagnostics);
     if checked.has_errors() {
@@ -189,7 +189,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_name("ofe")
         .build()
         .context("cannot start the async runtime")?;
-    telemetry::run_traced(runtime, serve(args, checked.manifests))?;
+    logging::run_traced(runtime, serve(args, checked.manifests))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -307,7 +307,7 @@ async fn serve(args: RunArgs, manifests: Vec<Manifest>) -> anyhow::Result<()> {
     );
 
     let mut reloads = reload_requests(args.paths.clone(), args.watch);
-    let stop = telemetry::signal();
+    let stop = endpoint::signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -68,7 +68,7 @@ impl Stage {
 
 /// Who reported a step: an EventSource's event, or a Trigger's subscriber.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Origin {
+pub struct StepOrigin {
     /// `EventSource` or `Trigger`.
     pub kind: &'static str,
     /// Namespace of the resource.
@@ -88,7 +88,7 @@ pub struct Step {
     pub stage: Stage,
     /// Where.
     #[serde(flatten)]
-    pub origin: Origin,
+    pub origin: StepOrigin,
     /// Why, for failures; where to, for deliveries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -133,7 +133,7 @@ impl Tap {
     pub fn step(
         &self,
         stage: Stage,
-        origin: impl FnOnce() -> Origin,
+        origin: impl FnOnce() -> StepOrigin,
         event: &Arc<Event>,
         detail: impl FnOnce() -> Option<String>,
     ) {
@@ -161,8 +161,13 @@ impl Tap {
 mod tests {
     use super::*;
 
-    fn origin() -> Origin {
-        Origin { kind: "EventSource", namespace: "ns".into(), name: "es".into(), part: "e".into() }
+    fn origin() -> StepOrigin {
+        StepOrigin {
+            kind: "EventSource",
+            namespace: "ns".into(),
+            name: "es".into(),
+            part: "e".into(),
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Where a resource came from: a file and the 1-based index of the YAML document in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
+pub struct Location {
     /// The file the document was read from.
     pub file: PathBuf,
     /// 1-based document index within the file; 0 when the resource was not read from a file
@@ -13,7 +13,7 @@ pub struct Origin {
     pub document: usize,
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Document 0: not read from a file; `file` names the object (e.g. a cluster object).
         if self.document == 0 {
@@ -37,7 +37,7 @@ pub enum Severity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
     /// The file and document, when known.
-    pub origin: Option<Origin>,
+    pub origin: Option<Location>,
     /// Field path such as `spec.subscribers[1].condition`; empty for the whole document.
     pub path: String,
     /// What is wrong and how to fix it. May span several lines (a CEL caret, for example).
@@ -59,7 +59,7 @@ impl Diagnostic {
 
     /// The same diagnostic, attributed to `origin`.
     #[must_use]
-    pub fn at(mut self, origin: &Origin) -> Self {
+    pub fn at(mut self, origin: &Location) -> Self {
         self.origin = Some(origin.clone());
         self
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Origin};
+use crate::diagnostic::{Diagnostic, Location};
 use crate::{ClusterEventBus, EventBus, EventSource, Trigger};
 
 /// The API group and version of every ofe resource.
@@ -95,7 +95,7 @@ impl Resource {
 #[derive(Clone, Debug)]
 pub struct Manifest {
     /// File and document.
-    pub origin: Origin,
+    pub origin: Location,
     /// The parsed resource.
     pub resource: Resource,
 }
@@ -169,7 +169,7 @@ pub fn parse_file(file: &Path, text: &str, set: &mut ManifestSet) {
         }
     };
     for (index, doc) in documents.into_iter().enumerate() {
-        let origin = Origin { file: file.to_path_buf(), document: index + 1 };
+        let origin = Location { file: file.to_path_buf(), document: index + 1 };
         if doc.is_null() {
             continue;
         }

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use ofe_core::Event;
-use ofe_core::tap::{Origin, Stage, Tap};
+use ofe_core::tap::{Stage, StepOrigin, Tap};
 
 /// Labels naming one event of one EventSource.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,8 +44,8 @@ impl EventLabels {
     }
 
     /// The EventSource event, as the tap names it.
-    pub fn origin(&self) -> Origin {
-        Origin {
+    pub fn origin(&self) -> StepOrigin {
+        StepOrigin {
             kind: "EventSource",
             namespace: self.namespace.clone(),
             name: self.eventsource.clone(),

@@ -150,10 +150,22 @@ pub struct Plane {
     targets: SendTargets,
 }
 
-/// The desired state from a set of manifests.
-struct Desired {
-    /// Per EventSource: the resource, its bus, its digest, and where it was read (for errors).
-    sources: BTreeMap<ResourceKey, (EventSource, Arc<dyn EventBus>, String, String)>,
+/// One EventSource to run.
+struct SourcePlan {
+    /// The resource.
+    es: EventSource,
+    /// Its bus.
+    bus: Arc<dyn EventBus>,
+    /// The digest of its spec and its bus's, to tell a change.
+    version: String,
+    /// Where it was read, for errors.
+    at: String,
+}
+
+/// What a set of manifests asks the plane to run.
+struct PlaneSpec {
+    /// Per EventSource, what to run.
+    sources: BTreeMap<ResourceKey, SourcePlan>,
     /// Per consumer: the plan, its bus, its router's name (empty: none), and its digest.
     subscribers: BTreeMap<String, (SubscriberPlan, Arc<dyn EventBus>, String, String)>,
     /// Per Trigger: its bus and its digest.
@@ -162,7 +174,7 @@ struct Desired {
     failures: Vec<ResourceFailure>,
 }
 
-impl Desired {
+impl PlaneSpec {
     /// Where events can be sent: every EventSource event, and every topic a Trigger reads
     /// or writes, with the buses that carry it.
     fn targets(&self) -> BTreeMap<Subject, Vec<Arc<dyn EventBus>>> {
@@ -173,7 +185,7 @@ impl Desired {
                 buses.push(bus.clone());
             }
         };
-        for (key, (es, bus, ..)) in &self.sources {
+        for (key, SourcePlan { es, bus, .. }) in &self.sources {
             for event in es.spec.event_names() {
                 add(Subject::event(&key.namespace, &key.name, event), bus);
             }
@@ -230,11 +242,11 @@ impl Plane {
 
     /// What `manifests` ask for. A resource whose bus cannot be opened, or which cannot be
     /// planned, is left out as a [`ResourceFailure`] naming its file and document.
-    async fn desired(&mut self, manifests: &[Manifest]) -> Desired {
+    async fn desired(&mut self, manifests: &[Manifest]) -> PlaneSpec {
         let resources: Vec<Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
         self.buses.set_specs(&resources);
         let data_dir = self.settings.data_dir.clone();
-        let mut desired = Desired {
+        let mut desired = PlaneSpec {
             sources: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             triggers: BTreeMap::new(),
@@ -306,7 +318,9 @@ impl Plane {
                             continue;
                         }
                     }
-                    desired.sources.insert(key, (es.clone(), bus, version, at()));
+                    desired
+                        .sources
+                        .insert(key, SourcePlan { es: es.clone(), bus, version, at: at() });
                 }
                 Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
             }
@@ -330,7 +344,9 @@ impl Plane {
 
         // Stop what goes or changes: sources first, then routers, then subscribers.
         let sources = &desired.sources;
-        for key in stop_changed(&mut self.sources, |k| sources.get(k).map(|d| d.2.as_str())).await {
+        for key in
+            stop_changed(&mut self.sources, |k| sources.get(k).map(|d| d.version.as_str())).await
+        {
             if !sources.contains_key(&key) {
                 tracing::info!(eventsource = %key.name, namespace = %key.namespace, "eventsource stopped");
             }
@@ -378,7 +394,7 @@ impl Plane {
             }
         }
         let mut webhooks_version = String::new();
-        for (key, (es, bus, version, at)) in &desired.sources {
+        for (key, SourcePlan { es, bus, version, at }) in &desired.sources {
             if es.spec.webhook.is_some() {
                 webhooks_version.push_str(version);
             }
@@ -402,7 +418,7 @@ impl Plane {
         }
         // Every resource reports whether its bus is connected.
         let mut watched: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)> = desired.triggers;
-        for (key, (_, bus, version, _)) in &desired.sources {
+        for (key, SourcePlan { bus, version, .. }) in &desired.sources {
             watched.insert(key.clone(), (bus.clone(), version.clone()));
         }
         let removed =
@@ -558,10 +574,10 @@ impl Plane {
 
     async fn start_webhooks(
         &self,
-        sources: &[&(EventSource, Arc<dyn EventBus>, String, String)],
+        sources: &[&SourcePlan],
     ) -> Result<Option<Running>, RuntimeError> {
         let mut hooks = Vec::new();
-        for (es, bus, _, at) in sources {
+        for SourcePlan { es, bus, at, .. } in sources {
             let found = ofe_eventsource::webhook::webhooks(es, bus)
                 .map_err(|source| RuntimeError::Source { at: at.clone(), source })?;
             hooks.extend(found);
@@ -580,7 +596,7 @@ impl Plane {
             .local_addr()
             .map_err(|source| RuntimeError::Listen { address: listen.clone(), source })?;
         tracing::info!(%address, ?paths, "serving webhooks");
-        for (es, ..) in sources {
+        for SourcePlan { es, .. } in sources {
             for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
                 self.health
                     .reporter(
@@ -644,7 +660,7 @@ async fn stop_changed<'a, K: Ord + Clone>(
 
 /// The routers `desired` needs: per consumer name, a digest of what it routes, its bus, and
 /// the subscribers.
-fn group_routers(desired: &Desired) -> BTreeMap<String, RouterPlan> {
+fn group_routers(desired: &PlaneSpec) -> BTreeMap<String, RouterPlan> {
     let mut routers: BTreeMap<String, RouterPlan> = BTreeMap::new();
     for (consumer, (plan, bus, name, version)) in &desired.subscribers {
         let Some(routing) = &plan.routing else { continue };

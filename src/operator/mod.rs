@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use self::cluster::Cluster;
 use self::reconcile::{Desired, Snapshot};
 use crate::run::{PlaneArgs, Process};
-use crate::telemetry;
+use crate::{endpoint, logging};
 
 /// Arguments of `ofe operator`.
 #[derive(clap::Args)]
@@ -70,13 +70,13 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Entry point of `ofe operator`.
 pub fn main(args: OperatorArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_logs(&args.plane.log_level, args.plane.log_json);
+    logging::init_logs(&args.plane.log_level, args.plane.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ofe")
         .build()
         .context("cannot start the async runtime")?;
-    telemetry::run_traced(runtime, serve(args))?;
+    logging::run_traced(runtime, serve(args))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -111,7 +111,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let leases = kube::Api::namespaced(client.clone(), &args.lease_namespace);
     let election = tokio::spawn(lease::run(leases, election, leading_tx, stop.clone()));
 
-    let signal = telemetry::signal();
+    let signal = endpoint::signal();
     tokio::pin!(signal);
     tokio::select! {
         () = &mut signal => {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use ofe_core::health::ResourceKey;
 use ofe_core::health::conditions::{self as status, Part, READY, Status};
-use ofe_crds::diagnostic::Origin;
+use ofe_crds::diagnostic::Location;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
 use ofe_crds::{Condition, EventSource, Trigger};
 use serde_json::Value;
@@ -78,12 +78,12 @@ pub fn key_of(r: &Resource) -> ResourceKey {
 }
 
 /// Where a resource came from, for messages: `kind namespace/name` in place of a file.
-fn origin_of(r: &Resource) -> Origin {
+fn origin_of(r: &Resource) -> Location {
     let at = match r.namespace() {
         Some(ns) => format!("{} {ns}/{}", r.kind(), r.name()),
         None => format!("{} {}", r.kind(), r.name()),
     };
-    Origin { file: at.into(), document: 0 }
+    Location { file: at.into(), document: 0 }
 }
 
 /// What the data plane should run for `snapshot`. A resource with validation errors, or with a

@@ -14,7 +14,7 @@ use cel::{Context, Env, Program, Value};
 /// and are evaluated with CEL rather than a table lookup.
 const EXHAUSTIVE_LIMIT: usize = 12;
 
-/// Most inputs one condition may name (one bit each in [`Condition::evaluate_bits`]).
+/// Most inputs one condition may name (one bit each in [`ConditionExpr::evaluate_bits`]).
 const MAX_INPUTS: usize = 64;
 
 /// The CEL environment, built once: `Context::default()` rebuilds the standard library on
@@ -28,7 +28,7 @@ pub(crate) fn env() -> Arc<Env> {
 
 /// A compiled condition.
 #[derive(Debug)]
-pub struct Condition {
+pub struct ConditionExpr {
     text: String,
     program: Program,
     /// The input names the expression refers to, sorted.
@@ -100,7 +100,7 @@ fn is_ident_byte(b: u8) -> bool {
     b == b'_' || b.is_ascii_alphanumeric()
 }
 
-impl Condition {
+impl ConditionExpr {
     /// Compiles `text` for a Trigger whose inputs are `inputs`. Rejects syntax errors, names
     /// that are not inputs, expressions that are not boolean, and conditions no event of the
     /// inputs they name could ever make true.
@@ -250,25 +250,25 @@ mod tests {
         ["eventA", "eventB"].into_iter().map(String::from).collect()
     }
 
-    fn eval(c: &Condition, a: bool, b: bool) -> bool {
+    fn eval(c: &ConditionExpr, a: bool, b: bool) -> bool {
         c.evaluate(&HashMap::from([("eventA", a), ("eventB", b)])).expect("evaluates")
     }
 
     #[test]
     fn boolean_logic_over_inputs() {
-        let and = Condition::compile("eventA && eventB", &inputs()).expect("compiles");
+        let and = ConditionExpr::compile("eventA && eventB", &inputs()).expect("compiles");
         assert!(eval(&and, true, true));
         assert!(!eval(&and, true, false));
-        let or = Condition::compile("eventA || eventB", &inputs()).expect("compiles");
+        let or = ConditionExpr::compile("eventA || eventB", &inputs()).expect("compiles");
         assert!(eval(&or, false, true));
-        let not = Condition::compile("eventA && !eventB", &inputs()).expect("compiles");
+        let not = ConditionExpr::compile("eventA && !eventB", &inputs()).expect("compiles");
         assert!(!eval(&not, true, true));
         assert_eq!(not.names(), ["eventA", "eventB"]);
     }
 
     #[test]
     fn syntax_error_points_at_its_column() {
-        let err = Condition::compile("eventA && && eventB", &inputs()).unwrap_err();
+        let err = ConditionExpr::compile("eventA && && eventB", &inputs()).unwrap_err();
         assert!(err.message.contains("does not compile"), "{}", err.message);
         let column = err.column.expect("column");
         assert_eq!(column, 11, "{}", err.message);
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn unknown_name_points_at_it() {
-        let err = Condition::compile("eventA && eventC", &inputs()).unwrap_err();
+        let err = ConditionExpr::compile("eventA && eventC", &inputs()).unwrap_err();
         assert_eq!(err.column, Some(11));
         assert!(err.message.contains("`eventC` is not an input"), "{}", err.message);
         assert!(err.message.contains("use one of: eventA, eventB"), "{}", err.message);
@@ -295,20 +295,23 @@ mod tests {
     #[test]
     fn conditions_that_cannot_fire_or_are_not_boolean_are_rejected() {
         assert!(
-            Condition::compile("!eventA", &inputs())
+            ConditionExpr::compile("!eventA", &inputs())
                 .unwrap_err()
                 .message
                 .contains("can never fire")
         );
         assert!(
-            Condition::compile("true", &inputs()).unwrap_err().message.contains("names no input")
+            ConditionExpr::compile("true", &inputs())
+                .unwrap_err()
+                .message
+                .contains("names no input")
         );
         assert!(
-            Condition::compile("eventA ? 1 : 2", &inputs())
+            ConditionExpr::compile("eventA ? 1 : 2", &inputs())
                 .unwrap_err()
                 .message
                 .contains("not a bool")
         );
-        assert!(Condition::compile("  ", &inputs()).unwrap_err().message.contains("is empty"));
+        assert!(ConditionExpr::compile("  ", &inputs()).unwrap_err().message.contains("is empty"));
     }
 }

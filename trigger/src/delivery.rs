@@ -30,7 +30,7 @@ pub const EXT_ERROR_DATA: &str = "ofeerrordata";
 
 /// How the wait between attempts grows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Backoff {
+pub enum BackoffPolicy {
     /// Retry `n` waits `delay * 2^(n-1)`.
     #[default]
     Exponential,
@@ -44,7 +44,7 @@ pub struct RetryPolicy {
     /// Retries after the first attempt. Default 5.
     pub retries: u32,
     /// How the wait grows. Default exponential.
-    pub backoff: Backoff,
+    pub backoff: BackoffPolicy,
     /// The wait before the first retry. Default 200 ms.
     pub delay: Duration,
     /// Longest wait between attempts. Default 1 hour.
@@ -59,7 +59,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             retries: 5,
-            backoff: Backoff::Exponential,
+            backoff: BackoffPolicy::Exponential,
             delay: Duration::from_millis(200),
             max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(30),
@@ -73,8 +73,8 @@ impl RetryPolicy {
     pub fn delay(&self, n: u32) -> Duration {
         let n = n.max(1);
         let wait = match self.backoff {
-            Backoff::Exponential => self.delay.saturating_mul(2u32.saturating_pow(n - 1)),
-            Backoff::Linear => self.delay.saturating_mul(n),
+            BackoffPolicy::Exponential => self.delay.saturating_mul(2u32.saturating_pow(n - 1)),
+            BackoffPolicy::Linear => self.delay.saturating_mul(n),
         };
         wait.min(self.max_backoff)
     }
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(p.delay(1), Duration::from_millis(200));
         assert_eq!(p.delay(3), Duration::from_millis(800));
         assert_eq!(p.delay(40), Duration::from_secs(3600));
-        let linear = RetryPolicy { backoff: Backoff::Linear, ..p };
+        let linear = RetryPolicy { backoff: BackoffPolicy::Linear, ..p };
         assert_eq!(linear.delay(1), Duration::from_millis(200));
         assert_eq!(linear.delay(3), Duration::from_millis(600));
     }

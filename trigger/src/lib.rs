@@ -28,8 +28,8 @@ use ofe_core::Subject;
 use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::{SinkSpec, Trigger};
 
-pub use condition::{Condition, ConditionError};
-pub use delivery::{Backoff, Deliverer, RetryPolicy};
+pub use condition::{ConditionError, ConditionExpr};
+pub use delivery::{BackoffPolicy, Deliverer, RetryPolicy};
 pub use metrics::{SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
@@ -87,8 +87,8 @@ fn delivery_plan(
         }
     }
     match spec.backoff_policy.as_deref() {
-        None | Some("exponential") => plan.retry.backoff = delivery::Backoff::Exponential,
-        Some("linear") => plan.retry.backoff = delivery::Backoff::Linear,
+        None | Some("exponential") => plan.retry.backoff = delivery::BackoffPolicy::Exponential,
+        Some("linear") => plan.retry.backoff = delivery::BackoffPolicy::Linear,
         Some(other) => {
             error("backoffPolicy", format!("is `{other}`; use `linear` or `exponential`"))
         }
@@ -132,7 +132,7 @@ fn delivery_plan(
 /// A Trigger's expressions, compiled.
 struct Compiled {
     window: Duration,
-    conditions: Vec<Arc<Condition>>,
+    conditions: Vec<Arc<ConditionExpr>>,
     deliveries: Vec<DeliveryPlan>,
     /// Per input name: its filters and its correlation key.
     inputs: BTreeMap<String, CompiledInput>,
@@ -164,7 +164,7 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
                 "is set as well as the subscriber's `deadLetterSink`; keep one of them",
             ));
         }
-        match Condition::compile(&sub.condition, &names) {
+        match ConditionExpr::compile(&sub.condition, &names) {
             Ok(c) => conditions.push(Arc::new(c)),
             Err(e) => errors
                 .push(Diagnostic::error(format!("spec.subscribers[{i}].condition"), e.message)),

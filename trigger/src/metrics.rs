@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ofe_core::Event;
-use ofe_core::tap::{Origin, Stage, Tap};
+use ofe_core::tap::{Stage, StepOrigin, Tap};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,12 +24,12 @@ pub struct SubscriberLabels {
 
 impl SubscriberLabels {
     /// The subscriber, as the tap names it: a Trigger's, or an EventSource's own sink.
-    pub fn origin(&self) -> Origin {
+    pub fn origin(&self) -> StepOrigin {
         let (kind, name) = match self.trigger.strip_prefix("eventsource/") {
             Some(eventsource) => ("EventSource", eventsource),
             None => ("Trigger", self.trigger.as_str()),
         };
-        Origin {
+        StepOrigin {
             kind,
             namespace: self.namespace.clone(),
             name: name.to_string(),

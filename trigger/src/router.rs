@@ -29,7 +29,7 @@ use ofe_core::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::condition::Condition;
+use crate::condition::ConditionExpr;
 use crate::filter::{CompiledFilter, EventData};
 pub use crate::key::KeyExpr;
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
@@ -72,7 +72,7 @@ pub struct Routing {
     /// The subscriber's metric labels.
     pub labels: SubscriberLabels,
     /// The condition over the input names.
-    pub condition: Arc<Condition>,
+    pub condition: Arc<ConditionExpr>,
     /// The inputs, one per name of the condition, in the order of `condition.names()`.
     pub inputs: Vec<RoutedInput>,
     /// How long an input stays true after its latest event.

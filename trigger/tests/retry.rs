@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ofe_trigger::delivery::{Failure, Outcome, retry};
-use ofe_trigger::{Backoff, RetryPolicy};
+use ofe_trigger::{BackoffPolicy, RetryPolicy};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,14 +46,15 @@ fn secs(s: &[f64]) -> Vec<Duration> {
     s.iter().map(|s| Duration::from_secs_f64(*s)).collect()
 }
 
-fn policy(backoff: Backoff, retries: u32) -> RetryPolicy {
+fn policy(backoff: BackoffPolicy, retries: u32) -> RetryPolicy {
     RetryPolicy { retries, backoff, delay: Duration::from_secs(1), ..RetryPolicy::default() }
 }
 
 #[tokio::test(start_paused = true)]
 async fn exponential_backoff_doubles_each_wait() {
     let (outcome, times) =
-        script(policy(Backoff::Exponential, 5), vec![status(500), status(503), status(404)]).await;
+        script(policy(BackoffPolicy::Exponential, 5), vec![status(500), status(503), status(404)])
+            .await;
     assert!(matches!(outcome, Outcome::Delivered(4, None)), "{outcome:?}");
     assert_eq!(times, secs(&[0.0, 1.0, 3.0, 7.0]));
 }
@@ -61,14 +62,15 @@ async fn exponential_backoff_doubles_each_wait() {
 #[tokio::test(start_paused = true)]
 async fn linear_backoff_grows_by_the_delay() {
     let (outcome, times) =
-        script(policy(Backoff::Linear, 5), vec![status(500), status(408), status(409)]).await;
+        script(policy(BackoffPolicy::Linear, 5), vec![status(500), status(408), status(409)]).await;
     assert!(matches!(outcome, Outcome::Delivered(4, None)), "{outcome:?}");
     assert_eq!(times, secs(&[0.0, 1.0, 3.0, 6.0]));
 }
 
 #[tokio::test(start_paused = true)]
 async fn retries_run_out_and_client_errors_are_not_retried() {
-    let (outcome, times) = script(policy(Backoff::Exponential, 2), vec![status(500); 5]).await;
+    let (outcome, times) =
+        script(policy(BackoffPolicy::Exponential, 2), vec![status(500); 5]).await;
     match outcome {
         Outcome::Failed(failure, attempts) => {
             assert_eq!((failure.code, attempts), (Some(500), 3));
@@ -77,7 +79,8 @@ async fn retries_run_out_and_client_errors_are_not_retried() {
     }
     assert_eq!(times, secs(&[0.0, 1.0, 3.0]));
     for code in [400, 401, 403, 413] {
-        let (outcome, times) = script(policy(Backoff::Exponential, 5), vec![status(code)]).await;
+        let (outcome, times) =
+            script(policy(BackoffPolicy::Exponential, 5), vec![status(code)]).await;
         assert!(matches!(outcome, Outcome::Failed(_, 1)), "{code}: {outcome:?}");
         assert_eq!(times.len(), 1, "{code} is not retried");
     }
