@@ -1,6 +1,6 @@
 //! A small sync function: an HTTP server that logs every CloudEvent it receives.
 //!
-//! Run it with `cargo run --example sync-function -- 127.0.0.1:8081`. It answers 200 on every
+//! Run it with `cargo run -p ofe-examples --bin sync-function -- 127.0.0.1:8081`. It answers 200 on every
 //! path except `/fail`, which answers 500, so dead-lettering can be watched.
 
 use std::net::SocketAddr;

@@ -25,7 +25,8 @@ skipped=()
 for name in OFE_TEST_NATS OFE_TEST_NATS_2_9 OFE_TEST_NATS_SERVER OFE_TEST_KAFKA OFE_TEST_KAFKA_SERVER \
   OFE_TEST_MQTT OFE_TEST_MOSQUITTO_SERVER OFE_TEST_REDIS OFE_TEST_REDIS_SERVER \
   OFE_TEST_KUBECONFIG OFE_TEST_KUBECTL OFE_TEST_KUBE_AUDIT_LOG OFE_TEST_PODMAN \
-  OFE_TEST_GO_PEERS OFE_TEST_NATS_CLUSTER OFE_TEST_NATS_CLUSTER_DIR OFE_TEST_DAPRD; do
+  OFE_TEST_GO_PEERS OFE_TEST_NATS_CLUSTER OFE_TEST_NATS_CLUSTER_DIR OFE_TEST_DAPRD \
+  OFE_TEST_AMQP OFE_TEST_AMQP_SERVER; do
   [ -n "${!name:-}" ] || skipped+=("$name")
 done
 if [ ${#skipped[@]} -gt 0 ]; then
@@ -38,7 +39,11 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 # The examples run as tests (tests/example_*.rs), and nextest does not build them.
-cargo build --workspace --locked --examples
+cargo build --workspace --locked --bins
+# The adapters are features: a slim build must keep compiling and lint-clean.
+echo "== cargo clippy, MQTT only and no adapters"
+cargo clippy -p ofe --no-default-features --features mqtt --locked -- -D warnings
+cargo clippy -p ofe --no-default-features --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so nextest's summary closes the output.
   cargo test --workspace --locked --doc

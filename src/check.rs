@@ -164,12 +164,23 @@ pub fn check_manifests(manifests: &[Manifest]) -> Vec<Diagnostic> {
                     .collect();
                 found.extend(extra);
             }
-            Resource::EventBus(_) | Resource::ClusterEventBus(_) => {}
+            Resource::EventBus(b) => found.extend(bus_check(&b.spec)),
+            Resource::ClusterEventBus(b) => found.extend(bus_check(&b.spec.0)),
         }
         diagnostics.extend(found.into_iter().map(|d| d.at(&m.origin)));
     }
     diagnostics.extend(ofe_crds::validate::check_set(manifests));
     diagnostics
+}
+
+/// Whether this build has the backend an EventBus asks for.
+fn bus_check(spec: &ofe_crds::EventBusSpec) -> Option<Diagnostic> {
+    match ofe_eventbus::open::check(spec)? {
+        ofe_eventbus::OpenError::Invalid { path, message } => {
+            Some(Diagnostic::error(path, message))
+        }
+        other => Some(Diagnostic::error("spec", other.to_string())),
+    }
 }
 
 /// Prints diagnostics, errors first.

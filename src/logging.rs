@@ -45,6 +45,23 @@ pub fn run_traced<T>(
     result
 }
 
+/// Without the `otlp` feature there is no exporter: traces stay off, and a process asked for
+/// them says so once.
+#[cfg(not(feature = "otlp"))]
+fn init_traces() -> anyhow::Result<Option<Traces>> {
+    let asked = [
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "none"));
+    if asked {
+        tracing::warn!("this ofe was built without the `otlp` feature: traces are not exported");
+    }
+    Ok(None)
+}
+
 /// Starts exporting ofe's spans over OTLP/HTTP when the standard variables ask for it, and
 /// only then: `OTEL_TRACES_EXPORTER=otlp`, or an `OTEL_EXPORTER_OTLP_ENDPOINT` or
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (`OTEL_SDK_DISABLED=true` or
@@ -53,6 +70,7 @@ pub fn run_traced<T>(
 /// timeout; the SDK reads the sampler, the batch settings and the resource
 /// (`OTEL_SERVICE_NAME`, else `ofe`). A setting ofe cannot honour is an error that says
 /// what to set instead. Call outside the async runtime.
+#[cfg(feature = "otlp")]
 fn init_traces() -> anyhow::Result<Option<Traces>> {
     use anyhow::{Context as _, bail};
     use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
@@ -117,6 +135,7 @@ fn init_traces() -> anyhow::Result<Option<Traces>> {
 /// on ofe's TLS stack, trusting the system's CAs plus `OTEL_EXPORTER_OTLP_CERTIFICATE`, and
 /// presenting `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`/`_KEY` when set. Built on a thread of
 /// its own: a blocking client cannot be made inside an async runtime.
+#[cfg(feature = "otlp")]
 fn otlp_client() -> anyhow::Result<reqwest::blocking::Client> {
     use ofe_trigger::sink::http::tls::{SinkTls, TlsNames};
     let var = |signal: &'static str, general: &'static str| {

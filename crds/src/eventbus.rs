@@ -310,6 +310,7 @@ impl From<&TlsSpec> for ofe_core::TlsFiles {
     }
 }
 
+#[cfg(feature = "nats")]
 /// The API's NATS credentials as the core's connection settings.
 impl From<&NatsAuthSpec> for ofe_core::nats::NatsAuth {
     fn from(auth: &NatsAuthSpec) -> Self {

@@ -12,7 +12,9 @@
 //! names as OpenFunction does and opens each bus once.
 
 pub mod embedded;
+#[cfg(feature = "jetstream")]
 pub mod jetstream;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod open;
 

@@ -12,11 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::embedded::{EmbeddedBus, EmbeddedConfig, MemoryConfig};
+#[cfg(feature = "jetstream")]
 use crate::jetstream::{JetStreamBus, JetStreamConfig};
+#[cfg(feature = "kafka")]
 use crate::kafka::{KafkaBus, KafkaConfig, KafkaSasl};
 use ofe_core::{BusError, EventBus};
+use ofe_crds::EventBusSpec;
+#[cfg(feature = "kafka")]
+use ofe_crds::KafkaBusSpec;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Resource};
-use ofe_crds::{EventBusSpec, JetStreamBusSpec, KafkaBusSpec, NatsStreamingSpec};
+#[cfg(feature = "jetstream")]
+use ofe_crds::{JetStreamBusSpec, NatsStreamingSpec};
 
 /// Why a bus did not open.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +46,33 @@ pub enum OpenError {
         #[source]
         source: BusError,
     },
+}
+
+/// Checks what only this build can: whether it has the backend `spec` asks for. Nothing is
+/// connected.
+pub fn check(spec: &EventBusSpec) -> Option<OpenError> {
+    #[cfg(not(feature = "jetstream"))]
+    if spec.jetstream.is_some() || spec.nats_streaming.is_some() {
+        let field = if spec.jetstream.is_some() { "jetstream" } else { "natsStreaming" };
+        return Some(left_out(field, "jetstream"));
+    }
+    #[cfg(not(feature = "kafka"))]
+    if spec.kafka.is_some() {
+        return Some(left_out("kafka", "kafka"));
+    }
+    let _ = spec;
+    None
+}
+
+/// The error for a bus whose backend this build left out.
+#[cfg(not(all(feature = "jetstream", feature = "kafka")))]
+fn left_out(field: &str, feature: &str) -> OpenError {
+    OpenError::Invalid {
+        path: format!("spec.{field}"),
+        message: format!(
+            "this ofe was built without the `{feature}` feature; use a build with it (the default build has every bus)"
+        ),
+    }
 }
 
 /// Which bus a resource uses.
@@ -72,6 +105,7 @@ fn duration(path: &str, text: Option<&String>, default: Duration) -> Result<Dura
     }
 }
 
+#[cfg(feature = "jetstream")]
 fn jetstream_config(spec: &JetStreamBusSpec) -> Result<JetStreamConfig, OpenError> {
     let mut c = JetStreamConfig::new(&spec.url);
     if let Some(stream) = &spec.stream {
@@ -97,6 +131,7 @@ fn jetstream_config(spec: &JetStreamBusSpec) -> Result<JetStreamConfig, OpenErro
     Ok(c)
 }
 
+#[cfg(feature = "kafka")]
 /// This process's name among a bus's processes: the host name (a pod's name in Kubernetes)
 /// and a digest of the data directory (two processes on one host have two), both stable
 /// across restarts.
@@ -111,6 +146,7 @@ fn instance(data_dir: &Path) -> Option<String> {
     Some(format!("{host}-{digest:08x}"))
 }
 
+#[cfg(feature = "kafka")]
 fn kafka_config(spec: &KafkaBusSpec, data_dir: &Path) -> KafkaConfig {
     let mut c = KafkaConfig::new(&spec.brokers);
     c.instance = instance(data_dir);
@@ -138,6 +174,7 @@ fn memory_config(spec: &ofe_crds::MemoryBusSpec) -> Result<MemoryConfig, OpenErr
 }
 
 /// NATS Streaming settings mapped onto JetStream at the same URL.
+#[cfg(feature = "jetstream")]
 fn nats_streaming_config(spec: &NatsStreamingSpec) -> Result<JetStreamConfig, OpenError> {
     let mut c = JetStreamConfig::new(&spec.nats_url);
     c.ack_wait =
@@ -238,16 +275,28 @@ impl Buses {
         enum Backend {
             Embedded,
             Memory(MemoryConfig),
+            #[cfg(feature = "jetstream")]
             JetStream(JetStreamConfig),
+            #[cfg(feature = "kafka")]
             Kafka(KafkaConfig),
         }
         let backend = match (&spec.jetstream, &spec.nats_streaming, &spec.kafka) {
+            #[cfg(feature = "jetstream")]
             (Some(js), _, _) => Backend::JetStream(jetstream_config(js)?),
+            #[cfg(feature = "jetstream")]
             (None, Some(stan), _) => {
                 tracing::warn!(bus = ?key, url = %ofe_core::nats::url_without_credentials(&stan.nats_url), "NATS Streaming is end-of-life; serving this bus with JetStream at the same URL");
                 Backend::JetStream(nats_streaming_config(stan)?)
             }
+            #[cfg(not(feature = "jetstream"))]
+            (Some(_), _, _) | (None, Some(_), _) => {
+                let field = if spec.jetstream.is_some() { "jetstream" } else { "natsStreaming" };
+                return Err(left_out(field, "jetstream"));
+            }
+            #[cfg(feature = "kafka")]
             (None, None, Some(kafka)) => Backend::Kafka(kafka_config(kafka, data_dir)),
+            #[cfg(not(feature = "kafka"))]
+            (None, None, Some(_)) => return Err(left_out("kafka", "kafka")),
             (None, None, None) => match &spec.memory {
                 Some(memory) => Backend::Memory(memory_config(memory)?),
                 None => Backend::Embedded,
@@ -273,6 +322,7 @@ impl Buses {
             None => {}
         }
         let bus: Arc<dyn EventBus> = match backend {
+            #[cfg(feature = "jetstream")]
             Backend::JetStream(config) => {
                 let url = ofe_core::nats::url_without_credentials(&config.url);
                 let bus = JetStreamBus::connect(config).await.map_err(|source| {
@@ -281,6 +331,7 @@ impl Buses {
                 tracing::info!(bus = ?key, %url, "JetStream bus connected");
                 Arc::new(bus)
             }
+            #[cfg(feature = "kafka")]
             Backend::Kafka(config) => {
                 let brokers = config.brokers.clone();
                 let bus = KafkaBus::connect(config).await.map_err(|source| OpenError::Backend {

@@ -9,13 +9,18 @@
 //! (served by [`webhook::router`]). How inputs become events is shared by every adapter: see
 //! [`ingest`].
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod cron;
 pub mod ingest;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod metrics;
+#[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
 pub mod redis;
 mod source;
 pub mod webhook;
@@ -36,7 +41,19 @@ pub use source::{Source, SourceContext, SourceKind, SourceName};
 /// Every polling kind of EventSource input, in the order their events start. The webhook,
 /// which is served rather than polled, is [`webhook`]. A new kind is one line here.
 pub fn kinds() -> &'static [&'static dyn SourceKind] {
-    &[&cron::Kind, &mqtt::Kind, &kafka::Kind, &nats::Kind, &redis::Kind, &amqp::Kind]
+    &[
+        &cron::Kind,
+        #[cfg(feature = "mqtt")]
+        &mqtt::Kind,
+        #[cfg(feature = "kafka")]
+        &kafka::Kind,
+        #[cfg(feature = "nats")]
+        &nats::Kind,
+        #[cfg(feature = "redis")]
+        &redis::Kind,
+        #[cfg(feature = "amqp")]
+        &amqp::Kind,
+    ]
 }
 
 /// Errors starting an EventSource.
@@ -71,7 +88,20 @@ pub const SOURCE_CONNECTED: &str = "SourceConnected";
 fn sources(es: &EventSource) -> Vec<Result<Box<dyn Source>, SourceError>> {
     let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
     let at = SourceName { namespace, eventsource: es.metadata.name.as_deref().unwrap_or_default() };
-    kinds().iter().flat_map(|kind| kind.sources(es, at)).collect()
+    let mut out: Vec<_> = kinds().iter().flat_map(|kind| kind.sources(es, at)).collect();
+    // A kind this build left out is refused, naming its feature, never silently skipped.
+    for (field, event) in es.spec.events() {
+        let field = field.field();
+        if field != "webhook" && !kinds().iter().any(|k| k.field() == field) {
+            out.push(Err(SourceError::Invalid {
+                path: format!("spec.{field}.{event}"),
+                message: format!(
+                    "this ofe was built without the `{field}` feature; use a build with it (the default build has every kind)"
+                ),
+            }));
+        }
+    }
+    out
 }
 
 /// Starts every polling event of `es` (cron, MQTT, Kafka, NATS, Redis) as a task publishing to

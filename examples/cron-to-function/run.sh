@@ -5,9 +5,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
-cargo build --quiet --bin ofe --example sync-function
+cargo build --quiet -p ofe --bin ofe -p ofe-examples --bin sync-function
 data=$(mktemp -d)
-./target/debug/examples/sync-function 127.0.0.1:8081 &
+./target/debug/sync-function 127.0.0.1:8081 &
 function_pid=$!
 ./target/debug/ofe run -f "$here" --data-dir "$data" --listen 127.0.0.1:9464 &
 ofe_pid=$!

@@ -474,10 +474,10 @@ pub use ofe_testkit::ChildGuard as KillOnDrop;
 /// with `args` and the `ofe` binary under test; asserts it succeeded and returns its output.
 pub fn run_example(name: &str, args: &[&str]) -> String {
     let ofe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ofe"));
-    let example = ofe.parent().map(|dir| dir.join("examples").join(name)).expect("target dir");
+    let example = ofe.parent().map(|dir| dir.join(name)).expect("target dir");
     assert!(
         example.exists(),
-        "{} is missing; build it with `cargo build --example {name}`",
+        "{} is missing; build it with `cargo build -p ofe-examples --bin {name}`",
         example.display()
     );
     let output = Command::new(&example).args(args).arg("--ofe").arg(&ofe).output().expect("run");
