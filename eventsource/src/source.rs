@@ -61,3 +61,56 @@ pub trait SourceKind: Send + Sync {
         at: SourceName<'_>,
     ) -> Vec<Result<Box<dyn Source>, SourceError>>;
 }
+
+/// Builds every event of one kind's map (`spec.<kind>`) with `new(namespace, eventsource,
+/// event, settings)`.
+pub(crate) fn per_event<S, T: Source>(
+    events: Option<&std::collections::BTreeMap<String, S>>,
+    at: SourceName<'_>,
+    new: impl Fn(&str, &str, &str, &S) -> Result<T, SourceError>,
+) -> Vec<Result<Box<dyn Source>, SourceError>> {
+    events
+        .into_iter()
+        .flatten()
+        .map(|(event, spec)| {
+            new(at.namespace, at.eventsource, event, spec).map(|s| Box::new(s) as Box<dyn Source>)
+        })
+        .collect()
+}
+
+/// The `Kind` of a broker kind, and its `Source`: one source per event, built by
+/// `$source::new(namespace, eventsource, event, spec)`, reporting through its `origin`, and
+/// running with `$source::run(self, bus, metrics, shutdown)`.
+macro_rules! broker_kind {
+    ($field:ident, $source:ident) => {
+        #[doc = concat!("The `", stringify!($field), "` kind: `spec.", stringify!($field), "`, one [`", stringify!($source), "`] per event.")]
+        pub struct Kind;
+
+        impl crate::SourceKind for Kind {
+            fn field(&self) -> &'static str {
+                stringify!($field)
+            }
+
+            fn sources(
+                &self,
+                es: &ofe_crds::EventSource,
+                at: crate::SourceName<'_>,
+            ) -> Vec<Result<Box<dyn crate::Source>, crate::SourceError>> {
+                crate::source::per_event(es.spec.$field.as_ref(), at, $source::new)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl crate::Source for $source {
+            fn part(&self) -> String {
+                self.origin.labels.part()
+            }
+
+            async fn run(mut self: Box<Self>, context: crate::SourceContext) {
+                self.origin.set_reporter(context.reporter);
+                $source::run(*self, context.bus, context.metrics, context.shutdown).await;
+            }
+        }
+    };
+}
+pub(crate) use broker_kind;

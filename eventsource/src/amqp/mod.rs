@@ -375,40 +375,7 @@ fn tls_config(
     Ok(lapin::tcp::OwnedTLSConfig { identity, cert_chain })
 }
 
-/// The `amqp` kind: `spec.amqp`, one [`AmqpSource`] per event.
-pub struct Kind;
-
-impl crate::SourceKind for Kind {
-    fn field(&self) -> &'static str {
-        "amqp"
-    }
-
-    fn sources(
-        &self,
-        es: &ofe_crds::EventSource,
-        at: crate::SourceName<'_>,
-    ) -> Vec<Result<Box<dyn crate::Source>, SourceError>> {
-        let events = es.spec.amqp.iter().flatten();
-        events
-            .map(|(event, spec)| {
-                AmqpSource::new(at.namespace, at.eventsource, event, spec)
-                    .map(|s| Box::new(s) as Box<dyn crate::Source>)
-            })
-            .collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::Source for AmqpSource {
-    fn part(&self) -> String {
-        self.origin.labels.part()
-    }
-
-    async fn run(mut self: Box<Self>, context: crate::SourceContext) {
-        self.origin.set_reporter(context.reporter);
-        AmqpSource::run(*self, context.bus, context.metrics, context.shutdown).await;
-    }
-}
+crate::source::broker_kind!(amqp, AmqpSource);
 
 #[cfg(test)]
 mod tests {

@@ -270,37 +270,4 @@ fn commit(
     }
 }
 
-/// The `kafka` kind: `spec.kafka`, one [`KafkaSource`] per event.
-pub struct Kind;
-
-impl crate::SourceKind for Kind {
-    fn field(&self) -> &'static str {
-        "kafka"
-    }
-
-    fn sources(
-        &self,
-        es: &ofe_crds::EventSource,
-        at: crate::SourceName<'_>,
-    ) -> Vec<Result<Box<dyn crate::Source>, SourceError>> {
-        let events = es.spec.kafka.iter().flatten();
-        events
-            .map(|(event, spec)| {
-                KafkaSource::new(at.namespace, at.eventsource, event, spec)
-                    .map(|s| Box::new(s) as Box<dyn crate::Source>)
-            })
-            .collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::Source for KafkaSource {
-    fn part(&self) -> String {
-        self.origin.labels.part()
-    }
-
-    async fn run(mut self: Box<Self>, context: crate::SourceContext) {
-        self.origin.set_reporter(context.reporter);
-        KafkaSource::run(*self, context.bus, context.metrics, context.shutdown).await;
-    }
-}
+crate::source::broker_kind!(kafka, KafkaSource);

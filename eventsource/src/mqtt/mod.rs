@@ -588,40 +588,7 @@ impl Client {
     }
 }
 
-/// The `mqtt` kind: `spec.mqtt`, one [`MqttSource`] per event.
-pub struct Kind;
-
-impl crate::SourceKind for Kind {
-    fn field(&self) -> &'static str {
-        "mqtt"
-    }
-
-    fn sources(
-        &self,
-        es: &ofe_crds::EventSource,
-        at: crate::SourceName<'_>,
-    ) -> Vec<Result<Box<dyn crate::Source>, SourceError>> {
-        let events = es.spec.mqtt.iter().flatten();
-        events
-            .map(|(event, spec)| {
-                MqttSource::new(at.namespace, at.eventsource, event, spec)
-                    .map(|s| Box::new(s) as Box<dyn crate::Source>)
-            })
-            .collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::Source for MqttSource {
-    fn part(&self) -> String {
-        self.origin.labels.part()
-    }
-
-    async fn run(mut self: Box<Self>, context: crate::SourceContext) {
-        self.origin.set_reporter(context.reporter);
-        MqttSource::run(*self, context.bus, context.metrics, context.shutdown).await;
-    }
-}
+crate::source::broker_kind!(mqtt, MqttSource);
 
 #[cfg(test)]
 mod tests {

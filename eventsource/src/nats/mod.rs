@@ -264,37 +264,4 @@ impl NatsSource {
     }
 }
 
-/// The `nats` kind: `spec.nats`, one [`NatsSource`] per event.
-pub struct Kind;
-
-impl crate::SourceKind for Kind {
-    fn field(&self) -> &'static str {
-        "nats"
-    }
-
-    fn sources(
-        &self,
-        es: &ofe_crds::EventSource,
-        at: crate::SourceName<'_>,
-    ) -> Vec<Result<Box<dyn crate::Source>, SourceError>> {
-        let events = es.spec.nats.iter().flatten();
-        events
-            .map(|(event, spec)| {
-                NatsSource::new(at.namespace, at.eventsource, event, spec)
-                    .map(|s| Box::new(s) as Box<dyn crate::Source>)
-            })
-            .collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::Source for NatsSource {
-    fn part(&self) -> String {
-        self.origin.labels.part()
-    }
-
-    async fn run(mut self: Box<Self>, context: crate::SourceContext) {
-        self.origin.set_reporter(context.reporter);
-        NatsSource::run(*self, context.bus, context.metrics, context.shutdown).await;
-    }
-}
+crate::source::broker_kind!(nats, NatsSource);

@@ -425,37 +425,4 @@ impl RedisSource {
     }
 }
 
-/// The `redis` kind: `spec.redis`, one [`RedisSource`] per event.
-pub struct Kind;
-
-impl crate::SourceKind for Kind {
-    fn field(&self) -> &'static str {
-        "redis"
-    }
-
-    fn sources(
-        &self,
-        es: &ofe_crds::EventSource,
-        at: crate::SourceName<'_>,
-    ) -> Vec<Result<Box<dyn crate::Source>, SourceError>> {
-        let events = es.spec.redis.iter().flatten();
-        events
-            .map(|(event, spec)| {
-                RedisSource::new(at.namespace, at.eventsource, event, spec)
-                    .map(|s| Box::new(s) as Box<dyn crate::Source>)
-            })
-            .collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::Source for RedisSource {
-    fn part(&self) -> String {
-        self.origin.labels.part()
-    }
-
-    async fn run(mut self: Box<Self>, context: crate::SourceContext) {
-        self.origin.set_reporter(context.reporter);
-        RedisSource::run(*self, context.bus, context.metrics, context.shutdown).await;
-    }
-}
+crate::source::broker_kind!(redis, RedisSource);
