@@ -18,6 +18,7 @@
 
 mod error;
 mod plane;
+mod spec;
 
 pub use error::{RuntimeError, chain};
 pub use plane::{Plane, ResourceFailure, SendTargets, Settings, no_delay};

@@ -17,8 +17,8 @@ use ofe_core::{EventBus, Subject};
 use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
 use ofe_eventsource::SourceMetrics;
-use ofe_trigger::runner::{self, Route, SubscriberPlan};
-use ofe_trigger::{Deliverer, PlanOptions, RetryPolicy, SubscriberLabels, TriggerMetrics};
+use ofe_trigger::runner::{self, SubscriberPlan};
+use ofe_trigger::{Deliverer, PlanOptions, SubscriberLabels, TriggerMetrics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,7 @@ use axum::serve::ListenerExt as _;
 use ofe_eventbus::Buses;
 
 use crate::error::{RuntimeError, chain};
+use crate::spec::{PlaneSpec, SourcePlan, digest, event_source_sink_plan, group_routers};
 
 /// Where `ofe send` can publish: per subject, the buses that carry it, as of the last apply.
 pub type SendTargets = Arc<std::sync::RwLock<BTreeMap<Subject, Vec<Arc<dyn EventBus>>>>>;
@@ -124,9 +125,6 @@ impl std::fmt::Display for ResourceFailure {
     }
 }
 
-/// A router to start: the digest of what it routes, its bus, and the subscribers.
-type RouterPlan = (String, Arc<dyn EventBus>, Vec<Arc<ofe_trigger::Routing>>);
-
 /// Something running, and the digest of the configuration it runs, to tell a change.
 type Versioned = (String, Running);
 
@@ -148,68 +146,6 @@ pub struct Plane {
     failures: Vec<ResourceFailure>,
     /// Where `ofe send` can publish, as of the last apply.
     targets: SendTargets,
-}
-
-/// One EventSource to run.
-struct SourcePlan {
-    /// The resource.
-    es: EventSource,
-    /// Its bus.
-    bus: Arc<dyn EventBus>,
-    /// The digest of its spec and its bus's, to tell a change.
-    version: String,
-    /// Where it was read, for errors.
-    at: String,
-}
-
-/// What a set of manifests asks the plane to run.
-struct PlaneSpec {
-    /// Per EventSource, what to run.
-    sources: BTreeMap<ResourceKey, SourcePlan>,
-    /// Per consumer: the plan, its bus, its router's name (empty: none), and its digest.
-    subscribers: BTreeMap<String, (SubscriberPlan, Arc<dyn EventBus>, String, String)>,
-    /// Per Trigger: its bus and its digest.
-    triggers: BTreeMap<ResourceKey, (Arc<dyn EventBus>, String)>,
-    /// Resources left out, and why.
-    failures: Vec<ResourceFailure>,
-}
-
-impl PlaneSpec {
-    /// Where events can be sent: every EventSource event, and every topic a Trigger reads
-    /// or writes, with the buses that carry it.
-    fn targets(&self) -> BTreeMap<Subject, Vec<Arc<dyn EventBus>>> {
-        let mut targets: BTreeMap<Subject, Vec<Arc<dyn EventBus>>> = BTreeMap::new();
-        let mut add = |subject: Subject, bus: &Arc<dyn EventBus>| {
-            let buses = targets.entry(subject).or_default();
-            if !buses.iter().any(|b| Arc::ptr_eq(b, bus)) {
-                buses.push(bus.clone());
-            }
-        };
-        for (key, SourcePlan { es, bus, .. }) in &self.sources {
-            for event in es.spec.event_names() {
-                add(Subject::event(&key.namespace, &key.name, event), bus);
-            }
-        }
-        for (plan, bus, ..) in self.subscribers.values() {
-            let read = plan.routing.iter().flat_map(|r| r.inputs.iter().map(|i| &i.subject));
-            let written = plan
-                .routes
-                .iter()
-                .flat_map(|r| std::iter::once(&r.destination).chain(r.dead_letter.as_ref()));
-            let written = written.filter_map(|d| d.bus_subject());
-            for subject in read.chain(written).chain(plan.reply.as_ref()) {
-                if matches!(subject, Subject::Topic { .. }) {
-                    add(subject.clone(), bus);
-                }
-            }
-        }
-        targets
-    }
-}
-
-/// The digest of a resource's configuration.
-fn digest(namespace: &str, name: &str, spec: &impl serde::Serialize) -> String {
-    format!("{namespace}/{name}/{}", serde_json::to_string(spec).unwrap_or_default())
 }
 
 impl Plane {
@@ -656,58 +592,6 @@ async fn stop_changed<'a, K: Ord + Clone>(
         }
     }
     changed
-}
-
-/// The routers `desired` needs: per consumer name, a digest of what it routes, its bus, and
-/// the subscribers.
-fn group_routers(desired: &PlaneSpec) -> BTreeMap<String, RouterPlan> {
-    let mut routers: BTreeMap<String, RouterPlan> = BTreeMap::new();
-    for (consumer, (plan, bus, name, version)) in &desired.subscribers {
-        let Some(routing) = &plan.routing else { continue };
-        let entry =
-            routers.entry(name.clone()).or_insert_with(|| (String::new(), bus.clone(), Vec::new()));
-        entry.0.push_str(&format!("{consumer}={version};"));
-        entry.2.push(routing.clone());
-    }
-    routers
-}
-
-/// The plan delivering an EventSource's events to its own `sink`.
-fn event_source_sink_plan(
-    es: &EventSource,
-    options: &PlanOptions,
-) -> Result<Option<SubscriberPlan>, RuntimeError> {
-    let Some(sink) = &es.spec.sink else { return Ok(None) };
-    if es.spec.events().is_empty() {
-        return Ok(None); // nothing to deliver (`ofe validate` warns)
-    }
-    let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
-    let name = es.metadata.name.as_deref().unwrap_or_default();
-    let destination = ofe_trigger::sink_destination("spec.sink", sink, namespace, options)
-        .map_err(|d| RuntimeError::Plan(d.to_string()))?;
-    let subjects = es
-        .spec
-        .event_names()
-        .into_iter()
-        .map(|event| Subject::event(namespace, name, event))
-        .collect();
-    Ok(Some(SubscriberPlan {
-        labels: SubscriberLabels {
-            namespace: namespace.to_string(),
-            trigger: format!("eventsource/{name}"),
-            subscriber: "sink".into(),
-        },
-        consumer: format!("eventsource.{namespace}.{name}.sink"),
-        subjects,
-        routing: None,
-        routes: vec![Route { destination, dead_letter: None }],
-        max_in_flight: ofe_trigger::DEFAULT_MAX_IN_FLIGHT,
-        retry: RetryPolicy::default(),
-        order_key: None,
-        reply: None,
-        rate_limit: None,
-        max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
-    }))
 }
 
 /// The board key of an EventSource.
