@@ -77,6 +77,38 @@ impl Origin {
         self.reporter = Some(reporter);
     }
 
+    /// Runs `session` (one connection upstream) until it ends cleanly, at shutdown, and again
+    /// after each failure: the failure is reported as the upstream being unreachable, logged
+    /// as `what`'s, and the next try waits with backoff (100 ms doubling to 5 s; a session
+    /// that lasted over 10 s was connected, so the next wait starts short again).
+    pub async fn reconnecting<F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &tokio_util::sync::CancellationToken,
+        mut session: F,
+    ) where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = std::time::Instant::now();
+            match session().await {
+                Ok(()) => return,
+                Err(error) => {
+                    self.unreachable(&error);
+                    if started.elapsed() > std::time::Duration::from_secs(10) {
+                        backoff.reset();
+                    }
+                    tracing::warn!(%error, "{what} failed; retrying with backoff");
+                    if !backoff.wait(shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// The reporter, if health is reported.
     pub fn reporter(&self) -> Option<&Reporter> {
         self.reporter.as_ref()

@@ -149,28 +149,14 @@ impl AmqpSource {
         shutdown: CancellationToken,
     ) {
         let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
-        let mut backoff = crate::ingest::Backoff::default();
-        loop {
-            match self.session(&publisher, &mut backoff).await {
-                Ok(()) => return,
-                Err(error) => {
-                    self.origin.unreachable(&error);
-                    tracing::warn!(%error, url = %self.shown_url, queue = %self.queue, "AMQP source failed; retrying with backoff");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let what = format!("the AMQP source of queue `{}` at {}", self.queue, self.shown_url);
+        let session = || self.session(&publisher);
+        self.origin.reconnecting(&what, &shutdown, session).await;
     }
 
     /// One connection: consumes until shutdown (`Ok`, the connection closed cleanly so the
     /// broker requeues what was not acknowledged at once) or a failure.
-    async fn session(
-        &self,
-        publisher: &Publisher<'_>,
-        backoff: &mut crate::ingest::Backoff,
-    ) -> Result<(), String> {
+    async fn session(&self, publisher: &Publisher<'_>) -> Result<(), String> {
         let at = |what: &str, e: lapin::Error| format!("{what} ({}): {e}", self.shown_url);
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
         let connection = Connection::connect_with_config(
@@ -181,7 +167,7 @@ impl AmqpSource {
         )
         .await
         .map_err(|e| at("cannot connect to the AMQP broker", e))?;
-        let result = self.consume(&connection, publisher, backoff).await;
+        let result = self.consume(&connection, publisher).await;
         let _ = connection.close(200, "ofe is stopping this source".into()).await;
         result
     }
@@ -190,7 +176,6 @@ impl AmqpSource {
         &self,
         connection: &Connection,
         publisher: &Publisher<'_>,
-        backoff: &mut crate::ingest::Backoff,
     ) -> Result<(), String> {
         let at = |what: String, e: lapin::Error| format!("{what}: {e}");
         let channel =
@@ -247,7 +232,6 @@ impl AmqpSource {
             })?;
         tracing::info!(url = %self.shown_url, queue, prefetch = self.prefetch, "consuming AMQP queue");
         self.origin.connected();
-        backoff.reset();
         loop {
             let next = tokio::select! {
                 () = publisher.shutdown.cancelled() => return Ok(()),

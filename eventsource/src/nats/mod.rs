@@ -105,20 +105,9 @@ impl NatsSource {
         shutdown: CancellationToken,
     ) {
         let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
-        let mut backoff = crate::ingest::Backoff::default();
-        loop {
-            let result = self.session(&publisher).await;
-            match result {
-                Ok(()) => return,
-                Err(error) => {
-                    self.origin.unreachable(&error);
-                    tracing::warn!(%error, subject = %self.subject, "NATS source failed; retrying with backoff");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let what = format!("the NATS source of subject `{}`", self.subject);
+        let session = || self.session(&publisher);
+        self.origin.reconnecting(&what, &shutdown, session).await;
     }
 
     /// One connection: reads until shutdown (`Ok`) or a failure. The session watches
