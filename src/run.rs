@@ -66,7 +66,7 @@ pub struct PlaneArgs {
     #[arg(long)]
     pub log_json: bool,
     /// How long shutdown waits for in-flight deliveries, e.g. `30s`.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = ofe_crds::duration::parse)]
     drain_timeout: Duration,
     /// How many times an event may be passed on to a topic or answered with a reply before
     /// ofe stops it as a loop.
@@ -160,10 +160,6 @@ impl Process {
         self.shutdown.cancel();
         let _ = self.http.await;
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    ofe_crds::duration::parse(text)
 }
 
 impl RunArgs {

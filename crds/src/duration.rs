@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// Why a duration cannot be read: what is wrong, with the fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
 /// Parses a Go-style duration: one or more `<number><unit>` terms, units `ns`, `us`/`µs`, `ms`,
 /// `s`, `m` and `h`, with decimal fractions allowed (`1.5h`). Negative values are rejected, since
 /// every duration in ofe's API is a length of time.
@@ -13,7 +18,11 @@ use std::time::Duration;
 /// assert_eq!(ofe_crds::duration::parse("1m30s"), Ok(Duration::from_secs(90)));
 /// assert!(ofe_crds::duration::parse("5 seconds").is_err());
 /// ```
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    parse_text(text).map_err(DurationError)
+}
+
+fn parse_text(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration; write e.g. `30s`, `5m` or `1h30m`".into());
@@ -108,8 +117,8 @@ mod tests {
     #[test]
     fn rejects_malformed_durations_with_a_hint() {
         assert!(parse("").is_err());
-        assert!(parse("10").unwrap_err().contains("lacks a unit"));
-        assert!(parse("5d").unwrap_err().contains("unknown unit `d`"));
+        assert!(parse("10").unwrap_err().to_string().contains("lacks a unit"));
+        assert!(parse("5d").unwrap_err().to_string().contains("unknown unit `d`"));
         assert!(parse("-5s").is_err());
         assert!(parse("s").is_err());
     }
@@ -121,7 +130,7 @@ mod tests {
         assert_eq!(parse("P1DT1H"), Ok(Duration::from_secs(90_000)));
         assert_eq!(parse("PT0S"), Ok(Duration::ZERO));
         for bad in ["P", "PT", "PT5", "PT5X", "PT1S2M", "P1H"] {
-            assert!(parse(bad).unwrap_err().contains("ISO 8601"), "{bad}");
+            assert!(parse(bad).unwrap_err().to_string().contains("ISO 8601"), "{bad}");
         }
     }
 }

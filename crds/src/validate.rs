@@ -310,7 +310,7 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
             if let Some(text) = value
                 && let Err(e) = crate::duration::parse(text)
             {
-                out.push(Diagnostic::error(format!("{path}.{field}"), e));
+                out.push(Diagnostic::error(format!("{path}.{field}"), e.to_string()));
             }
         }
     }
@@ -388,14 +388,21 @@ fn check_event_source(es: &EventSource) -> Vec<Diagnostic> {
     out
 }
 
+/// Why a sink's URI cannot be used: what is wrong, with the fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UriError(String);
+
 /// `uri` as an absolute http(s) URL, parsed; the error says what is wrong and the fix. The
 /// check `ofe validate` makes and the parse delivery uses are this one function.
-pub fn http_url(uri: &str) -> Result<url::Url, String> {
+pub fn http_url(uri: &str) -> Result<url::Url, UriError> {
     let fix = "write the full URL, e.g. http://host:8080/path";
     match url::Url::parse(uri) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
-        Ok(_) => Err(format!("`{uri}` is not an absolute http:// or https:// URL; {fix}")),
-        Err(e) => Err(format!("`{uri}` is not a valid URL ({e}); {fix}")),
+        Ok(_) => {
+            Err(UriError(format!("`{uri}` is not an absolute http:// or https:// URL; {fix}")))
+        }
+        Err(e) => Err(UriError(format!("`{uri}` is not a valid URL ({e}); {fix}"))),
     }
 }
 
@@ -409,7 +416,7 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
         )),
         (Some(uri), _) => {
             if let Err(message) = http_url(uri) {
-                out.push(Diagnostic::error(format!("{path}.uri"), message));
+                out.push(Diagnostic::error(format!("{path}.uri"), message.to_string()));
             }
         }
         (None, Some(r)) => {
@@ -528,7 +535,7 @@ fn check_trigger(t: &Trigger) -> Vec<Diagnostic> {
         }
     }
     if let Some(Err(e)) = spec.window.as_deref().map(duration::parse) {
-        out.push(Diagnostic::error("spec.window", e));
+        out.push(Diagnostic::error("spec.window", e.to_string()));
     }
     out
 }
@@ -569,7 +576,7 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
     ];
     for (field, age) in ages {
         if let Some(Err(e)) = age.map(duration::parse) {
-            out.push(Diagnostic::error(field, e));
+            out.push(Diagnostic::error(field, e.to_string()));
         }
     }
     if let Some(js) = &spec.jetstream {
@@ -579,7 +586,7 @@ fn check_bus(spec: &EventBusSpec) -> Vec<Diagnostic> {
             ("ackWait", &js.ack_wait),
         ] {
             if let Some(Err(e)) = value.as_deref().map(duration::parse) {
-                out.push(Diagnostic::error(format!("spec.jetstream.{field}"), e));
+                out.push(Diagnostic::error(format!("spec.jetstream.{field}"), e.to_string()));
             }
         }
         if js.max_deliver.is_some_and(|n| n < 1) {

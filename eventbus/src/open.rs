@@ -100,8 +100,10 @@ pub struct Buses {
 fn duration(path: &str, text: Option<&String>, default: Duration) -> Result<Duration, OpenError> {
     match text {
         None => Ok(default),
-        Some(t) => ofe_crds::duration::parse(t)
-            .map_err(|message| OpenError::Invalid { path: path.into(), message }),
+        Some(t) => ofe_crds::duration::parse(t).map_err(|message| OpenError::Invalid {
+            path: path.into(),
+            message: message.to_string(),
+        }),
     }
 }
 

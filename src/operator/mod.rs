@@ -46,21 +46,17 @@ pub struct OperatorArgs {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// How long a Lease that is not renewed stays held, e.g. `15s`.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = ofe_crds::duration::parse)]
     lease_duration: Duration,
     /// How often the leader renews the Lease and the others look at it.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = ofe_crds::duration::parse)]
     lease_renew: Duration,
     /// How often everything is reconciled even when nothing changed (a broker that came
     /// back, a Secret that changed). Resources that cannot run are retried every 5 s.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = ofe_crds::duration::parse)]
     resync: Duration,
     #[command(flatten)]
     plane: PlaneArgs,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    ofe_crds::duration::parse(text)
 }
 
 /// How soon a resource the plane could not start is tried again.

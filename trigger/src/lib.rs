@@ -102,7 +102,7 @@ fn delivery_plan(
         if let Some(text) = text {
             match ofe_crds::duration::parse(text) {
                 Ok(d) => *slot = d,
-                Err(e) => error(field, e),
+                Err(e) => error(field, e.to_string()),
             }
         }
     }
@@ -147,7 +147,7 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
     let window = match &trigger.spec.window {
         None => DEFAULT_WINDOW,
         Some(text) => ofe_crds::duration::parse(text).unwrap_or_else(|e| {
-            errors.push(Diagnostic::error("spec.window", e));
+            errors.push(Diagnostic::error("spec.window", e.to_string()));
             DEFAULT_WINDOW
         }),
     };
@@ -221,15 +221,15 @@ pub fn sink_destination(
     options: &PlanOptions,
 ) -> Result<Destination, Diagnostic> {
     match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
-        (Some(uri), _, _) => {
-            Destination::http(uri).map_err(|e| Diagnostic::error(format!("{path}.uri"), e))
-        }
+        (Some(uri), _, _) => Destination::http(uri)
+            .map_err(|e| Diagnostic::error(format!("{path}.uri"), e.to_string())),
         (None, Some(r), Some(template)) => {
             let url = template
                 .replace("{name}", &r.name)
                 .replace("{namespace}", r.namespace.as_deref().unwrap_or(namespace))
                 .replace("{kind}", &r.kind.to_ascii_lowercase());
-            Destination::http(&url).map_err(|e| Diagnostic::error(format!("{path}.ref"), e))
+            Destination::http(&url)
+                .map_err(|e| Diagnostic::error(format!("{path}.ref"), e.to_string()))
         }
         (None, Some(r), None) => Err(Diagnostic::error(
             format!("{path}.ref"),

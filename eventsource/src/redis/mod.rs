@@ -115,7 +115,7 @@ impl RedisSource {
         };
         let duration = |path: &str, value: &Option<String>, default: Duration| {
             value.as_deref().map_or(Ok(default), |text| {
-                ofe_crds::duration::parse(text).map_err(|e| invalid(path, e))
+                ofe_crds::duration::parse(text).map_err(|e| invalid(path, e.to_string()))
             })
         };
         let claim_every =

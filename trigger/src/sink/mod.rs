@@ -98,7 +98,7 @@ impl Destination {
 
     /// An HTTP endpoint at `url`; the error says why it is not an absolute http(s) URL, as
     /// `ofe validate` does.
-    pub fn http(url: &str) -> Result<Self, String> {
+    pub fn http(url: &str) -> Result<Self, ofe_crds::validate::UriError> {
         http::HttpSink::parse(url).map(Self::new)
     }
 

@@ -32,7 +32,7 @@ pub struct HttpSink {
 impl HttpSink {
     /// The sink at `url`, which must be an absolute http(s) URL; the error says why not, as
     /// `ofe validate` does.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, ofe_crds::validate::UriError> {
         ofe_crds::validate::http_url(url).map(|url| Self { url })
     }
 }
