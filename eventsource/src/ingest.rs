@@ -374,34 +374,12 @@ pub fn trace_ingest(
 pub const BATCH: usize = 256;
 
 /// This process's host name, if it has one: the stable, per-replica part of consumer names.
-// Used by the kinds behind features; a build with none of them has no use for it.
-#[cfg_attr(
-    not(any(
-        feature = "amqp",
-        feature = "kafka",
-        feature = "mqtt",
-        feature = "nats",
-        feature = "redis"
-    )),
-    allow(dead_code)
-)]
 pub(crate) fn instance_name() -> Option<String> {
     ofe_core::host_name()
 }
 
 /// PEM text as given, or read from the file it names (a mounted Secret, say); `field` names
 /// the manifest field in the error.
-// Used by the kinds behind features; a build with none of them has no use for it.
-#[cfg_attr(
-    not(any(
-        feature = "amqp",
-        feature = "kafka",
-        feature = "mqtt",
-        feature = "nats",
-        feature = "redis"
-    )),
-    allow(dead_code)
-)]
 pub(crate) fn pem(field: &str, value: &str) -> Result<Vec<u8>, crate::SourceError> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());

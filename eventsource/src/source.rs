@@ -64,17 +64,6 @@ pub trait SourceKind: Send + Sync {
 
 /// Builds every event of one kind's map (`spec.<kind>`) with `new(namespace, eventsource,
 /// event, settings)`.
-// Only the kinds behind features use it; a build with none of them has no use for it.
-#[cfg_attr(
-    not(any(
-        feature = "amqp",
-        feature = "kafka",
-        feature = "mqtt",
-        feature = "nats",
-        feature = "redis"
-    )),
-    allow(dead_code, unused_macros, unused_imports)
-)]
 pub(crate) fn per_event<S, T: Source>(
     events: Option<&std::collections::BTreeMap<String, S>>,
     at: SourceName<'_>,
@@ -92,17 +81,6 @@ pub(crate) fn per_event<S, T: Source>(
 /// The `Kind` of a broker kind, and its `Source`: one source per event, built by
 /// `$source::new(namespace, eventsource, event, spec)`, reporting through its `origin`, and
 /// running with `$source::run(self, bus, metrics, shutdown)`.
-// Only the kinds behind features use it; a build with none of them has no use for it.
-#[cfg_attr(
-    not(any(
-        feature = "amqp",
-        feature = "kafka",
-        feature = "mqtt",
-        feature = "nats",
-        feature = "redis"
-    )),
-    allow(dead_code, unused_macros, unused_imports)
-)]
 macro_rules! broker_kind {
     ($field:ident, $source:ident) => {
         #[doc = concat!("The `", stringify!($field), "` kind: `spec.", stringify!($field), "`, one [`", stringify!($source), "`] per event.")]
@@ -135,15 +113,4 @@ macro_rules! broker_kind {
         }
     };
 }
-// Only the kinds behind features use it; a build with none of them has no use for it.
-#[cfg_attr(
-    not(any(
-        feature = "amqp",
-        feature = "kafka",
-        feature = "mqtt",
-        feature = "nats",
-        feature = "redis"
-    )),
-    allow(dead_code, unused_macros, unused_imports)
-)]
 pub(crate) use broker_kind;
