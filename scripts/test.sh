@@ -11,6 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A cold build of the workspace with its tests needs about 20 GB; a full disk otherwise shows up
+# minutes later as a rustc or OpenSSL build error that does not say why.
+free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+echo "== disk: ${free_gb} GB free"
+if [ "$free_gb" -lt 20 ] && [ ! -d target/debug/deps ]; then
+  echo "warning: a cold build needs about 20 GB and ${free_gb} GB are free here; the build may fail with 'No space left on device'" >&2
+fi
+
 if [ "${OFE_TEST_SERVICES:-start}" != "none" ]; then
   echo "== services"
   # A service or peer that cannot start or build fails the run, with the reason above: its
