@@ -4,10 +4,10 @@
 //! event: an input counts as done only when the bus has acknowledged it as durable. Events
 //! carry the extension attributes `ofenamespace`, `ofeeventsource` and `ofeevent`.
 //!
-//! Kinds: `amqp` (RabbitMQ), `cron`, `mqtt` (TCP, TLS, WebSocket; 3.1.1 and 5), `kafka`, `nats` (core and JetStream), `redis` (streams
-//! and pub/sub), and `webhook`
-//! (served by [`webhook::router`]). How inputs become events is shared by every adapter: see
-//! [`ingest`].
+//! Kinds: `amqp` (RabbitMQ), `cron`, `mqtt` (TCP, TLS, WebSocket; 3.1.1 and 5), `kafka`, `nats`
+//! (core and JetStream), `redis` (streams and pub/sub), and `webhook` (served on the process's
+//! HTTP listener, [`routes::HttpRoutes`]). How inputs become events is shared by every adapter:
+//! see [`ingest`].
 
 // The helpers the broker kinds share (ingest's PEM and host-name readers, `per_event`,
 // `broker_kind!`) have no user in a build with none of those kinds: allow that build to leave
@@ -36,6 +36,7 @@ pub mod mqtt;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod routes;
 mod source;
 pub mod webhook;
 
@@ -50,13 +51,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use cron::{CronSource, Schedule};
 pub use metrics::SourceMetrics;
+pub use routes::HttpRoutes;
 pub use source::{Source, SourceContext, SourceKind, SourceName};
 
-/// Every polling kind of EventSource input, in the order their events start. The webhook,
-/// which is served rather than polled, is [`webhook`]. A new kind is one line here.
+/// Every kind of EventSource input, in the order their events start. A new kind is one line
+/// here.
 pub fn kinds() -> &'static [&'static dyn SourceKind] {
     &[
         &cron::Kind,
+        &webhook::Kind,
         #[cfg(feature = "mqtt")]
         &mqtt::Kind,
         #[cfg(feature = "kafka")]
@@ -83,7 +86,7 @@ pub enum SourceError {
     },
 }
 
-/// Checks what only this crate can, by making every polling event exactly as [`spawn`] does:
+/// Checks what only this crate can, by making every event exactly as [`spawn`] does:
 /// schedules and time zones, broker URLs, certificates (read from their files), connection
 /// settings. Nothing is connected.
 pub fn check(es: &EventSource) -> Vec<Diagnostic> {
@@ -97,8 +100,7 @@ pub fn check(es: &EventSource) -> Vec<Diagnostic> {
 /// The condition type of an EventSource's upstream connections.
 pub const SOURCE_CONNECTED: &str = "SourceConnected";
 
-/// Every polling event of `es` (webhooks are served by [`webhook::router`]), or why it cannot
-/// run, naming the field.
+/// Every event of `es`, or why it cannot run, naming the field.
 fn sources(es: &EventSource) -> Vec<Result<Box<dyn Source>, SourceError>> {
     let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
     let at = SourceName { namespace, eventsource: es.metadata.name.as_deref().unwrap_or_default() };
@@ -106,7 +108,7 @@ fn sources(es: &EventSource) -> Vec<Result<Box<dyn Source>, SourceError>> {
     // A kind this build left out is refused, naming its feature, never silently skipped.
     for (field, event) in es.spec.events() {
         let field = field.field();
-        if field != "webhook" && !kinds().iter().any(|k| k.field() == field) {
+        if !kinds().iter().any(|k| k.field() == field) {
             out.push(Err(SourceError::Invalid {
                 path: format!("spec.{field}.{event}"),
                 message: format!(
@@ -118,14 +120,24 @@ fn sources(es: &EventSource) -> Vec<Result<Box<dyn Source>, SourceError>> {
     out
 }
 
-/// Starts every polling event of `es` (cron, MQTT, Kafka, NATS, Redis) as a task publishing to
-/// `bus`; webhooks are served by [`webhook::router`]. Fails, starting nothing, if any event
-/// cannot run.
+/// What every EventSource of a process shares: counters, the health board, and the HTTP
+/// listener's routes.
+#[derive(Clone, Default)]
+pub struct SourceHost {
+    /// The `ofe_source_*` counters.
+    pub metrics: SourceMetrics,
+    /// Where each source reports its connection.
+    pub health: Health,
+    /// Where push sources serve their paths.
+    pub routes: HttpRoutes,
+}
+
+/// Starts every event of `es` as a task publishing to `bus`. Fails, starting nothing, if any
+/// event cannot run: its settings, or a webhook path another EventSource serves.
 pub fn spawn(
     es: &EventSource,
     bus: Arc<dyn EventBus>,
-    metrics: &SourceMetrics,
-    health: &Health,
+    host: &SourceHost,
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, SourceError> {
     let sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -134,16 +146,18 @@ pub fn spawn(
         namespace: ofe_crds::manifest::namespace_of(&es.metadata).into(),
         name: es.metadata.name.clone().unwrap_or_default(),
     };
-    Ok(sources
-        .into_iter()
-        .map(|source| {
-            let context = SourceContext {
-                bus: bus.clone(),
-                metrics: metrics.clone(),
-                reporter: health.reporter(resource.clone(), SOURCE_CONNECTED, &source.part()),
-                shutdown: shutdown.child_token(),
-            };
-            tokio::spawn(source.run(context))
-        })
-        .collect())
+    let mut bound = Vec::with_capacity(sources.len());
+    for mut source in sources {
+        let context = SourceContext {
+            bus: bus.clone(),
+            metrics: host.metrics.clone(),
+            reporter: host.health.reporter(resource.clone(), SOURCE_CONNECTED, &source.part()),
+            shutdown: shutdown.child_token(),
+            routes: host.routes.clone(),
+        };
+        // On an error, what was bound so far is dropped with `bound`, giving it back.
+        source.bind(&context)?;
+        bound.push((source, context));
+    }
+    Ok(bound.into_iter().map(|(source, context)| tokio::spawn(source.run(context))).collect())
 }

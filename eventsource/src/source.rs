@@ -12,6 +12,7 @@ use ofe_core::health::Reporter;
 use ofe_crds::EventSource;
 use tokio_util::sync::CancellationToken;
 
+use crate::routes::HttpRoutes;
 use crate::{SourceError, SourceMetrics};
 
 /// What a running source is given.
@@ -25,6 +26,8 @@ pub struct SourceContext {
     pub reporter: Reporter,
     /// Cancelled when the source is to stop.
     pub shutdown: CancellationToken,
+    /// The process's HTTP listener, where a push source (the webhook) serves its path.
+    pub routes: HttpRoutes,
 }
 
 /// One event of one EventSource, ready to run: its settings are checked and compiled, and
@@ -34,6 +37,15 @@ pub trait Source: Send + 'static {
     /// `<kind>.<event>`: what it reads, unique within its EventSource even when several kinds
     /// feed one event name (as OpenFunction allows).
     fn part(&self) -> String;
+
+    /// Takes what must be held before anything is reported running, such as a push source's
+    /// HTTP path, so that it is served as soon as [`crate::spawn`] returns. Called once, before
+    /// [`Source::run`]; an error stops the whole EventSource from starting. The default takes
+    /// nothing.
+    fn bind(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        let _ = context;
+        Ok(())
+    }
 
     /// Reads upstream and publishes to the bus until `context.shutdown`.
     async fn run(self: Box<Self>, context: SourceContext);
@@ -48,7 +60,7 @@ pub struct SourceName<'a> {
     pub eventsource: &'a str,
 }
 
-/// A kind of polling input: one field of an EventSource's `spec` (a map from event name to
+/// A kind of input: one field of an EventSource's `spec` (a map from event name to
 /// that kind's settings).
 pub trait SourceKind: Send + Sync {
     /// The field under `spec`, e.g. `mqtt`.

@@ -14,8 +14,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
 use ofe_eventbus::embedded::{EmbeddedBus, MemoryConfig};
-use ofe_eventsource::SourceMetrics;
 use ofe_eventsource::amqp::AmqpSource;
+use ofe_eventsource::{SourceHost, SourceMetrics};
 use ofe_testkit::sources::{Upstream, source_compliance};
 use ofe_testkit::{ChildGuard, PATIENCE, free_port, next_within, unique, wait_port};
 use tokio_util::sync::CancellationToken;
@@ -272,8 +272,13 @@ async fn refused_credentials_are_reported_without_the_password() {
     let health = ofe_core::health::Health::default();
     let stop = CancellationToken::new();
     let bus: Arc<dyn EventBus> = Arc::new(EmbeddedBus::in_memory(MemoryConfig::default()));
-    let _tasks =
-        ofe_eventsource::spawn(&es, bus, &SourceMetrics::default(), &health, &stop).expect("spawn");
+    let _tasks = ofe_eventsource::spawn(
+        &es,
+        bus,
+        &SourceHost { health: health.clone(), ..Default::default() },
+        &stop,
+    )
+    .expect("spawn");
     let key = ofe_core::health::ResourceKey {
         kind: "EventSource".into(),
         namespace: "ns".into(),

@@ -8,25 +8,32 @@ use hmac::{Hmac, Mac};
 use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions, Subscription};
 use ofe_crds::manifest::{Resource, parse_document};
 use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
-use ofe_eventsource::{SourceMetrics, webhook};
+use ofe_eventsource::SourceHost;
 
 struct Fixture {
     base: String,
     bus: EmbeddedBus,
     sub: Box<dyn Subscription>,
     http: reqwest::Client,
+    _stop: tokio_util::sync::DropGuard,
     _dir: tempfile::TempDir,
 }
 
-async fn fixture(spec: &str) -> Fixture {
+/// EventSource `name` in namespace `ns` with the webhooks `spec` (indented YAML).
+fn event_source(name: &str, spec: &str) -> ofe_crds::EventSource {
     let yaml = format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: hooks, namespace: ns }}\n\
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\nmetadata: {{ name: {name}, namespace: ns }}\n\
          spec:\n  eventBus: default\n  webhook:\n{spec}"
     );
     let doc = serde_saphyr::from_str::<serde_json::Value>(&yaml).expect("yaml");
     let Some(Resource::EventSource(es)) = parse_document(doc).expect("parses") else {
         panic!("eventsource")
     };
+    es
+}
+
+async fn fixture(spec: &str) -> Fixture {
+    let es = event_source("hooks", spec);
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = EmbeddedBus::open(EmbeddedConfig::new(dir.path())).expect("bus");
     let shared: Arc<dyn EventBus> = Arc::new(bus.clone());
@@ -35,9 +42,11 @@ async fn fixture(spec: &str) -> Fixture {
     let mut options = SubscribeOptions::new("test", events);
     options.start = StartPosition::All;
     let sub = bus.subscribe(options).await.expect("subscribe");
-    let router =
-        webhook::router(webhook::webhooks(&es, &shared).expect("hooks"), SourceMetrics::default())
-            .expect("router");
+    let host = SourceHost::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    // The tasks hold each webhook's claim on its path, until `stop`.
+    ofe_eventsource::spawn(&es, shared, &host, &stop).expect("webhooks start");
+    let router = host.routes.router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -50,6 +59,7 @@ async fn fixture(spec: &str) -> Fixture {
             reqwest::Client::new()
         },
         _dir: dir,
+        _stop: stop.drop_guard(),
     }
 }
 
@@ -326,4 +336,48 @@ async fn w3c_trace_headers_become_the_tracing_extension() {
     let d = next(&mut f.sub).await;
     assert_eq!(d.event.extension("traceparent").map(ToString::to_string).as_deref(), Some(own));
     let _ = f.bus.close().await;
+}
+
+/// One listener serves every EventSource's webhooks: a path is one EventSource's until that
+/// one stops, a second claim is refused naming the first, and stopping gives the path back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_belongs_to_one_eventsource_until_it_stops() {
+    let bus: Arc<dyn EventBus> =
+        Arc::new(ofe_eventbus::embedded::EmbeddedBus::in_memory(Default::default()));
+    let host = SourceHost::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, host.routes.router()).into_future());
+    ofe_core::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let post = || http.post(format!("{base}/shared")).body("x").send();
+
+    let first = event_source("first", "    push: { path: /shared }\n");
+    let stop_first = tokio_util::sync::CancellationToken::new();
+    let tasks = ofe_eventsource::spawn(&first, bus.clone(), &host, &stop_first).expect("first");
+    assert_eq!(host.routes.paths(), ["/shared"]);
+    assert_eq!(post().await.expect("post").status(), 202);
+
+    // The second EventSource, also asking for /shared, starts nothing and says who has it.
+    let second =
+        event_source("second", "    other: { path: /other }\n    push: { path: /shared }\n");
+    let stop_second = tokio_util::sync::CancellationToken::new();
+    let refused = ofe_eventsource::spawn(&second, bus.clone(), &host, &stop_second)
+        .expect_err("the path is taken");
+    let text = refused.to_string();
+    assert!(
+        text.starts_with("spec.webhook.push.path: `/shared` is already served for EventSource `ns/first` event `push`"),
+        "{text}"
+    );
+    assert_eq!(host.routes.paths(), ["/shared"], "the refused EventSource holds no path");
+
+    stop_first.cancel();
+    for task in tasks {
+        task.await.expect("stops");
+    }
+    assert!(host.routes.paths().is_empty());
+    assert_eq!(post().await.expect("post").status(), 404);
+    let _tasks = ofe_eventsource::spawn(&second, bus, &host, &stop_second).expect("now free");
+    assert_eq!(host.routes.paths(), ["/other", "/shared"]);
+    assert_eq!(post().await.expect("post").status(), 202);
 }

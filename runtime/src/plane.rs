@@ -2,8 +2,9 @@
 //!
 //! [`Plane::apply`] takes the whole desired set of resources and changes only what differs:
 //! a removed or changed EventSource's sources stop (a changed one starts again), a removed or
-//! changed Trigger's subscribers stop, the router of a bus is rebuilt when the subscribers it
-//! routes change, and the webhook listener is rebuilt when the webhooks change. What did not
+//! changed Trigger's subscribers stop, and the router of a bus is rebuilt when the subscribers
+//! it routes change. Webhooks claim their paths on one listener, open while any is wanted, so
+//! a changed webhook does not disturb the others. What did not
 //! change keeps running untouched. Order when starting: subscriber consumers, then routers,
 //! then sources, so that nothing a new source publishes is missed; when stopping, the other
 //! way round.
@@ -14,9 +15,8 @@ use std::time::Duration;
 
 use ofe_core::health::{Health, ResourceKey};
 use ofe_core::{EventBus, Subject};
-use ofe_crds::EventSource;
 use ofe_crds::manifest::{DEFAULT_NAMESPACE, Manifest, Resource};
-use ofe_eventsource::SourceMetrics;
+use ofe_eventsource::{SourceHost, SourceMetrics};
 use ofe_trigger::runner::{self, SubscriberPlan};
 use ofe_trigger::{Deliverer, PlanOptions, SubscriberLabels, TriggerMetrics};
 use tokio::task::JoinHandle;
@@ -133,13 +133,15 @@ pub struct Plane {
     settings: Settings,
     buses: Buses,
     health: Health,
-    source_metrics: SourceMetrics,
+    /// What the EventSources share: metrics, the board and the webhook routes.
+    host: SourceHost,
     trigger_metrics: TriggerMetrics,
     client: ofe_trigger::sink::HttpClient,
     sources: BTreeMap<ResourceKey, Versioned>,
     subscribers: BTreeMap<String, Versioned>,
     routers: BTreeMap<String, Versioned>,
-    webhooks: Option<Versioned>,
+    /// The listener of webhook paths, while any EventSource has a webhook.
+    webhook_listener: Option<Running>,
     /// Per resource, the task that reports its bus's connection.
     bus_watchers: BTreeMap<ResourceKey, Versioned>,
     /// What failed at the last apply, to withdraw from the board once it no longer does.
@@ -162,14 +164,18 @@ impl Plane {
         Ok(Self {
             settings,
             buses: Buses::new(&[]),
+            host: SourceHost {
+                metrics: source_metrics,
+                health: health.clone(),
+                routes: Default::default(),
+            },
             health,
-            source_metrics,
             trigger_metrics,
             client,
             sources: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             routers: BTreeMap::new(),
-            webhooks: None,
+            webhook_listener: None,
             bus_watchers: BTreeMap::new(),
             failures: Vec::new(),
             targets,
@@ -329,17 +335,20 @@ impl Plane {
                 })),
             }
         }
-        let mut webhooks_version = String::new();
+        // The listener opens before the first webhook claims its path, and closes after the
+        // last one gave its path back (stopped above).
+        let wants_listener = desired.sources.values().any(|p| p.es.spec.webhook.is_some());
+        if wants_listener && self.webhook_listener.is_none() {
+            self.webhook_listener = Some(self.listen_for_webhooks().await?);
+        } else if !wants_listener && let Some(running) = self.webhook_listener.take() {
+            running.stop().await;
+        }
         for (key, SourcePlan { es, bus, version, at }) in &desired.sources {
-            if es.spec.webhook.is_some() {
-                webhooks_version.push_str(version);
-            }
             if self.sources.contains_key(key) {
                 continue;
             }
             let stop = CancellationToken::new();
-            match ofe_eventsource::spawn(es, bus.clone(), &self.source_metrics, &self.health, &stop)
-            {
+            match ofe_eventsource::spawn(es, bus.clone(), &self.host, &stop) {
                 Ok(tasks) => {
                     tracing::info!(eventsource = %key.name, events = tasks.len(), "eventsource started");
                     self.sources.insert(key.clone(), (version.clone(), Running { stop, tasks }));
@@ -367,15 +376,6 @@ impl Plane {
             if !self.bus_watchers.contains_key(&key) {
                 let running = self.watch_bus(key.clone(), &bus);
                 self.bus_watchers.insert(key, (version, running));
-            }
-        }
-        if self.webhooks.as_ref().map(|(v, _)| v.as_str()) != Some(webhooks_version.as_str()) {
-            if let Some((_, running)) = self.webhooks.take() {
-                running.stop().await;
-            }
-            let sources: Vec<_> = desired.sources.values().collect();
-            if let Some(running) = self.start_webhooks(&sources).await? {
-                self.webhooks = Some((webhooks_version, running));
             }
         }
         self.report_failures(manifests, &failures);
@@ -508,22 +508,8 @@ impl Plane {
         Ok(Running::one(stop, "router", task))
     }
 
-    async fn start_webhooks(
-        &self,
-        sources: &[&SourcePlan],
-    ) -> Result<Option<Running>, RuntimeError> {
-        let mut hooks = Vec::new();
-        for SourcePlan { es, bus, at, .. } in sources {
-            let found = ofe_eventsource::webhook::webhooks(es, bus)
-                .map_err(|source| RuntimeError::Source { at: at.clone(), source })?;
-            hooks.extend(found);
-        }
-        if hooks.is_empty() {
-            return Ok(None);
-        }
-        let paths: Vec<String> = hooks.iter().map(|h| h.path().to_string()).collect();
-        let router = ofe_eventsource::webhook::router(hooks, self.source_metrics.clone())
-            .map_err(|source| RuntimeError::Source { at: "webhook EventSources".into(), source })?;
+    /// Opens the listener that serves the webhooks' paths.
+    async fn listen_for_webhooks(&self) -> Result<Running, RuntimeError> {
         let listen = &self.settings.webhook_listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -531,18 +517,8 @@ impl Plane {
         let address = listener
             .local_addr()
             .map_err(|source| RuntimeError::Listen { address: listen.clone(), source })?;
-        tracing::info!(%address, ?paths, "serving webhooks");
-        for SourcePlan { es, .. } in sources {
-            for event in es.spec.webhook.iter().flat_map(|w| w.keys()) {
-                self.health
-                    .reporter(
-                        es_key(es),
-                        ofe_eventsource::SOURCE_CONNECTED,
-                        &format!("webhook.{event}"),
-                    )
-                    .up("Listening");
-            }
-        }
+        tracing::info!(%address, "serving webhooks");
+        let router = self.host.routes.router();
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
@@ -553,7 +529,7 @@ impl Plane {
                 tracing::error!(error = %e, "webhook listener failed");
             }
         });
-        Ok(Some(Running { stop, tasks: vec![task] }))
+        Ok(Running { stop, tasks: vec![task] })
     }
 
     /// Stops everything: sources and webhooks, then routers, then subscribers (which finish
@@ -562,7 +538,7 @@ impl Plane {
         for (_, (_, running)) in std::mem::take(&mut self.sources) {
             running.stop().await;
         }
-        if let Some((_, running)) = self.webhooks.take() {
+        if let Some(running) = self.webhook_listener.take() {
             running.stop().await;
         }
         let routers = std::mem::take(&mut self.routers);
@@ -592,15 +568,6 @@ async fn stop_changed<'a, K: Ord + Clone>(
         }
     }
     changed
-}
-
-/// The board key of an EventSource.
-fn es_key(es: &EventSource) -> ResourceKey {
-    ResourceKey {
-        kind: "EventSource".into(),
-        namespace: ofe_crds::manifest::namespace_of(&es.metadata).to_string(),
-        name: es.metadata.name.clone().unwrap_or_default(),
-    }
 }
 
 /// The resource a subscriber belongs to: its Trigger, or the EventSource whose `sink` it is.

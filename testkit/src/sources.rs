@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudevents::{AttributesReader as _, Event};
-use ofe_core::health::Health;
 use ofe_core::{
     BusError, EventBus, Published, StartPosition, Subject, SubscribeOptions, Subscription,
 };
@@ -146,7 +145,8 @@ fn start(
     let problems = ofe_eventsource::check(&es);
     assert!(problems.is_empty(), "the spec does not check: {problems:?}");
     let stop = CancellationToken::new();
-    let tasks = ofe_eventsource::spawn(&es, bus, metrics, &Health::default(), &stop)
+    let host = ofe_eventsource::SourceHost { metrics: metrics.clone(), ..Default::default() };
+    let tasks = ofe_eventsource::spawn(&es, bus, &host, &stop)
         .unwrap_or_else(|e| panic!("the source does not start: {e}"));
     Running { stop, tasks }
 }
