@@ -156,14 +156,8 @@ pub fn check_manifests(manifests: &[Manifest]) -> Vec<Diagnostic> {
         let mut found = ofe_crds::validate::check_resource(&m.resource);
         match &m.resource {
             Resource::Trigger(t) => found.extend(ofe_trigger::check(t)),
-            Resource::EventSource(es) => {
-                // Making the sources repeats some manifest checks; say each field once.
-                let extra: Vec<_> = ofe_eventsource::check(es)
-                    .into_iter()
-                    .filter(|d| found.iter().all(|f| f.path != d.path))
-                    .collect();
-                found.extend(extra);
-            }
+            // Each kind's fields are checked in its folder, once.
+            Resource::EventSource(es) => found.extend(ofe_eventsource::check(es)),
             Resource::EventBus(b) => found.extend(bus_check(&b.spec)),
             Resource::ClusterEventBus(b) => found.extend(bus_check(&b.spec.0)),
         }

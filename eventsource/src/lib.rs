@@ -86,15 +86,49 @@ pub enum SourceError {
     },
 }
 
-/// Checks what only this crate can, by making every event exactly as [`spawn`] does:
-/// schedules and time zones, broker URLs, certificates (read from their files), connection
-/// settings. Nothing is connected.
+impl SourceError {
+    /// The error as `ofe validate` reports it.
+    pub fn diagnostic(self) -> Diagnostic {
+        match self {
+            SourceError::Invalid { path, message } => Diagnostic::error(path, message),
+        }
+    }
+}
+
+/// Every problem of `es`'s events, each said once: every kind's field checks, then what
+/// making each event as [`spawn`] does refuses (schedules and time zones, broker URLs,
+/// certificates read from their files), and kinds this build left out. Nothing is connected.
 pub fn check(es: &EventSource) -> Vec<Diagnostic> {
-    sources(es)
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|SourceError::Invalid { path, message }| Diagnostic::error(path, message))
-        .collect()
+    let at = name_of(es);
+    let mut out: Vec<Diagnostic> = kinds().iter().flat_map(|kind| kind.check(es, at)).collect();
+    out.extend(left_out(es).into_iter().map(SourceError::diagnostic));
+    out
+}
+
+/// Where `es` is.
+fn name_of(es: &EventSource) -> SourceName<'_> {
+    SourceName {
+        namespace: ofe_crds::manifest::namespace_of(&es.metadata),
+        eventsource: es.metadata.name.as_deref().unwrap_or_default(),
+    }
+}
+
+/// The events of `es` of a kind this build left out, refused naming its feature rather than
+/// skipped in silence.
+fn left_out(es: &EventSource) -> Vec<SourceError> {
+    let mut out = Vec::new();
+    for (field, event) in es.spec.events() {
+        let field = field.field();
+        if !kinds().iter().any(|k| k.field() == field) {
+            out.push(SourceError::Invalid {
+                path: format!("spec.{field}.{event}"),
+                message: format!(
+                    "this ofe was built without the `{field}` feature; use a build with it (the default build has every kind)"
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// The condition type of an EventSource's upstream connections.
@@ -102,21 +136,9 @@ pub const SOURCE_CONNECTED: &str = "SourceConnected";
 
 /// Every event of `es`, or why it cannot run, naming the field.
 fn sources(es: &EventSource) -> Vec<Result<Box<dyn Source>, SourceError>> {
-    let namespace = ofe_crds::manifest::namespace_of(&es.metadata);
-    let at = SourceName { namespace, eventsource: es.metadata.name.as_deref().unwrap_or_default() };
+    let at = name_of(es);
     let mut out: Vec<_> = kinds().iter().flat_map(|kind| kind.sources(es, at)).collect();
-    // A kind this build left out is refused, naming its feature, never silently skipped.
-    for (field, event) in es.spec.events() {
-        let field = field.field();
-        if !kinds().iter().any(|k| k.field() == field) {
-            out.push(Err(SourceError::Invalid {
-                path: format!("spec.{field}.{event}"),
-                message: format!(
-                    "this ofe was built without the `{field}` feature; use a build with it (the default build has every kind)"
-                ),
-            }));
-        }
-    }
+    out.extend(left_out(es).into_iter().map(Err));
     out
 }
 

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use ofe_core::EventBus;
 use ofe_core::health::Reporter;
 use ofe_crds::EventSource;
+use ofe_crds::diagnostic::Diagnostic;
 use tokio_util::sync::CancellationToken;
 
 use crate::routes::HttpRoutes;
@@ -72,6 +73,50 @@ pub trait SourceKind: Send + Sync {
         es: &EventSource,
         at: SourceName<'_>,
     ) -> Vec<Result<Box<dyn Source>, SourceError>>;
+
+    /// Every problem of this kind's events in `es`, for `ofe validate` and the operator. The
+    /// default is what [`SourceKind::sources`] refuses (one per event); a kind with field
+    /// checks lists each of them, see [`check_per_event`].
+    fn check(&self, es: &EventSource, at: SourceName<'_>) -> Vec<Diagnostic> {
+        self.sources(es, at)
+            .into_iter()
+            .filter_map(Result::err)
+            .map(SourceError::diagnostic)
+            .collect()
+    }
+}
+
+/// Every problem of one kind's events: the field checks `check(path, settings)` of each event,
+/// all of them; and, for an event they find nothing in, what making its source with `new`
+/// refuses (URLs, certificates read from their files, schedules), so that one problem is said
+/// once.
+pub(crate) fn check_per_event<S, T>(
+    field: &str,
+    events: Option<&std::collections::BTreeMap<String, S>>,
+    at: SourceName<'_>,
+    check: fn(&str, &S) -> Vec<Diagnostic>,
+    new: impl Fn(&str, &str, &str, &S) -> Result<T, SourceError>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (event, spec) in events.into_iter().flatten() {
+        let found = check(&format!("spec.{field}.{event}"), spec);
+        if found.is_empty()
+            && let Err(e) = new(at.namespace, at.eventsource, event, spec)
+        {
+            out.push(e.diagnostic());
+        }
+        out.extend(found);
+    }
+    out
+}
+
+/// The first error of a kind's field checks, as a source's constructor fails with it: the
+/// constructor runs the checks first, so what they refuse is written only there.
+pub(crate) fn checked(found: Vec<Diagnostic>) -> Result<(), SourceError> {
+    match found.into_iter().find(Diagnostic::is_error) {
+        Some(d) => Err(SourceError::Invalid { path: d.path, message: d.message }),
+        None => Ok(()),
+    }
 }
 
 /// Builds every event of one kind's map (`spec.<kind>`) with `new(namespace, eventsource,
@@ -92,9 +137,26 @@ pub(crate) fn per_event<S, T: Source>(
 
 /// The `Kind` of a broker kind, and its `Source`: one source per event, built by
 /// `$source::new(namespace, eventsource, event, spec)`, reporting through its `origin`, and
-/// running with `$source::run(self, bus, metrics, shutdown)`.
+/// running with `$source::run(self, bus, metrics, shutdown)`. With `$check`, the kind's field
+/// checks (`fn(path, spec) -> Vec<Diagnostic>`), which `new` runs first, list every problem of
+/// an event for `ofe validate` (see [`check_per_event`]).
 macro_rules! broker_kind {
+    ($field:ident, $source:ident, $check:ident) => {
+        crate::source::broker_kind!(@kind $field, $source,
+            fn check(
+                &self,
+                es: &ofe_crds::EventSource,
+                at: crate::SourceName<'_>,
+            ) -> Vec<ofe_crds::diagnostic::Diagnostic> {
+                crate::source::check_per_event(
+                    stringify!($field), es.spec.$field.as_ref(), at, $check, $source::new)
+            }
+        );
+    };
     ($field:ident, $source:ident) => {
+        crate::source::broker_kind!(@kind $field, $source,);
+    };
+    (@kind $field:ident, $source:ident, $($check:item)?) => {
         #[doc = concat!("The `", stringify!($field), "` kind: `spec.", stringify!($field), "`, one [`", stringify!($source), "`] per event.")]
         pub struct Kind;
 
@@ -110,6 +172,8 @@ macro_rules! broker_kind {
             ) -> Vec<Result<Box<dyn crate::Source>, crate::SourceError>> {
                 crate::source::per_event(es.spec.$field.as_ref(), at, $source::new)
             }
+
+            $($check)?
         }
 
         #[async_trait::async_trait]

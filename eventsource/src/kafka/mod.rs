@@ -24,6 +24,7 @@ use futures::FutureExt as _;
 use ofe_core::EventBus;
 use ofe_core::kafka::Quiet;
 use ofe_crds::KafkaSpec;
+use ofe_crds::diagnostic::Diagnostic;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -57,16 +58,9 @@ impl KafkaSource {
         event: &str,
         spec: &KafkaSpec,
     ) -> Result<Self, SourceError> {
-        let field = format!("spec.kafka.{event}");
-        let invalid = |path: &str, message: &str| SourceError::Invalid {
-            path: format!("{field}.{path}"),
-            message: message.into(),
-        };
-        let topic = spec
-            .topic
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| invalid("topic", "is required; name the topic to consume"))?;
+        crate::source::checked(check(&format!("spec.kafka.{event}"), spec))?;
+        // `check` refused a missing topic, and SASL without both credentials, above.
+        let topic = spec.topic.clone().unwrap_or_default();
         let group = spec
             .consumer_group
             .clone()
@@ -91,13 +85,9 @@ impl KafkaSource {
             let max = max.max(1).to_string();
             config.set("fetch.message.max.bytes", &max).set("message.max.bytes", &max);
         }
-        if spec.auth_required {
-            let (Some(user), Some(password)) = (&spec.sasl_username, &spec.sasl_password) else {
-                return Err(invalid(
-                    "saslUsername",
-                    "authRequired is true but saslUsername or saslPassword is missing; set both",
-                ));
-            };
+        if spec.auth_required
+            && let (Some(user), Some(password)) = (&spec.sasl_username, &spec.sasl_password)
+        {
             config
                 .set("security.protocol", "sasl_plaintext")
                 .set("sasl.mechanisms", spec.sasl_mechanism.as_deref().unwrap_or("PLAIN"))
@@ -270,4 +260,49 @@ fn commit(
     }
 }
 
-crate::source::broker_kind!(kafka, KafkaSource);
+/// The checks of one `spec.kafka` event's fields on their own, each found at once (`ofe
+/// validate` lists them all); `path` is the event's, e.g. `spec.kafka.<event>`. Making the
+/// source runs them first, then compiles what they let through.
+pub(crate) fn check(path: &str, kafka: &KafkaSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if kafka.topic.as_deref().is_none_or(str::is_empty) {
+        out.push(Diagnostic::error(
+            format!("{path}.topic"),
+            "is required; name the topic to consume",
+        ));
+    }
+    if kafka.brokers.trim().is_empty() {
+        out.push(Diagnostic::error(
+            format!("{path}.brokers"),
+            "is empty; list `host:port` bootstrap brokers, comma-separated",
+        ));
+    }
+    if kafka.auth_required && (kafka.sasl_username.is_none() || kafka.sasl_password.is_none()) {
+        out.push(Diagnostic::error(
+            path,
+            "authRequired is true but saslUsername or saslPassword is missing; set both",
+        ));
+    }
+    if let Some(m) = kafka.sasl_mechanism.as_deref()
+        && !matches!(m, "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")
+    {
+        out.push(Diagnostic::error(
+            format!("{path}.saslMechanism"),
+            format!("`{m}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        ));
+    }
+    if let Some(o) = kafka.initial_offset.as_deref()
+        && !matches!(o, "earliest" | "latest")
+    {
+        out.push(Diagnostic::error(
+            format!("{path}.initialOffset"),
+            format!("`{o}` is not an offset; use earliest or latest"),
+        ));
+    }
+    if kafka.max_message_bytes.is_some_and(|n| n < 1) {
+        out.push(Diagnostic::error(format!("{path}.maxMessageBytes"), "must be at least 1 byte"));
+    }
+    out
+}
+
+crate::source::broker_kind!(kafka, KafkaSource, check);

@@ -24,6 +24,7 @@ use std::time::Duration;
 use cloudevents::Event;
 use ofe_core::EventBus;
 use ofe_crds::MqttSpec;
+use ofe_crds::diagnostic::Diagnostic;
 use rumqttc::v5::mqttbytes::v5::Publish as PublishV5;
 use rumqttc::{Publish, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
@@ -208,29 +209,16 @@ impl MqttSource {
         spec: &MqttSpec,
     ) -> Result<Self, SourceError> {
         let field = format!("spec.mqtt.{event}");
+        crate::source::checked(check(&field, spec))?;
         let broker = parse_url(&spec.url)
             .map_err(|message| SourceError::Invalid { path: format!("{field}.url"), message })?;
+        // `check` refused any other QoS and version above.
         let qos = match spec.qos.unwrap_or(1) {
             0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
             2 => QoS::ExactlyOnce,
-            other => {
-                return Err(SourceError::Invalid {
-                    path: format!("{field}.qos"),
-                    message: format!("{other} is not an MQTT QoS; use 0, 1 or 2"),
-                });
-            }
+            _ => QoS::AtLeastOnce,
         };
-        let v5 = match spec.protocol_version.as_deref() {
-            None | Some("3.1.1") => false,
-            Some("5") => true,
-            Some(other) => {
-                return Err(SourceError::Invalid {
-                    path: format!("{field}.protocolVersion"),
-                    message: format!("`{other}` is not supported; use \"3.1.1\" or \"5\""),
-                });
-            }
-        };
+        let v5 = spec.protocol_version.as_deref() == Some("5");
         let transport = match broker.scheme {
             Scheme::Tcp => Transport::Tcp,
             Scheme::Tls => Transport::Tls(tls_config(&field, spec)?),
@@ -588,7 +576,38 @@ impl Client {
     }
 }
 
-crate::source::broker_kind!(mqtt, MqttSource);
+/// The checks of one `spec.mqtt` event's fields on their own, each found at once (`ofe
+/// validate` lists them all); `path` is the event's, e.g. `spec.mqtt.<event>`. Making the
+/// source runs them first, then compiles what they let through.
+pub(crate) fn check(path: &str, mqtt: &MqttSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if let Some(v) = mqtt.protocol_version.as_deref()
+        && !matches!(v, "3.1.1" | "5")
+    {
+        out.push(Diagnostic::error(
+            format!("{path}.protocolVersion"),
+            format!("`{v}` is not supported; use \"3.1.1\" or \"5\""),
+        ));
+    }
+    if mqtt.qos.is_some_and(|q| !(0..=2).contains(&q)) {
+        out.push(Diagnostic::error(format!("{path}.qos"), "must be 0, 1 or 2"));
+    }
+    if mqtt.client_cert.is_some() != mqtt.client_key.is_some() {
+        out.push(Diagnostic::error(
+            path,
+            "clientCert and clientKey go together; set both or neither",
+        ));
+    }
+    if mqtt.share_group.as_deref().is_some_and(|g| g.is_empty() || g.contains(['/', '+', '#'])) {
+        out.push(Diagnostic::error(
+            format!("{path}.shareGroup"),
+            "must be a non-empty name without `/`, `+` or `#`",
+        ));
+    }
+    out
+}
+
+crate::source::broker_kind!(mqtt, MqttSource, check);
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,7 @@ use futures::StreamExt as _;
 use ofe_core::nats::{NatsAuth, connect_client};
 use ofe_core::{EventBus, TlsFiles};
 use ofe_crds::NatsSourceSpec;
+use ofe_crds::diagnostic::Diagnostic;
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
@@ -61,12 +62,7 @@ impl NatsSource {
         spec: &NatsSourceSpec,
     ) -> Result<Self, SourceError> {
         let default_name = format!("ofe-{namespace}-{eventsource}-{event}");
-        if spec.subject.trim().is_empty() {
-            return Err(SourceError::Invalid {
-                path: format!("spec.nats.{event}.subject"),
-                message: "is empty; name a subject such as `fleet.>`".into(),
-            });
-        }
+        crate::source::checked(check(&format!("spec.nats.{event}"), spec))?;
         Ok(Self {
             origin: Origin::of(
                 namespace,
@@ -253,4 +249,43 @@ impl NatsSource {
     }
 }
 
-crate::source::broker_kind!(nats, NatsSource);
+/// The checks of one `spec.nats` event's fields on their own, each found at once (`ofe
+/// validate` lists them all); `path` is the event's, e.g. `spec.nats.<event>`. Making the
+/// source runs them first, then compiles what they let through.
+pub(crate) fn check(path: &str, nats: &NatsSourceSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if nats.url.trim().is_empty() {
+        out.push(Diagnostic::error(format!("{path}.url"), "is empty; write nats://host:port"));
+    }
+    if nats.subject.trim().is_empty() || nats.subject.contains(char::is_whitespace) {
+        out.push(Diagnostic::error(
+            format!("{path}.subject"),
+            "must be a NATS subject such as `fleet.>` (no spaces)",
+        ));
+    }
+    if let Some(js) = &nats.jetstream {
+        if js.stream.trim().is_empty() {
+            out.push(Diagnostic::error(
+                format!("{path}.jetstream.stream"),
+                "is empty; name the stream",
+            ));
+        }
+        if let Some(o) = js.initial_offset.as_deref()
+            && !matches!(o, "earliest" | "latest")
+        {
+            out.push(Diagnostic::error(
+                format!("{path}.jetstream.initialOffset"),
+                format!("`{o}` is not an offset; use earliest or latest"),
+            ));
+        }
+        if nats.queue_group.is_some() {
+            out.push(Diagnostic::error(
+                format!("{path}.queueGroup"),
+                "applies to core NATS only; with jetstream, replicas share the durable consumer",
+            ));
+        }
+    }
+    out
+}
+
+crate::source::broker_kind!(nats, NatsSource, check);

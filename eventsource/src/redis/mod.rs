@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use ofe_core::EventBus;
 use ofe_crds::RedisSpec;
+use ofe_crds::diagnostic::Diagnostic;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
@@ -80,6 +81,7 @@ impl RedisSource {
         spec: &RedisSpec,
     ) -> Result<Self, SourceError> {
         let field = format!("spec.redis.{event}");
+        crate::source::checked(check(&field, spec))?;
         let invalid = |path: &str, message: String| SourceError::Invalid {
             path: if path.is_empty() { field.clone() } else { format!("{field}.{path}") },
             message,
@@ -425,4 +427,49 @@ impl RedisSource {
     }
 }
 
-crate::source::broker_kind!(redis, RedisSource);
+/// The checks of one `spec.redis` event's fields on their own, each found at once (`ofe
+/// validate` lists them all); `path` is the event's, e.g. `spec.redis.<event>`. Making the
+/// source runs them first, then compiles what they let through.
+pub(crate) fn check(path: &str, redis: &RedisSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    match (&redis.stream, &redis.channel) {
+        // An OpenFunction manifest has neither (its Redis source could not read at all): it
+        // still loads, and `ofe run` refuses just this event with the same advice.
+        (None, None) => out.push(Diagnostic::warning(
+            path,
+            "says nothing to read; add `stream: <name>` (at-least-once, consumer group) or `channel: <name or pattern>` (pub/sub, at-most-once)",
+        )),
+        (Some(_), Some(_)) => out.push(Diagnostic::error(
+            path,
+            "sets both stream and channel; keep one (use two events to read both)",
+        )),
+        _ => {}
+    }
+    if redis.redis_host.trim().is_empty() {
+        out.push(Diagnostic::error(format!("{path}.redisHost"), "is empty; write `host:port`"));
+    }
+    if let Some(o) = redis.initial_offset.as_deref()
+        && !matches!(o, "earliest" | "latest")
+    {
+        out.push(Diagnostic::error(
+            format!("{path}.initialOffset"),
+            format!("`{o}` is not an offset; use earliest or latest"),
+        ));
+    }
+    for (field, value) in [
+        ("redeliverInterval", &redis.redeliver_interval),
+        ("processingTimeout", &redis.processing_timeout),
+        ("dialTimeout", &redis.dial_timeout),
+        ("readTimeout", &redis.read_timeout),
+        ("writeTimeout", &redis.write_timeout),
+    ] {
+        if let Some(text) = value
+            && let Err(e) = ofe_crds::duration::parse(text)
+        {
+            out.push(Diagnostic::error(format!("{path}.{field}"), e.to_string()));
+        }
+    }
+    out
+}
+
+crate::source::broker_kind!(redis, RedisSource, check);

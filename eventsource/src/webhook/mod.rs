@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::http::HeaderName;
 use ofe_core::Subject;
+use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::{EventSource, WebhookSpec};
 
 use crate::ingest::Origin;
@@ -57,6 +58,11 @@ impl crate::SourceKind for Kind {
     ) -> Vec<Result<Box<dyn Source>, SourceError>> {
         crate::source::per_event(es.spec.webhook.as_ref(), at, WebhookSource::new)
     }
+
+    fn check(&self, es: &EventSource, at: SourceName<'_>) -> Vec<Diagnostic> {
+        let events = es.spec.webhook.as_ref();
+        crate::source::check_per_event("webhook", events, at, check, WebhookSource::new)
+    }
 }
 
 /// One webhook event: its settings until it starts, then its claim on its path.
@@ -78,6 +84,7 @@ impl WebhookSource {
         spec: &WebhookSpec,
     ) -> Result<Self, SourceError> {
         let field = format!("spec.webhook.{event}");
+        crate::source::checked(check(&field, spec))?;
         let auth = match (&spec.bearer_token, &spec.hmac) {
             (Some(token), _) => Auth::Bearer(token.clone()),
             (None, Some(hmac)) => {
@@ -159,4 +166,48 @@ impl Source for WebhookSource {
         context.shutdown.cancelled().await;
         // Dropping the claim (with `self`) stops serving the path.
     }
+}
+
+/// The checks of one `spec.webhook` event's fields on their own, each found at once (`ofe
+/// validate` lists them all); `path` is the event's, e.g. `spec.webhook.<event>`. Making the
+/// source runs them first, then compiles what they let through.
+pub(crate) fn check(path: &str, hook: &WebhookSpec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if hook.path.as_deref().is_some_and(|p| !p.starts_with('/') || p.contains(char::is_whitespace))
+    {
+        out.push(Diagnostic::error(
+            format!("{path}.path"),
+            "must start with `/` and contain no spaces",
+        ));
+    }
+    if hook.max_payload_size.is_some_and(|n| n < 1) {
+        out.push(Diagnostic::error(format!("{path}.maxPayloadSize"), "must be at least 1 byte"));
+    }
+    if hook.rate_limit == Some(0) {
+        out.push(Diagnostic::error(
+            format!("{path}.rateLimit"),
+            "is 0, which refuses every request; allow at least 1 per second, or remove it for \
+             no limit",
+        ));
+    }
+    if hook.bearer_token.is_some() && hook.hmac.is_some() {
+        out.push(Diagnostic::error(path, "sets both bearerToken and hmac; keep one"));
+    }
+    if let Some(hmac) = &hook.hmac
+        && hmac.secret.is_empty()
+        && !hmac.secret_key_ref.contains_key("secret")
+    {
+        out.push(Diagnostic::error(
+            format!("{path}.hmac.secret"),
+            "is empty; set the shared secret, or read it from a Secret with \
+             `secretKeyRef: {secret: {name: ..., key: ...}}`",
+        ));
+    }
+    if hook.bearer_token.as_deref().is_some_and(str::is_empty) {
+        out.push(Diagnostic::error(
+            format!("{path}.bearerToken"),
+            "is empty; set a token or remove the field",
+        ));
+    }
+    out
 }
