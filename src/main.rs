@@ -6,12 +6,12 @@
 //! - `ofe crds` prints the CustomResourceDefinitions.
 //! - `ofe send`, `ofe tail` and `ofe status` talk to a running process's endpoint.
 
-mod check;
 mod client;
 mod endpoint;
 mod logging;
 mod operator;
 mod run;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     ofe_core::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { paths } => Ok(check::validate_command(&paths)),
+        Command::Validate { paths } => Ok(validate::validate_command(&paths)),
         Command::Crds { out } => crds(out),
         Command::Run(args) => run::main(args),
         Command::Operator(args) => operator::main(args),

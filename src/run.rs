@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::console::{Console, Targets};
-use crate::{check, endpoint, logging};
+use crate::{endpoint, logging};
 use ofe_runtime::{Plane, Settings};
 
 /// Arguments of `ofe run`.
@@ -164,8 +164,8 @@ impl Process {
 
 impl RunArgs {
     /// Where `secretKeyRef`s are read from; file fields are written under the data directory.
-    fn secrets(&self) -> check::LocalSecrets {
-        check::LocalSecrets {
+    fn secrets(&self) -> ofe_runtime::LocalSecrets {
+        ofe_runtime::LocalSecrets {
             dir: self.secrets_dir.clone(),
             files: self.plane.data_dir.join("secrets"),
         }
@@ -175,8 +175,8 @@ impl RunArgs {
 /// Entry point of `ofe run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     logging::init_logs(&args.plane.log_level, args.plane.log_json);
-    let checked = check::load_and_check(&args.paths, Some(&args.secrets()));
-    check::report(&checked.diagnostics);
+    let checked = ofe_runtime::load_and_check(&args.paths, Some(&args.secrets()));
+    crate::validate::report(&checked.diagnostics);
     if checked.has_errors() {
         bail!("the manifests have errors (listed above); fix them, or see `ofe validate`");
     }
@@ -191,9 +191,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Loads and checks the manifests again and applies them; with errors, says so and keeps
 /// running what runs.
-async fn reload(plane: &mut Plane, paths: &[PathBuf], secrets: &check::LocalSecrets) {
-    let checked = check::load_and_check(paths, Some(secrets));
-    check::report(&checked.diagnostics);
+async fn reload(plane: &mut Plane, paths: &[PathBuf], secrets: &ofe_runtime::LocalSecrets) {
+    let checked = ofe_runtime::load_and_check(paths, Some(secrets));
+    crate::validate::report(&checked.diagnostics);
     if checked.has_errors() {
         tracing::error!(
             "the changed manifests have errors (listed above); still running the previous ones"

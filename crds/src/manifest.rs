@@ -263,6 +263,28 @@ fn explain_serde_error(message: &str) -> String {
     message.to_string()
 }
 
+/// Calls `visit` on every JSON object under `value` (`value` first), with its field path.
+pub fn each_object(
+    value: &mut serde_json::Value,
+    path: &str,
+    visit: &mut dyn FnMut(&mut serde_json::Map<String, serde_json::Value>, &str),
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            visit(map, path);
+            for (field, child) in map.iter_mut() {
+                each_object(child, &format!("{path}.{field}"), visit);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                each_object(child, &format!("{path}[{i}]"), visit);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

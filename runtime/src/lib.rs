@@ -1,6 +1,7 @@
 //! The ofe runtime: the data plane of one process, as a library.
 //!
-//! [`Plane`] runs a set of EventSources and Triggers (the resources of `ofe run`'s files, or of
+//! [`load_and_check`] reads manifests and runs every check on them (what `ofe validate` says),
+//! with `secretKeyRef`s filled from [`LocalSecrets`]. [`Plane`] runs a set of EventSources and Triggers (the resources of `ofe run`'s files, or of
 //! the operator's watches) and changes it in place: [`Plane::apply`] starts what is new, stops
 //! what is gone, restarts what changed, and leaves the rest running. Tests and the benchmark
 //! start it in-process, without spawning the binary:
@@ -16,9 +17,13 @@
 //! # Ok(()) }
 //! ```
 
+mod check;
 mod error;
 mod plane;
+mod secrets;
 mod spec;
 
+pub use check::{Checked, check_manifests, load_and_check};
 pub use error::{RuntimeError, chain};
 pub use plane::{Plane, ResourceFailure, SendTargets, Settings, no_delay};
+pub use secrets::{LocalSecrets, SecretValues, fill as fill_secrets};

@@ -104,7 +104,7 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
             _ => manifests.push(Manifest { origin: origin_of(r), resource: r.clone() }),
         }
     }
-    let diagnostics = crate::check::check_manifests(&manifests);
+    let diagnostics = ofe_runtime::check_manifests(&manifests);
     for m in manifests {
         let key = key_of(&m.resource);
         let errors: Vec<String> = diagnostics
@@ -197,28 +197,6 @@ where
         .map_err(|e| Part::failed(SINK_RESOLVED, "InternalError", e.to_string()))
 }
 
-/// Calls `visit` on every JSON object under `value` (`value` first), with its field path.
-pub(super) fn each_object(
-    value: &mut Value,
-    path: &str,
-    visit: &mut dyn FnMut(&mut serde_json::Map<String, Value>, &str),
-) {
-    match value {
-        Value::Object(map) => {
-            visit(map, path);
-            for (field, child) in map.iter_mut() {
-                each_object(child, &format!("{path}.{field}"), visit);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter_mut().enumerate() {
-                each_object(child, &format!("{path}[{i}]"), visit);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Walks `value`, setting `uri` beside every `ref` that has none.
 fn resolve_refs(
     value: &mut Value,
@@ -228,7 +206,7 @@ fn resolve_refs(
     found: &mut usize,
     missing: &mut Vec<(&'static str, String)>,
 ) {
-    each_object(value, path, &mut |map, path| {
+    ofe_crds::manifest::each_object(value, path, &mut |map, path| {
         if let (Some(reference), false) = (map.get("ref"), map.contains_key("uri")) {
             match address(reference, namespace, targets) {
                 Ok(url) => {
