@@ -179,6 +179,19 @@ pub fn to_structured(event: &Event) -> Result<Vec<u8>, BusError> {
     encode(&event)
 }
 
+/// Why a message, or a sink's reply, that claims to be a CloudEvent cannot be read as one. The
+/// text says which mode and what is wrong: a webhook sender gets it with its 400, a wrapped
+/// event carries it as `ofeinvalid`, and a dropped reply is logged with it.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedEvent {
+    /// Attributes in headers or properties (`specversion` among them) that make no event.
+    #[error("malformed binary-mode CloudEvent: {0}")]
+    Binary(BusError),
+    /// A structured-mode body that is not a CloudEvent.
+    #[error("malformed structured CloudEvent: {0}")]
+    Structured(serde_json::Error),
+}
+
 /// Rebuilds an event from binary-mode attributes (names without their `ce-`/`ce_` prefix,
 /// values as sent), the content type and the body. The body is kept as the exact bytes sent,
 /// whatever the content type: re-serialising parsed JSON would reorder keys and change what a

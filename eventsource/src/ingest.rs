@@ -81,14 +81,15 @@ impl Origin {
     /// after each failure: the failure is reported as the upstream being unreachable, logged
     /// as `what`'s, and the next try waits with backoff (100 ms doubling to 5 s; a session
     /// that lasted over 10 s was connected, so the next wait starts short again).
-    pub async fn reconnecting<F, Fut>(
+    pub async fn reconnecting<F, Fut, E>(
         &self,
         what: &str,
         shutdown: &tokio_util::sync::CancellationToken,
         mut session: F,
     ) where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let mut backoff = Backoff::default();
         loop {
@@ -170,7 +171,7 @@ impl Origin {
     pub fn event(&self, message: &Message<'_>) -> Event {
         self.strict_event(message).unwrap_or_else(|reason| {
             let mut event = self.wrap(message);
-            event.set_extension(EXT_INVALID, reason);
+            event.set_extension(EXT_INVALID, reason.to_string());
             self.stamp(&mut event);
             event
         })
@@ -178,7 +179,7 @@ impl Origin {
 
     /// The event for `message`, or why the CloudEvent it claims to be is malformed: for
     /// transports that can refuse a message to its sender (HTTP answers 400).
-    pub fn strict_event(&self, message: &Message<'_>) -> Result<Event, String> {
+    pub fn strict_event(&self, message: &Message<'_>) -> Result<Event, event::MalformedEvent> {
         let mut event = match self.as_cloudevent(message) {
             Some(parsed) => parsed?,
             None => self.wrap(message),
@@ -196,7 +197,7 @@ impl Origin {
 
     /// `None` when the message is no CloudEvent; `Some(Err)` when it claims to be one and is
     /// malformed.
-    fn as_cloudevent(&self, message: &Message<'_>) -> Option<Result<Event, String>> {
+    fn as_cloudevent(&self, message: &Message<'_>) -> Option<Result<Event, event::MalformedEvent>> {
         if message.binary.iter().any(|(name, _)| *name == "specversion") {
             return Some(
                 event::from_binary(
@@ -204,14 +205,14 @@ impl Origin {
                     message.content_type,
                     message.payload,
                 )
-                .map_err(|e| format!("malformed binary-mode CloudEvent: {e}")),
+                .map_err(event::MalformedEvent::Binary),
             );
         }
         let media = message.content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
         match media {
             Some(m) if m.eq_ignore_ascii_case(STRUCTURED) => Some(
                 serde_json::from_slice::<Event>(message.payload)
-                    .map_err(|e| format!("malformed structured CloudEvent: {e}")),
+                    .map_err(event::MalformedEvent::Structured),
             ),
             Some(_) => None,
             // Without a content type, a JSON object with `specversion` is taken for a
@@ -220,7 +221,7 @@ impl Origin {
                 match serde_json::from_slice::<Event>(message.payload) {
                     Ok(event) => Some(Ok(event)),
                     Err(e) if contains(message.payload, b"\"specversion\"") => {
-                        Some(Err(format!("malformed structured CloudEvent: {e}")))
+                        Some(Err(event::MalformedEvent::Structured(e)))
                     }
                     Err(_) => None,
                 }

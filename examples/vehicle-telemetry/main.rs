@@ -88,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
             format!("tcp://{addr}")
         }
     };
-    let broker = ofe_eventsource::mqtt::parse_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+    let broker = ofe_eventsource::mqtt::parse_url(&mqtt_url)
+        .map_err(|e| anyhow::anyhow!("the MQTT URL {e}"))?;
 
     // 2. The functions.
     let seen = Arc::new(Seen::default());

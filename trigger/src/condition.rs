@@ -26,6 +26,17 @@ pub(crate) fn env() -> Arc<Env> {
     ENV.clone()
 }
 
+/// Why a condition gave no bool when run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// It gave another type, e.g. `eventA ? 1 : 0`.
+    #[error("evaluated to {0}, not a bool")]
+    NotBool(String),
+    /// CEL could not run it.
+    #[error("{0}")]
+    Execution(cel::ExecutionError),
+}
+
 /// A compiled condition.
 #[derive(Debug)]
 pub struct ConditionExpr {
@@ -164,7 +175,7 @@ impl ConditionExpr {
     }
 
     /// Evaluates with `true` for the names in `active` and `false` for the rest.
-    pub fn evaluate(&self, active: &HashMap<&str, bool>) -> Result<bool, String> {
+    pub fn evaluate(&self, active: &HashMap<&str, bool>) -> Result<bool, EvalError> {
         let mut context = Context::with_env(ENV.clone());
         for name in &self.names {
             context.add_variable_from_value(
@@ -174,14 +185,14 @@ impl ConditionExpr {
         }
         match self.program.execute(&context) {
             Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("evaluated to {other:?}, not a bool")),
-            Err(e) => Err(e.to_string()),
+            Ok(other) => Err(EvalError::NotBool(format!("{other:?}"))),
+            Err(e) => Err(EvalError::Execution(e)),
         }
     }
 
     /// Whether the condition is true when exactly the inputs whose bits are set in `bits` are
     /// active (bit `i` is `names()[i]`).
-    pub fn evaluate_bits(&self, bits: u64) -> Result<bool, String> {
+    pub fn evaluate_bits(&self, bits: u64) -> Result<bool, EvalError> {
         if let Some(result) = usize::try_from(bits).ok().and_then(|i| self.table.get(i)) {
             return Ok(*result);
         }
@@ -189,7 +200,7 @@ impl ConditionExpr {
     }
 
     /// Runs the CEL program with the inputs of `bits` active.
-    fn evaluate_cel(&self, bits: u64) -> Result<bool, String> {
+    fn evaluate_cel(&self, bits: u64) -> Result<bool, EvalError> {
         let active: HashMap<&str, bool> = self
             .names
             .iter()

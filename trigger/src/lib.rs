@@ -28,7 +28,7 @@ use ofe_core::Subject;
 use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::{SinkSpec, Trigger};
 
-pub use condition::{ConditionError, ConditionExpr};
+pub use condition::{ConditionError, ConditionExpr, EvalError};
 pub use delivery::{BackoffPolicy, Deliverer, RetryPolicy};
 pub use metrics::{SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};

@@ -132,6 +132,24 @@ impl Trouble {
     }
 }
 
+/// Whether an `io::Error` in `error`'s chain says the filesystem has no room (`ENOSPC`, or
+/// `EDQUOT` over a quota).
+fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// What the committer knows about the store's health.
 #[derive(Default)]
 pub(super) struct WriteHealth {
@@ -143,13 +161,14 @@ pub(super) struct WriteHealth {
 
 impl WriteHealth {
     /// A write failed with `error`: refuse, report, and say so (once, then once a minute).
-    pub(super) fn failed(&mut self, store: &DiskStore, error: &dyn std::fmt::Display) {
+    pub(super) fn failed(&mut self, store: &DiskStore, error: &(dyn std::error::Error + 'static)) {
         let now = Instant::now();
         let text = error.to_string();
         let (free, total) = space(&store.dir).unwrap_or((u64::MAX, u64::MAX));
-        let full = text.contains("No space left")
-            || text.contains("os error 28")
-            || free < MEMTABLE.min(total / 4);
+        // The filesystem says so (ENOSPC, or a quota), or there is less room than one more
+        // memtable needs: a write that failed for another reason on a nearly full disk is
+        // most likely the disk.
+        let full = out_of_space(error) || free < MEMTABLE.min(total / 4);
         let reason = if full { "StorageFull" } else { "StorageFailed" };
         let message = if full {
             format!(
@@ -218,4 +237,19 @@ impl WriteHealth {
 
 fn storage(e: impl std::fmt::Display) -> BusError {
     BusError::Storage(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::out_of_space;
+
+    #[test]
+    fn a_full_filesystem_is_known_by_the_error_kind_anywhere_in_the_chain() {
+        let enospc = fjall::Error::Io(std::io::Error::from_raw_os_error(28));
+        assert!(out_of_space(&enospc));
+        let edquot = std::io::Error::from_raw_os_error(122);
+        assert!(out_of_space(&edquot));
+        let denied = fjall::Error::Io(std::io::Error::from_raw_os_error(13));
+        assert!(!out_of_space(&denied));
+    }
 }

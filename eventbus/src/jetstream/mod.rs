@@ -266,7 +266,12 @@ impl JetStreamBus {
             })
             .await
             .map_err(|e| {
-                let hint = if e.to_string().contains("overlap") {
+                let overlap = matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+                );
+                let hint = if overlap {
                     "; another stream on this server already holds these subjects (or `>`): \
                      remove them from that stream, or name another stream in \
                      spec.jetstream.stream"

@@ -48,7 +48,10 @@ impl CronSource {
     /// The event for the fire at `scheduled`. Its id depends only on namespace, EventSource,
     /// event and scheduled time, so a restart or a second replica that fires the same tick
     /// produces the same id, which the bus recognises as a duplicate.
-    pub fn event_for(&self, scheduled: DateTime<Utc>) -> Result<Event, String> {
+    pub fn event_for(
+        &self,
+        scheduled: DateTime<Utc>,
+    ) -> Result<Event, cloudevents::event::EventBuilderError> {
         let time = scheduled.to_rfc3339_opts(SecondsFormat::Millis, true);
         let key = format!("{}/{}/{}/{}", self.namespace, self.eventsource, self.event, time);
         let id = uuid::Uuid::new_v5(&ID_NAMESPACE, key.as_bytes());
@@ -66,7 +69,6 @@ impl CronSource {
                 serde_json::json!({ "schedule": self.schedule_text, "scheduledTime": time }),
             )
             .build()
-            .map_err(|e| e.to_string())
     }
 
     /// Runs until `shutdown`: waits for each fire time and publishes its event, retrying a

@@ -78,20 +78,34 @@ impl BrokerUrl {
     }
 }
 
+/// Why an MQTT broker URL cannot be used. The messages never repeat the URL, which may hold a
+/// password; they read after the field's path (`spec.mqtt.<event>.url: names no host; …`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// No `scheme://`.
+    #[error("is not an MQTT URL; write tcp://[user:password@]host[:port]")]
+    NoScheme,
+    /// A scheme MQTT is not spoken over.
+    #[error("has the scheme `{0}://`, which is not MQTT's; use tcp://, ssl://, ws:// or wss://")]
+    Scheme(String),
+    /// A port that is not a number up to 65535.
+    #[error("has an invalid port `{0}`; write a number from 1 to 65535")]
+    Port(String),
+    /// Nothing between `://` and the port or path.
+    #[error("names no host; write tcp://host:port")]
+    NoHost,
+}
+
 /// Parses `scheme://[user:password@]host[:port][/path]`, where the scheme is `tcp`/`mqtt`,
 /// `ssl`/`tls`/`mqtts`, `ws` or `wss`.
-pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
-    let (scheme_text, rest) = url.split_once("://").ok_or_else(|| {
-        format!("`{url}` is not an MQTT URL; write tcp://[user:password@]host[:port]")
-    })?;
+pub fn parse_url(url: &str) -> Result<BrokerUrl, UrlError> {
+    let (scheme_text, rest) = url.split_once("://").ok_or(UrlError::NoScheme)?;
     let (scheme, default_port) = match scheme_text.to_ascii_lowercase().as_str() {
         "tcp" | "mqtt" => (Scheme::Tcp, 1883),
         "ssl" | "tls" | "mqtts" => (Scheme::Tls, 8883),
         "ws" => (Scheme::Ws, 80),
         "wss" => (Scheme::Wss, 443),
-        _ => {
-            return Err(format!("`{url}` is not an MQTT URL; use tcp://, ssl://, ws:// or wss://"));
-        }
+        _ => return Err(UrlError::Scheme(scheme_text.into())),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -110,14 +124,11 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
         None => (None, authority),
     };
     let (host, port) = match address.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>().map_err(|_| format!("`{url}` has an invalid port `{port}`"))?,
-        ),
+        Some((host, port)) => (host, port.parse::<u16>().map_err(|_| UrlError::Port(port.into()))?),
         None => (address, default_port),
     };
     if host.is_empty() {
-        return Err(format!("`{url}` names no host"));
+        return Err(UrlError::NoHost);
     }
     Ok(BrokerUrl { scheme, host: host.to_string(), port, path, credentials })
 }
@@ -210,8 +221,10 @@ impl MqttSource {
     ) -> Result<Self, SourceError> {
         let field = format!("spec.mqtt.{event}");
         crate::source::checked(check(&field, spec))?;
-        let broker = parse_url(&spec.url)
-            .map_err(|message| SourceError::Invalid { path: format!("{field}.url"), message })?;
+        let broker = parse_url(&spec.url).map_err(|e| SourceError::Invalid {
+            path: format!("{field}.url"),
+            message: e.to_string(),
+        })?;
         // `check` refused any other QoS and version above.
         let qos = match spec.qos.unwrap_or(1) {
             0 => QoS::AtMostOnce,
@@ -641,7 +654,9 @@ mod tests {
         assert_eq!(ws.ws_url(), "ws://broker:9001/mqtt", "credentials stay out of the URL");
         assert_eq!(ws.credentials, Some(("u".into(), "p".into())));
         assert_eq!(parse_url("wss://b/ws").expect("url").ws_url(), "wss://b:443/ws");
-        assert!(parse_url("http://x").unwrap_err().contains("not an MQTT URL"));
-        assert!(parse_url("tcp://x:port").unwrap_err().contains("invalid port"));
+        assert_eq!(parse_url("http://x"), Err(UrlError::Scheme("http".into())));
+        assert_eq!(parse_url("tcp://u:s3cret@x:port"), Err(UrlError::Port("port".into())));
+        assert_eq!(parse_url("tcp://u:s3cret@:1883"), Err(UrlError::NoHost));
+        assert_eq!(parse_url("localhost:1883"), Err(UrlError::NoScheme));
     }
 }

@@ -261,5 +261,5 @@ fn decode(hook: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>
         identity,
         ..Message::default()
     };
-    Ok(vec![hook.origin.strict_event(&message)?])
+    Ok(vec![hook.origin.strict_event(&message).map_err(|e| e.to_string())?])
 }

@@ -23,7 +23,7 @@ use ofe_core::{EventBus, Subject};
 pub use http::client::HttpClient;
 
 /// What a sink answered beyond success: a CloudEvent, or one that could not be read.
-pub type Reply = Result<Event, String>;
+pub type Reply = Result<Event, ofe_core::event::MalformedEvent>;
 
 /// Why one attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -155,14 +155,13 @@ pub fn read_reply(headers: &HeaderMap, body: &[u8]) -> Option<Reply> {
             .collect();
         return Some(
             event::from_binary(attributes, content_type, body)
-                .map_err(|e| format!("malformed binary-mode CloudEvent reply: {e}")),
+                .map_err(event::MalformedEvent::Binary),
         );
     }
     let media = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
     if media.is_some_and(|m| m.eq_ignore_ascii_case("application/cloudevents+json")) {
         return Some(
-            serde_json::from_slice::<Event>(body)
-                .map_err(|e| format!("malformed structured CloudEvent reply: {e}")),
+            serde_json::from_slice::<Event>(body).map_err(event::MalformedEvent::Structured),
         );
     }
     None
