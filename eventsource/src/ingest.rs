@@ -300,7 +300,7 @@ impl Publisher<'_> {
     /// Publishes `event` until the bus has it; `false` if shutdown or a closed bus stopped it.
     pub async fn one(&self, event: &Event) -> bool {
         let Self { bus, subject, labels, metrics, shutdown } = self;
-        crate::cron::publish_with_retry(*bus, subject, event, labels, metrics, shutdown).await
+        publish_with_retry(*bus, subject, event, labels, metrics, shutdown).await
     }
 
     /// Publishes `events` together (issued in order, so the bus sees them in upstream order)
@@ -431,6 +431,42 @@ impl Backoff {
 /// Whether `needle` occurs in `haystack`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Publishes until the bus has the event; `false` if shutdown or a closed bus stopped it.
+pub async fn publish_with_retry(
+    bus: &dyn ofe_core::EventBus,
+    subject: &ofe_core::Subject,
+    event: &Event,
+    labels: &EventLabels,
+    metrics: &crate::SourceMetrics,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let (spans, stamped) =
+        trace_ingest(event, labels, subject, ofe_core::trace::SpanKind::Consumer, None);
+    let event = stamped.as_ref().unwrap_or(event);
+    let mut backoff = Backoff::default();
+    loop {
+        match bus.publish(subject, event).await {
+            Ok(published) => {
+                if published.duplicate {
+                    tracing::debug!(subject = %subject, "bus already had this event");
+                }
+                metrics
+                    .published(labels, published.duplicate, || std::sync::Arc::new(event.clone()));
+                return true;
+            }
+            Err(ofe_core::BusError::Closed) => return false,
+            Err(error) => {
+                metrics.publish_errors.get_or_create(labels).inc();
+                spans.publish_failed(&error);
+                tracing::warn!(%error, subject = %subject, retry_in = ?backoff.delay(), "publish failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

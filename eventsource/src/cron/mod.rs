@@ -6,8 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
 use ofe_core::event::{EXT_EVENT, EXT_EVENTSOURCE, EXT_NAMESPACE};
-use ofe_core::trace::SpanKind;
-use ofe_core::{BusError, EventBus, Subject};
+use ofe_core::{EventBus, Subject};
 use tokio_util::sync::CancellationToken;
 
 pub mod schedule;
@@ -106,7 +105,11 @@ impl CronSource {
                     continue;
                 }
             };
-            if !publish_with_retry(&*bus, &subject, &event, &labels, &metrics, &shutdown).await {
+            if !crate::ingest::publish_with_retry(
+                &*bus, &subject, &event, &labels, &metrics, &shutdown,
+            )
+            .await
+            {
                 return;
             }
         }
@@ -118,41 +121,6 @@ pub fn source_uri(namespace: &str, eventsource: &str) -> String {
     format!(
         "/apis/events.openfunction.io/v1alpha1/namespaces/{namespace}/eventsources/{eventsource}"
     )
-}
-
-/// Publishes until the bus has the event; `false` if shutdown or a closed bus stopped it.
-pub async fn publish_with_retry(
-    bus: &dyn EventBus,
-    subject: &Subject,
-    event: &Event,
-    labels: &EventLabels,
-    metrics: &SourceMetrics,
-    shutdown: &CancellationToken,
-) -> bool {
-    let (spans, stamped) =
-        crate::ingest::trace_ingest(event, labels, subject, SpanKind::Consumer, None);
-    let event = stamped.as_ref().unwrap_or(event);
-    let mut backoff = crate::ingest::Backoff::default();
-    loop {
-        match bus.publish(subject, event).await {
-            Ok(published) => {
-                if published.duplicate {
-                    tracing::debug!(subject = %subject, "bus already had this event");
-                }
-                metrics.published(labels, published.duplicate, || Arc::new(event.clone()));
-                return true;
-            }
-            Err(BusError::Closed) => return false,
-            Err(error) => {
-                metrics.publish_errors.get_or_create(labels).inc();
-                spans.publish_failed(&error);
-                tracing::warn!(%error, subject = %subject, retry_in = ?backoff.delay(), "publish failed; retrying");
-                if !backoff.wait(shutdown).await {
-                    return false;
-                }
-            }
-        }
-    }
 }
 
 /// The `cron` kind: `spec.cron`, one [`CronSource`] per event.
