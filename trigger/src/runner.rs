@@ -143,6 +143,15 @@ async fn sample_lag(
     }
 }
 
+/// One running subscriber: what every delivery of it needs.
+struct Subscriber {
+    plan: SubscriberPlan,
+    deliverer: Deliverer,
+    metrics: TriggerMetrics,
+    /// Cancelled when the drain time ends: deliveries still running give up then.
+    interrupt: CancellationToken,
+}
+
 async fn deliver_until(
     plan: SubscriberPlan,
     mut subscription: Box<dyn Subscription>,
@@ -152,10 +161,12 @@ async fn deliver_until(
     drain: Duration,
 ) -> Result<(), BusError> {
     let permits = Arc::new(Semaphore::new(plan.max_in_flight));
-    let plan = Arc::new(plan);
-    let mut tasks = JoinSet::new();
     // Deliveries keep going through shutdown until `drain` ends, so they get their own token.
     let interrupt = CancellationToken::new();
+    let subscriber =
+        Arc::new(Subscriber { plan, deliverer, metrics, interrupt: interrupt.clone() });
+    let plan = &subscriber.plan;
+    let mut tasks = JoinSet::new();
     // Per order key, the completion of the latest delivery of that key: the next one waits
     // for it.
     let mut order: HashMap<String, Shared<oneshot::Receiver<()>>> = HashMap::new();
@@ -175,14 +186,13 @@ async fn deliver_until(
         };
         while tasks.try_join_next().is_some() {}
         if plan.routing.is_none() {
-            metrics.received.get_or_create(&plan.labels).inc();
+            subscriber.metrics.received.get_or_create(&plan.labels).inc();
         }
         if delivery.attempt > plan.max_deliver {
-            let (plan, deliverer, metrics, interrupt) =
-                (plan.clone(), deliverer.clone(), metrics.clone(), interrupt.clone());
+            let subscriber = subscriber.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                give_up(&plan, &deliverer, &metrics, &interrupt, delivery).await;
+                subscriber.give_up(delivery).await;
             });
             continue;
         }
@@ -209,8 +219,7 @@ async fn deliver_until(
                 }
             },
         };
-        let (plan, deliverer, metrics, interrupt) =
-            (plan.clone(), deliverer.clone(), metrics.clone(), interrupt.clone());
+        let subscriber = subscriber.clone();
         tasks.spawn(async move {
             let _permit = permit;
             if let Some(previous) = after {
@@ -219,7 +228,7 @@ async fn deliver_until(
             }
             // Boxed: the delivery's future (an HTTP request and its retries) is kilobytes,
             // and a task's future is moved when spawned and written over when it ends.
-            Box::pin(deliver(&plan, &deliverer, &metrics, &interrupt, delivery)).await;
+            Box::pin(subscriber.deliver(delivery)).await;
             if let Some(done) = done {
                 let _ = done.send(());
             }
@@ -235,176 +244,151 @@ async fn deliver_until(
     Ok(())
 }
 
-/// Sends a delivery that exceeded `max_deliver` to every route's dead letter, unattempted.
-async fn give_up(
-    plan: &SubscriberPlan,
-    deliverer: &Deliverer,
-    metrics: &TriggerMetrics,
-    interrupt: &CancellationToken,
-    delivery: Delivery,
-) {
-    let failure = Failure {
-        code: None,
-        reason: format!(
-            "delivered {} times without being settled (max_deliver {}); the process may be \
+impl Subscriber {
+    /// Sends a delivery that exceeded `max_deliver` to every route's dead letter, unattempted.
+    async fn give_up(&self, delivery: Delivery) {
+        let plan = &self.plan;
+        let failure = Failure {
+            code: None,
+            reason: format!(
+                "delivered {} times without being settled (max_deliver {}); the process may be \
              crashing on this event",
-            delivery.attempt, plan.max_deliver
-        ),
-        ..Failure::default()
-    };
-    let attempts = delivery.attempt;
-    dead_letter_unattempted(plan, deliverer, metrics, interrupt, delivery, &failure, attempts)
-        .await;
-}
-
-/// Sends `delivery` to every route's dead letter with `failure` and `attempts`, without
-/// attempting the destinations, and settles it: acknowledged once every dead letter has it.
-async fn dead_letter_unattempted(
-    plan: &SubscriberPlan,
-    deliverer: &Deliverer,
-    metrics: &TriggerMetrics,
-    interrupt: &CancellationToken,
-    delivery: Delivery,
-    failure: &Failure,
-    attempts: u32,
-) {
-    for route in &plan.routes {
-        let span =
-            deliver_span(&plan.labels, &route.destination, &delivery.event, delivery.attempt);
-        span.fail(failure.reason.clone());
-        let dead = dead_letter(
-            plan,
-            deliverer,
-            metrics,
-            interrupt,
-            route,
-            &delivery.event,
-            failure,
-            attempts,
-        );
-        if !dead_letter_traced(&span, route, dead).await {
-            let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
-            return;
-        }
+                delivery.attempt, plan.max_deliver
+            ),
+            ..Failure::default()
+        };
+        let attempts = delivery.attempt;
+        self.dead_letter_unattempted(delivery, &failure, attempts).await;
     }
-    if let Err(error) = delivery.ack().await {
-        tracing::warn!(%error, "ack failed; the event may be delivered again");
-    }
-}
 
-/// Sends `event` to `route`'s dead letter (or drops it, logged and counted, when there is
-/// none). `false` means the dead letter failed too and the event must stay on the bus.
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    plan: &SubscriberPlan,
-    deliverer: &Deliverer,
-    metrics: &TriggerMetrics,
-    interrupt: &CancellationToken,
-    route: &Route,
-    event: &cloudevents::Event,
-    failure: &Failure,
-    attempts: u32,
-) -> bool {
-    let labels = &plan.labels;
-    let shared = || Arc::new(event.clone());
-    let Some(target) = &route.dead_letter else {
-        metrics.dropped.get_or_create(labels).inc();
-        if metrics.tap.is_listened() {
-            metrics.tap(Stage::Dropped, labels, &shared(), || Some(failure.reason.clone()));
-        }
-        tracing::error!(
-            subscriber = ?labels, destination = %route.destination, id = %event.id(),
-            reason = %failure.reason, attempts,
-            "delivery failed and no dead-letter destination is configured; event dropped"
-        );
-        return true;
-    };
-    let dead = dead_letter_event(event, &route.destination, failure, attempts);
-    let on_retry = || {
-        metrics.retried.get_or_create(labels).inc();
-    };
-    match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
-        Outcome::Delivered(..) => {
-            metrics.dead_lettered.get_or_create(labels).inc();
-            if metrics.tap.is_listened() {
-                metrics.tap(Stage::DeadLettered, labels, &shared(), || {
-                    Some(format!("to {target}: {}", failure.reason))
-                });
+    /// Sends `delivery` to every route's dead letter with `failure` and `attempts`, without
+    /// attempting the destinations, and settles it: acknowledged once every dead letter has it.
+    async fn dead_letter_unattempted(&self, delivery: Delivery, failure: &Failure, attempts: u32) {
+        let plan = &self.plan;
+        for route in &plan.routes {
+            let span =
+                deliver_span(&plan.labels, &route.destination, &delivery.event, delivery.attempt);
+            span.fail(failure.reason.clone());
+            let dead = self.dead_letter(route, &delivery.event, failure, attempts);
+            if !dead_letter_traced(&span, route, dead).await {
+                let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                return;
             }
-            tracing::warn!(
-                subscriber = ?labels, destination = %route.destination, dead_letter = %target,
-                id = %event.id(), reason = %failure.reason, "event dead-lettered"
-            );
-            true
         }
-        Outcome::Interrupted => false,
-        Outcome::Failed(dl_failure, _) => {
-            tracing::error!(
-                subscriber = ?labels, dead_letter = %target, id = %event.id(),
-                reason = %dl_failure.reason, "dead-letter delivery failed too; the event will be retried"
-            );
-            false
+        if let Err(error) = delivery.ack().await {
+            tracing::warn!(%error, "ack failed; the event may be delivered again");
         }
     }
-}
 
-/// Publishes a sink's reply to `to`, one hop further than the event it answers. A reply that
-/// is not a valid CloudEvent, or that would pass the hop limit, is logged, counted and
-/// dropped. `Err(interrupted)` when it could not be published: the event must be delivered
-/// again.
-async fn publish_reply(
-    plan: &SubscriberPlan,
-    deliverer: &Deliverer,
-    metrics: &TriggerMetrics,
-    interrupt: &CancellationToken,
-    event: &cloudevents::Event,
-    reply: crate::delivery::Reply,
-    to: &Subject,
-) -> Result<(), bool> {
-    let labels = &plan.labels;
-    let reply = match reply {
-        Ok(reply) => reply,
-        Err(reason) => {
-            metrics.bad_replies.get_or_create(labels).inc();
-            tracing::warn!(subscriber = ?labels, id = %event.id(), %reason, "the sink's reply is not a valid CloudEvent; dropped");
+    /// Sends `event` to `route`'s dead letter (or drops it, logged and counted, when there is
+    /// none). `false` means the dead letter failed too and the event must stay on the bus.
+    async fn dead_letter(
+        &self,
+        route: &Route,
+        event: &cloudevents::Event,
+        failure: &Failure,
+        attempts: u32,
+    ) -> bool {
+        let Self { plan, deliverer, metrics, interrupt } = self;
+        let labels = &plan.labels;
+        let shared = || Arc::new(event.clone());
+        let Some(target) = &route.dead_letter else {
+            metrics.dropped.get_or_create(labels).inc();
+            if metrics.tap.is_listened() {
+                metrics.tap(Stage::Dropped, labels, &shared(), || Some(failure.reason.clone()));
+            }
+            tracing::error!(
+                subscriber = ?labels, destination = %route.destination, id = %event.id(),
+                reason = %failure.reason, attempts,
+                "delivery failed and no dead-letter destination is configured; event dropped"
+            );
+            return true;
+        };
+        let dead = dead_letter_event(event, &route.destination, failure, attempts);
+        let on_retry = || {
+            metrics.retried.get_or_create(labels).inc();
+        };
+        match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
+            Outcome::Delivered(..) => {
+                metrics.dead_lettered.get_or_create(labels).inc();
+                if metrics.tap.is_listened() {
+                    metrics.tap(Stage::DeadLettered, labels, &shared(), || {
+                        Some(format!("to {target}: {}", failure.reason))
+                    });
+                }
+                tracing::warn!(
+                    subscriber = ?labels, destination = %route.destination, dead_letter = %target,
+                    id = %event.id(), reason = %failure.reason, "event dead-lettered"
+                );
+                true
+            }
+            Outcome::Interrupted => false,
+            Outcome::Failed(dl_failure, _) => {
+                tracing::error!(
+                    subscriber = ?labels, dead_letter = %target, id = %event.id(),
+                    reason = %dl_failure.reason, "dead-letter delivery failed too; the event will be retried"
+                );
+                false
+            }
+        }
+    }
+
+    /// Publishes a sink's reply to `to`, one hop further than the event it answers. A reply that
+    /// is not a valid CloudEvent, or that would pass the hop limit, is logged, counted and
+    /// dropped. `Err(interrupted)` when it could not be published: the event must be delivered
+    /// again.
+    async fn publish_reply(
+        &self,
+        event: &cloudevents::Event,
+        reply: crate::delivery::Reply,
+        to: &Subject,
+    ) -> Result<(), bool> {
+        let Self { plan, deliverer, metrics, interrupt } = self;
+        let labels = &plan.labels;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(reason) => {
+                metrics.bad_replies.get_or_create(labels).inc();
+                tracing::warn!(subscriber = ?labels, id = %event.id(), %reason, "the sink's reply is not a valid CloudEvent; dropped");
+                return Ok(());
+            }
+        };
+        let hops = crate::sink::topic::hops(event) + 1;
+        if hops > deliverer.max_hops() {
+            metrics.loops.get_or_create(labels).inc();
+            tracing::error!(
+                subscriber = ?labels, id = %event.id(), reply = %reply.id(), hops,
+                max_hops = deliverer.max_hops(),
+                "reply dropped at the hop limit: Triggers and functions form a loop"
+            );
             return Ok(());
         }
-    };
-    let hops = crate::sink::topic::hops(event) + 1;
-    if hops > deliverer.max_hops() {
-        metrics.loops.get_or_create(labels).inc();
-        tracing::error!(
-            subscriber = ?labels, id = %event.id(), reply = %reply.id(), hops,
-            max_hops = deliverer.max_hops(),
-            "reply dropped at the hop limit: Triggers and functions form a loop"
-        );
-        return Ok(());
-    }
-    let reply = crate::sink::topic::with_hops(&reply, hops);
-    let bus = deliverer.bus().clone();
-    let outcome = crate::delivery::retry(
-        &plan.retry,
-        interrupt,
-        || {},
-        |_| {
-            let (bus, reply) = (bus.clone(), &reply);
-            async move {
-                bus.publish(to, reply).await.map(|_| None).map_err(|e| {
-                    crate::delivery::Failure::transient(format!("publish failed: {e}"))
-                })
+        let reply = crate::sink::topic::with_hops(&reply, hops);
+        let bus = deliverer.bus().clone();
+        let outcome = crate::delivery::retry(
+            &plan.retry,
+            interrupt,
+            || {},
+            |_| {
+                let (bus, reply) = (bus.clone(), &reply);
+                async move {
+                    bus.publish(to, reply).await.map(|_| None).map_err(|e| {
+                        crate::delivery::Failure::transient(format!("publish failed: {e}"))
+                    })
+                }
+            },
+        )
+        .await;
+        match outcome {
+            Outcome::Delivered(..) => {
+                metrics.replies.get_or_create(labels).inc();
+                Ok(())
             }
-        },
-    )
-    .await;
-    match outcome {
-        Outcome::Delivered(..) => {
-            metrics.replies.get_or_create(labels).inc();
-            Ok(())
-        }
-        Outcome::Interrupted => Err(true),
-        Outcome::Failed(failure, _) => {
-            tracing::error!(subscriber = ?labels, id = %event.id(), reason = %failure.reason, "cannot publish the sink's reply; the event will be delivered again");
-            Err(false)
+            Outcome::Interrupted => Err(true),
+            Outcome::Failed(failure, _) => {
+                tracing::error!(subscriber = ?labels, id = %event.id(), reason = %failure.reason, "cannot publish the sink's reply; the event will be delivered again");
+                Err(false)
+            }
         }
     }
 }
@@ -465,76 +449,74 @@ fn record(span: &trace::Span, outcome: &Outcome) {
     }
 }
 
-/// Delivers to every route, dead-lettering failures, then settles the bus delivery.
-async fn deliver(
-    plan: &SubscriberPlan,
-    deliverer: &Deliverer,
-    metrics: &TriggerMetrics,
-    interrupt: &CancellationToken,
-    delivery: Delivery,
-) {
-    if let Some(reason) = delivery.event.extension(EXT_POISON) {
-        let failure = Failure { reason: format!("poison: {reason}"), ..Failure::default() };
-        return dead_letter_unattempted(plan, deliverer, metrics, interrupt, delivery, &failure, 0)
-            .await;
-    }
-    let started = Instant::now();
-    let labels = &plan.labels;
-    let event = delivery.event.clone();
-    for route in &plan.routes {
-        let span = deliver_span(labels, &route.destination, &event, delivery.attempt);
-        let on_retry = || {
-            metrics.retried.get_or_create(labels).inc();
-            metrics
-                .tap(Stage::Retrying, labels, &event, || Some(format!("to {}", route.destination)));
-        };
-        let sent =
-            deliverer.send_reported(&route.destination, &event, &plan.retry, interrupt, on_retry);
-        let outcome = trace::within(&span, sent).await;
-        record(&span, &outcome);
-        match outcome {
-            Outcome::Delivered(_, reply) => {
-                metrics.delivered.get_or_create(labels).inc();
-                metrics.tap(Stage::Delivered, labels, &event, || {
+impl Subscriber {
+    /// Delivers to every route, dead-lettering failures, then settles the bus delivery.
+    async fn deliver(&self, delivery: Delivery) {
+        let Self { plan, deliverer, metrics, interrupt } = self;
+        if let Some(reason) = delivery.event.extension(EXT_POISON) {
+            let failure = Failure { reason: format!("poison: {reason}"), ..Failure::default() };
+            return self.dead_letter_unattempted(delivery, &failure, 0).await;
+        }
+        let started = Instant::now();
+        let labels = &plan.labels;
+        let event = delivery.event.clone();
+        for route in &plan.routes {
+            let span = deliver_span(labels, &route.destination, &event, delivery.attempt);
+            let on_retry = || {
+                metrics.retried.get_or_create(labels).inc();
+                metrics.tap(Stage::Retrying, labels, &event, || {
                     Some(format!("to {}", route.destination))
                 });
-                metrics.latency.get_or_create(labels).observe(started.elapsed().as_secs_f64());
-                if let (Some(reply), Some(to)) = (reply, &plan.reply) {
-                    // The function has the event; its reply must reach the bus before the
-                    // event is acknowledged, or the reply could be lost.
-                    match publish_reply(plan, deliverer, metrics, interrupt, &event, *reply, to)
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(true) => return drop(delivery),
-                        Err(false) => {
-                            let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
-                            return;
+            };
+            let sent = deliverer.send_reported(
+                &route.destination,
+                &event,
+                &plan.retry,
+                interrupt,
+                on_retry,
+            );
+            let outcome = trace::within(&span, sent).await;
+            record(&span, &outcome);
+            match outcome {
+                Outcome::Delivered(_, reply) => {
+                    metrics.delivered.get_or_create(labels).inc();
+                    metrics.tap(Stage::Delivered, labels, &event, || {
+                        Some(format!("to {}", route.destination))
+                    });
+                    metrics.latency.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+                    if let (Some(reply), Some(to)) = (reply, &plan.reply) {
+                        // The function has the event; its reply must reach the bus before the
+                        // event is acknowledged, or the reply could be lost.
+                        match self.publish_reply(&event, *reply, to).await {
+                            Ok(()) => {}
+                            Err(true) => return drop(delivery),
+                            Err(false) => {
+                                let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                                return;
+                            }
                         }
                     }
                 }
-            }
-            Outcome::Interrupted => return drop(delivery),
-            Outcome::Failed(failure, attempts) => {
-                if route.destination.bus_subject().is_some()
-                    && crate::sink::topic::hops(&event) >= deliverer.max_hops()
-                {
-                    metrics.loops.get_or_create(labels).inc();
-                }
-                let dead = dead_letter(
-                    plan, deliverer, metrics, interrupt, route, &event, &failure, attempts,
-                );
-                if !dead_letter_traced(&span, route, dead).await {
-                    if interrupt.is_cancelled() {
-                        return drop(delivery);
+                Outcome::Interrupted => return drop(delivery),
+                Outcome::Failed(failure, attempts) => {
+                    if route.destination.bus_subject().is_some()
+                        && crate::sink::topic::hops(&event) >= deliverer.max_hops()
+                    {
+                        metrics.loops.get_or_create(labels).inc();
                     }
-                    let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
-                    return;
+                    let dead = self.dead_letter(route, &event, &failure, attempts);
+                    if !dead_letter_traced(&span, route, dead).await {
+                        if interrupt.is_cancelled() {
+                            return drop(delivery);
+                        }
+                        let _ = delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                        return;
+                    }
                 }
             }
         }
-    }
-    if let Err(error) = delivery.ack().await {
-        tracing::warn!(%error, "ack failed; the event may be delivered again");
+        if let Err(error) = delivery.ack().await {
+            tracing::warn!(%error, "ack failed; the event may be delivered again");
+        }
     }
 }
