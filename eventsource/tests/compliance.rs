@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ofe_testkit::sources::{Guarantee, Upstream, source_compliance};
-use ofe_testkit::{ChildGuard, free_port, wait_port};
+use ofe_testkit::{ChildGuard, OwnServer, free_port, wait_port};
 use redis::AsyncCommands as _;
 
 /// A redis-server of the test's own.
@@ -122,25 +122,21 @@ async fn the_redis_stream_source_passes_the_source_compliance_suite() {
 
 /// A nats-server of the test's own, with JetStream, restarted on the same store to drop
 /// every connection.
-struct Nats {
-    binary: String,
-    port: u16,
-    store: tempfile::TempDir,
-    server: Mutex<Option<ChildGuard>>,
-}
+struct Nats(OwnServer);
 
 impl Nats {
     async fn start() -> Self {
         let binary = ofe_testkit::broker_var("OFE_TEST_NATS_SERVER");
-        let port = free_port();
-        let store = tempfile::tempdir().expect("tempdir");
-        let server = ofe_testkit::start_nats_server(&binary, port, store.path(), &[]);
-        wait_port(port, "nats-server").await;
-        Self { binary, port, store, server: Mutex::new(Some(ChildGuard(server))) }
+        Self(
+            OwnServer::start("nats-server", move |port, store| {
+                ofe_testkit::start_nats_server(&binary, port, store, &[])
+            })
+            .await,
+        )
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.0.port)
     }
 
     async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -197,14 +193,7 @@ impl Upstream for Nats {
     }
 
     async fn drop_connections(&self) {
-        let old = self.server.lock().expect("lock").take();
-        drop(old);
-        // The port frees as the old server exits.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let server =
-            ofe_testkit::start_nats_server(&self.binary, self.port, self.store.path(), &[]);
-        *self.server.lock().expect("lock") = Some(ChildGuard(server));
-        wait_port(self.port, "nats-server (restarted)").await;
+        self.0.restart().await;
     }
 }
 
@@ -428,27 +417,23 @@ async fn the_mqtt_source_passes_the_source_compliance_suite() {
 
 /// An Apache Kafka broker of the test's own, restarted (kill -9) on the same store to drop
 /// every connection.
-struct Kafka {
-    binary: String,
-    port: u16,
-    store: tempfile::TempDir,
-    server: Mutex<Option<ChildGuard>>,
-}
+struct Kafka(OwnServer);
 
 impl Kafka {
     async fn start() -> Self {
         let binary = ofe_testkit::broker_var("OFE_TEST_KAFKA_SERVER");
-        let port = free_port();
-        let store = tempfile::tempdir().expect("tempdir");
-        let server = ofe_testkit::start_kafka_broker(&binary, port, store.path(), &[]);
-        wait_port(port, "the test's Kafka broker").await;
-        Self { binary, port, store, server: Mutex::new(Some(ChildGuard(server))) }
+        Self(
+            OwnServer::start("the test's Kafka broker", move |port, store| {
+                ofe_testkit::start_kafka_broker(&binary, port, store, &[])
+            })
+            .await,
+        )
     }
 
     fn client(&self) -> rdkafka::ClientConfig {
         let mut client = rdkafka::ClientConfig::new();
         client
-            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+            .set("bootstrap.servers", format!("127.0.0.1:{}", self.0.port))
             .set("broker.address.family", "v4");
         client
     }
@@ -478,7 +463,7 @@ impl Upstream for Kafka {
 
     fn spec(&self, input: &str) -> serde_json::Value {
         serde_json::json!({
-            "brokers": format!("127.0.0.1:{}", self.port), "topic": input,
+            "brokers": format!("127.0.0.1:{}", self.0.port), "topic": input,
             "authRequired": false, "initialOffset": "earliest",
         })
     }
@@ -499,13 +484,7 @@ impl Upstream for Kafka {
     }
 
     async fn drop_connections(&self) {
-        let old = self.server.lock().expect("lock").take();
-        drop(old);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let server =
-            ofe_testkit::start_kafka_broker(&self.binary, self.port, self.store.path(), &[]);
-        *self.server.lock().expect("lock") = Some(ChildGuard(server));
-        wait_port(self.port, "the test's Kafka broker (restarted)").await;
+        self.0.restart().await;
     }
 }
 

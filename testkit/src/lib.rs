@@ -311,6 +311,53 @@ impl Drop for ChildGuard {
     }
 }
 
+/// How an [`OwnServer`] starts: its process on `port`, storing under the path.
+type Launch = dyn Fn(u16, &std::path::Path) -> std::process::Child + Send + Sync;
+
+/// A server process of the test's own on a free port, whose store outlives its restarts: a
+/// [`OwnServer::restart`] (kill -9, then the same command again) drops every connection and
+/// keeps what the server had stored.
+pub struct OwnServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    what: &'static str,
+    store: tempfile::TempDir,
+    launch: Box<Launch>,
+    child: std::sync::Mutex<Option<ChildGuard>>,
+}
+
+impl OwnServer {
+    /// Starts `launch(port, store)` on a free port with a fresh store, and waits until it
+    /// listens; `what` names it in failures.
+    pub async fn start(
+        what: &'static str,
+        launch: impl Fn(u16, &std::path::Path) -> std::process::Child + Send + Sync + 'static,
+    ) -> Self {
+        let port = free_port();
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("a store for {what}: {e}"));
+        let child = ChildGuard(launch(port, store.path()));
+        wait_port(port, what).await;
+        Self {
+            port,
+            what,
+            store,
+            launch: Box::new(launch),
+            child: std::sync::Mutex::new(Some(child)),
+        }
+    }
+
+    /// kill -9, then the same command on the same port and store; returns once it listens.
+    pub async fn restart(&self) {
+        let old = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        drop(old);
+        // The port frees as the old process exits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let child = ChildGuard((self.launch)(self.port, self.store.path()));
+        *self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
+        wait_port(self.port, self.what).await;
+    }
+}
+
 /// Waits until something listens on `127.0.0.1:port`; panics naming `what` after a minute.
 pub async fn wait_port(port: u16, what: &str) {
     // A minute: a JVM broker (Kafka) that formats its store first takes several seconds to
