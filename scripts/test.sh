@@ -52,6 +52,10 @@ cargo build --workspace --locked --bins
 echo "== cargo clippy, MQTT only and no adapters"
 cargo clippy -p ofe --no-default-features --features mqtt --locked -- -D warnings
 cargo clippy -p ofe --no-default-features --locked -- -D warnings
+# Each source kind alone: the helpers kinds share must be built exactly when one needs them.
+for kind in amqp kafka nats redis; do
+  cargo clippy -p ofe-eventsource --no-default-features --features "$kind" --locked -- -D warnings
+done
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so nextest's summary closes the output.
   cargo test --workspace --locked --doc

@@ -92,16 +92,26 @@ impl Origin {
         E: std::fmt::Display,
     {
         let mut backoff = Backoff::default();
+        let mut failing = false;
         loop {
             let started = std::time::Instant::now();
             match session().await {
                 Ok(()) => return,
                 Err(error) => {
                     self.unreachable(&error);
-                    if started.elapsed() > std::time::Duration::from_secs(10) {
+                    // A session that lasted was connected: the trouble starts anew, and the
+                    // next wait is short again.
+                    let lasted = started.elapsed() > std::time::Duration::from_secs(10);
+                    if lasted {
                         backoff.reset();
                     }
-                    tracing::warn!(%error, "{what} failed; retrying with backoff");
+                    // Said once when the trouble starts, not on every try while it lasts.
+                    if !failing || lasted {
+                        tracing::warn!(%error, "{what} failed; retrying with backoff");
+                    } else {
+                        tracing::debug!(%error, "{what} failed again");
+                    }
+                    failing = true;
                     if !backoff.wait(shutdown).await {
                         return;
                     }
@@ -375,12 +385,14 @@ pub fn trace_ingest(
 pub const BATCH: usize = 256;
 
 /// This process's host name, if it has one: the stable, per-replica part of consumer names.
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "mqtt", feature = "redis"))]
 pub(crate) fn instance_name() -> Option<String> {
     ofe_core::host_name()
 }
 
 /// PEM text as given, or read from the file it names (a mounted Secret, say); `field` names
 /// the manifest field in the error.
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "redis"))]
 pub(crate) fn pem(field: &str, value: &str) -> Result<Vec<u8>, crate::SourceError> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
@@ -431,6 +443,53 @@ impl Backoff {
 /// Whether `needle` occurs in `haystack`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What [`next_batch`] found.
+#[cfg(any(feature = "amqp", feature = "nats"))]
+pub(crate) enum Next<T, E> {
+    /// Deliveries, and the error that ended the batch early, if one did: the caller stores
+    /// and acknowledges the batch first, then returns the error.
+    Batch(Vec<T>, Option<E>),
+    /// The stream failed before anything arrived.
+    Failed(E),
+    /// The stream ended (the broker cancelled the consumer, or the connection closed).
+    Ended,
+    /// Shutdown.
+    Stopped,
+}
+
+/// Waits for the next delivery of `stream`, then takes whatever else is ready at once, up to
+/// `max`: a batch is what arrived while the last one was being stored, so a busy stream is
+/// written to the bus in few large writes and a quiet one without waiting.
+#[cfg(any(feature = "amqp", feature = "nats"))]
+pub(crate) async fn next_batch<T, E, S>(
+    stream: &mut S,
+    max: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Next<T, E>
+where
+    S: futures::Stream<Item = Result<T, E>> + Unpin,
+{
+    use futures::{FutureExt as _, StreamExt as _};
+    let first = tokio::select! {
+        () = shutdown.cancelled() => return Next::Stopped,
+        next = stream.next() => next,
+    };
+    let mut batch = match first {
+        None => return Next::Ended,
+        Some(Err(e)) => return Next::Failed(e),
+        Some(Ok(first)) => vec![first],
+    };
+    while batch.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(item))) => batch.push(item),
+            Some(Some(Err(e))) => return Next::Batch(batch, Some(e)),
+            // Nothing ready, or the end, which the next wait reports.
+            Some(None) | None => break,
+        }
+    }
+    Next::Batch(batch, None)
 }
 
 /// Publishes until the bus has the event; `false` if shutdown or a closed bus stopped it.

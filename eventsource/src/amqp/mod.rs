@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
@@ -34,7 +33,7 @@ use ofe_crds::AmqpSpec;
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::ingest::{BATCH, Message, Origin, Publisher};
+use crate::ingest::{BATCH, Message, Next, Origin, Publisher};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain AMQP messages.
@@ -233,20 +232,17 @@ impl AmqpSource {
         tracing::info!(url = %self.shown_url, queue, prefetch = self.prefetch, "consuming AMQP queue");
         self.origin.connected();
         loop {
-            let next = tokio::select! {
-                () = publisher.shutdown.cancelled() => return Ok(()),
-                next = consumer.next() => next,
-            };
-            let Some(first) = next else {
-                return Err(format!("the broker cancelled the consumer of queue `{queue}`"));
-            };
-            let mut batch = vec![first.map_err(|e| e.to_string())?];
-            while batch.len() < BATCH {
-                match futures::FutureExt::now_or_never(consumer.next()) {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
-                    _ => break,
-                }
-            }
+            let (batch, failed) =
+                match crate::ingest::next_batch(&mut consumer, BATCH, publisher.shutdown).await {
+                    Next::Batch(batch, failed) => (batch, failed),
+                    Next::Failed(e) => return Err(e.to_string()),
+                    Next::Stopped => return Ok(()),
+                    Next::Ended => {
+                        return Err(format!(
+                            "the broker cancelled the consumer of queue `{queue}`"
+                        ));
+                    }
+                };
             publisher.received(batch.len());
             let events: Vec<_> = batch.iter().map(|d| self.to_event(d)).collect();
             if !publisher.all(&events).await {
@@ -260,6 +256,9 @@ impl AmqpSource {
                     .ack(BasicAckOptions { multiple: true })
                     .await
                     .map_err(|e| at("cannot acknowledge to the broker; the batch comes again and is dropped as a duplicate where it has ids".into(), e))?;
+            }
+            if let Some(e) = failed {
+                return Err(e.to_string());
             }
         }
     }

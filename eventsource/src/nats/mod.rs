@@ -25,7 +25,7 @@ use ofe_crds::diagnostic::Diagnostic;
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
-use crate::ingest::{BATCH, Message, Origin, Publisher};
+use crate::ingest::{BATCH, Message, Next, Origin, Publisher};
 use crate::metrics::SourceMetrics;
 
 /// The CloudEvents `type` of events made from plain NATS messages.
@@ -191,20 +191,13 @@ impl NatsSource {
             .await
             .map_err(|e| e.to_string())?;
         loop {
-            let next = tokio::select! {
-                () = publisher.shutdown.cancelled() => return Ok(()),
-                next = messages.next() => next,
-            };
-            let Some(first) = next else {
-                return Err("the JetStream consumer ended".into());
-            };
-            let mut batch = vec![first.map_err(|e| e.to_string())?];
-            while batch.len() < BATCH {
-                match futures::FutureExt::now_or_never(messages.next()) {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    _ => break,
-                }
-            }
+            let (batch, failed) =
+                match crate::ingest::next_batch(&mut messages, BATCH, publisher.shutdown).await {
+                    Next::Batch(batch, failed) => (batch, failed),
+                    Next::Failed(e) => return Err(e.to_string()),
+                    Next::Stopped => return Ok(()),
+                    Next::Ended => return Err("the JetStream consumer ended".into()),
+                };
             publisher.received(batch.len());
             let events: Vec<_> = batch
                 .iter()
@@ -223,6 +216,9 @@ impl NatsSource {
                 if let Err(error) = message.ack().await {
                     tracing::debug!(%error, "JetStream ack failed; the message comes again and is dropped as a duplicate");
                 }
+            }
+            if let Some(e) = failed {
+                return Err(e.to_string());
             }
         }
     }

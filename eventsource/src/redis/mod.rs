@@ -207,31 +207,15 @@ impl RedisSource {
         shutdown: CancellationToken,
     ) {
         let publisher = self.origin.publisher(&*bus, &metrics, &shutdown);
-        let mut backoff = crate::ingest::Backoff::default();
-        let mut failing = false;
-        loop {
-            let started = Instant::now();
-            let result = match &self.input {
-                Input::Stream(stream) => self.read_stream(stream, &publisher).await,
-                Input::Channel(_) | Input::Pattern(_) => self.read_channel(&publisher).await,
-            };
-            match result {
-                Ok(()) => return,
-                Err(error) => {
-                    self.origin.unreachable(&error);
-                    if started.elapsed() > Duration::from_secs(10) {
-                        backoff.reset();
-                    }
-                    if !failing || started.elapsed() > Duration::from_secs(10) {
-                        tracing::warn!(%error, event = %self.origin.labels.event, "Redis connection failed; reconnecting with backoff");
-                    }
-                    failing = true;
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                }
+        let (this, publisher) = (&self, &publisher);
+        let session = || async move {
+            match &this.input {
+                Input::Stream(stream) => this.read_stream(stream, publisher).await,
+                Input::Channel(_) | Input::Pattern(_) => this.read_channel(publisher).await,
             }
-        }
+        };
+        let what = format!("the Redis connection of event `{}`", self.origin.labels.event);
+        self.origin.reconnecting(&what, &shutdown, session).await;
     }
 
     /// Reads the stream until shutdown (`Ok`) or a connection error.
