@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudevents::AttributesReader as _;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ofe_core::{EventBus, StartPosition, Subject, SubscribeOptions};
@@ -84,18 +84,7 @@ async fn connect(url: &str) -> (Connection, lapin::Channel) {
 
 /// Publishes `body` to queue `queue` through the default exchange, with `properties`.
 async fn publish(channel: &lapin::Channel, queue: &str, body: &[u8], properties: BasicProperties) {
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties.with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
+    ofe_testkit::amqp_publish(channel, "", queue, body, properties.with_delivery_mode(2)).await;
 }
 
 #[async_trait]
@@ -186,20 +175,7 @@ async fn cloudevents_keep_their_attributes_and_the_binding_filters() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let to = |key: &str, body: &'static [u8], properties: BasicProperties| {
         let (channel, exchange, key) = (channel.clone(), exchange.clone(), key.to_string());
-        async move {
-            channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("confirm");
-        }
+        async move { ofe_testkit::amqp_publish(&channel, &exchange, &key, body, properties).await }
     };
     let mut headers = FieldTable::default();
     for (name, value) in [

@@ -311,6 +311,29 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Publishes `body` with `properties` to `exchange` (`""`: the default exchange, where `key` is
+/// the queue) on an AMQP channel in confirm mode, and waits for the broker's confirm.
+pub async fn amqp_publish(
+    channel: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e}"))
+        .await
+        .unwrap_or_else(|e| panic!("the broker's confirm: {e}"));
+}
+
 /// How an [`OwnServer`] starts: its process on `port`, storing under the path.
 type Launch = dyn Fn(u16, &std::path::Path) -> std::process::Child + Send + Sync;
 
