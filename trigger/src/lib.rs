@@ -26,14 +26,15 @@ use std::time::Duration;
 
 use ofe_core::Subject;
 use ofe_crds::diagnostic::Diagnostic;
-use ofe_crds::{SinkSpec, Trigger};
+use ofe_crds::Trigger;
 
 pub use condition::{ConditionError, ConditionExpr, EvalError};
 pub use delivery::{BackoffPolicy, Deliverer, RetryPolicy};
 pub use metrics::{SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
-pub use sink::{Destination, Sink};
+pub use sink::http::destination as sink_destination;
+pub use sink::{Destination, Sink, SinkKind};
 
 /// The window when a Trigger sets none, as in OpenFunction.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
@@ -212,38 +213,6 @@ pub struct PlanOptions {
     pub ref_url_template: Option<String>,
 }
 
-/// Where a `sink` points: its `uri`, or its `ref` through `options.ref_url_template`, in
-/// `namespace` unless the ref names another.
-pub fn sink_destination(
-    path: &str,
-    sink: &SinkSpec,
-    namespace: &str,
-    options: &PlanOptions,
-) -> Result<Destination, Diagnostic> {
-    match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
-        (Some(uri), _, _) => Destination::http(uri)
-            .map_err(|e| Diagnostic::error(format!("{path}.uri"), e.to_string())),
-        (None, Some(r), Some(template)) => {
-            let url = template
-                .replace("{name}", &r.name)
-                .replace("{namespace}", r.namespace.as_deref().unwrap_or(namespace))
-                .replace("{kind}", &r.kind.to_ascii_lowercase());
-            Destination::http(&url)
-                .map_err(|e| Diagnostic::error(format!("{path}.ref"), e.to_string()))
-        }
-        (None, Some(r), None) => Err(Diagnostic::error(
-            format!("{path}.ref"),
-            format!(
-                "{} `{}` can only be resolved in Kubernetes mode; use `uri` when running \
-                 standalone, or give `ofe run --ref-url-template` (e.g. \
-                 `http://{{name}}.{{namespace}}.svc.cluster.local`)",
-                r.kind, r.name
-            ),
-        )),
-        (None, None, _) => Err(Diagnostic::error(path, "neither uri nor ref is set")),
-    }
-}
-
 /// Turns a Trigger into one plan per subscriber. Fails with the diagnostics of every field
 /// that cannot run.
 pub fn plan(
@@ -274,35 +243,16 @@ pub fn plan(
                 Some(RoutedInput { name: input.clone(), subject, filters, key })
             })
             .collect();
+        let site = sink::SinkSite { path: &path, namespace, options };
         let mut routes = Vec::new();
-        let mut route = |dest: Result<Destination, Diagnostic>,
-                         dl: Option<Result<Destination, Diagnostic>>| {
-            match (dest, dl.transpose()) {
-                (Ok(destination), Ok(dead_letter)) => {
-                    routes.push(Route { destination, dead_letter })
+        for kind in sink::kinds() {
+            match kind.route(sub, &site) {
+                Some(Ok(r)) => {
+                    routes.push(Route { destination: r.destination, dead_letter: r.dead_letter })
                 }
-                (Err(e), _) | (_, Err(e)) => errors.push(e),
+                Some(Err(e)) => errors.push(e),
+                None => {}
             }
-        };
-        if let Some(sink) = &sub.sink {
-            let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
-            let dl = match (&sub.dead_letter_sink, knative) {
-                (Some(s), _) => {
-                    Some(sink_destination(&format!("{path}.deadLetterSink"), s, namespace, options))
-                }
-                (None, Some(s)) => Some(sink_destination(
-                    &format!("{path}.delivery.deadLetterSink"),
-                    s,
-                    namespace,
-                    options,
-                )),
-                (None, None) => None,
-            };
-            route(sink_destination(&format!("{path}.sink"), sink, namespace, options), dl);
-        }
-        if let Some(topic) = &sub.topic {
-            let to = |t: &String| Destination::topic(t.clone(), Subject::topic(namespace, t));
-            route(Ok(to(topic)), sub.dead_letter_topic.as_ref().map(|t| Ok(to(t))));
         }
         let labels = SubscriberLabels {
             namespace: namespace.to_string(),

@@ -5,8 +5,8 @@
 //! - [`http`]: an HTTP POST in CloudEvents binary mode (a sync function);
 //! - [`topic`]: a publish on a bus topic (an async function, or the next Trigger of a chain).
 //!
-//! A new kind of sink is a folder here, implementing [`Sink`], and a constructor on
-//! [`Destination`]; see `docs/extending.md`.
+//! A new kind of sink is a folder here, implementing [`Sink`], with a [`SinkKind`] that reads
+//! its fields of a Trigger subscriber, and one line in [`kinds`]; see `docs/extending.md`.
 
 pub mod http;
 pub mod topic;
@@ -84,6 +84,46 @@ pub trait Sink: Send + Sync + fmt::Debug {
         event: &Event,
         context: &SinkContext<'_>,
     ) -> Result<Option<Box<Reply>>, Failure>;
+}
+
+/// Every kind of sink, in the order a subscriber's destinations are delivered to (its `sink`
+/// first, then its `topic`, as OpenFunction did). A new kind is one line here.
+pub fn kinds() -> &'static [&'static dyn SinkKind] {
+    &[&http::Kind, &topic::Kind]
+}
+
+/// What a subscriber's fields ask of one kind of sink: a destination, and where it sends what
+/// still fails after retries.
+pub struct KindRoute {
+    /// Where the event is delivered.
+    pub destination: Destination,
+    /// Its dead letter, if the subscriber names one for this kind.
+    pub dead_letter: Option<Destination>,
+}
+
+/// Where a subscriber is, for the kinds that resolve names in it.
+pub struct SinkSite<'a> {
+    /// The subscriber's field path, e.g. `spec.subscribers[0]`.
+    pub path: &'a str,
+    /// The Trigger's namespace.
+    pub namespace: &'a str,
+    /// How the caller resolves what Kubernetes would (`sink.ref`).
+    pub options: &'a crate::PlanOptions,
+}
+
+/// A kind of sink: the fields of a Trigger subscriber it reads (`sink` and `deadLetterSink`,
+/// say), turned into destinations once, when the Trigger is planned.
+pub trait SinkKind: Send + Sync {
+    /// The subscriber field that asks for it, e.g. `sink`.
+    fn field(&self) -> &'static str;
+
+    /// The route `subscriber` asks of this kind, if it does; or why it cannot run, naming the
+    /// field.
+    fn route(
+        &self,
+        subscriber: &ofe_crds::trigger::Subscriber,
+        at: &SinkSite<'_>,
+    ) -> Option<Result<KindRoute, ofe_crds::diagnostic::Diagnostic>>;
 }
 
 /// Where an event goes: a sink, built once from the manifest and shared by every delivery.

@@ -16,8 +16,10 @@ use ofe_core::event;
 use ofe_core::trace::{self, KeyValue, SpanKind};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::{Failure, Reply, Sink, SinkContext};
+use super::{Destination, Failure, Reply, Sink, SinkContext};
 use crate::sink::topic::EXT_HOPS;
+use ofe_crds::SinkSpec;
+use ofe_crds::diagnostic::Diagnostic;
 
 /// How much of a failing response body is kept.
 pub(crate) const BODY_LIMIT: usize = 1024;
@@ -223,4 +225,66 @@ fn ce_header(name: &str) -> Option<HeaderName> {
         "tracestate" => "ce-tracestate",
         _ => return HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok(),
     }))
+}
+
+/// Where a `sink` points: its `uri`, or its `ref` through `options.ref_url_template`, in
+/// `namespace` unless the ref names another.
+pub fn destination(
+    path: &str,
+    sink: &SinkSpec,
+    namespace: &str,
+    options: &crate::PlanOptions,
+) -> Result<Destination, Diagnostic> {
+    match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
+        (Some(uri), _, _) => Destination::http(uri)
+            .map_err(|e| Diagnostic::error(format!("{path}.uri"), e.to_string())),
+        (None, Some(r), Some(template)) => {
+            let url = template
+                .replace("{name}", &r.name)
+                .replace("{namespace}", r.namespace.as_deref().unwrap_or(namespace))
+                .replace("{kind}", &r.kind.to_ascii_lowercase());
+            Destination::http(&url)
+                .map_err(|e| Diagnostic::error(format!("{path}.ref"), e.to_string()))
+        }
+        (None, Some(r), None) => Err(Diagnostic::error(
+            format!("{path}.ref"),
+            format!(
+                "{} `{}` can only be resolved in Kubernetes mode; use `uri` when running \
+                 standalone, or give `ofe run --ref-url-template` (e.g. \
+                 `http://{{name}}.{{namespace}}.svc.cluster.local`)",
+                r.kind, r.name
+            ),
+        )),
+        (None, None, _) => Err(Diagnostic::error(path, "neither uri nor ref is set")),
+    }
+}
+
+/// The `sink` kind: `sink` (a URL, or a Knative Service or Function by `ref`), with
+/// `deadLetterSink`, or Knative's `delivery.deadLetterSink`.
+pub struct Kind;
+
+impl super::SinkKind for Kind {
+    fn field(&self) -> &'static str {
+        "sink"
+    }
+
+    fn route(
+        &self,
+        sub: &ofe_crds::trigger::Subscriber,
+        at: &super::SinkSite<'_>,
+    ) -> Option<Result<super::KindRoute, Diagnostic>> {
+        let sink = sub.sink.as_ref()?;
+        let resolve = |field: &str, spec: &SinkSpec| {
+            destination(&format!("{}.{field}", at.path), spec, at.namespace, at.options)
+        };
+        let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
+        let dead_letter = match (&sub.dead_letter_sink, knative) {
+            (Some(s), _) => Some(resolve("deadLetterSink", s)),
+            (None, Some(s)) => Some(resolve("delivery.deadLetterSink", s)),
+            (None, None) => None,
+        };
+        Some(resolve("sink", sink).and_then(|destination| {
+            Ok(super::KindRoute { destination, dead_letter: dead_letter.transpose()? })
+        }))
+    }
 }

@@ -83,3 +83,25 @@ impl Sink for TopicSink {
             .map_err(|e| Failure::transient(format!("publish failed: {e}")))
     }
 }
+
+/// The `topic` kind: `topic`, with `deadLetterTopic`, topics of the Trigger's namespace.
+pub struct Kind;
+
+impl super::SinkKind for Kind {
+    fn field(&self) -> &'static str {
+        "topic"
+    }
+
+    fn route(
+        &self,
+        sub: &ofe_crds::trigger::Subscriber,
+        at: &super::SinkSite<'_>,
+    ) -> Option<Result<super::KindRoute, ofe_crds::diagnostic::Diagnostic>> {
+        let to = |t: &String| super::Destination::topic(t.clone(), Subject::topic(at.namespace, t));
+        let destination = to(sub.topic.as_ref()?);
+        Some(Ok(super::KindRoute {
+            destination,
+            dead_letter: sub.dead_letter_topic.as_ref().map(to),
+        }))
+    }
+}
