@@ -9,6 +9,7 @@
 mod client;
 mod endpoint;
 mod logging;
+#[cfg(feature = "operator")]
 mod operator;
 mod run;
 mod validate;
@@ -38,6 +39,7 @@ enum Command {
     Run(run::RunArgs),
     /// Run the EventSources and Triggers of a Kubernetes cluster: watch the CRDs, run them
     /// in this process (replicas share the work), and write their status.
+    #[cfg(feature = "operator")]
     Operator(operator::OperatorArgs),
     /// Check manifests: schema, conditions, schedules, sinks and references.
     Validate {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Validate { paths } => Ok(validate::validate_command(&paths)),
         Command::Crds { out } => crds(out),
         Command::Run(args) => run::main(args),
+        #[cfg(feature = "operator")]
         Command::Operator(args) => operator::main(args),
         Command::Send(args) => client::send::send(args),
         Command::Tail(args) => client::tail::tail(args),

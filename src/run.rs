@@ -93,7 +93,8 @@ pub struct PlaneArgs {
 pub struct Process {
     /// The data plane.
     pub plane: Plane,
-    /// The health board the plane reports to.
+    /// The health board the plane reports to, which the operator writes into status.
+    #[cfg_attr(not(feature = "operator"), expect(dead_code))]
     pub health: Health,
     /// Set once the first apply has run, so `/healthz` answers 200.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
