@@ -82,6 +82,16 @@ impl Resource {
         self.meta().name.as_deref().unwrap_or_default()
     }
 
+    /// Its key on the health board: kind, namespace (`default` when unset; empty for a
+    /// cluster-scoped kind) and name.
+    pub fn key(&self) -> ofe_core::health::ResourceKey {
+        ofe_core::health::ResourceKey::new(
+            self.kind(),
+            self.namespace().unwrap_or_default(),
+            self.name(),
+        )
+    }
+
     /// The namespace: `metadata.namespace`, else `default`; `None` for cluster-scoped kinds.
     pub fn namespace(&self) -> Option<&str> {
         match self {

@@ -163,11 +163,8 @@ pub fn spawn(
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, SourceError> {
     let sources = sources(es).into_iter().collect::<Result<Vec<_>, _>>()?;
-    let resource = ResourceKey {
-        kind: "EventSource".into(),
-        namespace: ofe_crds::manifest::namespace_of(&es.metadata).into(),
-        name: es.metadata.name.clone().unwrap_or_default(),
-    };
+    let at = name_of(es);
+    let resource = ResourceKey::new("EventSource", at.namespace, at.eventsource);
     let mut bound = Vec::with_capacity(sources.len());
     for mut source in sources {
         let context = SourceContext {

@@ -255,11 +255,7 @@ async fn refused_credentials_are_reported_without_the_password() {
         &stop,
     )
     .expect("spawn");
-    let key = ofe_core::health::ResourceKey {
-        kind: "EventSource".into(),
-        namespace: "ns".into(),
-        name: "refused".into(),
-    };
+    let key = ofe_core::health::ResourceKey::new("EventSource", "ns", "refused");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let message = loop {
         let conditions = health.conditions(&key);

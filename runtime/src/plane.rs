@@ -198,11 +198,7 @@ impl Plane {
             let (r, origin) = (&m.resource, &m.origin);
             let namespace = r.namespace().unwrap_or(DEFAULT_NAMESPACE);
             let at = || format!("{origin}: {} `{}`", r.kind(), r.name());
-            let key = ResourceKey {
-                kind: r.kind().into(),
-                namespace: namespace.into(),
-                name: r.name().into(),
-            };
+            let key = r.key();
             let bus_name = match r {
                 Resource::Trigger(t) => Some(t.spec.event_bus.as_str()),
                 Resource::EventSource(es) => es.spec.event_bus.as_deref(),
@@ -385,14 +381,8 @@ impl Plane {
     /// Puts `failures` on the board, and takes back the earlier ones that no longer happen;
     /// a resource no longer in `manifests` leaves the board.
     fn report_failures(&mut self, manifests: &[Manifest], failures: &[ResourceFailure]) {
-        let wanted: std::collections::BTreeSet<ResourceKey> = manifests
-            .iter()
-            .map(|m| ResourceKey {
-                kind: m.resource.kind().into(),
-                namespace: m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE).into(),
-                name: m.resource.name().into(),
-            })
-            .collect();
+        let wanted: std::collections::BTreeSet<ResourceKey> =
+            manifests.iter().map(|m| m.resource.key()).collect();
         for old in std::mem::take(&mut self.failures) {
             if !wanted.contains(&old.key) {
                 self.health.remove(&old.key);
@@ -581,7 +571,7 @@ fn subscriber_key_of(labels: &SubscriberLabels) -> ResourceKey {
         Some(es) => ("EventSource", es.to_string()),
         None => ("Trigger", labels.trigger.clone()),
     };
-    ResourceKey { kind: kind.into(), namespace: labels.namespace.clone(), name }
+    ResourceKey::new(kind, labels.namespace.clone(), name)
 }
 
 /// A subscriber whose consumer is open reports its sinks resolved (they were, or it would

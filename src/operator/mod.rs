@@ -191,11 +191,11 @@ impl StatusWriter {
         health: &Health,
     ) {
         let running: BTreeSet<ResourceKey> =
-            desired.manifests.iter().map(|m| reconcile::key_of(&m.resource)).collect();
+            desired.manifests.iter().map(|m| m.resource.key()).collect();
         let now = chrono::Utc::now();
         let mut seen = BTreeSet::new();
         for r in &snapshot.resources {
-            let key = reconcile::key_of(r);
+            let key = r.key();
             let Some(operator) = desired.parts.get(&key) else { continue };
             seen.insert(key.clone());
             let (stored, generation) = cluster.status_of(r);

@@ -68,15 +68,6 @@ pub struct Desired {
     pub parts: BTreeMap<ResourceKey, Vec<Part>>,
 }
 
-/// The board key of a resource.
-pub fn key_of(r: &Resource) -> ResourceKey {
-    ResourceKey {
-        kind: r.kind().into(),
-        namespace: r.namespace().unwrap_or_default().into(),
-        name: r.name().into(),
-    }
-}
-
 /// Where a resource came from, for messages: `kind namespace/name` in place of a file.
 fn origin_of(r: &Resource) -> Location {
     let at = match r.namespace() {
@@ -94,7 +85,7 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
     let mut out = Desired::default();
     let mut manifests = Vec::new();
     for r in &snapshot.resources {
-        let key = key_of(r);
+        let key = r.key();
         match snapshot.secrets.get(&key) {
             // Not run, and not checked: its fields are not all there.
             Some(Err(why)) => {
@@ -106,7 +97,7 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
     }
     let diagnostics = ofe_runtime::check_manifests(&manifests);
     for m in manifests {
-        let key = key_of(&m.resource);
+        let key = m.resource.key();
         let errors: Vec<String> = diagnostics
             .iter()
             .filter(|d| d.is_error() && d.origin.as_ref() == Some(&m.origin))
@@ -355,7 +346,7 @@ mod tests {
     }
 
     fn key(kind: &str, name: &str) -> ResourceKey {
-        ResourceKey { kind: kind.into(), namespace: "ns".into(), name: name.into() }
+        ResourceKey::new(kind, "ns", name)
     }
 
     #[test]

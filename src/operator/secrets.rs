@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use ofe_crds::validate::secret_refs;
 
-use super::reconcile::{Snapshot, key_of};
+use super::reconcile::Snapshot;
 
 /// A Secret's value by namespace, name and key, or why there is none.
 type Values = ofe_runtime::SecretValues;
@@ -67,7 +67,7 @@ pub async fn resolve(client: &Client, snapshot: &mut Snapshot, files: &Path) {
             };
             values.insert((namespace, r.name.clone(), r.key.clone()), value);
         }
-        let key = key_of(&resource);
+        let key = resource.key();
         let dir = files.join(format!("{}-{}-{}", key.kind, key.namespace, key.name));
         let errors: Vec<String> = ofe_runtime::fill_secrets(&mut value, &own, &values, &dir)
             .into_iter()

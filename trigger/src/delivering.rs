@@ -106,7 +106,7 @@ mod tests {
     use ofe_core::health::{Health, ResourceKey};
 
     fn key() -> ResourceKey {
-        ResourceKey { kind: "Trigger".into(), namespace: "ns".into(), name: "t".into() }
+        ResourceKey::new("Trigger", "ns", "t")
     }
 
     fn delivering(health: &Health) -> (String, Option<String>, Option<String>) {

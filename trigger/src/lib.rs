@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ofe_core::Subject;
-use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::Trigger;
+use ofe_crds::diagnostic::Diagnostic;
 
 pub use condition::{ConditionError, ConditionExpr, EvalError};
 pub use delivery::{BackoffPolicy, Deliverer, RetryPolicy};

@@ -24,6 +24,19 @@ pub struct ResourceKey {
     pub name: String,
 }
 
+impl ResourceKey {
+    /// The key of `kind` `namespace`/`name` (an empty namespace for cluster-scoped kinds). A
+    /// resource's key comes from `ofe_crds::manifest::Resource::key`, which applies the
+    /// default-namespace rule.
+    pub fn new(
+        kind: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     /// Per condition type, per reporter (e.g. per event), the latest report.
@@ -180,7 +193,7 @@ mod tests {
     use super::*;
 
     fn key() -> ResourceKey {
-        ResourceKey { kind: "EventSource".into(), namespace: "ns".into(), name: "cars".into() }
+        ResourceKey::new("EventSource", "ns", "cars")
     }
 
     #[test]
