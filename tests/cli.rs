@@ -140,7 +140,7 @@ spec:
         format!("{p}:document 1: spec: neither eventBus nor sink is set"),
         format!("{p}:document 1: spec.cron.tick.schedule:"),
         format!(
-            "{p}:document 1: spec.mqtt.cars.url: `http://broker` is not an MQTT URL; use tcp://"
+            "{p}:document 1: spec.mqtt.cars.url: has the scheme `http://`, which is not MQTT's; use tcp://"
         ),
         format!(
             "{p}:document 1: spec.mqtt.trucks.caCert: is neither PEM text nor a readable PEM file"
