@@ -384,12 +384,6 @@ pub fn trace_ingest(
 /// Most upstream messages an adapter publishes and acknowledges together.
 pub const BATCH: usize = 256;
 
-/// This process's host name, if it has one: the stable, per-replica part of consumer names.
-#[cfg(any(feature = "amqp", feature = "kafka", feature = "mqtt", feature = "redis"))]
-pub(crate) fn instance_name() -> Option<String> {
-    ofe_core::host_name()
-}
-
 /// PEM text as given, or read from the file it names (a mounted Secret, say); `field` names
 /// the manifest field in the error.
 #[cfg(any(feature = "amqp", feature = "mqtt", feature = "redis"))]
@@ -505,9 +499,14 @@ pub async fn publish_with_retry(
         trace_ingest(event, labels, subject, ofe_core::trace::SpanKind::Consumer, None);
     let event = stamped.as_ref().unwrap_or(event);
     let mut backoff = Backoff::default();
+    let mut tries = 0u32;
     loop {
+        tries += 1;
         match bus.publish(subject, event).await {
             Ok(published) => {
+                if tries > 1 {
+                    tracing::info!(subject = %subject, tries, "published after the bus refused it");
+                }
                 if published.duplicate {
                     tracing::debug!(subject = %subject, "bus already had this event");
                 }
@@ -519,7 +518,13 @@ pub async fn publish_with_retry(
             Err(error) => {
                 metrics.publish_errors.get_or_create(labels).inc();
                 spans.publish_failed(&error);
-                tracing::warn!(%error, subject = %subject, retry_in = ?backoff.delay(), "publish failed; retrying");
+                // Said once per event; the retries that follow are counted in
+                // `ofe_source_publish_errors_total`, not logged one by one.
+                if tries == 1 {
+                    tracing::warn!(%error, subject = %subject, "publish failed; retrying with backoff until the bus takes it");
+                } else {
+                    tracing::debug!(%error, subject = %subject, tries, retry_in = ?backoff.delay(), "publish failed again");
+                }
                 if !backoff.wait(shutdown).await {
                     return false;
                 }

@@ -391,65 +391,7 @@ impl Subscriber {
             }
         }
     }
-}
 
-/// The span of delivering `event` to `destination` for the subscriber `labels`: every
-/// attempt, and the dead letter if it comes to that. `bus_attempt` counts the bus's
-/// deliveries of the event (more than 1 after a crash or a nack).
-fn deliver_span(
-    labels: &SubscriberLabels,
-    destination: &Destination,
-    event: &cloudevents::Event,
-    bus_attempt: u32,
-) -> trace::Span {
-    if !trace::enabled() {
-        return trace::Span::default();
-    }
-    let mut attributes = trace::event_attributes(event);
-    attributes.extend([
-        KeyValue::new("ofe.namespace", labels.namespace.clone()),
-        KeyValue::new("ofe.trigger", labels.trigger.clone()),
-        KeyValue::new("ofe.subscriber", labels.subscriber.clone()),
-        KeyValue::new("ofe.destination", destination.to_string()),
-        KeyValue::new("messaging.delivery.attempt", i64::from(bus_attempt)),
-    ]);
-    let name = format!("deliver {}/{}", labels.trigger, labels.subscriber);
-    trace::Span::for_event(name, SpanKind::Internal, event, attributes)
-}
-
-/// Runs `dead` (a [`dead_letter`] to `route`) inside the delivery's `span`, and notes on the
-/// span what became of the event; whether it did as [`dead_letter`] says.
-async fn dead_letter_traced(
-    span: &trace::Span,
-    route: &Route,
-    dead: impl std::future::Future<Output = bool>,
-) -> bool {
-    let done = trace::within(span, dead).await;
-    match &route.dead_letter {
-        Some(target) if done => {
-            span.note("dead-lettered", vec![KeyValue::new("ofe.dead_letter", target.to_string())])
-        }
-        None => span.note("dropped", Vec::new()),
-        Some(_) => span.note("dead letter failed", Vec::new()),
-    }
-    done
-}
-
-/// Records how a delivery ended on its span.
-fn record(span: &trace::Span, outcome: &Outcome) {
-    match outcome {
-        Outcome::Delivered(attempts, _) => {
-            span.set(KeyValue::new("ofe.attempts", i64::from(*attempts)));
-        }
-        Outcome::Failed(failure, attempts) => {
-            span.set(KeyValue::new("ofe.attempts", i64::from(*attempts)));
-            span.fail(failure.reason.clone());
-        }
-        Outcome::Interrupted => span.note("interrupted by shutdown", Vec::new()),
-    }
-}
-
-impl Subscriber {
     /// Delivers to every route, dead-lettering failures, then settles the bus delivery.
     async fn deliver(&self, delivery: Delivery) {
         let Self { plan, deliverer, metrics, interrupt } = self;
@@ -518,5 +460,61 @@ impl Subscriber {
         if let Err(error) = delivery.ack().await {
             tracing::warn!(%error, "ack failed; the event may be delivered again");
         }
+    }
+}
+
+/// The span of delivering `event` to `destination` for the subscriber `labels`: every
+/// attempt, and the dead letter if it comes to that. `bus_attempt` counts the bus's
+/// deliveries of the event (more than 1 after a crash or a nack).
+fn deliver_span(
+    labels: &SubscriberLabels,
+    destination: &Destination,
+    event: &cloudevents::Event,
+    bus_attempt: u32,
+) -> trace::Span {
+    if !trace::enabled() {
+        return trace::Span::default();
+    }
+    let mut attributes = trace::event_attributes(event);
+    attributes.extend([
+        KeyValue::new("ofe.namespace", labels.namespace.clone()),
+        KeyValue::new("ofe.trigger", labels.trigger.clone()),
+        KeyValue::new("ofe.subscriber", labels.subscriber.clone()),
+        KeyValue::new("ofe.destination", destination.to_string()),
+        KeyValue::new("messaging.delivery.attempt", i64::from(bus_attempt)),
+    ]);
+    let name = format!("deliver {}/{}", labels.trigger, labels.subscriber);
+    trace::Span::for_event(name, SpanKind::Internal, event, attributes)
+}
+
+/// Runs `dead` (a [`dead_letter`] to `route`) inside the delivery's `span`, and notes on the
+/// span what became of the event; whether it did as [`dead_letter`] says.
+async fn dead_letter_traced(
+    span: &trace::Span,
+    route: &Route,
+    dead: impl std::future::Future<Output = bool>,
+) -> bool {
+    let done = trace::within(span, dead).await;
+    match &route.dead_letter {
+        Some(target) if done => {
+            span.note("dead-lettered", vec![KeyValue::new("ofe.dead_letter", target.to_string())])
+        }
+        None => span.note("dropped", Vec::new()),
+        Some(_) => span.note("dead letter failed", Vec::new()),
+    }
+    done
+}
+
+/// Records how a delivery ended on its span.
+fn record(span: &trace::Span, outcome: &Outcome) {
+    match outcome {
+        Outcome::Delivered(attempts, _) => {
+            span.set(KeyValue::new("ofe.attempts", i64::from(*attempts)));
+        }
+        Outcome::Failed(failure, attempts) => {
+            span.set(KeyValue::new("ofe.attempts", i64::from(*attempts)));
+            span.fail(failure.reason.clone());
+        }
+        Outcome::Interrupted => span.note("interrupted by shutdown", Vec::new()),
     }
 }

@@ -118,7 +118,7 @@ impl AmqpSource {
             Some(tls) => Some(tls_config(&field, tls)?),
             None => None,
         };
-        let host = crate::ingest::instance_name().unwrap_or_else(|| "ofe".into());
+        let host = ofe_core::host_name().unwrap_or_else(|| "ofe".into());
         Ok(Self {
             origin: Origin::of(
                 namespace,

@@ -78,7 +78,7 @@ impl KafkaSource {
         // Static membership (KIP-345): a restarted process with the same instance id takes its
         // partitions back at once instead of waiting out the dead member's session. The host
         // name is stable for a standalone process and unique per pod.
-        if let Some(host) = crate::ingest::instance_name() {
+        if let Some(host) = ofe_core::host_name() {
             config.set("group.instance.id", format!("{group}-{host}"));
         }
         if let Some(max) = spec.max_message_bytes {

@@ -252,7 +252,7 @@ impl MqttSource {
         let filter = match &spec.share_group {
             Some(group) => {
                 if spec.consumer_id.is_none()
-                    && let Some(host) = crate::ingest::instance_name()
+                    && let Some(host) = ofe_core::host_name()
                 {
                     client_id = format!("{client_id}-{host}");
                 }

@@ -156,7 +156,7 @@ impl RedisSource {
             }
         }
         .map_err(|e| invalid("redisHost", e.to_string()))?;
-        let host_name = crate::ingest::instance_name().unwrap_or_else(|| "ofe".into());
+        let host_name = ofe_core::host_name().unwrap_or_else(|| "ofe".into());
         Ok(Self {
             origin: Origin::of(
                 namespace,

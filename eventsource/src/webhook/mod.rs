@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::http::HeaderName;
-use ofe_core::Subject;
 use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::{EventSource, WebhookSpec};
 
@@ -140,7 +139,7 @@ impl Source for WebhookSource {
             labels.namespace, labels.eventsource, labels.event
         );
         let hook = Webhook {
-            subject: Subject::event(&labels.namespace, &labels.eventsource, &labels.event),
+            subject: self.origin.subject(),
             origin: self.origin.clone(),
             path: self.path.clone(),
             max_payload: self.max_payload,
