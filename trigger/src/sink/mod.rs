@@ -114,9 +114,6 @@ pub struct SinkSite<'a> {
 /// A kind of sink: the fields of a Trigger subscriber it reads (`sink` and `deadLetterSink`,
 /// say), turned into destinations once, when the Trigger is planned.
 pub trait SinkKind: Send + Sync {
-    /// The subscriber field that asks for it, e.g. `sink`.
-    fn field(&self) -> &'static str;
-
     /// The route `subscriber` asks of this kind, if it does; or why it cannot run, naming the
     /// field.
     fn route(

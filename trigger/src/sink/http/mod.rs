@@ -264,10 +264,6 @@ pub fn destination(
 pub struct Kind;
 
 impl super::SinkKind for Kind {
-    fn field(&self) -> &'static str {
-        "sink"
-    }
-
     fn route(
         &self,
         sub: &ofe_crds::trigger::Subscriber,

@@ -88,10 +88,6 @@ impl Sink for TopicSink {
 pub struct Kind;
 
 impl super::SinkKind for Kind {
-    fn field(&self) -> &'static str {
-        "topic"
-    }
-
     fn route(
         &self,
         sub: &ofe_crds::trigger::Subscriber,
