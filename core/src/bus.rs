@@ -11,24 +11,57 @@ use futures::future::BoxFuture;
 
 use crate::Subject;
 
+/// What caused a bus failure: the broker client's or the store's own error, kept whole so a
+/// caller can walk it with [`std::error::Error::source`] (and match its kind, as the embedded bus
+/// does for a full disk) instead of parsing text.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors at the bus boundary.
+///
+/// A variant's message says what the bus was doing; what went wrong underneath is its
+/// [`source`](std::error::Error::source), which the message does not repeat. Print a bus error
+/// with [`Report`] (or any printer that walks sources) so the cause is shown.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The bus was closed (shutdown); no further operations will succeed.
     #[error("the event bus is closed")]
     Closed,
     /// The backing store or broker failed.
-    #[error("event bus storage failed: {0}")]
-    Storage(String),
+    #[error("event bus storage failed: {message}")]
+    Storage {
+        /// What the bus was doing, and what to do about it when that is known.
+        message: String,
+        /// The store's error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The broker cannot be reached right now; the operation may succeed later.
-    #[error("event bus unavailable: {0}")]
-    Unavailable(String),
+    #[error("event bus unavailable: {message}")]
+    Unavailable {
+        /// What the bus was doing, and what to do about it when that is known.
+        message: String,
+        /// The broker client's error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// An event could not be encoded for the bus.
-    #[error("cannot encode event: {0}")]
-    Encode(String),
+    #[error("cannot encode event: {message}")]
+    Encode {
+        /// What could not be encoded.
+        message: String,
+        /// The encoder's error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A stored record could not be decoded.
-    #[error("cannot decode event: {0}")]
-    Decode(String),
+    #[error("cannot decode event: {message}")]
+    Decode {
+        /// What could not be decoded.
+        message: String,
+        /// The decoder's error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A consumer name is already in use with different subjects.
     #[error("consumer `{consumer}` already exists with other subjects; use another consumer name")]
     ConsumerConflict {
@@ -36,8 +69,78 @@ pub enum BusError {
         consumer: String,
     },
     /// The configuration does not make sense for this backend.
-    #[error("invalid bus configuration: {0}")]
-    Config(String),
+    #[error("invalid bus configuration: {message}")]
+    Config {
+        /// What is wrong, and the fix.
+        message: String,
+        /// The client's error, when it refused the setting.
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl BusError {
+    /// The store failed while doing `message`.
+    pub fn storage(message: impl Into<String>) -> Self {
+        Self::Storage { message: message.into(), source: None }
+    }
+
+    /// The broker could not be reached while doing `message`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable { message: message.into(), source: None }
+    }
+
+    /// An event could not be encoded: `message` says which part.
+    pub fn encode(message: impl Into<String>) -> Self {
+        Self::Encode { message: message.into(), source: None }
+    }
+
+    /// A record could not be decoded: `message` says which part.
+    pub fn decode(message: impl Into<String>) -> Self {
+        Self::Decode { message: message.into(), source: None }
+    }
+
+    /// The configuration is wrong: `message` says how, and the fix.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::Config { message: message.into(), source: None }
+    }
+
+    /// This error, caused by `cause` (kept as its [`source`](std::error::Error::source)).
+    /// `Closed` and `ConsumerConflict` have no cause and stay as they are.
+    #[must_use]
+    pub fn because(mut self, cause: impl Into<Cause>) -> Self {
+        match &mut self {
+            Self::Storage { source, .. }
+            | Self::Unavailable { source, .. }
+            | Self::Encode { source, .. }
+            | Self::Decode { source, .. }
+            | Self::Config { source, .. } => *source = Some(cause.into()),
+            Self::Closed | Self::ConsumerConflict { .. } => {}
+        }
+        self
+    }
+}
+
+/// Shows an error and every cause under it, joined by `: ` — how ofe prints errors in logs,
+/// statuses and replies, so a cause kept as a [`source`](std::error::Error::source) is never
+/// lost from what a user reads.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// [`Report`] as a `String`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    Report(error).to_string()
 }
 
 /// What a successful publish returns. Returning at all means the event is durable.
@@ -109,7 +212,7 @@ impl SubscribeOptions {
     /// Rejects options no backend can honour.
     pub fn check(&self) -> Result<(), BusError> {
         if self.max_in_flight == 0 {
-            return Err(BusError::Config("max_in_flight must be at least 1".into()));
+            return Err(BusError::config("max_in_flight must be at least 1"));
         }
         Ok(())
     }
@@ -262,5 +365,36 @@ impl fmt::Debug for Delivery {
             .field("sequence", &self.sequence)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BusError, Report};
+
+    #[test]
+    fn a_cause_is_kept_whole_and_shown_once() {
+        let disk_full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let error = BusError::storage("the embedded bus's store").because(disk_full);
+        assert_eq!(error.to_string(), "event bus storage failed: the embedded bus's store");
+        let cause = std::error::Error::source(&error).expect("the cause is the source");
+        let io = cause.downcast_ref::<std::io::Error>().expect("kept as the io::Error it was");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull, "matched by kind, not by text");
+        let report = Report(&error).to_string();
+        assert!(report.starts_with("event bus storage failed: the embedded bus's store: "));
+        assert_eq!(report.matches("the embedded bus's store").count(), 1, "{report}");
+        assert!(report.ends_with(&io.to_string()), "{report}");
+    }
+
+    #[test]
+    fn an_error_without_a_cause_reports_its_message_alone() {
+        let error = BusError::unavailable("the in-memory bus is full; retry later");
+        assert!(std::error::Error::source(&error).is_none());
+        assert_eq!(
+            Report(&error).to_string(),
+            "event bus unavailable: the in-memory bus is full; retry later"
+        );
+        let closed = BusError::Closed.because("ignored: a closed bus has no cause");
+        assert!(matches!(closed, BusError::Closed));
     }
 }

@@ -29,20 +29,21 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
         64 + data.len() + attributes.iter().map(|(n, v)| n.len() + v.len() + 6).sum::<usize>(),
     );
     out.push(ENCODING_VERSION);
-    let count = u32::try_from(attributes.len()).map_err(|e| BusError::Encode(e.to_string()))?;
+    let count = u32::try_from(attributes.len())
+        .map_err(|e| BusError::encode("too many attributes").because(e))?;
     out.extend_from_slice(&count.to_be_bytes());
     for (name, value) in &attributes {
         let name_len = u16::try_from(name.len())
-            .map_err(|_| BusError::Encode(format!("attribute name `{name}` is too long")))?;
+            .map_err(|_| BusError::encode(format!("attribute name `{name}` is too long")))?;
         let value_len = u32::try_from(value.len())
-            .map_err(|_| BusError::Encode(format!("attribute `{name}` is too long")))?;
+            .map_err(|_| BusError::encode(format!("attribute `{name}` is too long")))?;
         out.extend_from_slice(&name_len.to_be_bytes());
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&value_len.to_be_bytes());
         out.extend_from_slice(value.as_bytes());
     }
     let ct_len = u16::try_from(content_type.len())
-        .map_err(|_| BusError::Encode("content type is too long".into()))?;
+        .map_err(|_| BusError::encode("content type is too long"))?;
     out.extend_from_slice(&ct_len.to_be_bytes());
     out.extend_from_slice(content_type.as_bytes());
     out.extend_from_slice(&data);
@@ -52,14 +53,14 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
 /// Decodes what [`encode`] wrote.
 pub fn decode(bytes: &[u8]) -> Result<Event, BusError> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], BusError> {
-        let (head, rest) = bytes
-            .split_at_checked(n)
-            .ok_or_else(|| BusError::Decode("record is truncated".into()))?;
+        let (head, rest) =
+            bytes.split_at_checked(n).ok_or_else(|| BusError::decode("record is truncated"))?;
         *bytes = rest;
         Ok(head)
     }
     fn text<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a str, BusError> {
-        std::str::from_utf8(take(bytes, n)?).map_err(|e| BusError::Decode(e.to_string()))
+        std::str::from_utf8(take(bytes, n)?)
+            .map_err(|e| BusError::decode("a name or value is not UTF-8").because(e))
     }
     fn len(bytes: &mut &[u8], width: usize) -> Result<usize, BusError> {
         let raw = take(bytes, width)?;
@@ -67,7 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, BusError> {
     }
     let mut rest = bytes;
     if take(&mut rest, 1)? != [ENCODING_VERSION] {
-        return Err(BusError::Decode("not an event in ofe's storage encoding".into()));
+        return Err(BusError::decode("not an event in ofe's storage encoding"));
     }
     let count = len(&mut rest, 4)?;
     let mut attributes = Vec::with_capacity(count.min(64));
@@ -161,7 +162,9 @@ pub fn data_bytes(event: &Event) -> Vec<u8> {
 /// a string when it is text, so a reader of the JSON finds `data` as it would have been sent in
 /// structured mode; other bytes become `data_base64`.
 pub fn to_structured(event: &Event) -> Result<Vec<u8>, BusError> {
-    let encode = |e: &Event| serde_json::to_vec(e).map_err(|e| BusError::Decode(e.to_string()));
+    let encode = |e: &Event| {
+        serde_json::to_vec(e).map_err(|e| BusError::encode("as structured JSON").because(e))
+    };
     let Some(cloudevents::Data::Binary(bytes)) = event.data() else { return encode(event) };
     let content_type = event.datacontenttype().unwrap_or_default().to_string();
     let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -185,7 +188,7 @@ pub fn to_structured(event: &Event) -> Result<Vec<u8>, BusError> {
 #[derive(Debug, thiserror::Error)]
 pub enum MalformedEvent {
     /// Attributes in headers or properties (`specversion` among them) that make no event.
-    #[error("malformed binary-mode CloudEvent: {0}")]
+    #[error("malformed binary-mode CloudEvent: {}", crate::Report(.0))]
     Binary(BusError),
     /// A structured-mode body that is not a CloudEvent.
     #[error("malformed structured CloudEvent: {0}")]
@@ -222,14 +225,14 @@ pub fn from_binary<'a>(
             }
             "time" => {
                 let time = chrono::DateTime::parse_from_rfc3339(&value)
-                    .map_err(|e| BusError::Decode(format!("time `{value}`: {e}")))?;
+                    .map_err(|e| BusError::decode(format!("time `{value}`")).because(e))?;
                 builder.time(time.with_timezone(&chrono::Utc))
             }
             other => builder.extension(other, value),
         };
     }
     if specversion.as_deref() != Some("1.0") {
-        return Err(BusError::Decode(format!(
+        return Err(BusError::decode(format!(
             "specversion {specversion:?} is not supported; only CloudEvents 1.0"
         )));
     }
@@ -241,7 +244,7 @@ pub fn from_binary<'a>(
             None => builder.data(content_type, data),
         };
     }
-    builder.build().map_err(|e| BusError::Decode(e.to_string()))
+    builder.build().map_err(|e| BusError::decode("the attributes make no event").because(e))
 }
 
 /// Percent-encodes `%`, `"` and every byte outside printable ASCII.

@@ -28,8 +28,8 @@ pub mod tap;
 pub mod trace;
 
 pub use bus::{
-    Acker, BusError, Connection, Delivery, EventBus, Published, StartPosition, SubscribeOptions,
-    Subscription, TlsFiles,
+    Acker, BusError, Cause, Connection, Delivery, EventBus, Published, Report, StartPosition,
+    SubscribeOptions, Subscription, TlsFiles, chain,
 };
 pub use cloudevents::Event;
 pub use state::{StateError, StateStore, Versioned, state_key};

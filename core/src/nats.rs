@@ -85,9 +85,8 @@ pub async fn connect_watched(
                 use async_nats::ConnectErrorKind as Kind;
                 let transient = matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns);
                 if !transient || attempt >= 10 {
-                    return Err(BusError::Unavailable(format!(
-                        "cannot connect to NATS at {url}: {e}"
-                    )));
+                    return Err(BusError::unavailable(format!("cannot connect to NATS at {url}"))
+                        .because(e));
                 }
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "NATS not reachable yet; retrying");
@@ -220,7 +219,7 @@ async fn connect_options(
         }
         NatsAuth::Token(token) => options.token(token.clone()),
         NatsAuth::CredentialsFile(path) => options.credentials_file(path).await.map_err(|e| {
-            BusError::Config(format!("cannot read credentials file {}: {e}", path.display()))
+            BusError::config(format!("cannot read credentials file {}", path.display())).because(e)
         })?,
     };
     if let Some(tls) = tls {
@@ -304,9 +303,10 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, BusE
     let parts = parts(headers);
     if parts.attributes.is_empty() {
         return serde_json::from_slice::<Event>(payload).map_err(|e| {
-            BusError::Decode(format!(
-                "neither a binary-mode CloudEvent (no ce- headers) nor a structured one ({e})"
-            ))
+            BusError::decode(
+                "neither a binary-mode CloudEvent (no ce- headers) nor a structured one",
+            )
+            .because(e)
         });
     }
     event::from_binary(parts.attributes, parts.content_type, payload)

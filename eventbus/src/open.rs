@@ -259,7 +259,7 @@ impl Buses {
     pub async fn close_retired(&mut self) {
         for bus in std::mem::take(&mut self.retired) {
             if let Err(e) = bus.close().await {
-                tracing::warn!(error = %e, "closing a replaced bus failed");
+                tracing::warn!(error = %ofe_core::Report(&e), "closing a replaced bus failed");
             }
         }
     }
@@ -274,6 +274,9 @@ impl Buses {
     ) -> Result<Arc<dyn EventBus>, OpenError> {
         let (mut key, spec) = self.resolve(namespace, name);
         let spec = spec.unwrap_or_default();
+        // Built once per bus opened; its size does not matter (and which variant is largest
+        // depends on the features built).
+        #[allow(clippy::large_enum_variant)]
         enum Backend {
             Embedded,
             Memory(MemoryConfig),
@@ -362,7 +365,7 @@ impl Buses {
                     |source| OpenError::Backend { backend: "embedded", at: dir.clone(), source };
                 let bus = tokio::task::spawn_blocking(move || EmbeddedBus::open(config))
                     .await
-                    .map_err(|e| failed(BusError::Storage(e.to_string())))?
+                    .map_err(|e| failed(BusError::storage("opening the store stopped").because(e)))?
                     .map_err(failed)?;
                 tracing::info!(%dir, last_sequence = bus.last_sequence(), "embedded bus open");
                 Arc::new(bus)

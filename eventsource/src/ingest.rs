@@ -334,15 +334,15 @@ pub struct IngestSpans {
 
 impl IngestSpans {
     /// Records a failed publish attempt (it is retried, or refused upstream).
-    pub fn publish_failed(&self, error: &impl std::fmt::Display) {
+    pub fn publish_failed(&self, error: &(dyn std::error::Error + 'static)) {
         self.publish
-            .note("publish failed", vec![KeyValue::new("error.message", error.to_string())]);
+            .note("publish failed", vec![KeyValue::new("error.message", ofe_core::chain(error))]);
     }
 
     /// Records that the event was refused upstream (the sender is told to retry).
-    pub fn refused(&self, error: &impl std::fmt::Display) {
+    pub fn refused(&self, error: &(dyn std::error::Error + 'static)) {
         self.publish_failed(error);
-        self.ingest.fail(format!("the bus did not take the event: {error}"));
+        self.ingest.fail(format!("the bus did not take the event: {}", ofe_core::Report(error)));
     }
 }
 
@@ -521,9 +521,9 @@ pub async fn publish_with_retry(
                 // Said once per event; the retries that follow are counted in
                 // `ofe_source_publish_errors_total`, not logged one by one.
                 if tries == 1 {
-                    tracing::warn!(%error, subject = %subject, "publish failed; retrying with backoff until the bus takes it");
+                    tracing::warn!(error = %ofe_core::Report(&error), subject = %subject, "publish failed; retrying with backoff until the bus takes it");
                 } else {
-                    tracing::debug!(%error, subject = %subject, tries, retry_in = ?backoff.delay(), "publish failed again");
+                    tracing::debug!(error = %ofe_core::Report(&error), subject = %subject, tries, retry_in = ?backoff.delay(), "publish failed again");
                 }
                 if !backoff.wait(shutdown).await {
                     return false;

@@ -45,13 +45,4 @@ pub enum RuntimeError {
 }
 
 /// `error` and every cause under it, joined by `: `, as a status message shows them.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
-}
+pub use ofe_core::chain;

@@ -84,14 +84,14 @@ struct Running {
 impl Running {
     /// `task` as a task of its own, stopped by `stop`; an error it ends with is logged as
     /// `what`'s.
-    fn one<E: std::fmt::Display>(
+    fn one<E: std::error::Error + Send + 'static>(
         stop: CancellationToken,
         what: &'static str,
         task: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
     ) -> Self {
         let task = tokio::spawn(async move {
             if let Err(e) = task.await {
-                tracing::error!(error = %e, "{what} stopped with an error");
+                tracing::error!(error = %chain(&e), "{what} stopped with an error");
             }
         });
         Self { stop, tasks: vec![task] }

@@ -160,7 +160,7 @@ pub async fn send(
             Err(e) => {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the bus did not take the event ({e}); try again"),
+                    format!("the bus did not take the event ({}); try again", ofe_core::Report(&e)),
                 );
             }
         }

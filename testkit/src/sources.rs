@@ -114,7 +114,7 @@ impl EventBus for Gate {
     async fn publish(&self, subject: &Subject, event: &Event) -> Result<Published, BusError> {
         if !*self.open.lock().expect("gate") {
             self.refused.lock().expect("gate").push(event.clone());
-            return Err(BusError::Unavailable("the test closed the gate".into()));
+            return Err(BusError::unavailable("the test closed the gate"));
         }
         self.inner.publish(subject, event).await
     }

@@ -23,7 +23,7 @@ pub(super) enum WriteOp {
 
 /// Answers every write of `ops` as unavailable, saying `why`, writing nothing.
 pub(super) fn refuse(ops: Vec<WriteOp>, why: &str) {
-    let error = || BusError::Unavailable(why.to_string());
+    let error = || BusError::unavailable(why);
     for op in ops {
         match op {
             WriteOp::Append { reply, .. } => {
@@ -147,7 +147,7 @@ impl Committer {
         let handles = match (&self.health.trouble, self.store.handles()) {
             (None, Ok(handles)) => handles,
             (Some(trouble), _) => return refuse(ops, &trouble.refusal()),
-            (None, Err(e)) => return refuse(ops, &e.to_string()),
+            (None, Err(e)) => return refuse(ops, &ofe_core::chain(&e)),
         };
         let mut batch = handles.db.batch();
         let mut replies = Vec::with_capacity(ops.len());
@@ -287,16 +287,18 @@ impl Committer {
                 for key in added_keys {
                     self.dedup.keys.remove(&key);
                 }
+                // Every waiting writer gets the same failure as its cause.
+                let e = std::sync::Arc::new(e);
                 for reply in replies {
                     match reply {
                         Reply::Published(tx, _) => {
-                            let _ = tx.send(Err(storage(&e)));
+                            let _ = tx.send(Err(storage(e.clone())));
                         }
                         Reply::Cursor(tx) => {
-                            let _ = tx.send(Err(storage(&e)));
+                            let _ = tx.send(Err(storage(e.clone())));
                         }
                         Reply::State(tx, _) => {
-                            let _ = tx.send(Err(StateError::Bus(storage(&e))));
+                            let _ = tx.send(Err(StateError::Bus(storage(e.clone()))));
                         }
                     }
                 }

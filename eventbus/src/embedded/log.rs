@@ -212,7 +212,7 @@ impl MemoryLog {
             bytes + size > low_water && settled.is_none_or(|floor| seq <= floor)
         });
         let room = if self.bytes + size > self.max_bytes && !self.records.is_empty() {
-            Err(BusError::Unavailable(format!(
+            Err(BusError::unavailable(format!(
                 "the in-memory bus is full ({} bytes of events its consumers have not settled \
                  yet); retry later, or raise spec.memory.maxBytes",
                 self.bytes

@@ -108,8 +108,9 @@ impl Default for MemoryConfig {
     }
 }
 
-fn storage(e: impl std::fmt::Display) -> BusError {
-    BusError::Storage(e.to_string())
+/// A failure of the embedded bus's store (fjall), kept as the cause.
+fn storage(e: impl Into<ofe_core::Cause>) -> BusError {
+    BusError::storage("the embedded bus's store").because(e)
 }
 
 /// How many writes one batch takes at most.
@@ -274,7 +275,7 @@ impl EmbeddedBus {
         if wanted <= *limit {
             return Ok(());
         }
-        Err(BusError::Unavailable(format!(
+        Err(BusError::unavailable(format!(
             "the embedded bus holds {wanted} bytes of events its consumers have not settled \
              yet, the most it takes before retention could drop them; retry later, or raise \
              spec.embedded.maxBytes"
@@ -607,7 +608,7 @@ impl EventBus for EmbeddedBus {
             tokio::task::spawn_blocking(move || writer.join())
                 .await
                 .map_err(storage)?
-                .map_err(|_| BusError::Storage("commit thread panicked".into()))?;
+                .map_err(|_| BusError::storage("the commit thread panicked"))?;
         }
         match &self.inner.store {
             Store::Disk(disk) => disk.handles()?.db.persist(PersistMode::SyncAll).map_err(storage),

@@ -87,9 +87,9 @@ impl DiskStore {
     /// The current handles; an error while the store is being reopened.
     pub(super) fn handles(&self) -> Result<Handles, BusError> {
         let guard = self.handles.read().map_err(|_| BusError::Closed)?;
-        guard.clone().ok_or_else(|| {
-            BusError::Unavailable("the embedded bus is reopening its store; retry".into())
-        })
+        guard
+            .clone()
+            .ok_or_else(|| BusError::unavailable("the embedded bus is reopening its store; retry"))
     }
 
     /// Closes the store and opens it again. The old handles are dropped first: fjall's
@@ -216,7 +216,7 @@ impl WriteHealth {
         match store.reopen() {
             Ok(handles) => Some(handles),
             Err(e) => {
-                tracing::debug!(error = %e, "the embedded bus's store does not open yet");
+                tracing::debug!(error = %ofe_core::Report(&e), "the embedded bus's store does not open yet");
                 None
             }
         }
@@ -235,8 +235,9 @@ impl WriteHealth {
     }
 }
 
-fn storage(e: impl std::fmt::Display) -> BusError {
-    BusError::Storage(e.to_string())
+/// A failure of the store (fjall), kept as the cause.
+fn storage(e: impl Into<ofe_core::Cause>) -> BusError {
+    BusError::storage("the embedded bus's store").because(e)
 }
 
 #[cfg(test)]

@@ -101,16 +101,17 @@ impl JetStreamConfig {
 fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError) -> BusError {
     use async_nats::jetstream::context::PublishErrorKind;
     match e.kind() {
-        PublishErrorKind::StreamNotFound => BusError::Unavailable(format!(
+        PublishErrorKind::StreamNotFound => BusError::unavailable(format!(
             "no stream answered for {subject}: the stream is missing, or its servers are \
              electing a new leader"
         )),
-        _ => unavailable(e),
+        _ => BusError::unavailable(format!("cannot publish to {subject}")).because(e),
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(e.to_string())
+/// The server failed while the bus was doing `what`; its error is the cause.
+fn unavailable<E: Into<ofe_core::Cause>>(what: &'static str) -> impl FnOnce(E) -> BusError {
+    move |e| BusError::unavailable(what).because(e)
 }
 
 /// The first token of every subject as [`Subject`] renders it, and of the default stream's
@@ -220,14 +221,21 @@ impl JetStreamBus {
                 None
             }
             Err(e) => {
-                return Err(unavailable(format!(
-                    "JetStream does not answer at {} (is the server running with -js?): {e}",
+                return Err(BusError::unavailable(format!(
+                    "JetStream does not answer at {} (is the server running with -js?)",
                     config.url
-                )));
+                ))
+                .because(e));
             }
         };
         if let Some(mut existing) = stream {
-            let subjects = existing.info().await.map_err(unavailable)?.config.subjects.clone();
+            let subjects = existing
+                .info()
+                .await
+                .map_err(unavailable("cannot read the stream"))?
+                .config
+                .subjects
+                .clone();
             let holds = |wanted: &str| subjects.iter().any(|s| s == wanted || s == ">");
             let prefix = if holds(&legacy_subjects) {
                 if own != DEFAULT_PREFIX {
@@ -244,7 +252,7 @@ impl JetStreamBus {
             } else if holds(&own_subjects) {
                 own
             } else {
-                return Err(BusError::Config(format!(
+                return Err(BusError::config(format!(
                     "stream `{}` exists but does not hold subjects `{own_subjects}` (it has {:?}); \
                      add them, or name another stream in spec.jetstream.stream",
                     config.stream, subjects
@@ -278,10 +286,11 @@ impl JetStreamBus {
                 } else {
                     ""
                 };
-                unavailable(format!(
-                    "cannot create stream `{}` for subjects `{own_subjects}`: {e}{hint}",
+                BusError::unavailable(format!(
+                    "cannot create stream `{}` for subjects `{own_subjects}`{hint}",
                     config.stream
                 ))
+                .because(e)
             })?;
         tracing::info!(stream = %config.stream, subjects = %own_subjects, "created JetStream stream");
         Ok((created, own))
@@ -392,7 +401,8 @@ impl EventBus for JetStreamBus {
         let stream = self.stream.lock().await;
         let consumer: consumer::PullConsumer = match stream.get_consumer(&name).await {
             Ok(mut existing) => {
-                let info = existing.info().await.map_err(unavailable)?.clone();
+                let info =
+                    existing.info().await.map_err(unavailable("cannot read the consumer"))?.clone();
                 let mut current = info.config.filter_subjects.clone();
                 if !info.config.filter_subject.is_empty() {
                     current.push(info.config.filter_subject.clone());
@@ -402,10 +412,12 @@ impl EventBus for JetStreamBus {
                     existing
                 } else {
                     // The Trigger changed: keep the consumer's position, update what it reads.
-                    stream
-                        .update_consumer(config(info.config.deliver_policy))
-                        .await
-                        .map_err(|e| unavailable(format!("cannot update consumer `{name}`: {e}")))?
+                    stream.update_consumer(config(info.config.deliver_policy)).await.map_err(
+                        |e| {
+                            BusError::unavailable(format!("cannot update consumer `{name}`"))
+                                .because(e)
+                        },
+                    )?
                 }
             }
             Err(_) => {
@@ -423,10 +435,9 @@ impl EventBus for JetStreamBus {
                     (None, StartPosition::New) => consumer::DeliverPolicy::New,
                     (None, StartPosition::All) => consumer::DeliverPolicy::All,
                 };
-                let created = stream
-                    .create_consumer(config(start))
-                    .await
-                    .map_err(|e| unavailable(format!("cannot create consumer `{name}`: {e}")))?;
+                let created = stream.create_consumer(config(start)).await.map_err(|e| {
+                    BusError::unavailable(format!("cannot create consumer `{name}`")).because(e)
+                })?;
                 if let Some(floor) = carried {
                     tracing::info!(consumer = %name, from = %legacy, after = floor, "renamed the JetStream consumer (older name contained `%`)");
                     if let Err(e) = stream.delete_consumer(&legacy).await {
@@ -461,14 +472,17 @@ impl EventBus for JetStreamBus {
             // delivered ones not yet acknowledged.
             Ok(info) => Ok(Some(info.num_pending + info.num_ack_pending as u64)),
             Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => Ok(None),
-            Err(e) => match e.kind() {
-                ConsumerInfoErrorKind::JetStream(inner)
-                    if inner.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
-                {
-                    Ok(None)
+            Err(e) => {
+                match e.kind() {
+                    ConsumerInfoErrorKind::JetStream(inner)
+                        if inner.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                    {
+                        Ok(None)
+                    }
+                    _ => Err(BusError::unavailable(format!("cannot read consumer `{consumer}`"))
+                        .because(e)),
                 }
-                _ => Err(unavailable(format!("cannot read consumer `{consumer}`: {e}"))),
-            },
+            }
         }
     }
 
@@ -500,10 +514,12 @@ impl EventBus for JetStreamBus {
                     })
                     .await
                     .map_err(|e| {
-                        unavailable(format!("cannot create key-value bucket `{bucket}`: {e}"))
+                        BusError::unavailable(format!("cannot create key-value bucket `{bucket}`"))
+                            .because(e)
                     })?;
                 self.js.get_key_value(&bucket).await.map_err(|e| {
-                    unavailable(format!("cannot open key-value bucket `{bucket}`: {e}"))
+                    BusError::unavailable(format!("cannot open key-value bucket `{bucket}`"))
+                        .because(e)
                 })?
             }
         };
@@ -513,7 +529,7 @@ impl EventBus for JetStreamBus {
     async fn close(&self) -> Result<(), BusError> {
         // Drain: pending publishes and acks go out, then the connection closes, which also ends
         // the keep-alive of every delivery still held, so the server redelivers those.
-        self.client.drain().await.map_err(unavailable)
+        self.client.drain().await.map_err(unavailable("cannot drain the connection"))
     }
 }
 

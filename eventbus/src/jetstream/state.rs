@@ -11,8 +11,7 @@ pub(super) struct KvState(pub(super) jetstream::kv::Store);
 #[async_trait]
 impl StateStore for KvState {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, BusError> {
-        let entry =
-            self.0.entry(key).await.map_err(|e| unavailable(format!("cannot read state: {e}")))?;
+        let entry = self.0.entry(key).await.map_err(unavailable("cannot read state"))?;
         Ok(entry
             .filter(|e| e.operation == jetstream::kv::Operation::Put)
             .map(|e| Versioned { value: e.value.to_vec(), revision: e.revision }))
@@ -28,18 +27,18 @@ impl StateStore for KvState {
         match expected {
             None => self.0.create(key, value.into()).await.map_err(|e| match e.kind() {
                 CreateErrorKind::AlreadyExists => StateError::Conflict,
-                _ => StateError::Bus(unavailable(format!("cannot write state: {e}"))),
+                _ => StateError::Bus(unavailable("cannot write state")(e)),
             }),
             Some(revision) => {
                 self.0.update(key, value.into(), revision).await.map_err(|e| match e.kind() {
                     UpdateErrorKind::WrongLastRevision => StateError::Conflict,
-                    _ => StateError::Bus(unavailable(format!("cannot write state: {e}"))),
+                    _ => StateError::Bus(unavailable("cannot write state")(e)),
                 })
             }
         }
     }
 
     async fn delete(&self, key: &str) -> Result<(), BusError> {
-        self.0.purge(key).await.map_err(|e| unavailable(format!("cannot delete state: {e}")))
+        self.0.purge(key).await.map_err(unavailable("cannot delete state"))
     }
 }

@@ -150,12 +150,18 @@ impl Acker for JetStreamAcker {
         // A plain ack, not a confirmed one: waiting for the server per message would cap a
         // consumer at one round trip per event, and a lost ack only means a redelivery, which
         // at-least-once already allows.
-        async move { self.acker.ack().await.map_err(unavailable) }.boxed()
+        async move { self.acker.ack().await.map_err(unavailable("cannot acknowledge the message")) }
+            .boxed()
     }
 
     fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BusError>> {
-        async move { self.acker.ack_with(AckKind::Nak(Some(delay))).await.map_err(unavailable) }
-            .boxed()
+        async move {
+            self.acker
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(unavailable("cannot return the message"))
+        }
+        .boxed()
     }
 
     fn abandon(self: Box<Self>) {

@@ -16,12 +16,15 @@ pub(super) fn group_lag(
     for p in 0..partitions {
         all.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(all, timeout).map_err(unavailable)?;
+    let committed = consumer
+        .committed_offsets(all, timeout)
+        .map_err(unavailable("cannot read the committed offsets"))?;
     let mut lag = 0u64;
     let mut any = false;
     for element in committed.elements() {
-        let (low, high) =
-            consumer.fetch_watermarks(topic, element.partition(), timeout).map_err(unavailable)?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, element.partition(), timeout)
+            .map_err(unavailable("cannot read the partition ends"))?;
         let from = match element.offset() {
             Offset::Offset(at) => {
                 any = true;
@@ -52,7 +55,7 @@ pub(super) fn start_if_new(
     let committed = while_the_coordinator_loads(|| {
         consumer.committed_offsets(all.clone(), Duration::from_secs(10))
     })
-    .map_err(unavailable)?;
+    .map_err(unavailable("cannot read the committed offsets"))?;
     let fresh = committed.elements().iter().all(|e| matches!(e.offset(), Offset::Invalid));
     if !fresh {
         return Ok(());
@@ -61,13 +64,13 @@ pub(super) fn start_if_new(
         let old = while_the_coordinator_loads(|| {
             legacy.committed_offsets(all.clone(), Duration::from_secs(10))
         })
-        .map_err(unavailable)?;
+        .map_err(unavailable("cannot read the old group's offsets"))?;
         let mut carried = TopicPartitionList::new();
         for e in old.elements() {
             if let Offset::Offset(at) = e.offset() {
                 carried
                     .add_partition_offset(topic, e.partition(), Offset::Offset(at))
-                    .map_err(unavailable)?;
+                    .map_err(unavailable("cannot carry an offset over"))?;
             }
         }
         if carried.count() > 0 {
@@ -75,7 +78,9 @@ pub(super) fn start_if_new(
                 topic,
                 "consumer group renamed with the bus's prefix; carrying on from the old group's offsets"
             );
-            return consumer.commit(&carried, CommitMode::Sync).map_err(unavailable);
+            return consumer
+                .commit(&carried, CommitMode::Sync)
+                .map_err(unavailable("cannot commit the carried offsets"));
         }
     }
     if !start_new {
@@ -83,11 +88,15 @@ pub(super) fn start_if_new(
     }
     let mut ends = TopicPartitionList::new();
     for p in 0..partitions {
-        let (_, high) =
-            consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(unavailable)?;
-        ends.add_partition_offset(topic, p, Offset::Offset(high)).map_err(unavailable)?;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(unavailable("cannot read the partition ends"))?;
+        ends.add_partition_offset(topic, p, Offset::Offset(high))
+            .map_err(unavailable("cannot set a starting offset"))?;
     }
-    consumer.commit(&ends, CommitMode::Sync).map_err(unavailable)
+    consumer
+        .commit(&ends, CommitMode::Sync)
+        .map_err(unavailable("cannot commit the starting offsets"))
 }
 
 /// Runs `call` (blocking) again while the group coordinator is still being elected or loading,

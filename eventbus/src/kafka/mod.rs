@@ -134,8 +134,16 @@ impl KafkaConfig {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(e.to_string())
+/// Kafka failed while the bus was doing `what`; librdkafka's error is the cause.
+pub(super) fn unavailable<E: Into<ofe_core::Cause>>(
+    what: &'static str,
+) -> impl FnOnce(E) -> BusError {
+    move |e| BusError::unavailable(what).because(e)
+}
+
+/// librdkafka refused a client setting; its error is the cause.
+pub(super) fn refused<E: Into<ofe_core::Cause>>(e: E) -> BusError {
+    BusError::config("librdkafka refused the client configuration (spec.kafka)").because(e)
 }
 
 /// Header carrying the bus subject.
@@ -217,27 +225,21 @@ impl KafkaBus {
         // rust-rdkafka's admin client never serves (it polls only its results). A producer's
         // own thread serves that queue, so one watches a connection of its own, made by asking
         // for metadata, while the admin client creates the topic.
-        let watcher: Arc<ThreadedProducer<AuthWatch>> = Arc::new(
-            config
-                .client_config()
-                .create_with_context(watch.clone())
-                .map_err(|e| BusError::Config(e.to_string()))?,
-        );
+        let watcher: Arc<ThreadedProducer<AuthWatch>> =
+            Arc::new(config.client_config().create_with_context(watch.clone()).map_err(refused)?);
         {
             let watcher = watcher.clone();
             tokio::task::spawn_blocking(move || {
                 let _ = watcher.client().fetch_metadata(None, Duration::from_secs(10));
             });
         }
-        let admin: AdminClient<Quiet> = config
-            .client_config()
-            .create_with_context(Quiet)
-            .map_err(|e| BusError::Config(e.to_string()))?;
+        let admin: AdminClient<Quiet> =
+            config.client_config().create_with_context(Quiet).map_err(refused)?;
         let new_topic =
             NewTopic::new(&topic, config.partitions, TopicReplication::Fixed(config.replication))
                 .set("max.message.bytes", MAX_MESSAGE_BYTES);
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let refused = async {
+        let login_refused = async {
             loop {
                 if let Some(reason) = watch.refused() {
                     return reason;
@@ -247,10 +249,10 @@ impl KafkaBus {
         };
         let created = tokio::select! {
             created = admin.create_topics([&new_topic], &options) => created.map_err(|e| {
-                unavailable(format!("cannot reach Kafka at {}: {e}", config.brokers))
+                BusError::unavailable(format!("cannot reach Kafka at {}", config.brokers)).because(e)
             })?,
-            reason = refused => {
-                return Err(BusError::Config(format!(
+            reason = login_refused => {
+                return Err(BusError::config(format!(
                     "Kafka at {} refused the connection: {reason}; check spec.kafka.sasl and spec.kafka.tls",
                     config.brokers
                 )));
@@ -261,7 +263,8 @@ impl KafkaBus {
                 Ok(_) => tracing::info!(%topic, "created Kafka topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(unavailable(format!("cannot create Kafka topic {name}: {code}")));
+                    return Err(BusError::unavailable(format!("cannot create Kafka topic {name}"))
+                        .because(code));
                 }
             }
         }
@@ -272,7 +275,7 @@ impl KafkaBus {
             .set("message.max.bytes", MAX_MESSAGE_BYTES)
             .set("linger.ms", "1")
             .create_with_context(Quiet)
-            .map_err(|e| BusError::Config(e.to_string()))?;
+            .map_err(refused)?;
         let partitions = {
             let (producer, name) = (producer.clone(), topic.clone());
             tokio::task::spawn_blocking(move || {
@@ -282,8 +285,10 @@ impl KafkaBus {
                     .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
             })
             .await
-            .map_err(unavailable)?
-            .map_err(|e| unavailable(format!("cannot read metadata of {topic}: {e}")))?
+            .map_err(unavailable("reading the topic's metadata stopped"))?
+            .map_err(|e| {
+                BusError::unavailable(format!("cannot read metadata of {topic}")).because(e)
+            })?
         };
         let connection = Arc::new(tokio::sync::watch::channel(ofe_core::Connection::Up).0);
         probe(producer.clone(), topic.clone(), config.brokers.clone(), Arc::downgrade(&connection));
@@ -393,7 +398,7 @@ impl EventBus for KafkaBus {
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload).headers(headers);
         let delivered =
             self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| {
-                unavailable(format!("Kafka did not acknowledge the event: {e}"))
+                BusError::unavailable("Kafka did not acknowledge the event").because(e)
             })?;
         Ok(Published { sequence: u64::try_from(delivered.offset).unwrap_or(0), duplicate: false })
     }
@@ -419,7 +424,7 @@ impl EventBus for KafkaBus {
             .set("queued.max.messages.kbytes", "16384")
             .set("session.timeout.ms", "10000")
             .create_with_context(Rebalancing { shared: shared.clone() })
-            .map_err(|e| BusError::Config(e.to_string()))?;
+            .map_err(refused)?;
         let consumer = Arc::new(consumer);
         {
             let (consumer, topic, partitions) =
@@ -430,7 +435,7 @@ impl EventBus for KafkaBus {
             });
             let legacy = match legacy {
                 Some(Ok(reader)) => Some(reader),
-                Some(Err(e)) => return Err(BusError::Config(e.to_string())),
+                Some(Err(e)) => return Err(refused(e)),
                 None => None,
             };
             let start_new = options.start == StartPosition::New;
@@ -438,9 +443,9 @@ impl EventBus for KafkaBus {
                 start_if_new(&consumer, legacy.as_ref(), &topic, partitions, start_new)
             })
             .await
-            .map_err(unavailable)??;
+            .map_err(unavailable("finding where the consumer starts stopped"))??;
         }
-        consumer.subscribe(&[&self.topic]).map_err(unavailable)?;
+        consumer.subscribe(&[&self.topic]).map_err(unavailable("cannot subscribe to the topic"))?;
         let filter: BTreeSet<String> = options.subjects.iter().map(ToString::to_string).collect();
         let (tx, rx) = mpsc::channel(options.max_in_flight);
         let stop = Arc::new(AtomicBool::new(false));
@@ -456,7 +461,7 @@ impl EventBus for KafkaBus {
         std::thread::Builder::new()
             .name(format!("ofe-kafka-{group}"))
             .spawn(move || poller.run())
-            .map_err(unavailable)?;
+            .map_err(unavailable("cannot start the consumer's thread"))?;
         Ok(Box::new(KafkaSubscription {
             rx,
             shared,
@@ -494,7 +499,7 @@ impl EventBus for KafkaBus {
                         .set("group.id", &group)
                         .set("enable.auto.commit", "false")
                         .create_with_context(Quiet)
-                        .map_err(|e| BusError::Config(e.to_string()))?;
+                        .map_err(refused)?;
                     let reader = Arc::new(reader);
                     readers.insert(group.clone(), reader.clone());
                     reader
@@ -504,15 +509,15 @@ impl EventBus for KafkaBus {
         let (topic, partitions) = (self.topic.clone(), self.partitions);
         tokio::task::spawn_blocking(move || group_lag(&reader, &topic, partitions))
             .await
-            .map_err(unavailable)?
+            .map_err(unavailable("reading the lag stopped"))?
     }
 
     async fn close(&self) -> Result<(), BusError> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
             .await
-            .map_err(unavailable)?
-            .map_err(unavailable)
+            .map_err(unavailable("flushing the producer stopped"))?
+            .map_err(unavailable("cannot flush the producer"))
     }
 }
 

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ofe_core::kafka::Quiet;
+
+use super::{refused, unavailable};
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -39,10 +41,6 @@ const ANY: u64 = u64::MAX;
 
 /// Bytes before the value in a record: kind (0 write, 1 repair), expected revision, nonce.
 const HEADER: usize = 1 + 8 + 16;
-
-fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(e.to_string())
-}
 
 /// What the reader shares with writers.
 #[derive(Default)]
@@ -75,18 +73,21 @@ impl KafkaState {
         producer: FutureProducer<Quiet>,
     ) -> Result<Self, BusError> {
         let topic = format!("{}.state", config.topic_prefix);
-        let admin: AdminClient<Quiet> = config
-            .client_config()
-            .create_with_context(Quiet)
-            .map_err(|e| BusError::Config(e.to_string()))?;
+        let admin: AdminClient<Quiet> =
+            config.client_config().create_with_context(Quiet).map_err(refused)?;
         let new_topic = NewTopic::new(&topic, 1, TopicReplication::Fixed(config.replication))
             .set("cleanup.policy", "compact");
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin.create_topics([&new_topic], &options).await.map_err(unavailable)? {
+        for result in admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(unavailable("cannot create the state topic"))?
+        {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(unavailable(format!("cannot create Kafka topic {name}: {code}")));
+                    return Err(BusError::unavailable(format!("cannot create Kafka topic {name}"))
+                        .because(code));
                 }
             }
         }
@@ -95,12 +96,10 @@ impl KafkaState {
             .set("group.id", format!("ofe.state-reader.{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
             .create_with_context(Quiet)
-            .map_err(|e| BusError::Config(e.to_string()))?;
+            .map_err(refused)?;
         let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, 0, Offset::Beginning)
-            .map_err(|e| BusError::Config(e.to_string()))?;
-        consumer.assign(&assignment).map_err(unavailable)?;
+        assignment.add_partition_offset(&topic, 0, Offset::Beginning).map_err(refused)?;
+        consumer.assign(&assignment).map_err(unavailable("cannot assign the state topic"))?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (position, mut read) = watch::channel(-1i64);
@@ -111,7 +110,7 @@ impl KafkaState {
             .spawn(move || {
                 read_loop(&consumer, &reader_topic, &reader_shared, &reader_stop, &position)
             })
-            .map_err(unavailable)?;
+            .map_err(unavailable("cannot start the state reader's thread"))?;
         // Catch up with what is there before answering reads.
         let (watermark_producer, name) = (producer.clone(), topic.clone());
         let high = tokio::task::spawn_blocking(move || {
@@ -119,13 +118,15 @@ impl KafkaState {
             watermark_producer.client().fetch_watermarks(&name, 0, Duration::from_secs(10))
         })
         .await
-        .map_err(unavailable)?
-        .map_err(|e| unavailable(format!("cannot read the end of {topic}: {e}")))?
+        .map_err(unavailable("reading the state topic's end stopped"))?
+        .map_err(|e| BusError::unavailable(format!("cannot read the end of {topic}")).because(e))?
         .1;
         tokio::time::timeout(WRITE_TIMEOUT, read.wait_for(|p| *p + 1 >= high))
             .await
-            .map_err(|_| unavailable(format!("reading {topic} did not catch up in time")))?
-            .map_err(|_| unavailable("the state reader stopped"))?;
+            .map_err(|_| {
+                BusError::unavailable(format!("reading {topic} did not catch up in time"))
+            })?
+            .map_err(|_| BusError::unavailable("the state reader stopped"))?;
         Ok(Self { topic, producer, shared, stop })
     }
 
@@ -164,12 +165,17 @@ impl KafkaState {
             if let Ok(mut shared) = self.shared.lock() {
                 shared.waiting.remove(&nonce);
             }
-            return Err(unavailable(format!("cannot write state to {}: {e}", self.topic)));
+            return Err(
+                BusError::unavailable(format!("cannot write state to {}", self.topic)).because(e)
+            );
         }
         tokio::time::timeout(WRITE_TIMEOUT, rx)
             .await
             .map_err(|_| {
-                unavailable(format!("did not read state back from {} in time", self.topic))
+                BusError::unavailable(format!(
+                    "did not read state back from {} in time",
+                    self.topic
+                ))
             })?
             .map_err(|_| BusError::Closed)
     }

@@ -121,7 +121,7 @@ impl HttpClient {
         *message.headers_mut() = headers;
         let response = within(deadline, timeout, self.direct.request(message))
             .await?
-            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+            .map_err(|e| format!("request failed: {}", ofe_core::chain(&e)))?;
         let status = response.status();
         if matches!(status.as_u16(), 307 | 308)
             && response.headers().contains_key(reqwest::header::LOCATION)
@@ -154,7 +154,7 @@ impl HttpClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+            .map_err(|e| format!("request failed: {}", ofe_core::chain(&e)))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
         let body = response.bytes().await.unwrap_or_default();
@@ -171,16 +171,4 @@ async fn within<F: std::future::Future>(
     tokio::time::timeout_at(deadline, what)
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))
-}
-
-/// `e` and its causes, joined with `: `.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -80,7 +80,7 @@ impl Sink for TopicSink {
             .publish_shared(&self.subject, Arc::new(next))
             .await
             .map(|_| None)
-            .map_err(|e| Failure::transient(format!("publish failed: {e}")))
+            .map_err(|e| Failure::transient(format!("publish failed: {}", ofe_core::Report(&e))))
     }
 }
 
