@@ -32,6 +32,10 @@ stop_port() { # stops whatever listens on 127.0.0.1:$1
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
   # Wait until it has let go of the port, or a start right after finds it taken.
   for _ in $(seq 1 100); do up "$1" || return 0; sleep 0.1; done
+  # kube-apiserver drains for longer than that on SIGTERM (its checkout may even be gone, so
+  # nothing else will stop it): after 10 s it is killed.
+  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+  for _ in $(seq 1 50); do up "$1" || return 0; sleep 0.1; done
   log "127.0.0.1:$1 is still taken"; return 1
 }
 # A server started from another checkout answers with other credentials: it is not ours to
