@@ -22,6 +22,7 @@ pub mod health;
 pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod stages;
 pub mod state;
 mod subject;
 pub mod tap;

@@ -67,6 +67,9 @@ pub struct SourceMetrics {
     pub publish_errors: Family<EventLabels, Counter>,
     /// Where each published event is reported while `ofe tail` listens.
     pub tap: Tap,
+    /// Sampled time from a push source's request arriving to the bus having its event (the
+    /// first stage of an event's path; see [`ofe_core::stages`]).
+    pub ingest: ofe_core::stages::StageHistogram,
 }
 
 impl SourceMetrics {
@@ -102,5 +105,10 @@ impl SourceMetrics {
             self.duplicates.clone(),
         );
         sub.register("publish_errors", "Failed bus publish attempts", self.publish_errors.clone());
+        sub.register(
+            "ingest_seconds",
+            "Sampled time from a webhook request arriving to the bus having its event",
+            self.ingest.histogram(),
+        );
     }
 }

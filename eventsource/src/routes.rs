@@ -22,6 +22,8 @@ pub struct PushRequest {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// When the request reached the listener, before its body was read.
+    pub received: std::time::Instant,
 }
 
 /// What serves one claimed path.
@@ -117,6 +119,7 @@ pub fn reply(status: StatusCode, reason: impl Into<String>) -> Response {
 }
 
 async fn serve(State(routes): State<HttpRoutes>, request: Request<Body>) -> Response {
+    let received = std::time::Instant::now();
     let handler = {
         let table = routes.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         table.get(request.uri().path()).map(|r| r.handler.clone())
@@ -143,6 +146,12 @@ async fn serve(State(routes): State<HttpRoutes>, request: Request<Body>) -> Resp
         }
     };
     handler
-        .handle(PushRequest { method: parts.method, uri: parts.uri, headers: parts.headers, body })
+        .handle(PushRequest {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+            received,
+        })
         .await
 }

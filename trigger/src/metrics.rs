@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use ofe_core::Event;
+use ofe_core::stages::StageHistogram;
 use ofe_core::tap::{Stage, StepOrigin, Tap};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +52,46 @@ impl TriggerMetrics {
     }
 }
 
+/// The stage label of `ofe_trigger_stage_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `bus_to_router`, `route`, `queue_wait` or `deliver`.
+    pub stage: String,
+}
+
+/// Where an event's time goes from the bus to its sink, sampled (see
+/// [`ofe_core::stages`]): one histogram per stage, under one family.
+#[derive(Clone)]
+pub struct TriggerStages {
+    family: Family<StageLabels, Histogram, fn() -> Histogram>,
+    /// From the source's publish to the router reading the event.
+    pub bus_to_router: StageHistogram,
+    /// From the router reading a batch to its events being on the subscribers' queues.
+    pub route: StageHistogram,
+    /// From the router's queue publish to a subscriber taking the event (waiting for a free
+    /// in-flight slot included).
+    pub queue_wait: StageHistogram,
+    /// From a subscriber taking the event to the sink's answer (retries included).
+    pub deliver: StageHistogram,
+}
+
+impl Default for TriggerStages {
+    fn default() -> Self {
+        let family: Family<StageLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(ofe_core::stages::stage_buckets);
+        let stage = |name: &str| {
+            StageHistogram::new(family.get_or_create(&StageLabels { stage: name.into() }).clone())
+        };
+        Self {
+            bus_to_router: stage("bus_to_router"),
+            route: stage("route"),
+            queue_wait: stage("queue_wait"),
+            deliver: stage("deliver"),
+            family,
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -89,6 +130,8 @@ pub struct TriggerMetrics {
     /// Where each step (routed, filtered, delivered, retried, dead-lettered) is reported
     /// while `ofe tail` listens.
     pub tap: Tap,
+    /// Sampled time of each stage from the bus to the sink.
+    pub stages: TriggerStages,
 }
 
 impl Default for TriggerMetrics {
@@ -108,6 +151,7 @@ impl Default for TriggerMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             lag: Family::default(),
             tap: Tap::default(),
+            stages: TriggerStages::default(),
         }
     }
 }
@@ -163,6 +207,11 @@ impl TriggerMetrics {
             "delivery_duration_seconds",
             "Receive-to-delivered time",
             self.latency.clone(),
+        );
+        sub.register(
+            "stage_seconds",
+            "Sampled time of each stage from the bus to the sink: bus_to_router, route, queue_wait, deliver",
+            self.stages.family.clone(),
         );
         sub.register(
             "bus_lag",

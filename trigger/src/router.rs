@@ -402,7 +402,7 @@ impl Router {
                 }
                 Err(error) => {
                     if !matches!(error, StateError::Conflict) {
-                        tracing::warn!(%error, key, "cannot store join state; the events will be routed again");
+                        tracing::warn!(error = %ofe_core::Report(&error), key, "cannot store join state; the events will be routed again");
                     }
                     self.state[r].keys.remove(&key);
                     failed.insert((r, key));
@@ -587,6 +587,10 @@ pub async fn run(
                 Some(Err(e)) => return Err(e),
             }
         }
+        let read_at = std::time::Instant::now();
+        for d in &batch {
+            router.metrics.stages.bus_to_router.since(d.published_at);
+        }
         let spans = filter_spans(&mut batch);
         // What each event means for each subscriber; then the join state it needs, from the
         // store; then the decisions, in input order; then the state, written back.
@@ -594,7 +598,7 @@ pub async fn run(
             batch.iter().map(|d| router.touches(&d.subject, &d.event)).collect();
         let needed: Vec<&Touch> = touches.iter().flatten().collect();
         if let Err(error) = router.load(&needed).await {
-            tracing::warn!(%error, events = batch.len(), "cannot read join state; the events will be routed again");
+            tracing::warn!(error = %ofe_core::Report(&error), events = batch.len(), "cannot read join state; the events will be routed again");
             settle(batch, Some(RETRY_DELAY)).await;
             continue;
         }
@@ -632,9 +636,12 @@ pub async fn run(
         // Polled in order, so each queue receives its events in input order.
         let results = futures::future::join_all(publishes).await;
         if let Some(error) = results.into_iter().find_map(Result::err) {
-            tracing::warn!(%error, events = batch.len(), "cannot queue routed events; they will be routed again");
+            tracing::warn!(error = %ofe_core::Report(&error), events = batch.len(), "cannot queue routed events; they will be routed again");
             settle(batch, Some(RETRY_DELAY)).await;
             continue;
+        }
+        for _ in &batch {
+            router.metrics.stages.route.observe(|| read_at.elapsed().as_secs_f64());
         }
         let (retry, done): (Vec<_>, Vec<_>) =
             batch.into_iter().enumerate().partition(|(n, _)| again.contains(n));
@@ -684,7 +691,7 @@ async fn settle(batch: Vec<Delivery>, retry: Option<Duration>) {
     });
     for result in futures::future::join_all(settled).await {
         if let Err(error) = result {
-            tracing::warn!(%error, "cannot settle a routed event; it may be routed again");
+            tracing::warn!(error = %ofe_core::Report(&error), "cannot settle a routed event; it may be routed again");
         }
     }
 }

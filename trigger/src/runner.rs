@@ -138,7 +138,9 @@ async fn sample_lag(
                 metrics.lag.get_or_create(&labels).set(i64::try_from(lag).unwrap_or(i64::MAX));
             }
             Ok(None) => {}
-            Err(error) => tracing::debug!(%error, %consumer, "cannot read the bus lag"),
+            Err(error) => {
+                tracing::debug!(error = %ofe_core::Report(&error), %consumer, "cannot read the bus lag")
+            }
         }
     }
 }
@@ -185,6 +187,7 @@ async fn deliver_until(
             },
         };
         while tasks.try_join_next().is_some() {}
+        subscriber.metrics.stages.queue_wait.since(delivery.published_at);
         if plan.routing.is_none() {
             subscriber.metrics.received.get_or_create(&plan.labels).inc();
         }
@@ -276,7 +279,7 @@ impl Subscriber {
             }
         }
         if let Err(error) = delivery.ack().await {
-            tracing::warn!(%error, "ack failed; the event may be delivered again");
+            tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may be delivered again");
         }
     }
 
@@ -373,7 +376,10 @@ impl Subscriber {
                 let (bus, reply) = (bus.clone(), &reply);
                 async move {
                     bus.publish(to, reply).await.map(|_| None).map_err(|e| {
-                        crate::delivery::Failure::transient(format!("publish failed: {e}"))
+                        crate::delivery::Failure::transient(format!(
+                            "publish failed: {}",
+                            ofe_core::Report(&e)
+                        ))
                     })
                 }
             },
@@ -426,6 +432,7 @@ impl Subscriber {
                         Some(format!("to {}", route.destination))
                     });
                     metrics.latency.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+                    metrics.stages.deliver.observe(|| started.elapsed().as_secs_f64());
                     if let (Some(reply), Some(to)) = (reply, &plan.reply) {
                         // The function has the event; its reply must reach the bus before the
                         // event is acknowledged, or the reply could be lost.
@@ -458,7 +465,7 @@ impl Subscriber {
             }
         }
         if let Err(error) = delivery.ack().await {
-            tracing::warn!(%error, "ack failed; the event may be delivered again");
+            tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may be delivered again");
         }
     }
 }

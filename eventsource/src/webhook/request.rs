@@ -105,7 +105,7 @@ impl PushHandler for Webhook {
     }
 
     async fn handle(&self, request: PushRequest) -> Response {
-        let PushRequest { method, headers, body, .. } = request;
+        let PushRequest { method, headers, body, received, .. } = request;
         let hook = self;
         if method != Method::POST {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "webhooks accept POST only");
@@ -145,21 +145,27 @@ impl PushHandler for Webhook {
             );
             let event = Arc::new(stamped.unwrap_or(event));
             match hook.bus.publish_shared(&hook.subject, event.clone()).await {
-                Ok(p) => metrics.published(&hook.origin.labels, p.duplicate, || event),
+                Ok(p) => {
+                    metrics.ingest.observe(|| received.elapsed().as_secs_f64());
+                    metrics.published(&hook.origin.labels, p.duplicate, || event);
+                }
                 Err(error) => {
                     spans.refused(&error);
                     metrics.publish_errors.get_or_create(&hook.origin.labels).inc();
                     match hook.refusal_to_log() {
                         Some(refused) => {
-                            tracing::warn!(%error, path = %hook.path, refused, "webhook events not accepted: the bus is unavailable (said at most every 10 s)")
+                            tracing::warn!(error = %ofe_core::Report(&error), path = %hook.path, refused, "webhook events not accepted: the bus is unavailable (said at most every 10 s)")
                         }
                         None => {
-                            tracing::debug!(%error, path = %hook.path, "webhook event not accepted")
+                            tracing::debug!(error = %ofe_core::Report(&error), path = %hook.path, "webhook event not accepted")
                         }
                     }
                     let mut response = reply(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the event bus cannot take the event now ({error}); retry later"),
+                        format!(
+                            "the event bus cannot take the event now ({}); retry later",
+                            ofe_core::Report(&error)
+                        ),
                     );
                     response
                         .headers_mut()
