@@ -192,7 +192,7 @@ pub struct DeliverySpec {
     /// same as the subscriber's `deadLetterSink`, which may not be set as well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink: Option<SinkSpec>,
-    /// Deliveries in flight at once (ofe addition). Default 64.
+    /// Deliveries in flight at once (ofe addition). Default 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
     /// A CEL expression over the event (ofe addition), e.g. `data.vehicleId`, or a JSONPath

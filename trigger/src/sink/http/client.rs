@@ -28,8 +28,12 @@ use reqwest::header::HeaderMap;
 /// The most redirects followed for one attempt.
 const MAX_REDIRECTS: usize = 10;
 
-/// Idle keep-alive connections kept per sink host.
-const IDLE_PER_HOST: usize = 64;
+/// Idle keep-alive connections kept per sink host. At least a subscriber's in-flight limit
+/// (256 by default), several times over: with fewer, the connections a burst opened beyond
+/// it are closed after one request and opened again for the next burst, which costs a
+/// connect per event and, at thousands of events a second, fills the host's ephemeral ports
+/// with TIME_WAIT until connects fail.
+const IDLE_PER_HOST: usize = 1024;
 
 /// The environment variables that put a proxy between ofe and its sinks.
 const PROXY_VARIABLES: &[&str] =
