@@ -9,6 +9,7 @@
 # - Apache Kafka 4.1 on 127.0.0.1:9092 (jars from Maven Central, run on the machine's Java).
 # - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
 # - buildah, podman, skopeo and runc (Debian packages), for the image test.
+# - nginx (Debian's package), installed for the benchmark's baseline; not started here.
 # - the Go peers of tests/peers/go (scripts/peers/go-peers.sh), and daprd (scripts/peers/dapr.sh).
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
@@ -152,6 +153,12 @@ echo "export OFE_TEST_KAFKA=127.0.0.1:9092"
 # builds ofe's image FROM scratch, and podman runs it.
 need_apt buildah podman skopeo runc
 echo "export OFE_TEST_PODMAN=$(command -v podman)"
+
+# nginx (Debian's package), the benchmark's second baseline: ofe-bench runs it as a reverse
+# proxy with its own configuration on a free port; nothing here starts it. The package's own
+# service is not started (no init system here), and is not needed.
+need_apt nginx
+echo "export OFE_TEST_NGINX=/usr/sbin/nginx"
 
 # Peers in Go, built through the Go module proxy: an OpenFunction function on
 # functions-framework-go v0.5.0, and the CloudEvents Go SDK v2 (HTTP and its Kafka binding).

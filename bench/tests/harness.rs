@@ -18,7 +18,9 @@ fn every_workload_reports_a_figure_and_its_baseline() {
         assert!(built.success() && ofe.exists(), "cannot build {}", ofe.display());
     }
     let mut command = Command::new(env!("CARGO_BIN_EXE_ofe-bench"));
+    let charts = tempfile::tempdir().expect("tempdir");
     command.args(["--events", "300", "--latency-seconds", "1", "--json", "--ofe"]).arg(&ofe);
+    command.arg("--plot").arg(charts.path());
     let nats = std::env::var("OFE_TEST_NATS").ok();
     match &nats {
         Some(url) => {
@@ -26,13 +28,25 @@ fn every_workload_reports_a_figure_and_its_baseline() {
         }
         None => eprintln!("W3 on JetStream skipped: OFE_TEST_NATS is not set"),
     }
+    // nginx is the second baseline; the services script installs it and names it.
+    let nginx = std::env::var("OFE_TEST_NGINX").ok();
+    match &nginx {
+        Some(path) => {
+            command.args(["--nginx", path]);
+        }
+        None => eprintln!("the nginx baseline is checked only when OFE_TEST_NGINX is set"),
+    }
     let output = command.output().expect("run ofe-bench");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     let rows = report["rows"].as_array().expect("rows");
+    let skipped: Vec<&str> =
+        report["skipped"].as_array().expect("skipped").iter().filter_map(|s| s.as_str()).collect();
+    assert!(report["connection_errors"].is_array(), "connection errors are reported: {report}");
     let mut workloads: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
+    workloads.sort_unstable();
     workloads.dedup();
-    assert_eq!(workloads, ["W1", "W5", "W2", "W4", "W3"]);
+    assert_eq!(workloads, ["W1", "W2", "W3", "W4", "W5"]);
     for row in rows {
         assert!(row["figure"].as_f64().is_some_and(|x| x > 0.0), "figure of {row}");
         if row["baseline_name"].as_str().is_some_and(|b| b.contains("needs --nats")) {
@@ -42,9 +56,48 @@ fn every_workload_reports_a_figure_and_its_baseline() {
         assert!(row["baseline"].as_f64().is_some_and(|x| x > 0.0), "baseline of {row}");
         assert!(row["ratio"].is_number(), "{row}");
     }
-    // Durable end to end and the bus API on the embedded bus; with NATS, both on JetStream.
+    let baselines = if nginx.is_some() {
+        let proxied = |w: &str| {
+            rows.iter()
+                .filter(|r| r["workload"] == w && r["baseline_name"] == "nginx proxy")
+                .count()
+        };
+        // W1's rate and CPU; the durable buses end to end.
+        assert_eq!(proxied("W1"), 2, "W1 against nginx: {rows:?}");
+        assert_eq!(proxied("W3"), if nats.is_some() { 2 } else { 1 });
+        2
+    } else {
+        let nginx_found = !skipped.iter().any(|s| s.contains("nginx"));
+        if nginx_found { 2 } else { 1 }
+    };
+    // Durable end to end against each baseline, and the bus API; on the embedded bus, and
+    // with NATS on JetStream too.
     let w3 = rows.iter().filter(|r| r["workload"] == "W3").count();
-    assert_eq!(w3, if nats.is_some() { 4 } else { 2 });
+    assert_eq!(w3, if nats.is_some() { 2 * baselines + 2 } else { baselines + 1 });
+    // p50, p99 and p99.9 against each baseline: on the memory bus at 1k/s and 25, 50 and 75%
+    // of W1; on each durable bus at half of its rate.
+    let buses = if nats.is_some() { 3 } else { 2 };
     let w5 = rows.iter().filter(|r| r["workload"] == "W5").count();
-    assert_eq!(w5, 6, "p50, p99 and p99.9 at two rates");
+    assert_eq!(w5, 3 * baselines * (4 + buses - 1), "{rows:?}");
+    // Where ofe's time went, by stage, in the latency runs on the memory bus.
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter(|s| s["run"].as_str().is_some_and(|r| r.starts_with("memory bus at 1k")))
+        .filter_map(|s| s["stage"].as_str())
+        .collect();
+    assert_eq!(
+        stages,
+        ["client_wait", "ingest", "bus_to_router", "route", "queue_wait", "deliver"]
+    );
+    for chart in ["throughput.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(charts.path().join(chart)).expect("the chart is written");
+        assert!(svg.starts_with("<svg") && svg.contains("ofe"), "{chart}: {svg:.200}");
+    }
+    let goals: Vec<&str> = rows.iter().filter_map(|r| r["goal"].as_str()).collect();
+    for goal in ["added p99 ≤ 1 ms at 50%", "added p99.9 ≤ 5 ms at 50%", "≤ 1.2× the forwarder's"]
+    {
+        assert!(goals.contains(&goal), "the goal `{goal}` is checked: {goals:?}");
+    }
 }

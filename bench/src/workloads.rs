@@ -1,0 +1,447 @@
+//! The workloads, each run next to its baselines: the bare forwarder, and nginx as a reverse
+//! proxy when nginx is installed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ofe_core::EventBus;
+use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
+use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
+
+use crate::Cli;
+use crate::load::{Event, Load, Retries, Sink, Throughput, open_loop, percentile};
+use crate::report::{CurvePoint, Notes, Row};
+use crate::stages;
+use crate::targets::{
+    Process, find_nginx, memory_bus, namespace, source, start_forwarder, start_nginx, start_ofe,
+    trigger,
+};
+use crate::w3::{bus_loop, raw_jetstream};
+
+/// A baseline forwarder between the load generator and the sink, kept running through the
+/// run so each latency run can use it at the rate ofe is measured at.
+struct Baseline {
+    /// `bare forwarder` or `nginx proxy`.
+    name: &'static str,
+    /// The baseline's name for latency rows, which compare at one rate.
+    at_rate: &'static str,
+    url: String,
+    /// Kept running until the run ends.
+    _process: Process,
+    /// W1's load through it.
+    measured: Throughput,
+    /// Where nginx keeps its configuration; removed when the run ends.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// `ofe run` under test.
+struct Ofe {
+    process: Process,
+    /// The webhook the load is sent to.
+    webhook: String,
+    /// Its metrics, where the stage histograms are read.
+    metrics: String,
+    /// Its manifests and data; removed when it is dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// The percentiles every latency run reports.
+const PERCENTILES: [f64; 3] = [50.0, 99.0, 99.9];
+
+/// One benchmark run: the sink, the load generator, the baselines and the report so far.
+pub(crate) struct Bench<'a> {
+    cli: &'a Cli,
+    ofe: PathBuf,
+    sink: Sink,
+    sink_url: String,
+    client: reqwest::Client,
+    baselines: Vec<Baseline>,
+    /// The rows measured so far.
+    pub(crate) rows: Vec<Row>,
+    /// What was skipped, and connection errors.
+    pub(crate) notes: Notes,
+}
+
+impl<'a> Bench<'a> {
+    /// Starts the sink and the baselines, and measures W1's load through each baseline.
+    pub(crate) async fn start(cli: &'a Cli, ofe: PathBuf) -> anyhow::Result<Self> {
+        let (sink, sink_url) = Sink::start(Instant::now()).await?;
+        // Every connection is kept for reuse (reqwest's default). A bounded idle pool closed
+        // the connections an open-loop burst opened; at 10k events/s the closed ones filled
+        // the ephemeral ports with TIME_WAIT until connects failed (the aborted runs).
+        let client = reqwest::Client::builder().build()?;
+        let mut bench = Self {
+            cli,
+            ofe,
+            sink,
+            sink_url,
+            client,
+            baselines: Vec::new(),
+            rows: Vec::new(),
+            notes: Notes::default(),
+        };
+        bench.say("baseline: the bare forwarder");
+        let (process, url) = start_forwarder(&bench.sink_url).await?;
+        bench.add_baseline("bare forwarder", "forwarder, same rate", process, url, None).await?;
+        match find_nginx(cli.nginx.as_deref()) {
+            Some(nginx) => {
+                bench.say("baseline: nginx as a reverse proxy");
+                let dir = tempfile::tempdir()?;
+                let (process, url) = start_nginx(&nginx, dir.path(), &bench.sink_url).await?;
+                bench
+                    .add_baseline("nginx proxy", "nginx proxy, same rate", process, url, Some(dir))
+                    .await?;
+            }
+            None => bench.skip(
+                "the nginx baseline: nginx is not installed (apt-get install nginx, or pass --nginx PATH)",
+            ),
+        }
+        Ok(bench)
+    }
+
+    async fn add_baseline(
+        &mut self,
+        name: &'static str,
+        at_rate: &'static str,
+        process: Process,
+        url: String,
+        dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<()> {
+        let measured = self.throughput(&url, &process, &self.same("bench.w1"), None).await?;
+        self.baselines.push(Baseline {
+            name,
+            at_rate,
+            url,
+            _process: process,
+            measured,
+            _dir: dir,
+        });
+        Ok(())
+    }
+
+    fn say(&self, what: &str) {
+        if !self.cli.json {
+            eprintln!("… {what}");
+        }
+    }
+
+    fn skip(&mut self, what: &str) {
+        if !self.cli.json {
+            eprintln!("skipped: {what}");
+        }
+        self.notes.skipped.push(what.to_string());
+    }
+
+    /// `--events` events of type `kind`, none matching W2's data filter.
+    fn same(&self, kind: &str) -> Vec<Event> {
+        (0..self.cli.events).map(|_| Event { kind: kind.into(), speed: 80 }).collect()
+    }
+
+    /// `events` through `url`, served by `process`, until the sink has `expected` deliveries
+    /// (one per event unless given).
+    async fn throughput(
+        &self,
+        url: &str,
+        process: &Process,
+        events: &[Event],
+        expected: Option<u64>,
+    ) -> anyhow::Result<Throughput> {
+        let load =
+            Load { client: &self.client, sink: &self.sink, concurrency: self.cli.concurrency };
+        let expected = expected.unwrap_or(events.len() as u64);
+        load.run(url, process, events, expected).await
+    }
+
+    /// Notes the requests `retries` counted as sent again during `run`, if any.
+    fn note_errors(&mut self, run: &str, retries: &Retries) {
+        if let Some(errors) = retries.report(run) {
+            self.notes.connection_errors.push(errors);
+        }
+    }
+
+    /// `ofe run` on `yaml`, in a directory of its own.
+    async fn ofe(&self, yaml: &str) -> anyhow::Result<Ofe> {
+        let dir = tempfile::tempdir()?;
+        let (process, webhook, metrics) = start_ofe(&self.ofe, dir.path(), yaml).await?;
+        Ok(Ofe { process, webhook, metrics, _dir: dir })
+    }
+
+    /// W1: webhook → memory bus → 1 Trigger → sink, against each baseline, and CPU per event;
+    /// then W5 through the same ofe. Returns W1's rate.
+    pub(crate) async fn w1_and_w5(&mut self) -> anyhow::Result<f64> {
+        let baselines: Vec<_> =
+            self.baselines.iter().map(|b| (b.name, b.measured.retries.clone())).collect();
+        for (name, retries) in baselines {
+            self.note_errors(&format!("W1 through the {name}"), &retries);
+        }
+        self.say("W1: webhook → memory bus → 1 Trigger → sink");
+        let yaml = source("mem")
+            + &trigger(
+                "w1",
+                "mem",
+                "exact: { type: bench.w1 }",
+                &[format!("{}/w1", self.sink_url)],
+            )
+            + &memory_bus();
+        let ofe = self.ofe(&yaml).await?;
+        let measured =
+            self.throughput(&ofe.webhook, &ofe.process, &self.same("bench.w1"), None).await?;
+        self.note_errors("W1 through ofe", &measured.retries);
+        let w1 = measured.rate;
+        let what = "HTTP → bus (memory) → 1 Trigger → HTTP";
+        for b in &self.baselines {
+            let row = Row::info("W1", what, (w1, "events/s"), (b.name, b.measured.rate));
+            let row = match b.name {
+                "nginx proxy" => row.at_least(("≥ 0.8× the nginx proxy", 0.8)),
+                _ => {
+                    let mut row = row.at_least(("≥ 0.7× and ≥ 20,000 events/s", 0.7));
+                    row.met = row.met.map(|met| met && w1 >= 20_000.0);
+                    row
+                }
+            };
+            self.rows.push(row);
+        }
+        for b in &self.baselines {
+            if let (Some(ofe_cpu), Some(baseline_cpu)) = (measured.cpu_us, b.measured.cpu_us) {
+                let row = Row::info(
+                    "W1",
+                    "CPU per event, the process under test",
+                    (ofe_cpu, "µs"),
+                    (b.name, baseline_cpu),
+                );
+                self.rows.push(match b.name {
+                    "bare forwarder" => row.at_most(("≤ 1.2× the forwarder's", 1.2)),
+                    _ => row,
+                });
+            }
+        }
+        if crate::wanted(&self.cli.only, "W5") {
+            let rates = [
+                ("1k events/s".to_string(), 1000.0),
+                ("25% of W1".to_string(), w1 * 0.25),
+                ("50% of W1".to_string(), w1 * 0.5),
+                ("75% of W1".to_string(), w1 * 0.75),
+            ];
+            for (label, rate) in rates {
+                self.latency("memory", &label, &ofe, rate.max(100.0)).await?;
+            }
+        }
+        drop(ofe);
+        Ok(w1)
+    }
+
+    /// W5 at `rate` through `ofe` (on `bus`) and through each baseline: p50, p99 and
+    /// p99.9, as latency added over the baseline. Goals: at 1k/s, p99 adds ≤ 0.5 ms; at half
+    /// of ofe's own maximum rate, p99 adds ≤ 1 ms and p99.9 ≤ 5 ms.
+    async fn latency(
+        &mut self,
+        bus: &str,
+        label: &str,
+        ofe: &Ofe,
+        rate: f64,
+    ) -> anyhow::Result<()> {
+        self.say(&format!("W5 ({bus} bus): open loop at {label} ({rate:.0}/s)"));
+        let (seconds, connections) = (self.cli.latency_seconds, self.cli.concurrency);
+        let retries = Arc::new(Retries::default());
+        let before = stages::read(&self.client, &ofe.metrics).await;
+        let url = ofe.webhook.as_str();
+        let through_ofe = open_loop(
+            &self.client,
+            (url, &self.sink),
+            "bench.w1",
+            (rate, seconds, connections),
+            &retries,
+        )
+        .await?;
+        let after = stages::read(&self.client, &ofe.metrics).await;
+        let run = format!("{bus} bus at {label} ({rate:.0}/s)");
+        // The generator's own queue first: time the event waited for one of its connections,
+        // which no stage inside ofe can see.
+        let waited = stages::StageLatency::from_samples(&run, "client_wait", &through_ofe.waits);
+        self.notes.stages.push(waited);
+        self.notes.stages.extend(stages::between(&run, &before, &after));
+        let through_ofe = through_ofe.latencies;
+        self.note_errors(&format!("W5 {bus} at {label} through ofe"), &retries);
+        let mut through_baselines = Vec::new();
+        for b in &self.baselines {
+            let retries = Arc::new(Retries::default());
+            let latencies = open_loop(
+                &self.client,
+                (&b.url, &self.sink),
+                "bench.w1",
+                (rate, seconds, connections),
+                &retries,
+            )
+            .await?;
+            let latencies = latencies.latencies;
+            through_baselines.push((b.at_rate, b.name, latencies, retries));
+        }
+        let point = |target: &str, latencies: &[u64]| CurvePoint {
+            bus: bus.to_string(),
+            target: target.to_string(),
+            rate,
+            p50_ms: percentile(latencies, 50.0),
+            p99_ms: percentile(latencies, 99.0),
+            p999_ms: percentile(latencies, 99.9),
+        };
+        self.notes.curve.push(point("ofe", &through_ofe));
+        for (_, name, latencies, _) in &through_baselines {
+            self.notes.curve.push(point(name, latencies));
+        }
+        for (at_rate, name, latencies, retries) in through_baselines {
+            self.note_errors(&format!("W5 {bus} at {label} through the {name}"), &retries);
+            for p in PERCENTILES {
+                let row = Row::info(
+                    "W5",
+                    &format!("{bus} bus: p{p} latency at {label} ({rate:.0}/s)"),
+                    (percentile(&through_ofe, p), "ms"),
+                    (at_rate, percentile(&latencies, p)),
+                );
+                let goal = match (label, p) {
+                    ("1k events/s", 99.0) => Some(("added p99 ≤ 0.5 ms at 1k/s", 0.5)),
+                    (l, 99.0) if l.starts_with("50%") => Some(("added p99 ≤ 1 ms at 50%", 1.0)),
+                    (l, 99.9) if l.starts_with("50%") => Some(("added p99.9 ≤ 5 ms at 50%", 5.0)),
+                    _ => None,
+                };
+                self.rows.push(match goal {
+                    Some(goal) => row.at_most(goal),
+                    None => row,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// W2: W1 with 1000 Triggers filtering with CEL over data, 1% matching.
+    pub(crate) async fn w2(&mut self, w1: f64) -> anyhow::Result<()> {
+        self.say("W2: 1000 Triggers, CEL over data, 1% matching");
+        let mut yaml = source("mem") + &memory_bus();
+        for k in 0..1000 {
+            let filter = format!("cel: \"type == 's.{k}' && data.speed > 120\"");
+            yaml += &trigger(&format!("t{k}"), "mem", &filter, &[format!("{}/w2", self.sink_url)]);
+        }
+        let ofe = self.ofe(&yaml).await?;
+        let events: Vec<Event> = (0..self.cli.events)
+            .map(|i| {
+                if i % 100 == 0 {
+                    Event { kind: format!("s.{}", (i / 100) % 1000), speed: 130 }
+                } else {
+                    Event { kind: format!("s.{}", i % 1000), speed: 80 }
+                }
+            })
+            .collect();
+        let expected = events.iter().filter(|e| e.speed > 120).count() as u64;
+        let measured = self.throughput(&ofe.webhook, &ofe.process, &events, Some(expected)).await?;
+        self.note_errors("W2 through ofe", &measured.retries);
+        self.rows.push(Row::rate(
+            "W2",
+            "W1 with 1000 CEL Triggers, 1% matching",
+            (measured.rate, "events/s"),
+            ("W1", w1),
+            ("≥ 0.8× W1", 0.8),
+        ));
+        Ok(())
+    }
+
+    /// W4: one input fanned out to 10 subscribers, in deliveries/s.
+    pub(crate) async fn w4(&mut self, w1: f64) -> anyhow::Result<()> {
+        self.say("W4: fan-out to 10 subscribers");
+        let sinks: Vec<String> = (0..10).map(|i| format!("{}/fan/{i}", self.sink_url)).collect();
+        let yaml = source("mem")
+            + &trigger("fan", "mem", "exact: { type: bench.w4 }", &sinks)
+            + &memory_bus();
+        let ofe = self.ofe(&yaml).await?;
+        let events = self.same("bench.w4");
+        let expected = 10 * events.len() as u64;
+        let measured = self.throughput(&ofe.webhook, &ofe.process, &events, Some(expected)).await?;
+        self.note_errors("W4 through ofe", &measured.retries);
+        self.rows.push(Row::rate(
+            "W4",
+            "fan-out: 1 input → 10 subscribers (deliveries/s)",
+            (measured.rate * 10.0, "deliveries/s"),
+            ("W1 deliveries/s", w1),
+            ("≥ 0.8× W1", 0.8),
+        ));
+        Ok(())
+    }
+
+    /// W1 end to end on a durable bus (`bus`, defined by `bus_yaml`), against each baseline
+    /// (`goal` against nginx), then W5 at half of the rate it reached.
+    async fn durable_end_to_end(
+        &mut self,
+        bus: (&'static str, &str),
+        bus_yaml: &str,
+        goal: (&'static str, f64),
+    ) -> anyhow::Result<()> {
+        let (label, name) = bus;
+        self.say(&format!("W3: webhook → {label} bus → 1 Trigger → sink"));
+        let yaml = source(name)
+            + &trigger("w3", name, "exact: { type: bench.w1 }", &[format!("{}/w3", self.sink_url)])
+            + bus_yaml;
+        let ofe = self.ofe(&yaml).await?;
+        let measured =
+            self.throughput(&ofe.webhook, &ofe.process, &self.same("bench.w1"), None).await?;
+        self.note_errors(&format!("W3 {label} through ofe"), &measured.retries);
+        let what = format!("HTTP → bus ({label}) → 1 Trigger → HTTP");
+        for b in &self.baselines {
+            let row =
+                Row::info("W3", &what, (measured.rate, "events/s"), (b.name, b.measured.rate));
+            self.rows.push(if b.name == "nginx proxy" { row.at_least(goal) } else { row });
+        }
+        if crate::wanted(&self.cli.only, "W5") {
+            let rate = (measured.rate * 0.5).max(100.0);
+            self.latency(label, "50% of its W3", &ofe, rate).await?;
+        }
+        drop(ofe);
+        Ok(())
+    }
+
+    /// W3: the durable buses, end to end and through their API.
+    pub(crate) async fn w3(&mut self) -> anyhow::Result<()> {
+        self.durable_end_to_end(
+            ("embedded, durable", "default"),
+            "",
+            ("≥ 0.6× the nginx proxy", 0.6),
+        )
+        .await?;
+        self.say("W3: the embedded bus's publish + consume");
+        let dir = tempfile::tempdir()?;
+        let embedded: Arc<dyn EventBus> =
+            Arc::new(EmbeddedBus::open(EmbeddedConfig::new(dir.path()))?);
+        let n = self.cli.events;
+        let embedded_rate = bus_loop(embedded.clone(), n).await?;
+        embedded.close().await?;
+        let what = "bus API (embedded, fsync per batch): publish + consume";
+        let Some(url) = self.cli.nats.clone() else {
+            self.skip("W3 on JetStream: no NATS server; pass --nats nats://127.0.0.1:4222 (or set OFE_BENCH_NATS)");
+            self.rows.push(Row::info(
+                "W3",
+                what,
+                (embedded_rate, "events/s"),
+                ("raw async-nats (needs --nats)", f64::NAN),
+            ));
+            return Ok(());
+        };
+        self.say("W3: baseline, the raw JetStream client");
+        let raw = raw_jetstream(&url, n).await?;
+        let baseline = ("raw async-nats client", raw);
+        let goal = ("≥ 0.5× the raw client", 0.5);
+        self.rows.push(Row::rate("W3", what, (embedded_rate, "events/s"), baseline, goal));
+        self.say("W3: the JetStream bus's publish + consume");
+        let jetstream: Arc<dyn EventBus> =
+            Arc::new(JetStreamBus::connect(JetStreamConfig::new(&url)).await?);
+        let jetstream_rate = bus_loop(jetstream.clone(), n).await?;
+        jetstream.close().await?;
+        let what = "bus API (JetStream): publish + consume";
+        self.rows.push(Row::rate("W3", what, (jetstream_rate, "events/s"), baseline, goal));
+        // The bus's default stream: one server holds one ofe stream.
+        let bus = format!(
+            "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+             metadata: {{ name: js, namespace: {} }}\n\
+             spec:\n  jetstream:\n    url: \"{url}\"\n",
+            namespace()
+        );
+        self.durable_end_to_end(("JetStream", "js"), &bus, ("≥ 0.5× the nginx proxy", 0.5)).await
+    }
+}
