@@ -168,9 +168,23 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Documents one manifest file may hold. The YAML parser's default (1,024) guards against
+/// separator storms, but a fleet's file of 10,000 Triggers is a real manifest: the limits that
+/// stop a YAML bomb (aliases and anchors, nesting, input size) keep their defaults.
+const MAX_DOCUMENTS: usize = 1_000_000;
+
 /// Parses the documents of one file's text into `set`.
 pub fn parse_file(file: &Path, text: &str, set: &mut ManifestSet) {
-    let documents: Vec<Value> = match serde_saphyr::from_multiple(text) {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: MAX_DOCUMENTS,
+            // Nodes and parser events grow with the documents; their defaults (250,000 and
+            // 1,000,000) would refuse a few thousand Triggers.
+            max_nodes: 50 * MAX_DOCUMENTS,
+            max_events: 200 * MAX_DOCUMENTS,
+        },
+    };
+    let documents: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, options) {
         Ok(docs) => docs,
         Err(e) => {
             set.diagnostics
@@ -327,6 +341,25 @@ mod tests {
         );
         let text = set.diagnostics[0].to_string();
         assert!(text.contains("spec: required field `eventBus` is missing; add it"), "{text}");
+    }
+
+    #[test]
+    fn a_file_of_ten_thousand_triggers_is_read() {
+        // A fleet keeps its Triggers in one generated file; the YAML parser's default budget
+        // refused one of over 1,024 documents.
+        let trigger = |k: usize| {
+            format!(
+                "apiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\nmetadata: {{name: t{k}}}\n\
+                 spec:\n  eventBus: default\n  inputs:\n    a:\n      eventSource: s\n      event: e\n      \
+                 filters:\n        - exact: {{ type: s.{k} }}\n  subscribers:\n    - condition: a\n      \
+                 sink: {{ uri: 'http://sink/{k}' }}\n"
+            )
+        };
+        let text: Vec<String> = (0..10_000).map(trigger).collect();
+        let set = parse(&text.join("---\n"));
+        assert!(set.diagnostics.is_empty(), "{}", set.diagnostics[0]);
+        assert_eq!(set.manifests.len(), 10_000);
+        assert_eq!(set.manifests[9_999].origin.document, 10_000);
     }
 
     #[test]
