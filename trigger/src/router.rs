@@ -140,6 +140,8 @@ struct JoinState {
     keys: HashMap<String, KeyState>,
     /// Observations since expired keys were last swept.
     since_sweep: usize,
+    /// The latest bus time (ms) of an event it recorded: the "now" of its sweeps.
+    latest: i64,
 }
 
 impl JoinState {
@@ -255,6 +257,7 @@ impl Router {
         event: &Arc<Event>,
         at: DateTime<Utc>,
     ) -> Vec<Fired> {
+        self.sweep_due();
         self.touches(subject, event)
             .iter()
             .filter_map(|t| {
@@ -339,8 +342,35 @@ impl Router {
         ofe_core::state_key(&[&labels.namespace, &labels.trigger, &labels.subscriber, key])
     }
 
-    /// Brings the stored state of every stateful touch that is not in memory into memory.
+    /// Sweeps the join state of each subscriber that is due: every 1024 events it recorded,
+    /// or when it holds more than its `maxKeys`. It runs between batches, never while one is
+    /// applied: a sweep in the middle of a batch took the keys the batch had just loaded for
+    /// new (they have no events yet, so they look expired) and deleted them from the store
+    /// after the batch had written them, and a later event of such a key was routed again on
+    /// no state and never joined.
+    fn sweep_due(&mut self) {
+        let persist = self.store.is_some();
+        for r in 0..self.state.len() {
+            let routing = &self.routings[r];
+            let state = &mut self.state[r];
+            if state.since_sweep < 1024 && state.keys.len() <= routing.max_keys {
+                continue;
+            }
+            let window = i64::try_from(routing.window.as_millis()).unwrap_or(i64::MAX);
+            let dropped = state.sweep(state.latest, window, routing.max_keys);
+            // Only a store has anything to forget; in memory, dropping the keys was all.
+            if persist {
+                let forgotten: Vec<String> =
+                    dropped.iter().map(|key| self.store_key(r, key)).collect();
+                self.forgotten.extend(forgotten);
+            }
+        }
+    }
+
+    /// Brings the stored state of every stateful touch that is not in memory into memory,
+    /// after sweeping what is due (see [`Router::sweep_due`]).
     pub async fn load(&mut self, touches: &[&Touch]) -> Result<(), BusError> {
+        self.sweep_due();
         let Some(store) = self.store.clone() else { return Ok(()) };
         let mut missing: Vec<(usize, String)> = touches
             .iter()
@@ -450,17 +480,7 @@ impl Router {
         let persist = self.store.is_some();
         let state = &mut self.state[touch.routing];
         state.since_sweep += 1;
-        if state.since_sweep >= 1024 || state.keys.len() > routing.max_keys {
-            let dropped = state.sweep(at, window, routing.max_keys);
-            // Only a store has anything to forget; in memory, dropping the keys was all.
-            if persist {
-                let r = touch.routing;
-                let forgotten: Vec<String> =
-                    dropped.iter().map(|key| self.store_key(r, key)).collect();
-                self.forgotten.extend(forgotten);
-            }
-        }
-        let state = &mut self.state[touch.routing];
+        state.latest = state.latest.max(at);
         let entry = state.keys.entry(touch.key.clone()).or_default();
         let id = event.id();
         // Routed again (a crash before the acknowledgement): fire as the first time did.
