@@ -48,12 +48,77 @@ pub(super) fn wake(groups: &Groups, appended: &[(String, u64)]) {
         return;
     }
     // Notifying takes no lock of the group's, so it is done under the map's lock, without
-    // copying a thousand handles per commit.
+    // copying handles. Only the readers of the subjects written are looked at: with 10,000
+    // subscribers, testing every group's set cost about a millisecond per event.
     let Ok(groups) = groups.lock() else { return };
-    for group in groups.values() {
-        if appended.iter().any(|(subject, _)| group.filter.contains(subject)) {
-            group.changed.notify_waiters();
+    let mut woken: Vec<&str> = Vec::new();
+    for (subject, _) in appended {
+        for name in groups.readers(subject) {
+            if woken.contains(&name) {
+                continue;
+            }
+            woken.push(name);
+            if let Some(group) = groups.get(name) {
+                group.changed.notify_waiters();
+            }
         }
+    }
+}
+
+/// Every consumer group of a bus, by name, and the names of each subject's readers.
+#[derive(Default)]
+pub(super) struct GroupMap {
+    by_name: HashMap<String, Arc<Group>>,
+    /// Subject → the groups that read it, by name (not by handle: how many handles a group
+    /// has tells whether anyone uses it).
+    by_subject: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+}
+
+impl GroupMap {
+    /// The group named `name`.
+    pub(super) fn get(&self, name: &str) -> Option<&Arc<Group>> {
+        self.by_name.get(name)
+    }
+
+    /// Every group, with its name.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &Arc<Group>)> {
+        self.by_name.iter()
+    }
+
+    /// Every group.
+    pub(super) fn values(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.by_name.values()
+    }
+
+    /// The group named `name`: the one there is, else `group`, which is added.
+    pub(super) fn insert_or_get(&mut self, name: &str, group: Arc<Group>) -> Arc<Group> {
+        if let Some(existing) = self.by_name.get(name) {
+            return existing.clone();
+        }
+        for subject in &group.filter {
+            self.by_subject.entry(subject.clone()).or_default().push(name.to_string());
+        }
+        self.by_name.insert(name.to_string(), group.clone());
+        group
+    }
+
+    /// Removes the group named `name`.
+    pub(super) fn remove(&mut self, name: &str) -> Option<Arc<Group>> {
+        let group = self.by_name.remove(name)?;
+        for subject in &group.filter {
+            if let Some(readers) = self.by_subject.get_mut(subject) {
+                readers.retain(|n| n != name);
+                if readers.is_empty() {
+                    self.by_subject.remove(subject);
+                }
+            }
+        }
+        Some(group)
+    }
+
+    /// The names of the groups that read `subject`.
+    fn readers(&self, subject: &str) -> impl Iterator<Item = &str> {
+        self.by_subject.get(subject).into_iter().flatten().map(String::as_str)
     }
 }
 

@@ -120,7 +120,7 @@ const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 /// How many records one scan under the consumer lock examines before yielding.
 const SCAN_LIMIT: usize = 1024;
 
-type Groups = Arc<Mutex<HashMap<String, Arc<Group>>>>;
+type Groups = Arc<Mutex<consumer::GroupMap>>;
 
 /// A set of subjects. Every publish looks its subject up in each consumer group's set, and
 /// in the subject index, so it hashes with foldhash rather than SipHash; subjects come from
@@ -448,7 +448,7 @@ impl EmbeddedBus {
             changed: Notify::new(),
         });
         let mut groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
-        Ok(groups.entry(options.consumer.clone()).or_insert(group).clone())
+        Ok(groups.insert_or_get(&options.consumer, group))
     }
 
     /// Writes a consumer's cursor durably (in memory, there is nothing to write).
