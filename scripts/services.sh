@@ -10,7 +10,8 @@
 # - etcd and kube-apiserver 1.34 on https://127.0.0.1:16443 (scripts/peers/kube-apiserver.sh).
 # - buildah, podman, skopeo and runc (Debian packages), for the image test.
 # - nginx (Debian's package), installed for the benchmark's baseline; not started here.
-# - the Go peers of tests/peers/go (scripts/peers/go-peers.sh), and daprd (scripts/peers/dapr.sh).
+# - the Go peers of tests/peers/go (scripts/peers/go-peers.sh), daprd (scripts/peers/dapr.sh), and
+#   Argo Events, the benchmark's peer (scripts/peers/argo-events.sh).
 # Logs go to stderr; only the export lines go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -175,6 +176,15 @@ if daprd=$(scripts/peers/dapr.sh); then
   echo "export OFE_TEST_DAPRD=$daprd"
 else
   log "daprd did not build: the Dapr test cannot run"
+  failed=1
+fi
+
+# The benchmark's peer, Argo Events v1.9.11 (its EventSource and Sensor services), built through
+# the Go module proxy (about 7 minutes of CPU cold), for the harness test of `ofe-bench --peer`.
+if argo=$(scripts/peers/argo-events.sh); then
+  echo "export OFE_TEST_ARGO=$argo"
+else
+  log "Argo Events did not build: the benchmark's peer run cannot be checked"
   failed=1
 fi
 

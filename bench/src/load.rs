@@ -70,17 +70,25 @@ impl Sink {
     }
 }
 
-/// One CloudEvent of the load: binary mode, 1 KiB of JSON data.
+/// One CloudEvent of the load: binary mode, 1 KiB of JSON data unless sized otherwise.
 pub(crate) struct Event {
     pub(crate) kind: String,
     pub(crate) speed: u32,
+    /// Bytes of data.
+    pub(crate) size: usize,
 }
 
 impl Event {
+    /// An event of type `kind` whose data says `speed`, of the workloads' 1 KiB.
+    pub(crate) fn new(kind: impl Into<String>, speed: u32) -> Self {
+        Self { kind: kind.into(), speed, size: EVENT_BYTES }
+    }
+
+    /// Its data as the `i`th event of a run: `{"vehicle":"car-<i>","speed":…,"pad":"xx…"}`.
     pub(crate) fn body(&self, i: usize) -> Vec<u8> {
         let head = format!(r#"{{"vehicle":"car-{i}","speed":{},"pad":""#, self.speed);
         let mut body = head.into_bytes();
-        body.resize(EVENT_BYTES - 2, b'x');
+        body.resize(self.size.max(body.len() + 2) - 2, b'x');
         body.extend_from_slice(b"\"}");
         body
     }
@@ -236,7 +244,7 @@ pub(crate) async fn open_loop(
                 if let Ok(mut w) = waits.lock() {
                     w.push(now.saturating_sub(scheduled));
                 }
-                let body = Event { kind: kind.clone(), speed: 80 }.body(i);
+                let body = Event::new(kind.as_str(), 80).body(i);
                 let post =
                     Post { client: &client, url: &url, batch, kind: &kind, sent: Some(scheduled) };
                 post.send(i, &body, &retries).await?;
@@ -310,6 +318,14 @@ pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((own.cpu + children) * 10))
 }
 
+/// The resident memory of process `pid`, in MB (`VmRSS` of `/proc/<pid>/status`).
+pub(crate) fn resident_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// A process's parent and CPU ticks (user + system), from `/proc/<pid>/stat`.
 struct Ticks {
     parent: u32,
@@ -334,16 +350,19 @@ pub(crate) struct Load<'a> {
 }
 
 impl Load<'_> {
-    /// Runs `events` through `url`, served by `process`, timed until the sink has `expected`
+    /// Runs `events` through `url`, served by `processes`, timed until the sink has `expected`
     /// deliveries.
     pub(crate) async fn run(
         &self,
         url: &str,
-        process: &Process,
+        processes: &[&Process],
         events: &[Event],
         expected: u64,
     ) -> anyhow::Result<Throughput> {
-        let (sink, pid) = (self.sink, process.0.id());
+        let sink = self.sink;
+        let pids: Vec<u32> = processes.iter().map(|p| p.0.id()).collect();
+        // Every process of the target together: a peer may run as several.
+        let cpu = || pids.iter().map(|&pid| process_cpu(pid)).sum::<Option<Duration>>();
         // Warm-up: connections, consumers and caches, outside the measurement.
         let warm = &events[..events.len().min(500)];
         let warm_expected = expected * warm.len() as u64 / events.len().max(1) as u64;
@@ -354,13 +373,13 @@ impl Load<'_> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         sink.reset();
         let retries = Arc::new(Retries::default());
-        let cpu_before = process_cpu(pid);
+        let cpu_before = cpu();
         let start = Instant::now();
         closed_loop(self.client, url, events, self.concurrency, &retries).await?;
         sink.wait_for(expected, Duration::from_secs(300)).await?;
         let rate = events.len() as f64 / start.elapsed().as_secs_f64();
         let cpu_us = cpu_before
-            .zip(process_cpu(pid))
+            .zip(cpu())
             .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e6 / events.len().max(1) as f64);
         Ok(Throughput { rate, cpu_us, retries })
     }

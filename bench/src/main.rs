@@ -19,6 +19,7 @@
 //! that setup, which is why only the ratios are compared with goals.
 
 mod load;
+mod peer;
 mod plot;
 mod report;
 mod stages;
@@ -68,6 +69,27 @@ struct Cli {
     /// `/usr/sbin/nginx`; without it, its rows are skipped, saying so).
     #[arg(long, env = "OFE_BENCH_NGINX")]
     nginx: Option<PathBuf>,
+    /// Also run the peer side by side: Argo Events, built by `scripts/peers/argo-events.sh`
+    /// (skipped, saying so, when it is not built or no `nats-server` is found).
+    #[arg(long)]
+    peer: bool,
+    /// `nats-server` for `--peer`: the peer run starts one of its own, with TLS (default:
+    /// `nats-server` on `PATH`).
+    #[arg(long, env = "OFE_BENCH_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
+    /// Argo Events' binary for `--peer` (default: where `scripts/peers/argo-events.sh` puts it).
+    #[arg(long, env = "OFE_BENCH_ARGO")]
+    argo: Option<PathBuf>,
+    /// Events per throughput run against the peer and ofe beside it (fewer than `--events`: a
+    /// peer may be far slower).
+    #[arg(long, default_value_t = 10_000)]
+    peer_events: usize,
+    /// Triggers in the scale run (S).
+    #[arg(long, default_value_t = 10_000)]
+    scale_triggers: usize,
+    /// Live join keys in the scale run (S).
+    #[arg(long, default_value_t = 100_000)]
+    scale_keys: usize,
     /// The `ofe` binary (default: beside this one).
     #[arg(long)]
     ofe: Option<PathBuf>,
@@ -117,6 +139,12 @@ async fn run(cli: &Cli) -> anyhow::Result<(Vec<Row>, Notes)> {
     }
     if wanted(&cli.only, "W3") {
         bench.w3().await?;
+    }
+    if wanted(&cli.only, "S") {
+        bench.scale(w1).await?;
+    }
+    if cli.peer {
+        bench.peer().await?;
     }
     Ok((bench.rows, bench.notes))
 }

@@ -36,11 +36,13 @@ struct Group {
     bars: Vec<(String, f64)>,
 }
 
-/// The rate rows against a forwarder, grouped by workload: ofe's bar, then each forwarder's.
+/// The rate rows against a forwarder or the peer, grouped by workload: ofe's bar, then each
+/// baseline's.
 fn groups(rows: &[Row]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for r in rows.iter().filter(|r| r.unit == "events/s" && r.baseline.is_finite()) {
-        if !(r.baseline_name == "bare forwarder" || r.baseline_name == "nginx proxy") {
+        let baselines = ["bare forwarder", "nginx proxy", crate::peer::ARGO_NAME];
+        if !baselines.contains(&r.baseline_name) {
             continue;
         }
         let label = format!("{} {}", r.workload, short(&r.what));

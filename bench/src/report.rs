@@ -4,13 +4,13 @@
 /// One line of the report.
 #[derive(serde::Serialize)]
 pub(crate) struct Row {
-    /// `W1`…`W5`.
+    /// `W1`…`W5`, or `P` for the peer.
     pub(crate) workload: &'static str,
     /// What was measured.
     pub(crate) what: String,
     /// ofe's figure.
     pub(crate) figure: f64,
-    /// `events/s`, `deliveries/s`, `ms` or `µs`.
+    /// `events/s`, `deliveries/s`, `MB/s`, `ms`, `µs`, `s` or `MB`.
     pub(crate) unit: &'static str,
     /// What the figure is compared with.
     pub(crate) baseline_name: &'static str,
@@ -22,6 +22,8 @@ pub(crate) struct Row {
     pub(crate) goal: &'static str,
     /// Whether the goal is met.
     pub(crate) met: Option<bool>,
+    /// Whether `ratio` is `figure / baseline` even for latencies (see [`Row::relative`]).
+    pub(crate) relative: bool,
 }
 
 impl Row {
@@ -48,7 +50,15 @@ impl Row {
             ratio,
             goal: "",
             met: None,
+            relative: false,
         }
+    }
+
+    /// The ratio as `figure / baseline` for a latency too: against a peer, what matters is how
+    /// many times faster, not the milliseconds added over a forwarder.
+    pub(crate) fn relative(self) -> Self {
+        let ratio = (self.baseline > 0.0).then(|| self.figure / self.baseline);
+        Self { ratio, relative: true, ..self }
     }
 
     /// A rate next to its baseline, met when the ratio reaches `min_ratio`.
@@ -83,7 +93,7 @@ pub(crate) fn print_table(rows: &[Row], notes: &Notes) {
     );
     for r in rows {
         let ratio = match (r.unit, r.ratio) {
-            ("ms", Some(added)) => format!("{added:+.3}ms"),
+            ("ms", Some(added)) if !r.relative => format!("{added:+.3}ms"),
             (_, Some(x)) => format!("{x:.2}×"),
             (_, None) => String::new(),
         };
@@ -96,6 +106,8 @@ pub(crate) fn print_table(rows: &[Row], notes: &Notes) {
             _ if x.is_nan() => "-".to_string(),
             "ms" => format!("{x:.3} ms"),
             "µs" => format!("{x:.1} µs"),
+            "s" => format!("{x:.2} s"),
+            "MB" | "MB/s" => format!("{x:.0} {}", r.unit),
             _ => format!("{x:.0}/s"),
         };
         println!(

@@ -46,6 +46,21 @@ pub(crate) async fn read(client: &reqwest::Client, url: &str) -> Buckets {
     parse(&text)
 }
 
+/// The sum of every series of the gauge or counter `name` in ofe's metrics at `url`.
+pub(crate) async fn sum(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        total = Some(total.unwrap_or(0.0) + value);
+    }
+    total
+}
+
 /// The stage buckets of an OpenMetrics text.
 fn parse(text: &str) -> Buckets {
     let mut buckets = Buckets::new();

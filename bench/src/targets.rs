@@ -143,6 +143,22 @@ pub(crate) fn memory_bus() -> String {
     )
 }
 
+/// The JetStream EventBus `js` on the server at `url` (over TLS when `ca`, the CA that signed
+/// its certificate, is given), with the bus's default stream (one server holds one ofe stream).
+pub(crate) fn jetstream_bus(url: &str, ca: Option<&Path>) -> String {
+    let tls = match ca {
+        Some(ca) => format!("    tls: {{ caFile: \"{}\" }}\n", ca.display()),
+        None => String::new(),
+    };
+    format!(
+        "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
+         metadata: {{ name: js, namespace: {} }}\n\
+         spec:\n  jetstream:\n    url: \"{url}\"\n{tls}",
+        namespace()
+    )
+}
+
+/// The webhook EventSource `ingest` (event `hook`) on `bus`.
 pub(crate) fn source(bus: &str) -> String {
     let ns = namespace();
     format!(

@@ -62,7 +62,7 @@ pub(crate) async fn bus_loop(bus: Arc<dyn EventBus>, n: usize) -> anyhow::Result
     let mut subscription = bus.subscribe(options).await?;
     let events = (0..n)
         .map(|i| {
-            let body = Event { kind: "bench.w3".into(), speed: 80 }.body(i);
+            let body = Event::new("bench.w3", 80).body(i);
             use cloudevents::EventBuilder as _;
             cloudevents::EventBuilderV10::new()
                 .id(format!("w3-{batch}-{i}"))

@@ -10,12 +10,15 @@ use ofe_eventbus::embedded::{EmbeddedBus, EmbeddedConfig};
 use ofe_eventbus::jetstream::{JetStreamBus, JetStreamConfig};
 
 use crate::Cli;
-use crate::load::{Event, Load, Retries, Sink, Throughput, open_loop, percentile};
+use crate::load::{Event, Load, Retries, Sink, Throughput, open_loop, percentile, resident_mb};
+use crate::peer::{
+    ARGO_NAME, ARGO_VERSION, find_argo, find_nats_server, start_argo, start_tls_nats,
+};
 use crate::report::{CurvePoint, Notes, Row};
 use crate::stages;
 use crate::targets::{
-    Process, find_nginx, memory_bus, namespace, source, start_forwarder, start_nginx, start_ofe,
-    trigger,
+    Process, find_nginx, jetstream_bus, memory_bus, namespace, source, start_forwarder,
+    start_nginx, start_ofe, trigger,
 };
 use crate::w3::{bus_loop, raw_jetstream};
 
@@ -28,7 +31,7 @@ struct Baseline {
     at_rate: &'static str,
     url: String,
     /// Kept running until the run ends.
-    _process: Process,
+    process: Process,
     /// W1's load through it.
     measured: Throughput,
     /// Where nginx keeps its configuration; removed when the run ends.
@@ -108,15 +111,8 @@ impl<'a> Bench<'a> {
         url: String,
         dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<()> {
-        let measured = self.throughput(&url, &process, &self.same("bench.w1"), None).await?;
-        self.baselines.push(Baseline {
-            name,
-            at_rate,
-            url,
-            _process: process,
-            measured,
-            _dir: dir,
-        });
+        let measured = self.throughput(&url, &[&process], &self.same("bench.w1"), None).await?;
+        self.baselines.push(Baseline { name, at_rate, url, process, measured, _dir: dir });
         Ok(())
     }
 
@@ -135,22 +131,22 @@ impl<'a> Bench<'a> {
 
     /// `--events` events of type `kind`, none matching W2's data filter.
     fn same(&self, kind: &str) -> Vec<Event> {
-        (0..self.cli.events).map(|_| Event { kind: kind.into(), speed: 80 }).collect()
+        (0..self.cli.events).map(|_| Event::new(kind, 80)).collect()
     }
 
-    /// `events` through `url`, served by `process`, until the sink has `expected` deliveries
+    /// `events` through `url`, served by `processes`, until the sink has `expected` deliveries
     /// (one per event unless given).
     async fn throughput(
         &self,
         url: &str,
-        process: &Process,
+        processes: &[&Process],
         events: &[Event],
         expected: Option<u64>,
     ) -> anyhow::Result<Throughput> {
         let load =
             Load { client: &self.client, sink: &self.sink, concurrency: self.cli.concurrency };
         let expected = expected.unwrap_or(events.len() as u64);
-        load.run(url, process, events, expected).await
+        load.run(url, processes, events, expected).await
     }
 
     /// Notes the requests `retries` counted as sent again during `run`, if any.
@@ -186,7 +182,7 @@ impl<'a> Bench<'a> {
             + &memory_bus();
         let ofe = self.ofe(&yaml).await?;
         let measured =
-            self.throughput(&ofe.webhook, &ofe.process, &self.same("bench.w1"), None).await?;
+            self.throughput(&ofe.webhook, &[&ofe.process], &self.same("bench.w1"), None).await?;
         self.note_errors("W1 through ofe", &measured.retries);
         let w1 = measured.rate;
         let what = "HTTP → bus (memory) → 1 Trigger → HTTP";
@@ -325,14 +321,15 @@ impl<'a> Bench<'a> {
         let events: Vec<Event> = (0..self.cli.events)
             .map(|i| {
                 if i % 100 == 0 {
-                    Event { kind: format!("s.{}", (i / 100) % 1000), speed: 130 }
+                    Event::new(format!("s.{}", (i / 100) % 1000), 130)
                 } else {
-                    Event { kind: format!("s.{}", i % 1000), speed: 80 }
+                    Event::new(format!("s.{}", i % 1000), 80)
                 }
             })
             .collect();
         let expected = events.iter().filter(|e| e.speed > 120).count() as u64;
-        let measured = self.throughput(&ofe.webhook, &ofe.process, &events, Some(expected)).await?;
+        let measured =
+            self.throughput(&ofe.webhook, &[&ofe.process], &events, Some(expected)).await?;
         self.note_errors("W2 through ofe", &measured.retries);
         self.rows.push(Row::rate(
             "W2",
@@ -354,7 +351,8 @@ impl<'a> Bench<'a> {
         let ofe = self.ofe(&yaml).await?;
         let events = self.same("bench.w4");
         let expected = 10 * events.len() as u64;
-        let measured = self.throughput(&ofe.webhook, &ofe.process, &events, Some(expected)).await?;
+        let measured =
+            self.throughput(&ofe.webhook, &[&ofe.process], &events, Some(expected)).await?;
         self.note_errors("W4 through ofe", &measured.retries);
         self.rows.push(Row::rate(
             "W4",
@@ -381,7 +379,7 @@ impl<'a> Bench<'a> {
             + bus_yaml;
         let ofe = self.ofe(&yaml).await?;
         let measured =
-            self.throughput(&ofe.webhook, &ofe.process, &self.same("bench.w1"), None).await?;
+            self.throughput(&ofe.webhook, &[&ofe.process], &self.same("bench.w1"), None).await?;
         self.note_errors(&format!("W3 {label} through ofe"), &measured.retries);
         let what = format!("HTTP → bus ({label}) → 1 Trigger → HTTP");
         for b in &self.baselines {
@@ -435,13 +433,289 @@ impl<'a> Bench<'a> {
         jetstream.close().await?;
         let what = "bus API (JetStream): publish + consume";
         self.rows.push(Row::rate("W3", what, (jetstream_rate, "events/s"), baseline, goal));
-        // The bus's default stream: one server holds one ofe stream.
-        let bus = format!(
-            "---\napiVersion: events.openfunction.io/v1alpha1\nkind: EventBus\n\
-             metadata: {{ name: js, namespace: {} }}\n\
-             spec:\n  jetstream:\n    url: \"{url}\"\n",
-            namespace()
-        );
+        let bus = jetstream_bus(&url, None);
         self.durable_end_to_end(("JetStream", "js"), &bus, ("≥ 0.5× the nginx proxy", 0.5)).await
+    }
+}
+
+impl Bench<'_> {
+    /// The peer, side by side (`--peer`): Argo Events and ofe, each webhook → JetStream →
+    /// HTTP sink, with the same events, the same sink and the same JetStream server (one of
+    /// the run's own, with TLS, which Argo requires). Goals:
+    /// ofe's throughput ≥ 5× the peer's, and at half of the peer's own maximum rate, ofe's p99
+    /// ≤ 1/5 of the peer's.
+    pub(crate) async fn peer(&mut self) -> anyhow::Result<()> {
+        let Some(nats_server) = find_nats_server(self.cli.nats_server.as_deref()) else {
+            self.skip("the peer: no nats-server to run its JetStream EventBus on; put it on PATH or pass --nats-server PATH");
+            return Ok(());
+        };
+        let Some(binary) = find_argo(self.cli.argo.as_deref()) else {
+            self.skip(&format!(
+                "the peer, Argo Events {ARGO_VERSION}: it is not built; run scripts/peers/argo-events.sh (it builds from the Go module proxy into ~/.cache/ofe-tools, several minutes once), or pass --argo PATH"
+            ));
+            return Ok(());
+        };
+        self.say(&format!(
+            "peer: Argo Events {ARGO_VERSION}, webhook EventSource → JetStream EventBus → Sensor HTTP trigger"
+        ));
+        let events: Vec<Event> =
+            (0..self.cli.peer_events.max(1)).map(|_| Event::new("bench.w1", 80)).collect();
+        let nats = start_tls_nats(&nats_server).await?;
+        let argo = start_argo(&binary, &nats, &self.sink, &self.sink_url).await?;
+        let processes: Vec<&Process> = argo.processes.iter().collect();
+        let peer = self.throughput(&argo.webhook, &processes, &events, None).await?;
+        self.note_errors("the peer through Argo Events", &peer.retries);
+
+        self.say("peer: the same through ofe on its JetStream bus");
+        let yaml = source("js")
+            + &trigger(
+                "peer",
+                "js",
+                "exact: { type: bench.w1 }",
+                &[format!("{}/peer", self.sink_url)],
+            )
+            + &jetstream_bus(&nats.url, Some(&nats.ca));
+        let ofe = self.ofe(&yaml).await?;
+        let measured = self.throughput(&ofe.webhook, &[&ofe.process], &events, None).await?;
+        self.note_errors("the peer run through ofe", &measured.retries);
+        let what = "HTTP → bus (JetStream) → 1 trigger → HTTP, against the peer";
+        self.rows.push(Row::rate(
+            "P",
+            what,
+            (measured.rate, "events/s"),
+            (ARGO_NAME, peer.rate),
+            ("≥ 5× Argo Events", 5.0),
+        ));
+        if let (Some(ofe_cpu), Some(argo_cpu)) = (measured.cpu_us, peer.cpu_us) {
+            self.rows.push(Row::info(
+                "P",
+                "CPU per event, every process of the target",
+                (ofe_cpu, "µs"),
+                (ARGO_NAME, argo_cpu),
+            ));
+        }
+
+        // Each at the peer's own half-load rate, where it is not yet saturated.
+        let rate = (peer.rate * 0.5).max(10.0);
+        let label = format!("50% of Argo's maximum ({rate:.0}/s)");
+        let (seconds, connections) = (self.cli.latency_seconds, self.cli.concurrency);
+        self.say(&format!("peer: open loop at {label}, through Argo Events, then ofe"));
+        let mut runs = Vec::new();
+        for (name, url) in [("Argo Events", argo.webhook.as_str()), ("ofe", ofe.webhook.as_str())] {
+            let retries = Arc::new(Retries::default());
+            let run = open_loop(
+                &self.client,
+                (url, &self.sink),
+                "bench.w1",
+                (rate, seconds, connections),
+                &retries,
+            )
+            .await?;
+            self.note_errors(&format!("the peer's latency run through {name}"), &retries);
+            runs.push(run.latencies);
+        }
+        let (through_argo, through_ofe) = (&runs[0], &runs[1]);
+        for (target, latencies) in [(ARGO_NAME, through_argo), ("ofe", through_ofe)] {
+            self.notes.curve.push(CurvePoint {
+                bus: "JetStream".into(),
+                target: target.into(),
+                rate,
+                p50_ms: percentile(latencies, 50.0),
+                p99_ms: percentile(latencies, 99.0),
+                p999_ms: percentile(latencies, 99.9),
+            });
+        }
+        for p in PERCENTILES {
+            let row = Row::info(
+                "P",
+                &format!("p{p} latency at {label}"),
+                (percentile(through_ofe, p), "ms"),
+                (ARGO_NAME, percentile(through_argo, p)),
+            )
+            .relative();
+            self.rows.push(if p == 99.0 {
+                row.at_most(("≤ 1/5 of Argo's p99", 0.2))
+            } else {
+                row
+            });
+        }
+        drop(ofe);
+        drop(argo);
+        drop(nats);
+        Ok(())
+    }
+}
+
+/// Bytes of data of the large events.
+const LARGE_EVENT: usize = 64 * 1024;
+
+impl Bench<'_> {
+    /// Scale (`S`): `--scale-triggers` Triggers (throughput against W1, start-up, memory),
+    /// `--scale-keys` live join keys (memory, and throughput while they are held), and 64 KiB
+    /// events (MB/s against each forwarder).
+    pub(crate) async fn scale(&mut self, w1: f64) -> anyhow::Result<()> {
+        let triggers = self.cli.scale_triggers.max(1);
+        self.say("S: W1's ofe, for its start-up and memory");
+        let one = source("mem")
+            + &trigger("t0", "mem", "exact: { type: s.0 }", &[format!("{}/s", self.sink_url)])
+            + &memory_bus();
+        let (ofe, w1_startup) = self.started(&one, "s.0").await?;
+        let w1_rss = resident_mb(ofe.process.0.id()).unwrap_or(f64::NAN);
+        drop(ofe);
+
+        self.say(&format!("S: {triggers} Triggers, each event matching one"));
+        let mut yaml = source("mem") + &memory_bus();
+        for k in 0..triggers {
+            let filter = format!("exact: {{ type: s.{k} }}");
+            yaml += &trigger(&format!("t{k}"), "mem", &filter, &[format!("{}/s", self.sink_url)]);
+        }
+        let last = format!("s.{}", triggers - 1);
+        let (ofe, startup) = self.started(&yaml, &last).await?;
+        let events: Vec<Event> =
+            (0..self.cli.events).map(|i| Event::new(format!("s.{}", i % triggers), 80)).collect();
+        let measured = self.throughput(&ofe.webhook, &[&ofe.process], &events, None).await?;
+        self.note_errors(&format!("S: {triggers} Triggers through ofe"), &measured.retries);
+        let rss = resident_mb(ofe.process.0.id()).unwrap_or(f64::NAN);
+        drop(ofe);
+        let what = format!("{triggers} Triggers (exact type), each event matching one");
+        self.rows.push(Row::rate(
+            "S",
+            &what,
+            (measured.rate, "events/s"),
+            ("W1", w1),
+            ("≥ 0.8× W1", 0.8),
+        ));
+        let mut row = Row::info(
+            "S",
+            &format!("{triggers} Triggers: start-up to the last one delivering"),
+            (startup, "s"),
+            ("W1's ofe (1 Trigger)", w1_startup),
+        );
+        row.goal = "≤ 2 s";
+        row.met = Some(startup <= 2.0);
+        self.rows.push(row);
+        self.rows.push(Row::info(
+            "S",
+            &format!("{triggers} Triggers: resident memory after the run"),
+            (rss, "MB"),
+            ("W1's ofe (1 Trigger)", w1_rss),
+        ));
+
+        self.join_keys(w1).await?;
+        self.large_events().await
+    }
+
+    /// `ofe run` on `yaml`, and the seconds from starting it to an event of type `kind`
+    /// reaching the sink: the start-up a user waits for.
+    async fn started(&self, yaml: &str, kind: &str) -> anyhow::Result<(Ofe, f64)> {
+        let began = Instant::now();
+        let ofe = self.ofe(yaml).await?;
+        self.sink.reset();
+        let retries = Arc::new(Retries::default());
+        let probe = [Event::new(kind, 80)];
+        while self.sink.delivered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if began.elapsed() > std::time::Duration::from_secs(120) {
+                anyhow::bail!("ofe delivered no `{kind}` event within two minutes of starting");
+            }
+            crate::load::closed_loop(&self.client, &ofe.webhook, &probe, 1, &retries).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok((ofe, began.elapsed().as_secs_f64()))
+    }
+
+    /// `--scale-keys` keys held by a join (`a && b` by `data.vehicle`), then W1's load completing
+    /// joins while they are held.
+    async fn join_keys(&mut self, w1: f64) -> anyhow::Result<()> {
+        let keys = self.cli.scale_keys.max(1);
+        self.say(&format!("S: {keys} live join keys"));
+        let ns = namespace();
+        let join = format!(
+            "---\napiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\n\
+             metadata: {{ name: join, namespace: {ns} }}\n\
+             spec:\n  eventBus: mem\n  window: 1h\n  maxKeys: {max}\n  correlationKey: data.vehicle\n  inputs:\n    \
+             a: {{ eventSource: ingest, event: hook, filters: [ {{ exact: {{ type: bench.a }} }} ] }}\n    \
+             b: {{ eventSource: ingest, event: hook, filters: [ {{ exact: {{ type: bench.b }} }} ] }}\n  \
+             subscribers:\n    - condition: a && b\n      sink: {{ uri: \"{sink}/join\" }}\n",
+            max = keys * 2,
+            sink = self.sink_url,
+        );
+        let ofe = self.ofe(&(source("mem") + &join + &memory_bus())).await?;
+        let before = resident_mb(ofe.process.0.id()).unwrap_or(f64::NAN);
+        // Keys `car-0`, `car-1`, …, one `a` each: nothing fires yet.
+        let halves: Vec<Event> = (0..keys).map(|_| Event::new("bench.a", 80)).collect();
+        let retries = Arc::new(Retries::default());
+        let concurrency = self.cli.concurrency;
+        crate::load::closed_loop(&self.client, &ofe.webhook, &halves, concurrency, &retries)
+            .await?;
+        self.note_errors("S: join keys sent to ofe", &retries);
+        let began = Instant::now();
+        loop {
+            let held = stages::sum(&self.client, &ofe.metrics, "ofe_trigger_join_keys").await;
+            if held.is_some_and(|h| h >= keys as f64) {
+                break;
+            }
+            if began.elapsed() > std::time::Duration::from_secs(120) {
+                anyhow::bail!("ofe held {held:?} join keys two minutes after {keys} were sent");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let held = resident_mb(ofe.process.0.id()).unwrap_or(f64::NAN);
+        // Then `b`s for the same keys: each completes a join and is delivered.
+        let n = self.cli.events.min(keys);
+        let events: Vec<Event> = (0..n).map(|_| Event::new("bench.b", 80)).collect();
+        let measured = self.throughput(&ofe.webhook, &[&ofe.process], &events, None).await?;
+        self.note_errors("S: joins through ofe", &measured.retries);
+        drop(ofe);
+        self.rows.push(Row::rate(
+            "S",
+            &format!("{keys} live join keys: b events completing joins"),
+            (measured.rate, "events/s"),
+            ("W1", w1),
+            ("≥ 0.8× W1", 0.8),
+        ));
+        self.rows.push(Row::info(
+            "S",
+            &format!("{keys} live join keys: resident memory"),
+            (held, "MB"),
+            ("the same ofe before them", before),
+        ));
+        Ok(())
+    }
+
+    /// W1 with 64 KiB events, in MB/s, against each forwarder.
+    async fn large_events(&mut self) -> anyhow::Result<()> {
+        self.say("S: W1 with 64 KiB events");
+        let n = (self.cli.events / 10).max(100);
+        let events = || -> Vec<Event> {
+            (0..n).map(|_| Event { size: LARGE_EVENT, ..Event::new("bench.large", 80) }).collect()
+        };
+        let mb = |rate: f64| rate * LARGE_EVENT as f64 / 1e6;
+        let mut through = Vec::new();
+        for b in &self.baselines {
+            let measured = self.throughput(&b.url, &[&b.process], &events(), None).await?;
+            through.push((b.name, measured));
+        }
+        let yaml = source("mem")
+            + &trigger(
+                "large",
+                "mem",
+                "exact: { type: bench.large }",
+                &[format!("{}/large", self.sink_url)],
+            )
+            + &memory_bus();
+        let ofe = self.ofe(&yaml).await?;
+        let measured = self.throughput(&ofe.webhook, &[&ofe.process], &events(), None).await?;
+        drop(ofe);
+        self.note_errors("S: 64 KiB events through ofe", &measured.retries);
+        for (name, baseline) in through {
+            self.note_errors(&format!("S: 64 KiB events through the {name}"), &baseline.retries);
+            self.rows.push(Row::info(
+                "S",
+                "W1 with 64 KiB events (memory bus)",
+                (mb(measured.rate), "MB/s"),
+                (name, mb(baseline.rate)),
+            ));
+        }
+        Ok(())
     }
 }

@@ -20,6 +20,8 @@ fn every_workload_reports_a_figure_and_its_baseline() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ofe-bench"));
     let charts = tempfile::tempdir().expect("tempdir");
     command.args(["--events", "300", "--latency-seconds", "1", "--json", "--ofe"]).arg(&ofe);
+    // The scale run, scaled down to what a debug build does in seconds.
+    command.args(["--scale-triggers", "200", "--scale-keys", "1000"]);
     command.arg("--plot").arg(charts.path());
     let nats = std::env::var("OFE_TEST_NATS").ok();
     match &nats {
@@ -36,6 +38,18 @@ fn every_workload_reports_a_figure_and_its_baseline() {
         }
         None => eprintln!("the nginx baseline is checked only when OFE_TEST_NGINX is set"),
     }
+    // The peer, Argo Events, on a NATS server of its own: the services script builds Argo and
+    // names both.
+    let argo = std::env::var("OFE_TEST_ARGO").ok().zip(std::env::var("OFE_TEST_NATS_SERVER").ok());
+    match &argo {
+        Some((argo, nats_server)) => {
+            command.args(["--peer", "--peer-events", "300", "--argo", argo]);
+            command.args(["--nats-server", nats_server]);
+        }
+        None => eprintln!(
+            "the peer (Argo Events) is checked only when OFE_TEST_ARGO and OFE_TEST_NATS_SERVER are set"
+        ),
+    }
     let output = command.output().expect("run ofe-bench");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
@@ -46,7 +60,21 @@ fn every_workload_reports_a_figure_and_its_baseline() {
     let mut workloads: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
     workloads.sort_unstable();
     workloads.dedup();
-    assert_eq!(workloads, ["W1", "W2", "W3", "W4", "W5"]);
+    let expected: &[&str] = if argo.is_some() {
+        &["P", "S", "W1", "W2", "W3", "W4", "W5"]
+    } else {
+        &["S", "W1", "W2", "W3", "W4", "W5"]
+    };
+    assert_eq!(workloads, expected);
+    if argo.is_some() {
+        // Throughput, CPU per event, and three percentiles at Argo's half-load rate.
+        let peer: Vec<&serde_json::Value> = rows.iter().filter(|r| r["workload"] == "P").collect();
+        assert_eq!(peer.len(), 5, "peer rows: {peer:?}");
+        assert!(
+            peer.iter()
+                .all(|r| r["baseline_name"].as_str().is_some_and(|b| b.starts_with("Argo Events")))
+        );
+    }
     for row in rows {
         assert!(row["figure"].as_f64().is_some_and(|x| x > 0.0), "figure of {row}");
         if row["baseline_name"].as_str().is_some_and(|b| b.contains("needs --nats")) {
@@ -70,6 +98,10 @@ fn every_workload_reports_a_figure_and_its_baseline() {
         let nginx_found = !skipped.iter().any(|s| s.contains("nginx"));
         if nginx_found { 2 } else { 1 }
     };
+    // Scale: Triggers (rate, start-up, memory), join keys (rate, memory), and 64 KiB events
+    // against each baseline.
+    let scale = rows.iter().filter(|r| r["workload"] == "S").count();
+    assert_eq!(scale, 5 + baselines, "scale rows: {rows:?}");
     // Durable end to end against each baseline, and the bus API; on the embedded bus, and
     // with NATS on JetStream too.
     let w3 = rows.iter().filter(|r| r["workload"] == "W3").count();
