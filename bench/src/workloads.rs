@@ -156,6 +156,15 @@ impl<'a> Bench<'a> {
         }
     }
 
+    /// W1's manifests: the webhook, the memory bus, and the Trigger `name` delivering events
+    /// of type `kind` to the sink's path `/<name>`.
+    fn one_trigger(&self, name: &str, kind: &str) -> String {
+        let sink = format!("{}/{name}", self.sink_url);
+        source("mem")
+            + &trigger(name, "mem", &format!("exact: {{ type: {kind} }}"), &[sink])
+            + &memory_bus()
+    }
+
     /// `ofe run` on `yaml`, in a directory of its own.
     async fn ofe(&self, yaml: &str) -> anyhow::Result<Ofe> {
         let dir = tempfile::tempdir()?;
@@ -172,15 +181,7 @@ impl<'a> Bench<'a> {
             self.note_errors(&format!("W1 through the {name}"), &retries);
         }
         self.say("W1: webhook → memory bus → 1 Trigger → sink");
-        let yaml = source("mem")
-            + &trigger(
-                "w1",
-                "mem",
-                "exact: { type: bench.w1 }",
-                &[format!("{}/w1", self.sink_url)],
-            )
-            + &memory_bus();
-        let ofe = self.ofe(&yaml).await?;
+        let ofe = self.ofe(&self.one_trigger("w1", "bench.w1")).await?;
         let measured =
             self.throughput(&ofe.webhook, &[&ofe.process], &self.same("bench.w1"), None).await?;
         self.note_errors("W1 through ofe", &measured.retries);
@@ -227,6 +228,20 @@ impl<'a> Bench<'a> {
         Ok(w1)
     }
 
+    /// `--latency-seconds` of W1's events at `rate` through `url`, open loop: what the sink
+    /// measured, and the requests sent again.
+    async fn open_loop_at(
+        &self,
+        url: &str,
+        rate: f64,
+    ) -> anyhow::Result<(crate::load::OpenLoop, Arc<Retries>)> {
+        let retries = Arc::new(Retries::default());
+        let (seconds, connections) = (self.cli.latency_seconds, self.cli.concurrency);
+        let shape = (rate, seconds, connections);
+        let run = open_loop(&self.client, (url, &self.sink), "bench.w1", shape, &retries).await?;
+        Ok((run, retries))
+    }
+
     /// W5 at `rate` through `ofe` (on `bus`) and through each baseline: p50, p99 and
     /// p99.9, as latency added over the baseline. Goals: at 1k/s, p99 adds ≤ 0.5 ms; at half
     /// of ofe's own maximum rate, p99 adds ≤ 1 ms and p99.9 ≤ 5 ms.
@@ -238,18 +253,8 @@ impl<'a> Bench<'a> {
         rate: f64,
     ) -> anyhow::Result<()> {
         self.say(&format!("W5 ({bus} bus): open loop at {label} ({rate:.0}/s)"));
-        let (seconds, connections) = (self.cli.latency_seconds, self.cli.concurrency);
-        let retries = Arc::new(Retries::default());
         let before = stages::read(&self.client, &ofe.metrics).await;
-        let url = ofe.webhook.as_str();
-        let through_ofe = open_loop(
-            &self.client,
-            (url, &self.sink),
-            "bench.w1",
-            (rate, seconds, connections),
-            &retries,
-        )
-        .await?;
+        let (through_ofe, retries) = self.open_loop_at(&ofe.webhook, rate).await?;
         let after = stages::read(&self.client, &ofe.metrics).await;
         let run = format!("{bus} bus at {label} ({rate:.0}/s)");
         // The generator's own queue first: time the event waited for one of its connections,
@@ -261,15 +266,7 @@ impl<'a> Bench<'a> {
         self.note_errors(&format!("W5 {bus} at {label} through ofe"), &retries);
         let mut through_baselines = Vec::new();
         for b in &self.baselines {
-            let retries = Arc::new(Retries::default());
-            let latencies = open_loop(
-                &self.client,
-                (&b.url, &self.sink),
-                "bench.w1",
-                (rate, seconds, connections),
-                &retries,
-            )
-            .await?;
+            let (latencies, retries) = self.open_loop_at(&b.url, rate).await?;
             let latencies = latencies.latencies;
             through_baselines.push((b.at_rate, b.name, latencies, retries));
         }
@@ -498,19 +495,10 @@ impl Bench<'_> {
         // Each at the peer's own half-load rate, where it is not yet saturated.
         let rate = (peer.rate * 0.5).max(10.0);
         let label = format!("50% of Argo's maximum ({rate:.0}/s)");
-        let (seconds, connections) = (self.cli.latency_seconds, self.cli.concurrency);
         self.say(&format!("peer: open loop at {label}, through Argo Events, then ofe"));
         let mut runs = Vec::new();
         for (name, url) in [("Argo Events", argo.webhook.as_str()), ("ofe", ofe.webhook.as_str())] {
-            let retries = Arc::new(Retries::default());
-            let run = open_loop(
-                &self.client,
-                (url, &self.sink),
-                "bench.w1",
-                (rate, seconds, connections),
-                &retries,
-            )
-            .await?;
+            let (run, retries) = self.open_loop_at(url, rate).await?;
             self.note_errors(&format!("the peer's latency run through {name}"), &retries);
             runs.push(run.latencies);
         }
@@ -556,10 +544,7 @@ impl Bench<'_> {
     pub(crate) async fn scale(&mut self, w1: f64) -> anyhow::Result<()> {
         let triggers = self.cli.scale_triggers.max(1);
         self.say("S: W1's ofe, for its start-up and memory");
-        let one = source("mem")
-            + &trigger("t0", "mem", "exact: { type: s.0 }", &[format!("{}/s", self.sink_url)])
-            + &memory_bus();
-        let (ofe, w1_startup) = self.started(&one, "s.0").await?;
+        let (ofe, w1_startup) = self.started(&self.one_trigger("t0", "s.0"), "s.0").await?;
         let w1_rss = resident_mb(ofe.process.0.id()).unwrap_or(f64::NAN);
         drop(ofe);
 
@@ -695,15 +680,7 @@ impl Bench<'_> {
             let measured = self.throughput(&b.url, &[&b.process], &events(), None).await?;
             through.push((b.name, measured));
         }
-        let yaml = source("mem")
-            + &trigger(
-                "large",
-                "mem",
-                "exact: { type: bench.large }",
-                &[format!("{}/large", self.sink_url)],
-            )
-            + &memory_bus();
-        let ofe = self.ofe(&yaml).await?;
+        let ofe = self.ofe(&self.one_trigger("large", "bench.large")).await?;
         let measured = self.throughput(&ofe.webhook, &[&ofe.process], &events(), None).await?;
         drop(ofe);
         self.note_errors("S: 64 KiB events through ofe", &measured.retries);
