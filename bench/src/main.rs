@@ -77,7 +77,8 @@ struct Cli {
     /// `nats-server` on `PATH`).
     #[arg(long, env = "OFE_BENCH_NATS_SERVER")]
     nats_server: Option<PathBuf>,
-    /// Argo Events' binary for `--peer` (default: where `scripts/peers/argo-events.sh` puts it).
+    /// Argo Events' binary for `--peer` (default: `argo-events` on `PATH`, else where
+    /// `scripts/peers/argo-events.sh` puts it).
     #[arg(long, env = "OFE_BENCH_ARGO")]
     argo: Option<PathBuf>,
     /// Events per throughput run against the peer and ofe beside it (fewer than `--events`: a

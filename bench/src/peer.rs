@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 
 use crate::load::Sink;
-use crate::targets::{Process, free_addr};
+use crate::targets::{Process, find_program, free_addr};
 
 /// The Argo Events release the script builds, and the bench looks for (the newest the Go
 /// module proxy serves here).
@@ -26,15 +26,12 @@ pub(crate) const ARGO_VERSION: &str = "v1.9.11";
 /// The peer's name in the report.
 pub(crate) const ARGO_NAME: &str = "Argo Events v1.9.11";
 
-/// Where `scripts/peers/argo-events.sh` leaves the binary: `given`, else the cache.
+/// Finds Argo Events' binary: `given`, else `argo-events` on `PATH`, else where
+/// `scripts/peers/argo-events.sh` leaves it.
 pub(crate) fn find_argo(given: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = given {
-        return Some(path.to_path_buf());
-    }
-    let home = std::env::var_os("HOME")?;
-    let cached = PathBuf::from(home)
-        .join(format!(".cache/ofe-tools/argo-events-{ARGO_VERSION}/bin/argo-events"));
-    cached.is_file().then_some(cached)
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+    let cached = home.join(format!(".cache/ofe-tools/argo-events-{ARGO_VERSION}/bin/argo-events"));
+    find_program(given, "argo-events", &[cached])
 }
 
 /// A NATS server with JetStream and TLS, of the peer run's own.
@@ -83,14 +80,7 @@ pub(crate) async fn start_tls_nats(binary: &Path) -> anyhow::Result<TlsNats> {
 
 /// Finds `nats-server`: `given`, else on `PATH`.
 pub(crate) fn find_nats_server(given: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = given {
-        return Some(path.to_path_buf());
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
+    find_program(given, "nats-server", &[])
 }
 
 /// Argo's EventSource and Sensor, running.

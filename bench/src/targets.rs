@@ -182,16 +182,21 @@ pub(crate) fn trigger(name: &str, bus: &str, filter: &str, sinks: &[String]) -> 
     )
 }
 
-/// Finds nginx: `given`, else `nginx` on `PATH`, else Debian's `/usr/sbin/nginx`.
-pub(crate) fn find_nginx(given: Option<&Path>) -> Option<PathBuf> {
+/// Finds a program: `given`, else `name` on `PATH`, else the first of `also` that exists.
+pub(crate) fn find_program(given: Option<&Path>, name: &str, also: &[PathBuf]) -> Option<PathBuf> {
     if let Some(path) = given {
         return Some(path.to_path_buf());
     }
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("nginx"));
-    on_path.chain([PathBuf::from("/usr/sbin/nginx")]).find(|p| p.is_file())
+        .map(|dir| dir.join(name));
+    on_path.chain(also.iter().cloned()).find(|p| p.is_file())
+}
+
+/// Finds nginx: `given`, else `nginx` on `PATH`, else Debian's `/usr/sbin/nginx`.
+pub(crate) fn find_nginx(given: Option<&Path>) -> Option<PathBuf> {
+    find_program(given, "nginx", &[PathBuf::from("/usr/sbin/nginx")])
 }
 
 /// nginx as a reverse proxy to the sink at `to`, with a pool of keep-alive connections to it:
