@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 
-use crate::load::Sink;
+use std::sync::Arc;
+
+use crate::load::{Event, Retries, Sink, closed_loop};
 use crate::targets::{Process, find_program, free_addr};
 
 /// The Argo Events release the script builds, and the bench looks for (the newest the Go
@@ -173,18 +175,12 @@ impl Argo {
     async fn wait_ready(&self, sink: &Sink) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let started = Instant::now();
+        let probe = [Event::new("bench.ready", 80)];
         sink.reset();
-        for i in 0.. {
-            let posted = client
-                .post(&self.webhook)
-                .header("content-type", "application/json")
-                .header("ce-specversion", "1.0")
-                .header("ce-id", format!("ready-{i}"))
-                .header("ce-source", "/bench")
-                .header("ce-type", "bench.ready")
-                .body(r#"{"ready":true}"#)
-                .send()
-                .await;
+        loop {
+            // Sent as every event of the load is; refusals while Argo starts are expected.
+            let retries = Arc::new(Retries::default());
+            let posted = closed_loop(&client, &self.webhook, &probe, 1, &retries).await;
             let deadline = Instant::now() + Duration::from_secs(1);
             while Instant::now() < deadline {
                 if sink.delivered.load(std::sync::atomic::Ordering::Relaxed) > 0 {
@@ -197,12 +193,11 @@ impl Argo {
             }
             if started.elapsed() > Duration::from_secs(90) {
                 let last = match posted {
-                    Ok(answer) => format!("its webhook last answered {}", answer.status()),
-                    Err(e) => format!("its webhook last failed: {e}"),
+                    Ok(()) => "its webhook took the events".to_string(),
+                    Err(e) => format!("its webhook last failed: {e:#}"),
                 };
                 bail!("Argo Events delivered nothing within 90 s ({last})");
             }
         }
-        Ok(())
     }
 }
