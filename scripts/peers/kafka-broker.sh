@@ -79,7 +79,9 @@ logger.group.level = INFO
 L4J
 java=${JAVA_HOME:+$JAVA_HOME/bin/}java
 if [ ! -f "$dir/data/meta.properties" ]; then
-  "$java" -cp "$libs/*" kafka.tools.StorageTool format --standalone -t "$(python3 -c 'import uuid,base64; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+  # `--cluster-id=ID` in one word: a base64 id starts with '-' one time in 64, and argparse
+  # would read `-t -abc…` as a missing value and an unknown option.
+  "$java" -cp "$libs/*" kafka.tools.StorageTool format --standalone --cluster-id="$(python3 -c 'import uuid,base64; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
     -c "$dir/server.properties" "${scram[@]}" >>"$dir/broker.log" 2>&1
 fi
 exec "$java" -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto \
