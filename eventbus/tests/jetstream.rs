@@ -268,3 +268,69 @@ async fn structured_topics_are_json_cloudevents_in_the_payload() {
     let raw = stream.get_last_raw_message_by_subject(&source.to_string()).await.expect("stored");
     assert_eq!(raw.headers.get("ce-id").map(|v| v.as_str()), Some("binary"));
 }
+
+/// What the pull stream fetched ahead is delivered once and in order, within one ack wait,
+/// whether the consumer reads on at once or stops for a while (a pause, a sink that holds
+/// every slot), and nothing comes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_nats),
+    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+)]
+async fn what_was_fetched_ahead_comes_once_and_in_order() {
+    fetched_ahead_comes_once_and_in_order(&testing::broker_var("OFE_TEST_NATS")).await;
+}
+
+/// The same on the NATS 2.9 Debian ships. A known defect keeps it off: it passes alone, and
+/// under the full suite events came out of order (this server does not always send what
+/// comes again before what is new). Run it with `--ignored` while fixing that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known defect: on NATS 2.9 the order after a stop in reading is not kept under load; run with --ignored"]
+async fn what_was_fetched_ahead_comes_once_and_in_order_on_debian_nats_2_9() {
+    fetched_ahead_comes_once_and_in_order(&testing::broker_var("OFE_TEST_NATS_2_9")).await;
+}
+
+async fn fetched_ahead_comes_once_and_in_order(url: &str) {
+    use ofe_core::{StartPosition, SubscribeOptions};
+    let mut config = JetStreamConfig::new(url);
+    config.ack_wait = Duration::from_secs(6);
+    let bus = JetStreamBus::connect(config).await.expect("connect");
+    let prefix = testing::unique("ahead");
+    let subject = ofe_core::Subject::event("ns", &prefix, "e");
+    let mut options = SubscribeOptions::new(format!("{prefix}-c"), vec![subject.clone()]);
+    options.max_in_flight = 8;
+    options.start = StartPosition::All;
+    let mut subscription = bus.subscribe(options).await.expect("subscribe");
+    for n in 0..30 {
+        bus.publish(&subject, &testing::sample_event(&format!("{prefix}-{n}"), n))
+            .await
+            .expect("publish");
+    }
+    let mut read = Vec::new();
+    let mut take = async |count: usize, within: Duration, read: &mut Vec<String>| {
+        for _ in 0..count {
+            let delivery = tokio::time::timeout(within, subscription.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no delivery within {within:?} after {read:?}: only the ack wait would bring it back")
+                })
+                .expect("delivery");
+            read.push(cloudevents::AttributesReader::id(delivery.event.as_ref()).to_string());
+            delivery.ack().await.expect("ack");
+        }
+    };
+    // Read on at once: every event the first time it is delivered.
+    take(10, Duration::from_secs(2), &mut read).await;
+    // Stop for longer than a third of the ack wait, with fetched events held unread, then
+    // for longer than two thirds of it: each time they come again within one ack wait (what
+    // was on its way to the stopped stream is sent again by the server first), in order.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    take(10, Duration::from_secs(9), &mut read).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    take(10, Duration::from_secs(9), &mut read).await;
+    let expected: Vec<String> = (0..30).map(|n| format!("{prefix}-{n}")).collect();
+    assert_eq!(read, expected, "every event once, in order");
+    // Nothing comes again once the ack wait has passed.
+    let again = tokio::time::timeout(Duration::from_secs(7), subscription.next()).await;
+    assert!(again.is_err(), "an event came twice: {:?}", again.map(|d| d.map(|d| d.sequence)));
+}

@@ -457,6 +457,10 @@ impl EventBus for JetStreamBus {
             ack_wait: self.config.ack_wait,
             backoff: Duration::from_millis(100),
             failing: false,
+            last_read: None,
+            held: Default::default(),
+            outstanding: Default::default(),
+            resume_at: None,
         }))
     }
 

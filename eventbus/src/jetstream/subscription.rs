@@ -15,10 +15,27 @@ pub(super) struct JetStreamSubscription {
     pub(super) backoff: Duration,
     /// Whether the last pull failed; the recovery is logged once, when it ends.
     pub(super) failing: bool,
+    /// When the last message was taken from the pull stream.
+    pub(super) last_read: Option<std::time::Instant>,
+    /// What a stopped stream had fetched, handed out before anything else.
+    pub(super) held: std::collections::VecDeque<jetstream::Message>,
+    /// Deliveries handed out and not settled yet.
+    pub(super) outstanding: Arc<std::sync::atomic::AtomicUsize>,
+    /// After a stopped stream lost messages on their way to it: no new stream before this,
+    /// so that the server sends them again first.
+    pub(super) resume_at: Option<tokio::time::Instant>,
 }
 
 impl JetStreamSubscription {
     pub(super) async fn pull(&mut self) -> Result<jetstream::Message, BusError> {
+        self.stop_fetching_if_idle().await;
+        if let Some(message) = self.held.pop_front() {
+            self.last_read = Some(std::time::Instant::now());
+            return Ok(message);
+        }
+        if let Some(at) = self.resume_at.take() {
+            tokio::time::sleep_until(at).await;
+        }
         loop {
             if self.messages.is_none() {
                 match self.consumer.stream().max_messages_per_batch(self.batch).messages().await {
@@ -35,6 +52,7 @@ impl JetStreamSubscription {
             };
             match next {
                 Some(Ok(message)) => {
+                    self.last_read = Some(std::time::Instant::now());
                     if self.failing {
                         tracing::info!("JetStream consumer recovered");
                         self.failing = false;
@@ -51,6 +69,54 @@ impl JetStreamSubscription {
                     return Err(BusError::Closed);
                 }
             }
+        }
+    }
+
+    /// The pull stream fetches ahead of what the subscriber takes, and what it fetched waits
+    /// unseen, its ack wait running, while the subscriber does not ask (it is paused, or its
+    /// sink holds every delivery slot). Left there past the ack wait, the server would send it
+    /// again and both copies would be delivered. So after a third of the ack wait without a
+    /// read, the stream is dropped (it fetches no more) and what it held is taken out:
+    /// - while well inside its ack wait (two thirds of it), it is kept and handed out first,
+    ///   in order;
+    /// - later than that, it is let go, for the server to send again once its ack wait ends.
+    ///
+    /// Messages on their way to the dropped stream are lost to it the same way. The consumer's
+    /// count of unacknowledged messages tells: if it holds more than this subscription kept
+    /// and handed out, no new stream starts until one ack wait has passed, so that the server
+    /// sends those again first and in order. (A NAK is not enough: the server may give a
+    /// message back to the dropped stream's pull request.)
+    async fn stop_fetching_if_idle(&mut self) {
+        let Some(last) = self.last_read else { return };
+        if last.elapsed() <= self.ack_wait / 3 {
+            return;
+        }
+        let Some(mut stream) = self.messages.take() else { return };
+        self.last_read = None;
+        let mut fetched = Vec::new();
+        while let Some(Some(Ok(message))) = stream.next().now_or_never() {
+            fetched.push(message);
+        }
+        drop(stream);
+        if last.elapsed() < self.ack_wait * 2 / 3 {
+            self.held.extend(fetched);
+        } else {
+            drop(fetched);
+        }
+        let ours = self.held.len() + self.outstanding.load(std::sync::atomic::Ordering::SeqCst);
+        let pending = match self.consumer.get_info().await {
+            Ok(info) => info.num_ack_pending,
+            // Unknown: assume the worst.
+            Err(_) => usize::MAX,
+        };
+        if pending > ours {
+            tracing::debug!(
+                pending,
+                ours,
+                "messages fetched before a pause in reading will come again after the ack wait"
+            );
+            self.resume_at =
+                Some(tokio::time::Instant::now() + self.ack_wait + Duration::from_millis(500));
         }
     }
 
@@ -105,7 +171,10 @@ impl Subscription for JetStreamSubscription {
             let acker = Arc::new(acker);
             let (stop, stopped) = oneshot::channel();
             tokio::spawn(keep_alive(acker.clone(), self.ack_wait, stopped));
-            let settle = Box::new(JetStreamAcker { acker, _keep_alive: stop });
+            self.outstanding.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let outstanding = Outstanding(self.outstanding.clone());
+            let settle =
+                Box::new(JetStreamAcker { acker, _keep_alive: stop, _outstanding: outstanding });
             return Ok(Delivery::new(
                 Arc::new(event),
                 subject,
@@ -139,10 +208,21 @@ pub(super) async fn keep_alive(
     }
 }
 
+/// One delivery counted in its subscription's `outstanding` until it is settled (dropped).
+pub(super) struct Outstanding(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub(super) struct JetStreamAcker {
     pub(super) acker: Arc<jetstream::message::Acker>,
     /// Dropping it stops the keep-alive task.
     pub(super) _keep_alive: oneshot::Sender<()>,
+    /// Dropping it (once settled) takes the delivery out of its subscription's count.
+    pub(super) _outstanding: Outstanding,
 }
 
 impl Acker for JetStreamAcker {
