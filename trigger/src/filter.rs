@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use cel::{Context, Program, Value};
 use cloudevents::{AttributesReader as _, Event};
@@ -36,7 +37,7 @@ pub enum CompiledFilter {
     /// The filter does not pass.
     Not(Box<CompiledFilter>),
     /// The CEL program evaluates to `true`.
-    Cel(Box<Program>),
+    Cel(Arc<Program>),
     /// The JSONPath query selects at least one node of the event's JSON.
     JsonPath(Box<JpQuery>),
 }
@@ -123,10 +124,10 @@ impl CompiledFilter {
             (_, _, _, _, _, Some(f), _) => Self::Not(Box::new(Self::compile(f).map_err(|e| {
                 FilterError { path: format!(".not{}", e.path), message: e.message }
             })?)),
-            (.., Some(text)) => Self::Cel(Box::new(
+            (.., Some(text)) => Self::Cel(
                 compile_cel(text)
                     .map_err(|e| FilterError { path: ".cel".into(), message: e.message })?,
-            )),
+            ),
             // Ruled out by the count above.
             (None, None, None, None, None, None, None) => Self::All(Vec::new()),
         })
@@ -217,7 +218,7 @@ pub(crate) fn compile_jsonpath(text: &str) -> Result<JpQuery, ConditionError> {
 
 /// Compiles a CEL expression over an event (`type`, `source`, extensions, `data`), with an
 /// error that points at the column.
-pub(crate) fn compile_cel(text: &str) -> Result<Program, ConditionError> {
+pub(crate) fn compile_cel(text: &str) -> Result<Arc<Program>, ConditionError> {
     if text.trim().is_empty() {
         return Err(ConditionError {
             message: "is empty; write a CEL expression such as `data.speed > 120.0`".into(),
@@ -459,7 +460,7 @@ mod tests {
         assert!(
             EventData::new(&with("application/json", "{\"speed\":1}")).invalid_json().is_none()
         );
-        let compile = |cel: &str| CompiledFilter::Cel(Box::new(compile_cel(cel).expect("cel")));
+        let compile = |cel: &str| CompiledFilter::Cel(compile_cel(cel).expect("cel"));
         assert!(compile("data.speed > 120.0").reads_data());
         assert!(!compile("type == 'a' && subject == 'b'").reads_data());
         let exact = CompiledFilter::Exact(vec![("type".into(), "a".into())]);

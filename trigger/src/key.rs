@@ -13,7 +13,7 @@ pub struct KeyExpr {
 
 #[derive(Debug)]
 enum KeyProgram {
-    Cel(Box<cel::Program>),
+    Cel(std::sync::Arc<cel::Program>),
     JsonPath(Box<jsonpath_rust::parser::model::JpQuery>),
 }
 
@@ -23,7 +23,7 @@ impl KeyExpr {
         let compiled = if text.trim_start().starts_with('$') {
             KeyProgram::JsonPath(Box::new(crate::filter::compile_jsonpath(text)?))
         } else {
-            KeyProgram::Cel(Box::new(crate::filter::compile_cel(text)?))
+            KeyProgram::Cel(crate::filter::compile_cel(text)?)
         };
         Ok(Self { text: text.to_string(), compiled })
     }
