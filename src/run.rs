@@ -125,8 +125,9 @@ impl Process {
             metrics: source_metrics.clone(),
             token: args.console_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
             loopback: listener.local_addr()?.ip().is_loopback(),
+            pauses: ofe_runtime::Pauses::default(),
         };
-        let targets = console.targets.clone();
+        let (targets, pauses) = (console.targets.clone(), console.pauses.clone());
         let http = tokio::spawn(endpoint::serve(
             listener,
             Arc::new(registry),
@@ -146,7 +147,8 @@ impl Process {
                 client: args.sink_cert_file.clone().zip(args.sink_key_file.clone()),
             },
         };
-        let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?;
+        let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?
+            .with_pauses(pauses);
         Ok(Self { plane, health, ready, shutdown, http })
     }
 

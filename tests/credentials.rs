@@ -52,7 +52,7 @@ fn yaml(base: &str) -> String {
          \x20   s: {{ eventSource: creds, event: signed }}\n\
          \x20 subscribers:\n  - condition: h || s\n    sink: {{ uri: \"{base}/fn\" }}\n\
          \x20 - condition: h\n    sink: {{ uri: \"{sink}/fail?token=sink-query-token-6a3d\" }}\n\
-         \x20   delivery: {{ retry: 1, backoffPolicy: linear, backoffDelay: PT0.05S }}\n"
+         \x20   delivery: {{ retry: 1, backoffPolicy: linear, backoffDelay: PT0.05S, deadLetterStore: false }}\n"
     )
 }
 

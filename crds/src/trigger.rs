@@ -58,6 +58,11 @@ pub struct TriggerSpec {
     /// read only within its namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_namespaces: Option<Vec<String>>,
+    /// Pauses every subscriber (ofe addition): while `true`, events that fire wait on the
+    /// bus, in order, and are delivered when it is set back; `ofe resume` does not lift it.
+    /// Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 /// One input of a Trigger: an event of an EventSource, or (ofe addition) a bus topic.
@@ -203,6 +208,12 @@ pub struct DeliverySpec {
     /// Most events delivered per second (ofe addition), per process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
+    /// Whether an event that fails for good, with no `deadLetterSink` or `deadLetterTopic`,
+    /// is kept on the bus in the subscriber's dead-letter topic
+    /// `<trigger>.dead-letters.<index>` (ofe addition). Default `true`; `false` drops it,
+    /// logged and counted, as Knative and OpenFunction do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_store: Option<bool>,
 }
 
 /// The observed state of a Trigger.

@@ -30,6 +30,15 @@ pub enum RuntimeError {
         #[source]
         source: ofe_eventsource::SourceError,
     },
+    /// A subscriber's stored pause could not be read from its bus.
+    #[error("cannot read whether consumer {consumer} is paused")]
+    Pause {
+        /// The subscriber's consumer.
+        consumer: String,
+        /// Why.
+        #[source]
+        error: crate::pause::PauseError,
+    },
     /// A resource cannot be planned; the message names the field.
     #[error("{0}")]
     Plan(String),

@@ -19,11 +19,13 @@
 
 mod check;
 mod error;
+mod pause;
 mod plane;
 mod secrets;
 mod spec;
 
 pub use check::{Checked, check_manifests, load_and_check};
 pub use error::{RuntimeError, chain};
+pub use pause::{PauseError, PauseState, Pauses, Target as PauseTarget};
 pub use plane::{Plane, ResourceFailure, SendTargets, Settings, no_delay};
 pub use secrets::{LocalSecrets, SecretValues, fill as fill_secrets};

@@ -129,5 +129,6 @@ pub(crate) fn event_source_sink_plan(
         reply: None,
         rate_limit: None,
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
+        paused: false,
     }))
 }

@@ -1,11 +1,13 @@
 //! The operator's tools, clients of a running ofe's endpoint (`ofe run` or `ofe operator`):
 //! - `ofe send` publishes a test CloudEvent as an EventSource's event or on a topic;
 //! - `ofe tail` prints each step of the events' paths as they flow;
-//! - `ofe status` shows every EventSource and Trigger with its condition, rates and errors.
+//! - `ofe status` shows every EventSource and Trigger with its condition, rates and errors;
+//! - `ofe pause` and `ofe resume` stop and restart a Trigger's subscribers reading the bus.
 //!
 //! Each prints lines for a terminal, or JSON with `--json` for scripts. This module holds what
 //! they share: where the endpoint is ([`Endpoint`]), and the HTTP client.
 
+pub mod pause;
 pub mod send;
 pub mod status;
 pub mod tail;

@@ -42,6 +42,8 @@ pub struct Console {
     pub token: Option<Arc<str>>,
     /// Whether the endpoint listens on loopback only, where no token is needed.
     pub loopback: bool,
+    /// The subscribers' pauses, for `/pause`, `/resume` and `/pauses`.
+    pub pauses: ofe_runtime::Pauses,
 }
 
 impl Console {
@@ -60,7 +62,7 @@ impl Console {
             (None, _) if self.loopback => None,
             (None, _) => Some(text(
                 StatusCode::FORBIDDEN,
-                "/send and /tail are off on an endpoint outside loopback; start ofe with \
+                "/send, /tail, /pause and /resume are off on an endpoint outside loopback; start ofe with \
                  --console-token (or OFE_CONSOLE_TOKEN) to enable them",
             )),
         }
@@ -319,6 +321,56 @@ pub async fn tail(
         [(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-cache")],
         Body::from_stream(lines),
     )
+        .into_response()
+}
+
+/// `POST /pause?namespace=NS&trigger=NAME[&subscriber=I]`: pauses the Trigger's subscribers
+/// (stored on their bus first), and answers with their states as JSON.
+pub async fn pause(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(target): Query<ofe_runtime::PauseTarget>,
+) -> Response {
+    set_paused(&console, &headers, &target, true).await
+}
+
+/// `POST /resume?...`: resumes what `/pause` paused (not what `spec.paused` pauses).
+pub async fn resume(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(target): Query<ofe_runtime::PauseTarget>,
+) -> Response {
+    set_paused(&console, &headers, &target, false).await
+}
+
+/// `GET /pauses`: every subscriber's pause, as JSON.
+pub async fn pauses(State(console): State<Console>, headers: HeaderMap) -> Response {
+    if let Some(refused) = console.refuse(&headers) {
+        return refused;
+    }
+    json(&serde_json::json!({ "subscribers": console.pauses.list() }))
+}
+
+async fn set_paused(
+    console: &Console,
+    headers: &HeaderMap,
+    target: &ofe_runtime::PauseTarget,
+    paused: bool,
+) -> Response {
+    if let Some(refused) = console.refuse(headers) {
+        return refused;
+    }
+    match console.pauses.set(target, paused).await {
+        Ok(states) => json(&serde_json::json!({ "subscribers": states })),
+        Err(error @ ofe_runtime::PauseError::NotFound(_)) => {
+            text(StatusCode::NOT_FOUND, error.to_string())
+        }
+        Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, ofe_core::chain(&error)),
+    }
+}
+
+fn json(value: &serde_json::Value) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], value.to_string())
         .into_response()
 }
 

@@ -72,7 +72,10 @@ pub async fn serve(
         .with_state(registry)
         .route("/status", get(status).with_state(health))
         .route("/send", post(crate::endpoint::console::send).with_state(console.clone()))
-        .route("/tail", get(crate::endpoint::console::tail).with_state(console));
+        .route("/tail", get(crate::endpoint::console::tail).with_state(console.clone()))
+        .route("/pause", post(crate::endpoint::console::pause).with_state(console.clone()))
+        .route("/resume", post(crate::endpoint::console::resume).with_state(console.clone()))
+        .route("/pauses", get(crate::endpoint::console::pauses).with_state(console));
     axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

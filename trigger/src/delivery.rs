@@ -105,6 +105,9 @@ pub struct Deliverer {
     http: HttpClient,
     bus: Arc<dyn EventBus>,
     max_hops: u32,
+    /// The subscriber it delivers for (its durable consumer's name), which with the event
+    /// makes each request's `Idempotency-Key`.
+    subscriber: Option<Arc<str>>,
     /// Where the outcome of each attempt at a subscriber's own destinations is reported.
     health: Option<Arc<crate::delivering::DeliveryHealth>>,
 }
@@ -117,7 +120,7 @@ impl Deliverer {
 
     /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
     pub fn with_client(http: HttpClient, bus: Arc<dyn EventBus>) -> Self {
-        Self { http, bus, max_hops: DEFAULT_MAX_HOPS, health: None }
+        Self { http, bus, max_hops: DEFAULT_MAX_HOPS, subscriber: None, health: None }
     }
 
     /// The same deliverer, reporting how attempts at the subscriber's destinations go (see
@@ -130,6 +133,13 @@ impl Deliverer {
     /// The same deliverer, refusing to pass on events that already made `max_hops` hops.
     pub fn with_max_hops(mut self, max_hops: u32) -> Self {
         self.max_hops = max_hops;
+        self
+    }
+
+    /// The same deliverer, delivering for `subscriber` (its durable consumer's name): every
+    /// attempt of one event then carries one `Idempotency-Key` ([`idempotency_key`]).
+    pub fn for_subscriber(mut self, subscriber: &str) -> Self {
+        self.subscriber = Some(subscriber.into());
         self
     }
 
@@ -187,12 +197,14 @@ impl Deliverer {
         timeout: Duration,
         span: &trace::Span,
     ) -> Result<Option<Box<Reply>>, Failure> {
+        let key = self.subscriber.as_deref().map(|s| idempotency_key(s, event));
         let context = SinkContext {
             http: &self.http,
             bus: &self.bus,
             max_hops: self.max_hops,
             timeout,
             span,
+            idempotency_key: key.as_deref(),
         };
         dest.sink().attempt(event, &context).await
     }
@@ -247,6 +259,23 @@ impl Deliverer {
         }
         outcome
     }
+}
+
+/// The `Idempotency-Key` of every attempt of `event` to `subscriber`: the first 128 bits of
+/// SHA-256 over the subscriber's name and the event's `source` and `id` (the pair that names
+/// a CloudEvent), in hex. The same after retries, redeliveries and restarts, and different
+/// for every other subscriber, so a sink that keeps the keys it has answered can drop a
+/// second copy (the IETF draft `Idempotency-Key` header, as Stripe and others read it).
+pub fn idempotency_key(subscriber: &str, event: &Event) -> String {
+    use cloudevents::AttributesReader as _;
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    // Each part length-prefixed, so that no two different triples hash the same bytes.
+    for part in [subscriber, event.source().as_str(), event.id()] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hex::encode(&hash.finalize()[..16])
 }
 
 /// Runs `attempt` (given its 1-based number) until it succeeds, fails for good, the retries

@@ -67,6 +67,12 @@ struct DeliveryPlan {
 }
 
 /// Reads `spec` (at `path`) over the defaults `base`, pushing a diagnostic per bad field.
+/// The topic in which subscriber `index` of Trigger `trigger` keeps, by default, the events
+/// that failed for good: `<trigger>.dead-letters.<index>`, in the Trigger's namespace.
+pub fn dead_letter_topic(trigger: &str, index: usize) -> String {
+    format!("{trigger}.dead-letters.{index}")
+}
+
 fn delivery_plan(
     spec: Option<&ofe_crds::DeliverySpec>,
     base: RetryPolicy,
@@ -247,11 +253,19 @@ pub fn plan(
             .collect();
         let site = sink::SinkSite { path: &path, namespace, options };
         let mut routes = Vec::new();
+        // Without a dead letter of its own, a route keeps what fails for good on the bus, in
+        // the subscriber's dead-letter topic, unless the subscriber opts out.
+        let store = sub.delivery.as_ref().and_then(|d| d.dead_letter_store).unwrap_or(true);
+        let stored = |dead_letter: Option<Destination>| {
+            dead_letter.or_else(|| {
+                let topic = store.then(|| dead_letter_topic(name, i))?;
+                Some(Destination::topic(topic.clone(), Subject::topic(namespace, &topic)))
+            })
+        };
         for kind in sink::kinds() {
             match kind.route(sub, &site) {
-                Some(Ok(r)) => {
-                    routes.push(Route { destination: r.destination, dead_letter: r.dead_letter })
-                }
+                Some(Ok(r)) => routes
+                    .push(Route { destination: r.destination, dead_letter: stored(r.dead_letter) }),
                 Some(Err(e)) => errors.push(e),
                 None => {}
             }
@@ -283,6 +297,7 @@ pub fn plan(
             reply: sub.sink.as_ref().map(|_| Subject::topic(namespace, &reply_topic)),
             rate_limit: delivery.rate_limit,
             max_deliver: DEFAULT_MAX_DELIVER,
+            paused: trigger.spec.paused.unwrap_or(false),
         });
     }
     if errors.is_empty() { Ok(plans) } else { Err(errors) }

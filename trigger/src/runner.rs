@@ -71,6 +71,8 @@ pub struct SubscriberPlan {
     /// A delivery that comes back from the bus more often than this (the process kept dying
     /// while holding it: a poison event) goes to the dead-letter destination instead.
     pub max_deliver: u32,
+    /// Paused by its spec (`spec.paused`): it reads nothing until that changes.
+    pub paused: bool,
 }
 
 /// Opens the subscriber's durable consumer. Do this for every subscriber before any source
@@ -95,11 +97,15 @@ pub async fn subscribe(
 /// Runs a subscriber until `shutdown`, then lets in-flight deliveries finish for up to
 /// `drain`; what is still unfinished then is left unacknowledged and is redelivered on the
 /// next start.
+///
+/// While `paused` holds `true`, it reads nothing more from the bus (what it holds is
+/// delivered): events wait on the bus, in order, and its lag grows.
 pub async fn run(
     plan: SubscriberPlan,
     subscription: Box<dyn Subscription>,
     deliverer: Deliverer,
     metrics: TriggerMetrics,
+    paused: Paused,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), BusError> {
@@ -109,7 +115,8 @@ pub async fn run(
         metrics.clone(),
         plan.labels.clone(),
     ));
-    let result = deliver_until(plan, subscription, deliverer, metrics, shutdown, drain).await;
+    let stop = Stop { shutdown, paused };
+    let result = deliver_until(plan, subscription, deliverer, metrics, stop, drain).await;
     lag.abort();
     result
 }
@@ -129,7 +136,17 @@ async fn sample_lag(
         }
     }
     let _remove = Remove(metrics.clone(), labels.clone());
-    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    // The first sample comes at a point of the interval that the consumer's name picks, not
+    // at once: 10,000 subscribers starting together would otherwise ask the bus 10,000 times
+    // at start-up (a twentieth of it, measured) and then again every interval in one burst.
+    let offset = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        consumer.hash(&mut hasher);
+        let millis = u64::try_from(LAG_INTERVAL.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(hasher.finish() % millis)
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, LAG_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -154,17 +171,62 @@ struct Subscriber {
     interrupt: CancellationToken,
 }
 
+/// Whether a subscriber is paused: `true` stops it reading. A sender that goes away leaves
+/// it as it last was.
+pub type Paused = tokio::sync::watch::Receiver<bool>;
+
+/// What stops a subscriber reading: shutdown for good, a pause until it is lifted.
+struct Stop {
+    shutdown: CancellationToken,
+    paused: Paused,
+}
+
+impl Stop {
+    /// Resolves once the subscriber is paused; never, if nothing can pause it any more.
+    async fn pausing(&mut self) {
+        // The guard `wait_for` gives is dropped at once: it must not be held across an await.
+        let gone = self.paused.wait_for(|paused| *paused).await.is_err();
+        if gone {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// While paused, waits to be resumed; `false` if shutdown came first.
+    async fn resumed(&mut self, labels: &SubscriberLabels) -> bool {
+        if !*self.paused.borrow_and_update() {
+            return true;
+        }
+        tracing::info!(subscriber = ?labels, "paused: reading nothing from the bus until resumed");
+        let resumed = tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            ok = async { self.paused.wait_for(|paused| !*paused).await.is_ok() } => {
+                if !ok {
+                    // Paused, and nothing left that could resume it.
+                    self.shutdown.cancelled().await;
+                }
+                ok
+            }
+        };
+        if resumed {
+            tracing::info!(subscriber = ?labels, "resumed");
+        }
+        resumed
+    }
+}
+
 async fn deliver_until(
     plan: SubscriberPlan,
     mut subscription: Box<dyn Subscription>,
     deliverer: Deliverer,
     metrics: TriggerMetrics,
-    shutdown: CancellationToken,
+    mut stop: Stop,
     drain: Duration,
 ) -> Result<(), BusError> {
+    let shutdown = stop.shutdown.clone();
     let permits = Arc::new(Semaphore::new(plan.max_in_flight));
     // Deliveries keep going through shutdown until `drain` ends, so they get their own token.
     let interrupt = CancellationToken::new();
+    let deliverer = deliverer.for_subscriber(&plan.consumer);
     let subscriber =
         Arc::new(Subscriber { plan, deliverer, metrics, interrupt: interrupt.clone() });
     let plan = &subscriber.plan;
@@ -174,12 +236,18 @@ async fn deliver_until(
     let mut order: HashMap<String, Shared<oneshot::Receiver<()>>> = HashMap::new();
     let mut next_start = tokio::time::Instant::now();
     loop {
+        if !stop.resumed(&plan.labels).await {
+            break;
+        }
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => p.map_err(|_| BusError::Closed)?,
         };
+        // A pause while waiting for the bus takes effect at once: the read is dropped before
+        // it took anything (reads are cancel-safe, as shutdown needs too).
         let delivery = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = stop.pausing() => continue,
             d = subscription.next() => match d {
                 Ok(d) => d,
                 Err(BusError::Closed) => break,
@@ -283,8 +351,10 @@ impl Subscriber {
         }
     }
 
-    /// Sends `event` to `route`'s dead letter (or drops it, logged and counted, when there is
-    /// none). `false` means the dead letter failed too and the event must stay on the bus.
+    /// Sends `event` to `route`'s dead letter: its own, or by default the subscriber's
+    /// dead-letter topic on the bus; drops it, logged and counted, when the subscriber opted
+    /// out (`delivery.deadLetterStore: false`). `false` means the dead letter failed too and
+    /// the event must stay on the bus.
     async fn dead_letter(
         &self,
         route: &Route,
@@ -303,7 +373,7 @@ impl Subscriber {
             tracing::error!(
                 subscriber = ?labels, destination = %route.destination, id = %event.id(),
                 reason = %failure.reason, attempts,
-                "delivery failed and no dead-letter destination is configured; event dropped"
+                "delivery failed and the subscriber keeps no dead letters (delivery.deadLetterStore: false); event dropped"
             );
             return true;
         };

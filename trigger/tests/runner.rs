@@ -95,6 +95,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         reply: None,
         rate_limit: None,
         max_deliver: 3,
+        paused: false,
     }
 }
 
@@ -138,6 +139,7 @@ async fn run_subscribed(
         subscription,
         deliverer,
         TriggerMetrics::default(),
+        tokio::sync::watch::channel(false).1,
         stop.clone(),
         Duration::from_secs(5),
     ));
@@ -220,6 +222,40 @@ async fn dead_letter_of_a_500_carries_the_documented_attributes() {
         .expect("base64");
     assert_eq!(data.len(), 1024, "the body is truncated to 1 KiB");
     assert!(data.starts_with(b"database down\n\xff\xff"));
+    shared.close().await.expect("close");
+}
+
+/// Every attempt of one event to one subscriber carries the same `Idempotency-Key`, which
+/// differs for another event and for another subscriber, so an idempotent sink can drop
+/// what it already answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_of_an_event_carries_one_idempotency_key() {
+    fn flaky(path: &str, n: usize) -> (u16, Vec<(&'static str, String)>, Vec<u8>, Duration) {
+        match (path, n) {
+            ("/sink", 0 | 1) => (503, Vec::new(), Vec::new(), Duration::ZERO),
+            _ => ok(path, n),
+        }
+    }
+    let (_dir, shared) = bus();
+    let (seen, base, _) = server(flaky).await;
+    let subject = Subject::event("ns", "src", "e");
+    let mut first = plan("idem-a", &subject, &base);
+    first.max_in_flight = 1;
+    let events = vec![sample_event("k-1", 1), sample_event("k-2", 2)];
+    run_until(first, &shared, events.clone(), &seen, 4).await;
+    let requests = seen.lock().expect("lock").clone();
+    let keys: Vec<String> = requests.iter().map(|r| header(r, "idempotency-key")).collect();
+    assert_eq!(keys.len(), 4, "two failed attempts and a success, then the second event");
+    let expected = ofe_trigger::delivery::idempotency_key("idem-a", &events[0]);
+    assert_eq!(expected.len(), 32, "{expected}");
+    assert_eq!(keys[..3], [expected.clone(), expected.clone(), expected.clone()]);
+    assert_eq!(keys[3], ofe_trigger::delivery::idempotency_key("idem-a", &events[1]));
+    assert_ne!(keys[3], expected, "another event, another key");
+    assert_ne!(
+        ofe_trigger::delivery::idempotency_key("idem-b", &events[0]),
+        expected,
+        "another subscriber, another key"
+    );
     shared.close().await.expect("close");
 }
 
@@ -384,6 +420,7 @@ async fn a_reply_loop_stops_at_the_hop_limit() {
         subscription,
         deliverer,
         metrics.clone(),
+        tokio::sync::watch::channel(false).1,
         stop.clone(),
         Duration::from_secs(5),
     ));
@@ -402,5 +439,62 @@ async fn a_reply_loop_stops_at_the_hop_limit() {
     let hops: Vec<String> =
         seen.lock().expect("lock").iter().map(|r| header(r, "ce-ofehops")).collect();
     assert_eq!(hops, ["", "1", "2", "3"]);
+    shared.close().await.expect("close");
+}
+
+/// A paused subscriber reads nothing more: events wait on the bus (its lag counts them), and
+/// on resume they arrive in order, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_subscriber_reads_nothing_and_resumes_in_order() {
+    let (_dir, shared) = bus();
+    let (seen, base, _) = server(ok).await;
+    let subject = Subject::event("ns", "src", "e");
+    let mut plan = plan("paused", &subject, &base);
+    plan.max_in_flight = 1;
+    let consumer = plan.consumer.clone();
+    let subscription = runner::subscribe(&plan, shared.as_ref()).await.expect("subscribe");
+    let (pause, paused) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner::run(
+        plan,
+        subscription,
+        Deliverer::new(shared.clone()).expect("client"),
+        TriggerMetrics::default(),
+        paused,
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    let delivered = || seen.lock().expect("lock").len();
+    let wait_for = |count: usize| {
+        let seen = seen.clone();
+        async move {
+            for _ in 0..400 {
+                if seen.lock().expect("lock").len() >= count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("{count} deliveries did not arrive");
+        }
+    };
+    for n in 0..10 {
+        shared.publish(&subject, &sample_event(&format!("p-{n}"), n)).await.expect("publish");
+    }
+    wait_for(10).await;
+    pause.send_replace(true);
+    for n in 10..20 {
+        shared.publish(&subject, &sample_event(&format!("p-{n}"), n)).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(delivered(), 10, "nothing is delivered while paused");
+    assert_eq!(shared.lag(&consumer).await.expect("lag"), Some(10), "the events wait on the bus");
+    pause.send_replace(false);
+    wait_for(20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids: Vec<String> = seen.lock().expect("lock").iter().map(|r| header(r, "ce-id")).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("p-{n}")).collect();
+    assert_eq!(ids, expected, "every event once, in order");
+    stop.cancel();
+    task.await.expect("join").expect("runner");
     shared.close().await.expect("close");
 }

@@ -59,6 +59,9 @@ pub struct SinkContext<'a> {
     pub timeout: Duration,
     /// The attempt's span, which the sink carries downstream.
     pub span: &'a trace::Span,
+    /// The same for every attempt of this event to this subscriber ([`crate::delivery::idempotency_key`]);
+    /// an HTTP sink sends it as `Idempotency-Key`.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// One kind of destination.

@@ -78,6 +78,9 @@ impl Sink for HttpSink {
                     _ => drop(headers.remove(TRACESTATE)),
                 }
             }
+            if let Some(Ok(key)) = context.idempotency_key.map(HeaderValue::from_str) {
+                headers.insert(IDEMPOTENCY_KEY, key);
+            }
             (headers, body)
         };
         let response = context
@@ -200,6 +203,9 @@ pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
     }
     (headers, event::data_bytes(event))
 }
+
+/// The header that names one event to one subscriber across every attempt.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// W3C Trace Context's header naming the trace and the caller's span.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
