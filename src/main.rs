@@ -4,8 +4,8 @@
 //! - `ofe validate -f PATH...` checks manifests and explains every problem.
 //! - `ofe operator` runs them as the API server holds them, and writes their status.
 //! - `ofe crds` prints the CustomResourceDefinitions.
-//! - `ofe send`, `ofe tail`, `ofe status`, `ofe pause` and `ofe resume` talk to a running
-//!   process's endpoint.
+//! - `ofe send`, `ofe tail`, `ofe status`, `ofe pause`, `ofe resume` and `ofe deadletters`
+//!   talk to a running process's endpoint.
 
 mod client;
 mod endpoint;
@@ -71,6 +71,9 @@ enum Command {
     Pause(client::pause::PauseArgs),
     /// Resume subscribers `ofe pause` paused: they deliver what waited, in order.
     Resume(client::pause::PauseArgs),
+    /// List, show, redrive or purge the events a Trigger's subscribers kept after they failed
+    /// for good (their dead-letter store on the bus).
+    Deadletters(client::deadletters::DeadLettersArgs),
     /// Print each step of the events' paths (published, routed, filtered, delivered,
     /// retrying, dead-lettered, dropped) as they flow through a running ofe.
     Tail(client::tail::TailArgs),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Send(args) => client::send::send(args),
         Command::Pause(args) => client::pause::set(args, true),
         Command::Resume(args) => client::pause::set(args, false),
+        Command::Deadletters(args) => client::deadletters::deadletters(args),
         Command::Tail(args) => client::tail::tail(args),
         Command::Status(args) => client::status::status(args),
     };

@@ -126,8 +126,10 @@ impl Process {
             token: args.console_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
             loopback: listener.local_addr()?.ip().is_loopback(),
             pauses: ofe_runtime::Pauses::default(),
+            dead_letters: ofe_runtime::DeadLetters::default(),
         };
         let (targets, pauses) = (console.targets.clone(), console.pauses.clone());
+        let dead_letters = console.dead_letters.clone();
         let http = tokio::spawn(endpoint::serve(
             listener,
             Arc::new(registry),
@@ -148,7 +150,8 @@ impl Process {
             },
         };
         let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?
-            .with_pauses(pauses);
+            .with_pauses(pauses)
+            .with_dead_letters(dead_letters);
         Ok(Self { plane, health, ready, shutdown, http })
     }
 

@@ -11,44 +11,12 @@ use std::time::{Duration, Instant};
 
 use support::{KillOnDrop, Receiver, free_addr, manifests, terminate, wait_ready};
 
-/// A webhook EventSource `ingest` and a Trigger `orders` delivering its events one at a
-/// time (so order is defined) to `BASE/fn`, on the bus `bus` gives.
 fn pipeline(ns: &str, base: &str, bus: &str) -> String {
-    format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
-         metadata: {{ name: ingest, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  webhook:\n    hook: {{}}\n"
-    ) + &support::trigger(
-        ns,
-        "orders",
-        "    hook: { eventSource: ingest, event: hook }",
-        &format!(
-            "  - condition: hook\n    sink: {{ uri: \"{base}/fn\" }}\n    \
-             delivery: {{ maxConcurrency: 1 }}"
-        ),
-    ) + bus
+    support::orders_pipeline(ns, &format!("{base}/fn"), "", bus)
 }
 
-/// Posts event number `n` to the webhook.
 async fn post(webhooks: SocketAddr, ns: &str, n: u32) {
-    let url = format!("http://{webhooks}/{ns}/ingest/hook");
-    for _ in 0..50 {
-        let sent = support::http()
-            .post(&url)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", format!("order-{n}"))
-            .header("ce-source", "test")
-            .header("ce-type", "order")
-            .header("content-type", "application/json")
-            .body(format!("{{\"n\":{n}}}"))
-            .send()
-            .await;
-        if sent.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the webhook did not take event {n}");
+    support::post_order(webhooks, ns, n).await;
 }
 
 /// The numbers the function received, in arrival order.
@@ -63,32 +31,16 @@ fn numbers(receiver: &Receiver) -> Vec<u32> {
 
 /// Runs `ofe pause` or `ofe resume` on the process at `listen`; returns its output.
 fn tool(action: &str, listen: SocketAddr, ns: &str, json: bool) -> String {
-    let endpoint = format!("http://{listen}");
-    let mut args = vec![action, "--endpoint", &endpoint, "-n", ns, "--trigger", "orders"];
+    let mut args = vec![action, "-n", ns, "--trigger", "orders"];
     if json {
         args.push("--json");
     }
-    let output = support::ofe().args(&args).output().expect("run the tool");
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "ofe {action}: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
+    support::tool(listen, &args)
 }
 
 /// The subscriber's lag gauge on `/metrics`, if it has been sampled.
 async fn lag(listen: SocketAddr, ns: &str) -> Option<u64> {
-    let metrics = support::get(&format!("http://{listen}/metrics")).await;
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("ofe_trigger_bus_lag{") && l.contains(&format!("namespace=\"{ns}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
+    support::gauge(listen, "ofe_trigger_bus_lag", &format!("namespace=\"{ns}\"")).await
 }
 
 /// The scenario, on the bus `bus(namespace)` gives.

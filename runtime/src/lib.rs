@@ -18,6 +18,7 @@
 //! ```
 
 mod check;
+mod deadletters;
 mod error;
 mod pause;
 mod plane;
@@ -25,6 +26,7 @@ mod secrets;
 mod spec;
 
 pub use check::{Checked, check_manifests, load_and_check};
+pub use deadletters::DeadLetters;
 pub use error::{RuntimeError, chain};
 pub use pause::{PauseError, PauseState, Pauses, Target as PauseTarget};
 pub use plane::{Plane, ResourceFailure, SendTargets, Settings, no_delay};

@@ -45,6 +45,37 @@ pub struct Target {
     pub subscriber: Option<String>,
 }
 
+impl Target {
+    /// Whether the subscriber of `labels` is one the action is for.
+    pub fn matches(&self, labels: &SubscriberLabels) -> bool {
+        labels.namespace == self.namespace
+            && labels.trigger == self.trigger
+            && self.subscriber.as_ref().is_none_or(|s| *s == labels.subscriber)
+    }
+
+    /// Says that nothing `running` (described as `kind`) matches, and names what runs.
+    pub fn not_found<'a>(
+        &self,
+        running: impl Iterator<Item = &'a SubscriberLabels>,
+        kind: &str,
+    ) -> String {
+        let mut running: Vec<String> = running
+            .map(|l| format!("{}/{} subscriber {}", l.namespace, l.trigger, l.subscriber))
+            .collect();
+        running.sort();
+        running.dedup();
+        let what = match &self.subscriber {
+            Some(s) => format!("subscriber {s} of Trigger {}/{}", self.namespace, self.trigger),
+            None => format!("Trigger {}/{}", self.namespace, self.trigger),
+        };
+        if running.is_empty() {
+            format!("no {what} runs here: this process runs no {kind}")
+        } else {
+            format!("no {what} runs here; running: {}", running.join(", "))
+        }
+    }
+}
+
 /// One subscriber's pause, as `ofe pause`, `ofe resume` and `ofe status` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PauseState {
@@ -181,11 +212,7 @@ impl Pauses {
             let consumers: Vec<(String, String)> = inner
                 .entries
                 .iter()
-                .filter(|(_, e)| {
-                    e.labels.namespace == target.namespace
-                        && e.labels.trigger == target.trigger
-                        && target.subscriber.as_ref().is_none_or(|s| *s == e.labels.subscriber)
-                })
+                .filter(|(_, e)| target.matches(&e.labels))
                 .map(|(consumer, e)| (consumer.clone(), e.bus.clone()))
                 .collect();
             if consumers.is_empty() {
@@ -264,27 +291,7 @@ impl Pauses {
 
 /// The error for a target that matches nothing, naming the Triggers that run.
 fn not_found(inner: &Inner, target: &Target) -> String {
-    let mut running: Vec<String> = inner
-        .entries
-        .values()
-        .map(|e| {
-            format!(
-                "{}/{} subscriber {}",
-                e.labels.namespace, e.labels.trigger, e.labels.subscriber
-            )
-        })
-        .collect();
-    running.sort();
-    running.dedup();
-    let what = match &target.subscriber {
-        Some(s) => format!("subscriber {s} of Trigger {}/{}", target.namespace, target.trigger),
-        None => format!("Trigger {}/{}", target.namespace, target.trigger),
-    };
-    if running.is_empty() {
-        format!("no {what} runs here: this process runs no Trigger subscribers")
-    } else {
-        format!("no {what} runs here; running: {}", running.join(", "))
-    }
+    target.not_found(inner.entries.values().map(|e| &e.labels), "Trigger subscribers")
 }
 
 /// A bus's stored pauses, and the revision they were read at.

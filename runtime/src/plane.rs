@@ -9,7 +9,6 @@
 //! then sources, so that nothing a new source publishes is missed; when stopping, the other
 //! way round.
 
-use crate::pause::Pauses;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +26,9 @@ use axum::serve::ListenerExt as _;
 
 use ofe_eventbus::Buses;
 
+use crate::deadletters::DeadLetters;
 use crate::error::{RuntimeError, chain};
+use crate::pause::Pauses;
 use crate::spec::{PlaneSpec, SourcePlan, digest, event_source_sink_plan, group_routers};
 
 /// Where `ofe send` can publish: per subject, the buses that carry it, as of the last apply.
@@ -158,6 +159,8 @@ pub struct Plane {
     /// Follows the pauses stored on the buses (what other replicas were asked), from the
     /// first apply on.
     pause_follower: Option<Running>,
+    /// The subscribers' dead-letter stores, which the endpoint reads and changes.
+    dead_letters: DeadLetters,
 }
 
 impl Plane {
@@ -191,6 +194,7 @@ impl Plane {
             targets,
             pauses: Pauses::default(),
             pause_follower: None,
+            dead_letters: DeadLetters::default(),
         })
     }
 
@@ -198,6 +202,13 @@ impl Plane {
     /// changes for `ofe pause` and `ofe resume`.
     pub fn with_pauses(mut self, pauses: Pauses) -> Self {
         self.pauses = pauses;
+        self
+    }
+
+    /// The same plane, registering its subscribers' dead-letter stores in `dead_letters`, for
+    /// `ofe deadletters`.
+    pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
+        self.dead_letters = dead_letters;
         self
     }
 
@@ -488,10 +499,31 @@ impl Plane {
                 .await
                 .map_err(|error| RuntimeError::Pause { consumer: plan.consumer.clone(), error })?
         };
+        let stop = CancellationToken::new();
+        // The store's consumer exists before the subscriber can dead-letter anything, so a
+        // new store keeps the first letter too.
+        let store = match plan.dead_letters.clone() {
+            Some(topic) => {
+                let opened = ofe_trigger::deadletters::open(
+                    &plan,
+                    topic,
+                    deliverer.clone(),
+                    self.trigger_metrics.clone(),
+                    stop.clone(),
+                )
+                .await
+                .map_err(|source| RuntimeError::Subscribe {
+                    what: format!("the dead-letter store of consumer {}", plan.consumer),
+                    source,
+                })?;
+                Some(opened)
+            }
+            None => None,
+        };
         tracing::info!(consumer = %plan.consumer, paused = *paused.borrow(), "subscriber ready");
         report_subscriber(&self.health, &plan);
-        let stop = CancellationToken::new();
         let (pauses, consumer) = (self.pauses.clone(), plan.consumer.clone());
+        let labels = plan.labels.clone();
         let task = runner::run(
             plan,
             subscription,
@@ -506,7 +538,19 @@ impl Plane {
             pauses.unregister(&consumer);
             result
         };
-        Ok(Running::one(stop, "subscriber", task))
+        let mut running = Running::one(stop.clone(), "subscriber", task);
+        if let Some((store, keeper)) = store {
+            let (dead_letters, consumer) =
+                (self.dead_letters.clone(), ofe_trigger::deadletters::consumer(&labels));
+            dead_letters.register(&consumer, labels, store);
+            let keeper = async move {
+                let result = keeper.await;
+                dead_letters.unregister(&consumer);
+                result
+            };
+            running.tasks.extend(Running::one(stop, "dead-letter store", keeper).tasks);
+        }
+        Ok(running)
     }
 
     async fn start_router(

@@ -130,5 +130,6 @@ pub(crate) fn event_source_sink_plan(
         rate_limit: None,
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
         paused: false,
+        dead_letters: None,
     }))
 }

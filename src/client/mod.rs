@@ -2,11 +2,13 @@
 //! - `ofe send` publishes a test CloudEvent as an EventSource's event or on a topic;
 //! - `ofe tail` prints each step of the events' paths as they flow;
 //! - `ofe status` shows every EventSource and Trigger with its condition, rates and errors;
-//! - `ofe pause` and `ofe resume` stop and restart a Trigger's subscribers reading the bus.
+//! - `ofe pause` and `ofe resume` stop and restart a Trigger's subscribers reading the bus;
+//! - `ofe deadletters` lists, shows, redrives and purges what they kept after failing.
 //!
 //! Each prints lines for a terminal, or JSON with `--json` for scripts. This module holds what
 //! they share: where the endpoint is ([`Endpoint`]), and the HTTP client.
 
+pub mod deadletters;
 pub mod pause;
 pub mod send;
 pub mod status;

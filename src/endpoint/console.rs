@@ -1,7 +1,9 @@
 //! The operator's console on the process's endpoint: `POST /send` publishes a test CloudEvent
 //! as an EventSource's event or on a topic, and `GET /tail` streams every step of the events'
 //! paths (published, routed, filtered, delivered, retrying, dead-lettered, dropped) as JSON
-//! lines. `ofe send` and `ofe tail` are their clients.
+//! lines; `/pause` and `/resume` hold back and release subscribers, and `/deadletters/...`
+//! reads and works on their dead-letter stores. `ofe send`, `ofe tail`, `ofe pause`, `ofe
+//! resume` and `ofe deadletters` are their clients.
 //!
 //! Both inject or reveal events, so they answer only on a loopback endpoint, or to a request
 //! bearing the token of `--console-token`; on any other endpoint without a token they answer
@@ -44,6 +46,8 @@ pub struct Console {
     pub loopback: bool,
     /// The subscribers' pauses, for `/pause`, `/resume` and `/pauses`.
     pub pauses: ofe_runtime::Pauses,
+    /// The subscribers' dead-letter stores, for `/deadletters`.
+    pub dead_letters: ofe_runtime::DeadLetters,
 }
 
 impl Console {
@@ -62,7 +66,8 @@ impl Console {
             (None, _) if self.loopback => None,
             (None, _) => Some(text(
                 StatusCode::FORBIDDEN,
-                "/send, /tail, /pause and /resume are off on an endpoint outside loopback; start ofe with \
+                "/send, /tail, /pause, /resume and /deadletters are off on an endpoint outside loopback; \
+                 start ofe with \
                  --console-token (or OFE_CONSOLE_TOKEN) to enable them",
             )),
         }
@@ -367,6 +372,111 @@ async fn set_paused(
         }
         Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, ofe_core::chain(&error)),
     }
+}
+
+/// What `/deadletters` routes are asked: which subscribers, and which letters.
+#[derive(Debug, Deserialize)]
+pub struct LetterQuery {
+    /// The Trigger's namespace.
+    namespace: String,
+    /// The Trigger.
+    trigger: String,
+    /// One subscriber (its index); every subscriber of the Trigger when absent.
+    #[serde(default)]
+    subscriber: Option<String>,
+    /// One event id (`show`, `redrive`, `purge`).
+    #[serde(default)]
+    id: Option<String>,
+    /// Every letter (`redrive`, `purge`).
+    #[serde(default)]
+    all: bool,
+}
+
+/// What `/deadletters/...` does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LetterAction {
+    /// The letters' summaries.
+    List,
+    /// Letters of one id, whole.
+    Show,
+    /// Deliver again, then remove.
+    Redrive,
+    /// Remove.
+    Purge,
+}
+
+/// `GET /deadletters/{list|show}?namespace=NS&trigger=NAME[&subscriber=I][&id=ID]` and
+/// `POST /deadletters/{redrive|purge}?...&(id=ID|all=true)`: the dead-letter stores of the
+/// Trigger's subscribers. Answers JSON with one entry per subscriber.
+pub async fn dead_letters(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    axum::extract::Path(action): axum::extract::Path<LetterAction>,
+    method: axum::http::Method,
+    Query(query): Query<LetterQuery>,
+) -> Response {
+    use ofe_trigger::deadletters::Selection;
+    if let Some(refused) = console.refuse(&headers) {
+        return refused;
+    }
+    let changes = matches!(action, LetterAction::Redrive | LetterAction::Purge);
+    if changes != (method == axum::http::Method::POST) {
+        let want = if changes { "POST" } else { "GET" };
+        return text(StatusCode::METHOD_NOT_ALLOWED, format!("use {want} for this action"));
+    }
+    let selection = match (&query.id, query.all) {
+        (Some(_), true) => {
+            return text(StatusCode::BAD_REQUEST, "give either id or all=true, not both");
+        }
+        (Some(id), false) => Some(Selection::Ids(vec![id.clone()])),
+        (None, true) => Some(Selection::All),
+        (None, false) => None,
+    };
+    // Not a flattened `PauseTarget`: a flattened query reads `all=true` as text, not a bool.
+    let target = ofe_runtime::PauseTarget {
+        namespace: query.namespace.clone(),
+        trigger: query.trigger.clone(),
+        subscriber: query.subscriber.clone(),
+    };
+    let stores = match console.dead_letters.find(&target) {
+        Ok(stores) => stores,
+        Err(message) => return text(StatusCode::NOT_FOUND, message),
+    };
+    let mut answers = Vec::new();
+    for (labels, store) in stores {
+        let answer = match (action, &selection) {
+            (LetterAction::List, _) => store.list().await.map(|l| serde_json::json!(l)),
+            (LetterAction::Show, Some(Selection::Ids(ids))) => {
+                store.show(&ids[0]).await.map(|events| serde_json::json!(events))
+            }
+            (LetterAction::Redrive, Some(selection)) => {
+                store.redrive(selection.clone()).await.map(|r| serde_json::json!(r))
+            }
+            (LetterAction::Purge, Some(selection)) => {
+                store.purge(selection.clone()).await.map(|ids| serde_json::json!(ids))
+            }
+            (LetterAction::Show, _) => {
+                return text(StatusCode::BAD_REQUEST, "show needs the id of the event");
+            }
+            (_, None) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "say which letters: the id of one event, or all=true for every one",
+                );
+            }
+        };
+        match answer {
+            Ok(value) => answers.push(serde_json::json!({
+                "namespace": labels.namespace,
+                "trigger": labels.trigger,
+                "subscriber": labels.subscriber,
+                "result": value,
+            })),
+            Err(error) => return text(StatusCode::SERVICE_UNAVAILABLE, ofe_core::chain(&error)),
+        }
+    }
+    json(&serde_json::json!({ "subscribers": answers }))
 }
 
 fn json(value: &serde_json::Value) -> Response {

@@ -1,5 +1,5 @@
-//! The process's HTTP endpoint: `/healthz`, `/metrics`, `/status`, and the console's `/send`
-//! and `/tail` ([`console`]).
+//! The process's HTTP endpoint: `/healthz`, `/metrics`, `/status`, and the console's `/send`,
+//! `/tail`, `/pause`, `/resume`, `/pauses` and `/deadletters/{action}` ([`console`]).
 
 pub mod console;
 
@@ -75,7 +75,13 @@ pub async fn serve(
         .route("/tail", get(crate::endpoint::console::tail).with_state(console.clone()))
         .route("/pause", post(crate::endpoint::console::pause).with_state(console.clone()))
         .route("/resume", post(crate::endpoint::console::resume).with_state(console.clone()))
-        .route("/pauses", get(crate::endpoint::console::pauses).with_state(console));
+        .route("/pauses", get(crate::endpoint::console::pauses).with_state(console.clone()))
+        .route(
+            "/deadletters/{action}",
+            get(crate::endpoint::console::dead_letters)
+                .post(crate::endpoint::console::dead_letters)
+                .with_state(console),
+        );
     axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

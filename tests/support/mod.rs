@@ -35,10 +35,11 @@ impl Received {
 }
 
 /// An HTTP server on a free loopback port that records every request. It answers 500 on
-/// `/fail` and 200 elsewhere.
+/// `/fail`, 500 on `/flaky` while [`Receiver::set_flaky`] says so, and 200 elsewhere.
 #[derive(Clone, Default)]
 pub struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
+    flaky: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Records a request (the receiver's handler, for servers of a test's own).
@@ -49,7 +50,8 @@ pub async fn record(
     body: Bytes,
 ) -> StatusCode {
     let path = uri.path().to_string();
-    let fail = path == "/fail";
+    let fail =
+        path == "/fail" || (path == "/flaky" && r.flaky.load(std::sync::atomic::Ordering::SeqCst));
     let slow = path == "/slow";
     r.seen.lock().expect("lock").push(Received { path, headers, body, at: Instant::now() });
     if slow {
@@ -70,6 +72,11 @@ impl Receiver {
         (receiver, format!("http://{addr}"))
     }
 
+    /// Makes `/flaky` fail (`true`) or answer 200 (`false`).
+    pub fn set_flaky(&self, failing: bool) {
+        self.flaky.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Everything received on `path`.
     pub fn on(&self, path: &str) -> Vec<Received> {
         self.seen.lock().expect("lock").iter().filter(|r| r.path == path).cloned().collect()
@@ -83,6 +90,71 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Posts event `order-N` (JSON `{"n":N}`) to the webhook `hook` of EventSource `ingest` in
+/// `ns`, retrying while the webhook is not up yet.
+pub async fn post_order(webhooks: SocketAddr, ns: &str, n: u32) {
+    let url = format!("http://{webhooks}/{ns}/ingest/hook");
+    for _ in 0..50 {
+        let sent = http()
+            .post(&url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", format!("order-{n}"))
+            .header("ce-source", "test")
+            .header("ce-type", "order")
+            .header("content-type", "application/json")
+            .body(format!("{{\"n\":{n}}}"))
+            .send()
+            .await;
+        if sent.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the webhook did not take event {n}");
+}
+
+/// A webhook EventSource `ingest` and a Trigger `orders` delivering its events one at a time
+/// (so order is defined) to `SINK`, with `delivery` settings added, on the bus `bus` gives.
+pub fn orders_pipeline(ns: &str, sink: &str, delivery: &str, bus: &str) -> String {
+    format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: ingest, namespace: {ns} }}\n\
+         spec:\n  eventBus: default\n  webhook:\n    hook: {{}}\n"
+    ) + &trigger(
+        ns,
+        "orders",
+        "    hook: { eventSource: ingest, event: hook }",
+        &format!(
+            "  - condition: hook\n    sink: {{ uri: \"{sink}\" }}\n    \
+             delivery: {{ maxConcurrency: 1{delivery} }}"
+        ),
+    ) + bus
+}
+
+/// Runs `ofe ARGS --endpoint http://LISTEN`, which must succeed; returns what it printed.
+pub fn tool(listen: SocketAddr, args: &[&str]) -> String {
+    let endpoint = format!("http://{listen}");
+    let output = ofe().args(args).args(["--endpoint", &endpoint]).output().expect("run ofe");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "ofe {args:?}: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+/// The value of the first sample of `metric` whose labels include `label` on `/metrics`.
+pub async fn gauge(listen: SocketAddr, metric: &str, label: &str) -> Option<u64> {
+    let metrics = get(&format!("http://{listen}/metrics")).await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// A free loopback port (bound then released).

@@ -11,6 +11,7 @@
 //!   `ofe validate` asks of this crate.
 
 pub mod condition;
+pub mod deadletters;
 pub mod delivering;
 pub mod delivery;
 pub mod filter;
@@ -256,16 +257,18 @@ pub fn plan(
         // Without a dead letter of its own, a route keeps what fails for good on the bus, in
         // the subscriber's dead-letter topic, unless the subscriber opts out.
         let store = sub.delivery.as_ref().and_then(|d| d.dead_letter_store).unwrap_or(true);
-        let stored = |dead_letter: Option<Destination>| {
-            dead_letter.or_else(|| {
-                let topic = store.then(|| dead_letter_topic(name, i))?;
-                Some(Destination::topic(topic.clone(), Subject::topic(namespace, &topic)))
-            })
-        };
+        let topic = dead_letter_topic(name, i);
+        let store = store.then(|| Subject::topic(namespace, &topic));
+        let mut kept = false;
         for kind in sink::kinds() {
             match kind.route(sub, &site) {
-                Some(Ok(r)) => routes
-                    .push(Route { destination: r.destination, dead_letter: stored(r.dead_letter) }),
+                Some(Ok(r)) => {
+                    let dead_letter = r.dead_letter.or_else(|| {
+                        kept = true;
+                        Some(Destination::topic(topic.clone(), store.clone()?))
+                    });
+                    routes.push(Route { destination: r.destination, dead_letter });
+                }
                 Some(Err(e)) => errors.push(e),
                 None => {}
             }
@@ -298,6 +301,7 @@ pub fn plan(
             rate_limit: delivery.rate_limit,
             max_deliver: DEFAULT_MAX_DELIVER,
             paused: trigger.spec.paused.unwrap_or(false),
+            dead_letters: store.filter(|_| kept),
         });
     }
     if errors.is_empty() { Ok(plans) } else { Err(errors) }

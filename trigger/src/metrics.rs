@@ -127,6 +127,8 @@ pub struct TriggerMetrics {
     /// Events on the bus the subscriber has not settled: waiting plus in flight, sampled
     /// every [`crate::runner::LAG_INTERVAL`]. What an autoscaler scales its function on.
     pub lag: Family<SubscriberLabels, Gauge>,
+    /// Letters in the subscriber's dead-letter store (`ofe deadletters`).
+    pub dead_letters: Family<SubscriberLabels, Gauge>,
     /// Where each step (routed, filtered, delivered, retried, dead-lettered) is reported
     /// while `ofe tail` listens.
     pub tap: Tap,
@@ -150,6 +152,7 @@ impl Default for TriggerMetrics {
             dropped: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             lag: Family::default(),
+            dead_letters: Family::default(),
             tap: Tap::default(),
             stages: TriggerStages::default(),
         }
@@ -217,6 +220,11 @@ impl TriggerMetrics {
             "bus_lag",
             "Events on the bus the subscriber has not settled yet (waiting plus in flight)",
             self.lag.clone(),
+        );
+        sub.register(
+            "dead_letters",
+            "Events held in the subscriber's dead-letter store, to redrive or purge",
+            self.dead_letters.clone(),
         );
     }
 }

@@ -73,6 +73,9 @@ pub struct SubscriberPlan {
     pub max_deliver: u32,
     /// Paused by its spec (`spec.paused`): it reads nothing until that changes.
     pub paused: bool,
+    /// The topic where it keeps what fails for good, when it has no dead letter of its own
+    /// and keeps them ([`crate::deadletters`]); `None`: it keeps none on the bus.
+    pub dead_letters: Option<Subject>,
 }
 
 /// Opens the subscriber's durable consumer. Do this for every subscriber before any source

@@ -96,6 +96,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         rate_limit: None,
         max_deliver: 3,
         paused: false,
+        dead_letters: None,
     }
 }
 
