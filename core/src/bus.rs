@@ -178,6 +178,18 @@ pub enum StartPosition {
     New,
     /// With the oldest event the bus still holds.
     All,
+    /// With the first event the bus stored at or after this time (a replay's `--from`).
+    Time(DateTime<Utc>),
+}
+
+/// What a bus still holds: how far back a consumer starting now can read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// When the oldest event still held was stored; `None` when the bus holds none.
+    pub oldest: Option<DateTime<Utc>>,
+    /// Whether retention already removed older events: a start before `oldest` then misses
+    /// some, where on a bus that never removed any it misses none.
+    pub trimmed: bool,
 }
 
 /// How to subscribe.
@@ -279,6 +291,22 @@ pub trait EventBus: Send + Sync + 'static {
     async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
         let _ = consumer;
         Ok(None)
+    }
+
+    /// What the bus holds of `subjects` (a backend may answer for all its subjects): the
+    /// oldest event, and whether older ones were removed. The default knows nothing, which
+    /// lets every start through.
+    async fn retained(&self, subjects: &[Subject]) -> Result<Retained, BusError> {
+        let _ = subjects;
+        Ok(Retained::default())
+    }
+
+    /// Deletes durable consumer `consumer` and its position, for a consumer that has done
+    /// its work (a finished replay). Its subscription must be dropped first. Removing one the
+    /// bus does not have is not an error.
+    async fn remove_consumer(&self, consumer: &str) -> Result<(), BusError> {
+        let _ = consumer;
+        Ok(())
     }
 
     /// Flushes state and stops; waiting subscriptions return [`BusError::Closed`].

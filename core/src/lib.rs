@@ -29,8 +29,8 @@ pub mod tap;
 pub mod trace;
 
 pub use bus::{
-    Acker, BusError, Cause, Connection, Delivery, EventBus, Published, Report, StartPosition,
-    SubscribeOptions, Subscription, TlsFiles, chain,
+    Acker, BusError, Cause, Connection, Delivery, EventBus, Published, Report, Retained,
+    StartPosition, SubscribeOptions, Subscription, TlsFiles, chain,
 };
 pub use cloudevents::Event;
 pub use state::{StateError, StateStore, Versioned, state_key};

@@ -29,6 +29,7 @@ macro_rules! conformance_suite {
             state_is_compare_and_set,
             lag_counts_what_is_not_settled,
             lag_counts_a_deep_backlog,
+            starts_at_a_time_and_removes_consumers,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,6 +427,51 @@ pub async fn delivers_in_order_with_filter(bus: &dyn EventBus, prefix: &str) {
         d.ack().await.expect("ack");
     }
     assert_quiet(&mut sub, Duration::from_millis(200)).await;
+}
+
+/// A consumer that starts at a time (a replay) reads exactly the events stored at or after
+/// it; what the bus retains names an oldest event no later than the first; a removed
+/// consumer starts afresh when subscribed again under its name.
+pub async fn starts_at_a_time_and_removes_consumers(bus: &dyn EventBus, prefix: &str) {
+    let subject = Subject::event("ns", &format!("{prefix}-src"), "a");
+    for i in 0..5 {
+        bus.publish(&subject, &sample_event(&format!("{prefix}-early-{i}"), i))
+            .await
+            .expect("publish");
+    }
+    // Brokers stamp in milliseconds, some from their own clock: leave a clear gap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        bus.publish(&subject, &sample_event(&format!("{prefix}-late-{i}"), i))
+            .await
+            .expect("publish");
+    }
+    let consumer = format!("{prefix}-replay");
+    let mut options = SubscribeOptions::new(consumer.clone(), vec![subject.clone()]);
+    options.start = StartPosition::Time(from);
+    let mut sub = bus.subscribe(options.clone()).await.expect("subscribe at a time");
+    for i in 0..5 {
+        let (id, d) = next_id(&mut sub).await;
+        assert_eq!(id, format!("{prefix}-late-{i}"), "exactly the events from the time on");
+        d.ack().await.expect("ack");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    let retained = bus.retained(std::slice::from_ref(&subject)).await.expect("retained");
+    if let Some(oldest) = retained.oldest {
+        assert!(oldest <= from, "the oldest event held ({oldest}) is no later than the first");
+    }
+    drop(sub);
+    bus.remove_consumer(&consumer).await.expect("remove the consumer");
+    bus.remove_consumer(&consumer).await.expect("removing it again is no error");
+    // Gone with its position: under the same name it starts where it is told again.
+    let mut sub = bus.subscribe(options).await.expect("subscribe again");
+    let (id, d) = next_id(&mut sub).await;
+    assert_eq!(id, format!("{prefix}-late-0"), "a removed consumer kept no position");
+    d.ack().await.expect("ack");
+    drop(sub);
+    bus.remove_consumer(&consumer).await.expect("clean up");
 }
 
 /// A consumer named as the runtime names them (with `.`), reading two of three subjects whose

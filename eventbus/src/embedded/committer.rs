@@ -10,7 +10,8 @@ pub(super) enum WriteOp {
         reply: oneshot::Sender<Result<Published, BusError>>,
     },
     /// Create a consumer's cursor durably before it is used.
-    Cursor { name: String, floor: u64, reply: oneshot::Sender<Result<(), BusError>> },
+    /// A consumer's position; `None` removes the consumer's.
+    Cursor { name: String, floor: Option<u64>, reply: oneshot::Sender<Result<(), BusError>> },
     /// Set (or, with `None`, remove) a state value if it is at revision `expected`.
     State {
         key: String,
@@ -183,7 +184,12 @@ impl Committer {
                     ));
                 }
                 WriteOp::Cursor { name, floor, reply } => {
-                    batch.insert(&handles.cursors, name.as_bytes(), floor.to_be_bytes());
+                    match floor {
+                        Some(floor) => {
+                            batch.insert(&handles.cursors, name.as_bytes(), floor.to_be_bytes())
+                        }
+                        None => batch.remove(&handles.cursors, name.as_bytes()),
+                    }
                     replies.push(Reply::Cursor(reply));
                 }
                 WriteOp::State { key, value, expected, reply } => {

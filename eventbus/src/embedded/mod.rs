@@ -428,6 +428,7 @@ impl EmbeddedBus {
                 let floor = match options.start {
                     StartPosition::New => self.last_sequence(),
                     StartPosition::All => 0,
+                    StartPosition::Time(at) => self.floor_at(at)?,
                 };
                 // Persist the starting point first, so a restart resumes here rather
                 // than at a later "new".
@@ -453,6 +454,11 @@ impl EmbeddedBus {
 
     /// Writes a consumer's cursor durably (in memory, there is nothing to write).
     async fn save_cursor(&self, name: &str, floor: u64) -> Result<(), BusError> {
+        self.write_cursor(name, Some(floor)).await
+    }
+
+    /// Writes (`Some`) or removes (`None`) a consumer's cursor durably.
+    async fn write_cursor(&self, name: &str, floor: Option<u64>) -> Result<(), BusError> {
         if let Store::Memory(_) = self.inner.store {
             return Ok(());
         }
@@ -482,6 +488,46 @@ impl EmbeddedBus {
     /// The sequence of the last durable event.
     pub fn last_sequence(&self) -> u64 {
         *self.inner.head.borrow()
+    }
+
+    /// The sequence and publish time (ms) of the first record at or after `seq`.
+    fn record_from(&self, seq: u64) -> Result<Option<(u64, i64)>, BusError> {
+        Ok(match &self.inner.store {
+            Store::Disk(disk) => {
+                let log = disk.handles()?.log;
+                match log.range(seq.to_be_bytes()..).next() {
+                    Some(kv) => {
+                        let (key, value) = kv.into_inner().map_err(storage)?;
+                        let time = decode_record(&value).map(|r| r.published_ms);
+                        read_u64(&key).zip(time)
+                    }
+                    None => None,
+                }
+            }
+            Store::Memory(memory) => {
+                let log = memory.lock().map_err(|_| BusError::Closed)?;
+                log.records
+                    .range(seq..)
+                    .next()
+                    .map(|(&seq, record)| (seq, record.published_at.timestamp_millis()))
+            }
+        })
+    }
+
+    /// The sequence before the first record stored at or after `at`, where a consumer starting
+    /// at `at` begins. One writer stamps records in sequence order, so their times ascend and
+    /// a binary search finds it in about log2(records) reads of the log.
+    fn floor_at(&self, at: DateTime<Utc>) -> Result<u64, BusError> {
+        let target = at.timestamp_millis();
+        let (mut low, mut high) = (self.first_sequence()?, self.last_sequence() + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.record_from(middle)? {
+                Some((seq, ms)) if ms < target => low = seq + 1,
+                _ => high = middle,
+            }
+        }
+        Ok(low.saturating_sub(1))
     }
 
     fn first_sequence(&self) -> Result<u64, BusError> {
@@ -589,6 +635,19 @@ impl EventBus for EmbeddedBus {
                 .await
                 .map_err(storage)??;
         Ok(Some(outstanding + waiting))
+    }
+
+    async fn retained(&self, _subjects: &[Subject]) -> Result<ofe_core::Retained, BusError> {
+        let first = self.first_sequence()?;
+        let oldest =
+            self.record_from(first)?.and_then(|(_, ms)| DateTime::<Utc>::from_timestamp_millis(ms));
+        // Sequences start at 1: a log that begins later had its front removed by retention.
+        Ok(ofe_core::Retained { oldest, trimmed: first > 1 })
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<(), BusError> {
+        self.inner.groups.lock().map_err(|_| BusError::Closed)?.remove(consumer);
+        self.write_cursor(consumer, None).await
     }
 
     async fn close(&self) -> Result<(), BusError> {

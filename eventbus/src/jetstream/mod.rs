@@ -306,6 +306,16 @@ impl JetStreamBus {
 /// byte as `_XX` (so `trigger.ns.t.0` is `trigger_2Ens_2Et_2E0`, and no two consumers share a
 /// name). No `%`: NATS 2.9 formats ack subjects with the consumer name as a Go format string,
 /// and a `%` in it garbles every ack subject, which the client cannot parse.
+/// `at` as the client's time type.
+fn offset_time(at: chrono::DateTime<chrono::Utc>) -> Result<time::OffsetDateTime, BusError> {
+    let nanos = at.timestamp_nanos_opt().ok_or_else(|| {
+        BusError::config(format!("{at} is out of the range a JetStream start time can take"))
+    })?;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).map_err(|e| {
+        BusError::config(format!("{at} is not a time JetStream can start at")).because(e)
+    })
+}
+
 fn durable_name(consumer: &str) -> String {
     use std::fmt::Write as _;
     let mut name = String::with_capacity(consumer.len() + 16);
@@ -434,6 +444,9 @@ impl EventBus for JetStreamBus {
                     }
                     (None, StartPosition::New) => consumer::DeliverPolicy::New,
                     (None, StartPosition::All) => consumer::DeliverPolicy::All,
+                    (None, StartPosition::Time(at)) => {
+                        consumer::DeliverPolicy::ByStartTime { start_time: offset_time(at)? }
+                    }
                 };
                 let created = stream.create_consumer(config(start)).await.map_err(|e| {
                     BusError::unavailable(format!("cannot create consumer `{name}`")).because(e)
@@ -466,6 +479,35 @@ impl EventBus for JetStreamBus {
 
     fn connection(&self) -> watch::Receiver<Connection> {
         self.state.subscribe()
+    }
+
+    async fn retained(&self, _subjects: &[Subject]) -> Result<ofe_core::Retained, BusError> {
+        let mut stream = self.stream.lock().await.clone();
+        let info = stream.info().await.map_err(|e| {
+            BusError::unavailable(format!("cannot read stream `{}`", self.config.stream)).because(e)
+        })?;
+        let state = &info.state;
+        let oldest = (state.messages > 0)
+            .then(|| {
+                let at = state.first_timestamp;
+                chrono::DateTime::from_timestamp(at.unix_timestamp(), at.nanosecond())
+            })
+            .flatten();
+        // The stream's sequences start at 1: one that begins later lost its front to
+        // retention (limits, age or purge).
+        Ok(ofe_core::Retained { oldest, trimmed: state.first_sequence > 1 })
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<(), BusError> {
+        let stream = self.stream.lock().await.clone();
+        if let Err(e) = stream.delete_consumer(&durable_name(consumer)).await {
+            // Gone already is what was asked for.
+            if stream.consumer_info(durable_name(consumer)).await.is_ok() {
+                return Err(BusError::unavailable(format!("cannot delete consumer `{consumer}`"))
+                    .because(e));
+            }
+        }
+        Ok(())
     }
 
     async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {

@@ -46,7 +46,7 @@ pub(super) fn start_if_new(
     legacy: Option<&BaseConsumer<Quiet>>,
     topic: &str,
     partitions: i32,
-    start_new: bool,
+    start: StartPosition,
 ) -> Result<(), BusError> {
     let mut all = TopicPartitionList::new();
     for p in 0..partitions {
@@ -83,20 +83,92 @@ pub(super) fn start_if_new(
                 .map_err(unavailable("cannot commit the carried offsets"));
         }
     }
-    if !start_new {
-        return Ok(());
-    }
-    let mut ends = TopicPartitionList::new();
-    for p in 0..partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(unavailable("cannot read the partition ends"))?;
-        ends.add_partition_offset(topic, p, Offset::Offset(high))
-            .map_err(unavailable("cannot set a starting offset"))?;
+    let mut starts = TopicPartitionList::new();
+    match start {
+        StartPosition::All => return Ok(()),
+        StartPosition::New => {
+            for p in 0..partitions {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map_err(unavailable("cannot read the partition ends"))?;
+                starts
+                    .add_partition_offset(topic, p, Offset::Offset(high))
+                    .map_err(unavailable("cannot set a starting offset"))?;
+            }
+        }
+        StartPosition::Time(at) => {
+            // Kafka's offsetsForTimes: per partition, the first record stamped at or after
+            // `at`, or the end when there is none.
+            let mut times = TopicPartitionList::new();
+            for p in 0..partitions {
+                times
+                    .add_partition_offset(topic, p, Offset::Offset(at.timestamp_millis()))
+                    .map_err(unavailable("cannot set a start time"))?;
+            }
+            let found = consumer
+                .offsets_for_times(times, Duration::from_secs(10))
+                .map_err(unavailable("cannot find the offsets of the start time"))?;
+            for e in found.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(at) => at,
+                    _ => {
+                        let (_, high) = consumer
+                            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                            .map_err(unavailable("cannot read the partition ends"))?;
+                        high
+                    }
+                };
+                starts
+                    .add_partition_offset(topic, e.partition(), Offset::Offset(offset))
+                    .map_err(unavailable("cannot set a starting offset"))?;
+            }
+        }
     }
     consumer
-        .commit(&ends, CommitMode::Sync)
+        .commit(&starts, CommitMode::Sync)
         .map_err(unavailable("cannot commit the starting offsets"))
+}
+
+/// What the topic holds: the oldest record's time, read from the first record of each
+/// partition (Kafka keeps no such time of its own), and whether retention removed any (a
+/// partition whose low watermark is past 0).
+pub(super) fn retained(
+    probe: &BaseConsumer<Quiet>,
+    topic: &str,
+    partitions: i32,
+) -> Result<ofe_core::Retained, BusError> {
+    let timeout = Duration::from_secs(10);
+    let mut firsts = TopicPartitionList::new();
+    let mut trimmed = false;
+    for p in 0..partitions {
+        let (low, high) = probe
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(unavailable("cannot read the partition ends"))?;
+        trimmed |= low > 0;
+        if high > low {
+            firsts
+                .add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(unavailable("cannot set an offset to read"))?;
+        }
+    }
+    let mut waiting: BTreeSet<i32> = firsts.elements().iter().map(|e| e.partition()).collect();
+    let mut oldest: Option<DateTime<Utc>> = None;
+    if !waiting.is_empty() {
+        probe.assign(&firsts).map_err(unavailable("cannot read the first records"))?;
+        let until = Instant::now() + timeout;
+        while !waiting.is_empty() && Instant::now() < until {
+            let Some(message) = probe.poll(Duration::from_millis(200)) else { continue };
+            let message = message.map_err(unavailable("cannot read the first records"))?;
+            if waiting.remove(&message.partition()) {
+                let at = message.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
+                oldest = match (oldest, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+    }
+    Ok(ofe_core::Retained { oldest, trimmed })
 }
 
 /// Runs `call` (blocking) again while the group coordinator is still being elected or loading,

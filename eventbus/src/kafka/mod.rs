@@ -438,9 +438,9 @@ impl EventBus for KafkaBus {
                 Some(Err(e)) => return Err(refused(e)),
                 None => None,
             };
-            let start_new = options.start == StartPosition::New;
+            let start = options.start;
             tokio::task::spawn_blocking(move || {
-                start_if_new(&consumer, legacy.as_ref(), &topic, partitions, start_new)
+                start_if_new(&consumer, legacy.as_ref(), &topic, partitions, start)
             })
             .await
             .map_err(unavailable("finding where the consumer starts stopped"))??;
@@ -482,6 +482,55 @@ impl EventBus for KafkaBus {
 
     fn connection(&self) -> tokio::sync::watch::Receiver<ofe_core::Connection> {
         self.connection.subscribe()
+    }
+
+    async fn retained(&self, _subjects: &[Subject]) -> Result<ofe_core::Retained, BusError> {
+        // A client that joins no group: it reads the first records by assignment and commits
+        // nothing.
+        let probe: BaseConsumer<Quiet> = self
+            .config
+            .client_config()
+            .set("group.id", group_id(&self.config.topic_prefix, "retained-probe"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(Quiet)
+            .map_err(refused)?;
+        let (topic, partitions) = (self.topic.clone(), self.partitions);
+        tokio::task::spawn_blocking(move || retained(&probe, &topic, partitions))
+            .await
+            .map_err(unavailable("reading what the topic holds stopped"))?
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<(), BusError> {
+        let group = group_id(&self.config.topic_prefix, consumer);
+        self.lag_readers.lock().map_err(|_| BusError::Closed)?.remove(&group);
+        let admin: AdminClient<Quiet> =
+            self.config.client_config().create_with_context(Quiet).map_err(refused)?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // A subscription dropped just now leaves the group from its own thread, a moment
+        // later (at the latest when its session times out, 10 s): until then the group is
+        // not empty and cannot be deleted.
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let results = admin.delete_groups(&[&group], &options).await.map_err(|e| {
+                BusError::unavailable(format!("cannot delete consumer group `{group}`")).because(e)
+            })?;
+            let code = results.into_iter().find_map(|r| match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => None,
+                Err((_, code)) => Some(code),
+            });
+            match code {
+                None => return Ok(()),
+                Some(RDKafkaErrorCode::NonEmptyGroup) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(code) => {
+                    return Err(BusError::unavailable(format!(
+                        "cannot delete consumer group `{group}`: {code}"
+                    )));
+                }
+            }
+        }
     }
 
     async fn lag(&self, consumer: &str) -> Result<Option<u64>, BusError> {
