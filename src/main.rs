@@ -4,8 +4,8 @@
 //! - `ofe validate -f PATH...` checks manifests and explains every problem.
 //! - `ofe operator` runs them as the API server holds them, and writes their status.
 //! - `ofe crds` prints the CustomResourceDefinitions.
-//! - `ofe send`, `ofe tail`, `ofe status`, `ofe pause`, `ofe resume` and `ofe deadletters`
-//!   talk to a running process's endpoint.
+//! - `ofe send`, `ofe tail`, `ofe status`, `ofe pause`, `ofe resume`, `ofe deadletters`
+//!   and `ofe replay` talk to a running process's endpoint.
 
 mod client;
 mod endpoint;
@@ -74,6 +74,9 @@ enum Command {
     /// List, show, redrive or purge the events a Trigger's subscribers kept after they failed
     /// for good (their dead-letter store on the bus).
     Deadletters(client::deadletters::DeadLettersArgs),
+    /// Deliver a Trigger subscriber's past events again, from a point in time, beside its live
+    /// delivery; or list or cancel replays.
+    Replay(client::replay::ReplayArgs),
     /// Print each step of the events' paths (published, routed, filtered, delivered,
     /// retrying, dead-lettered, dropped) as they flow through a running ofe.
     Tail(client::tail::TailArgs),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => client::pause::set(args, true),
         Command::Resume(args) => client::pause::set(args, false),
         Command::Deadletters(args) => client::deadletters::deadletters(args),
+        Command::Replay(args) => client::replay::replay(args),
         Command::Tail(args) => client::tail::tail(args),
         Command::Status(args) => client::status::status(args),
     };

@@ -127,9 +127,10 @@ impl Process {
             loopback: listener.local_addr()?.ip().is_loopback(),
             pauses: ofe_runtime::Pauses::default(),
             dead_letters: ofe_runtime::DeadLetters::default(),
+            replays: ofe_runtime::Replays::new(trigger_metrics.clone()),
         };
         let (targets, pauses) = (console.targets.clone(), console.pauses.clone());
-        let dead_letters = console.dead_letters.clone();
+        let (dead_letters, replays) = (console.dead_letters.clone(), console.replays.clone());
         let http = tokio::spawn(endpoint::serve(
             listener,
             Arc::new(registry),
@@ -151,7 +152,8 @@ impl Process {
         };
         let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?
             .with_pauses(pauses)
-            .with_dead_letters(dead_letters);
+            .with_dead_letters(dead_letters)
+            .with_replays(replays);
         Ok(Self { plane, health, ready, shutdown, http })
     }
 

@@ -22,6 +22,7 @@ mod deadletters;
 mod error;
 mod pause;
 mod plane;
+mod replay;
 mod secrets;
 mod spec;
 
@@ -30,4 +31,5 @@ pub use deadletters::DeadLetters;
 pub use error::{RuntimeError, chain};
 pub use pause::{PauseError, PauseState, Pauses, Target as PauseTarget};
 pub use plane::{Plane, ResourceFailure, SendTargets, Settings, no_delay};
+pub use replay::{ReplayError, ReplayRequest, Replays};
 pub use secrets::{LocalSecrets, SecretValues, fill as fill_secrets};

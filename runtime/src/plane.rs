@@ -29,6 +29,7 @@ use ofe_eventbus::Buses;
 use crate::deadletters::DeadLetters;
 use crate::error::{RuntimeError, chain};
 use crate::pause::Pauses;
+use crate::replay::Replays;
 use crate::spec::{PlaneSpec, SourcePlan, digest, event_source_sink_plan, group_routers};
 
 /// Where `ofe send` can publish: per subject, the buses that carry it, as of the last apply.
@@ -161,6 +162,8 @@ pub struct Plane {
     pause_follower: Option<Running>,
     /// The subscribers' dead-letter stores, which the endpoint reads and changes.
     dead_letters: DeadLetters,
+    /// The subscribers' replays, which the endpoint starts and cancels.
+    replays: Replays,
 }
 
 impl Plane {
@@ -195,6 +198,7 @@ impl Plane {
             pauses: Pauses::default(),
             pause_follower: None,
             dead_letters: DeadLetters::default(),
+            replays: Replays::default(),
         })
     }
 
@@ -209,6 +213,12 @@ impl Plane {
     /// `ofe deadletters`.
     pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
         self.dead_letters = dead_letters;
+        self
+    }
+
+    /// The same plane, registering its Trigger subscribers in `replays`, for `ofe replay`.
+    pub fn with_replays(mut self, replays: Replays) -> Self {
+        self.replays = replays;
         self
     }
 
@@ -524,6 +534,10 @@ impl Plane {
         report_subscriber(&self.health, &plan);
         let (pauses, consumer) = (self.pauses.clone(), plan.consumer.clone());
         let labels = plan.labels.clone();
+        let replays = self.replays.clone();
+        if !router.is_empty() {
+            replays.register(&plan, deliverer.clone(), stop.clone());
+        }
         let task = runner::run(
             plan,
             subscription,
@@ -536,6 +550,7 @@ impl Plane {
         let task = async move {
             let result = task.await;
             pauses.unregister(&consumer);
+            replays.unregister(&consumer);
             result
         };
         let mut running = Running::one(stop.clone(), "subscriber", task);

@@ -3,13 +3,15 @@
 //! - `ofe tail` prints each step of the events' paths as they flow;
 //! - `ofe status` shows every EventSource and Trigger with its condition, rates and errors;
 //! - `ofe pause` and `ofe resume` stop and restart a Trigger's subscribers reading the bus;
-//! - `ofe deadletters` lists, shows, redrives and purges what they kept after failing.
+//! - `ofe deadletters` lists, shows, redrives and purges what they kept after failing;
+//! - `ofe replay` delivers a subscriber's past events again, from a point in time.
 //!
 //! Each prints lines for a terminal, or JSON with `--json` for scripts. This module holds what
 //! they share: where the endpoint is ([`Endpoint`]), and the HTTP client.
 
 pub mod deadletters;
 pub mod pause;
+pub mod replay;
 pub mod send;
 pub mod status;
 pub mod tail;

@@ -55,10 +55,24 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(args.window).await;
         let after = Metrics::parse(&get("/metrics").await?.text().await?);
         let rows = rows(&status, &before, &after, args.window.as_secs_f64());
+        // Replays are behind the console's access rule: an endpoint that refuses them (no
+        // token given) leaves them out of the status, which is still whole.
+        let replays = match get("/replays").await {
+            Ok(answer) => answer.json_text::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        let replays: Vec<serde_json::Value> =
+            replays.and_then(|r| r["replays"].as_array().cloned()).unwrap_or_default();
         if args.json {
-            println!("{}", serde_json::json!({ "resources": rows }));
+            println!("{}", serde_json::json!({ "resources": rows, "replays": replays }));
         } else {
             print!("{}", table(&rows));
+            if !replays.is_empty() {
+                println!("\nREPLAYS");
+                for run in &replays {
+                    println!("{}", super::replay::describe(run));
+                }
+            }
         }
         let healthy = rows.iter().all(|r| r.ready == "True" && r.delivering != "False");
         Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(3) })

@@ -48,6 +48,8 @@ pub struct Console {
     pub pauses: ofe_runtime::Pauses,
     /// The subscribers' dead-letter stores, for `/deadletters`.
     pub dead_letters: ofe_runtime::DeadLetters,
+    /// The subscribers' replays, for `/replay` and `/replays`.
+    pub replays: ofe_runtime::Replays,
 }
 
 impl Console {
@@ -66,7 +68,7 @@ impl Console {
             (None, _) if self.loopback => None,
             (None, _) => Some(text(
                 StatusCode::FORBIDDEN,
-                "/send, /tail, /pause, /resume and /deadletters are off on an endpoint outside loopback; \
+                "/send, /tail, /pause, /resume, /deadletters and /replay are off on an endpoint outside loopback; \
                  start ofe with \
                  --console-token (or OFE_CONSOLE_TOKEN) to enable them",
             )),
@@ -477,6 +479,58 @@ pub async fn dead_letters(
         }
     }
     json(&serde_json::json!({ "subscribers": answers }))
+}
+
+/// `POST /replay?namespace=NS&trigger=NAME[&subscriber=I](&from=RFC3339|&from_start=true)
+/// [&to=RFC3339]`: starts a replay of the Trigger's subscribers; answers their progress.
+pub async fn replay(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(request): Query<ofe_runtime::ReplayRequest>,
+) -> Response {
+    if let Some(refused) = console.refuse(&headers) {
+        return refused;
+    }
+    replies(console.replays.start(&request).await)
+}
+
+/// What `/replay/cancel` is asked.
+#[derive(Debug, Deserialize)]
+pub struct ReplayId {
+    /// The replay's id.
+    id: String,
+}
+
+/// `POST /replay/cancel?id=ID`: cancels a replay; answers its progress.
+pub async fn cancel_replay(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(replay): Query<ReplayId>,
+) -> Response {
+    if let Some(refused) = console.refuse(&headers) {
+        return refused;
+    }
+    replies(console.replays.cancel(&replay.id))
+}
+
+/// `GET /replays`: every replay's progress, oldest first.
+pub async fn replays(State(console): State<Console>, headers: HeaderMap) -> Response {
+    if let Some(refused) = console.refuse(&headers) {
+        return refused;
+    }
+    replies(Ok(console.replays.list()))
+}
+
+fn replies(
+    result: Result<Vec<ofe_trigger::replay::Progress>, ofe_runtime::ReplayError>,
+) -> Response {
+    use ofe_runtime::ReplayError;
+    match result {
+        Ok(progress) => json(&serde_json::json!({ "replays": progress })),
+        Err(e @ ReplayError::NotFound(_)) => text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ReplayError::Invalid(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ ReplayError::Refused(_)) => text(StatusCode::CONFLICT, e.to_string()),
+    }
 }
 
 fn json(value: &serde_json::Value) -> Response {

@@ -1,5 +1,6 @@
 //! The process's HTTP endpoint: `/healthz`, `/metrics`, `/status`, and the console's `/send`,
-//! `/tail`, `/pause`, `/resume`, `/pauses` and `/deadletters/{action}` ([`console`]).
+//! `/tail`, `/pause`, `/resume`, `/pauses`, `/deadletters/{action}`, `/replay`, `/replay/cancel`
+//! and `/replays` ([`console`]).
 
 pub mod console;
 
@@ -80,8 +81,14 @@ pub async fn serve(
             "/deadletters/{action}",
             get(crate::endpoint::console::dead_letters)
                 .post(crate::endpoint::console::dead_letters)
-                .with_state(console),
-        );
+                .with_state(console.clone()),
+        )
+        .route("/replay", post(crate::endpoint::console::replay).with_state(console.clone()))
+        .route(
+            "/replay/cancel",
+            post(crate::endpoint::console::cancel_replay).with_state(console.clone()),
+        )
+        .route("/replays", get(crate::endpoint::console::replays).with_state(console));
     axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod filter;
 pub mod key;
 pub mod metrics;
+pub mod replay;
 pub mod router;
 pub mod runner;
 pub mod sink;
@@ -31,7 +32,7 @@ use ofe_crds::diagnostic::Diagnostic;
 
 pub use condition::{ConditionError, ConditionExpr, EvalError};
 pub use delivery::{BackoffPolicy, Deliverer, RetryPolicy};
-pub use metrics::{SubscriberLabels, TriggerMetrics};
+pub use metrics::{ReplayLabels, SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
 pub use sink::http::destination as sink_destination;

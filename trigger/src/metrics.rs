@@ -23,6 +23,21 @@ pub struct SubscriberLabels {
     pub subscriber: String,
 }
 
+/// Labels of a replay's counts: the subscriber, the replay's id, and which count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplayLabels {
+    /// Namespace of the Trigger.
+    pub namespace: String,
+    /// Trigger name.
+    pub trigger: String,
+    /// Index of the subscriber.
+    pub subscriber: String,
+    /// The replay's id.
+    pub replay: String,
+    /// `read`, `fired`, `delivered` or `dead_lettered`.
+    pub count: String,
+}
+
 impl SubscriberLabels {
     /// The subscriber, as the tap names it: a Trigger's, or an EventSource's own sink.
     pub fn origin(&self) -> StepOrigin {
@@ -129,6 +144,8 @@ pub struct TriggerMetrics {
     pub lag: Family<SubscriberLabels, Gauge>,
     /// Letters in the subscriber's dead-letter store (`ofe deadletters`).
     pub dead_letters: Family<SubscriberLabels, Gauge>,
+    /// Each replay's counts (`ofe replay`).
+    pub replay: Family<ReplayLabels, Gauge>,
     /// Where each step (routed, filtered, delivered, retried, dead-lettered) is reported
     /// while `ofe tail` listens.
     pub tap: Tap,
@@ -153,6 +170,7 @@ impl Default for TriggerMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             lag: Family::default(),
             dead_letters: Family::default(),
+            replay: Family::default(),
             tap: Tap::default(),
             stages: TriggerStages::default(),
         }
@@ -225,6 +243,11 @@ impl TriggerMetrics {
             "dead_letters",
             "Events held in the subscriber's dead-letter store, to redrive or purge",
             self.dead_letters.clone(),
+        );
+        sub.register(
+            "replay_events",
+            "Per replay: input events read, events that fired, delivered and dead-lettered",
+            self.replay.clone(),
         );
     }
 }
