@@ -98,6 +98,9 @@ pub struct Process {
     pub health: Health,
     /// Set once the first apply has run, so `/healthz` answers 200.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The replays, whose progress the operator writes into status.
+    #[cfg_attr(not(feature = "operator"), expect(dead_code))]
+    pub replays: ofe_runtime::Replays,
     shutdown: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -153,8 +156,8 @@ impl Process {
         let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?
             .with_pauses(pauses)
             .with_dead_letters(dead_letters)
-            .with_replays(replays);
-        Ok(Self { plane, health, ready, shutdown, http })
+            .with_replays(replays.clone());
+        Ok(Self { plane, health, ready, replays, shutdown, http })
     }
 
     /// Marks the process ready for `/healthz`.

@@ -552,3 +552,59 @@ async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
     assert_eq!(ids.len(), seconds.len(), "one id per tick");
     assert_eq!(ticks.len(), ids.len(), "each tick is delivered once");
 }
+
+/// `spec.paused` and `spec.replays` through the API server: a paused Trigger holds its events
+/// until the spec lifts it; a replay the spec asks for re-delivers the past events once, with
+/// its progress in `.status.replays`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_kubeconfig),
+    ignore = "needs OFE_TEST_KUBECONFIG (scripts/test.sh starts the services)"
+)]
+async fn spec_paused_and_spec_replays_take_effect_from_the_api_server() {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kube = Cluster::connect().await;
+    let yaml = |extra: &str| {
+        support::orders_pipeline(&ns, &format!("{base}/fn"), "", "")
+            .replace("  subscribers:\n", &format!("{extra}  subscribers:\n"))
+    };
+    kube.apply_yaml(&yaml("  paused: true\n")).await;
+    let operator = start_operator(&kube, dir.path(), &ns, "replica-a").await;
+    wait_ready(operator.listen).await;
+    wait_ready_in_status(&kube, TRIGGERS, &ns, "orders", "True", None).await;
+    for n in 0..5 {
+        support::post_order(operator.webhooks, &ns, n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(receiver.on("/fn").is_empty(), "nothing is delivered while spec.paused holds");
+    kube.apply_yaml(&yaml("")).await;
+    receiver.wait_for(Duration::from_secs(30), "the held five", |r| r.on("/fn").len() >= 5).await;
+
+    kube.apply_yaml(&yaml("  replays:\n  - { name: again, fromStart: true }\n")).await;
+    let start = Instant::now();
+    let replays = loop {
+        let object = kube.get(TRIGGERS, &ns, "orders").await.expect("the Trigger");
+        let replays = object["status"]["replays"].clone();
+        if replays[0]["state"] == "done" {
+            break replays;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "no done replay in {replays}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(replays[0]["name"], "again", "{replays}");
+    assert_eq!(replays[0]["delivered"], 5, "{replays}");
+    let replayed: Vec<String> = receiver
+        .on("/fn")
+        .iter()
+        .filter(|r| r.header("ce-ofereplay") == "spec-again")
+        .map(|r| r.header("ce-id"))
+        .collect();
+    assert_eq!(replayed, (0..5).map(|n| format!("order-{n}")).collect::<Vec<_>>());
+    // Once per name: the next resync does not run it again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again =
+        receiver.on("/fn").iter().filter(|r| r.header("ce-ofereplay") == "spec-again").count();
+    assert_eq!(again, 5, "the replay ran once");
+}

@@ -217,3 +217,61 @@ async fn a_replay_can_be_cancelled() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `spec.replays` in a file: the replay runs once, with its progress on `/replays`; it does
+/// not run again after a restart; a replay with neither `from` nor `fromStart` is refused by
+/// `ofe validate` at its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_in_the_spec_runs_once() {
+    let ns = support::unique_namespace();
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = support::orders_pipeline(&ns, &format!("{base}/fn"), "", "");
+    let folder = manifests(dir.path(), &plain);
+    let data = dir.path().join("data");
+    let (listen, webhooks) = (free_addr(), free_addr());
+    let mut ofe = KillOnDrop(support::start_ofe_with_webhooks(&folder, &data, listen, webhooks));
+    wait_ready(listen).await;
+    for n in 0..3 {
+        post_order(webhooks, &ns, n).await;
+    }
+    receiver.wait_for(Duration::from_secs(30), "three live", |r| r.on("/fn").len() >= 3).await;
+    let with_replay = |replay: &str| {
+        plain.replace("  subscribers:\n", &format!("  replays:\n  - {replay}\n  subscribers:\n"))
+    };
+    manifests(dir.path(), &with_replay("{ name: again, fromStart: true }"));
+    assert!(support::terminate(&mut ofe.0).success());
+    let (listen, webhooks) = (free_addr(), free_addr());
+    let mut ofe = KillOnDrop(support::start_ofe_with_webhooks(&folder, &data, listen, webhooks));
+    wait_ready(listen).await;
+    let replayed = |r: &Receiver| {
+        r.on("/fn").iter().filter(|x| x.header("ce-ofereplay") == "spec-again").count()
+    };
+    receiver.wait_for(Duration::from_secs(30), "the replay", |r| replayed(r) >= 3).await;
+    let start = std::time::Instant::now();
+    loop {
+        let listed = support::tool(listen, &["replay", "--list", "--json"]);
+        if listed.contains("\"id\":\"spec-again\"") && listed.contains("\"state\":\"done\"") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "not done: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(support::terminate(&mut ofe.0).success());
+    let (listen, webhooks) = (free_addr(), free_addr());
+    let _ofe = KillOnDrop(support::start_ofe_with_webhooks(&folder, &data, listen, webhooks));
+    wait_ready(listen).await;
+    post_order(webhooks, &ns, 3).await;
+    receiver.wait_for(Duration::from_secs(30), "the live fourth", |r| r.on("/fn").len() >= 7).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replayed(&receiver), 3, "the replay ran once, not again after the restart");
+
+    let bad = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(bad.path(), &with_replay("{ name: again }"));
+    let output = support::ofe().arg("validate").arg("-f").arg(&folder).output().expect("run");
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("spec.replays[0].from"), "{text}");
+    assert!(text.contains("`fromStart: true`"), "{text}");
+}

@@ -36,4 +36,7 @@ pub use eventsource::{
     AmqpSpec, CronSpec, EventSource, EventSourceSpec, EventSourceStatus, HmacSpec, KafkaSpec,
     MqttSpec, NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceField, WebhookSpec,
 };
-pub use trigger::{DeliverySpec, Filter, Input, Subscriber, Trigger, TriggerSpec, TriggerStatus};
+pub use trigger::{
+    DeliverySpec, Filter, Input, ReplayStatus, Subscriber, Trigger, TriggerReplay, TriggerSpec,
+    TriggerStatus,
+};

@@ -63,6 +63,34 @@ pub struct TriggerSpec {
     /// Default `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// Replays to run (ofe addition), as `ofe replay` runs them: each delivers past events
+    /// of the inputs again, once per name, and reports its progress in `.status.replays`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replays: Option<Vec<TriggerReplay>>,
+}
+
+/// A replay the spec asks for (ofe addition).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "has(self.from) != (has(self.fromStart) && self.fromStart)", "message": "a replay starts either from a time (from) or from the start (fromStart: true)" }
+]))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TriggerReplay {
+    /// Names the replay: it runs once for each name (lower-case letters, digits and `-`). To
+    /// run it again, give it a new name.
+    pub name: String,
+    /// From the events stored at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// From the oldest event the bus holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_start: Option<bool>,
+    /// Up to the events stored at or before this time (RFC 3339). Default: when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Only this subscriber (its index in `subscribers`). Default: every subscriber.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber: Option<u32>,
 }
 
 /// One input of a Trigger: an event of an EventSource, or (ofe addition) a bus topic.
@@ -222,4 +250,33 @@ pub struct TriggerStatus {
     /// Conditions of the Trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The progress of the replays of `spec.replays`, one entry per replay and subscriber.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replays: Vec<ReplayStatus>,
+}
+
+/// The progress of one replay of one subscriber.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayStatus {
+    /// The replay's name in `spec.replays`.
+    pub name: String,
+    /// The subscriber's index.
+    pub subscriber: String,
+    /// `running`, `done`, `cancelled` or `failed`.
+    pub state: String,
+    /// Input events read.
+    pub read: u64,
+    /// Of those, the ones that fired the subscriber.
+    pub fired: u64,
+    /// Of those, the ones delivered.
+    pub delivered: u64,
+    /// Of those, the ones dead-lettered.
+    pub dead_lettered: u64,
+    /// The bus time of the latest input event read (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

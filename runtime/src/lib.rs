@@ -25,6 +25,7 @@ mod plane;
 mod replay;
 mod secrets;
 mod spec;
+mod stored;
 
 pub use check::{Checked, check_manifests, load_and_check};
 pub use deadletters::DeadLetters;

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ofe_core::{BusError, StateError, StateStore};
+use ofe_core::{BusError, StateStore};
 use ofe_trigger::SubscriberLabels;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -294,20 +294,12 @@ fn not_found(inner: &Inner, target: &Target) -> String {
     target.not_found(inner.entries.values().map(|e| &e.labels), "Trigger subscribers")
 }
 
+/// What the stored pauses are called in a warning.
+const WHAT: &str = "paused subscribers";
+
 /// A bus's stored pauses, and the revision they were read at.
 async fn read(store: &dyn StateStore) -> Result<(Stored, Option<u64>), BusError> {
-    match store.get(&key()).await? {
-        None => Ok((Stored::new(), None)),
-        Some(versioned) => {
-            // A value this version cannot read is treated as empty rather than blocking
-            // every subscriber; the next write replaces it.
-            let stored = serde_json::from_slice(&versioned.value).unwrap_or_else(|error| {
-                tracing::warn!(%error, "the stored paused subscribers are not readable; ignoring them");
-                Stored::new()
-            });
-            Ok((stored, Some(versioned.revision)))
-        }
-    }
+    crate::stored::read(store, &key(), WHAT).await
 }
 
 /// Marks `consumers` paused (since `since`, unless already) or not, with compare-and-set
@@ -318,8 +310,7 @@ async fn update(
     paused: bool,
     since: &str,
 ) -> Result<HashMap<String, Option<String>>, PauseError> {
-    loop {
-        let (mut stored, revision) = read(store).await.map_err(PauseError::Store)?;
+    crate::stored::update(store, &key(), WHAT, |stored: &mut Stored| {
         for consumer in consumers {
             if paused {
                 stored
@@ -329,16 +320,8 @@ async fn update(
                 stored.remove(*consumer);
             }
         }
-        let value = serde_json::to_vec(&stored).unwrap_or_default();
-        match store.put(&key(), value, revision).await {
-            Ok(_) => {
-                return Ok(consumers
-                    .iter()
-                    .map(|c| (c.to_string(), stored.get(*c).map(|p| p.since.clone())))
-                    .collect());
-            }
-            Err(StateError::Conflict) => continue,
-            Err(StateError::Bus(error)) => return Err(PauseError::Store(error)),
-        }
-    }
+        consumers.iter().map(|c| (c.to_string(), stored.get(*c).map(|p| p.since.clone()))).collect()
+    })
+    .await
+    .map_err(PauseError::Store)
 }

@@ -276,7 +276,10 @@ impl Plane {
                         }
                     };
                     let router = self.buses.router_consumer(namespace, bus_name);
-                    let version = digest(namespace, r.name(), &t.spec) + &bus_digest;
+                    // Asking for a replay changes nothing that runs: the subscribers (and the
+                    // replays running beside them) carry on.
+                    let spec = ofe_crds::TriggerSpec { replays: None, ..t.spec.clone() };
+                    let version = digest(namespace, r.name(), &spec) + &bus_digest;
                     for plan in plans {
                         let entry = (plan, bus.clone(), router.clone(), version.clone());
                         desired.subscribers.insert(entry.0.consumer.clone(), entry);
@@ -417,6 +420,14 @@ impl Plane {
             if !self.bus_watchers.contains_key(&key) {
                 let running = self.watch_bus(key.clone(), &bus);
                 self.bus_watchers.insert(key, (version, running));
+            }
+        }
+        // Replays the Triggers' specs ask for, once their subscribers run.
+        for m in manifests {
+            if let Resource::Trigger(t) = &m.resource
+                && t.spec.replays.is_some()
+            {
+                self.replays.from_spec(t).await;
             }
         }
         self.report_failures(manifests, &failures);

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use ofe_core::StateStore;
 use ofe_trigger::replay::{self, Progress, ReplaySpec, ReplayState};
 use ofe_trigger::{Deliverer, ReplayLabels, SubscriberPlan, TriggerMetrics};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +70,7 @@ struct Run {
 struct Inner {
     /// Per subscriber consumer.
     hosts: BTreeMap<String, Host>,
-    /// Per replay id and subscriber, in start order (ids sort by time).
+    /// Per replay id and subscriber consumer, in start order (ids sort by time).
     runs: BTreeMap<(String, String), Run>,
 }
 
@@ -119,6 +120,17 @@ impl Replays {
     /// Starts a replay of each subscriber `request` names, all under one id; returns their
     /// progress.
     pub async fn start(&self, request: &ReplayRequest) -> Result<Vec<Progress>, ReplayError> {
+        self.start_as(request, None, None).await
+    }
+
+    /// [`Replays::start`] under `id` (a new one when `None`); with `record`, the end is
+    /// written to that store under that name.
+    async fn start_as(
+        &self,
+        request: &ReplayRequest,
+        id: Option<String>,
+        record: Option<(Arc<dyn StateStore>, String)>,
+    ) -> Result<Vec<Progress>, ReplayError> {
         let from = match (&request.from, request.from_start) {
             (Some(text), false) => Some(time("--from", text)?),
             (None, true) => None,
@@ -168,11 +180,13 @@ impl Replays {
                 .await
                 .map_err(ReplayError::Refused)?;
         }
-        let id = format!(
-            "r{}-{}",
-            now.format("%Y%m%d-%H%M%S"),
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
+        let id = id.unwrap_or_else(|| {
+            format!(
+                "r{}-{}",
+                now.format("%Y%m%d-%H%M%S"),
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            )
+        });
         let spec = ReplaySpec { id: id.clone(), from, to };
         let mut started = Vec::new();
         for (plan, deliverer, stop) in hosts {
@@ -180,18 +194,103 @@ impl Replays {
             let cancel = stop.child_token();
             started.push(receiver.borrow().clone());
             self.lock().runs.insert(
-                (id.clone(), plan.labels.subscriber.clone()),
+                (id.clone(), plan.consumer.clone()),
                 Run { progress: receiver.clone(), cancel: cancel.clone() },
             );
             tracing::info!(replay = %id, consumer = %plan.consumer, from = ?spec.from, to = %spec.to, "replay started");
             let (spec, metrics) = (spec.clone(), self.metrics.clone());
-            tokio::spawn(mirror(receiver, metrics.clone()));
+            tokio::spawn(mirror(receiver.clone(), metrics.clone()));
+            let record = record.clone();
             tokio::spawn(async move {
                 replay::run(spec, &plan, deliverer, &metrics, sender, cancel).await;
+                if let Some((store, name)) = record {
+                    let state = receiver.borrow().state;
+                    remember(store.as_ref(), &name, state).await;
+                }
             });
         }
         self.forget_old();
         Ok(started)
+    }
+
+    /// Starts the replays `trigger.spec.replays` asks for that have not run: each runs once
+    /// per name, under the id `spec-<name>`. That it ran is kept in the state store of the
+    /// Trigger's bus, so a restart or another replica does not run it again; one a crash
+    /// interrupted runs again (its consumers carry on from where they were). What cannot
+    /// start now (the subscriber does not run yet) is tried at the next apply; what the bus
+    /// refuses is logged and kept as failed.
+    pub async fn from_spec(&self, trigger: &ofe_crds::Trigger) {
+        let namespace = ofe_crds::manifest::namespace_of(&trigger.metadata).to_string();
+        let name = trigger.metadata.name.clone().unwrap_or_default();
+        let prefix = format!("trigger.{namespace}.{name}.");
+        for replay in trigger.spec.replays.iter().flatten() {
+            let id = spec_id(&replay.name);
+            let here = self.lock().runs.keys().any(|(i, c)| *i == id && c.starts_with(&prefix));
+            if here {
+                continue;
+            }
+            let store = {
+                let inner = self.lock();
+                let host = inner.hosts.values().find(|h| h.plan.consumer.starts_with(&prefix));
+                host.map(|h| h.deliverer.bus().clone())
+            };
+            let Some(bus) = store else { continue };
+            let store = match bus.state_store().await {
+                Ok(store) => store,
+                Err(error) => {
+                    tracing::warn!(replay = %id, error = %ofe_core::Report(&error), "cannot reach the bus's state store; the replay waits");
+                    continue;
+                }
+            };
+            let record = format!("{namespace}/{name}/{}", replay.name);
+            if let Some(store) = &store {
+                match crate::stored::read::<Remembered>(store.as_ref(), &spec_key(), WHAT).await {
+                    Ok((records, _))
+                        if records
+                            .get(&record)
+                            .is_some_and(|r| r.state != ReplayState::Running) =>
+                    {
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(replay = %id, error = %ofe_core::Report(&error), "cannot read which replays ran; the replay waits");
+                        continue;
+                    }
+                }
+            }
+            let request = ReplayRequest {
+                namespace: namespace.clone(),
+                trigger: name.clone(),
+                subscriber: replay.subscriber.map(|n| n.to_string()),
+                from: replay.from.clone(),
+                from_start: replay.from_start.unwrap_or(false),
+                to: replay.to.clone(),
+            };
+            let record = store.map(|store| (store, record));
+            if let Some((store, name)) = &record {
+                remember(store.as_ref(), name, ReplayState::Running).await;
+            }
+            match self.start_as(&request, Some(id.clone()), record.clone()).await {
+                Ok(_) => {}
+                Err(ReplayError::NotFound(_)) => {}
+                Err(error) => {
+                    tracing::warn!(replay = %id, %error, "the replay of spec.replays cannot run");
+                    if let Some((store, name)) = &record {
+                        remember(store.as_ref(), name, ReplayState::Failed).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The progress of `trigger`'s replays of `spec.replays` in this process, per name.
+    pub fn of_spec(&self, namespace: &str, trigger: &str) -> Vec<(String, Progress)> {
+        self.list()
+            .into_iter()
+            .filter(|p| p.namespace == namespace && p.trigger == trigger)
+            .filter_map(|p| Some((p.id.strip_prefix("spec-")?.to_string(), p)))
+            .collect()
     }
 
     /// Every replay's progress, oldest first.
@@ -230,6 +329,37 @@ impl Replays {
         for key in finished.into_iter().take(excess) {
             inner.runs.remove(&key);
         }
+    }
+}
+
+/// The id a replay of `spec.replays` named `name` runs under.
+pub fn spec_id(name: &str) -> String {
+    format!("spec-{name}")
+}
+
+/// What the spec replays' records are called in a warning.
+const WHAT: &str = "spec replays";
+
+/// The key of the spec replays' records in a bus's state store.
+fn spec_key() -> String {
+    ofe_core::state_key(&["ofe", "replays"])
+}
+
+/// What is kept of a spec replay: where it got.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Remembered {
+    state: ReplayState,
+}
+
+/// Writes that spec replay `name` is in `state`; a failure is logged (the replay may then run
+/// again after a restart, which delivers it twice rather than not at all).
+async fn remember(store: &dyn StateStore, name: &str, state: ReplayState) {
+    let written = crate::stored::update(store, &spec_key(), WHAT, |records| {
+        records.insert(name.to_string(), Remembered { state });
+    })
+    .await;
+    if let Err(error) = written {
+        tracing::warn!(replay = %name, error = %ofe_core::Report(&error), "cannot record the replay's state");
     }
 }
 

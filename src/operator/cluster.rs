@@ -238,6 +238,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Writes `replays` as the Trigger's `.status.replays` (the whole list replaces the old).
+    pub async fn write_replays(
+        &self,
+        r: &Resource,
+        replays: &[ofe_crds::ReplayStatus],
+    ) -> Result<(), kube::Error> {
+        let Resource::Trigger(_) = r else { return Ok(()) };
+        let namespace = r.namespace().unwrap_or_default();
+        let patch = Patch::Merge(serde_json::json!({ "status": { "replays": replays } }));
+        let api: Api<Trigger> = Api::namespaced(self.client.clone(), namespace);
+        api.patch_status(r.name(), &PatchParams::default(), &patch).await?;
+        Ok(())
+    }
+
     /// Posts an Event about `r` (`kubectl describe` shows it).
     pub async fn post_event(
         &self,

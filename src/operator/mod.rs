@@ -122,7 +122,12 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
 
     let mut board = process.health.subscribe();
     let secret_files = args.plane.data_dir.join("secrets");
-    let mut writer = StatusWriter { identity, written: BTreeMap::new() };
+    let mut writer = StatusWriter {
+        identity,
+        written: BTreeMap::new(),
+        replays: process.replays.clone(),
+        written_replays: BTreeMap::new(),
+    };
     let mut desired = Desired::default();
     let mut snapshot = Snapshot::default();
     let mut failing = false;
@@ -180,6 +185,10 @@ struct StatusWriter {
     /// What this replica last wrote per resource: the watch may not have caught up yet, and
     /// comparing with a stale copy would write (and announce) the same change twice.
     written: BTreeMap<ResourceKey, Vec<Condition>>,
+    /// The replays whose progress goes into `.status.replays`.
+    replays: ofe_runtime::Replays,
+    /// What this replica last wrote of each Trigger's replays.
+    written_replays: BTreeMap<ResourceKey, Vec<ofe_crds::ReplayStatus>>,
 }
 
 impl StatusWriter {
@@ -203,6 +212,7 @@ impl StatusWriter {
             let parts =
                 reconcile::parts(operator, &health.conditions(&key), running.contains(&key));
             let (next, transition) = reconcile::next_status(&current, &parts, generation, now);
+            self.write_replays(cluster, r, &key).await;
             let Some(next) = next else { continue };
             if let Err(e) = cluster.write_status(r, &next).await {
                 tracing::warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, error = %e, "cannot write status");
@@ -215,5 +225,60 @@ impl StatusWriter {
             }
         }
         self.written.retain(|k, _| seen.contains(k));
+        self.written_replays.retain(|k, _| seen.contains(k));
+    }
+
+    /// Writes the progress of a Trigger's `spec.replays` into `.status.replays`, when it
+    /// changed: what runs here over what the status holds (a replay that ended before this
+    /// replica led stays as it was written).
+    async fn write_replays(
+        &mut self,
+        cluster: &Cluster,
+        r: &ofe_crds::manifest::Resource,
+        key: &ResourceKey,
+    ) {
+        let ofe_crds::manifest::Resource::Trigger(t) = r else { return };
+        if t.spec.replays.is_none() && t.status.as_ref().is_none_or(|s| s.replays.is_empty()) {
+            return;
+        }
+        let stored = t.status.as_ref().map(|s| s.replays.clone()).unwrap_or_default();
+        let current = self.written_replays.get(key).cloned().unwrap_or(stored);
+        let mut next: BTreeMap<(String, String), ofe_crds::ReplayStatus> =
+            current.iter().map(|s| ((s.name.clone(), s.subscriber.clone()), s.clone())).collect();
+        let asked: BTreeSet<&str> =
+            t.spec.replays.iter().flatten().map(|r| r.name.as_str()).collect();
+        next.retain(|(name, _), _| asked.contains(name.as_str()));
+        for (name, p) in self.replays.of_spec(&key.namespace, &key.name) {
+            if !asked.contains(name.as_str()) {
+                continue;
+            }
+            let status = ofe_crds::ReplayStatus {
+                name: name.clone(),
+                subscriber: p.subscriber.clone(),
+                state: serde_json::to_value(p.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                read: p.read,
+                fired: p.fired,
+                delivered: p.delivered,
+                dead_lettered: p.dead_lettered,
+                position: p.position.clone(),
+                error: p.error.clone(),
+            };
+            next.insert((name, p.subscriber), status);
+        }
+        let next: Vec<ofe_crds::ReplayStatus> = next.into_values().collect();
+        if next == current {
+            return;
+        }
+        match cluster.write_replays(r, &next).await {
+            Ok(()) => {
+                self.written_replays.insert(key.clone(), next);
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %key.namespace, name = %key.name, error = %e, "cannot write the replays' status");
+            }
+        }
     }
 }

@@ -133,7 +133,11 @@ pub fn desired(snapshot: &Snapshot, leader: bool) -> Desired {
         let resolved = match resource {
             Resource::EventSource(es) => resolve(es, &namespace, &snapshot.targets)
                 .map(|es: EventSource| Resource::EventSource(for_replicas(es, leader))),
-            Resource::Trigger(t) => {
+            Resource::Trigger(mut t) => {
+                // The leader runs the replays the spec asks for; the others leave them be.
+                if !leader {
+                    t.spec.replays = None;
+                }
                 resolve(t, &namespace, &snapshot.targets).map(|t: Trigger| Resource::Trigger(t))
             }
             other => Ok(other),

@@ -140,6 +140,63 @@ fn delivery_plan(
     plan
 }
 
+/// Checks `spec.replays`: names that can run once each, a start, times that parse, and a
+/// subscriber that exists.
+fn check_replays(trigger: &Trigger, errors: &mut Vec<Diagnostic>) {
+    let mut names = BTreeSet::new();
+    for (i, replay) in trigger.spec.replays.iter().flatten().enumerate() {
+        let mut error = |field: &str, message: String| {
+            errors.push(Diagnostic::error(format!("spec.replays[{i}].{field}"), message));
+        };
+        let name = &replay.name;
+        let safe = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if name.is_empty() || name.len() > 63 || !safe {
+            error(
+                "name",
+                format!(
+                    "is `{name}`; use 1 to 63 lower-case letters, digits and `-`, e.g. `fix-1`"
+                ),
+            );
+        } else if !names.insert(name.as_str()) {
+            error("name", format!("`{name}` is used twice; a replay runs once per name"));
+        }
+        match (&replay.from, replay.from_start.unwrap_or(false)) {
+            (Some(_), true) => error("from", "is set with `fromStart: true`; keep one".into()),
+            (None, false) => error(
+                "from",
+                "is missing; say where the replay starts: `from: 2026-12-03T10:00:00Z` or \
+                 `fromStart: true`"
+                    .into(),
+            ),
+            _ => {}
+        }
+        for (field, text) in [("from", &replay.from), ("to", &replay.to)] {
+            if let Some(text) = text
+                && let Err(e) = chrono::DateTime::parse_from_rfc3339(text)
+            {
+                error(
+                    field,
+                    format!(
+                        "`{text}` is not an RFC 3339 time ({e}); write e.g. 2026-12-03T10:00:00Z"
+                    ),
+                );
+            }
+        }
+        if let Some(n) = replay.subscriber
+            && n as usize >= trigger.spec.subscribers.len()
+        {
+            let count = trigger.spec.subscribers.len();
+            error(
+                "subscriber",
+                format!(
+                    "is {n}, but the Trigger has {count} subscribers (0 to {})",
+                    count.saturating_sub(1)
+                ),
+            );
+        }
+    }
+}
+
 /// A Trigger's expressions, compiled.
 struct Compiled {
     window: Duration,
@@ -162,6 +219,7 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
             DEFAULT_WINDOW
         }),
     };
+    check_replays(trigger, &mut errors);
     let mut conditions = Vec::new();
     let mut deliveries = Vec::new();
     for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
