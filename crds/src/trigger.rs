@@ -236,6 +236,12 @@ pub struct DeliverySpec {
     /// Most events delivered per second (ofe addition), per process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
+    /// Delays every event (ofe addition) by this long after it fired, e.g. `PT30S` or `30s`.
+    /// Durable: the event waits on the bus. An event may also carry the extension
+    /// `ofedeliverat` (RFC 3339) to wait until then. Without `orderKey`, a delayed event does
+    /// not hold back later ones that are due sooner; with it, order wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
     /// Whether an event that fails for good, with no `deadLetterSink` or `deadLetterTopic`,
     /// is kept on the bus in the subscriber's dead-letter topic
     /// `<trigger>.dead-letters.<index>` (ofe addition). Default `true`; `false` drops it,

@@ -128,6 +128,7 @@ pub(crate) fn event_source_sink_plan(
         order_key: None,
         reply: None,
         rate_limit: None,
+        delay: None,
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
         paused: false,
         dead_letters: None,

@@ -95,10 +95,18 @@ impl Receiver {
 /// Posts event `order-N` (JSON `{"n":N}`) to the webhook `hook` of EventSource `ingest` in
 /// `ns`, retrying while the webhook is not up yet.
 pub async fn post_order(webhooks: SocketAddr, ns: &str, n: u32) {
+    post_order_with(webhooks, ns, n, &[]).await;
+}
+
+/// [`post_order`] with more headers (`ce-<extension>` ones, for instance).
+pub async fn post_order_with(webhooks: SocketAddr, ns: &str, n: u32, headers: &[(&str, &str)]) {
     let url = format!("http://{webhooks}/{ns}/ingest/hook");
     for _ in 0..50 {
-        let sent = http()
-            .post(&url)
+        let mut request = http().post(&url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let sent = request
             .header("ce-specversion", "1.0")
             .header("ce-id", format!("order-{n}"))
             .header("ce-source", "test")

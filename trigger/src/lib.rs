@@ -66,6 +66,7 @@ struct DeliveryPlan {
     max_in_flight: usize,
     order_key: Option<Arc<KeyExpr>>,
     rate_limit: Option<u32>,
+    delay: Option<Duration>,
 }
 
 /// Reads `spec` (at `path`) over the defaults `base`, pushing a diagnostic per bad field.
@@ -86,6 +87,7 @@ fn delivery_plan(
         max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         order_key: None,
         rate_limit: None,
+        delay: None,
     };
     let Some(spec) = spec else { return plan };
     let mut error = |field: &str, message: String| {
@@ -102,6 +104,12 @@ fn delivery_plan(
         Some("linear") => plan.retry.backoff = delivery::BackoffPolicy::Linear,
         Some(other) => {
             error("backoffPolicy", format!("is `{other}`; use `linear` or `exponential`"))
+        }
+    }
+    if let Some(text) = &spec.delay {
+        match ofe_crds::duration::parse(text) {
+            Ok(d) => plan.delay = Some(d).filter(|d| !d.is_zero()),
+            Err(e) => error("delay", e.to_string()),
         }
     }
     let durations = [
@@ -358,6 +366,7 @@ pub fn plan(
             order_key: delivery.order_key.clone(),
             reply: sub.sink.as_ref().map(|_| Subject::topic(namespace, &reply_topic)),
             rate_limit: delivery.rate_limit,
+            delay: delivery.delay,
             max_deliver: DEFAULT_MAX_DELIVER,
             paused: trigger.spec.paused.unwrap_or(false),
             dead_letters: store.filter(|_| kept),

@@ -68,6 +68,8 @@ pub struct SubscriberPlan {
     pub order_key: Option<Arc<KeyExpr>>,
     /// Most events started per second.
     pub rate_limit: Option<u32>,
+    /// Every event waits this long after it was put on the subscriber's queue.
+    pub delay: Option<Duration>,
     /// A delivery that comes back from the bus more often than this (the process kept dying
     /// while holding it: a poison event) goes to the dead-letter destination instead.
     pub max_deliver: u32,
@@ -88,13 +90,27 @@ pub async fn subscribe(
     let options = SubscribeOptions {
         consumer: plan.consumer.clone(),
         subjects: subjects.into_iter().collect(),
-        max_in_flight: plan.max_in_flight,
+        max_in_flight: plan.max_in_flight + waiting_room(plan),
         // A queue holds only what the router put there for this subscriber, so a new
         // consumer takes all of it; an EventSource's sink starts with new events.
         start: if plan.routing.is_some() { StartPosition::All } else { StartPosition::New },
         max_deliver: Some(plan.max_deliver),
     };
     bus.subscribe(options).await
+}
+
+/// Delayed events a subscriber's consumer leaves on the bus, unsettled, without holding back
+/// the events behind them; more than this, and later events wait behind the delayed ones
+/// (backpressure, nothing lost). A subscriber with `delivery.delay` delays every event and so
+/// needs the larger room.
+pub const DELAYED_WAITING: usize = 1_024;
+
+/// [`DELAYED_WAITING`] for a subscriber with `delivery.delay`.
+pub const DELAYED_WAITING_WITH_DELAY: usize = 10_000;
+
+/// The room on the bus for `plan`'s delayed events, beside its deliveries in flight.
+fn waiting_room(plan: &SubscriberPlan) -> usize {
+    if plan.delay.is_some() { DELAYED_WAITING_WITH_DELAY } else { DELAYED_WAITING }
 }
 
 /// Runs a subscriber until `shutdown`, then lets in-flight deliveries finish for up to
@@ -258,6 +274,29 @@ async fn deliver_until(
             },
         };
         while tasks.try_join_next().is_some() {}
+        let hold = match due(plan, &delivery) {
+            Ok(None) => None,
+            Ok(Some(at)) if plan.order_key.is_none() => {
+                // Back to the bus until it is due: later events that are due sooner go first,
+                // and the bus keeps it through restarts and kill -9.
+                let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                if let Err(error) = delivery.nack(wait).await {
+                    tracing::warn!(error = %ofe_core::Report(&error), "cannot put a delayed event back on the bus; it comes back after the ack wait");
+                }
+                continue;
+            }
+            // Under an order key, order wins: the event is held here, in its key's turn.
+            Ok(Some(at)) => Some(at),
+            Err(reason) => {
+                let subscriber = subscriber.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let failure = Failure { reason, ..Failure::default() };
+                    subscriber.dead_letter_unattempted(delivery, &failure, 0).await;
+                });
+                continue;
+            }
+        };
         subscriber.metrics.stages.queue_wait.since(delivery.published_at);
         if plan.routing.is_none() {
             subscriber.metrics.received.get_or_create(&plan.labels).inc();
@@ -300,6 +339,14 @@ async fn deliver_until(
                 // Ends when the previous delivery of the key settles, or its task is gone.
                 let _ = previous.await;
             }
+            if let Some(at) = hold {
+                let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    // Stopping: left unsettled, it is redelivered (and waits again) next start.
+                    () = subscriber.interrupt.cancelled() => return,
+                }
+            }
             // Boxed: the delivery's future (an HTTP request and its retries) is kilobytes,
             // and a task's future is moved when spawned and written over when it ends.
             Box::pin(subscriber.deliver(delivery)).await;
@@ -316,6 +363,34 @@ async fn deliver_until(
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Extension attribute that delays an event until a time (RFC 3339).
+pub const EXT_DELIVER_AT: &str = "ofedeliverat";
+
+/// When `delivery` is due, if later than now: its queue time plus the subscriber's delay, or
+/// its `ofedeliverat`, whichever is later. Computed from what the bus keeps, so a restart
+/// computes the same. `Err` with the reason when `ofedeliverat` is not a time.
+fn due(
+    plan: &SubscriberPlan,
+    delivery: &Delivery,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+    let mut at = plan
+        .delay
+        .and_then(|d| chrono::Duration::from_std(d).ok().map(|d| delivery.published_at + d));
+    if let Some(value) = delivery.event.extension(EXT_DELIVER_AT) {
+        let text = value.to_string();
+        let time = chrono::DateTime::parse_from_rfc3339(&text)
+            .map_err(|e| {
+                format!(
+                    "the extension {EXT_DELIVER_AT} `{text}` is not an RFC 3339 time ({e}); \
+                     write e.g. 2026-12-03T10:00:00Z"
+                )
+            })?
+            .with_timezone(&chrono::Utc);
+        at = Some(at.map_or(time, |a| a.max(time)));
+    }
+    Ok(at.filter(|at| *at > chrono::Utc::now()))
 }
 
 impl Subscriber {

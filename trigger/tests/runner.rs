@@ -94,6 +94,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         order_key: None,
         reply: None,
         rate_limit: None,
+        delay: None,
         max_deliver: 3,
         paused: false,
         dead_letters: None,

@@ -447,7 +447,10 @@ impl EventBus for KafkaBus {
         }
         consumer.subscribe(&[&self.topic]).map_err(unavailable("cannot subscribe to the topic"))?;
         let filter: BTreeSet<String> = options.subjects.iter().map(ToString::to_string).collect();
-        let (tx, rx) = mpsc::channel(options.max_in_flight);
+        // A read-ahead buffer, not the bound on what is unsettled (the poller counts that): a
+        // consumer with room for many waiting deliveries (delayed ones) does not fill memory
+        // with events it has not asked for yet.
+        let (tx, rx) = mpsc::channel(options.max_in_flight.min(256));
         let stop = Arc::new(AtomicBool::new(false));
         let poller = Poller {
             consumer: consumer.clone(),
