@@ -116,6 +116,15 @@ async fn pause_and_resume(bus: impl Fn(&str) -> String) {
     assert_eq!(numbers(&receiver).len(), total as usize, "still paused after the restart");
     let listed = support::get(&format!("http://{listen}/pauses")).await;
     assert!(listed.contains("\"paused\":true"), "{listed}");
+    let status = support::ofe()
+        .args(["status", "--endpoint", &format!("http://{listen}")])
+        .output()
+        .expect("ofe status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("PAUSED\n{ns}/orders subscriber 0: paused (by hand since")),
+        "{status}"
+    );
     tool("resume", listen, &ns, false);
     receiver
         .wait_for(Duration::from_secs(30), "the events published while paused", |r| {

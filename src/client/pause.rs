@@ -46,7 +46,7 @@ pub fn set(args: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// One subscriber's pause as a line: who, and whether (and why) it reads nothing.
-fn describe(state: &serde_json::Value) -> String {
+pub fn describe(state: &serde_json::Value) -> String {
     let who = format!(
         "{}/{} subscriber {}",
         state["namespace"].as_str().unwrap_or_default(),

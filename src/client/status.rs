@@ -63,10 +63,28 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         };
         let replays: Vec<serde_json::Value> =
             replays.and_then(|r| r["replays"].as_array().cloned()).unwrap_or_default();
+        let pauses = match get("/pauses").await {
+            Ok(answer) => answer.json_text::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        let paused: Vec<serde_json::Value> = pauses
+            .and_then(|p| p["subscribers"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s["paused"] == true)
+            .collect();
         if args.json {
-            println!("{}", serde_json::json!({ "resources": rows, "replays": replays }));
+            let answer =
+                serde_json::json!({ "resources": rows, "replays": replays, "paused": paused });
+            println!("{answer}");
         } else {
             print!("{}", table(&rows));
+            if !paused.is_empty() {
+                println!("\nPAUSED");
+                for state in &paused {
+                    println!("{}", super::pause::describe(state));
+                }
+            }
             if !replays.is_empty() {
                 println!("\nREPLAYS");
                 for run in &replays {
