@@ -61,30 +61,11 @@ async fn kept_on_the_bus(bus: impl Fn(&str) -> String) {
     assert!(dead_lettered > 0, "counted as dead-lettered: {metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_event_is_kept_on_the_embedded_bus() {
-    kept_on_the_bus(|_| String::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_nats),
-    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
-)]
-async fn a_failed_event_is_kept_on_jetstream() {
-    let url = support::broker_var("OFE_TEST_NATS");
-    kept_on_the_bus(|ns| support::jetstream_bus(ns, &url)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_kafka),
-    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
-)]
-async fn a_failed_event_is_kept_on_kafka() {
-    let brokers = support::broker_var("OFE_TEST_KAFKA");
-    kept_on_the_bus(|ns| support::kafka_bus(ns, &brokers)).await;
-}
+on_every_bus!(kept_on_the_bus:
+    a_failed_event_is_kept_on_the_embedded_bus,
+    a_failed_event_is_kept_on_jetstream,
+    a_failed_event_is_kept_on_kafka
+);
 
 /// `deadLetterStore: false` drops what fails for good, logged and counted, as Knative does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,30 +208,11 @@ async fn redrive_after_recovery(bus: impl Fn(&str) -> String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redrive_after_recovery_on_the_embedded_bus() {
-    redrive_after_recovery(|_| String::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_nats),
-    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
-)]
-async fn redrive_after_recovery_on_jetstream() {
-    let url = support::broker_var("OFE_TEST_NATS");
-    redrive_after_recovery(|ns| support::jetstream_bus(ns, &url)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_kafka),
-    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
-)]
-async fn redrive_after_recovery_on_kafka() {
-    let brokers = support::broker_var("OFE_TEST_KAFKA");
-    redrive_after_recovery(|ns| support::kafka_bus(ns, &brokers)).await;
-}
+on_every_bus!(redrive_after_recovery:
+    redrive_after_recovery_on_the_embedded_bus,
+    redrive_after_recovery_on_jetstream,
+    redrive_after_recovery_on_kafka
+);
 
 /// Asking for letters of what does not run says what does; a redrive without `--id` or
 /// `--all` is refused before anything is sent.

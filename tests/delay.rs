@@ -62,30 +62,11 @@ async fn deliver_at_across_kill_9(bus: impl Fn(&str) -> String) {
     assert_eq!(copies, 1, "delivered once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliver_at_on_the_embedded_bus() {
-    deliver_at_across_kill_9(|_| String::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_nats),
-    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
-)]
-async fn deliver_at_on_jetstream() {
-    let url = support::broker_var("OFE_TEST_NATS");
-    deliver_at_across_kill_9(|ns| support::jetstream_bus(ns, &url)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_kafka),
-    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
-)]
-async fn deliver_at_on_kafka() {
-    let brokers = support::broker_var("OFE_TEST_KAFKA");
-    deliver_at_across_kill_9(|ns| support::kafka_bus(ns, &brokers)).await;
-}
+on_every_bus!(deliver_at_across_kill_9:
+    deliver_at_on_the_embedded_bus,
+    deliver_at_on_jetstream,
+    deliver_at_on_kafka
+);
 
 /// `delivery.delay: 2s` holds every event two seconds; under an `orderKey`, a later event of
 /// the same key waits for a delayed one before it; a bad `ofedeliverat` is dead-lettered with
@@ -102,14 +83,8 @@ async fn a_subscriber_delay_and_order_and_a_bad_time() {
         "",
     );
     let folder = manifests(dir.path(), &yaml);
-    let (listen, webhooks) = (free_addr(), free_addr());
-    let _ofe = KillOnDrop(support::start_ofe_with_webhooks(
-        &folder,
-        &dir.path().join("data"),
-        listen,
-        webhooks,
-    ));
-    wait_ready(listen).await;
+    let run = support::Running::start(&folder, &dir.path().join("data")).await;
+    let (listen, webhooks) = (run.listen, run.webhooks);
     let sent = Instant::now();
     let later = (chrono::Utc::now() + chrono::Duration::seconds(4))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

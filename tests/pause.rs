@@ -135,20 +135,11 @@ async fn pause_and_resume(bus: impl Fn(&str) -> String) {
     assert_eq!(numbers(&receiver), expected, "every event once, in order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_resume_on_the_embedded_bus() {
-    pause_and_resume(|_| String::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_nats),
-    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
-)]
-async fn pause_and_resume_on_jetstream() {
-    let url = support::broker_var("OFE_TEST_NATS");
-    pause_and_resume(|ns| support::jetstream_bus(ns, &url)).await;
-}
+on_every_bus!(pause_and_resume:
+    pause_and_resume_on_the_embedded_bus,
+    pause_and_resume_on_jetstream,
+    pause_and_resume_on_kafka
+);
 
 /// The NATS 2.9 Debian ships, which many users run. A known defect keeps it off: alone it
 /// passes in 47 s (20 s on NATS 2.15), and under the full suite the events after the resume
@@ -161,16 +152,6 @@ async fn pause_and_resume_on_debian_nats_2_9() {
     pause_and_resume(|ns| support::jetstream_bus(ns, &url)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_kafka),
-    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
-)]
-async fn pause_and_resume_on_kafka() {
-    let brokers = support::broker_var("OFE_TEST_KAFKA");
-    pause_and_resume(|ns| support::kafka_bus(ns, &brokers)).await;
-}
-
 /// Pausing what does not run says what does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_an_unknown_trigger_names_what_runs() {
@@ -178,14 +159,8 @@ async fn pausing_an_unknown_trigger_names_what_runs() {
     let (_receiver, base) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let folder = manifests(dir.path(), &pipeline(&ns, &base, ""));
-    let (listen, webhooks) = (free_addr(), free_addr());
-    let _ofe = KillOnDrop(support::start_ofe_with_webhooks(
-        &folder,
-        &dir.path().join("data"),
-        listen,
-        webhooks,
-    ));
-    wait_ready(listen).await;
+    let run = support::Running::start(&folder, &dir.path().join("data")).await;
+    let listen = run.listen;
     let endpoint = format!("http://{listen}");
     let output = support::ofe()
         .args(["pause", "--endpoint", &endpoint, "-n", &ns, "--trigger", "nope"])

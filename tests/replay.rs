@@ -36,14 +36,8 @@ async fn from_a_time(bus: impl Fn(&str) -> String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = support::orders_pipeline(&ns, &format!("{base}/fn"), "", &bus(&ns));
     let folder = manifests(dir.path(), &yaml);
-    let (listen, webhooks) = (free_addr(), free_addr());
-    let _ofe = KillOnDrop(support::start_ofe_with_webhooks(
-        &folder,
-        &dir.path().join("data"),
-        listen,
-        webhooks,
-    ));
-    wait_ready(listen).await;
+    let run = support::Running::start(&folder, &dir.path().join("data")).await;
+    let (listen, webhooks) = (run.listen, run.webhooks);
     for n in 0..10 {
         post_order(webhooks, &ns, n).await;
     }
@@ -98,30 +92,11 @@ async fn from_a_time(bus: impl Fn(&str) -> String) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_from_a_time_on_the_embedded_bus() {
-    from_a_time(|_| String::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_nats),
-    ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
-)]
-async fn replay_from_a_time_on_jetstream() {
-    let url = support::broker_var("OFE_TEST_NATS");
-    from_a_time(|ns| support::jetstream_bus(ns, &url)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ofe_test_kafka),
-    ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
-)]
-async fn replay_from_a_time_on_kafka() {
-    let brokers = support::broker_var("OFE_TEST_KAFKA");
-    from_a_time(|ns| support::kafka_bus(ns, &brokers)).await;
-}
+on_every_bus!(from_a_time:
+    replay_from_a_time_on_the_embedded_bus,
+    replay_from_a_time_on_jetstream,
+    replay_from_a_time_on_kafka
+);
 
 /// On a bus that keeps events for one second, a start before what it still holds is refused,
 /// naming the oldest event held; a bad time is refused with the fix.
@@ -136,14 +111,8 @@ async fn a_start_before_retention_is_refused() {
     );
     let yaml = support::orders_pipeline(&ns, &format!("{base}/fn"), "", &bus);
     let folder = manifests(dir.path(), &yaml);
-    let (listen, webhooks) = (free_addr(), free_addr());
-    let _ofe = KillOnDrop(support::start_ofe_with_webhooks(
-        &folder,
-        &dir.path().join("data"),
-        listen,
-        webhooks,
-    ));
-    wait_ready(listen).await;
+    let run = support::Running::start(&folder, &dir.path().join("data")).await;
+    let (listen, webhooks) = (run.listen, run.webhooks);
     let before = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for n in 0..3 {
         post_order(webhooks, &ns, n).await;
@@ -179,14 +148,8 @@ async fn a_replay_can_be_cancelled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = support::orders_pipeline(&ns, &format!("{base}/slow"), "", "");
     let folder = manifests(dir.path(), &yaml);
-    let (listen, webhooks) = (free_addr(), free_addr());
-    let _ofe = KillOnDrop(support::start_ofe_with_webhooks(
-        &folder,
-        &dir.path().join("data"),
-        listen,
-        webhooks,
-    ));
-    wait_ready(listen).await;
+    let run = support::Running::start(&folder, &dir.path().join("data")).await;
+    let (listen, webhooks) = (run.listen, run.webhooks);
     for n in 0..4 {
         post_order(webhooks, &ns, n).await;
     }

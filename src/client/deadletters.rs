@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 
-use super::{Endpoint, JsonText as _, client, runtime};
+use super::{Endpoint, JsonText as _, Subscribers, client, runtime};
 
 /// What `ofe deadletters` does.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,15 +39,8 @@ pub struct DeadLettersArgs {
     action: Action,
     #[command(flatten)]
     endpoint: Endpoint,
-    /// The Trigger's namespace.
-    #[arg(short, long, default_value = "default")]
-    namespace: String,
-    /// The Trigger.
-    #[arg(long)]
-    trigger: String,
-    /// Only this subscriber (its index in `spec.subscribers`); all of them when absent.
-    #[arg(long)]
-    subscriber: Option<String>,
+    #[command(flatten)]
+    subscribers: Subscribers,
     /// The letters of this event id.
     #[arg(long, conflicts_with = "all")]
     id: Option<String>,
@@ -69,11 +62,7 @@ pub fn deadletters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     runtime()?.block_on(async {
-        let mut query =
-            vec![("namespace", args.namespace.clone()), ("trigger", args.trigger.clone())];
-        if let Some(subscriber) = &args.subscriber {
-            query.push(("subscriber", subscriber.clone()));
-        }
+        let mut query = args.subscribers.query();
         if let Some(id) = &args.id {
             query.push(("id", id.clone()));
         }

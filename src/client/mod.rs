@@ -69,6 +69,30 @@ impl Endpoint {
     }
 }
 
+/// Which Trigger subscribers a tool acts on.
+#[derive(clap::Args, Clone)]
+pub struct Subscribers {
+    /// The Trigger's namespace.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// The Trigger.
+    #[arg(long)]
+    trigger: String,
+    /// Only this subscriber (its index in `spec.subscribers`); all of them when absent.
+    #[arg(long)]
+    subscriber: Option<String>,
+}
+
+impl Subscribers {
+    /// The endpoint's query for them.
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query =
+            vec![("namespace", self.namespace.clone()), ("trigger", self.trigger.clone())];
+        query.extend(self.subscriber.clone().map(|s| ("subscriber", s)));
+        query
+    }
+}
+
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

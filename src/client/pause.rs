@@ -2,22 +2,15 @@
 
 use std::process::ExitCode;
 
-use super::{Endpoint, JsonText as _, client, runtime};
+use super::{Endpoint, JsonText as _, Subscribers, client, runtime};
 
 /// Arguments of `ofe pause` and `ofe resume`.
 #[derive(clap::Args)]
 pub struct PauseArgs {
     #[command(flatten)]
     endpoint: Endpoint,
-    /// The Trigger's namespace.
-    #[arg(short, long, default_value = "default")]
-    namespace: String,
-    /// The Trigger.
-    #[arg(long)]
-    trigger: String,
-    /// Only this subscriber (its index in `spec.subscribers`); all of them when absent.
-    #[arg(long)]
-    subscriber: Option<String>,
+    #[command(flatten)]
+    subscribers: Subscribers,
     /// Print ofe's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -26,11 +19,7 @@ pub struct PauseArgs {
 /// Entry point of `ofe pause` (`paused`) and `ofe resume`.
 pub fn set(args: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut query =
-            vec![("namespace", args.namespace.clone()), ("trigger", args.trigger.clone())];
-        if let Some(subscriber) = &args.subscriber {
-            query.push(("subscriber", subscriber.clone()));
-        }
+        let query = args.subscribers.query();
         let path = if paused { "/pause" } else { "/resume" };
         let request = client()?.post(args.endpoint.url_with(path, &query)?);
         let answer: serde_json::Value = args.endpoint.call(request).await?.json_text().await?;

@@ -92,6 +92,59 @@ impl Receiver {
     }
 }
 
+/// `ofe run` on a folder, with its endpoint and webhook addresses; killed when dropped.
+pub struct Running {
+    /// The process.
+    pub ofe: KillOnDrop,
+    /// Its endpoint.
+    pub listen: SocketAddr,
+    /// Its webhook listener.
+    pub webhooks: SocketAddr,
+}
+
+impl Running {
+    /// Starts `ofe run` on `folder` with `data`, on free ports, and waits until it is ready.
+    pub async fn start(folder: &Path, data: &Path) -> Self {
+        let (listen, webhooks) = (free_addr(), free_addr());
+        let ofe = KillOnDrop(start_ofe_with_webhooks(folder, data, listen, webhooks));
+        wait_ready(listen).await;
+        Self { ofe, listen, webhooks }
+    }
+}
+
+/// Three tests that run `$scenario(bus)` on the embedded bus, on JetStream
+/// (`OFE_TEST_NATS`) and on Kafka (`OFE_TEST_KAFKA`), where `bus(namespace)` gives the
+/// EventBus manifest; unset, the broker tests skip and say so.
+#[macro_export]
+macro_rules! on_every_bus {
+    ($scenario:ident: $embedded:ident, $jetstream:ident, $kafka:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $embedded() {
+            $scenario(|_| String::new()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(ofe_test_nats),
+            ignore = "needs OFE_TEST_NATS (scripts/test.sh starts the services)"
+        )]
+        async fn $jetstream() {
+            let url = support::broker_var("OFE_TEST_NATS");
+            $scenario(|ns| support::jetstream_bus(ns, &url)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(ofe_test_kafka),
+            ignore = "needs OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+        )]
+        async fn $kafka() {
+            let brokers = support::broker_var("OFE_TEST_KAFKA");
+            $scenario(|ns| support::kafka_bus(ns, &brokers)).await;
+        }
+    };
+}
+
 /// Posts event `order-N` (JSON `{"n":N}`) to the webhook `hook` of EventSource `ingest` in
 /// `ns`, retrying while the webhook is not up yet.
 pub async fn post_order(webhooks: SocketAddr, ns: &str, n: u32) {
