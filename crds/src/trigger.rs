@@ -242,6 +242,14 @@ pub struct DeliverySpec {
     /// not hold back later ones that are due sooner; with it, order wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<String>,
+    /// Remembers what was delivered (ofe addition), durably on the bus, and does not send an
+    /// event again within `dedupeWindow`: a redelivery after a crash, or the same event from
+    /// upstream again. Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe: Option<bool>,
+    /// How long `dedupe` remembers a delivery (ofe addition), e.g. `10m`. Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_window: Option<String>,
     /// Whether an event that fails for good, with no `deadLetterSink` or `deadLetterTopic`,
     /// is kept on the bus in the subscriber's dead-letter topic
     /// `<trigger>.dead-letters.<index>` (ofe addition). Default `true`; `false` drops it,

@@ -547,8 +547,18 @@ impl Plane {
         let labels = plan.labels.clone();
         let replays = self.replays.clone();
         if !router.is_empty() {
+            // Without the live record of deliveries: a replay delivers what was delivered.
             replays.register(&plan, deliverer.clone(), stop.clone());
         }
+        let mut follow = None;
+        let deliverer = match plan.dedupe {
+            Some(window) => {
+                let (dedupe, follower) = self.open_dedupe(&plan, &bus, window, &stop).await?;
+                follow = Some(follower);
+                deliverer.with_dedupe(dedupe)
+            }
+            None => deliverer,
+        };
         let task = runner::run(
             plan,
             subscription,
@@ -565,6 +575,9 @@ impl Plane {
             result
         };
         let mut running = Running::one(stop.clone(), "subscriber", task);
+        if let Some(follow) = follow {
+            running.tasks.push(tokio::spawn(follow));
+        }
         if let Some((store, keeper)) = store {
             let (dead_letters, consumer) =
                 (self.dead_letters.clone(), ofe_trigger::deadletters::consumer(&labels));
@@ -577,6 +590,44 @@ impl Plane {
             running.tasks.extend(Running::one(stop, "dead-letter store", keeper).tasks);
         }
         Ok(running)
+    }
+
+    /// Opens subscriber `plan`'s record of what it delivered, loading the window's markers
+    /// before it returns; the future follows what other processes record, until `stop`.
+    async fn open_dedupe(
+        &self,
+        plan: &SubscriberPlan,
+        bus: &Arc<dyn EventBus>,
+        window: Duration,
+        stop: &CancellationToken,
+    ) -> Result<
+        (Arc<ofe_trigger::dedupe::Dedupe>, impl std::future::Future<Output = ()> + Send + 'static),
+        RuntimeError,
+    > {
+        let labels = &plan.labels;
+        let topic = ofe_trigger::dedupe::topic(&labels.trigger, &labels.subscriber);
+        let subject = Subject::topic(&labels.namespace, &topic);
+        // One reader per process (each reads every marker), named after the host so that a
+        // restart takes its own back instead of leaving one behind.
+        let host: String = ofe_core::host_name()
+            .unwrap_or_else(|| "local".into())
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        let reader = format!("dedupe.{}.{host}", plan.consumer);
+        ofe_trigger::dedupe::Dedupe::open(
+            bus.clone(),
+            &plan.consumer,
+            subject,
+            window,
+            &reader,
+            stop.clone(),
+        )
+        .await
+        .map_err(|source| RuntimeError::Subscribe {
+            what: format!("the delivered keys of consumer {}", plan.consumer),
+            source,
+        })
     }
 
     async fn start_router(

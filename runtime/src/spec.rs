@@ -129,6 +129,7 @@ pub(crate) fn event_source_sink_plan(
         reply: None,
         rate_limit: None,
         delay: None,
+        dedupe: None,
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
         paused: false,
         dead_letters: None,

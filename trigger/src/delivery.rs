@@ -110,6 +110,8 @@ pub struct Deliverer {
     subscriber: Option<Arc<str>>,
     /// Where the outcome of each attempt at a subscriber's own destinations is reported.
     health: Option<Arc<crate::delivering::DeliveryHealth>>,
+    /// The subscriber's record of what it delivered (`delivery.dedupe`).
+    dedupe: Option<Arc<crate::dedupe::Dedupe>>,
 }
 
 impl Deliverer {
@@ -120,7 +122,7 @@ impl Deliverer {
 
     /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
     pub fn with_client(http: HttpClient, bus: Arc<dyn EventBus>) -> Self {
-        Self { http, bus, max_hops: DEFAULT_MAX_HOPS, subscriber: None, health: None }
+        Self { http, bus, max_hops: DEFAULT_MAX_HOPS, subscriber: None, health: None, dedupe: None }
     }
 
     /// The same deliverer, reporting how attempts at the subscriber's destinations go (see
@@ -128,6 +130,18 @@ impl Deliverer {
     pub fn with_health(mut self, health: crate::delivering::DeliveryHealth) -> Self {
         self.health = Some(Arc::new(health));
         self
+    }
+
+    /// The same deliverer, skipping events `dedupe` says were delivered, and recording those
+    /// it settles there.
+    pub fn with_dedupe(mut self, dedupe: Arc<crate::dedupe::Dedupe>) -> Self {
+        self.dedupe = Some(dedupe);
+        self
+    }
+
+    /// The subscriber's record of what it delivered, when it keeps one.
+    pub fn dedupe(&self) -> Option<&Arc<crate::dedupe::Dedupe>> {
+        self.dedupe.as_ref()
     }
 
     /// The same deliverer, refusing to pass on events that already made `max_hops` hops.

@@ -12,6 +12,7 @@
 
 pub mod condition;
 pub mod deadletters;
+pub mod dedupe;
 pub mod delivering;
 pub mod delivery;
 pub mod filter;
@@ -67,6 +68,7 @@ struct DeliveryPlan {
     order_key: Option<Arc<KeyExpr>>,
     rate_limit: Option<u32>,
     delay: Option<Duration>,
+    dedupe: Option<Duration>,
 }
 
 /// Reads `spec` (at `path`) over the defaults `base`, pushing a diagnostic per bad field.
@@ -88,6 +90,7 @@ fn delivery_plan(
         order_key: None,
         rate_limit: None,
         delay: None,
+        dedupe: None,
     };
     let Some(spec) = spec else { return plan };
     let mut error = |field: &str, message: String| {
@@ -105,6 +108,22 @@ fn delivery_plan(
         Some(other) => {
             error("backoffPolicy", format!("is `{other}`; use `linear` or `exponential`"))
         }
+    }
+    let window = match &spec.dedupe_window {
+        None => dedupe::DEFAULT_WINDOW,
+        Some(text) => ofe_crds::duration::parse(text).unwrap_or_else(|e| {
+            error("dedupeWindow", e.to_string());
+            dedupe::DEFAULT_WINDOW
+        }),
+    };
+    if spec.dedupe_window.is_some() && spec.dedupe != Some(true) {
+        error("dedupeWindow", "is set without `dedupe: true`; add it, or remove the window".into());
+    }
+    if spec.dedupe == Some(true) {
+        if window.is_zero() {
+            error("dedupeWindow", "is zero; remember deliveries for some time, e.g. `10m`".into());
+        }
+        plan.dedupe = Some(window);
     }
     if let Some(text) = &spec.delay {
         match ofe_crds::duration::parse(text) {
@@ -367,6 +386,7 @@ pub fn plan(
             reply: sub.sink.as_ref().map(|_| Subject::topic(namespace, &reply_topic)),
             rate_limit: delivery.rate_limit,
             delay: delivery.delay,
+            dedupe: delivery.dedupe,
             max_deliver: DEFAULT_MAX_DELIVER,
             paused: trigger.spec.paused.unwrap_or(false),
             dead_letters: store.filter(|_| kept),

@@ -142,6 +142,8 @@ pub struct TriggerMetrics {
     /// Events on the bus the subscriber has not settled: waiting plus in flight, sampled
     /// every [`crate::runner::LAG_INTERVAL`]. What an autoscaler scales its function on.
     pub lag: Family<SubscriberLabels, Gauge>,
+    /// Events not sent again: delivered within the dedupe window (`delivery.dedupe`).
+    pub deduplicated: Family<SubscriberLabels, Counter>,
     /// Letters in the subscriber's dead-letter store (`ofe deadletters`).
     pub dead_letters: Family<SubscriberLabels, Gauge>,
     /// Each replay's counts (`ofe replay`).
@@ -170,6 +172,7 @@ impl Default for TriggerMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             lag: Family::default(),
             dead_letters: Family::default(),
+            deduplicated: Family::default(),
             replay: Family::default(),
             tap: Tap::default(),
             stages: TriggerStages::default(),
@@ -243,6 +246,11 @@ impl TriggerMetrics {
             "dead_letters",
             "Events held in the subscriber's dead-letter store, to redrive or purge",
             self.dead_letters.clone(),
+        );
+        sub.register(
+            "events_deduplicated",
+            "Events not sent again: delivered within the subscriber's dedupe window",
+            self.deduplicated.clone(),
         );
         sub.register(
             "replay_events",

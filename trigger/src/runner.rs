@@ -70,6 +70,8 @@ pub struct SubscriberPlan {
     pub rate_limit: Option<u32>,
     /// Every event waits this long after it was put on the subscriber's queue.
     pub delay: Option<Duration>,
+    /// How long it remembers what it delivered, to not send it again (`delivery.dedupe`).
+    pub dedupe: Option<Duration>,
     /// A delivery that comes back from the bus more often than this (the process kept dying
     /// while holding it: a poison event) goes to the dead-letter destination instead.
     pub max_deliver: u32,
@@ -556,6 +558,19 @@ impl Subscriber {
         let started = Instant::now();
         let labels = &plan.labels;
         let event = delivery.event.clone();
+        let key = deliverer
+            .dedupe()
+            .map(|d| (d, crate::delivery::idempotency_key(&plan.consumer, &event)));
+        if let Some((dedupe, key)) = &key
+            && dedupe.seen(key)
+        {
+            metrics.deduplicated.get_or_create(labels).inc();
+            tracing::debug!(subscriber = ?labels, id = %event.id(), "delivered before; not sent again");
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may come again");
+            }
+            return;
+        }
         for route in &plan.routes {
             let span = deliver_span(labels, &route.destination, &event, delivery.attempt);
             let on_retry = || {
@@ -611,6 +626,11 @@ impl Subscriber {
                     }
                 }
             }
+        }
+        if let Some((dedupe, key)) = &key
+            && let Err(error) = dedupe.record(key).await
+        {
+            tracing::warn!(error = %ofe_core::Report(&error), id = %event.id(), "cannot record the delivery; a redelivery would send it again");
         }
         if let Err(error) = delivery.ack().await {
             tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may be delivered again");

@@ -95,6 +95,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         reply: None,
         rate_limit: None,
         delay: None,
+        dedupe: None,
         max_deliver: 3,
         paused: false,
         dead_letters: None,
