@@ -356,13 +356,19 @@ impl Keeper {
         Ok(())
     }
 
-    /// Sets the gauge: everything not settled on the store's consumer, which counts letters
-    /// waiting beyond [`MAX_HELD`] as well as those held.
+    /// Sets the gauge: the letters held, and when the store is full, what its consumer has
+    /// not settled (which counts those waiting on the bus too). Only then the lag: on Kafka it
+    /// counts every record of the bus's topic after the oldest held letter, other subjects'
+    /// included.
     async fn count(&self) {
         let held = self.held.len() as u64;
-        let total = match self.bus.lag(&self.consumer).await {
-            Ok(Some(lag)) => lag.max(held),
-            _ => held,
+        let total = if self.held.len() < MAX_HELD {
+            held
+        } else {
+            match self.bus.lag(&self.consumer).await {
+                Ok(Some(lag)) => lag.max(held),
+                _ => held,
+            }
         };
         let gauge = self.metrics.dead_letters.get_or_create(&self.plan.labels);
         gauge.set(i64::try_from(total).unwrap_or(i64::MAX));
