@@ -521,29 +521,20 @@ impl Plane {
                 .map_err(|error| RuntimeError::Pause { consumer: plan.consumer.clone(), error })?
         };
         let stop = CancellationToken::new();
-        // The store's consumer exists before the subscriber can dead-letter anything, so a
-        // new store keeps the first letter too.
-        let store = match plan.dead_letters.clone() {
-            Some(topic) => {
-                let opened = ofe_trigger::deadletters::open(
-                    &plan,
-                    topic,
-                    deliverer.clone(),
-                    self.trigger_metrics.clone(),
-                    stop.clone(),
-                )
-                .await
-                .map_err(|source| RuntimeError::Subscribe {
-                    what: format!("the dead-letter store of consumer {}", plan.consumer),
-                    source,
-                })?;
-                Some(opened)
-            }
+        // The dead-letter store opens when first needed, or now when the bus notes that this
+        // subscriber holds letters.
+        let letters = match plan.dead_letters.clone() {
+            Some(topic) => Some(self.letters(&plan, topic, &bus, router, &deliverer, &stop).await),
             None => None,
+        };
+        let deliverer = match &letters {
+            Some(letters) => deliverer.with_letters(letters.clone()),
+            None => deliverer,
         };
         tracing::info!(consumer = %plan.consumer, paused = *paused.borrow(), "subscriber ready");
         report_subscriber(&self.health, &plan);
         let (pauses, consumer) = (self.pauses.clone(), plan.consumer.clone());
+        let plan_consumer = plan.consumer.clone();
         let labels = plan.labels.clone();
         let replays = self.replays.clone();
         if !router.is_empty() {
@@ -578,18 +569,53 @@ impl Plane {
         if let Some(follow) = follow {
             running.tasks.push(tokio::spawn(follow));
         }
-        if let Some((store, keeper)) = store {
-            let (dead_letters, consumer) =
-                (self.dead_letters.clone(), ofe_trigger::deadletters::consumer(&labels));
-            dead_letters.register(&consumer, labels, store);
-            let keeper = async move {
-                let result = keeper.await;
+        if let Some(letters) = letters {
+            let (dead_letters, consumer) = (self.dead_letters.clone(), plan_consumer.clone());
+            dead_letters.register(&consumer, labels, letters);
+            let unregister = async move {
+                stop.cancelled().await;
                 dead_letters.unregister(&consumer);
-                result
             };
-            running.tasks.extend(Running::one(stop, "dead-letter store", keeper).tasks);
+            running.tasks.push(tokio::spawn(unregister));
         }
         Ok(running)
+    }
+
+    /// Subscriber `plan`'s dead-letter store on `topic`: opened now (in the background) when
+    /// the bus notes that it holds letters, else when first needed. Opening it notes it.
+    async fn letters(
+        &self,
+        plan: &SubscriberPlan,
+        topic: Subject,
+        bus: &Arc<dyn EventBus>,
+        router: &str,
+        deliverer: &Deliverer,
+        stop: &CancellationToken,
+    ) -> Arc<ofe_trigger::deadletters::Lazy> {
+        let lazy = ofe_trigger::deadletters::Lazy::new(
+            plan,
+            topic,
+            deliverer.clone(),
+            self.trigger_metrics.clone(),
+            stop.clone(),
+        );
+        let store = bus.state_store().await.ok().flatten();
+        let Some(store) = store else { return Arc::new(lazy) };
+        let consumer = plan.consumer.clone();
+        let noted = self.dead_letters.noted(router, store.as_ref(), &consumer).await;
+        let lazy = Arc::new(lazy.on_open(move || {
+            let (store, consumer) = (store.clone(), consumer.clone());
+            tokio::spawn(async move { DeadLetters::note(store.as_ref(), &consumer).await });
+        }));
+        if noted {
+            let opening = lazy.clone();
+            tokio::spawn(async move {
+                if let Err(error) = opening.store().await {
+                    tracing::warn!(error = %ofe_core::Report(&error), "cannot open the dead-letter store");
+                }
+            });
+        }
+        lazy
     }
 
     /// Opens subscriber `plan`'s record of what it delivered, loading the window's markers

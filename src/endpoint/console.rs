@@ -446,7 +446,11 @@ pub async fn dead_letters(
         Err(message) => return text(StatusCode::NOT_FOUND, message),
     };
     let mut answers = Vec::new();
-    for (labels, store) in stores {
+    for (labels, lazy) in stores {
+        let store = match lazy.store().await {
+            Ok(store) => store,
+            Err(error) => return text(StatusCode::SERVICE_UNAVAILABLE, ofe_core::chain(&error)),
+        };
         let answer = match (action, &selection) {
             (LetterAction::List, _) => store.list().await.map(|l| serde_json::json!(l)),
             (LetterAction::Show, Some(Selection::Ids(ids))) => {

@@ -142,6 +142,92 @@ impl Store {
     }
 }
 
+/// A subscriber's dead-letter store, opened when first needed: when the subscriber first
+/// keeps a letter in this process, when a tool asks for its letters, or at start when the
+/// bus says it holds some. A subscriber that never failed costs no consumer (10,000 Triggers
+/// would otherwise start 10,000 more). Cheap to share.
+pub struct Lazy {
+    plan: SubscriberPlan,
+    topic: Subject,
+    deliverer: Deliverer,
+    metrics: TriggerMetrics,
+    shutdown: CancellationToken,
+    store: tokio::sync::OnceCell<Store>,
+    on_open: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lazy").field("consumer", &self.plan.consumer).finish_non_exhaustive()
+    }
+}
+
+impl Lazy {
+    /// The store of `plan`'s letters on `topic`, not opened yet; once open, it runs until
+    /// `shutdown`.
+    pub fn new(
+        plan: &SubscriberPlan,
+        topic: Subject,
+        deliverer: Deliverer,
+        metrics: TriggerMetrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            plan: plan.clone(),
+            topic,
+            deliverer,
+            metrics,
+            shutdown,
+            store: tokio::sync::OnceCell::new(),
+            on_open: None,
+        }
+    }
+
+    /// The same store, calling `f` once it has opened (to note on the bus that it holds
+    /// letters, so the next start opens it at once).
+    pub fn on_open(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_open = Some(Box::new(f));
+        self
+    }
+
+    /// Whether it is open.
+    pub fn is_open(&self) -> bool {
+        self.store.initialized()
+    }
+
+    /// The topic it keeps.
+    pub fn topic(&self) -> &Subject {
+        &self.topic
+    }
+
+    /// The store, opened first if it is not: its consumer is created, and what the bus holds
+    /// is read in before the first answer.
+    pub async fn store(&self) -> Result<&Store, BusError> {
+        self.store
+            .get_or_try_init(|| async {
+                let (store, keeper) = open(
+                    &self.plan,
+                    self.topic.clone(),
+                    self.deliverer.clone(),
+                    self.metrics.clone(),
+                    self.shutdown.clone(),
+                )
+                .await?;
+                let consumer = self.plan.consumer.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = keeper.await {
+                        tracing::error!(%consumer, error = %ofe_core::Report(&error), "the dead-letter store stopped");
+                    }
+                });
+                if let Some(f) = &self.on_open {
+                    f();
+                }
+                Ok(store)
+            })
+            .await
+    }
+}
+
 /// What the store's task needs.
 struct Keeper {
     plan: SubscriberPlan,
@@ -154,10 +240,10 @@ struct Keeper {
     held: BTreeMap<u64, Delivery>,
 }
 
-/// Opens the store of `plan`'s dead letters on `topic`: the consumer is created before this
-/// returns, so a letter published afterwards is kept even by a new store. The future runs the
-/// store until `shutdown`; what it holds then stays on the bus for the next start.
-pub async fn open(
+/// Opens the store of `plan`'s dead letters on `topic` (a new consumer starts with the
+/// oldest letter the bus holds). The future runs the store until `shutdown`; what it holds
+/// then stays on the bus for the next start.
+async fn open(
     plan: &SubscriberPlan,
     topic: Subject,
     deliverer: Deliverer,
@@ -202,6 +288,8 @@ impl Keeper {
             }
         }
         let _remove = Remove(self.metrics.clone(), self.plan.labels.clone());
+        self.catch_up(subscription.as_mut()).await?;
+        self.count().await;
         let mut tick = tokio::time::interval(LAG_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -238,6 +326,33 @@ impl Keeper {
                 _ = tick.tick() => self.count().await,
             }
         }
+    }
+
+    /// Reads in what the bus holds before the first command is answered: until the
+    /// consumer's lag says all is read, or the bus goes quiet (3 s for a first letter, which
+    /// covers a Kafka group joining; half a second after one).
+    async fn catch_up(
+        &mut self,
+        subscription: &mut dyn ofe_core::Subscription,
+    ) -> Result<(), BusError> {
+        while self.held.len() < MAX_HELD {
+            if matches!(self.bus.lag(&self.consumer).await, Ok(Some(0))) {
+                return Ok(());
+            }
+            let quiet = if self.held.is_empty() {
+                std::time::Duration::from_secs(3)
+            } else {
+                std::time::Duration::from_millis(500)
+            };
+            match tokio::time::timeout(quiet, subscription.next()).await {
+                Ok(Ok(d)) => {
+                    self.held.insert(d.sequence, d);
+                }
+                Ok(Err(BusError::Closed)) | Err(_) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn serve(&mut self, command: Command) {

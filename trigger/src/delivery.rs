@@ -112,6 +112,8 @@ pub struct Deliverer {
     health: Option<Arc<crate::delivering::DeliveryHealth>>,
     /// The subscriber's record of what it delivered (`delivery.dedupe`).
     dedupe: Option<Arc<crate::dedupe::Dedupe>>,
+    /// The subscriber's dead-letter store, opened when it first keeps a letter.
+    letters: Option<Arc<crate::deadletters::Lazy>>,
 }
 
 impl Deliverer {
@@ -122,7 +124,15 @@ impl Deliverer {
 
     /// A deliverer using `http` (a shared connection pool), publishing topics to `bus`.
     pub fn with_client(http: HttpClient, bus: Arc<dyn EventBus>) -> Self {
-        Self { http, bus, max_hops: DEFAULT_MAX_HOPS, subscriber: None, health: None, dedupe: None }
+        Self {
+            http,
+            bus,
+            max_hops: DEFAULT_MAX_HOPS,
+            subscriber: None,
+            health: None,
+            dedupe: None,
+            letters: None,
+        }
     }
 
     /// The same deliverer, reporting how attempts at the subscriber's destinations go (see
@@ -137,6 +147,17 @@ impl Deliverer {
     pub fn with_dedupe(mut self, dedupe: Arc<crate::dedupe::Dedupe>) -> Self {
         self.dedupe = Some(dedupe);
         self
+    }
+
+    /// The same deliverer, opening `letters` when it first keeps a letter there.
+    pub fn with_letters(mut self, letters: Arc<crate::deadletters::Lazy>) -> Self {
+        self.letters = Some(letters);
+        self
+    }
+
+    /// The subscriber's dead-letter store, when it keeps one.
+    pub fn letters(&self) -> Option<&Arc<crate::deadletters::Lazy>> {
+        self.letters.as_ref()
     }
 
     /// The subscriber's record of what it delivered, when it keeps one.

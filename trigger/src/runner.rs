@@ -464,6 +464,19 @@ impl Subscriber {
         match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
             Outcome::Delivered(..) => {
                 metrics.dead_lettered.get_or_create(labels).inc();
+                // The first letter kept in this process opens the store, for its gauge and
+                // its tools (it reads the letter back from the bus).
+                if let Some(letters) = deliverer.letters()
+                    && !letters.is_open()
+                    && target.bus_subject() == Some(letters.topic())
+                {
+                    let letters = letters.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = letters.store().await {
+                            tracing::warn!(error = %ofe_core::Report(&error), "cannot open the dead-letter store");
+                        }
+                    });
+                }
                 if metrics.tap.is_listened() {
                     metrics.tap(Stage::DeadLettered, labels, &shared(), || {
                         Some(format!("to {target}: {}", failure.reason))
