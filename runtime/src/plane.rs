@@ -523,8 +523,13 @@ impl Plane {
         let stop = CancellationToken::new();
         // The dead-letter store opens when first needed, or now when the bus notes that this
         // subscriber holds letters.
+        // One copy of the plan for the dead-letter store and the replays (10,000 subscribers
+        // would hold two more each).
+        let shared = Arc::new(plan.clone());
         let letters = match plan.dead_letters.clone() {
-            Some(topic) => Some(self.letters(&plan, topic, &bus, router, &deliverer, &stop).await),
+            Some(topic) => {
+                Some(self.letters(shared.clone(), topic, &bus, router, &deliverer, &stop).await)
+            }
             None => None,
         };
         let deliverer = match &letters {
@@ -534,12 +539,11 @@ impl Plane {
         tracing::info!(consumer = %plan.consumer, paused = *paused.borrow(), "subscriber ready");
         report_subscriber(&self.health, &plan);
         let (pauses, consumer) = (self.pauses.clone(), plan.consumer.clone());
-        let plan_consumer = plan.consumer.clone();
         let labels = plan.labels.clone();
         let replays = self.replays.clone();
         if !router.is_empty() {
             // Without the live record of deliveries: a replay delivers what was delivered.
-            replays.register(&plan, deliverer.clone(), stop.clone());
+            replays.register(shared, deliverer.clone(), stop.clone());
         }
         let mut follow = None;
         let deliverer = match plan.dedupe {
@@ -559,24 +563,20 @@ impl Plane {
             stop.clone(),
             self.settings.drain,
         );
+        let dead_letters = self.dead_letters.clone();
+        if let Some(letters) = letters {
+            dead_letters.register(&consumer, labels, letters);
+        }
         let task = async move {
             let result = task.await;
             pauses.unregister(&consumer);
             replays.unregister(&consumer);
+            dead_letters.unregister(&consumer);
             result
         };
         let mut running = Running::one(stop.clone(), "subscriber", task);
         if let Some(follow) = follow {
             running.tasks.push(tokio::spawn(follow));
-        }
-        if let Some(letters) = letters {
-            let (dead_letters, consumer) = (self.dead_letters.clone(), plan_consumer.clone());
-            dead_letters.register(&consumer, labels, letters);
-            let unregister = async move {
-                stop.cancelled().await;
-                dead_letters.unregister(&consumer);
-            };
-            running.tasks.push(tokio::spawn(unregister));
         }
         Ok(running)
     }
@@ -585,13 +585,14 @@ impl Plane {
     /// the bus notes that it holds letters, else when first needed. Opening it notes it.
     async fn letters(
         &self,
-        plan: &SubscriberPlan,
+        plan: Arc<SubscriberPlan>,
         topic: Subject,
         bus: &Arc<dyn EventBus>,
         router: &str,
         deliverer: &Deliverer,
         stop: &CancellationToken,
     ) -> Arc<ofe_trigger::deadletters::Lazy> {
+        let consumer = plan.consumer.clone();
         let lazy = ofe_trigger::deadletters::Lazy::new(
             plan,
             topic,
@@ -601,7 +602,6 @@ impl Plane {
         );
         let store = bus.state_store().await.ok().flatten();
         let Some(store) = store else { return Arc::new(lazy) };
-        let consumer = plan.consumer.clone();
         let noted = self.dead_letters.noted(router, store.as_ref(), &consumer).await;
         let lazy = Arc::new(lazy.on_open(move || {
             let (store, consumer) = (store.clone(), consumer.clone());

@@ -55,7 +55,7 @@ pub struct ReplayRequest {
 
 /// A subscriber that can replay.
 struct Host {
-    plan: SubscriberPlan,
+    plan: Arc<SubscriberPlan>,
     deliverer: Deliverer,
     /// Stops its replays when the subscriber stops.
     stop: CancellationToken,
@@ -107,9 +107,15 @@ impl Replays {
     }
 
     /// Adds a running Trigger subscriber, which replays through `deliverer` until `stop`.
-    pub fn register(&self, plan: &SubscriberPlan, deliverer: Deliverer, stop: CancellationToken) {
-        let host = Host { plan: plan.clone(), deliverer, stop };
-        self.lock().hosts.insert(plan.consumer.clone(), host);
+    pub fn register(
+        &self,
+        plan: Arc<SubscriberPlan>,
+        deliverer: Deliverer,
+        stop: CancellationToken,
+    ) {
+        let consumer = plan.consumer.clone();
+        let host = Host { plan, deliverer, stop };
+        self.lock().hosts.insert(consumer, host);
     }
 
     /// Forgets a stopped subscriber; its replays were stopped with it.
@@ -164,7 +170,7 @@ impl Replays {
                 .hosts
                 .values()
                 .filter(|h| target.matches(&h.plan.labels))
-                .map(|h| (h.plan.clone(), h.deliverer.clone(), h.stop.clone()))
+                .map(|h| (SubscriberPlan::clone(&h.plan), h.deliverer.clone(), h.stop.clone()))
                 .collect();
             if found.is_empty() {
                 let running = inner.hosts.values().map(|h| &h.plan.labels);

@@ -147,7 +147,7 @@ impl Store {
 /// bus says it holds some. A subscriber that never failed costs no consumer (10,000 Triggers
 /// would otherwise start 10,000 more). Cheap to share.
 pub struct Lazy {
-    plan: SubscriberPlan,
+    plan: Arc<SubscriberPlan>,
     topic: Subject,
     deliverer: Deliverer,
     metrics: TriggerMetrics,
@@ -166,14 +166,14 @@ impl Lazy {
     /// The store of `plan`'s letters on `topic`, not opened yet; once open, it runs until
     /// `shutdown`.
     pub fn new(
-        plan: &SubscriberPlan,
+        plan: Arc<SubscriberPlan>,
         topic: Subject,
         deliverer: Deliverer,
         metrics: TriggerMetrics,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            plan: plan.clone(),
+            plan,
             topic,
             deliverer,
             metrics,
