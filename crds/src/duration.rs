@@ -134,3 +134,11 @@ mod tests {
         }
     }
 }
+
+/// Reads an RFC 3339 time (a replay's `from`/`to`, the `ofedeliverat` extension), in UTC; the
+/// error says what is wrong and shows the form, for the caller to put after the field's name.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| {
+        format!("`{text}` is not an RFC 3339 time ({e}); write e.g. 2026-12-03T10:00:00Z")
+    })
+}

@@ -88,11 +88,7 @@ impl std::fmt::Debug for Replays {
 }
 
 fn time(field: &str, text: &str) -> Result<DateTime<Utc>, ReplayError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
-        ReplayError::Invalid(format!(
-            "{field} `{text}` is not an RFC 3339 time ({e}); write e.g. 2026-12-03T10:00:00Z"
-        ))
-    })
+    ofe_crds::duration::parse_time(text).map_err(|m| ReplayError::Invalid(format!("{field} {m}")))
 }
 
 impl Replays {

@@ -198,15 +198,8 @@ fn check_replays(trigger: &Trigger, errors: &mut Vec<Diagnostic>) {
             _ => {}
         }
         for (field, text) in [("from", &replay.from), ("to", &replay.to)] {
-            if let Some(text) = text
-                && let Err(e) = chrono::DateTime::parse_from_rfc3339(text)
-            {
-                error(
-                    field,
-                    format!(
-                        "`{text}` is not an RFC 3339 time ({e}); write e.g. 2026-12-03T10:00:00Z"
-                    ),
-                );
+            if let Some(Err(message)) = text.as_deref().map(ofe_crds::duration::parse_time) {
+                error(field, message);
             }
         }
         if let Some(n) = replay.subscriber

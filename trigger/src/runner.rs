@@ -381,15 +381,8 @@ fn due(
         .delay
         .and_then(|d| chrono::Duration::from_std(d).ok().map(|d| delivery.published_at + d));
     if let Some(value) = delivery.event.extension(EXT_DELIVER_AT) {
-        let text = value.to_string();
-        let time = chrono::DateTime::parse_from_rfc3339(&text)
-            .map_err(|e| {
-                format!(
-                    "the extension {EXT_DELIVER_AT} `{text}` is not an RFC 3339 time ({e}); \
-                     write e.g. 2026-12-03T10:00:00Z"
-                )
-            })?
-            .with_timezone(&chrono::Utc);
+        let time = ofe_crds::duration::parse_time(&value.to_string())
+            .map_err(|message| format!("the extension {EXT_DELIVER_AT} {message}"))?;
         at = Some(at.map_or(time, |a| a.max(time)));
     }
     Ok(at.filter(|at| *at > chrono::Utc::now()))
