@@ -231,12 +231,14 @@ impl Replays {
             if here {
                 continue;
             }
-            let store = {
+            // The Trigger's bus, through any of its running subscribers; none runs yet: the
+            // next apply tries again.
+            let bus = {
                 let inner = self.lock();
                 let host = inner.hosts.values().find(|h| h.plan.consumer.starts_with(&prefix));
                 host.map(|h| h.deliverer.bus().clone())
             };
-            let Some(bus) = store else { continue };
+            let Some(bus) = bus else { continue };
             let store = match bus.state_store().await {
                 Ok(store) => store,
                 Err(error) => {

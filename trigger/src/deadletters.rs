@@ -336,20 +336,17 @@ impl Keeper {
         subscription: &mut dyn ofe_core::Subscription,
     ) -> Result<(), BusError> {
         while self.held.len() < MAX_HELD {
-            if matches!(self.bus.lag(&self.consumer).await, Ok(Some(0))) {
-                return Ok(());
-            }
             let quiet = if self.held.is_empty() {
                 std::time::Duration::from_secs(3)
             } else {
                 std::time::Duration::from_millis(500)
             };
-            match tokio::time::timeout(quiet, subscription.next()).await {
-                Ok(Ok(d)) => {
+            let bus = self.bus.as_ref();
+            match crate::next_until_caught_up(bus, &self.consumer, subscription, quiet).await? {
+                Some(d) => {
                     self.held.insert(d.sequence, d);
                 }
-                Ok(Err(BusError::Closed)) | Err(_) => return Ok(()),
-                Ok(Err(e)) => return Err(e),
+                None => return Ok(()),
             }
         }
         Ok(())

@@ -107,18 +107,11 @@ impl Dedupe {
             keys: Mutex::new(Keys::default()),
         });
         // Load what the window holds before anything is delivered.
-        loop {
-            if matches!(bus.lag(reader).await, Ok(Some(0))) {
-                break;
-            }
-            match tokio::time::timeout(LOAD_IDLE, markers.next()).await {
-                Ok(Ok(d)) => {
-                    dedupe.remember(d.event.id(), d.published_at);
-                    d.ack().await?;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => break,
-            }
+        while let Some(d) =
+            crate::next_until_caught_up(bus.as_ref(), reader, markers.as_mut(), LOAD_IDLE).await?
+        {
+            dedupe.remember(d.event.id(), d.published_at);
+            d.ack().await?;
         }
         let follower = dedupe.clone();
         let follow = async move { follower.follow(markers, stop).await };

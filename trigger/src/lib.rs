@@ -39,6 +39,26 @@ pub use runner::{Route, SubscriberPlan};
 pub use sink::http::destination as sink_destination;
 pub use sink::{Destination, Sink, SinkKind};
 
+/// The next delivery of `consumer`'s `subscription` while it has not read everything the bus
+/// holds for it: `None` once its lag is 0, or when nothing comes within `quiet` (for a bus that
+/// cannot tell: Kafka's lag counts other subjects' records too). How a store that must know
+/// the past before it answers (dead letters, delivered keys) reads it in.
+pub(crate) async fn next_until_caught_up(
+    bus: &dyn ofe_core::EventBus,
+    consumer: &str,
+    subscription: &mut dyn ofe_core::Subscription,
+    quiet: Duration,
+) -> Result<Option<ofe_core::Delivery>, ofe_core::BusError> {
+    if matches!(bus.lag(consumer).await, Ok(Some(0))) {
+        return Ok(None);
+    }
+    match tokio::time::timeout(quiet, subscription.next()).await {
+        Ok(Ok(d)) => Ok(Some(d)),
+        Ok(Err(ofe_core::BusError::Closed)) | Err(_) => Ok(None),
+        Ok(Err(e)) => Err(e),
+    }
+}
+
 /// The window when a Trigger sets none, as in OpenFunction.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
