@@ -101,6 +101,14 @@ fn parse_iso(text: &str, rest: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// Reads an RFC 3339 time (a replay's `from`/`to`, the `ofedeliverat` extension), in UTC; the
+/// error says what is wrong and shows the form, for the caller to put after the field's name.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| {
+        format!("`{text}` is not an RFC 3339 time ({e}); write e.g. 2026-12-03T10:00:00Z")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,12 +141,4 @@ mod tests {
             assert!(parse(bad).unwrap_err().to_string().contains("ISO 8601"), "{bad}");
         }
     }
-}
-
-/// Reads an RFC 3339 time (a replay's `from`/`to`, the `ofedeliverat` extension), in UTC; the
-/// error says what is wrong and shows the form, for the caller to put after the field's name.
-pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| {
-        format!("`{text}` is not an RFC 3339 time ({e}); write e.g. 2026-12-03T10:00:00Z")
-    })
 }
