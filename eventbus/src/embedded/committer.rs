@@ -166,7 +166,7 @@ impl Committer {
             match op {
                 WriteOp::Append { subject, dedup, payload, reply } => {
                     let key = Dedup::hash(&dedup);
-                    if let Some(&earlier) = self.dedup.keys.get(&key) {
+                    if let Some(earlier) = self.dedup.get(key) {
                         let done = Published { sequence: earlier, duplicate: true };
                         replies.push(Reply::Published(reply, done));
                         continue;
@@ -176,7 +176,7 @@ impl Committer {
                     sized.push((seq, (record.len() + 8) as u64));
                     batch.insert(&handles.log, seq.to_be_bytes(), record);
                     appended.push((subject, seq));
-                    self.dedup.keys.insert(key, seq);
+                    self.dedup.insert(key, seq, now);
                     added_keys.push(key);
                     replies.push(Reply::Published(
                         reply,
@@ -258,9 +258,6 @@ impl Committer {
                 for (name, floor) in moved {
                     self.mark_persisted(&name, floor);
                 }
-                for key in added_keys {
-                    self.dedup.order.push_back((now, key));
-                }
                 self.last = seq;
                 if let Ok(mut sizes) = self.sizes.lock() {
                     for (seq, bytes) in sized {
@@ -291,7 +288,7 @@ impl Committer {
                 // the store until it writes again.
                 self.health.failed(&self.store, &e);
                 for key in added_keys {
-                    self.dedup.keys.remove(&key);
+                    self.dedup.remove(key);
                 }
                 // Every waiting writer gets the same failure as its cause.
                 let e = std::sync::Arc::new(e);

@@ -317,7 +317,7 @@ impl EmbeddedBus {
             // Checked after any re-locking, so that a twin published meanwhile is seen.
             let now = Instant::now();
             log.dedup.expire(now);
-            if let Some(&earlier) = log.dedup.keys.get(&dedup) {
+            if let Some(earlier) = log.dedup.get(dedup) {
                 return Ok(Published { sequence: earlier, duplicate: true });
             }
             // Only new events from sources are refused. The hops inside (a router filling a
@@ -338,8 +338,7 @@ impl EmbeddedBus {
             };
             log.records.insert(seq, Arc::new(record));
             log.bytes += size;
-            log.dedup.keys.insert(dedup, seq);
-            log.dedup.order.push_back((now, dedup));
+            log.dedup.insert(dedup, seq, now);
             if let Ok(mut index) = self.inner.index.lock() {
                 index.add(&subject_text, seq);
             }
