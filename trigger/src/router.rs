@@ -44,6 +44,9 @@ pub const EXT_JOINED: &str = "ofejoined";
 /// it. Its delivery worker sends it to the dead letter with this reason, not to the sink.
 pub const EXT_POISON: &str = "ofepoison";
 
+/// Observations of a subscriber's join state between two sweeps of its expired keys.
+const SWEEP_EVERY: usize = 1024;
+
 /// Input events the router reads before it publishes and acknowledges them together.
 const BATCH: usize = 256;
 
@@ -142,6 +145,8 @@ struct JoinState {
     since_sweep: usize,
     /// The latest bus time (ms) of an event it recorded: the "now" of its sweeps.
     latest: i64,
+    /// Listed in [`Router::due`], to be swept before the next batch.
+    due: bool,
 }
 
 impl JoinState {
@@ -201,6 +206,10 @@ pub struct Router {
     store: Option<Arc<dyn StateStore>>,
     /// Keys dropped from memory whose stored state should go too.
     forgotten: Vec<String>,
+    /// The routings whose state is due a sweep. Kept as a list rather than found by looking
+    /// at every routing before each batch, which with 10,000 Triggers was a sixth of the
+    /// router's time.
+    due: Vec<usize>,
 }
 
 impl Router {
@@ -227,7 +236,15 @@ impl Router {
             }
         }
         let state = routings.iter().map(|_| JoinState::default()).collect();
-        Self { routings, index, state, metrics, store: None, forgotten: Vec::new() }
+        Self {
+            routings,
+            index,
+            state,
+            metrics,
+            store: None,
+            forgotten: Vec::new(),
+            due: Vec::new(),
+        }
     }
 
     /// Keeps join state in `store` as well as in memory.
@@ -350,12 +367,10 @@ impl Router {
     /// no state and never joined.
     fn sweep_due(&mut self) {
         let persist = self.store.is_some();
-        for r in 0..self.state.len() {
+        for r in std::mem::take(&mut self.due) {
             let routing = &self.routings[r];
             let state = &mut self.state[r];
-            if state.since_sweep < 1024 && state.keys.len() <= routing.max_keys {
-                continue;
-            }
+            state.due = false;
             let window = i64::try_from(routing.window.as_millis()).unwrap_or(i64::MAX);
             let dropped = state.sweep(state.latest, window, routing.max_keys);
             // Only a store has anything to forget; in memory, dropping the keys was all.
@@ -502,6 +517,10 @@ impl Router {
             }
         }
         let keys = state.keys.len();
+        if !state.due && (state.since_sweep >= SWEEP_EVERY || keys > routing.max_keys) {
+            state.due = true;
+            self.due.push(touch.routing);
+        }
         self.metrics.join_keys.get_or_create(&routing.labels).set(as_i64(keys));
         if !self.fires(&routing, bits) {
             return self.not_fired(&routing, event);
