@@ -210,6 +210,9 @@ pub struct Router {
     /// at every routing before each batch, which with 10,000 Triggers was a sixth of the
     /// router's time.
     due: Vec<usize>,
+    /// The keys changed since the last flush, to write without looking at every key held
+    /// (with 100,000 keys, that look took a quarter of the router's time per batch).
+    dirty: Vec<(usize, String)>,
 }
 
 impl Router {
@@ -244,6 +247,7 @@ impl Router {
             store: None,
             forgotten: Vec::new(),
             due: Vec::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -421,20 +425,14 @@ impl Router {
     /// another replica (or failed): they are dropped from memory, and the events that touched
     /// them must be routed again.
     pub async fn flush(&mut self) -> HashSet<(usize, String)> {
-        let Some(store) = self.store.clone() else {
-            for state in &mut self.state {
-                state.keys.values_mut().for_each(|k| k.dirty = false);
-            }
-            return HashSet::new();
-        };
+        // Without a store nothing is marked changed: memory is all the state there is.
+        let Some(store) = self.store.clone() else { return HashSet::new() };
         let mut writes = Vec::new();
-        for (r, state) in self.state.iter().enumerate() {
-            for (key, k) in state.keys.iter().filter(|(_, k)| k.dirty) {
-                let value = serde_json::to_vec(k).unwrap_or_default();
-                let (store, stored, revision) = (store.clone(), self.store_key(r, key), k.revision);
-                let id = (r, key.clone());
-                writes.push(async move { (id, store.put(&stored, value, revision).await) });
-            }
+        for (r, key) in std::mem::take(&mut self.dirty) {
+            let Some(k) = self.state[r].keys.get(&key).filter(|k| k.dirty) else { continue };
+            let value = serde_json::to_vec(k).unwrap_or_default();
+            let (store, stored, revision) = (store.clone(), self.store_key(r, &key), k.revision);
+            writes.push(async move { ((r, key), store.put(&stored, value, revision).await) });
         }
         let mut failed = HashSet::new();
         for ((r, key), result) in futures::future::join_all(writes).await {
@@ -509,7 +507,10 @@ impl Router {
             }
         }
         entry.touched = entry.touched.max(at);
-        entry.dirty = persist;
+        if persist && !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push((touch.routing, touch.key.clone()));
+        }
         let mut bits = 0u64;
         for (i, input) in routing.inputs.iter().enumerate() {
             if entry.seen.get(&input.name).is_some_and(|(t, _)| at - *t < window) {
