@@ -37,6 +37,6 @@ pub use eventsource::{
     MqttSpec, NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceField, WebhookSpec,
 };
 pub use trigger::{
-    DeliverySpec, Filter, Input, ReplayStatus, Subscriber, Trigger, TriggerReplay, TriggerSpec,
-    TriggerStatus,
+    DeliverySpec, Filter, Input, ReplayStatus, Subscriber, TransformSpec, Trigger, TriggerReplay,
+    TriggerSpec, TriggerStatus,
 };

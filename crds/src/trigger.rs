@@ -189,6 +189,27 @@ pub struct Subscriber {
     /// control.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
+    /// Reshapes each event before this subscriber's sink or topic gets it (ofe addition), as
+    /// Knative's EventTransform and EventBridge's input transformers do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformSpec>,
+}
+
+/// A subscriber's transform: CEL expressions over the event as it arrived (each attribute
+/// and extension, and `data`), compiled when the manifest loads. An event an expression
+/// cannot evaluate goes to the dead letter with the reason; it is never sent half-built.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransformSpec {
+    /// The new data, e.g. `{"vehicle": data.vehicleId, "kmh": data.speed, "at": time}`. A
+    /// map, list, number or bool becomes JSON; a string stays text; `null` removes the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Attribute or extension name → its new value, e.g. `type: "'com.example.overspeed'"`
+    /// or `subject: data.vehicleId`. An empty expression (or a value of `null`) removes an
+    /// extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<BTreeMap<String, String>>,
 }
 
 /// Delivery settings of one subscriber, in the shape of Knative's `DeliverySpec`, plus flow

@@ -133,5 +133,6 @@ pub(crate) fn event_source_sink_plan(
         max_deliver: ofe_trigger::DEFAULT_MAX_DELIVER,
         paused: false,
         dead_letters: None,
+        transform: None,
     }))
 }

@@ -438,9 +438,14 @@ impl Keeper {
     }
 
     /// Delivers the event a letter holds, as it was before it failed, to the route that
-    /// failed (every route, when the Trigger no longer has that destination).
+    /// failed (every route, when the Trigger no longer has that destination). A letter holds
+    /// the event as the subscriber received it, so the subscriber's transform runs again.
     async fn send_again(&self, letter: &Event) -> Result<(), String> {
         let event = original(letter);
+        let event = match &self.plan.transform {
+            Some(transform) => transform.apply(&event).map_err(|e| e.to_string())?,
+            None => event,
+        };
         let failed = letter.extension(EXT_ERROR_DEST).map(ToString::to_string);
         let routes: Vec<_> = self
             .plan

@@ -336,7 +336,15 @@ impl<'a> EventData<'a> {
     /// Runs `program` over the event; `None` when it fails (a missing field, a type
     /// mismatch) or the data cannot be represented in CEL.
     pub fn eval(&self, program: &Program) -> Option<Value> {
-        program.execute(self.context()?).ok()
+        self.try_eval(program).ok()
+    }
+
+    /// Runs `program` over the event, or says why it could not: CEL's error (a missing
+    /// field, a type mismatch), or data CEL cannot hold.
+    pub fn try_eval(&self, program: &Program) -> Result<Value, String> {
+        let context =
+            self.context().ok_or_else(|| "the event's data cannot be read in CEL".to_string())?;
+        program.execute(context).map_err(|e| e.to_string())
     }
 
     /// The nodes `query` selects in the event's JSON; `None` when the query fails.

@@ -22,6 +22,7 @@ pub mod replay;
 pub mod router;
 pub mod runner;
 pub mod sink;
+pub mod transform;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -242,6 +243,8 @@ struct Compiled {
     window: Duration,
     conditions: Vec<Arc<ConditionExpr>>,
     deliveries: Vec<DeliveryPlan>,
+    /// Per subscriber, its transform (none when it has none, or an empty one).
+    transforms: Vec<Option<Arc<transform::Transform>>>,
     /// Per input name: its filters and its correlation key.
     inputs: BTreeMap<String, CompiledInput>,
 }
@@ -262,9 +265,19 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
     check_replays(trigger, &mut errors);
     let mut conditions = Vec::new();
     let mut deliveries = Vec::new();
+    let mut transforms = Vec::new();
     for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
         let path = format!("spec.subscribers[{i}]");
         deliveries.push(delivery_plan(sub.delivery.as_ref(), base, &path, &mut errors));
+        transforms.push(sub.transform.as_ref().and_then(
+            |spec| match transform::Transform::compile(spec, &format!("{path}.transform")) {
+                Ok(t) => (!t.is_empty()).then(|| Arc::new(t)),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+        ));
         if sub.dead_letter_sink.is_some()
             && sub.delivery.as_ref().is_some_and(|d| d.dead_letter_sink.is_some())
         {
@@ -304,7 +317,7 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
         inputs.insert(name.clone(), (Arc::new(list), own_key.or_else(|| shared_key.clone())));
     }
     if errors.is_empty() {
-        Ok(Compiled { window, conditions, deliveries, inputs })
+        Ok(Compiled { window, conditions, deliveries, transforms, inputs })
     } else {
         Err(errors)
     }
@@ -334,7 +347,8 @@ pub fn plan(
     let mut plans = Vec::new();
     let max_keys = trigger.spec.max_keys.map_or(router::DEFAULT_MAX_KEYS, |n| n as usize);
     let subscribers = trigger.spec.subscribers.iter().zip(&compiled.conditions);
-    for (i, ((sub, condition), delivery)) in subscribers.zip(&compiled.deliveries).enumerate() {
+    let subscribers = subscribers.zip(&compiled.deliveries).zip(&compiled.transforms);
+    for (i, (((sub, condition), delivery), transform)) in subscribers.enumerate() {
         let path = format!("spec.subscribers[{i}]");
         let inputs = condition
             .names()
@@ -403,6 +417,7 @@ pub fn plan(
             max_deliver: DEFAULT_MAX_DELIVER,
             paused: trigger.spec.paused.unwrap_or(false),
             dead_letters: store.filter(|_| kept),
+            transform: transform.clone(),
         });
     }
     if errors.is_empty() { Ok(plans) } else { Err(errors) }

@@ -80,6 +80,9 @@ pub struct SubscriberPlan {
     /// The topic where it keeps what fails for good, when it has no dead letter of its own
     /// and keeps them ([`crate::deadletters`]); `None`: it keeps none on the bus.
     pub dead_letters: Option<Subject>,
+    /// Reshapes each event before its routes get it (`transform`); an event it cannot
+    /// transform is dead-lettered with the reason.
+    pub transform: Option<Arc<crate::transform::Transform>>,
 }
 
 /// Opens the subscriber's durable consumer. Do this for every subscriber before any source
@@ -563,7 +566,15 @@ impl Subscriber {
         }
         let started = Instant::now();
         let labels = &plan.labels;
-        let event = delivery.event.clone();
+        let event = match plan.transform.as_deref().map(|t| t.apply(&delivery.event)) {
+            None => delivery.event.clone(),
+            Some(Ok(event)) => Arc::new(event),
+            Some(Err(error)) => {
+                // Never sent half-built: the event as it came goes to the dead letter.
+                let failure = Failure { reason: error.to_string(), ..Failure::default() };
+                return self.dead_letter_unattempted(delivery, &failure, 0).await;
+            }
+        };
         let key = deliverer
             .dedupe()
             .map(|d| (d, crate::delivery::idempotency_key(&plan.consumer, &event)));
@@ -622,7 +633,8 @@ impl Subscriber {
                     {
                         metrics.loops.get_or_create(labels).inc();
                     }
-                    let dead = self.dead_letter(route, &event, &failure, attempts);
+                    // The event as it came, before the transform: a redrive transforms it again.
+                    let dead = self.dead_letter(route, &delivery.event, &failure, attempts);
                     if !dead_letter_traced(&span, route, dead).await {
                         if interrupt.is_cancelled() {
                             return drop(delivery);

@@ -99,6 +99,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         max_deliver: 3,
         paused: false,
         dead_letters: None,
+        transform: None,
     }
 }
 
