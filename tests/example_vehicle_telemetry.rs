@@ -16,4 +16,8 @@ fn the_fleet_demo_delivers_every_alert_and_every_metric() {
     assert!(line("overspeed sent") > 0, "the run drove over the limit at least once");
     assert_eq!(line("vehicles with gauges"), 20);
     assert!(stdout.contains("t=  1s"), "live progress is printed");
+    // The alert function counts only alerts the Trigger's transform shaped ({vehicle, kmh,
+    // at}, typed as overspeed), and says so of any other.
+    assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
+    assert!(stdout.contains("ALERT    v"), "an alert is printed from the shaped data: {stdout}");
 }

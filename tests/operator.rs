@@ -206,7 +206,8 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
     let client = support::mqtt_publisher(&mqtt, &format!("pub-{ns}"));
     let publish = |car: &str, speed: u32| {
         let (client, topic) = (client.clone(), format!("{ns}/{car}/telemetry"));
-        let payload = format!(r#"{{"vehicle":"{car}","speed":{speed}}}"#);
+        // The fleet's telemetry, as the example's simulator sends it.
+        let payload = format!(r#"{{"vehicleId":"{car}","speed":{speed}}}"#);
         async move {
             client
                 .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
@@ -221,6 +222,10 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
             !r.on("/alert").is_empty() && r.on("/metrics").len() >= 2
         })
         .await;
+    // The alert function gets what the example's transform shapes.
+    let alert: Value = serde_json::from_slice(&receiver.on("/alert")[0].body).expect("JSON");
+    assert_eq!(alert["vehicle"], "car-1", "{alert}");
+    assert_eq!(alert["kmh"], 130, "{alert}");
 
     // A broken bus URL: every resource on the bus turns not Ready, saying why.
     kube.apply_yaml(&support::jetstream_bus(&ns, "nats://127.0.0.1:9")).await;

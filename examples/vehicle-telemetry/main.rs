@@ -273,14 +273,25 @@ async fn drive(
 
 /// The alert function: one POST per overspeed CloudEvent.
 async fn alert(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> &'static str {
+    // The Trigger's transform shapes what this function gets: exactly {vehicle, kmh, at}, as
+    // an overspeed alert. Anything else is not counted, so the run reports it missing.
     let data: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("?");
+    let shaped = data.as_object().is_some_and(|o| {
+        o.len() == 3 && o["vehicle"].is_string() && o["kmh"].is_number() && o["at"].is_string()
+    });
+    if !shaped || header("ce-type") != "com.example.fleet.overspeed" {
+        println!("UNEXPECTED alert {} of type {}: {data}", header("ce-id"), header("ce-type"));
+        return "unexpected";
+    }
     let n = seen.alerts.fetch_add(1, Ordering::Relaxed);
     if n < 3 {
-        let id = headers.get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or("?");
         println!(
-            "ALERT    {} at {} km/h (CloudEvent {id})",
-            data["vehicleId"].as_str().unwrap_or("?"),
-            data["speed"]
+            "ALERT    {} at {} km/h, {} (CloudEvent {})",
+            data["vehicle"].as_str().unwrap_or("?"),
+            data["kmh"],
+            data["at"].as_str().unwrap_or("?"),
+            header("ce-id")
         );
     }
     "ok"
