@@ -20,9 +20,52 @@ pub struct SinkSpec {
     /// (`core.openfunction.io/v1beta1` or `v1beta2`) whose address is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<Reference>,
-    /// The absolute HTTP(S) URL events are POSTed to. It wins over `ref`.
+    /// The absolute HTTP(S) URL events are POSTed to. It wins over `ref`. (ofe addition:)
+    /// its path and query may hold CEL expressions over the event in braces, each value
+    /// percent-encoded, e.g. `http://fleet/vehicles/{data.vehicleId}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// The request's method (ofe addition): `POST` (the default), `PUT` or `PATCH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// Headers sent with every request (ofe addition): name → value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Headers computed for each event (ofe addition): name → a CEL expression over the
+    /// event, e.g. `X-Vehicle: data.vehicleId`. An event it cannot evaluate is dead-lettered.
+    #[serde(default, rename = "dynamicHeaders", skip_serializing_if = "Option::is_none")]
+    pub dynamic_headers: Option<BTreeMap<String, String>>,
+    /// How the CloudEvent is sent (ofe addition): `binary` (the default: attributes as `ce-`
+    /// headers, the data as the body) or `structured` (one `application/cloudevents+json`
+    /// document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ContentMode>,
+}
+
+/// An HTTP sink's method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HttpMethod {
+    /// `POST`, as Knative and OpenFunction deliver.
+    #[default]
+    #[serde(rename = "POST")]
+    Post,
+    /// `PUT`.
+    #[serde(rename = "PUT")]
+    Put,
+    /// `PATCH`.
+    #[serde(rename = "PATCH")]
+    Patch,
+}
+
+/// The CloudEvents HTTP content mode of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Attributes as `ce-` headers, the data as the body.
+    #[default]
+    Binary,
+    /// The whole event as one JSON document (`application/cloudevents+json`).
+    Structured,
 }
 
 /// A reference to a Kubernetes object that exposes an address.

@@ -218,16 +218,142 @@ pub fn http_url(uri: &str) -> Result<url::Url, UriError> {
     }
 }
 
-/// Checks a sink: `uri` or `ref` must be set, and a `uri` must be an absolute HTTP(S) URL.
+/// One part of a sink URI (ofe addition): text, or a CEL expression in braces, with the
+/// 1-based column where the expression starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UriPart {
+    /// Text, sent as it is.
+    Text(String),
+    /// An expression whose value is percent-encoded into the URI.
+    Expression {
+        /// The expression, without its braces.
+        text: String,
+        /// Where it starts in the URI.
+        column: usize,
+    },
+}
+
+/// Splits a sink URI into text and `{expression}` parts. Braces inside an expression nest
+/// (a CEL map) and quotes are skipped. Expressions may stand only in the path, query or
+/// fragment: what they give is percent-encoded, which a host or scheme cannot take.
+pub fn uri_template(uri: &str) -> Result<Vec<UriPart>, UriError> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut chars = uri.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if c == '}' {
+            return Err(UriError(format!(
+                "`{uri}` has a `}}` at column {} that closes nothing; expressions are written                  `{{data.vehicleId}}`",
+                at + 1
+            )));
+        }
+        if c != '{' {
+            text.push(c);
+            continue;
+        }
+        let (mut depth, mut quote, mut expression) = (1, None, String::new());
+        for (_, c) in chars.by_ref() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '{') => depth += 1,
+                (None, '}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            expression.push(c);
+        }
+        if depth != 0 {
+            return Err(UriError(format!(
+                "`{uri}` opens an expression at column {} and does not close it; end it with `}}`",
+                at + 1
+            )));
+        }
+        if expression.trim().is_empty() {
+            return Err(UriError(format!(
+                "`{uri}` has an empty expression at column {}; write one, e.g. `{{data.id}}`",
+                at + 1
+            )));
+        }
+        let authority_done =
+            text.find("://").is_some_and(|i| text[i + 3..].contains(['/', '?', '#']));
+        if parts.is_empty() && !authority_done {
+            return Err(UriError(format!(
+                "`{uri}` has an expression at column {} before its path; an expression may stand                  only in the path, query or fragment, e.g. `http://host/items/{{data.id}}`",
+                at + 1
+            )));
+        }
+        parts.push(UriPart::Text(std::mem::take(&mut text)));
+        parts.push(UriPart::Expression { text: expression, column: at + 2 });
+    }
+    if !text.is_empty() {
+        parts.push(UriPart::Text(text));
+    }
+    Ok(parts)
+}
+
+/// The URL of a sink URI with each expression as `x`: what [`http_url`] checks, and what
+/// names the sink in logs.
+pub fn uri_shape(parts: &[UriPart]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            UriPart::Text(t) => t.as_str(),
+            UriPart::Expression { .. } => "x",
+        })
+        .collect()
+}
+
+/// Why a header name cannot be set on a sink, if it cannot.
+fn header_problem(name: &str) -> Option<String> {
+    let token = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let lower = name.to_ascii_lowercase();
+    if !token {
+        Some(format!("`{name}` is not an HTTP header name; use letters, digits and `-`"))
+    } else if lower.starts_with("ce-") || lower == "content-type" {
+        Some(format!(
+            "`{name}` belongs to the CloudEvents binding, which ofe writes; set the event's \
+             attribute instead (a subscriber's `transform.attributes`)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Checks a sink: `uri` or `ref` must be set, a `uri` must be an absolute HTTP(S) URL (its
+/// expressions aside), and header names must be headers ofe may set.
 pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    for (field, headers) in [("headers", &sink.headers), ("dynamicHeaders", &sink.dynamic_headers)]
+    {
+        for name in headers.iter().flatten().map(|(name, _)| name) {
+            if let Some(problem) = header_problem(name) {
+                out.push(Diagnostic::error(format!("{path}.{field}.{name}"), problem));
+            }
+        }
+    }
+    for (name, value) in sink.headers.iter().flatten() {
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            out.push(Diagnostic::error(
+                format!("{path}.headers.{name}"),
+                "holds a control character (a line break?); a header value is one line",
+            ));
+        }
+    }
     match (&sink.uri, &sink.r#ref) {
         (None, None) => out.push(Diagnostic::error(
             path,
             "neither uri nor ref is set; add `uri: http://...` or a `ref` to a Knative Service or Function",
         )),
         (Some(uri), _) => {
-            if let Err(message) = http_url(uri) {
+            let checked = uri_template(uri).and_then(|parts| http_url(&uri_shape(&parts)));
+            if let Err(message) = checked {
                 out.push(Diagnostic::error(format!("{path}.uri"), message.to_string()));
             }
         }

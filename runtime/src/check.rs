@@ -69,7 +69,10 @@ pub fn check_manifests(manifests: &[Manifest]) -> Vec<Diagnostic> {
         match &m.resource {
             Resource::Trigger(t) => found.extend(ofe_trigger::check(t)),
             // Each kind's fields are checked in its folder, once.
-            Resource::EventSource(es) => found.extend(ofe_eventsource::check(es)),
+            Resource::EventSource(es) => {
+                found.extend(ofe_eventsource::check(es));
+                found.extend(ofe_trigger::check_sink("spec.sink", es.spec.sink.as_ref()));
+            }
             Resource::EventBus(b) => found.extend(bus_check(&b.spec)),
             Resource::ClusterEventBus(b) => found.extend(bus_check(&b.spec.0)),
         }

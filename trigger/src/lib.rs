@@ -81,6 +81,12 @@ pub fn check(trigger: &Trigger) -> Vec<Diagnostic> {
     compile(trigger, RetryPolicy::default()).err().unwrap_or_default()
 }
 
+/// The expressions and headers of `sink` (at `path`), if there is one: what cannot be used
+/// becomes a diagnostic at its field path (the URL itself is `ofe_crds::validate`'s check).
+pub fn check_sink(path: &str, sink: Option<&ofe_crds::SinkSpec>) -> Vec<Diagnostic> {
+    sink.and_then(|s| sink::http::request::RequestMap::compile(path, s).err()).unwrap_or_default()
+}
+
 /// How one subscriber delivers, from its `delivery` settings.
 #[derive(Debug, Clone)]
 struct DeliveryPlan {
@@ -286,6 +292,10 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
                 "is set as well as the subscriber's `deadLetterSink`; keep one of them",
             ));
         }
+        errors.extend(check_sink(&format!("{path}.sink"), sub.sink.as_ref()));
+        errors.extend(check_sink(&format!("{path}.deadLetterSink"), sub.dead_letter_sink.as_ref()));
+        let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
+        errors.extend(check_sink(&format!("{path}.delivery.deadLetterSink"), knative));
         match ConditionExpr::compile(&sub.condition, &names) {
             Ok(c) => conditions.push(Arc::new(c)),
             Err(e) => errors

@@ -45,6 +45,12 @@ impl Failure {
     pub fn transient(reason: String) -> Self {
         Self { reason, retryable: true, ..Self::default() }
     }
+
+    /// A failure no retry can mend (the event cannot be sent as the sink asks): straight
+    /// to the dead letter.
+    pub fn permanent(reason: String) -> Self {
+        Self { reason, retryable: false, ..Self::default() }
+    }
 }
 
 /// What every attempt has to hand, whatever the sink.

@@ -99,11 +99,12 @@ impl HttpClient {
         Ok(Self { direct, full, proxies })
     }
 
-    /// POSTs to `url` what `request` builds (headers and body), within `timeout` for the
-    /// whole exchange, body included. `request` is called again only if the sink redirects.
-    /// The error is the reason, with its causes.
-    pub async fn post(
+    /// Sends to `url` with `method` what `request` builds (headers and body), within
+    /// `timeout` for the whole exchange, body included. `request` is called again only if
+    /// the sink redirects. The error is the reason, with its causes.
+    pub async fn send(
         &self,
+        method: &Method,
         url: &reqwest::Url,
         request: impl Fn() -> (HeaderMap, Vec<u8>),
         timeout: Duration,
@@ -116,11 +117,11 @@ impl HttpClient {
         let direct =
             uri.filter(|uri| self.proxies.as_ref().is_none_or(|p| p.intercept(uri).is_none()));
         let Some(uri) = direct else {
-            return within(deadline, timeout, self.through_reqwest(url, &request)).await?;
+            return within(deadline, timeout, self.through_reqwest(method, url, &request)).await?;
         };
         let (headers, body) = request();
         let mut message = Request::new(Full::new(Bytes::from(body)));
-        *message.method_mut() = Method::POST;
+        *message.method_mut() = method.clone();
         *message.uri_mut() = uri;
         *message.headers_mut() = headers;
         let response = within(deadline, timeout, self.direct.request(message))
@@ -130,7 +131,7 @@ impl HttpClient {
         if matches!(status.as_u16(), 307 | 308)
             && response.headers().contains_key(reqwest::header::LOCATION)
         {
-            return within(deadline, timeout, self.through_reqwest(url, &request)).await?;
+            return within(deadline, timeout, self.through_reqwest(method, url, &request)).await?;
         }
         let (parts, body) = response.into_parts();
         // The status decides; a body that breaks off is only less to read (a reply, a
@@ -147,13 +148,14 @@ impl HttpClient {
     /// The same exchange through reqwest: through a proxy, or following redirects.
     async fn through_reqwest(
         &self,
+        method: &Method,
         url: &reqwest::Url,
         request: &impl Fn() -> (HeaderMap, Vec<u8>),
     ) -> Result<SinkResponse, String> {
         let (headers, body) = request();
         let mut response = self
             .full
-            .post(url.clone())
+            .request(method.clone(), url.clone())
             .headers(headers)
             .body(body)
             .send()

@@ -6,8 +6,10 @@
 //! - [`tls`]: the client's TLS (the system's roots plus a cluster CA, a client certificate).
 
 pub mod client;
+pub mod request;
 pub mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,17 +27,24 @@ use ofe_crds::diagnostic::Diagnostic;
 pub(crate) const BODY_LIMIT: usize = 1024;
 
 /// A function's HTTP endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct HttpSink {
-    /// Absolute URL, parsed once rather than for every request.
+    /// Absolute URL, parsed once rather than for every request. With expressions in the
+    /// sink's URI, the URI with each expression as `x`, which names the sink in logs.
     pub url: reqwest::Url,
+    /// The sink's method, headers, URI expressions and mode, when it sets any.
+    pub request: Option<Arc<request::RequestMap>>,
 }
 
 impl HttpSink {
     /// The sink at `url`, which must be an absolute http(s) URL; the error says why not, as
     /// `ofe validate` does.
     pub fn parse(url: &str) -> Result<Self, ofe_crds::validate::UriError> {
-        ofe_crds::validate::http_url(url).map(|url| Self { url })
+        ofe_crds::validate::http_url(url).map(|url| Self { url, request: None })
+    }
+
+    fn method(&self) -> &reqwest::Method {
+        self.request.as_ref().map_or(&reqwest::Method::POST, |r| &r.method)
     }
 }
 
@@ -46,8 +55,14 @@ impl Sink for HttpSink {
     }
 
     fn span(&self, resend: Option<KeyValue>) -> trace::Span {
+        // Span names are static: the methods a sink may use.
+        let method = match *self.method() {
+            reqwest::Method::PUT => "PUT",
+            reqwest::Method::PATCH => "PATCH",
+            _ => "POST",
+        };
         let mut attributes = vec![
-            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.request.method", method),
             KeyValue::new("url.full", redacted(&self.url)),
             KeyValue::new("server.address", self.url.host_str().unwrap_or_default().to_string()),
         ];
@@ -55,7 +70,7 @@ impl Sink for HttpSink {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
         attributes.extend(resend);
-        trace::Span::start("POST", SpanKind::Client, &trace::current(), attributes)
+        trace::Span::start(method, SpanKind::Client, &trace::current(), attributes)
     }
 
     async fn attempt(
@@ -63,8 +78,33 @@ impl Sink for HttpSink {
         event: &Event,
         context: &SinkContext<'_>,
     ) -> Result<Option<Box<Reply>>, Failure> {
+        // What the sink's request mapping computes for this event, once for every attempt's
+        // request; an event it cannot compute goes to the dead letter, never half-built.
+        let view = crate::filter::EventData::new(event);
+        let mut mapped = HeaderMap::new();
+        let mut url = None;
+        let mut structured = false;
+        if let Some(map) = &self.request {
+            url = map.url(&view).map_err(Failure::permanent)?;
+            map.headers(&view, &mut mapped).map_err(Failure::permanent)?;
+            structured = map.structured;
+        }
+        let url = url.as_ref().unwrap_or(&self.url);
+        let body_of = |event: &Event| {
+            if structured {
+                let body = event::to_structured(event).unwrap_or_default();
+                let mut headers = HeaderMap::with_capacity(4);
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED));
+                (headers, body)
+            } else {
+                binary_mode(event)
+            }
+        };
         let request = || {
-            let (mut headers, body) = binary_mode(event);
+            let (mut headers, body) = body_of(event);
+            for (name, value) in &mapped {
+                headers.insert(name, value.clone());
+            }
             // The function continues this attempt's span, as it would behind any
             // OpenTelemetry-instrumented client.
             if let Some((parent, state)) = context.span.traceparent() {
@@ -85,7 +125,7 @@ impl Sink for HttpSink {
         };
         let response = context
             .http
-            .post(&self.url, request, context.timeout)
+            .send(self.method(), url, request, context.timeout)
             .await
             .map_err(Failure::transient)?;
         let status = response.status;
@@ -204,6 +244,9 @@ pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
     (headers, event::data_bytes(event))
 }
 
+/// The media type of a structured-mode CloudEvent.
+const STRUCTURED: &str = "application/cloudevents+json";
+
 /// The header that names one event to one subscriber across every attempt.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -241,15 +284,22 @@ pub fn destination(
     namespace: &str,
     options: &crate::PlanOptions,
 ) -> Result<Destination, Diagnostic> {
+    let request = request::RequestMap::compile(path, sink)
+        .map_err(|mut errors| errors.swap_remove(0))?
+        .map(Arc::new);
+    let with = |url: reqwest::Url| Destination::new(HttpSink { url, request: request.clone() });
     match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
-        (Some(uri), _, _) => Destination::http(uri)
+        (Some(uri), _, _) => ofe_crds::validate::uri_template(uri)
+            .and_then(|parts| ofe_crds::validate::http_url(&ofe_crds::validate::uri_shape(&parts)))
+            .map(with)
             .map_err(|e| Diagnostic::error(format!("{path}.uri"), e.to_string())),
         (None, Some(r), Some(template)) => {
             let url = template
                 .replace("{name}", &r.name)
                 .replace("{namespace}", r.namespace.as_deref().unwrap_or(namespace))
                 .replace("{kind}", &r.kind.to_ascii_lowercase());
-            Destination::http(&url)
+            ofe_crds::validate::http_url(&url)
+                .map(with)
                 .map_err(|e| Diagnostic::error(format!("{path}.ref"), e.to_string()))
         }
         (None, Some(r), None) => Err(Diagnostic::error(
