@@ -40,44 +40,27 @@ async fn record(
 
 /// A webhook `fleet` and a Trigger `put` whose sink maps the request.
 fn pipeline(ns: &str, base: &str) -> String {
-    format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
-         metadata: {{ name: fleet, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  webhook:\n    telemetry: {{}}\n"
-    ) + &trigger(
-        ns,
-        "put",
-        "    all: { eventSource: fleet, event: telemetry }",
-        &format!(
-            "  - condition: all\n    delivery: {{ retry: 0 }}\n    sink:\n      \
+    support::webhook_source(ns, "fleet", "telemetry")
+        + &trigger(
+            ns,
+            "put",
+            "    all: { eventSource: fleet, event: telemetry }",
+            &format!(
+                "  - condition: all\n    delivery: {{ retry: 0 }}\n    sink:\n      \
              uri: \"{base}/vehicles/{{data.vehicleId}}?speed={{data.speed}}&by={{source}}\"\n      \
              method: PUT\n      \
              headers: {{ X-Fleet: north, Authorization: \"Bearer static\" }}\n      \
              dynamicHeaders: {{ X-Vehicle: data.vehicleId, X-Fast: \"data.speed > 120.0\" }}\n      \
              mode: structured"
-        ),
-    )
+            ),
+        )
 }
 
+/// Posts telemetry event `id` with JSON `data` to the fleet's webhook.
 async fn post(webhooks: std::net::SocketAddr, ns: &str, id: &str, data: serde_json::Value) {
     let url = format!("http://{webhooks}/{ns}/fleet/telemetry");
-    for _ in 0..50 {
-        let sent = support::http()
-            .post(&url)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", id)
-            .header("ce-source", "/cars/a b")
-            .header("ce-type", "com.example.telemetry")
-            .header("content-type", "application/json")
-            .body(data.to_string())
-            .send()
-            .await;
-        if sent.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the webhook did not take {id}");
+    let headers = [("ce-id", id), ("ce-source", "/cars/a b"), ("ce-type", "com.example.telemetry")];
+    support::post_event(&url, &headers, data.to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,28 +12,17 @@ use std::time::Duration;
 
 use support::{Receiver, Running, manifests, trigger};
 
-/// Posts telemetry event `id` with JSON `data` and extension `trace` to the webhook.
+/// Posts telemetry event `id` with JSON `data` to the fleet's webhook.
 async fn post(webhooks: SocketAddr, ns: &str, id: &str, data: serde_json::Value) {
     let url = format!("http://{webhooks}/{ns}/fleet/telemetry");
-    for _ in 0..50 {
-        let sent = support::http()
-            .post(&url)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", id)
-            .header("ce-source", "/cars")
-            .header("ce-type", "com.example.telemetry")
-            .header("ce-time", "2026-12-03T10:00:00Z")
-            .header("ce-trace", "t-1")
-            .header("content-type", "application/json")
-            .body(data.to_string())
-            .send()
-            .await;
-        if sent.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the webhook did not take {id}");
+    let headers = [
+        ("ce-id", id),
+        ("ce-source", "/cars"),
+        ("ce-type", "com.example.telemetry"),
+        ("ce-time", "2026-12-03T10:00:00Z"),
+        ("ce-trace", "t-1"),
+    ];
+    support::post_event(&url, &headers, data.to_string()).await;
 }
 
 /// The fleet's webhook; Trigger `alerts` sends overspeed telemetry reshaped to `/alert`;
@@ -46,32 +35,32 @@ fn pipeline(ns: &str, base: &str, bus: &str) -> String {
            type: \"'com.example.overspeed'\"\n        \
            subject: data.vehicleId\n        \
            trace: \"\"";
-    format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
-         metadata: {{ name: fleet, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  webhook:\n    telemetry: {{}}\n"
-    ) + &trigger(
-        ns,
-        "alerts",
-        "    fast:\n      eventSource: fleet\n      event: telemetry\n      \
+    support::webhook_source(ns, "fleet", "telemetry")
+        + &trigger(
+            ns,
+            "alerts",
+            "    fast:\n      eventSource: fleet\n      event: telemetry\n      \
          filters: [ { cel: \"data.speed > 120.0\" } ]",
-        &format!(
-            "  - condition: fast\n    sink: {{ uri: \"{base}/flaky\" }}\n    \
+            &format!(
+                "  - condition: fast\n    sink: {{ uri: \"{base}/flaky\" }}\n    \
              delivery: {{ retry: 0 }}\n{transform}"
-        ),
-    ) + &trigger(
-        ns,
-        "shape",
-        "    all: { eventSource: fleet, event: telemetry }",
-        "  - condition: all\n    topic: shaped\n    transform:\n      \
+            ),
+        )
+        + &trigger(
+            ns,
+            "shape",
+            "    all: { eventSource: fleet, event: telemetry }",
+            "  - condition: all\n    topic: shaped\n    transform:\n      \
          data: '{\"vehicle\": data.vehicleId}'\n      \
          attributes: { type: \"'com.example.shaped'\" }",
-    ) + &trigger(
-        ns,
-        "feed",
-        "    shaped: { topic: shaped }",
-        &format!("  - condition: shaped\n    sink: {{ uri: \"{base}/feed\" }}"),
-    ) + bus
+        )
+        + &trigger(
+            ns,
+            "feed",
+            "    shaped: { topic: shaped }",
+            &format!("  - condition: shaped\n    sink: {{ uri: \"{base}/feed\" }}"),
+        )
+        + bus
 }
 
 async fn transforms(bus: impl Fn(&str) -> String) {

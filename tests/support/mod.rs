@@ -153,19 +153,25 @@ pub async fn post_order(webhooks: SocketAddr, ns: &str, n: u32) {
 
 /// [`post_order`] with more headers (`ce-<extension>` ones, for instance).
 pub async fn post_order_with(webhooks: SocketAddr, ns: &str, n: u32, headers: &[(&str, &str)]) {
-    let url = format!("http://{webhooks}/{ns}/ingest/hook");
+    let id = format!("order-{n}");
+    let mut all = vec![("ce-id", id.as_str()), ("ce-source", "test"), ("ce-type", "order")];
+    all.extend_from_slice(headers);
+    post_event(&format!("http://{webhooks}/{ns}/ingest/hook"), &all, format!("{{\"n\":{n}}}"))
+        .await;
+}
+
+/// POSTs a binary-mode CloudEvent with JSON `body` and `headers` (`ce-id`, `ce-source`,
+/// `ce-type` and any more) to the webhook at `url`, retrying while it is not up yet.
+pub async fn post_event(url: &str, headers: &[(&str, &str)], body: String) {
     for _ in 0..50 {
-        let mut request = http().post(&url);
+        let mut request = http().post(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let sent = request
             .header("ce-specversion", "1.0")
-            .header("ce-id", format!("order-{n}"))
-            .header("ce-source", "test")
-            .header("ce-type", "order")
             .header("content-type", "application/json")
-            .body(format!("{{\"n\":{n}}}"))
+            .body(body.clone())
             .send()
             .await;
         if sent.is_ok_and(|r| r.status().is_success()) {
@@ -173,25 +179,32 @@ pub async fn post_order_with(webhooks: SocketAddr, ns: &str, n: u32, headers: &[
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the webhook did not take event {n}");
+    panic!("the webhook at {url} did not take {headers:?}");
+}
+
+/// A webhook EventSource `name` in `ns` serving event `event` (at `/<ns>/<name>/<event>`).
+pub fn webhook_source(ns: &str, name: &str, event: &str) -> String {
+    format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: {name}, namespace: {ns} }}\n\
+         spec:\n  eventBus: default\n  webhook:\n    {event}: {{}}\n"
+    )
 }
 
 /// A webhook EventSource `ingest` and a Trigger `orders` delivering its events one at a time
 /// (so order is defined) to `SINK`, with `delivery` settings added, on the bus `bus` gives.
 pub fn orders_pipeline(ns: &str, sink: &str, delivery: &str, bus: &str) -> String {
-    format!(
-        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
-         metadata: {{ name: ingest, namespace: {ns} }}\n\
-         spec:\n  eventBus: default\n  webhook:\n    hook: {{}}\n"
-    ) + &trigger(
-        ns,
-        "orders",
-        "    hook: { eventSource: ingest, event: hook }",
-        &format!(
-            "  - condition: hook\n    sink: {{ uri: \"{sink}\" }}\n    \
+    webhook_source(ns, "ingest", "hook")
+        + &trigger(
+            ns,
+            "orders",
+            "    hook: { eventSource: ingest, event: hook }",
+            &format!(
+                "  - condition: hook\n    sink: {{ uri: \"{sink}\" }}\n    \
              delivery: {{ maxConcurrency: 1{delivery} }}"
-        ),
-    ) + bus
+            ),
+        )
+        + bus
 }
 
 /// Runs `ofe ARGS --endpoint http://LISTEN`, which must succeed; returns what it printed.
