@@ -278,11 +278,13 @@ pub fn start_ofe_with_webhooks(
 }
 
 /// Waits until `ofe run` answers `/healthz` on `listen` (its signal handlers are installed by
-/// then).
+/// then). A minute: on Kafka, ofe is ready once it has joined each consumer group, and with
+/// the whole suite loading two cores beside the broker's JVM a restart once took over 30 s
+/// (alone it takes a few).
 pub async fn wait_ready(listen: SocketAddr) {
     let start = Instant::now();
     while get(&format!("http://{listen}/healthz")).await != "ok\n" {
-        assert!(start.elapsed() < Duration::from_secs(30), "ofe did not become ready on {listen}");
+        assert!(start.elapsed() < Duration::from_secs(60), "ofe did not become ready on {listen}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
