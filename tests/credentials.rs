@@ -24,6 +24,9 @@ const SECRETS: &[&str] = &[
     "nats-token-1c6f",
     "sink-url-pass-2b8e",
     "sink-query-token-6a3d",
+    "sink-bearer-from-env-7e21",
+    "sink-basic-pass-3f90",
+    "sink-api-key-81c4",
 ];
 
 /// A webhook taking a bearer token (from a variable) and one taking an HMAC secret (from a
@@ -52,7 +55,13 @@ fn yaml(base: &str) -> String {
          \x20   s: {{ eventSource: creds, event: signed }}\n\
          \x20 subscribers:\n  - condition: h || s\n    sink: {{ uri: \"{base}/fn\" }}\n\
          \x20 - condition: h\n    sink: {{ uri: \"{sink}/fail?token=sink-query-token-6a3d\" }}\n\
-         \x20   delivery: {{ retry: 1, backoffPolicy: linear, backoffDelay: PT0.05S, deadLetterStore: false }}\n"
+         \x20   delivery: {{ retry: 1, backoffPolicy: linear, backoffDelay: PT0.05S, deadLetterStore: false }}\n\
+         \x20 - condition: h\n    sink:\n      uri: \"{base}/bearer\"\n      \
+         auth: {{ secretKeyRef: {{ bearerToken: {{ name: fn-auth, key: token }} }} }}\n\
+         \x20 - condition: h\n    sink:\n      uri: \"{base}/basic\"\n      \
+         auth: {{ username: fn, password: sink-basic-pass-3f90 }}\n\
+         \x20 - condition: h\n    sink:\n      uri: \"{base}/key\"\n      \
+         auth: {{ apiKey: sink-api-key-81c4, apiKeyHeader: X-Fn-Key }}\n"
     )
 }
 
@@ -78,6 +87,7 @@ async fn secrets_come_from_variables_and_files_and_never_show() {
             .arg(&secrets)
             .args(["--webhook-listen", &webhooks.to_string(), "--log-level", "debug"])
             .env("OFE_SECRET_HOOK_TOKEN", "bearer-from-env-5b1e")
+            .env("OFE_SECRET_FN_AUTH_TOKEN", "sink-bearer-from-env-7e21")
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn ofe run");
@@ -119,6 +129,16 @@ async fn secrets_come_from_variables_and_files_and_never_show() {
     assert_eq!(signed.status().as_u16(), 202, "the secret from the file, without its line break");
 
     function.wait_for(Duration::from_secs(20), "both events", |r| r.on("/fn").len() == 2).await;
+    // Each sink's credentials reach it (the bearer token from a variable, through its Secret).
+    function
+        .wait_for(Duration::from_secs(20), "the authenticated sinks", |r| {
+            ["/bearer", "/basic", "/key"].iter().all(|p| !r.on(p).is_empty())
+        })
+        .await;
+    let header = |path: &str, name: &str| function.on(path)[0].header(name);
+    assert_eq!(header("/bearer", "authorization"), "Bearer sink-bearer-from-env-7e21");
+    assert_eq!(header("/basic", "authorization"), "Basic Zm46c2luay1iYXNpYy1wYXNzLTNmOTA=");
+    assert_eq!(header("/key", "x-fn-key"), "sink-api-key-81c4");
     function
         .wait_for(Duration::from_secs(20), "two failed attempts", |r| r.on("/fail").len() == 2)
         .await;

@@ -40,6 +40,36 @@ pub struct SinkSpec {
     /// document).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ContentMode>,
+    /// How ofe authenticates to the sink (ofe addition); its values are best read from a
+    /// Secret with `secretKeyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SinkAuth>,
+}
+
+/// A sink's credentials (ofe addition): one of a bearer token, a user name and password
+/// (basic), or an API key in a header. Credentials never show in logs, metrics, status or
+/// `ofe tail`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SinkAuth {
+    /// Sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<String>,
+    /// With `password`: HTTP basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The basic-authentication password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// An API key, sent in `apiKeyHeader`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// The header the API key goes in. Default `X-API-Key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_header: Option<String>,
+    /// Fields read from Secrets, e.g. `secretKeyRef: { bearerToken: { name: fn, key: token } }`.
+    #[serde(default, rename = "secretKeyRef", skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_key_ref: SecretKeyRefs,
 }
 
 /// An HTTP sink's method.

@@ -52,6 +52,7 @@ pub fn is_event_name(name: &str) -> bool {
 
 /// The fields a `secretKeyRef` may set: the ones that take a credential or a certificate.
 pub const SECRET_FIELDS: &[&str] = &[
+    "apiKey",
     "bearerToken",
     "secret",
     "saslUsername",
@@ -326,6 +327,54 @@ fn header_problem(name: &str) -> Option<String> {
     }
 }
 
+/// Checks a sink's `auth`: one scheme, whole (a field counts when it is set or read from a
+/// Secret), and an API key header ofe may set.
+fn check_sink_auth(path: &str, auth: &crate::SinkAuth) -> Vec<Diagnostic> {
+    let has = |value: &Option<String>, field: &str| {
+        value.is_some() || auth.secret_key_ref.contains_key(field)
+    };
+    let schemes = [
+        ("bearerToken", has(&auth.bearer_token, "bearerToken")),
+        (
+            "username and password",
+            has(&auth.username, "username") || has(&auth.password, "password"),
+        ),
+        ("apiKey", has(&auth.api_key, "apiKey")),
+    ];
+    let set: Vec<&str> = schemes.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+    let mut out = Vec::new();
+    match set.as_slice() {
+        [] => out.push(Diagnostic::error(
+            path,
+            "names no credential; set `bearerToken`, `username` and `password`, or `apiKey` \
+             (each, or its `secretKeyRef`)",
+        )),
+        [_] => {}
+        many => out.push(Diagnostic::error(
+            path,
+            format!("sets {}; keep one way to authenticate", many.join(" and ")),
+        )),
+    }
+    if has(&auth.username, "username") != has(&auth.password, "password") {
+        out.push(Diagnostic::error(
+            path,
+            "basic authentication needs both `username` and `password`; set the other one",
+        ));
+    }
+    if let Some(header) = &auth.api_key_header {
+        if let Some(problem) = header_problem(header) {
+            out.push(Diagnostic::error(format!("{path}.apiKeyHeader"), problem));
+        }
+        if !has(&auth.api_key, "apiKey") {
+            out.push(Diagnostic::error(
+                format!("{path}.apiKeyHeader"),
+                "is set without `apiKey`; set the key (or its `secretKeyRef`)",
+            ));
+        }
+    }
+    out
+}
+
 /// Checks a sink: `uri` or `ref` must be set, a `uri` must be an absolute HTTP(S) URL (its
 /// expressions aside), and header names must be headers ofe may set.
 pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
@@ -345,6 +394,9 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
                 "holds a control character (a line break?); a header value is one line",
             ));
         }
+    }
+    if let Some(auth) = &sink.auth {
+        out.extend(check_sink_auth(&format!("{path}.auth"), auth));
     }
     match (&sink.uri, &sink.r#ref) {
         (None, None) => out.push(Diagnostic::error(
@@ -747,5 +799,60 @@ mod tests {
         assert_eq!(suggest_identifier("1a"), "_1a");
         assert_eq!(suggest_identifier("in"), "in_", "a reserved word is not a suggestion");
         assert!(is_cel_identifier(&suggest_identifier("true")));
+    }
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+
+    fn sink(yaml: &str) -> Vec<String> {
+        let spec: SinkSpec = serde_saphyr::from_str(yaml).expect("yaml");
+        check_sink("spec.sink", &spec)
+            .into_iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_sink_authenticates_one_way_and_whole() {
+        assert!(
+            sink("uri: http://fn\nauth: { secretKeyRef: { bearerToken: { name: a, key: b } } }")
+                .is_empty()
+        );
+        assert!(sink("uri: http://fn\nauth: { username: u, password: p }").is_empty());
+        let both = sink("uri: http://fn\nauth: { bearerToken: t, apiKey: k }");
+        assert_eq!(
+            both,
+            ["spec.sink.auth: sets bearerToken and apiKey; keep one way to authenticate"]
+        );
+        let half = sink("uri: http://fn\nauth: { username: u }");
+        assert_eq!(
+            half,
+            [
+                "spec.sink.auth: basic authentication needs both `username` and `password`; set the other one"
+            ]
+        );
+        let header = sink("uri: http://fn\nauth: { apiKey: k, apiKeyHeader: ce-key }");
+        assert!(
+            header[0].starts_with(
+                "spec.sink.auth.apiKeyHeader: `ce-key` belongs to the CloudEvents binding"
+            ),
+            "{header:?}"
+        );
+    }
+
+    #[test]
+    fn expressions_stand_only_in_the_path_and_close() {
+        assert!(sink("uri: \"http://fn/v/{data.id}?at={time}\"").is_empty());
+        let host = sink("uri: \"http://{data.host}/v\"");
+        assert!(host[0].contains("before its path"), "{host:?}");
+        let open = sink("uri: \"http://fn/v/{data.id\"");
+        assert!(open[0].contains("does not close it"), "{open:?}");
+        let header = sink("uri: http://fn\nheaders: { Content-Type: text/plain }");
+        assert!(
+            header[0].starts_with("spec.sink.headers.Content-Type: `Content-Type` belongs"),
+            "{header:?}"
+        );
     }
 }

@@ -78,6 +78,11 @@ impl RequestMap {
                 headers.insert(name, value);
             }
         }
+        if let Some(auth) = &sink.auth
+            && let Some((name, value)) = credential(auth)
+        {
+            headers.insert(name, value);
+        }
         let mut dynamic = Vec::new();
         for (name, text) in sink.dynamic_headers.iter().flatten() {
             let at = format!("{path}.dynamicHeaders.{name}");
@@ -141,6 +146,25 @@ impl RequestMap {
         }
         Ok(())
     }
+}
+
+/// The header `auth` sets, its value marked sensitive (debug output shows `Sensitive`). The
+/// fields hold their values by now: `secretKeyRef`s were read when the manifest loaded.
+fn credential(auth: &ofe_crds::SinkAuth) -> Option<(HeaderName, HeaderValue)> {
+    use base64::Engine as _;
+    let (name, text) = if let Some(token) = &auth.bearer_token {
+        (reqwest::header::AUTHORIZATION, format!("Bearer {token}"))
+    } else if let (Some(user), Some(password)) = (&auth.username, &auth.password) {
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        (reqwest::header::AUTHORIZATION, format!("Basic {pair}"))
+    } else {
+        let key = auth.api_key.as_ref()?;
+        let header = auth.api_key_header.as_deref().unwrap_or("X-API-Key");
+        (HeaderName::from_bytes(header.as_bytes()).ok()?, key.clone())
+    };
+    let mut value = HeaderValue::from_str(&text).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
 }
 
 /// A string, number or bool as text.
