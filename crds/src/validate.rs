@@ -310,6 +310,12 @@ pub fn uri_shape(parts: &[UriPart]) -> String {
         .collect()
 }
 
+/// A sink's `uri` as the URL that names it (each expression as `x`), checked as [`http_url`]
+/// checks it: what `ofe validate` and the sink's plan both read.
+pub fn sink_url(uri: &str) -> Result<url::Url, UriError> {
+    uri_template(uri).and_then(|parts| http_url(&uri_shape(&parts)))
+}
+
 /// Why a header name cannot be set on a sink, if it cannot.
 fn header_problem(name: &str) -> Option<String> {
     let token = !name.is_empty()
@@ -404,8 +410,7 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
             "neither uri nor ref is set; add `uri: http://...` or a `ref` to a Knative Service or Function",
         )),
         (Some(uri), _) => {
-            let checked = uri_template(uri).and_then(|parts| http_url(&uri_shape(&parts)));
-            if let Err(message) = checked {
+            if let Err(message) = sink_url(uri) {
                 out.push(Diagnostic::error(format!("{path}.uri"), message.to_string()));
             }
         }

@@ -228,6 +228,13 @@ pub(crate) fn compile_cel(text: &str) -> Result<Arc<Program>, ConditionError> {
     crate::condition::compile_program(text)
 }
 
+/// A CEL value's type for messages, with its article: `an int`, `a map`.
+pub(crate) fn type_name(value: &Value) -> String {
+    let name = format!("{:?}", value.type_of()).to_lowercase();
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} {name}")
+}
+
 /// An attribute or extension of `event` as a string, borrowed where the event holds one.
 pub(crate) fn attribute<'e>(event: &'e Event, name: &str) -> Option<Cow<'e, str>> {
     match name {

@@ -571,7 +571,7 @@ impl Subscriber {
             Some(Ok(event)) => Arc::new(event),
             Some(Err(error)) => {
                 // Never sent half-built: the event as it came goes to the dead letter.
-                let failure = Failure { reason: error.to_string(), ..Failure::default() };
+                let failure = Failure::permanent(error.to_string());
                 return self.dead_letter_unattempted(delivery, &failure, 0).await;
             }
         };

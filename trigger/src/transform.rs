@@ -15,7 +15,6 @@
 //! An event that an expression cannot evaluate is dead-lettered with the reason: it is never
 //! sent half-built.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cel::{Program, Value};
@@ -24,7 +23,7 @@ use cloudevents::event::{AttributesWriter as _, ExtensionValue};
 use ofe_crds::TransformSpec;
 use ofe_crds::diagnostic::Diagnostic;
 
-use crate::filter::{EventData, compile_cel};
+use crate::filter::{EventData, compile_cel, type_name};
 
 /// Attributes a transform may not set: the spec version is the SDK's to write, and data is
 /// what `transform.data` is for.
@@ -105,14 +104,14 @@ impl Transform {
             Some(program) => Some(eval("data", program)?),
             None => None,
         };
-        let mut values = BTreeMap::new();
+        let mut values = Vec::with_capacity(self.attributes.len());
         for (name, program) in &self.attributes {
             let field = format!("attributes.{name}");
             let value = match program {
                 Some(program) => eval(&field, program)?,
                 None => Value::Null,
             };
-            values.insert(name.as_str(), (field, value));
+            values.push((name.as_str(), (field, value)));
         }
         let mut out = event.clone();
         if let Some(value) = data {
@@ -174,7 +173,7 @@ fn set_data(event: &mut Event, value: Value) -> Result<(), String> {
 fn set_attribute(event: &mut Event, name: &str, value: Value) -> Result<(), String> {
     let text = |value: &Value| match value {
         Value::String(s) => Ok(s.as_str().to_string()),
-        other => Err(format!("gave {}, not a string", kind(other))),
+        other => Err(format!("gave {}, not a string", type_name(other))),
     };
     let nonempty = |value: &Value| {
         let s = text(value)?;
@@ -217,7 +216,7 @@ fn set_attribute(event: &mut Event, name: &str, value: Value) -> Result<(), Stri
                         .map_err(|e| format!("gave `{s}`, not an RFC 3339 time: {e}"))?
                         .with_timezone(&chrono::Utc),
                 ),
-                other => return Err(format!("gave {}, not a timestamp", kind(&other))),
+                other => return Err(format!("gave {}, not a timestamp", type_name(&other))),
             };
             event.set_time(time);
         }
@@ -236,17 +235,12 @@ fn set_attribute(event: &mut Event, name: &str, value: Value) -> Result<(), Stri
                 return Err(format!(
                     "gave {}; an extension holds a string, an integer or a bool (wrap it in \
                      string() to keep it as text)",
-                    kind(&other)
+                    type_name(&other)
                 ));
             }
         },
     }
     Ok(())
-}
-
-/// A value's CEL type, for messages.
-fn kind(value: &Value) -> String {
-    format!("a {:?}", value.type_of()).to_lowercase()
 }
 
 #[cfg(test)]

@@ -83,25 +83,26 @@ impl Sink for HttpSink {
         let view = crate::filter::EventData::new(event);
         let mut mapped = HeaderMap::new();
         let mut url = None;
-        let mut structured = false;
+        let mut structured = None;
         if let Some(map) = &self.request {
             url = map.url(&view).map_err(Failure::permanent)?;
             map.headers(&view, &mut mapped).map_err(Failure::permanent)?;
-            structured = map.structured;
+            if map.structured {
+                let body = event::to_structured(event)
+                    .map_err(|e| Failure::permanent(ofe_core::chain(&e)))?;
+                structured = Some(body);
+            }
         }
         let url = url.as_ref().unwrap_or(&self.url);
-        let body_of = |event: &Event| {
-            if structured {
-                let body = event::to_structured(event).unwrap_or_default();
-                let mut headers = HeaderMap::with_capacity(4);
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED));
-                (headers, body)
-            } else {
-                binary_mode(event)
-            }
-        };
         let request = || {
-            let (mut headers, body) = body_of(event);
+            let (mut headers, body) = match &structured {
+                Some(body) => {
+                    let mut headers = HeaderMap::with_capacity(4);
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED));
+                    (headers, body.clone())
+                }
+                None => binary_mode(event),
+            };
             for (name, value) in &mapped {
                 headers.insert(name, value.clone());
             }
@@ -289,8 +290,7 @@ pub fn destination(
         .map(Arc::new);
     let with = |url: reqwest::Url| Destination::new(HttpSink { url, request: request.clone() });
     match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
-        (Some(uri), _, _) => ofe_crds::validate::uri_template(uri)
-            .and_then(|parts| ofe_crds::validate::http_url(&ofe_crds::validate::uri_shape(&parts)))
+        (Some(uri), _, _) => ofe_crds::validate::sink_url(uri)
             .map(with)
             .map_err(|e| Diagnostic::error(format!("{path}.uri"), e.to_string())),
         (None, Some(r), Some(template)) => {

@@ -11,7 +11,7 @@ use ofe_crds::{ContentMode, HttpMethod, SinkSpec};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::condition::caret;
-use crate::filter::{EventData, compile_cel};
+use crate::filter::{EventData, compile_cel, type_name};
 
 /// How a sink's requests are made, beyond a POST of the event in binary mode to one URL.
 #[derive(Debug)]
@@ -78,10 +78,11 @@ impl RequestMap {
                 headers.insert(name, value);
             }
         }
-        if let Some(auth) = &sink.auth
-            && let Some((name, value)) = credential(auth)
-        {
-            headers.insert(name, value);
+        match sink.auth.as_ref().map(credential) {
+            Some(Ok(Some((name, value)))) => drop(headers.insert(name, value)),
+            Some(Err(problem)) => errors.push(Diagnostic::error(format!("{path}.auth"), problem)),
+            // No scheme, or half of one: `check_sink`'s diagnostic.
+            Some(Ok(None)) | None => {}
         }
         let mut dynamic = Vec::new();
         for (name, text) in sink.dynamic_headers.iter().flatten() {
@@ -148,23 +149,31 @@ impl RequestMap {
     }
 }
 
-/// The header `auth` sets, its value marked sensitive (debug output shows `Sensitive`). The
-/// fields hold their values by now: `secretKeyRef`s were read when the manifest loaded.
-fn credential(auth: &ofe_crds::SinkAuth) -> Option<(HeaderName, HeaderValue)> {
+/// The header `auth` sets, its value marked sensitive (debug output shows `Sensitive`); the
+/// error says why a credential cannot go in a header, without showing it. The fields hold
+/// their values by now: `secretKeyRef`s were read when the manifest loaded.
+fn credential(auth: &ofe_crds::SinkAuth) -> Result<Option<(HeaderName, HeaderValue)>, String> {
     use base64::Engine as _;
-    let (name, text) = if let Some(token) = &auth.bearer_token {
-        (reqwest::header::AUTHORIZATION, format!("Bearer {token}"))
+    let (name, text, field) = if let Some(token) = &auth.bearer_token {
+        (reqwest::header::AUTHORIZATION, format!("Bearer {token}"), "bearerToken")
     } else if let (Some(user), Some(password)) = (&auth.username, &auth.password) {
         let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        (reqwest::header::AUTHORIZATION, format!("Basic {pair}"))
-    } else {
-        let key = auth.api_key.as_ref()?;
+        (reqwest::header::AUTHORIZATION, format!("Basic {pair}"), "username")
+    } else if let Some(key) = &auth.api_key {
         let header = auth.api_key_header.as_deref().unwrap_or("X-API-Key");
-        (HeaderName::from_bytes(header.as_bytes()).ok()?, key.clone())
+        let Ok(name) = HeaderName::from_bytes(header.as_bytes()) else { return Ok(None) };
+        (name, key.clone(), "apiKey")
+    } else {
+        return Ok(None);
     };
-    let mut value = HeaderValue::from_str(&text).ok()?;
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
+        format!(
+            "`{field}` holds a line break or another control character, which a header cannot \
+             carry (a Secret written with `echo` without `-n`?); remove it"
+        )
+    })?;
     value.set_sensitive(true);
-    Some((name, value))
+    Ok(Some((name, value)))
 }
 
 /// A string, number or bool as text.
@@ -175,23 +184,19 @@ fn scalar(value: &Value) -> Result<String, String> {
         Value::UInt(n) => Ok(n.to_string()),
         Value::Float(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        other => {
-            Err(format!("gave a {:?}, not a string, number or bool", other.type_of())
-                .to_lowercase())
-        }
+        other => Err(format!("gave {}, not a string, number or bool", type_name(other))),
     }
 }
 
-/// `text` with everything but RFC 3986's unreserved characters percent-encoded, so that a
-/// value cannot add a path segment, a query parameter or a fragment.
-fn percent_encode(text: &str) -> impl Iterator<Item = char> + '_ {
-    text.bytes().flat_map(|b| {
-        let keep = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        let hex = |n: u8| char::from(b"0123456789ABCDEF"[usize::from(n)]);
-        let chars =
-            if keep { [char::from(b), '\0', '\0'] } else { ['%', hex(b >> 4), hex(b & 15)] };
-        chars.into_iter().filter(|c| *c != '\0')
-    })
+/// Everything but RFC 3986's unreserved characters (letters, digits, `-._~`): what a value
+/// put into a sink's URI has encoded, so that it cannot add a path segment, a query parameter
+/// or a fragment.
+const COMPONENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// `text` percent-encoded for a place in a sink's URI.
+fn percent_encode(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, COMPONENT)
 }
 
 #[cfg(test)]
@@ -200,9 +205,18 @@ mod tests {
 
     #[test]
     fn a_value_cannot_add_a_segment_or_a_parameter() {
-        let encoded: String = percent_encode("a b/c?d=e&f#g~h").collect();
-        assert_eq!(encoded, "a%20b%2Fc%3Fd%3De%26f%23g~h");
-        let encoded: String = percent_encode("é").collect();
-        assert_eq!(encoded, "%C3%A9");
+        assert_eq!(percent_encode("a b/c?d=e&f#g~h").to_string(), "a%20b%2Fc%3Fd%3De%26f%23g~h");
+        assert_eq!(percent_encode("é").to_string(), "%C3%A9");
+    }
+
+    #[test]
+    fn a_credential_a_header_cannot_carry_is_refused_without_showing_it() {
+        let sink: SinkSpec =
+            serde_saphyr::from_str("uri: http://fn\nauth: { bearerToken: \"tok-91d2\\n\" }")
+                .expect("yaml");
+        let errors = RequestMap::compile("spec.sink", &sink).expect_err("a line break");
+        assert_eq!(errors[0].path, "spec.sink.auth");
+        assert!(errors[0].message.contains("`bearerToken` holds a line break"), "{errors:?}");
+        assert!(!errors[0].message.contains("tok-91d2"), "the value is not shown: {errors:?}");
     }
 }
