@@ -4,7 +4,8 @@
 //! - an OpenFunction sync function on OpenFunction's functions-framework-go receives ofe's
 //!   deliveries;
 //! - the official CloudEvents Go SDK sends to ofe's webhook in binary, structured and batch mode
-//!   and receives ofe's deliveries;
+//!   and receives ofe's deliveries, also when a subscriber's transform reshaped them and its
+//!   sink sends them in structured mode;
 //! - the SDK's Kafka binding reads ofe's Kafka bus records, and writes records ofe's Kafka source
 //!   takes.
 //!
@@ -117,6 +118,19 @@ async fn ofe_with_webhook(
     ns: &str,
     bus: &str,
 ) -> (KillOnDrop, String, tempfile::TempDir) {
+    ofe_with_subscriber(sink, "", "", ns, bus).await
+}
+
+/// [`ofe_with_webhook`] whose sink also has `sink_fields` (e.g. `, mode: structured`) and
+/// whose subscriber also has `more`: YAML lines at its fields' indent (four spaces), each
+/// starting with a line break, e.g. a `transform`.
+async fn ofe_with_subscriber(
+    sink: Option<&str>,
+    sink_fields: &str,
+    more: &str,
+    ns: &str,
+    bus: &str,
+) -> (KillOnDrop, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut yaml = format!(
         "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
@@ -128,7 +142,9 @@ async fn ofe_with_webhook(
             ns,
             "route",
             "    telemetry: { eventSource: gateway, event: telemetry }",
-            &format!("  - condition: telemetry\n    sink: {{ uri: \"{sink}\" }}"),
+            &format!(
+                "  - condition: telemetry\n    sink: {{ uri: \"{sink}\"{sink_fields} }}{more}"
+            ),
         );
     }
     yaml += bus;
@@ -281,5 +297,45 @@ async fn the_sdks_kafka_binding_reads_ofes_bus_records_and_writes_what_the_kafka
     let got = recorded(&record, sent.len()).await;
     let added = assert_round_trip(&sent, &got);
     println!("the Kafka source delivered {} SDK records; ofe added {added:?}", got.len());
+    assert!(terminate(&mut ofe.0).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_go_peers),
+    ignore = "needs OFE_TEST_GO_PEERS (scripts/test.sh starts the services)"
+)]
+async fn the_cloudevents_go_sdk_receives_a_transformed_event_in_structured_mode() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let record = work.path().join("received.jsonl");
+    let port = ofe_testkit::free_port();
+    let mut command = Command::new(peer("ce-sdk"));
+    command.arg("receive").arg(port.to_string()).arg(&record);
+    let _receiver = serve(command, port).await;
+    let ns = support::unique_namespace();
+    // The sink takes the whole event as one `application/cloudevents+json` document, and the
+    // subscriber reshapes it first.
+    let sink = format!("http://127.0.0.1:{port}/");
+    let more = "\n    transform:\n      \
+        data: '{\"vehicle\": vehicleid, \"kmh\": data.speed}'\n      \
+        attributes: { type: \"'com.example.overspeed'\", region: \"\" }";
+    let (mut ofe, webhook, _dir) =
+        ofe_with_subscriber(Some(&sink), ", mode: structured", more, &ns, "").await;
+    let sent = events("structured-out", 3);
+    let file = events_file(work.path(), "sent", &sent);
+    run(&peer("ce-sdk"), &["send", &webhook, "binary", &file.display().to_string()]);
+    let got = recorded(&record, sent.len()).await;
+    for (i, event) in sent.iter().enumerate() {
+        let id = &event["id"];
+        let arrived = got.iter().find(|g| g["id"] == *id).expect("arrived");
+        // As the SDK decodes it: reshaped, and every attribute not named kept.
+        assert_eq!(arrived["type"], "com.example.overspeed", "{arrived}");
+        assert_eq!(arrived["data"], json!({"vehicle": "42", "kmh": 131 + i}), "{arrived}");
+        assert_eq!(arrived["datacontenttype"], "application/json", "{arrived}");
+        assert!(arrived.get("region").is_none(), "the emptied extension is gone: {arrived}");
+        for key in ["source", "subject", "time", "dataschema", "vehicleid", "specversion"] {
+            assert_eq!(arrived[key], event[key], "{key} of {id} changed: {arrived}");
+        }
+    }
     assert!(terminate(&mut ofe.0).success());
 }
