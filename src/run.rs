@@ -106,8 +106,13 @@ pub struct Process {
 }
 
 impl Process {
-    /// Opens the endpoint and an empty data plane with `options`.
-    pub async fn start(args: &PlaneArgs, options: PlanOptions) -> anyhow::Result<Self> {
+    /// Opens the endpoint and an empty data plane with `options`, whose sinks' TLS `args`
+    /// sets.
+    pub async fn start(args: &PlaneArgs, mut options: PlanOptions) -> anyhow::Result<Self> {
+        options.sink_tls = ofe_trigger::sink::http::tls::SinkTls {
+            ca_file: args.sink_ca_file.clone(),
+            client: args.sink_cert_file.clone().zip(args.sink_key_file.clone()),
+        };
         let mut registry = Registry::default();
         // One tap for sources and Triggers, so `ofe tail` sees an event's whole path.
         let tap = ofe_core::tap::Tap::default();
@@ -148,10 +153,6 @@ impl Process {
             max_hops: args.max_hops,
             drain: args.drain_timeout,
             webhook_listen: args.webhook_listen.clone(),
-            sink_tls: ofe_trigger::sink::http::tls::SinkTls {
-                ca_file: args.sink_ca_file.clone(),
-                client: args.sink_cert_file.clone().zip(args.sink_key_file.clone()),
-            },
         };
         let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?
             .with_pauses(pauses)

@@ -27,6 +27,7 @@ const SECRETS: &[&str] = &[
     "sink-bearer-from-env-7e21",
     "sink-basic-pass-3f90",
     "sink-api-key-81c4",
+    "sink-oauth-secret-5d7e",
 ];
 
 /// A webhook taking a bearer token (from a variable) and one taking an HMAC secret (from a
@@ -61,7 +62,10 @@ fn yaml(base: &str) -> String {
          \x20 - condition: h\n    sink:\n      uri: \"{base}/basic\"\n      \
          auth: {{ username: fn, password: sink-basic-pass-3f90 }}\n\
          \x20 - condition: h\n    sink:\n      uri: \"{base}/key\"\n      \
-         auth: {{ apiKey: sink-api-key-81c4, apiKeyHeader: X-Fn-Key }}\n"
+         auth: {{ apiKey: sink-api-key-81c4, apiKeyHeader: X-Fn-Key }}\n\
+         \x20 - condition: h\n    delivery: {{ retry: 1, backoffDelay: PT0.05S, deadLetterStore: false }}\n    \
+         sink:\n      uri: \"{base}/oauth\"\n      \
+         auth: {{ oauth2: {{ tokenUrl: \"{base}/token\", clientId: fn, clientSecret: sink-oauth-secret-5d7e }} }}\n"
     )
 }
 
@@ -132,9 +136,13 @@ async fn secrets_come_from_variables_and_files_and_never_show() {
     // Each sink's credentials reach it (the bearer token from a variable, through its Secret).
     function
         .wait_for(Duration::from_secs(20), "the authenticated sinks", |r| {
-            ["/bearer", "/basic", "/key"].iter().all(|p| !r.on(p).is_empty())
+            ["/bearer", "/basic", "/key", "/token"].iter().all(|p| !r.on(p).is_empty())
         })
         .await;
+    // The OAuth2 client's secret went to the token endpoint (whose empty answer is no token,
+    // so the sink itself gets nothing).
+    assert!(function.on("/token")[0].header("authorization").starts_with("Basic "));
+    assert!(function.on("/oauth").is_empty());
     let header = |path: &str, name: &str| function.on(path)[0].header(name);
     assert_eq!(header("/bearer", "authorization"), "Bearer sink-bearer-from-env-7e21");
     assert_eq!(header("/basic", "authorization"), "Basic Zm46c2luay1iYXNpYy1wYXNzLTNmOTA=");

@@ -1,6 +1,8 @@
 //! HTTPS sinks: `ofe run` delivers to a function served over TLS by a private CA when given
 //! `--sink-ca-file`, presents `--sink-cert-file` to a function that asks for a client
 //! certificate, and without the CA refuses the function's certificate (nothing is delivered).
+//! A sink with a certificate of its own (`sink.auth.tls`, its key read from a Secret)
+//! presents it, while another sink of the same function, without one, is refused.
 
 mod support;
 
@@ -75,8 +77,18 @@ async fn https_function(certs: &Path, client_ca: bool) -> (Receiver, String) {
 }
 
 fn run(dir: &Path, yaml: &str, tls: &[&str]) -> (KillOnDrop, SocketAddr) {
+    run_with(dir, yaml, tls, &[])
+}
+
+fn run_with(
+    dir: &Path,
+    yaml: &str,
+    tls: &[&str],
+    env: &[(&str, String)],
+) -> (KillOnDrop, SocketAddr) {
     let listen = free_addr();
     let child = ofe()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["run", "-f"])
         .arg(manifests(dir, yaml))
         .arg("--data-dir")
@@ -136,4 +148,43 @@ async fn https_sinks_trust_the_given_ca_and_get_the_client_certificate() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(receiver.on("/fn").is_empty(), "an untrusted certificate must not get events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_presents_its_own_client_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    ofe_testkit::certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+    let (receiver, base) = https_function(certs.path(), true).await;
+    // One sink with a certificate of its own (its key from a Secret, as a file field), one
+    // without; no global certificate.
+    let subscribers = format!(
+        "  - condition: tick\n    sink:\n      uri: \"BASE/own\"\n      auth:\n        tls:\n          \
+         caFile: \"{}\"\n          certFile: \"{}\"\n          \
+         secretKeyRef: {{ keyFile: {{ name: fn-tls, key: tls.key }} }}\n\
+         \x20 - condition: tick\n    sink: {{ uri: \"BASE/none\" }}\n    \
+         delivery: {{ retry: 100, backoffPolicy: linear, backoffDelay: PT0.1S }}",
+        file("ca.pem"),
+        file("server.pem"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = support::cron_and_trigger("default", &base, &subscribers);
+    let key = std::fs::read_to_string(certs.path().join("server.key")).expect("key");
+    let env = [("OFE_SECRET_FN_TLS_TLS_KEY", key)];
+    let (_ofe, listen) = run_with(dir.path(), &yaml, &["--sink-ca-file", &file("ca.pem")], &env);
+    wait_ready(listen).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "events with the sink's certificate", |r| {
+            r.on("/own").len() >= 2
+        })
+        .await;
+    let metrics_url = format!("http://{listen}/metrics");
+    let start = std::time::Instant::now();
+    while support::counter(&support::get(&metrics_url).await, "ofe_trigger_delivery_retries_total")
+        < 2
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "no retries of the sink without one");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(receiver.on("/none").is_empty(), "a sink without a certificate must be refused");
 }

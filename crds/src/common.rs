@@ -47,7 +47,8 @@ pub struct SinkSpec {
 }
 
 /// A sink's credentials (ofe addition): one of a bearer token, a user name and password
-/// (basic), or an API key in a header. Credentials never show in logs, metrics, status or
+/// (basic), an API key in a header, or OAuth2 client credentials; and, alone or beside one of
+/// those, a client certificate (`tls`). Credentials never show in logs, metrics, status or
 /// `ofe tail`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -67,7 +68,40 @@ pub struct SinkAuth {
     /// The header the API key goes in. Default `X-API-Key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_header: Option<String>,
+    /// OAuth2 client credentials: a token is fetched from the token endpoint, sent as
+    /// `Authorization: Bearer <token>`, and kept until shortly before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Spec>,
+    /// A client certificate for this sink (mutual TLS), and a CA to trust for it; instead of
+    /// `ofe run --sink-cert-file`/`--sink-key-file`, which every other sink keeps using.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::TlsSpec>,
     /// Fields read from Secrets, e.g. `secretKeyRef: { bearerToken: { name: fn, key: token } }`.
+    #[serde(default, rename = "secretKeyRef", skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_key_ref: SecretKeyRefs,
+}
+
+/// OAuth2's client-credentials grant (RFC 6749, section 4.4), as Go's
+/// `golang.org/x/oauth2/clientcredentials` makes it: the client authenticates with HTTP basic
+/// authentication, or, if the token endpoint refuses that, with the credentials in the form.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OAuth2Spec {
+    /// The token endpoint, an absolute http(s) URL.
+    pub token_url: String,
+    /// The client's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The client's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// The scopes asked for, sent space-separated as `scope`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// More parameters of the token request, e.g. `audience` for Auth0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_params: BTreeMap<String, String>,
+    /// Fields read from Secrets: `clientId`, `clientSecret`.
     #[serde(default, rename = "secretKeyRef", skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_key_ref: SecretKeyRefs,
 }

@@ -26,7 +26,9 @@ mod schema;
 pub mod trigger;
 pub mod validate;
 
-pub use common::{Condition, ContentMode, HttpMethod, Reference, ScaleOption, SinkAuth, SinkSpec};
+pub use common::{
+    Condition, ContentMode, HttpMethod, OAuth2Spec, Reference, ScaleOption, SinkAuth, SinkSpec,
+};
 pub use eventbus::{
     BusBackend, ClusterEventBus, ClusterEventBusSpec, EmbeddedBusSpec, EventBus, EventBusSpec,
     JetStreamBusSpec, KafkaBusSpec, MemoryBusSpec, NatsAuthSpec, NatsStreamingSpec, SaslSpec,

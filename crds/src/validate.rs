@@ -54,6 +54,8 @@ pub fn is_event_name(name: &str) -> bool {
 pub const SECRET_FIELDS: &[&str] = &[
     "apiKey",
     "bearerToken",
+    "clientId",
+    "clientSecret",
     "secret",
     "saslUsername",
     "saslPassword",
@@ -333,8 +335,9 @@ fn header_problem(name: &str) -> Option<String> {
     }
 }
 
-/// Checks a sink's `auth`: one scheme, whole (a field counts when it is set or read from a
-/// Secret), and an API key header ofe may set.
+/// Checks a sink's `auth`: at most one scheme, whole (a field counts when it is set or read
+/// from a Secret), an API key header ofe may set, a token endpoint that is a URL, and a
+/// client certificate with its key; at least a scheme or a certificate.
 fn check_sink_auth(path: &str, auth: &crate::SinkAuth) -> Vec<Diagnostic> {
     let has = |value: &Option<String>, field: &str| {
         value.is_some() || auth.secret_key_ref.contains_key(field)
@@ -346,16 +349,17 @@ fn check_sink_auth(path: &str, auth: &crate::SinkAuth) -> Vec<Diagnostic> {
             has(&auth.username, "username") || has(&auth.password, "password"),
         ),
         ("apiKey", has(&auth.api_key, "apiKey")),
+        ("oauth2", auth.oauth2.is_some()),
     ];
     let set: Vec<&str> = schemes.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
     let mut out = Vec::new();
     match set.as_slice() {
-        [] => out.push(Diagnostic::error(
+        [] if auth.tls.is_none() => out.push(Diagnostic::error(
             path,
-            "names no credential; set `bearerToken`, `username` and `password`, or `apiKey` \
-             (each, or its `secretKeyRef`)",
+            "names no credential; set `bearerToken`, `username` and `password`, `apiKey` \
+             (each, or its `secretKeyRef`), `oauth2`, or a client certificate in `tls`",
         )),
-        [_] => {}
+        [] | [_] => {}
         many => out.push(Diagnostic::error(
             path,
             format!("sets {}; keep one way to authenticate", many.join(" and ")),
@@ -375,6 +379,42 @@ fn check_sink_auth(path: &str, auth: &crate::SinkAuth) -> Vec<Diagnostic> {
             out.push(Diagnostic::error(
                 format!("{path}.apiKeyHeader"),
                 "is set without `apiKey`; set the key (or its `secretKeyRef`)",
+            ));
+        }
+    }
+    if let Some(oauth2) = &auth.oauth2 {
+        let at = format!("{path}.oauth2");
+        if let Err(e) = http_url(&oauth2.token_url) {
+            out.push(Diagnostic::error(format!("{at}.tokenUrl"), e.to_string()));
+        }
+        for field in ["clientId", "clientSecret"] {
+            let value = if field == "clientId" { &oauth2.client_id } else { &oauth2.client_secret };
+            if value.is_none() && !oauth2.secret_key_ref.contains_key(field) {
+                out.push(Diagnostic::error(
+                    &at,
+                    format!("the client credentials grant needs `{field}`; set it (or its `secretKeyRef`)"),
+                ));
+            }
+        }
+        for name in oauth2.endpoint_params.keys() {
+            if matches!(name.as_str(), "grant_type" | "scope" | "client_id" | "client_secret") {
+                out.push(Diagnostic::error(
+                    format!("{at}.endpointParams.{name}"),
+                    "is a parameter ofe sets itself; use `scopes`, `clientId` or `clientSecret`",
+                ));
+            }
+        }
+    }
+    if let Some(tls) = &auth.tls {
+        let file = |value: &Option<String>, field: &str| {
+            value.is_some() || tls.secret_key_ref.contains_key(field)
+        };
+        let (cert, key) = (file(&tls.cert_file, "certFile"), file(&tls.key_file, "keyFile"));
+        if cert != key || !(cert || file(&tls.ca_file, "caFile")) {
+            out.push(Diagnostic::error(
+                format!("{path}.tls"),
+                "a client certificate needs both `certFile` and `keyFile` (each, or its \
+                 `secretKeyRef`); set the other one",
             ));
         }
     }
@@ -844,6 +884,38 @@ mod sink_tests {
                 "spec.sink.auth.apiKeyHeader: `ce-key` belongs to the CloudEvents binding"
             ),
             "{header:?}"
+        );
+    }
+
+    #[test]
+    fn oauth2_and_a_client_certificate_are_checked_whole() {
+        let ok = "uri: http://fn\nauth:\n  oauth2:\n    tokenUrl: https://idp/token\n    \
+                  clientId: app\n    secretKeyRef: { clientSecret: { name: idp, key: s } }\n  \
+                  tls: { certFile: /c.pem, keyFile: /k.pem }";
+        assert_eq!(sink(ok), Vec::<String>::new());
+        assert!(sink("uri: http://fn\nauth: { tls: { caFile: /ca.pem } }").is_empty());
+        let bad = sink(
+            "uri: http://fn\nauth:\n  bearerToken: t\n  oauth2:\n    tokenUrl: idp/token\n    \
+             clientId: app\n    endpointParams: { scope: x }",
+        );
+        assert_eq!(
+            bad[0],
+            "spec.sink.auth: sets bearerToken and oauth2; keep one way to authenticate"
+        );
+        assert!(bad[1].starts_with("spec.sink.auth.oauth2.tokenUrl: "), "{bad:?}");
+        assert_eq!(
+            bad[2],
+            "spec.sink.auth.oauth2: the client credentials grant needs `clientSecret`; set it (or its `secretKeyRef`)"
+        );
+        assert!(
+            bad[3]
+                .starts_with("spec.sink.auth.oauth2.endpointParams.scope: is a parameter ofe sets"),
+            "{bad:?}"
+        );
+        let half = sink("uri: http://fn\nauth: { tls: { certFile: /c.pem } }");
+        assert!(
+            half[0].starts_with("spec.sink.auth.tls: a client certificate needs both"),
+            "{half:?}"
         );
     }
 

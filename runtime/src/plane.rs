@@ -59,13 +59,11 @@ pub struct Settings {
     pub drain: Duration,
     /// Where webhooks are served.
     pub webhook_listen: String,
-    /// How HTTPS sinks are trusted, and who ofe is to them.
-    pub sink_tls: ofe_trigger::sink::http::tls::SinkTls,
 }
 
 impl Settings {
     /// The settings `ofe run` starts with unless told otherwise: data in `data_dir`, default
-    /// plan options and hop limit, a 30 s drain, webhooks on 127.0.0.1:8080, the system's CAs.
+    /// plan options and hop limit, a 30 s drain, webhooks on 127.0.0.1:8080.
     pub fn new(data_dir: std::path::PathBuf) -> Self {
         Self {
             data_dir,
@@ -73,7 +71,6 @@ impl Settings {
             max_hops: ofe_trigger::sink::topic::DEFAULT_MAX_HOPS,
             drain: Duration::from_secs(30),
             webhook_listen: "127.0.0.1:8080".into(),
-            sink_tls: ofe_trigger::sink::http::tls::SinkTls::default(),
         }
     }
 }
@@ -175,7 +172,7 @@ impl Plane {
         trigger_metrics: TriggerMetrics,
         targets: SendTargets,
     ) -> Result<Self, RuntimeError> {
-        let client = ofe_trigger::sink::http::tls::http_client_with(&settings.sink_tls)
+        let client = ofe_trigger::sink::http::tls::http_client_with(&settings.options.sink_tls)
             .map_err(RuntimeError::Client)?;
         Ok(Self {
             settings,

@@ -342,6 +342,9 @@ pub struct PlanOptions {
     /// `{name}`, `{namespace}` and `{kind}` (lower case), e.g.
     /// `http://{name}.{namespace}.svc.cluster.local`. `None`: a `ref` cannot be used.
     pub ref_url_template: Option<String>,
+    /// How HTTPS sinks are trusted, and who ofe is to them, unless a sink sets its own
+    /// `auth.tls` (whose client still trusts this CA when it names none).
+    pub sink_tls: sink::http::tls::SinkTls,
 }
 
 /// Turns a Trigger into one plan per subscriber. Fails with the diagnostics of every field

@@ -49,6 +49,12 @@ pub struct HttpClient {
     proxies: Option<Arc<Matcher>>,
 }
 
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").field("proxied", &self.proxies.is_some()).finish()
+    }
+}
+
 /// What a sink answered.
 #[derive(Debug)]
 pub struct SinkResponse {

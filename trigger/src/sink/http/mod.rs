@@ -6,6 +6,7 @@
 //! - [`tls`]: the client's TLS (the system's roots plus a cluster CA, a client certificate).
 
 pub mod client;
+pub mod oauth2;
 pub mod request;
 pub mod tls;
 
@@ -18,7 +19,7 @@ use ofe_core::event;
 use ofe_core::trace::{self, KeyValue, SpanKind};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::{Destination, Failure, Reply, Sink, SinkContext};
+use super::{Destination, Failure, HttpClient, Reply, Sink, SinkContext};
 use crate::sink::topic::EXT_HOPS;
 use ofe_crds::SinkSpec;
 use ofe_crds::diagnostic::Diagnostic;
@@ -34,13 +35,23 @@ pub struct HttpSink {
     pub url: reqwest::Url,
     /// The sink's method, headers, URI expressions and mode, when it sets any.
     pub request: Option<Arc<request::RequestMap>>,
+    /// The sink's own client, when it has a client certificate of its own (`auth.tls`);
+    /// otherwise the one every sink shares.
+    pub client: Option<HttpClient>,
+    /// The sink's OAuth2 client, when it authenticates so (`auth.oauth2`).
+    pub oauth2: Option<Arc<oauth2::OAuth2>>,
 }
 
 impl HttpSink {
     /// The sink at `url`, which must be an absolute http(s) URL; the error says why not, as
     /// `ofe validate` does.
     pub fn parse(url: &str) -> Result<Self, ofe_crds::validate::UriError> {
-        ofe_crds::validate::http_url(url).map(|url| Self { url, request: None })
+        ofe_crds::validate::http_url(url).map(|url| Self {
+            url,
+            request: None,
+            client: None,
+            oauth2: None,
+        })
     }
 
     fn method(&self) -> &reqwest::Method {
@@ -94,6 +105,11 @@ impl Sink for HttpSink {
             }
         }
         let url = url.as_ref().unwrap_or(&self.url);
+        let http = self.client.as_ref().unwrap_or(context.http);
+        let bearer = match &self.oauth2 {
+            Some(oauth2) => Some(oauth2.authorization(http, context.timeout).await?),
+            None => None,
+        };
         let request = || {
             let (mut headers, body) = match &structured {
                 Some(body) => {
@@ -105,6 +121,9 @@ impl Sink for HttpSink {
             };
             for (name, value) in &mapped {
                 headers.insert(name, value.clone());
+            }
+            if let Some(bearer) = &bearer {
+                headers.insert(reqwest::header::AUTHORIZATION, bearer.clone());
             }
             // The function continues this attempt's span, as it would behind any
             // OpenTelemetry-instrumented client.
@@ -124,8 +143,7 @@ impl Sink for HttpSink {
             }
             (headers, body)
         };
-        let response = context
-            .http
+        let response = http
             .send(self.method(), url, request, context.timeout)
             .await
             .map_err(Failure::transient)?;
@@ -146,10 +164,25 @@ impl Sink for HttpSink {
         // Only the start of the body is kept: copied once, not whole and then cut.
         let body = response.body[..response.body.len().min(BODY_LIMIT)].to_vec();
         let text = String::from_utf8_lossy(&body).into_owned();
+        // A refused OAuth2 token is dropped, and the next attempt, with a new one, may pass.
+        let refused = match (&self.oauth2, &bearer) {
+            (Some(oauth2), Some(sent)) if status == 401 => {
+                oauth2.refused(sent);
+                true
+            }
+            _ => false,
+        };
+        let reason = if refused {
+            format!(
+                "HTTP {status} (the OAuth2 token was dropped; the next attempt fetches another): {text}"
+            )
+        } else {
+            format!("HTTP {status}: {text}")
+        };
         Err(Failure {
             code: Some(status),
-            reason: format!("HTTP {status}: {text}"),
-            retryable: is_retryable(status),
+            reason,
+            retryable: refused || is_retryable(status),
             retry_after,
             body,
         })
@@ -288,7 +321,26 @@ pub fn destination(
     let request = request::RequestMap::compile(path, sink)
         .map_err(|mut errors| errors.swap_remove(0))?
         .map(Arc::new);
-    let with = |url: reqwest::Url| Destination::new(HttpSink { url, request: request.clone() });
+    let auth = sink.auth.as_ref();
+    let oauth2 = match auth.and_then(|a| a.oauth2.as_ref()) {
+        Some(spec) => Some(Arc::new(
+            oauth2::OAuth2::compile(spec)
+                .map_err(|e| Diagnostic::error(format!("{path}.auth.oauth2"), e))?,
+        )),
+        None => None,
+    };
+    let client = match auth.and_then(|a| a.tls.as_ref()) {
+        Some(spec) => Some(own_client(&format!("{path}.auth.tls"), spec, &options.sink_tls)?),
+        None => None,
+    };
+    let with = |url: reqwest::Url| {
+        Destination::new(HttpSink {
+            url,
+            request: request.clone(),
+            client: client.clone(),
+            oauth2: oauth2.clone(),
+        })
+    };
     match (&sink.uri, &sink.r#ref, &options.ref_url_template) {
         (Some(uri), _, _) => ofe_crds::validate::sink_url(uri)
             .map(with)
@@ -313,6 +365,31 @@ pub fn destination(
         )),
         (None, None, _) => Err(Diagnostic::error(path, "neither uri nor ref is set")),
     }
+}
+
+/// The client of a sink with a TLS setting of its own (`auth.tls` at `path`): its client
+/// certificate, and its CA or else the one every sink trusts (`--sink-ca-file`). Its files
+/// are read now, and an error names the field.
+fn own_client(
+    path: &str,
+    spec: &ofe_crds::TlsSpec,
+    shared: &tls::SinkTls,
+) -> Result<HttpClient, Diagnostic> {
+    let settings = tls::SinkTls {
+        ca_file: spec.ca_file.as_ref().map(Into::into).or_else(|| shared.ca_file.clone()),
+        client: match (&spec.cert_file, &spec.key_file) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            _ => None,
+        },
+    };
+    let names = tls::TlsNames {
+        ca: if spec.ca_file.is_some() { "caFile" } else { "--sink-ca-file" },
+        cert: "certFile",
+        key: "keyFile",
+    };
+    let config = tls::rustls_config(&settings, &names)
+        .map_err(|e| Diagnostic::error(path, ofe_core::chain(&e)))?;
+    HttpClient::new(config).map_err(|e| Diagnostic::error(path, ofe_core::chain(&e)))
 }
 
 /// The `sink` kind: `sink` (a URL, or a Knative Service or Function by `ref`), with
