@@ -25,7 +25,7 @@ pub(crate) struct Sink {
     pub(crate) latencies: Arc<Mutex<Vec<u64>>>,
 }
 
-pub(crate) async fn sink(State(s): State<Sink>, headers: HeaderMap, _body: Bytes) -> StatusCode {
+pub(crate) async fn sink(State(s): State<Sink>, headers: HeaderMap, body: Bytes) -> StatusCode {
     if let Some(sent) = headers.get("ce-sentns").and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
         let now = u64::try_from(s.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -33,7 +33,16 @@ pub(crate) async fn sink(State(s): State<Sink>, headers: HeaderMap, _body: Bytes
             l.push(now.saturating_sub(sent));
         }
     }
-    s.delivered.fetch_add(1, Ordering::Relaxed);
+    // A CloudEvents batch counts its events.
+    let batch = headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/cloudevents-batch+json"));
+    let count = if batch {
+        serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body).map_or(0, |events| events.len())
+    } else {
+        1
+    };
+    s.delivered.fetch_add(count as u64, Ordering::Relaxed);
     StatusCode::OK
 }
 

@@ -10,6 +10,8 @@
 //! - **W3** the durable path on JetStream (with `--nats`). Baseline: the raw async-nats client
 //!   publishing (acknowledged) and consuming (acknowledging) the same events.
 //! - **W4** fan-out to 10 matching subscribers. Baseline: W1's deliveries/s.
+//! - **B** W1 with the subscriber delivering in batches of 10 and of 100 (`delivery.batch`).
+//!   Baseline: W1 (one event a request).
 //! - **W5** latency under an open-loop fixed rate (1k events/s, and 50% of W1's rate): p50,
 //!   p99 and p99.9 added over the forwarder at the same rate. Each event's latency is counted
 //!   from the time it was *scheduled* to be sent, so a stall is not hidden by the sender
@@ -137,6 +139,9 @@ async fn run(cli: &Cli) -> anyhow::Result<(Vec<Row>, Notes)> {
     }
     if wanted(&cli.only, "W4") {
         bench.w4(w1).await?;
+    }
+    if wanted(&cli.only, "B") {
+        bench.batches(w1).await?;
     }
     if wanted(&cli.only, "W3") {
         bench.w3().await?;

@@ -169,9 +169,26 @@ pub(crate) fn source(bus: &str) -> String {
 }
 
 pub(crate) fn trigger(name: &str, bus: &str, filter: &str, sinks: &[String]) -> String {
+    trigger_with(name, bus, filter, sinks, "")
+}
+
+/// [`trigger`] whose subscribers also have `delivery` (YAML flow mapping content, e.g.
+/// `batch: { maxSize: 10 }`), unless it is empty.
+pub(crate) fn trigger_with(
+    name: &str,
+    bus: &str,
+    filter: &str,
+    sinks: &[String],
+    delivery: &str,
+) -> String {
+    let delivery = if delivery.is_empty() {
+        String::new()
+    } else {
+        format!("      delivery: {{ {delivery} }}\n")
+    };
     let subscribers: String = sinks
         .iter()
-        .map(|s| format!("    - condition: hook\n      sink: {{ uri: \"{s}\" }}\n"))
+        .map(|s| format!("    - condition: hook\n      sink: {{ uri: \"{s}\" }}\n{delivery}"))
         .collect();
     let ns = namespace();
     format!(

@@ -18,7 +18,7 @@ use crate::report::{CurvePoint, Notes, Row};
 use crate::stages;
 use crate::targets::{
     Process, find_nginx, jetstream_bus, memory_bus, namespace, source, start_forwarder,
-    start_nginx, start_ofe, trigger,
+    start_nginx, start_ofe, trigger, trigger_with,
 };
 use crate::w3::{bus_loop, raw_jetstream};
 
@@ -335,6 +335,30 @@ impl<'a> Bench<'a> {
             ("W1", w1),
             ("≥ 0.8× W1", 0.8),
         ));
+        Ok(())
+    }
+
+    /// B: W1 with the subscriber delivering in batches of 10 and of 100 (`delivery.batch`),
+    /// against W1 delivering one event a request, in events/s.
+    pub(crate) async fn batches(&mut self, w1: f64) -> anyhow::Result<()> {
+        for size in [10, 100] {
+            self.say(&format!("B: W1 in batches of {size}"));
+            let sink = format!("{}/batch", self.sink_url);
+            let delivery = format!("batch: {{ maxSize: {size}, maxWait: 50ms }}");
+            let yaml = source("mem")
+                + &trigger_with("batch", "mem", "exact: { type: bench.b }", &[sink], &delivery)
+                + &memory_bus();
+            let ofe = self.ofe(&yaml).await?;
+            let measured =
+                self.throughput(&ofe.webhook, &[&ofe.process], &self.same("bench.b"), None).await?;
+            self.note_errors(&format!("B{size} through ofe"), &measured.retries);
+            self.rows.push(Row::info(
+                "B",
+                &format!("W1 delivered in batches of {size} (maxWait 50 ms)"),
+                (measured.rate, "events/s"),
+                ("W1, one event a request", w1),
+            ));
+        }
         Ok(())
     }
 

@@ -39,6 +39,6 @@ pub use eventsource::{
     MqttSpec, NatsJetStreamSourceSpec, NatsSourceSpec, RedisSpec, SourceField, WebhookSpec,
 };
 pub use trigger::{
-    DeliverySpec, Filter, Input, ReplayStatus, Subscriber, TransformSpec, Trigger, TriggerReplay,
-    TriggerSpec, TriggerStatus,
+    BatchSpec, DeliverySpec, Filter, Input, ReplayStatus, Subscriber, TransformSpec, Trigger,
+    TriggerReplay, TriggerSpec, TriggerStatus,
 };

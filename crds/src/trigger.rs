@@ -277,6 +277,25 @@ pub struct DeliverySpec {
     /// logged and counted, as Knative and OpenFunction do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_store: Option<bool>,
+    /// Delivers events in batches (ofe addition): one request carries up to `maxSize` events
+    /// as a CloudEvents JSON batch (`application/cloudevents-batch+json`), sent when full or
+    /// `maxWait` after its first event. A batch succeeds or fails as a whole: retries resend
+    /// it whole, and after the last retry each of its events goes to the dead letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
+}
+
+/// How a subscriber batches its deliveries (ofe addition).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BatchSpec {
+    /// The most events in one batch, 1 to 10,000. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u32>,
+    /// The longest the first event of a batch waits for more, e.g. `PT0.5S` or `500ms`.
+    /// Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
 }
 
 /// The observed state of a Trigger.

@@ -134,5 +134,6 @@ pub(crate) fn event_source_sink_plan(
         paused: false,
         dead_letters: None,
         transform: None,
+        batch: None,
     }))
 }

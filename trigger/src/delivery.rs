@@ -195,14 +195,14 @@ impl Deliverer {
         event: &Event,
         timeout: Duration,
     ) -> Result<Option<Box<Reply>>, Failure> {
-        self.attempt(dest, event, timeout, 1).await
+        self.attempt(dest, Payload::One(event), timeout, 1).await
     }
 
     /// Attempt number `n`, traced as a child of the current span when tracing is on.
     async fn attempt(
         &self,
         dest: &Destination,
-        event: &Event,
+        payload: Payload<'_>,
         timeout: Duration,
         n: u32,
     ) -> Result<Option<Box<Reply>>, Failure> {
@@ -215,7 +215,7 @@ impl Deliverer {
         } else {
             trace::Span::default()
         };
-        let result = self.attempt_traced(dest, event, timeout, &span).await;
+        let result = self.attempt_traced(dest, payload, timeout, &span).await;
         if let Err(failure) = &result {
             if let Some(code) = failure.code {
                 span.set(KeyValue::new("error.type", code.to_string()));
@@ -228,11 +228,14 @@ impl Deliverer {
     async fn attempt_traced(
         &self,
         dest: &Destination,
-        event: &Event,
+        payload: Payload<'_>,
         timeout: Duration,
         span: &trace::Span,
     ) -> Result<Option<Box<Reply>>, Failure> {
-        let key = self.subscriber.as_deref().map(|s| idempotency_key(s, event));
+        let key = self.subscriber.as_deref().map(|s| match payload {
+            Payload::One(event) => idempotency_key(s, event),
+            Payload::Batch(events) => batch_key(s, events),
+        });
         let context = SinkContext {
             http: &self.http,
             bus: &self.bus,
@@ -241,7 +244,12 @@ impl Deliverer {
             span,
             idempotency_key: key.as_deref(),
         };
-        dest.sink().attempt(event, &context).await
+        match payload {
+            Payload::One(event) => dest.sink().attempt(event, &context).await,
+            Payload::Batch(events) => {
+                dest.sink().attempt_batch(events, &context).await.map(|()| None)
+            }
+        }
     }
 
     /// Attempts until success, a non-retryable failure, the retries run out, or shutdown.
@@ -254,7 +262,7 @@ impl Deliverer {
         shutdown: &CancellationToken,
         on_retry: impl Fn(),
     ) -> Outcome {
-        self.send_to(dest, event, policy, shutdown, on_retry, None).await
+        self.send_to(dest, Payload::One(event), policy, shutdown, on_retry, None).await
     }
 
     /// [`Deliverer::send`] to one of the subscriber's own destinations (not a dead letter,
@@ -269,20 +277,34 @@ impl Deliverer {
         on_retry: impl Fn(),
     ) -> Outcome {
         let health = self.health.as_deref();
-        self.send_to(dest, event, policy, shutdown, on_retry, health).await
+        self.send_to(dest, Payload::One(event), policy, shutdown, on_retry, health).await
+    }
+
+    /// [`Deliverer::send_reported`] of `events` as one batch ([`crate::sink::Sink::attempt_batch`]):
+    /// retried, and failing, as a whole.
+    pub async fn send_batch_reported(
+        &self,
+        dest: &Destination,
+        events: &[Arc<Event>],
+        policy: &RetryPolicy,
+        shutdown: &CancellationToken,
+        on_retry: impl Fn(),
+    ) -> Outcome {
+        let health = self.health.as_deref();
+        self.send_to(dest, Payload::Batch(events), policy, shutdown, on_retry, health).await
     }
 
     async fn send_to(
         &self,
         dest: &Destination,
-        event: &Event,
+        payload: Payload<'_>,
         policy: &RetryPolicy,
         shutdown: &CancellationToken,
         on_retry: impl Fn(),
         health: Option<&crate::delivering::DeliveryHealth>,
     ) -> Outcome {
         let outcome = retry(policy, shutdown, on_retry, |n| async move {
-            let result = self.attempt(dest, event, policy.timeout, n).await;
+            let result = self.attempt(dest, payload, policy.timeout, n).await;
             if let (Err(failure), Some(health)) = (&result, health) {
                 health.failed(dest, failure);
             }
@@ -294,6 +316,31 @@ impl Deliverer {
         }
         outcome
     }
+}
+
+/// What one attempt carries: an event, or a batch of them.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    One(&'a Event),
+    Batch(&'a [Arc<Event>]),
+}
+
+/// The `Idempotency-Key` of every attempt of a batch of `events` to `subscriber`: as
+/// [`idempotency_key`], over every event's `source` and `id`, in order. A batch that comes
+/// again after a crash holds what was unsettled then, so it may differ.
+pub fn batch_key(subscriber: &str, events: &[Arc<Event>]) -> String {
+    use cloudevents::AttributesReader as _;
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update((subscriber.len() as u64).to_be_bytes());
+    hash.update(subscriber.as_bytes());
+    for event in events {
+        for part in [event.source().as_str(), event.id()] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    hex::encode(&hash.finalize()[..16])
 }
 
 /// The `Idempotency-Key` of every attempt of `event` to `subscriber`: the first 128 bits of

@@ -96,6 +96,7 @@ struct DeliveryPlan {
     rate_limit: Option<u32>,
     delay: Option<Duration>,
     dedupe: Option<Duration>,
+    batch: Option<runner::Batch>,
 }
 
 /// Reads `spec` (at `path`) over the defaults `base`, pushing a diagnostic per bad field.
@@ -118,6 +119,7 @@ fn delivery_plan(
         rate_limit: None,
         delay: None,
         dedupe: None,
+        batch: None,
     };
     let Some(spec) = spec else { return plan };
     let mut error = |field: &str, message: String| {
@@ -191,7 +193,58 @@ fn delivery_plan(
             Err(e) => error("orderKey", e.message),
         }
     }
+    if let Some(batch) = &spec.batch {
+        let max_size = batch.max_size.unwrap_or(runner::Batch::DEFAULT_SIZE);
+        if !(1..=runner::Batch::MAX_SIZE).contains(&max_size) {
+            let most = runner::Batch::MAX_SIZE;
+            error("batch.maxSize", format!("is {max_size}; use 1 to {most} events a batch"));
+        }
+        let max_wait = match &batch.max_wait {
+            None => runner::Batch::DEFAULT_WAIT,
+            Some(text) => ofe_crds::duration::parse(text).unwrap_or_else(|e| {
+                error("batch.maxWait", e.to_string());
+                runner::Batch::DEFAULT_WAIT
+            }),
+        };
+        if max_wait.is_zero() {
+            error(
+                "batch.maxWait",
+                "is zero; let a batch wait for more events, e.g. `500ms`".into(),
+            );
+        }
+        if plan.order_key.is_some() && plan.delay.is_some() {
+            error(
+                "batch",
+                "is set with both `orderKey` and `delay`; a batched subscriber's delayed events \
+                 wait on the bus, where order is not kept: drop one of the three"
+                    .into(),
+            );
+        }
+        plan.batch = Some(runner::Batch { max_size: max_size as usize, max_wait });
+    }
     plan
+}
+
+/// What a batched subscriber's sink cannot do: compute a URI or header per event, when one
+/// request carries many (at `path`, the subscriber).
+fn check_batched_sink(path: &str, sub: &ofe_crds::trigger::Subscriber) -> Option<Diagnostic> {
+    let sink = sub.sink.as_ref()?;
+    sub.delivery.as_ref()?.batch.as_ref()?;
+    let per_event = sink.dynamic_headers.as_ref().is_some_and(|h| !h.is_empty())
+        || sink.uri.as_deref().and_then(|u| ofe_crds::validate::uri_template(u).ok()).is_some_and(
+            |parts| {
+                parts.iter().any(|p| matches!(p, ofe_crds::validate::UriPart::Expression { .. }))
+            },
+        );
+    let binary = sink.mode == Some(ofe_crds::ContentMode::Binary);
+    (per_event || binary).then(|| {
+        Diagnostic::error(
+            format!("{path}.delivery.batch"),
+            "one request carries the whole batch, as a JSON array of structured events, so the \
+             sink cannot set `dynamicHeaders`, expressions in `uri` or `mode: binary`; remove \
+             them, or the batch",
+        )
+    })
 }
 
 /// Checks `spec.replays`: names that can run once each, a start, times that parse, and a
@@ -293,6 +346,7 @@ fn compile(trigger: &Trigger, base: RetryPolicy) -> Result<Compiled, Vec<Diagnos
             ));
         }
         errors.extend(check_sink(&format!("{path}.sink"), sub.sink.as_ref()));
+        errors.extend(check_batched_sink(&path, sub));
         errors.extend(check_sink(&format!("{path}.deadLetterSink"), sub.dead_letter_sink.as_ref()));
         let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
         errors.extend(check_sink(&format!("{path}.delivery.deadLetterSink"), knative));
@@ -431,6 +485,7 @@ pub fn plan(
             paused: trigger.spec.paused.unwrap_or(false),
             dead_letters: store.filter(|_| kept),
             transform: transform.clone(),
+            batch: delivery.batch,
         });
     }
     if errors.is_empty() { Ok(plans) } else { Err(errors) }

@@ -83,6 +83,26 @@ pub struct SubscriberPlan {
     /// Reshapes each event before its routes get it (`transform`); an event it cannot
     /// transform is dead-lettered with the reason.
     pub transform: Option<Arc<crate::transform::Transform>>,
+    /// Delivers events in batches (`delivery.batch`); `None`: one at a time.
+    pub batch: Option<Batch>,
+}
+
+/// How a subscriber batches (`delivery.batch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The most events in one batch.
+    pub max_size: usize,
+    /// The longest the first event of a batch waits for more.
+    pub max_wait: Duration,
+}
+
+impl Batch {
+    /// `maxSize` unless set.
+    pub const DEFAULT_SIZE: u32 = 100;
+    /// The largest `maxSize`: a batch is one request body, held whole in memory.
+    pub const MAX_SIZE: u32 = 10_000;
+    /// `maxWait` unless set.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 }
 
 /// Opens the subscriber's durable consumer. Do this for every subscriber before any source
@@ -259,19 +279,46 @@ async fn deliver_until(
     // for it.
     let mut order: HashMap<String, Shared<oneshot::Receiver<()>>> = HashMap::new();
     let mut next_start = tokio::time::Instant::now();
+    let mut batcher = plan.batch.map(|batch| Batcher::new(batch, plan.order_key.is_some()));
     loop {
         if !stop.resumed(&plan.labels).await {
             break;
         }
+        // A batch is sent when it is full, when its first event has waited `maxWait`, or when
+        // the subscriber holds as many events as it may (a fuller batch cannot come).
+        let deadline = batcher.as_ref().and_then(|b| b.deadline);
+        if let Some(batcher) = &mut batcher
+            && permits.available_permits() == 0
+        {
+            batcher.flush(&subscriber, &mut tasks);
+        }
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = until(deadline) => {
+                if let Some(batcher) = &mut batcher {
+                    batcher.flush(&subscriber, &mut tasks);
+                }
+                continue;
+            }
             p = permits.clone().acquire_owned() => p.map_err(|_| BusError::Closed)?,
         };
         // A pause while waiting for the bus takes effect at once: the read is dropped before
-        // it took anything (reads are cancel-safe, as shutdown needs too).
+        // it took anything (reads are cancel-safe, as shutdown needs too). What a batch holds
+        // is sent first.
         let delivery = tokio::select! {
             () = shutdown.cancelled() => break,
-            () = stop.pausing() => continue,
+            () = stop.pausing() => {
+                if let Some(batcher) = &mut batcher {
+                    batcher.flush(&subscriber, &mut tasks);
+                }
+                continue;
+            }
+            () = until(deadline) => {
+                if let Some(batcher) = &mut batcher {
+                    batcher.flush(&subscriber, &mut tasks);
+                }
+                continue;
+            }
             d = subscription.next() => match d {
                 Ok(d) => d,
                 Err(BusError::Closed) => break,
@@ -323,6 +370,14 @@ async fn deliver_until(
             }
             next_start += Duration::from_secs(1) / rate;
         }
+        if let Some(batcher) = &mut batcher {
+            // `hold` is always `None` here: `orderKey` with `delay` is refused with a batch.
+            batcher.push(permit, delivery);
+            if batcher.pending.len() >= batcher.batch.max_size {
+                batcher.flush(&subscriber, &mut tasks);
+            }
+            continue;
+        }
         let (done, after) = match &plan.order_key {
             None => (None, None),
             Some(expr) => match expr.key(&EventData::new(&delivery.event)) {
@@ -368,6 +423,66 @@ async fn deliver_until(
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The batch a batched subscriber is filling, each event with its in-flight permit (so
+/// `maxConcurrency` counts events, batched or not).
+struct Batcher {
+    batch: Batch,
+    pending: Vec<(tokio::sync::OwnedSemaphorePermit, Delivery)>,
+    /// When the batch is sent even if not full: `maxWait` after its first event.
+    deadline: Option<tokio::time::Instant>,
+    /// With an order key, batches go one after another: the completion of the last one sent.
+    previous: Option<Shared<oneshot::Receiver<()>>>,
+    ordered: bool,
+}
+
+impl Batcher {
+    fn new(batch: Batch, ordered: bool) -> Self {
+        Self { batch, pending: Vec::new(), deadline: None, previous: None, ordered }
+    }
+
+    fn push(&mut self, permit: tokio::sync::OwnedSemaphorePermit, delivery: Delivery) {
+        if self.pending.is_empty() {
+            self.deadline = Some(tokio::time::Instant::now() + self.batch.max_wait);
+        }
+        self.pending.push((permit, delivery));
+    }
+
+    /// Sends what is pending as one batch, in a task of its own.
+    fn flush(&mut self, subscriber: &Arc<Subscriber>, tasks: &mut JoinSet<()>) {
+        self.deadline = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        let (permits, deliveries): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().unzip();
+        let (done, after) = if self.ordered {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), self.previous.replace(rx.shared()))
+        } else {
+            (None, None)
+        };
+        let subscriber = subscriber.clone();
+        tasks.spawn(async move {
+            let _permits = permits;
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
+            Box::pin(subscriber.deliver_batch(deliveries)).await;
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        });
+    }
 }
 
 /// Extension attribute that delays an event until a time (RFC 3339).
@@ -557,22 +672,25 @@ impl Subscriber {
         }
     }
 
-    /// Delivers to every route, dead-lettering failures, then settles the bus delivery.
-    async fn deliver(&self, delivery: Delivery) {
-        let Self { plan, deliverer, metrics, interrupt } = self;
+    /// What is sent of `delivery`: the event, transformed, with its key in the record of
+    /// what was delivered (`delivery.dedupe`). `None` when it is settled already: a poison
+    /// event or one the transform cannot take went to the dead letter, and one delivered
+    /// before was acknowledged.
+    async fn prepare(&self, delivery: Delivery) -> Option<Prepared<'_>> {
+        let Self { plan, deliverer, metrics, .. } = self;
         if let Some(reason) = delivery.event.extension(EXT_POISON) {
             let failure = Failure { reason: format!("poison: {reason}"), ..Failure::default() };
-            return self.dead_letter_unattempted(delivery, &failure, 0).await;
+            self.dead_letter_unattempted(delivery, &failure, 0).await;
+            return None;
         }
-        let started = Instant::now();
-        let labels = &plan.labels;
         let event = match plan.transform.as_deref().map(|t| t.apply(&delivery.event)) {
             None => delivery.event.clone(),
             Some(Ok(event)) => Arc::new(event),
             Some(Err(error)) => {
                 // Never sent half-built: the event as it came goes to the dead letter.
                 let failure = Failure::permanent(error.to_string());
-                return self.dead_letter_unattempted(delivery, &failure, 0).await;
+                self.dead_letter_unattempted(delivery, &failure, 0).await;
+                return None;
             }
         };
         let key = deliverer
@@ -581,13 +699,107 @@ impl Subscriber {
         if let Some((dedupe, key)) = &key
             && dedupe.seen(key)
         {
-            metrics.deduplicated.get_or_create(labels).inc();
-            tracing::debug!(subscriber = ?labels, id = %event.id(), "delivered before; not sent again");
+            metrics.deduplicated.get_or_create(&plan.labels).inc();
+            tracing::debug!(subscriber = ?plan.labels, id = %event.id(), "delivered before; not sent again");
             if let Err(error) = delivery.ack().await {
                 tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may come again");
             }
-            return;
+            return None;
         }
+        Some(Prepared { delivery, event, key })
+    }
+
+    /// Settles what was delivered to every route: recorded as delivered (`delivery.dedupe`),
+    /// then acknowledged.
+    async fn settle(&self, prepared: Prepared<'_>) {
+        let Prepared { delivery, event, key } = prepared;
+        if let Some((dedupe, key)) = &key
+            && let Err(error) = dedupe.record(key).await
+        {
+            tracing::warn!(error = %ofe_core::Report(&error), id = %event.id(), "cannot record the delivery; a redelivery would send it again");
+        }
+        if let Err(error) = delivery.ack().await {
+            tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may be delivered again");
+        }
+    }
+
+    /// Delivers `deliveries` to every route as one batch; when a route fails for good, each
+    /// event goes to its dead letter with the batch's failure. Then settles each.
+    async fn deliver_batch(&self, deliveries: Vec<Delivery>) {
+        let Self { plan, deliverer, metrics, interrupt } = self;
+        let labels = &plan.labels;
+        let started = Instant::now();
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            batch.extend(self.prepare(delivery).await);
+        }
+        let Some(first) = batch.first() else { return };
+        let events: Vec<Arc<cloudevents::Event>> = batch.iter().map(|p| p.event.clone()).collect();
+        for route in &plan.routes {
+            let span =
+                deliver_span(labels, &route.destination, &first.event, first.delivery.attempt);
+            span.set(KeyValue::new("messaging.batch.message_count", events.len() as i64));
+            let on_retry = || {
+                metrics.retried.get_or_create(labels).inc();
+                for event in &events {
+                    metrics.tap(Stage::Retrying, labels, event, || {
+                        Some(format!("to {} (a batch of {})", route.destination, events.len()))
+                    });
+                }
+            };
+            let sent = deliverer.send_batch_reported(
+                &route.destination,
+                &events,
+                &plan.retry,
+                interrupt,
+                on_retry,
+            );
+            let outcome = trace::within(&span, sent).await;
+            record(&span, &outcome);
+            match outcome {
+                Outcome::Delivered(..) => {
+                    let count = events.len() as u64;
+                    metrics.delivered.get_or_create(labels).inc_by(count);
+                    let latency = metrics.latency.get_or_create(labels);
+                    for event in &events {
+                        latency.observe(started.elapsed().as_secs_f64());
+                        metrics.stages.deliver.observe(|| started.elapsed().as_secs_f64());
+                        metrics.tap(Stage::Delivered, labels, event, || {
+                            Some(format!("to {} (a batch of {count})", route.destination))
+                        });
+                    }
+                }
+                Outcome::Interrupted => return,
+                Outcome::Failed(failure, attempts) => {
+                    for prepared in &batch {
+                        // The event as it came, before the transform.
+                        let event = &prepared.delivery.event;
+                        let dead = self.dead_letter(route, event, &failure, attempts);
+                        if !dead_letter_traced(&span, route, dead).await {
+                            // The whole batch comes again: what was dead-lettered already is
+                            // dead-lettered again (at least once, never lost).
+                            if !interrupt.is_cancelled() {
+                                for prepared in batch {
+                                    let _ = prepared.delivery.nack(DEAD_LETTER_FAILED_DELAY).await;
+                                }
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        for prepared in batch {
+            self.settle(prepared).await;
+        }
+    }
+
+    /// Delivers to every route, dead-lettering failures, then settles the bus delivery.
+    async fn deliver(&self, delivery: Delivery) {
+        let Self { plan, deliverer, metrics, interrupt } = self;
+        let started = Instant::now();
+        let labels = &plan.labels;
+        let Some(Prepared { delivery, event, key }) = self.prepare(delivery).await else { return };
         for route in &plan.routes {
             let span = deliver_span(labels, &route.destination, &event, delivery.attempt);
             let on_retry = || {
@@ -645,15 +857,16 @@ impl Subscriber {
                 }
             }
         }
-        if let Some((dedupe, key)) = &key
-            && let Err(error) = dedupe.record(key).await
-        {
-            tracing::warn!(error = %ofe_core::Report(&error), id = %event.id(), "cannot record the delivery; a redelivery would send it again");
-        }
-        if let Err(error) = delivery.ack().await {
-            tracing::warn!(error = %ofe_core::Report(&error), "ack failed; the event may be delivered again");
-        }
+        self.settle(Prepared { delivery, event, key }).await;
     }
+}
+
+/// An event about to be sent: its bus delivery, the event as sent (transformed), and its key
+/// in the subscriber's record of deliveries.
+struct Prepared<'a> {
+    delivery: Delivery,
+    event: Arc<cloudevents::Event>,
+    key: Option<(&'a Arc<crate::dedupe::Dedupe>, String)>,
 }
 
 /// The span of delivering `event` to `destination` for the subscriber `labels`: every

@@ -100,6 +100,7 @@ fn plan(consumer: &str, subject: &Subject, base: &str) -> SubscriberPlan {
         paused: false,
         dead_letters: None,
         transform: None,
+        batch: None,
     }
 }
 

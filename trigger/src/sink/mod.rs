@@ -93,6 +93,21 @@ pub trait Sink: Send + Sync + fmt::Debug {
         event: &Event,
         context: &SinkContext<'_>,
     ) -> Result<Option<Box<Reply>>, Failure>;
+
+    /// One attempt at `events` as one batch (`delivery.batch`), which succeeds or fails as a
+    /// whole; replies are not read. By default, each event in turn, stopping at the first
+    /// that fails (a retry sends them all again: a sink that publishes on the bus drops the
+    /// copies by their id).
+    async fn attempt_batch(
+        &self,
+        events: &[Arc<Event>],
+        context: &SinkContext<'_>,
+    ) -> Result<(), Failure> {
+        for event in events {
+            self.attempt(event, context).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Every kind of sink, in the order a subscriber's destinations are delivered to (its `sink`

@@ -105,11 +105,6 @@ impl Sink for HttpSink {
             }
         }
         let url = url.as_ref().unwrap_or(&self.url);
-        let http = self.client.as_ref().unwrap_or(context.http);
-        let bearer = match &self.oauth2 {
-            Some(oauth2) => Some(oauth2.authorization(http, context.timeout).await?),
-            None => None,
-        };
         let request = || {
             let (mut headers, body) = match &structured {
                 Some(body) => {
@@ -122,6 +117,61 @@ impl Sink for HttpSink {
             for (name, value) in &mapped {
                 headers.insert(name, value.clone());
             }
+            (headers, body)
+        };
+        let response = self.exchange(url, request, context).await?;
+        Ok(read_reply(&response.headers, &response.body).map(Box::new))
+    }
+
+    async fn attempt_batch(
+        &self,
+        events: &[Arc<Event>],
+        context: &SinkContext<'_>,
+    ) -> Result<(), Failure> {
+        // One JSON array of structured events, built once for every attempt's request.
+        let mut body = Vec::with_capacity(events.len() * 256 + 2);
+        body.push(b'[');
+        for (i, event) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            let one =
+                event::to_structured(event).map_err(|e| Failure::permanent(ofe_core::chain(&e)))?;
+            body.extend_from_slice(&one);
+        }
+        body.push(b']');
+        let mut fixed = HeaderMap::new();
+        if let Some(map) = &self.request {
+            // Only the headers every request carries: checked at load, a batched sink has
+            // no header computed per event.
+            let view = crate::filter::EventData::new(&events[0]);
+            map.headers(&view, &mut fixed).map_err(Failure::permanent)?;
+        }
+        let request = || {
+            let mut headers = fixed.clone();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH));
+            (headers, body.clone())
+        };
+        self.exchange(&self.url, request, context).await.map(drop)
+    }
+}
+
+impl HttpSink {
+    /// Sends what `request` builds to `url`, with the credentials, the trace context and the
+    /// idempotency key every request carries; a response outside 2xx is the failure.
+    async fn exchange(
+        &self,
+        url: &reqwest::Url,
+        request: impl Fn() -> (HeaderMap, Vec<u8>),
+        context: &SinkContext<'_>,
+    ) -> Result<client::SinkResponse, Failure> {
+        let http = self.client.as_ref().unwrap_or(context.http);
+        let bearer = match &self.oauth2 {
+            Some(oauth2) => Some(oauth2.authorization(http, context.timeout).await?),
+            None => None,
+        };
+        let request = || {
+            let (mut headers, body) = request();
             if let Some(bearer) = &bearer {
                 headers.insert(reqwest::header::AUTHORIZATION, bearer.clone());
             }
@@ -150,7 +200,7 @@ impl Sink for HttpSink {
         let status = response.status;
         context.span.set(KeyValue::new("http.response.status_code", i64::from(status)));
         if (200..300).contains(&status) {
-            return Ok(read_reply(&response.headers, &response.body).map(Box::new));
+            return Ok(response);
         }
         let retry_after = if matches!(status, 429 | 503) {
             response
@@ -280,6 +330,9 @@ pub fn binary_mode(event: &Event) -> (HeaderMap, Vec<u8>) {
 
 /// The media type of a structured-mode CloudEvent.
 const STRUCTURED: &str = "application/cloudevents+json";
+
+/// The media type of a CloudEvents JSON batch: an array of structured-mode events.
+const BATCH: &str = "application/cloudevents-batch+json";
 
 /// The header that names one event to one subscriber across every attempt.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
