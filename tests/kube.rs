@@ -144,7 +144,7 @@ fn the_api_server_refuses_broken_resources_with_the_rules_message() {
         ),
         (
             format!("{head}  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, sink: {{}} }} ]\n"),
-            "set uri, or ref",
+            "set uri, ref to a Knative Service or an OpenFunction Function, or a broker",
         ),
         (
             format!("{head}  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1 }} }} ]\n"),

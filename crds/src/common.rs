@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// When both are set, `uri` wins, as in OpenFunction.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [
-    { "rule": "has(self.uri) || has(self.ref)", "message": "set uri, or ref to a Knative Service or an OpenFunction Function" }
+    { "rule": "has(self.uri) || has(self.ref) || has(self.kafka) || has(self.nats) || has(self.mqtt) || has(self.redis) || has(self.amqp)", "message": "set uri, ref to a Knative Service or an OpenFunction Function, or a broker (kafka, nats, mqtt, redis, amqp)" }
 ]))]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
@@ -44,6 +44,36 @@ pub struct SinkSpec {
     /// Secret with `secretKeyRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SinkAuth>,
+    /// Publish to a Kafka topic instead of an HTTP request (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<Box<crate::sinks::KafkaSinkSpec>>,
+    /// Publish to a NATS subject, core or JetStream (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<Box<crate::sinks::NatsSinkSpec>>,
+    /// Publish to an MQTT topic (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<Box<crate::sinks::MqttSinkSpec>>,
+    /// Add to a Redis stream (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Box<crate::sinks::RedisSinkSpec>>,
+    /// Publish to an AMQP 0-9-1 exchange (ofe addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<Box<crate::sinks::AmqpSinkSpec>>,
+}
+
+impl SinkSpec {
+    /// The broker this sink publishes to (`kafka`, `nats`, …), if it is one; every broker it
+    /// names, so that a check can refuse more than one.
+    pub fn brokers(&self) -> Vec<&'static str> {
+        let set = [
+            ("kafka", self.kafka.is_some()),
+            ("nats", self.nats.is_some()),
+            ("mqtt", self.mqtt.is_some()),
+            ("redis", self.redis.is_some()),
+            ("amqp", self.amqp.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect()
+    }
 }
 
 /// A sink's credentials (ofe addition): one of a bearer token, a user name and password

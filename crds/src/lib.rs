@@ -23,6 +23,7 @@ pub mod eventbus;
 pub mod eventsource;
 pub mod manifest;
 mod schema;
+pub mod sinks;
 pub mod trigger;
 pub mod validate;
 

@@ -444,6 +444,11 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
     if let Some(auth) = &sink.auth {
         out.extend(check_sink_auth(&format!("{path}.auth"), auth));
     }
+    let brokers = sink.brokers();
+    if !brokers.is_empty() {
+        out.extend(check_broker_sink(path, sink, &brokers));
+        return out;
+    }
     match (&sink.uri, &sink.r#ref) {
         (None, None) => out.push(Diagnostic::error(
             path,
@@ -480,6 +485,108 @@ pub fn check_sink(path: &str, sink: &SinkSpec) -> Vec<Diagnostic> {
                     ),
                 ));
             }
+        }
+    }
+    out
+}
+
+/// Checks a sink that is a broker: one broker, no HTTP fields beside it, and the broker's
+/// own fields.
+fn check_broker_sink(path: &str, sink: &SinkSpec, brokers: &[&str]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if let [_, _, ..] = brokers {
+        out.push(Diagnostic::error(
+            path,
+            format!("names {}; a sink publishes to one broker", brokers.join(" and ")),
+        ));
+    }
+    let http = [
+        ("uri", sink.uri.is_some()),
+        ("ref", sink.r#ref.is_some()),
+        ("method", sink.method.is_some()),
+        ("headers", sink.headers.is_some()),
+        ("dynamicHeaders", sink.dynamic_headers.is_some()),
+        ("mode", sink.mode.is_some()),
+        ("auth", sink.auth.is_some()),
+    ];
+    for (field, _) in http.iter().filter(|(_, set)| *set) {
+        out.push(Diagnostic::error(
+            format!("{path}.{field}"),
+            format!(
+                "is an HTTP sink's field, but this sink publishes to {}; remove it (the \
+                 broker's own fields say how to connect)",
+                brokers[0]
+            ),
+        ));
+    }
+    let mut error = |field: String, message: &str| {
+        out.push(Diagnostic::error(format!("{path}.{field}"), message.to_string()));
+    };
+    let wildcard = |s: &str| s.contains(['*', '>', '+', '#']);
+    if let Some(k) = &sink.kafka {
+        if k.brokers.trim().is_empty() {
+            error(
+                "kafka.brokers".into(),
+                "is empty; list the bootstrap brokers, e.g. `kafka:9092`",
+            );
+        }
+        if k.topic.is_empty() {
+            error("kafka.topic".into(), "is empty; name the topic");
+        }
+        let has = |v: &Option<String>, f: &str| v.is_some() || k.secret_key_ref.contains_key(f);
+        if has(&k.sasl_username, "saslUsername") != has(&k.sasl_password, "saslPassword") {
+            error(
+                "kafka".into(),
+                "SASL needs both `saslUsername` and `saslPassword`; set the other one",
+            );
+        }
+        if let Some(m) = &k.sasl_mechanism
+            && !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")
+        {
+            error("kafka.saslMechanism".into(), "use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512");
+        }
+    }
+    if let Some(n) = &sink.nats {
+        if n.url.trim().is_empty() {
+            error("nats.url".into(), "is empty; give the server, e.g. `nats://nats:4222`");
+        }
+        if n.subject.is_empty() || wildcard(&n.subject) || n.subject.contains(' ') {
+            error("nats.subject".into(), "must be one subject, without wildcards or spaces");
+        }
+    }
+    if let Some(m) = &sink.mqtt {
+        let scheme = m.url.split("://").next().unwrap_or_default();
+        if !m.url.contains("://") || !matches!(scheme, "tcp" | "mqtt" | "ssl" | "mqtts") {
+            error(
+                "mqtt.url".into(),
+                "use tcp://host:1883 or ssl://host:8883 (also mqtt://, mqtts://)",
+            );
+        }
+        if m.topic.is_empty() || wildcard(&m.topic) {
+            error("mqtt.topic".into(), "must be one topic, without the wildcards `+` and `#`");
+        }
+        if let Some(qos) = m.qos
+            && !matches!(qos, 1 | 2)
+        {
+            error(
+                "mqtt.qos".into(),
+                "use 1 or 2: ofe counts an event delivered when the broker acknowledges it, and \
+                 QoS 0 has no acknowledgement",
+            );
+        }
+    }
+    if let Some(r) = &sink.redis {
+        if r.redis_host.trim().is_empty() {
+            error("redis.redisHost".into(), "is empty; give `host:port`");
+        }
+        if r.stream.is_empty() {
+            error("redis.stream".into(), "is empty; name the stream");
+        }
+    }
+    if let Some(a) = &sink.amqp {
+        let scheme = a.url.split("://").next().unwrap_or_default();
+        if !a.url.contains("://") || !matches!(scheme, "amqp" | "amqps") {
+            error("amqp.url".into(), "use amqp://user:password@host:5672/vhost or amqps://");
         }
     }
     out
@@ -917,6 +1024,25 @@ mod sink_tests {
             half[0].starts_with("spec.sink.auth.tls: a client certificate needs both"),
             "{half:?}"
         );
+    }
+
+    #[test]
+    fn a_broker_sink_is_one_broker_without_http_fields() {
+        assert!(sink("kafka: { brokers: k:9092, topic: t, key: data.id }").is_empty());
+        assert!(sink("nats: { url: \"nats://n:4222\", subject: a.b, jetstream: true }").is_empty());
+        let two = sink(
+            "uri: http://fn\nnats: { url: \"nats://n\", subject: a }\nredis: { redisHost: r:6379, stream: s }",
+        );
+        assert_eq!(two[0], "spec.sink: names nats and redis; a sink publishes to one broker");
+        assert!(two[1].starts_with("spec.sink.uri: is an HTTP sink's field"), "{two:?}");
+        let bad = sink("mqtt: { url: \"tcp://m:1883\", topic: \"a/#\", qos: 0 }");
+        assert_eq!(
+            bad[0],
+            "spec.sink.mqtt.topic: must be one topic, without the wildcards `+` and `#`"
+        );
+        assert!(bad[1].starts_with("spec.sink.mqtt.qos: use 1 or 2"), "{bad:?}");
+        let amqp = sink("amqp: { url: \"http://rabbit\", exchange: x }");
+        assert!(amqp[0].starts_with("spec.sink.amqp.url: use amqp://"), "{amqp:?}");
     }
 
     #[test]

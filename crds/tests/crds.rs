@@ -195,7 +195,7 @@ fn validation_rules_admit_the_samples_and_refuse_broken_resources() {
         ),
         (
             format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, sink: {{}} }} ]\n"),
-            ".spec.subscribers[0].sink: set uri, or ref",
+            ".spec.subscribers[0].sink: set uri, ref to a Knative Service or an OpenFunction Function, or a broker",
         ),
         (
             format!("{head}  eventBus: default\n  inputs: {{ a: {{ eventSource: s, event: e }} }}\n  subscribers: [ {{ condition: a, topic: o, delivery: {{ retry: -1, maxConcurrency: 0 }} }} ]\n"),

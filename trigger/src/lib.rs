@@ -37,7 +37,7 @@ pub use delivery::{BackoffPolicy, Deliverer, RetryPolicy};
 pub use metrics::{ReplayLabels, SubscriberLabels, TriggerMetrics};
 pub use router::{KeyExpr, RoutedInput, Router, Routing};
 pub use runner::{Route, SubscriberPlan};
-pub use sink::http::destination as sink_destination;
+pub use sink::destination as sink_destination;
 pub use sink::{Destination, Sink, SinkKind};
 
 /// The next delivery of `consumer`'s `subscription` while it has not read everything the bus

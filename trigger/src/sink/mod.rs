@@ -3,12 +3,24 @@
 //! and metrics around it, the same for every kind.
 //!
 //! - [`http`]: an HTTP POST in CloudEvents binary mode (a sync function);
-//! - [`topic`]: a publish on a bus topic (an async function, or the next Trigger of a chain).
+//! - [`topic`]: a publish on a bus topic (an async function, or the next Trigger of a chain);
+//! - `kafka`, `nats`, `mqtt`, `redis`, `amqp`: a publish to a broker (`sink.kafka`, …), each
+//!   behind the cargo feature of that name, confirmed by the broker.
 //!
 //! A new kind of sink is a folder here, implementing [`Sink`], with a [`SinkKind`] that reads
 //! its fields of a Trigger subscriber, and one line in [`kinds`]; see `docs/extending.md`.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod topic;
 
 use std::fmt;
@@ -145,6 +157,108 @@ pub trait SinkKind: Send + Sync {
         subscriber: &ofe_crds::trigger::Subscriber,
         at: &SinkSite<'_>,
     ) -> Option<Result<KindRoute, ofe_crds::diagnostic::Diagnostic>>;
+}
+
+/// Where a `sink` (at `path`) delivers: a broker it names, or else its HTTP endpoint. A broker
+/// this build left out is a diagnostic naming the cargo feature.
+pub fn destination(
+    path: &str,
+    sink: &ofe_crds::SinkSpec,
+    namespace: &str,
+    options: &crate::PlanOptions,
+) -> Result<Destination, ofe_crds::diagnostic::Diagnostic> {
+    use ofe_crds::diagnostic::Diagnostic;
+    let Some(broker) = sink.brokers().first().copied() else {
+        return http::destination(path, sink, namespace, options);
+    };
+    let at = format!("{path}.{broker}");
+    let built: Option<Result<Destination, String>> = match broker {
+        #[cfg(feature = "kafka")]
+        "kafka" => sink.kafka.as_deref().map(kafka::KafkaSink::compile),
+        #[cfg(feature = "nats")]
+        "nats" => sink.nats.as_deref().map(nats::NatsSink::compile),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => sink.mqtt.as_deref().map(mqtt::MqttSink::compile),
+        #[cfg(feature = "redis")]
+        "redis" => sink.redis.as_deref().map(redis::RedisSink::compile),
+        #[cfg(feature = "amqp")]
+        "amqp" => sink.amqp.as_deref().map(amqp::AmqpSink::compile),
+        _ => None,
+    };
+    match built {
+        Some(result) => result.map_err(|e| Diagnostic::error(at, e)),
+        None => Err(Diagnostic::error(
+            at,
+            format!(
+                "this ofe was built without the `{broker}` feature; build it with \
+                 `--features {broker}` (the default build has every broker)"
+            ),
+        )),
+    }
+}
+
+/// The span of one publish to a broker, after OpenTelemetry's messaging conventions:
+/// `system` (`kafka`, `nats`, …) and the `destination` (topic, subject, stream, exchange).
+#[cfg(any(
+    feature = "amqp",
+    feature = "kafka",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "redis"
+))]
+pub(crate) fn broker_span(
+    system: &'static str,
+    destination: &str,
+    resend: Option<KeyValue>,
+) -> trace::Span {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", system),
+        KeyValue::new("messaging.operation.type", "send"),
+        KeyValue::new("messaging.destination.name", destination.to_string()),
+    ];
+    attributes.extend(resend);
+    trace::Span::start(
+        format!("send {destination}"),
+        trace::SpanKind::Producer,
+        &trace::current(),
+        attributes,
+    )
+}
+
+/// Connections to brokers, shared by every sink that reaches the same broker with the same
+/// settings (`key`): one per broker, however many subscribers publish to it.
+#[cfg(any(
+    feature = "amqp",
+    feature = "kafka",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "redis"
+))]
+pub(crate) struct Shared<T: Clone>(std::sync::Mutex<std::collections::HashMap<String, T>>);
+
+#[cfg(any(
+    feature = "amqp",
+    feature = "kafka",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "redis"
+))]
+impl<T: Clone> Shared<T> {
+    /// An empty set.
+    pub(crate) fn new() -> Self {
+        Self(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+
+    /// The connection for `key`, made by `make` when there is none yet.
+    pub(crate) fn get_or<E>(&self, key: &str, make: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = map.get(key) {
+            return Ok(found.clone());
+        }
+        let made = make()?;
+        map.insert(key.to_string(), made.clone());
+        Ok(made)
+    }
 }
 
 /// Where an event goes: a sink, built once from the manifest and shared by every delivery.

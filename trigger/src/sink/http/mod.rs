@@ -445,7 +445,7 @@ fn own_client(
     HttpClient::new(config).map_err(|e| Diagnostic::error(path, ofe_core::chain(&e)))
 }
 
-/// The `sink` kind: `sink` (a URL, or a Knative Service or Function by `ref`), with
+/// The `sink` kind: `sink` (a broker, or a URL, or a Knative Service or Function by `ref`), with
 /// `deadLetterSink`, or Knative's `delivery.deadLetterSink`.
 pub struct Kind;
 
@@ -457,7 +457,7 @@ impl super::SinkKind for Kind {
     ) -> Option<Result<super::KindRoute, Diagnostic>> {
         let sink = sub.sink.as_ref()?;
         let resolve = |field: &str, spec: &SinkSpec| {
-            destination(&format!("{}.{field}", at.path), spec, at.namespace, at.options)
+            super::destination(&format!("{}.{field}", at.path), spec, at.namespace, at.options)
         };
         let knative = sub.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref());
         let dead_letter = match (&sub.dead_letter_sink, knative) {

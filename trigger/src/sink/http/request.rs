@@ -177,7 +177,7 @@ fn credential(auth: &ofe_crds::SinkAuth) -> Result<Option<(HeaderName, HeaderVal
 }
 
 /// A string, number or bool as text.
-fn scalar(value: &Value) -> Result<String, String> {
+pub(crate) fn scalar(value: &Value) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s.as_str().to_string()),
         Value::Int(n) => Ok(n.to_string()),
