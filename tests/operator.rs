@@ -425,6 +425,52 @@ async fn a_sink_ref_takes_the_address_of_what_it_names_and_follows_it() {
     let message = condition(&unsigned, "Ready")["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains(&format!("Secret {ns}/absent does not exist")), "{message}");
 
+    // A webhook's schema read from a ConfigMap: what it refuses gets 400 with the JSON path.
+    kube.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "order-schema", "namespace": ns},
+        "data": {"schema.yaml": "type: object\nrequired: [order]\nproperties: { order: { type: integer } }\n"},
+    }))
+    .await;
+    kube.apply_yaml(&format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: checked, namespace: {ns} }}\nspec:\n  eventBus: default\n  webhook:\n    \
+         hook: {{ schema: {{ configMapKeyRef: {{ name: order-schema, key: schema.yaml }} }} }}\n"
+    ))
+    .await;
+    wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "checked", "True", None).await;
+    let url = format!("http://{}/{ns}/checked/hook", operator.webhooks);
+    let send = |body: &'static str| {
+        let url = url.clone();
+        async move {
+            let response = support::http()
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("webhook");
+            (response.status().as_u16(), response.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(send(r#"{"order":1}"#).await.0, 202, "satisfies the ConfigMap's schema");
+    let (status, text) = send(r#"{"order":"one"}"#).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(r#"$.order: "one" is not of type "integer""#), "{text}");
+    // A ConfigMap that does not exist: the EventSource is not run, and says which.
+    kube.apply_yaml(&format!(
+        "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
+         metadata: {{ name: unchecked, namespace: {ns} }}\nspec:\n  eventBus: default\n  webhook:\n    \
+         hook: {{ schema: {{ configMapKeyRef: {{ name: absent-schema, key: s }} }} }}\n"
+    ))
+    .await;
+    let unchecked =
+        wait_ready_in_status(&kube, EVENT_SOURCES, &ns, "unchecked", "False", Some("InvalidSpec"))
+            .await;
+    let message =
+        condition(&unchecked, "Valid")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("the schema in ConfigMap `absent-schema`"), "{message}");
+
     // A Trigger whose condition does not compile is refused with the column, not run.
     kube.apply_yaml(&support::trigger(
         &ns,

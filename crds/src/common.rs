@@ -162,6 +162,38 @@ pub enum ContentMode {
     Structured,
 }
 
+/// The JSON Schema an EventSource event's data must satisfy (ofe addition): exactly one of an
+/// inline schema, a ConfigMap key holding it, or a file. Compiled once, when the EventSource
+/// starts. A webhook answers 400 with the JSON path of the first violation; a broker source
+/// publishes the event flagged `ofeinvalid` with the violation, as it does a malformed
+/// CloudEvent, so that nothing is lost and a Trigger can route it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SchemaSpec {
+    /// The schema itself (JSON Schema 2020-12 unless its `$schema` names another draft).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub json_schema: Option<serde_json::Value>,
+    /// A key of a ConfigMap in the EventSource's namespace whose value is the schema (JSON or
+    /// YAML). `ofe operator` reads the ConfigMap; `ofe run` reads it from a ConfigMap document
+    /// in its manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+    /// The path of a file holding the schema (JSON or YAML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// A key of a ConfigMap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigMapKeySelector {
+    /// The ConfigMap's name.
+    pub name: String,
+    /// The key in its `data`.
+    pub key: String,
+}
+
 /// A reference to a Kubernetes object that exposes an address.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

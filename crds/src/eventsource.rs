@@ -183,6 +183,9 @@ pub struct WebhookSpec {
     /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secret_key_ref: crate::common::SecretKeyRefs,
+    /// The JSON Schema the event's data must satisfy (ofe addition); see `SchemaSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::common::SchemaSpec>,
 }
 
 /// An HMAC-SHA256 signature check, as GitHub and many webhook senders use.
@@ -239,6 +242,9 @@ pub struct KafkaSpec {
     /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secret_key_ref: crate::common::SecretKeyRefs,
+    /// The JSON Schema the event's data must satisfy (ofe addition); see `SchemaSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::common::SchemaSpec>,
 }
 
 /// An MQTT topic to subscribe to.
@@ -285,6 +291,9 @@ pub struct MqttSpec {
     /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secret_key_ref: crate::common::SecretKeyRefs,
+    /// The JSON Schema the event's data must satisfy (ofe addition); see `SchemaSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::common::SchemaSpec>,
 }
 
 /// A Redis input: OpenFunction's connection fields, plus what to read (`stream` or `channel`).
@@ -375,6 +384,9 @@ pub struct RedisSpec {
     /// Fields read from Kubernetes Secrets instead (ofe addition): field name → Secret key.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secret_key_ref: crate::common::SecretKeyRefs,
+    /// The JSON Schema the event's data must satisfy (ofe addition); see `SchemaSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::common::SchemaSpec>,
 }
 
 /// A NATS input (ofe addition).
@@ -400,6 +412,9 @@ pub struct NatsSourceSpec {
     /// TLS to the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The JSON Schema the event's data must satisfy (ofe addition); see `SchemaSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::common::SchemaSpec>,
 }
 
 /// How a NATS input reads JetStream.
@@ -448,4 +463,7 @@ pub struct AmqpSpec {
     /// TLS to the broker (with `amqps://`): a CA file, and a client certificate and key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The JSON Schema the event's data must satisfy (ofe addition); see `SchemaSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::common::SchemaSpec>,
 }

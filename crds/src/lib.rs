@@ -28,7 +28,8 @@ pub mod trigger;
 pub mod validate;
 
 pub use common::{
-    Condition, ContentMode, HttpMethod, OAuth2Spec, Reference, ScaleOption, SinkAuth, SinkSpec,
+    Condition, ConfigMapKeySelector, ContentMode, HttpMethod, OAuth2Spec, Reference, ScaleOption,
+    SchemaSpec, SinkAuth, SinkSpec,
 };
 pub use eventbus::{
     BusBackend, ClusterEventBus, ClusterEventBusSpec, EmbeddedBusSpec, EventBus, EventBusSpec,

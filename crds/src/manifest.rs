@@ -117,6 +117,116 @@ pub struct ManifestSet {
     pub manifests: Vec<Manifest>,
     /// Problems found while reading and parsing.
     pub diagnostics: Vec<Diagnostic>,
+    /// The ConfigMaps (`v1`) among the documents, which `configMapKeyRef`s read standalone.
+    pub config_maps: Vec<ConfigMap>,
+}
+
+/// A ConfigMap document: its namespace (`default` unless given), name and `data`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigMap {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its `data`.
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// What one non-empty document is.
+enum Doc {
+    /// Boxed: a resource is kilobytes, and most documents of a large file are resources.
+    Resource(Box<Resource>),
+    ConfigMap(ConfigMap),
+    /// Another API's object, skipped.
+    Other,
+}
+
+/// Replaces each `schema.configMapKeyRef` of `m` (an EventSource) by the `jsonSchema` it names
+/// in `lookup` (namespace, name, key → the value, JSON or YAML, or why there is none). Without
+/// the ConfigMap, `strict` makes that an error (`ofe run`, `ofe operator`); otherwise
+/// (`ofe validate`, whose manifests may be meant for a cluster) a warning, and the schema is
+/// taken as one that allows everything, so the rest is still checked.
+pub fn resolve_schema_refs(
+    m: &mut Manifest,
+    lookup: &dyn Fn(&str, &str, &str) -> Result<String, String>,
+    strict: bool,
+) -> Vec<Diagnostic> {
+    let Resource::EventSource(_) = &m.resource else { return Vec::new() };
+    let Ok(mut value) = m.resource.to_value() else { return Vec::new() };
+    let namespace = m.resource.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string();
+    let mut out = Vec::new();
+    let mut changed = false;
+    if let Some(spec) = value.get_mut("spec") {
+        each_object(spec, "spec", &mut |map, path| {
+            if !path.ends_with(".schema") {
+                return;
+            }
+            let Some(reference) = map.remove("configMapKeyRef") else { return };
+            changed = true;
+            let text = |k: &str| reference.get(k).and_then(Value::as_str).unwrap_or_default();
+            let (name, key) = (text("name"), text("key"));
+            let at = format!("{path}.configMapKeyRef");
+            let schema = lookup(&namespace, name, key).and_then(|text| {
+                serde_json::from_str::<Value>(&text)
+                    .or_else(|_| serde_saphyr::from_str::<Value>(&text))
+                    .map_err(|e| {
+                        format!("key `{key}` of ConfigMap {namespace}/{name} is neither JSON nor YAML: {e}")
+                    })
+            });
+            match schema {
+                Ok(schema) => drop(map.insert("jsonSchema".into(), schema)),
+                Err(e) if strict => out.push(Diagnostic::error(at, e)),
+                Err(e) => {
+                    out.push(Diagnostic::warning(
+                        at,
+                        format!("{e}; `ofe operator` reads it from the cluster, so it is not checked here"),
+                    ));
+                    map.insert("jsonSchema".into(), Value::Object(serde_json::Map::new()));
+                }
+            }
+        });
+    }
+    if changed && let Ok(resource) = m.resource.same_kind_from(value) {
+        m.resource = resource;
+    }
+    out.into_iter().map(|d| d.at(&m.origin)).collect()
+}
+
+/// The value of `key` of ConfigMap `namespace/name` among `maps`, or why there is none.
+pub fn config_map_value(
+    maps: &[ConfigMap],
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, String> {
+    let map = maps.iter().find(|m| m.namespace == namespace && m.name == name).ok_or_else(|| {
+        format!("ConfigMap {namespace}/{name} is not among the manifests; add it (apiVersion: v1, kind: ConfigMap)")
+    })?;
+    map.data.get(key).cloned().ok_or_else(|| {
+        format!(
+            "ConfigMap {namespace}/{name} has no key `{key}` in its data; add it, or correct `key`"
+        )
+    })
+}
+
+/// The ConfigMap `doc` is, if it is one.
+fn config_map(doc: &Value) -> Option<ConfigMap> {
+    (doc.get("apiVersion")?.as_str()? == "v1" && doc.get("kind")?.as_str()? == "ConfigMap")
+        .then_some(())?;
+    let metadata = doc.get("metadata")?;
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    Some(ConfigMap {
+        namespace: metadata
+            .get("namespace")
+            .and_then(text)
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: metadata.get("name").and_then(text)?,
+        data: doc
+            .get("data")
+            .and_then(Value::as_object)
+            .map(|data| data.iter().filter_map(|(k, v)| Some((k.clone(), text(v)?))).collect())
+            .unwrap_or_default(),
+    })
 }
 
 /// Reads every `.yaml`/`.yml` file named, or found (recursively, in name order) under a folder
@@ -235,11 +345,17 @@ fn options() -> serde_saphyr::Options {
 
 /// One document of a file, read: `None` when it is empty (skipped, but counted), else what
 /// [`parse_document`] made of it.
-type Read = Option<Result<Option<Resource>, Vec<Diagnostic>>>;
+type Read = Option<Result<Doc, Vec<Diagnostic>>>;
 
 /// Reads one document's value (the part of the work that each thread does too).
 fn read(doc: Value) -> Read {
-    (!doc.is_null()).then(|| parse_document(doc))
+    if doc.is_null() {
+        return None;
+    }
+    if let Some(config_map) = config_map(&doc) {
+        return Some(Ok(Doc::ConfigMap(config_map)));
+    }
+    Some(parse_document(doc).map(|r| r.map_or(Doc::Other, |r| Doc::Resource(Box::new(r)))))
 }
 
 /// The documents of `parts`, in order, read; `None` if any part is not valid YAML.
@@ -282,8 +398,11 @@ fn add_documents(file: &Path, documents: Vec<Read>, set: &mut ManifestSet) {
         let origin = Location { file: file.to_path_buf(), document: index + 1 };
         let Some(doc) = doc else { continue };
         match doc {
-            Ok(Some(resource)) => set.manifests.push(Manifest { origin, resource }),
-            Ok(None) => {}
+            Ok(Doc::Resource(resource)) => {
+                set.manifests.push(Manifest { origin, resource: *resource });
+            }
+            Ok(Doc::ConfigMap(config_map)) => set.config_maps.push(config_map),
+            Ok(Doc::Other) => {}
             Err(diags) => set.diagnostics.extend(diags.into_iter().map(|d| d.at(&origin))),
         }
     }

@@ -42,6 +42,8 @@ pub struct Origin {
     source: String,
     /// Where the adapter says whether its upstream connection works.
     reporter: Option<Reporter>,
+    /// The schema the events' data must satisfy (`schema`), when the event sets one.
+    schema: Option<std::sync::Arc<crate::schema::Schema>>,
 }
 
 /// One upstream message, as an adapter sees it.
@@ -69,7 +71,26 @@ impl Origin {
     /// The origin of event `labels` for an adapter with `event_type` and `id_namespace`.
     pub fn new(labels: EventLabels, event_type: &'static str, id_namespace: uuid::Uuid) -> Self {
         let source = source_uri(&labels.namespace, &labels.eventsource);
-        Self { labels, event_type, id_namespace, source, reporter: None }
+        Self { labels, event_type, id_namespace, source, reporter: None, schema: None }
+    }
+
+    /// Checks every event's data against the schema `spec` (at `field`) gives from now on;
+    /// the error names the field when it cannot be compiled.
+    pub fn with_schema(
+        mut self,
+        field: &str,
+        spec: Option<&ofe_crds::SchemaSpec>,
+    ) -> Result<Self, crate::SourceError> {
+        if let Some(spec) = spec {
+            self.schema = Some(crate::schema::Schema::compile(&format!("{field}.schema"), spec)?);
+        }
+        Ok(self)
+    }
+
+    /// Whether `event`'s data satisfies the event's schema (always, without one); else the
+    /// first violation (see [`crate::schema::Schema::check`]).
+    pub fn check_schema(&self, event: &Event) -> Result<(), String> {
+        self.schema.as_ref().map_or(Ok(()), |schema| schema.check(event))
     }
 
     /// Reports connection health to `reporter` from now on.
@@ -177,14 +198,23 @@ impl Origin {
     }
 
     /// The event for `message`. Never fails: a malformed CloudEvent is wrapped and flagged
-    /// with [`EXT_INVALID`] (see the module documentation).
+    /// with [`EXT_INVALID`] (see the module documentation), and so is an event whose data does
+    /// not satisfy the event's schema (`schema: <JSON path>: <violation>`).
     pub fn event(&self, message: &Message<'_>) -> Event {
-        self.strict_event(message).unwrap_or_else(|reason| {
-            let mut event = self.wrap(message);
-            event.set_extension(EXT_INVALID, reason.to_string());
-            self.stamp(&mut event);
-            event
-        })
+        match self.strict_event(message) {
+            Ok(mut event) => {
+                if let Err(violation) = self.check_schema(&event) {
+                    event.set_extension(EXT_INVALID, format!("schema: {violation}"));
+                }
+                event
+            }
+            Err(reason) => {
+                let mut event = self.wrap(message);
+                event.set_extension(EXT_INVALID, reason.to_string());
+                self.stamp(&mut event);
+                event
+            }
+        }
     }
 
     /// The event for `message`, or why the CloudEvent it claims to be is malformed: for
@@ -310,7 +340,11 @@ impl Publisher<'_> {
     /// Publishes `event` until the bus has it; `false` if shutdown or a closed bus stopped it.
     pub async fn one(&self, event: &Event) -> bool {
         let Self { bus, subject, labels, metrics, shutdown } = self;
-        publish_with_retry(*bus, subject, event, labels, metrics, shutdown).await
+        let published = publish_with_retry(*bus, subject, event, labels, metrics, shutdown).await;
+        if published && event.extension(EXT_INVALID).is_some() {
+            metrics.invalid.get_or_create(labels).inc();
+        }
+        published
     }
 
     /// Publishes `events` together (issued in order, so the bus sees them in upstream order)

@@ -37,6 +37,7 @@ pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod routes;
+pub mod schema;
 mod source;
 pub mod webhook;
 

@@ -65,6 +65,9 @@ pub struct SourceMetrics {
     pub duplicates: Family<EventLabels, Counter>,
     /// Failed publish attempts (each is retried).
     pub publish_errors: Family<EventLabels, Counter>,
+    /// Events that are malformed CloudEvents or whose data does not satisfy the event's
+    /// schema: published flagged `ofeinvalid` (broker sources), or refused with 400 (webhooks).
+    pub invalid: Family<EventLabels, Counter>,
     /// Where each published event is reported while `ofe tail` listens.
     pub tap: Tap,
     /// Sampled time from a push source's request arriving to the bus having its event (the
@@ -105,6 +108,12 @@ impl SourceMetrics {
             self.duplicates.clone(),
         );
         sub.register("publish_errors", "Failed bus publish attempts", self.publish_errors.clone());
+        sub.register(
+            "events_invalid",
+            "Malformed CloudEvents and events whose data does not satisfy the schema: flagged \
+             ofeinvalid, or refused with 400 by a webhook",
+            self.invalid.clone(),
+        );
         sub.register(
             "ingest_seconds",
             "Sampled time from a webhook request arriving to the bus having its event",

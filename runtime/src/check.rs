@@ -32,6 +32,11 @@ impl Checked {
 pub fn load_and_check(paths: &[PathBuf], secrets: Option<&LocalSecrets>) -> Checked {
     let mut set = manifest::load(paths);
     let mut diagnostics = set.diagnostics;
+    let maps = set.config_maps;
+    let lookup = |ns: &str, name: &str, key: &str| manifest::config_map_value(&maps, ns, name, key);
+    for m in &mut set.manifests {
+        diagnostics.extend(manifest::resolve_schema_refs(m, &lookup, secrets.is_some()));
+    }
     match secrets {
         Some(secrets) => {
             for m in &mut set.manifests {

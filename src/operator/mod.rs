@@ -11,6 +11,7 @@
 //! [`Plane`]: ofe_runtime::Plane
 
 mod cluster;
+mod configmaps;
 mod lease;
 pub mod reconcile;
 pub(crate) mod secrets;
@@ -136,6 +137,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         if apply {
             snapshot = cluster.snapshot();
             secrets::resolve(&client, &mut snapshot, &secret_files).await;
+            configmaps::resolve(&client, &mut snapshot).await;
             desired = reconcile::desired(&snapshot, *leading.borrow());
             match process.plane.apply(&desired.manifests).await {
                 Ok(failures) => failing = !failures.is_empty(),

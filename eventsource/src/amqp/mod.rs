@@ -127,7 +127,8 @@ impl AmqpSource {
                 event,
                 AMQP_EVENT_TYPE,
                 ID_NAMESPACE,
-            ),
+            )
+            .with_schema(&format!("spec.amqp.{event}"), spec.schema.as_ref())?,
             url: spec.url.clone(),
             shown_url: shown(&spec.url),
             queue: spec.queue.clone(),

@@ -102,7 +102,8 @@ impl KafkaSource {
                 event,
                 KAFKA_EVENT_TYPE,
                 ID_NAMESPACE,
-            ),
+            )
+            .with_schema(&format!("spec.kafka.{event}"), spec.schema.as_ref())?,
             topic,
             group,
             config,

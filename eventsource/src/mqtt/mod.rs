@@ -268,7 +268,8 @@ impl MqttSource {
                 event,
                 MQTT_EVENT_TYPE,
                 ID_NAMESPACE,
-            ),
+            )
+            .with_schema(&format!("spec.mqtt.{event}"), spec.schema.as_ref())?,
             broker,
             transport,
             filter,

@@ -71,7 +71,8 @@ impl NatsSource {
                 event,
                 NATS_EVENT_TYPE,
                 ID_NAMESPACE,
-            ),
+            )
+            .with_schema(&format!("spec.nats.{event}"), spec.schema.as_ref())?,
             url: spec.url.clone(),
             subject: spec.subject.clone(),
             queue_group: spec.queue_group.clone().unwrap_or_else(|| default_name.clone()),

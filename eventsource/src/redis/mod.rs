@@ -165,7 +165,8 @@ impl RedisSource {
                 event,
                 REDIS_EVENT_TYPE,
                 ID_NAMESPACE,
-            ),
+            )
+            .with_schema(&format!("spec.redis.{event}"), spec.schema.as_ref())?,
             input,
             client,
             group: spec

@@ -105,7 +105,8 @@ impl WebhookSource {
                 event,
                 WEBHOOK_EVENT_TYPE,
                 ID_NAMESPACE,
-            ),
+            )
+            .with_schema(&format!("spec.webhook.{event}"), spec.schema.as_ref())?,
             path: spec
                 .path
                 .clone()

@@ -122,7 +122,10 @@ impl PushHandler for Webhook {
         }
         let events = match to_events(hook, &headers, &body) {
             Ok(events) => events,
-            Err(reason) => return reply(StatusCode::BAD_REQUEST, reason),
+            Err(reason) => {
+                hook.metrics.invalid.get_or_create(&hook.origin.labels).inc();
+                return reply(StatusCode::BAD_REQUEST, reason);
+            }
         };
         let metrics = &hook.metrics;
         let count = events.len();
@@ -226,6 +229,14 @@ fn authenticate(auth: &Auth, headers: &HeaderMap, body: &[u8]) -> Result<(), Str
 /// malformed CloudEvent is refused rather than flagged: HTTP can tell the sender.
 fn to_events(hook: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, String> {
     let mut events = decode(hook, headers, body)?;
+    // The sender can fix what the schema refuses, and send again: refused, whole.
+    for (i, event) in events.iter().enumerate() {
+        if let Err(violation) = hook.origin.check_schema(event) {
+            let which =
+                if events.len() > 1 { format!("event {i} of the batch: ") } else { String::new() };
+            return Err(format!("{which}the data does not satisfy the schema: {violation}"));
+        }
+    }
     // A sender that traces with W3C Trace Context headers, but does not set the CloudEvents
     // tracing extension, still has its trace carried on to the functions.
     for name in ["traceparent", "tracestate"] {
