@@ -3,6 +3,7 @@
 //! - `ofe run -f PATH...` runs every EventSource and Trigger found, with the embedded bus.
 //! - `ofe validate -f PATH...` checks manifests and explains every problem.
 //! - `ofe operator` runs them as the API server holds them, and writes their status.
+//! - `ofe test -f PATH... --events FILE` runs the Triggers offline against fixture events.
 //! - `ofe crds` prints the CustomResourceDefinitions.
 //! - `ofe send`, `ofe tail`, `ofe status`, `ofe pause`, `ofe resume`, `ofe deadletters`
 //!   and `ofe replay` talk to a running process's endpoint.
@@ -13,6 +14,7 @@ mod logging;
 #[cfg(feature = "operator")]
 mod operator;
 mod run;
+mod test_cmd;
 mod validate;
 
 use std::path::PathBuf;
@@ -62,6 +64,10 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         paths: Vec<PathBuf>,
     },
+    /// Run every Trigger offline against fixture events (one structured CloudEvent a line):
+    /// which subscribers fire and why not, the transformed event and the request each sink
+    /// would get; `--expect` compares the firings with a list, for CI. Nothing is connected.
+    Test(test_cmd::TestArgs),
     /// Publish a test CloudEvent as an EventSource's event, or on a topic, through a running
     /// ofe.
     Send(client::send::SendArgs),
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { paths } => Ok(validate::validate_command(&paths)),
         Command::Crds { out } => crds(out),
+        Command::Test(args) => test_cmd::test(args),
         Command::Run(args) => run::main(args),
         #[cfg(feature = "operator")]
         Command::Operator(args) => operator::main(args),

@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod filter;
 pub mod key;
 pub mod metrics;
+pub mod offline;
 pub mod replay;
 pub mod router;
 pub mod runner;
@@ -401,6 +402,64 @@ pub struct PlanOptions {
     pub sink_tls: sink::http::tls::SinkTls,
 }
 
+/// Which events fire subscriber `i` of `trigger` (whose `condition` is compiled): its inputs
+/// with their subjects, filters and keys, the window, and its queue.
+fn routing(
+    trigger: &Trigger,
+    compiled: &Compiled,
+    i: usize,
+    condition: &Arc<ConditionExpr>,
+) -> Routing {
+    let namespace = ofe_crds::manifest::namespace_of(&trigger.metadata);
+    let name = trigger.metadata.name.as_deref().unwrap_or_default();
+    let inputs = condition
+        .names()
+        .iter()
+        .filter_map(|input| {
+            let spec = trigger.spec.inputs.get(input)?;
+            let ns = spec.namespace.as_deref().unwrap_or(namespace);
+            let subject = match (&spec.topic, &spec.event_source, &spec.event) {
+                (Some(topic), _, _) => Subject::topic(ns, topic),
+                (None, Some(es), Some(event)) => Subject::event(ns, es, event),
+                _ => return None,
+            };
+            let (filters, key) = compiled.inputs.get(input)?.clone();
+            Some(RoutedInput { name: input.clone(), subject, filters, key })
+        })
+        .collect();
+    Routing {
+        labels: SubscriberLabels {
+            namespace: namespace.to_string(),
+            trigger: name.to_string(),
+            subscriber: i.to_string(),
+        },
+        condition: condition.clone(),
+        inputs,
+        window: compiled.window,
+        consume: trigger.spec.consume.unwrap_or(false),
+        max_keys: trigger.spec.max_keys.map_or(router::DEFAULT_MAX_KEYS, |n| n as usize),
+        queue: Subject::queue(namespace, name, &i.to_string()),
+    }
+}
+
+/// A subscriber as an offline run needs it: its routing, and its transform if it has one.
+pub type OfflineSubscriber = (Arc<Routing>, Option<Arc<transform::Transform>>);
+
+/// What an offline run of `trigger` needs of each subscriber: its routing and its transform,
+/// compiled as [`plan`] compiles them, without making any destination (no sink, broker or
+/// bus is touched). Fails with the diagnostics of every field that cannot run.
+pub fn offline_plan(trigger: &Trigger) -> Result<Vec<OfflineSubscriber>, Vec<Diagnostic>> {
+    let compiled = compile(trigger, RetryPolicy::default())?;
+    Ok(compiled
+        .conditions
+        .iter()
+        .enumerate()
+        .map(|(i, condition)| {
+            (Arc::new(routing(trigger, &compiled, i, condition)), compiled.transforms[i].clone())
+        })
+        .collect())
+}
+
 /// Turns a Trigger into one plan per subscriber. Fails with the diagnostics of every field
 /// that cannot run.
 pub fn plan(
@@ -412,26 +471,10 @@ pub fn plan(
     let compiled = compile(trigger, options.retry)?;
     let mut errors = Vec::new();
     let mut plans = Vec::new();
-    let max_keys = trigger.spec.max_keys.map_or(router::DEFAULT_MAX_KEYS, |n| n as usize);
     let subscribers = trigger.spec.subscribers.iter().zip(&compiled.conditions);
     let subscribers = subscribers.zip(&compiled.deliveries).zip(&compiled.transforms);
     for (i, (((sub, condition), delivery), transform)) in subscribers.enumerate() {
         let path = format!("spec.subscribers[{i}]");
-        let inputs = condition
-            .names()
-            .iter()
-            .filter_map(|input| {
-                let spec = trigger.spec.inputs.get(input)?;
-                let ns = spec.namespace.as_deref().unwrap_or(namespace);
-                let subject = match (&spec.topic, &spec.event_source, &spec.event) {
-                    (Some(topic), _, _) => Subject::topic(ns, topic),
-                    (None, Some(es), Some(event)) => Subject::event(ns, es, event),
-                    _ => return None,
-                };
-                let (filters, key) = compiled.inputs.get(input)?.clone();
-                Some(RoutedInput { name: input.clone(), subject, filters, key })
-            })
-            .collect();
         let site = sink::SinkSite { path: &path, namespace, options };
         let mut routes = Vec::new();
         // Without a dead letter of its own, a route keeps what fails for good on the bus, in
@@ -453,25 +496,13 @@ pub fn plan(
                 None => {}
             }
         }
-        let labels = SubscriberLabels {
-            namespace: namespace.to_string(),
-            trigger: name.to_string(),
-            subscriber: i.to_string(),
-        };
-        let queue = Subject::queue(namespace, name, &i.to_string());
+        let routing = routing(trigger, &compiled, i, condition);
+        let (labels, queue) = (routing.labels.clone(), routing.queue.clone());
         let reply_topic = sub.reply_topic.clone().unwrap_or_else(|| format!("{name}-replies"));
         plans.push(SubscriberPlan {
             consumer: format!("trigger.{namespace}.{name}.{i}"),
-            subjects: vec![queue.clone()],
-            routing: Some(Arc::new(Routing {
-                labels: labels.clone(),
-                condition: condition.clone(),
-                inputs,
-                window: compiled.window,
-                consume: trigger.spec.consume.unwrap_or(false),
-                max_keys,
-                queue,
-            })),
+            subjects: vec![queue],
+            routing: Some(Arc::new(routing)),
             labels,
             routes,
             max_in_flight: delivery.max_in_flight,

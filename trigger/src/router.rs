@@ -547,6 +547,24 @@ impl Router {
         Some(with_joined(event, &joined))
     }
 
+    /// Per input of subscriber `routing`, whether it is true for correlation key `key` at `at`
+    /// (it had an event within the window): what `ofe test` shows of a condition that did not
+    /// fire. Inputs of a condition over one input are never held, so they show false.
+    pub fn inputs_true(&self, routing: usize, key: &str, at: DateTime<Utc>) -> Vec<(String, bool)> {
+        let routing_spec = &self.routings[routing];
+        let window = i64::try_from(routing_spec.window.as_millis()).unwrap_or(i64::MAX);
+        let at = at.timestamp_millis();
+        let entry = self.state[routing].keys.get(key);
+        routing_spec
+            .inputs
+            .iter()
+            .map(|input| {
+                let seen = entry.and_then(|e| e.seen.get(&input.name));
+                (input.name.clone(), seen.is_some_and(|(t, _)| at - *t < window))
+            })
+            .collect()
+    }
+
     /// Evaluates `routing`'s condition with the inputs of `bits` active.
     fn fires(&self, routing: &Routing, bits: u64) -> bool {
         routing.condition.evaluate_bits(bits).unwrap_or_else(|error| {
