@@ -172,23 +172,18 @@ pub(crate) fn trigger(name: &str, bus: &str, filter: &str, sinks: &[String]) -> 
     trigger_with(name, bus, filter, sinks, "")
 }
 
-/// [`trigger`] whose subscribers also have `delivery` (YAML flow mapping content, e.g.
-/// `batch: { maxSize: 10 }`), unless it is empty.
+/// [`trigger`] whose subscribers also have the fields `more` sets: YAML lines at the
+/// subscriber's indent (six spaces), e.g. `      delivery: { batch: { maxSize: 10 } }\n`.
 pub(crate) fn trigger_with(
     name: &str,
     bus: &str,
     filter: &str,
     sinks: &[String],
-    delivery: &str,
+    more: &str,
 ) -> String {
-    let delivery = if delivery.is_empty() {
-        String::new()
-    } else {
-        format!("      delivery: {{ {delivery} }}\n")
-    };
     let subscribers: String = sinks
         .iter()
-        .map(|s| format!("    - condition: hook\n      sink: {{ uri: \"{s}\" }}\n{delivery}"))
+        .map(|s| format!("    - condition: hook\n      sink: {{ uri: \"{s}\" }}\n{more}"))
         .collect();
     let ns = namespace();
     format!(
