@@ -56,7 +56,8 @@ impl Broker {
 }
 
 /// The brokers, per URL and TLS settings.
-static BROKERS: LazyLock<super::Shared<Arc<Broker>>> = LazyLock::new(super::Shared::new);
+static BROKERS: LazyLock<super::broker::Shared<Arc<Broker>>> =
+    LazyLock::new(super::broker::Shared::new);
 
 /// An exchange of an AMQP broker.
 pub struct AmqpSink {
@@ -133,7 +134,7 @@ impl Sink for AmqpSink {
     }
 
     fn span(&self, resend: Option<KeyValue>) -> trace::Span {
-        super::broker_span("rabbitmq", &self.exchange, resend)
+        super::broker::broker_span("rabbitmq", &self.exchange, resend)
     }
 
     async fn attempt(

@@ -17,8 +17,8 @@ use super::{Destination, Failure, Reply, Sink, SinkContext};
 use crate::filter::{EventData, compile_cel};
 
 /// The producers, per broker and settings.
-static PRODUCERS: LazyLock<super::Shared<FutureProducer<ofe_core::kafka::Quiet>>> =
-    LazyLock::new(super::Shared::new);
+static PRODUCERS: LazyLock<super::broker::Shared<FutureProducer<ofe_core::kafka::Quiet>>> =
+    LazyLock::new(super::broker::Shared::new);
 
 /// A Kafka topic.
 pub struct KafkaSink {
@@ -102,7 +102,7 @@ impl Sink for KafkaSink {
     }
 
     fn span(&self, resend: Option<KeyValue>) -> trace::Span {
-        super::broker_span("kafka", &self.topic, resend)
+        super::broker::broker_span("kafka", &self.topic, resend)
     }
 
     async fn attempt(

@@ -122,7 +122,8 @@ impl Broker {
 }
 
 /// The brokers, per URL and settings.
-static BROKERS: LazyLock<super::Shared<Arc<Broker>>> = LazyLock::new(super::Shared::new);
+static BROKERS: LazyLock<super::broker::Shared<Arc<Broker>>> =
+    LazyLock::new(super::broker::Shared::new);
 
 /// An MQTT topic.
 pub struct MqttSink {
@@ -200,7 +201,7 @@ impl Sink for MqttSink {
     }
 
     fn span(&self, resend: Option<KeyValue>) -> trace::Span {
-        super::broker_span("mqtt", &self.topic, resend)
+        super::broker::broker_span("mqtt", &self.topic, resend)
     }
 
     async fn attempt(

@@ -39,7 +39,8 @@ impl Connection {
 }
 
 /// The connections, per server and credentials.
-static CONNECTIONS: LazyLock<super::Shared<Arc<Connection>>> = LazyLock::new(super::Shared::new);
+static CONNECTIONS: LazyLock<super::broker::Shared<Arc<Connection>>> =
+    LazyLock::new(super::broker::Shared::new);
 
 /// A NATS subject.
 pub struct NatsSink {
@@ -100,7 +101,7 @@ impl Sink for NatsSink {
     }
 
     fn span(&self, resend: Option<KeyValue>) -> trace::Span {
-        super::broker_span("nats", &self.subject, resend)
+        super::broker::broker_span("nats", &self.subject, resend)
     }
 
     async fn attempt(

@@ -42,7 +42,8 @@ impl Connection {
 }
 
 /// The connections, per server and credentials.
-static CONNECTIONS: LazyLock<super::Shared<Arc<Connection>>> = LazyLock::new(super::Shared::new);
+static CONNECTIONS: LazyLock<super::broker::Shared<Arc<Connection>>> =
+    LazyLock::new(super::broker::Shared::new);
 
 /// A Redis stream.
 pub struct RedisSink {
@@ -100,7 +101,7 @@ impl Sink for RedisSink {
     }
 
     fn span(&self, resend: Option<KeyValue>) -> trace::Span {
-        super::broker_span("redis", &self.stream, resend)
+        super::broker::broker_span("redis", &self.stream, resend)
     }
 
     async fn attempt(
