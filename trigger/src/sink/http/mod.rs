@@ -141,10 +141,10 @@ impl Sink for HttpSink {
         }
         body.push(b']');
         let mut fixed = HeaderMap::new();
-        if let Some(map) = &self.request {
+        if let (Some(map), Some(first)) = (&self.request, events.first()) {
             // Only the headers every request carries: checked at load, a batched sink has
             // no header computed per event.
-            let view = crate::filter::EventData::new(&events[0]);
+            let view = crate::filter::EventData::new(first);
             map.headers(&view, &mut fixed).map_err(Failure::permanent)?;
         }
         let request = || {
