@@ -41,7 +41,7 @@ fn every_example_fires_what_its_fixtures_expect() {
         assert!(stderr.contains("as expected"), "{stderr}");
         checked += 1;
     }
-    assert!(checked >= 3, "the examples with fixtures: {checked}");
+    assert!(checked >= 5, "the examples with fixtures: {checked}");
 }
 
 const JOIN: &str = "apiVersion: events.openfunction.io/v1alpha1\nkind: Trigger\n\
