@@ -28,6 +28,8 @@ const SERVICES: &[&str] = &[
     "OFE_TEST_DAPRD",
     "OFE_TEST_AMQP",
     "OFE_TEST_AMQP_SERVER",
+    "OFE_TEST_CHROMIUM",
+    "OFE_TEST_PLAYWRIGHT",
 ];
 
 fn main() {

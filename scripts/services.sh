@@ -161,6 +161,19 @@ echo "export OFE_TEST_PODMAN=$(command -v podman)"
 need_apt nginx
 echo "export OFE_TEST_NGINX=/usr/sbin/nginx"
 
+# Debian's Chromium and playwright-core from npm, for the web console's browser test
+# (tests/console_ui.rs). The browser cannot be downloaded by Playwright here; Debian's is driven
+# through its executable path.
+need_apt chromium
+playwright="$HOME/.cache/ofe-tools/playwright-core-1.64.1"
+if [ ! -f "$playwright/node_modules/playwright-core/package.json" ]; then
+  log "installing playwright-core 1.64.1 from npm"
+  mkdir -p "$playwright"
+  (cd "$playwright" && npm install --silent --no-audit --no-fund playwright-core@1.64.1) >&2
+fi
+echo "export OFE_TEST_CHROMIUM=/usr/bin/chromium"
+echo "export OFE_TEST_PLAYWRIGHT=$playwright"
+
 # Peers in Go, built through the Go module proxy: an OpenFunction function on
 # functions-framework-go v0.5.0, and the CloudEvents Go SDK v2 (HTTP and its Kafka binding).
 if peers=$(scripts/peers/go-peers.sh); then

@@ -136,9 +136,11 @@ impl Process {
             pauses: ofe_runtime::Pauses::default(),
             dead_letters: ofe_runtime::DeadLetters::default(),
             replays: ofe_runtime::Replays::new(trigger_metrics.clone()),
+            topology: ofe_runtime::Topology::default(),
         };
         let (targets, pauses) = (console.targets.clone(), console.pauses.clone());
         let (dead_letters, replays) = (console.dead_letters.clone(), console.replays.clone());
+        let topology = console.topology.clone();
         let http = tokio::spawn(endpoint::serve(
             listener,
             Arc::new(registry),
@@ -157,7 +159,8 @@ impl Process {
         let plane = Plane::new(settings, health.clone(), source_metrics, trigger_metrics, targets)?
             .with_pauses(pauses)
             .with_dead_letters(dead_letters)
-            .with_replays(replays.clone());
+            .with_replays(replays.clone())
+            .with_topology(topology);
         Ok(Self { plane, health, ready, replays, shutdown, http })
     }
 

@@ -26,6 +26,7 @@ mod replay;
 mod secrets;
 mod spec;
 mod stored;
+pub mod topology;
 
 pub use check::{Checked, check_manifests, load_and_check};
 pub use deadletters::DeadLetters;
@@ -34,3 +35,4 @@ pub use pause::{PauseError, PauseState, Pauses, Target as PauseTarget};
 pub use plane::{Plane, ResourceFailure, SendTargets, Settings, no_delay};
 pub use replay::{ReplayError, ReplayRequest, Replays};
 pub use secrets::{LocalSecrets, SecretValues, fill as fill_secrets};
+pub use topology::{Graph, Topology};

@@ -161,6 +161,8 @@ pub struct Plane {
     dead_letters: DeadLetters,
     /// The subscribers' replays, which the endpoint starts and cancels.
     replays: Replays,
+    /// The mesh as of the last apply, for the console.
+    topology: crate::topology::Topology,
 }
 
 impl Plane {
@@ -196,7 +198,15 @@ impl Plane {
             pause_follower: None,
             dead_letters: DeadLetters::default(),
             replays: Replays::default(),
+            topology: crate::topology::Topology::default(),
         })
+    }
+
+    /// The same plane, publishing the mesh it runs to `topology` at every apply, for the
+    /// console.
+    pub fn with_topology(mut self, topology: crate::topology::Topology) -> Self {
+        self.topology = topology;
+        self
     }
 
     /// The same plane, keeping its subscribers' pauses in `pauses`, which the endpoint
@@ -323,6 +333,9 @@ impl Plane {
         let mut failures = std::mem::take(&mut desired.failures);
         if let Ok(mut targets) = self.targets.write() {
             *targets = desired.targets();
+        }
+        if let Ok(mut topology) = self.topology.write() {
+            *topology = crate::topology::Graph::of(&desired);
         }
 
         // Stop what goes or changes: sources first, then routers, then subscribers.

@@ -50,11 +50,13 @@ pub struct Console {
     pub dead_letters: ofe_runtime::DeadLetters,
     /// The subscribers' replays, for `/replay` and `/replays`.
     pub replays: ofe_runtime::Replays,
+    /// The mesh the data plane runs, for the web console.
+    pub topology: ofe_runtime::Topology,
 }
 
 impl Console {
     /// `None` when the request may use the console; else the answer refusing it.
-    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+    pub(crate) fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -3,6 +3,7 @@
 //! and `/replays` ([`console`]).
 
 pub mod console;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +89,11 @@ pub async fn serve(
             "/replay/cancel",
             post(crate::endpoint::console::cancel_replay).with_state(console.clone()),
         )
-        .route("/replays", get(crate::endpoint::console::replays).with_state(console));
+        .route("/replays", get(crate::endpoint::console::replays).with_state(console.clone()))
+        .route("/console", get(web::index).with_state(console.clone()))
+        .route("/console/app.js", get(web::app))
+        .route("/console/style.css", get(web::style))
+        .route("/console/graph", get(web::graph).with_state(console));
     axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -1,0 +1,50 @@
+// Drives the ofe console in headless Chromium (Debian's, through playwright-core) and prints
+// what it saw as one JSON line. Usage: node ui.mjs <console URL> <screenshot path>.
+// OFE_TEST_PLAYWRIGHT names the folder holding node_modules/playwright-core, and
+// OFE_TEST_CHROMIUM the browser.
+import { createRequire } from "node:module";
+import path from "node:path";
+
+const require = createRequire(path.join(process.env.OFE_TEST_PLAYWRIGHT, "index.js"));
+const { chromium } = require("playwright-core");
+const [url, screenshot] = process.argv.slice(2);
+
+const browser = await chromium.launch({
+  executablePath: process.env.OFE_TEST_CHROMIUM,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const result = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 700 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url);
+  // The graph, with the delivering subscriber's rate above zero, and the failing one's edge red.
+  await page.waitForFunction(() => document.querySelectorAll("g.node").length >= 4, null, { timeout: 20000 });
+  await page.waitForFunction(() => {
+    const sub = document.querySelector('g.node[data-id$="/route/0"] [data-figure="rate"]');
+    return sub && parseFloat(sub.textContent) > 0;
+  }, null, { timeout: 20000 });
+  // Attached, not "visible": a straight edge has a box of no height.
+  await page.waitForSelector("path.edge.failing", { state: "attached", timeout: 20000 });
+  result.nodes = await page.$$eval("g.node", (gs) => gs.map((g) => g.dataset.id));
+  result.rate = await page.$eval('g.node[data-id$="/route/0"] [data-figure="rate"]', (t) => t.textContent);
+  result.failing = await page.$$eval("path.edge.failing", (ps) => ps.map((p) => `${p.dataset.from}>${p.dataset.to}`));
+  result.summary = await page.textContent("#summary");
+  // A subscriber's events, live.
+  await page.click('g.node[data-id$="/route/0"]');
+  await page.waitForSelector("#steps li.stage-delivered", { timeout: 20000 });
+  result.steps = await page.$$eval("#steps li", (lis) => lis.slice(0, 5).map((li) => li.textContent));
+  // Search dims what does not match.
+  await page.fill("#search", "fail");
+  result.dimmed = await page.$$eval("g.node.dim", (gs) => gs.length);
+  await page.fill("#search", "");
+  await page.screenshot({ path: screenshot, fullPage: true });
+  result.errors = errors;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
