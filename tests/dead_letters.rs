@@ -243,3 +243,42 @@ async fn unclear_requests_are_refused_with_the_fix() {
     let error = run(&["deadletters", "redrive", "-n", &ns, "--trigger", "orders"]);
     assert!(error.contains("--id ID for one event, or --all for every one"), "{error}");
 }
+
+/// While a sink keeps failing, letters keep coming and the bus never goes quiet: the store
+/// still answers its first `list` at once (it reads in what the bus holds up to the letters it
+/// holds, not until the letters stop), and lists what came.
+async fn listed_while_letters_keep_coming(bus: impl Fn(&str) -> String) {
+    let ns = support::unique_namespace();
+    let (_receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = support::orders_pipeline(&ns, &format!("{base}/fail"), ", retry: 0", &bus(&ns));
+    let folder = manifests(dir.path(), &yaml);
+    let run = support::Running::start(&folder, &dir.path().join("data")).await;
+    let webhooks = run.webhooks;
+    let flow_ns = ns.clone();
+    let flow = tokio::spawn(async move {
+        for n in 0.. {
+            support::post_order(webhooks, &flow_ns, n).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let url = format!(
+        "http://{}/deadletters/list?namespace={ns}&trigger=orders&subscriber=0",
+        run.listen
+    );
+    let asked = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(8), support::get(&url))
+        .await
+        .expect("the list answers while letters keep coming");
+    flow.abort();
+    assert!(asked.elapsed() < Duration::from_secs(8));
+    let listed: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    let letters = listed["subscribers"][0]["result"].as_array().map_or(0, Vec::len);
+    assert!(letters >= 5, "the letters so far: {answer}");
+}
+
+on_every_bus!(listed_while_letters_keep_coming:
+    listed_while_letters_keep_coming_on_embedded,
+    listed_while_letters_keep_coming_on_jetstream,
+    listed_while_letters_keep_coming_on_kafka);

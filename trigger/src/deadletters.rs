@@ -30,6 +30,9 @@ use crate::runner::{LAG_INTERVAL, SubscriberPlan};
 /// gauge, and come into the store as held ones are redriven or purged.
 pub const MAX_HELD: usize = 10_000;
 
+/// The longest a store reads the bus in before it answers its first command.
+pub const CATCH_UP_MOST: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The durable consumer that keeps subscriber `labels`'s dead letters.
 pub fn consumer(labels: &SubscriberLabels) -> String {
     format!("deadletters.{}.{}.{}", labels.namespace, labels.trigger, labels.subscriber)
@@ -329,20 +332,27 @@ impl Keeper {
     }
 
     /// Reads in what the bus holds before the first command is answered: until the
-    /// consumer's lag says all is read, or the bus goes quiet (3 s for a first letter, which
-    /// covers a Kafka group joining; half a second after one).
+    /// consumer's lag says all is read (beside the letters held, which are read but never
+    /// settled), or the bus goes quiet (3 s for a first letter, which covers a Kafka group
+    /// joining; half a second after one), and for [`CATCH_UP_MOST`] at the most: while a sink
+    /// keeps failing, letters keep coming, and the bus would never go quiet. What comes after
+    /// is read in as it comes.
     async fn catch_up(
         &mut self,
         subscription: &mut dyn ofe_core::Subscription,
     ) -> Result<(), BusError> {
-        while self.held.len() < MAX_HELD {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_MOST;
+        while self.held.len() < MAX_HELD && tokio::time::Instant::now() < deadline {
             let quiet = if self.held.is_empty() {
                 std::time::Duration::from_secs(3)
             } else {
                 std::time::Duration::from_millis(500)
             };
             let bus = self.bus.as_ref();
-            match crate::next_until_caught_up(bus, &self.consumer, subscription, quiet).await? {
+            let held = self.held.len();
+            match crate::next_until_caught_up(bus, &self.consumer, subscription, quiet, held)
+                .await?
+            {
                 Some(d) => {
                     self.held.insert(d.sequence, d);
                 }

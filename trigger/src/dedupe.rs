@@ -108,7 +108,8 @@ impl Dedupe {
         });
         // Load what the window holds before anything is delivered.
         while let Some(d) =
-            crate::next_until_caught_up(bus.as_ref(), reader, markers.as_mut(), LOAD_IDLE).await?
+            crate::next_until_caught_up(bus.as_ref(), reader, markers.as_mut(), LOAD_IDLE, 0)
+                .await?
         {
             dedupe.remember(d.event.id(), d.published_at);
             d.ack().await?;

@@ -42,16 +42,18 @@ pub use sink::destination as sink_destination;
 pub use sink::{Destination, Sink, SinkKind};
 
 /// The next delivery of `consumer`'s `subscription` while it has not read everything the bus
-/// holds for it: `None` once its lag is 0, or when nothing comes within `quiet` (for a bus that
-/// cannot tell: Kafka's lag counts other subjects' records too). How a store that must know
-/// the past before it answers (dead letters, delivered keys) reads it in.
+/// holds for it: `None` once its lag is no more than the `unsettled` deliveries the reader
+/// holds (the lag counts what is read but not settled too), or when nothing comes within
+/// `quiet` (for a bus that cannot tell: Kafka's lag counts other subjects' records too). How a
+/// store that must know the past before it answers (dead letters, delivered keys) reads it in.
 pub(crate) async fn next_until_caught_up(
     bus: &dyn ofe_core::EventBus,
     consumer: &str,
     subscription: &mut dyn ofe_core::Subscription,
     quiet: Duration,
+    unsettled: usize,
 ) -> Result<Option<ofe_core::Delivery>, ofe_core::BusError> {
-    if matches!(bus.lag(consumer).await, Ok(Some(0))) {
+    if matches!(bus.lag(consumer).await, Ok(Some(lag)) if lag <= unsettled as u64) {
         return Ok(None);
     }
     match tokio::time::timeout(quiet, subscription.next()).await {
