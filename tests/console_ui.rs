@@ -1,7 +1,8 @@
 //! The web console (`/console`) end to end, in headless Chromium: with events flowing through
 //! `ofe run`, the page shows the mesh with live non-zero rates, marks the edge of a failing
-//! sink red, streams a subscriber's events, and dims what a search does not match; and the
-//! console is refused outside loopback without the token.
+//! sink red, streams a subscriber's events, pauses a subscriber (its lag grows) and resumes it
+//! (it drains), lists a failing subscriber's dead letters and purges them, and dims what a
+//! search does not match; and the console is refused outside loopback without the token.
 //!
 //! The browser test needs OFE_TEST_CHROMIUM (Debian's chromium) and OFE_TEST_PLAYWRIGHT (a
 //! folder with playwright-core from npm), which `scripts/services.sh` provides; unset, it is
@@ -89,6 +90,11 @@ async fn the_console_shows_the_live_mesh_and_a_failing_sink() {
     let steps: Vec<String> = serde_json::from_value(seen["steps"].clone()).expect("steps");
     assert!(steps.iter().any(|s| s.contains(" delivered e-")), "{steps:?}");
     assert!(seen["dimmed"].as_u64().unwrap_or(0) >= 3, "search dims the rest: {seen}");
+    assert!(seen["pausedLag"].as_u64().unwrap_or(0) > 0, "paused, the lag grows: {seen}");
+    assert_eq!(seen["resumedLag"], 0, "resumed, it drains: {seen}");
+    let letters: Vec<String> = serde_json::from_value(seen["letters"].clone()).expect("letters");
+    assert!(!letters.is_empty() && letters.iter().all(|r| r.contains("HTTP 500")), "{letters:?}");
+    assert!(seen["purged"].as_str().is_some_and(|t| t.ends_with("done")), "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "no script errors");
     assert!(screenshot.exists(), "the screenshot");
 }

@@ -38,6 +38,32 @@ try {
   await page.click('g.node[data-id$="/route/0"]');
   await page.waitForSelector("#steps li.stage-delivered", { timeout: 20000 });
   result.steps = await page.$$eval("#steps li", (lis) => lis.slice(0, 5).map((li) => li.textContent));
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-subscriber.png"), fullPage: true });
+  // Pause the delivering subscriber: its lag grows while events keep coming; resume: it drains.
+  page.on("dialog", (dialog) => dialog.accept());
+  const lag = () => page.$eval('g.node[data-id$="/route/0"] [data-figure="rate"]', (t) => Number((t.textContent.match(/lag (\d+)/) || [0, 0])[1]));
+  await page.click('#actions button:text("Pause")');
+  await page.waitForFunction(() => /Pause .*: done/.test(document.querySelector("#action-result").textContent), null, { timeout: 10000 });
+  await page.waitForFunction(() => {
+    const t = document.querySelector('g.node[data-id$="/route/0"] [data-figure="rate"]');
+    return t && Number((t.textContent.match(/lag (\d+)/) || [0, 0])[1]) > 0;
+  }, null, { timeout: 30000 });
+  result.pausedLag = await lag();
+  await page.click('#actions button:text("Resume")');
+  await page.waitForFunction(() => {
+    const t = document.querySelector('g.node[data-id$="/route/0"] [data-figure="rate"]');
+    return t && /lag 0\b/.test(t.textContent);
+  }, null, { timeout: 30000 });
+  result.resumedLag = await lag();
+  // The failing subscriber's dead letters, listed, then purged.
+  await page.click('g.node[data-id$="/route/1"]');
+  await page.waitForSelector("#letters-table tr", { state: "attached", timeout: 20000 }).catch(async (e) => {
+    throw new Error(`${e.message}\nthe panel: ${await page.innerHTML("#panel")}`);
+  });
+  result.letters = await page.$$eval("#letters-table tr", (rows) => rows.map((r) => r.cells[1].textContent));
+  await page.click('#actions button:text("Purge all")');
+  await page.waitForFunction(() => /Purge every dead letter .*: done/.test(document.querySelector("#action-result").textContent), null, { timeout: 10000 });
+  result.purged = await page.textContent("#action-result");
   // Search dims what does not match.
   await page.fill("#search", "fail");
   result.dimmed = await page.$$eval("g.node.dim", (gs) => gs.length);

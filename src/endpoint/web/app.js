@@ -251,9 +251,113 @@ function select(id) {
   $("panel").hidden = false;
   $("panel-title").textContent = n ? n.label : id;
   $("steps").replaceChildren();
+  $("action-result").textContent = "";
   panelFigures();
+  actions(n);
   render();
   follow(n);
+}
+
+// Every action goes through the endpoint the CLI uses, after a confirmation, and says how it
+// went.
+async function act(what, method, path, body) {
+  if (!confirm(`${what}?`)) return null;
+  $("action-result").textContent = `${what}…`;
+  try {
+    const response = await fetch(path, { method, headers: { ...auth, "content-type": "application/json" }, body });
+    const text = await response.text();
+    $("action-result").textContent = response.ok ? `${what}: done` : `${what}: ${response.status} ${text}`;
+    return response.ok ? text : null;
+  } catch (e) {
+    $("action-result").textContent = `${what}: ${e.message}`;
+    return null;
+  }
+}
+
+const button = (label, onClick, cls = "") => Object.assign(document.createElement("button"), { textContent: label, className: cls, onclick: onClick });
+const row = (...children) => {
+  const div = document.createElement("div");
+  div.className = "row";
+  div.append(...children);
+  return div;
+};
+
+function actions(node) {
+  const box = $("actions");
+  box.replaceChildren();
+  if (!node) return;
+  if (node.kind === "subscriber" && node.resource && node.resource[0] === "Trigger") {
+    const m = node.metrics;
+    const q = `namespace=${encodeURIComponent(m.namespace)}&trigger=${encodeURIComponent(m.trigger)}&subscriber=${encodeURIComponent(m.subscriber)}`;
+    box.append(row(
+      button("Pause", () => act(`Pause ${node.label}`, "POST", `/pause?${q}`)),
+      button("Resume", () => act(`Resume ${node.label}`, "POST", `/resume?${q}`)),
+    ));
+    const from = Object.assign(document.createElement("input"), { type: "datetime-local", id: "replay-from" });
+    box.append(row(
+      document.createTextNode("replay from"), from,
+      button("Replay", () => {
+        if (!from.value) { $("action-result").textContent = "choose when the replay starts"; return; }
+        const at = new Date(from.value).toISOString();
+        act(`Replay ${node.label} from ${at}`, "POST", `/replay?${q}&from=${encodeURIComponent(at)}`);
+      }),
+    ));
+    const letters = document.createElement("div");
+    letters.id = "letters";
+    box.append(letters);
+    deadLetters(node, q);
+  }
+  if (node.kind === "event" && node.resource) {
+    const m = node.metrics;
+    const data = Object.assign(document.createElement("textarea"), { id: "send-data", rows: 3, value: "{}" });
+    box.append(data, row(button("Send a test event", () => {
+      let parsed;
+      try { parsed = JSON.parse(data.value); } catch (e) { $("action-result").textContent = `the data is not JSON: ${e.message}`; return; }
+      const event = { specversion: "1.0", id: crypto.randomUUID(), source: "/ofe/console", type: "io.openfunction.events.test", datacontenttype: "application/json", data: parsed };
+      const q = `namespace=${encodeURIComponent(m.namespace)}&eventsource=${encodeURIComponent(m.eventsource)}&event=${encodeURIComponent(m.event)}`;
+      act(`Send a test event to ${node.label}`, "POST", `/send?${q}`, JSON.stringify(event));
+    })));
+  }
+}
+
+async function deadLetters(node, q) {
+  const box = $("letters");
+  if (!box) return;
+  let list = [];
+  try {
+    const answer = await (await get(`/deadletters/list?${q}`)).json();
+    list = answer.subscribers.flatMap((s) => (Array.isArray(s.result) ? s.result : s.result?.letters || []));
+  } catch (e) {
+    box.textContent = `dead letters: ${e.message}`;
+    return;
+  }
+  if (state.selected !== node.id) return;
+  const head = document.createElement("h3");
+  head.textContent = `Dead letters (${list.length})`;
+  const refresh = () => deadLetters(node, q);
+  const table = document.createElement("table");
+  table.id = "letters-table";
+  for (const l of list.slice(0, 50)) {
+    const tr = table.insertRow();
+    tr.insertCell().textContent = l.id;
+    tr.insertCell().textContent = l.reason;
+    const cell = tr.insertCell();
+    cell.append(
+      button("redrive", async () => { if (await act(`Redrive ${l.id}`, "POST", `/deadletters/redrive?${q}&id=${encodeURIComponent(l.id)}`)) refresh(); }),
+      button("purge", async () => { if (await act(`Purge ${l.id}`, "POST", `/deadletters/purge?${q}&id=${encodeURIComponent(l.id)}`)) refresh(); }, "danger"),
+    );
+  }
+  const all = list.length ? row(
+    button("Redrive all", async () => { if (await act(`Redrive every dead letter of ${node.label}`, "POST", `/deadletters/redrive?${q}&all=true`)) refresh(); }),
+    button("Purge all", async () => { if (await act(`Purge every dead letter of ${node.label}`, "POST", `/deadletters/purge?${q}&all=true`)) refresh(); }, "danger"),
+  ) : document.createTextNode("");
+  box.replaceChildren(head, all, table);
+  // Kept current while the node is shown: letters come, and a store just opened is still
+  // reading them back from the bus.
+  clearTimeout(state.lettersTimer);
+  state.lettersTimer = setTimeout(() => {
+    if (state.selected === node.id) refresh();
+  }, 2000);
 }
 
 // The node's events, live, through the tap.
