@@ -93,6 +93,11 @@ impl OfeProcess {
         format!("http://{}/metrics", self.listen)
     }
 
+    /// Its web console: the live mesh, each node's events, and the actions.
+    pub fn console_url(&self) -> String {
+        format!("http://{}/console", self.listen)
+    }
+
     /// SIGTERM, then up to 40 s for the graceful stop, then SIGKILL.
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();

@@ -118,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     let ofe_metrics = ofe.metrics_url();
     println!("ofe      running, metrics at {ofe_metrics}");
+    println!("console  open {} in a browser while the demo runs", ofe.console_url());
 
     // 4. The fleet. MQTT drops messages nobody subscribed to yet, so first wait until ofe
     //    takes a warm-up message.
