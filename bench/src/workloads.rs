@@ -200,7 +200,10 @@ impl<'a> Bench<'a> {
             self.rows.push(row);
         }
         for b in &self.baselines {
-            if let (Some(ofe_cpu), Some(baseline_cpu)) = (measured.cpu_us, b.measured.cpu_us) {
+            // A baseline whose CPU time was below the clock's resolution (a short run of a
+            // process as light as nginx) has no figure to compare with: no row, not a 0.
+            let baseline_cpu = b.measured.cpu_us.filter(|us| *us > 0.0);
+            if let (Some(ofe_cpu), Some(baseline_cpu)) = (measured.cpu_us, baseline_cpu) {
                 let row = Row::info(
                     "W1",
                     "CPU per event, the process under test",

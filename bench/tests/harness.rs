@@ -91,7 +91,9 @@ fn every_workload_reports_a_figure_and_its_baseline() {
                 .count()
         };
         // W1's rate and CPU; the durable buses end to end.
-        assert_eq!(proxied("W1"), 2, "W1 against nginx: {rows:?}");
+        // The rate, and the CPU per event unless nginx's CPU time in this short run was below
+        // the clock's resolution (then there is nothing to compare with, and no row).
+        assert!((1..=2).contains(&proxied("W1")), "W1 against nginx: {rows:?}");
         assert_eq!(proxied("W3"), if nats.is_some() { 2 } else { 1 });
         2
     } else {
