@@ -56,8 +56,7 @@ impl Broker {
 }
 
 /// The brokers, per URL and TLS settings.
-static BROKERS: LazyLock<super::broker::Shared<Arc<Broker>>> =
-    LazyLock::new(super::broker::Shared::new);
+static BROKERS: LazyLock<super::broker::Shared<Broker>> = LazyLock::new(super::broker::Shared::new);
 
 /// An exchange of an AMQP broker.
 pub struct AmqpSink {
@@ -86,11 +85,11 @@ impl AmqpSink {
         };
         let key = format!("{}\n{:?}", spec.url, spec.tls);
         let broker = BROKERS.get_or(&key, || {
-            Ok::<_, String>(Arc::new(Broker {
+            Ok::<_, String>(Broker {
                 url: spec.url.clone(),
                 tls,
                 open: tokio::sync::Mutex::new(None),
-            }))
+            })
         })?;
         let shown = match url::Url::parse(&spec.url) {
             Ok(mut url) => {

@@ -22,7 +22,7 @@ static PRODUCERS: LazyLock<super::broker::Shared<FutureProducer<ofe_core::kafka:
 
 /// A Kafka topic.
 pub struct KafkaSink {
-    producer: FutureProducer<ofe_core::kafka::Quiet>,
+    producer: Arc<FutureProducer<ofe_core::kafka::Quiet>>,
     brokers: String,
     topic: String,
     /// The record key's expression, when the sink sets one.

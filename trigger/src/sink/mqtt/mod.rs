@@ -122,8 +122,7 @@ impl Broker {
 }
 
 /// The brokers, per URL and settings.
-static BROKERS: LazyLock<super::broker::Shared<Arc<Broker>>> =
-    LazyLock::new(super::broker::Shared::new);
+static BROKERS: LazyLock<super::broker::Shared<Broker>> = LazyLock::new(super::broker::Shared::new);
 
 /// An MQTT topic.
 pub struct MqttSink {
@@ -179,11 +178,7 @@ impl MqttSink {
         let shown = format!("{}://{host}:{port}", url.scheme());
         let key = format!("{}\n{:?}", spec.url, spec.tls);
         let broker = BROKERS.get_or(&key, || {
-            Ok::<_, String>(Arc::new(Broker {
-                options,
-                shown,
-                session: tokio::sync::Mutex::new(None),
-            }))
+            Ok::<_, String>(Broker { options, shown, session: tokio::sync::Mutex::new(None) })
         })?;
         Ok(Destination::new(Self {
             broker,

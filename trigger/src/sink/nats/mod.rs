@@ -39,7 +39,7 @@ impl Connection {
 }
 
 /// The connections, per server and credentials.
-static CONNECTIONS: LazyLock<super::broker::Shared<Arc<Connection>>> =
+static CONNECTIONS: LazyLock<super::broker::Shared<Connection>> =
     LazyLock::new(super::broker::Shared::new);
 
 /// A NATS subject.
@@ -77,12 +77,12 @@ impl NatsSink {
             }
         );
         let connection = CONNECTIONS.get_or(&key, || {
-            Ok::<_, String>(Arc::new(Connection {
+            Ok::<_, String>(Connection {
                 url: spec.url.clone(),
                 auth,
                 tls,
                 client: OnceCell::new(),
-            }))
+            })
         })?;
         Ok(Destination::new(Self {
             connection,

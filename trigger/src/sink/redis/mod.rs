@@ -42,7 +42,7 @@ impl Connection {
 }
 
 /// The connections, per server and credentials.
-static CONNECTIONS: LazyLock<super::broker::Shared<Arc<Connection>>> =
+static CONNECTIONS: LazyLock<super::broker::Shared<Connection>> =
     LazyLock::new(super::broker::Shared::new);
 
 /// A Redis stream.
@@ -82,7 +82,7 @@ impl RedisSink {
             format!("{scheme}://{host}/{}\n{}", spec.redis_db.unwrap_or(0), spec.redis_password);
         let connection = CONNECTIONS.get_or(&key, || {
             redis::Client::open(info)
-                .map(|client| Arc::new(Connection { client, open: tokio::sync::Mutex::new(None) }))
+                .map(|client| Connection { client, open: tokio::sync::Mutex::new(None) })
                 .map_err(|e| format!("redisHost: {e}"))
         })?;
         Ok(Destination::new(Self {
