@@ -322,3 +322,16 @@ async fn amqp_sink_is_confirmed_and_routed_or_dead_lettered() {
         dead.header("ce-ofeerrorreason")
     );
 }
+
+#[test]
+fn validate_names_a_kafka_key_that_does_not_compile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml =
+        pipeline("default", "{ kafka: { brokers: \"k:9092\", topic: t, key: \"data.id +\" } }", "");
+    let folder = manifests(dir.path(), &yaml);
+    let out = support::ofe().args(["validate", "-f"]).arg(&folder).output().expect("validate");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("spec.subscribers[0].sink.kafka.key: "), "{text}");
+    assert!(text.contains("column"), "a CEL error points at its column: {text}");
+}

@@ -68,16 +68,19 @@ impl Schema {
     /// Whether `event`'s data satisfies the schema; else the first violation, as
     /// `<JSON path>: <what is wrong>` (`$.speed: "fast" is not of type "number"`).
     pub fn check(&self, event: &Event) -> Result<(), String> {
-        let data = match event.data() {
-            None => serde_json::Value::Null,
-            Some(cloudevents::Data::Json(value)) => value.clone(),
-            Some(cloudevents::Data::String(text)) => serde_json::from_str(text)
-                .unwrap_or_else(|_| serde_json::Value::String(text.clone())),
+        // Borrowed where the event holds JSON already: no copy of the data per event.
+        let data: std::borrow::Cow<'_, serde_json::Value> = match event.data() {
+            None => std::borrow::Cow::Owned(serde_json::Value::Null),
+            Some(cloudevents::Data::Json(value)) => std::borrow::Cow::Borrowed(value),
+            Some(cloudevents::Data::String(text)) => std::borrow::Cow::Owned(
+                serde_json::from_str(text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.clone())),
+            ),
             Some(cloudevents::Data::Binary(bytes)) => {
-                serde_json::from_slice(bytes).map_err(|e| {
+                std::borrow::Cow::Owned(serde_json::from_slice(bytes).map_err(|e| {
                     let kind = event.datacontenttype().unwrap_or("no content type");
                     format!("$: the data ({kind}) is not JSON, which the schema needs: {e}")
-                })?
+                })?)
             }
         };
         match self.validator.iter_errors(&data).next() {

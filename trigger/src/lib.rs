@@ -87,7 +87,15 @@ pub fn check(trigger: &Trigger) -> Vec<Diagnostic> {
 /// The expressions and headers of `sink` (at `path`), if there is one: what cannot be used
 /// becomes a diagnostic at its field path (the URL itself is `ofe_crds::validate`'s check).
 pub fn check_sink(path: &str, sink: Option<&ofe_crds::SinkSpec>) -> Vec<Diagnostic> {
-    sink.and_then(|s| sink::http::request::RequestMap::compile(path, s).err()).unwrap_or_default()
+    let Some(sink) = sink else { return Vec::new() };
+    let mut out = sink::http::request::RequestMap::compile(path, sink).err().unwrap_or_default();
+    // A broker sink's own expression: a Kafka record's key.
+    if let Some(key) = sink.kafka.as_ref().and_then(|k| k.key.as_deref())
+        && let Err(e) = filter::compile_cel(key)
+    {
+        out.push(Diagnostic::error(format!("{path}.kafka.key"), e.message));
+    }
+    out
 }
 
 /// How one subscriber delivers, from its `delivery` settings.
