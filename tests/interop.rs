@@ -131,6 +131,18 @@ async fn ofe_with_subscriber(
     ns: &str,
     bus: &str,
 ) -> (KillOnDrop, String, tempfile::TempDir) {
+    let sink = sink.map(|uri| format!("{{ uri: \"{uri}\"{sink_fields} }}"));
+    ofe_with_sink(sink.as_deref(), more, ns, bus).await
+}
+
+/// [`ofe_with_webhook`] whose subscriber's `sink` is `sink` (a YAML flow mapping, e.g. a
+/// broker's), with `more` as in [`ofe_with_subscriber`].
+async fn ofe_with_sink(
+    sink: Option<&str>,
+    more: &str,
+    ns: &str,
+    bus: &str,
+) -> (KillOnDrop, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut yaml = format!(
         "apiVersion: events.openfunction.io/v1alpha1\nkind: EventSource\n\
@@ -142,9 +154,7 @@ async fn ofe_with_subscriber(
             ns,
             "route",
             "    telemetry: { eventSource: gateway, event: telemetry }",
-            &format!(
-                "  - condition: telemetry\n    sink: {{ uri: \"{sink}\"{sink_fields} }}{more}"
-            ),
+            &format!("  - condition: telemetry\n    sink: {sink}{more}"),
         );
     }
     yaml += bus;
@@ -157,6 +167,17 @@ async fn ofe_with_subscriber(
     ));
     wait_ready(listen).await;
     (ofe, format!("http://{hooks}/telemetry"), dir)
+}
+
+/// The CloudEvents Go SDK receiving on a free port (`ce-sdk receive` or `receive-batch`), each
+/// event it decodes recorded in a file of `work`: the process, its URL and the file.
+async fn sdk_receiver(work: &Path, command: &str) -> (KillOnDrop, String, PathBuf) {
+    let record = work.join("received.jsonl");
+    let port = ofe_testkit::free_port();
+    let mut peer_command = Command::new(peer("ce-sdk"));
+    peer_command.arg(command).arg(port.to_string()).arg(&record);
+    let receiver = serve(peer_command, port).await;
+    (receiver, format!("http://127.0.0.1:{port}/"), record)
 }
 
 /// Starts a Go peer that serves on `port`, and waits until it listens.
@@ -215,14 +236,9 @@ async fn an_openfunction_function_on_functions_framework_go_receives_what_was_se
 )]
 async fn the_cloudevents_go_sdk_sends_in_every_mode_and_receives_every_attribute() {
     let work = tempfile::tempdir().expect("tempdir");
-    let record = work.path().join("received.jsonl");
-    let port = ofe_testkit::free_port();
-    let mut command = Command::new(peer("ce-sdk"));
-    command.arg("receive").arg(port.to_string()).arg(&record);
-    let _receiver = serve(command, port).await;
+    let (_receiver, sink, record) = sdk_receiver(work.path(), "receive").await;
     let ns = support::unique_namespace();
-    let (mut ofe, webhook, _dir) =
-        ofe_with_webhook(Some(&format!("http://127.0.0.1:{port}/")), &ns, "").await;
+    let (mut ofe, webhook, _dir) = ofe_with_webhook(Some(&sink), &ns, "").await;
     let mut sent = Vec::new();
     for mode in ["binary", "structured", "batch"] {
         let batch = events(mode, 3);
@@ -307,15 +323,10 @@ async fn the_sdks_kafka_binding_reads_ofes_bus_records_and_writes_what_the_kafka
 )]
 async fn the_cloudevents_go_sdk_receives_a_transformed_event_in_structured_mode() {
     let work = tempfile::tempdir().expect("tempdir");
-    let record = work.path().join("received.jsonl");
-    let port = ofe_testkit::free_port();
-    let mut command = Command::new(peer("ce-sdk"));
-    command.arg("receive").arg(port.to_string()).arg(&record);
-    let _receiver = serve(command, port).await;
+    let (_receiver, sink, record) = sdk_receiver(work.path(), "receive").await;
     let ns = support::unique_namespace();
     // The sink takes the whole event as one `application/cloudevents+json` document, and the
     // subscriber reshapes it first.
-    let sink = format!("http://127.0.0.1:{port}/");
     let more = "\n    transform:\n      \
         data: '{\"vehicle\": vehicleid, \"kmh\": data.speed}'\n      \
         attributes: { type: \"'com.example.overspeed'\", region: \"\" }";
@@ -337,5 +348,53 @@ async fn the_cloudevents_go_sdk_receives_a_transformed_event_in_structured_mode(
             assert_eq!(arrived[key], event[key], "{key} of {id} changed: {arrived}");
         }
     }
+    assert!(terminate(&mut ofe.0).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ofe_test_go_peers),
+    ignore = "needs OFE_TEST_GO_PEERS (scripts/test.sh starts the services)"
+)]
+async fn the_cloudevents_go_sdk_decodes_ofes_batches() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_receiver, sink, record) = sdk_receiver(work.path(), "receive-batch").await;
+    let ns = support::unique_namespace();
+    let more = "\n    delivery: { batch: { maxSize: 5, maxWait: 500ms } }";
+    let (mut ofe, webhook, _dir) = ofe_with_subscriber(Some(&sink), "", more, &ns, "").await;
+    let sent = events("batch-out", 5);
+    let file = events_file(work.path(), "sent", &sent);
+    // One request: the five events reach ofe together, and leave in batches.
+    run(&peer("ce-sdk"), &["send", &webhook, "batch", &file.display().to_string()]);
+    let lines = recorded(&record, sent.len()).await;
+    let got: Vec<Value> = lines.iter().map(|l| l["event"].clone()).collect();
+    let added = assert_round_trip(&sent, &got);
+    assert!(
+        lines.iter().any(|l| l["batchsize"].as_u64().unwrap_or(0) > 1),
+        "the SDK read a batch of several events: {lines:?}"
+    );
+    println!("the SDK decoded {} events from ofe's batches; ofe added {added:?}", got.len());
+    assert!(terminate(&mut ofe.0).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(ofe_test_go_peers, ofe_test_kafka)),
+    ignore = "needs OFE_TEST_GO_PEERS and OFE_TEST_KAFKA (scripts/test.sh starts the services)"
+)]
+async fn the_sdks_kafka_binding_reads_what_a_kafka_sink_produces() {
+    let brokers = support::broker_var("OFE_TEST_KAFKA");
+    let work = tempfile::tempdir().expect("tempdir");
+    let ns = support::unique_namespace();
+    let topic = format!("sdk-sink-{ns}");
+    let sink = format!("{{ kafka: {{ brokers: \"{brokers}\", topic: {topic} }} }}");
+    let (mut ofe, webhook, _dir) = ofe_with_sink(Some(&sink), "", &ns, "").await;
+    let sent = events("kafka-sink", 3);
+    let file = events_file(work.path(), "sent", &sent);
+    run(&peer("ce-sdk"), &["send", &webhook, "binary", &file.display().to_string()]);
+    let read = run(&peer("ce-sdk"), &["kafka-read", &brokers, &topic, &sent.len().to_string()]);
+    let got: Vec<Value> = read.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let added = assert_round_trip(&sent, &got);
+    println!("the SDK's Kafka binding decoded {} sink records; ofe added {added:?}", got.len());
     assert!(terminate(&mut ofe.0).success());
 }

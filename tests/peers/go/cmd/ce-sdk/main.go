@@ -4,6 +4,10 @@
 //	                                   URL in MODE: binary, structured or batch
 //	ce-sdk receive PORT FILE           receives events on 127.0.0.1:PORT and appends each, as
 //	                                   the SDK decoded it, to FILE (JSON, one per line)
+//	ce-sdk receive-batch PORT FILE     the same for requests of any mode, batches included
+//	                                   (the SDK's NewEventsFromHTTPRequest); each event is one
+//	                                   line, with the size of the request it came in as
+//	                                   "batchsize"
 //	ce-sdk kafka-read BROKERS TOPIC N  reads N records of TOPIC with the SDK's Kafka binding
 //	                                   and prints each event it decodes (JSON, one per line)
 //	ce-sdk kafka-write BROKERS TOPIC EVENTS.json
@@ -108,6 +112,31 @@ func receive(port int, path string) {
 	}
 }
 
+func receiveBatch(port int, path string) {
+	out, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		fail("%v", err)
+	}
+	var mu sync.Mutex
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		events, err := cehttp.NewEventsFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range events {
+			line, _ := json.Marshal(map[string]any{"event": e, "batchsize": len(events)})
+			out.Write(append(line, '\n'))
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	if err := http.ListenAndServe(fmt.Sprintf("127.0.0.1:%d", port), handler); err != nil {
+		fail("%v", err)
+	}
+}
+
 func saramaConfig() *sarama.Config {
 	config := sarama.NewConfig()
 	config.Version = sarama.V3_6_0_0
@@ -185,6 +214,12 @@ func main() {
 			fail("port: %v", err)
 		}
 		receive(port, args[1])
+	case "receive-batch":
+		port, err := strconv.Atoi(args[0])
+		if err != nil {
+			fail("port: %v", err)
+		}
+		receiveBatch(port, args[1])
 	case "kafka-read":
 		n, err := strconv.Atoi(args[2])
 		if err != nil {
