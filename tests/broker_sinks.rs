@@ -65,41 +65,10 @@ async fn kafka_sink_produces_binary_mode_records_keyed_by_cel() {
     let sink =
         format!("{{ kafka: {{ brokers: \"{brokers}\", topic: {topic}, key: data.vehicleId }} }}");
     let (_run, _dir) = run_and_post(&pipeline(&ns, &sink, ""), &ns, "k-1").await;
-    let found = tokio::task::spawn_blocking(move || {
-        use rdkafka::Message as _;
-        use rdkafka::consumer::{BaseConsumer, Consumer as _};
-        use rdkafka::message::Headers as _;
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("broker.address.family", "v4")
-            .set("group.id", format!("sink-test-{topic}"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("consumer");
-        consumer.subscribe(&[&topic]).expect("subscribe");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) else { continue };
-            let header = |name: &str| {
-                record.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == name)
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                })
-            };
-            return Some((
-                header("ce_id"),
-                header("ce_type"),
-                header("content-type"),
-                record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                record.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
-            ));
-        }
-        None
+    let found = support::kafka_find(&brokers, &topic, |r| {
+        Some((r.header("ce_id"), r.header("ce_type"), r.header("content-type"), r.key, r.payload))
     })
     .await
-    .expect("join")
     .expect("a record on the topic within 30 s");
     assert_eq!(found.0.as_deref(), Some("k-1"));
     assert_eq!(found.1.as_deref(), Some("com.example.telemetry"));

@@ -80,37 +80,11 @@ async fn a_kafka_consumer_reads_a_topic() {
     // The async function: a plain Kafka consumer of the bus topic, no ofe code.
     let subject = format!("ofe.topic.{ns}.orders-out");
     let topic = format!("ofe-{ns}.events");
-    let found = tokio::task::spawn_blocking(move || {
-        use rdkafka::Message as _;
-        use rdkafka::consumer::{BaseConsumer, Consumer as _};
-        use rdkafka::message::Headers as _;
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("broker.address.family", "v4")
-            .set("group.id", format!("async-fn-{subject}"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("consumer");
-        consumer.subscribe(&[&topic]).expect("subscribe");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) else { continue };
-            let Some(headers) = record.headers() else { continue };
-            let header = |name: &str| {
-                headers
-                    .iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
-            if header("ofe_subject").as_deref() == Some(subject.as_str()) {
-                return Some((header("ce_type"), header("ce_ofehops")));
-            }
-        }
-        None
+    let found = support::kafka_find(&brokers, &topic, move |r| {
+        (r.header("ofe_subject").as_deref() == Some(subject.as_str()))
+            .then(|| (r.header("ce_type"), r.header("ce_ofehops")))
     })
     .await
-    .expect("join")
     .expect("an event on the topic within 30 s");
     assert_eq!(found.0.as_deref(), Some("io.openfunction.events.cron"));
     assert_eq!(found.1.as_deref(), Some("1"));

@@ -728,3 +728,68 @@ pub fn mqtt_publisher(url: &str, client_id: &str) -> rumqttc::AsyncClient {
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     client
 }
+
+/// A Kafka record as a test reads it: its headers, key and value as text.
+#[derive(Debug, Default)]
+pub struct KafkaRecord {
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The key, if any.
+    pub key: Option<String>,
+    /// The value.
+    pub payload: Option<String>,
+}
+
+impl KafkaRecord {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+}
+
+/// Reads `topic` on `brokers` from the start, with a plain client of its own (a group named
+/// after the topic), until `pick` takes a record or 30 s pass.
+pub async fn kafka_find<T: Send + 'static>(
+    brokers: &str,
+    topic: &str,
+    mut pick: impl FnMut(KafkaRecord) -> Option<T> + Send + 'static,
+) -> Option<T> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        use rdkafka::message::Headers as _;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("broker.address.family", "v4")
+            .set("group.id", format!("test-reader-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        while Instant::now() < deadline {
+            let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let headers = record
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(text).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let found = pick(KafkaRecord {
+                headers,
+                key: record.key().map(text),
+                payload: record.payload().map(text),
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    })
+    .await
+    .expect("join")
+}
