@@ -60,6 +60,32 @@ struct Loaded {
     trigger: Trigger,
     router: Router,
     transforms: Vec<Option<Arc<Transform>>>,
+    /// Per subscriber, its sink's expressions, compiled once.
+    sinks: Vec<Option<SinkPreview>>,
+}
+
+/// What a sink computes per event, compiled once: its request mapping (an HTTP sink), or a
+/// Kafka record's key.
+struct SinkPreview {
+    map: Option<crate::sink::http::request::RequestMap>,
+    kafka_key: Option<Arc<cel::Program>>,
+}
+
+impl SinkPreview {
+    /// The expressions of subscriber `i`'s `sink`; what cannot compile is a diagnostic, as
+    /// `ofe validate` reports it.
+    fn compile(i: usize, sink: &ofe_crds::SinkSpec) -> Result<Self, Vec<Diagnostic>> {
+        let path = format!("spec.subscribers[{i}].sink");
+        let map = crate::sink::http::request::RequestMap::compile(&path, sink)?;
+        let kafka_key = match sink.kafka.as_ref().and_then(|k| k.key.as_deref()) {
+            Some(key) => Some(
+                crate::filter::compile_cel(key)
+                    .map_err(|e| vec![Diagnostic::error(format!("{path}.kafka.key"), e.message)])?,
+            ),
+            None => None,
+        };
+        Ok(Self { map, kafka_key })
+    }
 }
 
 /// Triggers run offline.
@@ -77,10 +103,18 @@ impl Offline {
             match crate::offline_plan(trigger) {
                 Ok(subscribers) => {
                     let (routings, transforms): (Vec<_>, Vec<_>) = subscribers.into_iter().unzip();
+                    let mut sinks = Vec::new();
+                    for (i, sub) in trigger.spec.subscribers.iter().enumerate() {
+                        match sub.sink.as_ref().map(|sink| SinkPreview::compile(i, sink)) {
+                            Some(Err(e)) => errors.extend(e),
+                            compiled => sinks.push(compiled.and_then(Result::ok)),
+                        }
+                    }
                     loaded.push(Loaded {
                         trigger: trigger.clone(),
                         router: Router::new(routings, TriggerMetrics::default()),
                         transforms,
+                        sinks,
                     });
                 }
                 Err(e) => errors.extend(e),
@@ -146,8 +180,9 @@ impl Offline {
                 let sub = &loaded.trigger.spec.subscribers[i];
                 verdict.event = serde_json::to_value(&transformed).ok();
                 verdict.topic = sub.topic.as_ref().map(|t| format!("{namespace}/{t}"));
-                if let Some(sink) = &sub.sink {
-                    match request(&format!("spec.subscribers[{i}].sink"), sink, &transformed) {
+                let preview = loaded.sinks.get(i).and_then(Option::as_ref);
+                if let (Some(sink), Some(preview)) = (&sub.sink, preview) {
+                    match request(sink, preview, &transformed) {
                         Ok(mut request) => {
                             if sink.brokers().is_empty() {
                                 // As the subscriber's every attempt of this event carries it.
@@ -260,7 +295,11 @@ fn detail(filter: &CompiledFilter, data: &EventData<'_>) -> String {
 }
 
 /// The request `sink` (at `path`) would get for `event`, credentials as `***`.
-fn request(path: &str, sink: &ofe_crds::SinkSpec, event: &Event) -> Result<Request, String> {
+fn request(
+    sink: &ofe_crds::SinkSpec,
+    preview: &SinkPreview,
+    event: &Event,
+) -> Result<Request, String> {
     let auth = sink.auth.as_ref();
     let api_key = auth
         .filter(|a| a.api_key.is_some() || a.secret_key_ref.contains_key("apiKey"))
@@ -271,13 +310,12 @@ fn request(path: &str, sink: &ofe_crds::SinkSpec, event: &Event) -> Result<Reque
     };
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     if let Some(broker) = sink.brokers().first() {
-        let (url, body, headers) = broker_request(sink, event)?;
+        let (url, body, headers) = broker_request(sink, preview, event)?;
         return Ok(Request { method: format!("publish ({broker})"), url, headers, body });
     }
-    let map = crate::sink::http::request::RequestMap::compile(path, sink)
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    let map = preview.map.as_ref();
     let view = EventData::new(event);
-    let url = match map.as_ref().map(|m| m.url(&view)).transpose()?.flatten() {
+    let url = match map.map(|m| m.url(&view)).transpose()?.flatten() {
         Some(url) => url.to_string(),
         None => match (&sink.uri, &sink.r#ref) {
             (Some(uri), _) => uri.clone(),
@@ -291,7 +329,7 @@ fn request(path: &str, sink: &ofe_crds::SinkSpec, event: &Event) -> Result<Reque
         },
     };
     let mut headers = Vec::new();
-    let structured = map.as_ref().is_some_and(|m| m.structured);
+    let structured = map.is_some_and(|m| m.structured);
     let body = if structured {
         headers.push(("content-type".into(), "application/cloudevents+json".into()));
         ofe_core::event::to_structured(event).map(|b| text(&b)).map_err(|e| ofe_core::chain(&e))?
@@ -302,7 +340,7 @@ fn request(path: &str, sink: &ofe_crds::SinkSpec, event: &Event) -> Result<Reque
         }
         text(&body)
     };
-    if let Some(map) = &map {
+    if let Some(map) = map {
         let mut mapped = reqwest::header::HeaderMap::new();
         map.headers(&view, &mut mapped)?;
         for (name, value) in &mapped {
@@ -314,7 +352,7 @@ fn request(path: &str, sink: &ofe_crds::SinkSpec, event: &Event) -> Result<Reque
     if sink.auth.as_ref().is_some_and(|a| a.oauth2.is_some()) {
         headers.push(("authorization".into(), "Bearer *** (OAuth2)".into()));
     }
-    let method = map.as_ref().map_or("POST".to_string(), |m| m.method.to_string());
+    let method = map.map_or("POST".to_string(), |m| m.method.to_string());
     Ok(Request { method, url, headers, body })
 }
 
@@ -322,7 +360,11 @@ fn request(path: &str, sink: &ofe_crds::SinkSpec, event: &Event) -> Result<Reque
 type BrokerRequest = (String, String, Vec<(String, String)>);
 
 /// Where a broker sink publishes `event`, the body, and the binding's attributes.
-fn broker_request(sink: &ofe_crds::SinkSpec, event: &Event) -> Result<BrokerRequest, String> {
+fn broker_request(
+    sink: &ofe_crds::SinkSpec,
+    preview: &SinkPreview,
+    event: &Event,
+) -> Result<BrokerRequest, String> {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     let attributes = |prefix: &str| -> Vec<(String, String)> {
         ofe_core::event::binary_attributes(event)
@@ -334,10 +376,9 @@ fn broker_request(sink: &ofe_crds::SinkSpec, event: &Event) -> Result<BrokerRequ
     let data = text(&ofe_core::event::data_bytes(event));
     if let Some(k) = &sink.kafka {
         let mut headers = attributes("ce_");
-        let key = match &k.key {
-            Some(expr) => {
-                let program = crate::filter::compile_cel(expr).map_err(|e| e.message)?;
-                let value = EventData::new(event).try_eval(&program)?;
+        let key = match &preview.kafka_key {
+            Some(program) => {
+                let value = EventData::new(event).try_eval(program)?;
                 Some(crate::sink::http::request::scalar(&value)?)
             }
             None => event.extension("partitionkey").map(ToString::to_string),
