@@ -137,6 +137,8 @@ impl Process {
             dead_letters: ofe_runtime::DeadLetters::default(),
             replays: ofe_runtime::Replays::new(trigger_metrics.clone()),
             topology: ofe_runtime::Topology::default(),
+            history: endpoint::history::History::default(),
+            trail: endpoint::trail::Trail::default(),
         };
         let (targets, pauses) = (console.targets.clone(), console.pauses.clone());
         let (dead_letters, replays) = (console.dead_letters.clone(), console.replays.clone());

@@ -1,12 +1,18 @@
-//! The web console (`/console`) end to end, in headless Chromium: with events flowing through
-//! `ofe run`, the page shows the mesh with live non-zero rates, marks the edge of a failing
-//! sink red, streams a subscriber's events, pauses a subscriber (its lag grows) and resumes it
-//! (it drains), lists a failing subscriber's dead letters and purges them, and dims what a
-//! search does not match; and the console is refused outside loopback without the token.
+//! The web console (`/console`) end to end, in headless Chromium:
+//! - on the vehicle-telemetry flagship (its own manifests, fed over MQTT by a simulated
+//!   fleet), the page shows the mesh with live rates; breaking the alert function turns its
+//!   edge red and fills its dead letters; bringing it back and redriving empties them, and
+//!   every overspeed event reaches the function; the redriven event is found by id with its
+//!   whole path; the router's live flow shows a filter's verdict; pausing the metrics
+//!   subscriber grows its lag and resuming drains it; its charts show the history;
+//! - with events flowing, a subscriber's events stream live, a failing subscriber's dead
+//!   letters are listed and purged, and search dims what it does not match;
+//! - the console is refused outside loopback without the token.
 //!
-//! The browser test needs OFE_TEST_CHROMIUM (Debian's chromium) and OFE_TEST_PLAYWRIGHT (a
-//! folder with playwright-core from npm), which `scripts/services.sh` provides; unset, it is
-//! skipped and says so. Its screenshot is kept in `target/console/`.
+//! The browser tests need OFE_TEST_CHROMIUM (Debian's chromium) and OFE_TEST_PLAYWRIGHT (a
+//! folder with playwright-core from npm), which `scripts/services.sh` provides; unset, they
+//! are skipped and say so. Their screenshots are kept in `target/tmp/console/`; the README's
+//! is the flagship's `console.png`.
 
 mod support;
 
@@ -97,6 +103,181 @@ async fn the_console_shows_the_live_mesh_and_a_failing_sink() {
     assert!(seen["purged"].as_str().is_some_and(|t| t.ends_with("done")), "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "no script errors");
     assert!(screenshot.exists(), "the screenshot");
+}
+
+/// The speed of overspeed message `n`: above the limit, and unique, so that the alert function
+/// (which gets `kmh`, not the message) tells each one apart.
+fn overspeed(n: u64) -> f64 {
+    121.0 + n as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(ofe_test_chromium, ofe_test_playwright, ofe_test_mqtt)),
+    ignore = "needs OFE_TEST_CHROMIUM, OFE_TEST_PLAYWRIGHT and OFE_TEST_MQTT (scripts/test.sh provides them)"
+)]
+async fn the_vehicle_telemetry_flagship_in_the_console() {
+    let mqtt = support::broker_var("OFE_TEST_MQTT");
+    let (receiver, base) = Receiver::start().await;
+    // The flagship's own manifests, with its addresses replaced as its demo does, and a topic
+    // of this test's own on the shared broker.
+    let fleet = support::unique_namespace();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vehicle-telemetry/manifests.yaml");
+    let original = std::fs::read_to_string(example).expect("the flagship's manifests");
+    let yaml = original
+        .replace("tcp://127.0.0.1:1884", &mqtt)
+        .replace("fleet/+/telemetry", &format!("{fleet}/+/telemetry"))
+        .replace("http://127.0.0.1:8091/", &format!("{base}/flaky"))
+        .replace("http://127.0.0.1:8092/", &format!("{base}/metrics"));
+    for replaced in [&mqtt, &fleet, &format!("{base}/flaky"), &format!("{base}/metrics")] {
+        assert!(yaml.contains(replaced.as_str()), "the manifests name {replaced}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = manifests(dir.path(), &yaml);
+    let run = Running::start(&folder, &dir.path().join("data")).await;
+
+    // The fleet: ten vehicles, twenty messages a second, every third one over the limit.
+    let publisher = support::mqtt_publisher(&mqtt, &format!("fleet-{fleet}"));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = sent.clone();
+    let topic_root = fleet.clone();
+    let fleet_task = tokio::spawn(async move {
+        for n in 0u64.. {
+            let speed = if n % 3 == 0 { overspeed(n) } else { 80.0 + (n % 30) as f64 };
+            let vehicle = format!("v-{}", n % 10);
+            let payload = serde_json::json!({ "vehicleId": vehicle, "speed": speed, "n": n });
+            publisher
+                .publish(
+                    format!("{topic_root}/{vehicle}/telemetry"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    payload.to_string(),
+                )
+                .await
+                .expect("publish");
+            counted.store(n + 1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    receiver
+        .wait_for(Duration::from_secs(30), "the first alerts", |r| !r.on("/flaky").is_empty())
+        .await;
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console/flagship");
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/flagship.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{}/console", run.listen))
+        .arg(&base)
+        .arg(&shots)
+        .output()
+        .await
+        .expect("node");
+    fleet_task.abort();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON");
+    let strings = |key: &str| -> Vec<String> {
+        serde_json::from_value(seen[key].clone()).unwrap_or_else(|e| panic!("{key}: {e}: {seen}"))
+    };
+
+    // The whole flagship, with live rates.
+    let nodes = strings("nodes");
+    for id in [
+        "event:telemetry/fleet/telemetry".to_string(),
+        "sub:telemetry/fleet-router/0".into(),
+        "sub:telemetry/fleet-router/1".into(),
+        "topic:telemetry/vehicle-telemetry".into(),
+        "sub:telemetry/metrics-feed/0".into(),
+        format!("sink:{base}/flaky"),
+        format!("sink:{base}/metrics"),
+    ] {
+        assert!(nodes.contains(&id), "{id} in {nodes:?}");
+    }
+    // Broken: the alert sink's edge, and only it, is red; its events are dead letters, each
+    // with the function's answer and the attempts of the default delivery (1 + 5 retries).
+    assert_eq!(strings("failing"), [format!("sub:telemetry/fleet-router/0>sink:{base}/flaky")]);
+    let letters = seen["letters"].as_array().expect("letters");
+    assert!(!letters.is_empty(), "{seen}");
+    for letter in letters {
+        assert!(letter["reason"].as_str().is_some_and(|r| r.contains("HTTP 500")), "{letter}");
+        assert_eq!(letter["attempts"], "6", "{letter}");
+    }
+    let inspected = &seen["inspected"];
+    assert_eq!(inspected["status"], "500", "{inspected}");
+    assert_eq!(inspected["attempts"], "6", "{inspected}");
+    assert!(
+        inspected["destination"].as_str().is_some_and(|d| d.ends_with("/flaky")),
+        "{inspected}"
+    );
+    // Restored and redriven: none left, each redrive delivered what it took and failed none.
+    let redrives = strings("redrives");
+    assert!(!redrives.is_empty(), "{seen}");
+    for redrive in &redrives {
+        assert!(redrive.contains(" 0 failed again"), "{redrive}");
+    }
+    assert!(redrives.iter().any(|r| !r.starts_with("redriven: 0 delivered")), "{redrives:?}");
+    assert_eq!(seen["lettersAfter"], "Dead letters (0)");
+    // The redriven event's whole path: it came in, went to the alert subscriber, failed every
+    // attempt, was dead-lettered, and was delivered by the redrive.
+    let path = strings("path").join("\n");
+    for stage in
+        ["published at telemetry/fleet mqtt.telemetry", "routed at telemetry/fleet-router[0]"]
+    {
+        assert!(path.contains(stage), "{stage} in\n{path}");
+    }
+    for stage in [" retrying ", " dead-lettered ", " delivered "] {
+        assert!(path.contains(stage), "{stage} in\n{path}");
+    }
+    let on_path = strings("onPath");
+    assert!(
+        on_path.contains(&"sub:telemetry/fleet-router/0".to_string())
+            && on_path.contains(&"event:telemetry/fleet/telemetry".to_string()),
+        "{on_path:?}"
+    );
+    // The router's live flow says why an event under the limit did not fire the alert.
+    let verdict = seen["verdict"].as_str().unwrap_or_default();
+    assert!(
+        verdict.contains("filtered")
+            && verdict.contains("input `overspeed`: `data.speed > 120.0` was false; data.speed = "),
+        "{verdict}"
+    );
+    // Paused, the metrics subscriber's lag grew; resumed, it drained.
+    assert!(seen["pausedLag"].as_u64().unwrap_or(0) >= 20, "{seen}");
+    assert_eq!(seen["resumedLag"], 0, "{seen}");
+    assert!(seen["chartPoints"].as_u64().unwrap_or(0) > 10, "{seen}");
+    assert_eq!(seen["latencyDrawn"], true, "{seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "no script errors");
+    assert!(shots.join("console.png").exists(), "the screenshot");
+
+    // Nothing was lost: every overspeed message reached the alert function with a 200 (some
+    // only through the redrive), and every message reached the metrics function.
+    let published = sent.load(std::sync::atomic::Ordering::SeqCst);
+    let wanted: std::collections::BTreeSet<u64> = (0..published).filter(|n| n % 3 == 0).collect();
+    let answered = |r: &Receiver| -> std::collections::BTreeSet<u64> {
+        r.on("/flaky")
+            .iter()
+            .filter(|a| a.status == 200)
+            .filter_map(|a| serde_json::from_slice::<serde_json::Value>(&a.body).ok())
+            .filter_map(|data| data["kmh"].as_f64())
+            .map(|kmh| (kmh - overspeed(0)) as u64)
+            .collect()
+    };
+    let metrics = |r: &Receiver| -> std::collections::BTreeSet<u64> {
+        r.on("/metrics")
+            .iter()
+            .filter_map(|a| serde_json::from_slice::<serde_json::Value>(&a.body).ok())
+            .filter_map(|data| data["n"].as_u64())
+            .collect()
+    };
+    receiver
+        .wait_for(Duration::from_secs(60), "every overspeed alert and every metric", |r| {
+            answered(r).is_superset(&wanted) && metrics(r).len() as u64 >= published
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

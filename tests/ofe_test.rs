@@ -105,10 +105,7 @@ fn a_join_follows_the_fixture_order_and_says_why_not() {
     );
     // A filter that is false says what it saw.
     let why = verdict("e-0", 0)["why_not"].as_str().unwrap_or_default().to_string();
-    assert_eq!(
-        why,
-        r#"input `stop`: filter [0] {"cel":"data.km > 0.0"} is false (it gives false)"#
-    );
+    assert_eq!(why, "input `stop`: filter [0] `data.km > 0.0` was false; data.km = 0.0");
     // v-1 started, then stopped with km: it fires, transformed, with the request shown.
     let fired = verdict("e-1", 0);
     assert_eq!(fired["fired"], true, "{fired}");

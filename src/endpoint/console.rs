@@ -52,6 +52,10 @@ pub struct Console {
     pub replays: ofe_runtime::Replays,
     /// The mesh the data plane runs, for the web console.
     pub topology: ofe_runtime::Topology,
+    /// The console's figures, live and for the last 15 minutes.
+    pub history: super::history::History,
+    /// Recent steps of every event, while a console is open.
+    pub trail: super::trail::Trail,
 }
 
 impl Console {

@@ -1,8 +1,10 @@
 //! The process's HTTP endpoint: `/healthz`, `/metrics`, `/status`, and the console's `/send`,
 //! `/tail`, `/pause`, `/resume`, `/pauses`, `/deadletters/{action}`, `/replay`, `/replay/cancel`
-//! and `/replays` ([`console`]).
+//! and `/replays` ([`console`]), and the web console under `/console` ([`web`]).
 
 pub mod console;
+pub mod history;
+pub mod trail;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -56,6 +58,13 @@ pub async fn serve(
     console: Console,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    tokio::spawn(history::sample(
+        registry.clone(),
+        health.clone(),
+        console.topology.clone(),
+        console.history.clone(),
+        shutdown.clone(),
+    ));
     let board = health.clone();
     let healthz = move || {
         let ready = ready.load(std::sync::atomic::Ordering::Acquire);
@@ -93,6 +102,9 @@ pub async fn serve(
         .route("/console", get(web::index).with_state(console.clone()))
         .route("/console/app.js", get(web::app))
         .route("/console/style.css", get(web::style))
+        .route("/console/live", get(web::live).with_state(console.clone()))
+        .route("/console/history", get(web::history).with_state(console.clone()))
+        .route("/console/path", get(web::path).with_state(console.clone()))
         .route("/console/graph", get(web::graph).with_state(console));
     axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

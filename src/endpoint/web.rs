@@ -2,13 +2,19 @@
 //! subscribers → sinks, with topic chains), each node's rates, errors, lag and readiness,
 //! updated every second, and each node's events live through the tap.
 //!
-//! It is a page and an ES module embedded in the binary (no build step), reading what the CLI
-//! reads: `/console/graph` for the mesh, `/metrics` and `/status` for the figures, and `/tail`
-//! for the events. Viewing follows the console's rule: loopback, or the console token (given
-//! to the page as `?token=`, which it then sends as a bearer token on every request).
+//! It is a page and an ES module embedded in the binary (no build step). It reads
+//! `/console/graph` for the mesh, `/console/live` (Server-Sent Events, a frame a second) for
+//! every node's figures and readiness, `/console/history` for a node's last 15 minutes,
+//! `/console/path` to find an event by id, and `/tail` for a node's events; its actions use
+//! the endpoints the CLI uses. Viewing follows the console's rule: loopback, or the console
+//! token (given to the page as `?token=`, which it then sends as a bearer token on every
+//! request, and in the URL where a browser cannot set a header: `EventSource`).
+
+use std::convert::Infallible;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -26,6 +32,22 @@ const STYLE: &str = include_str!("web/style.css");
 pub struct PageToken {
     #[serde(default)]
     token: Option<String>,
+}
+
+/// `/console/history`'s and `/console/path`'s query.
+#[derive(Debug, Default, Deserialize)]
+pub struct Lookup {
+    #[serde(default)]
+    token: Option<String>,
+    /// The node, for the history.
+    #[serde(default)]
+    node: Option<String>,
+    /// The event's id, for its path.
+    #[serde(default)]
+    id: Option<String>,
+    /// The event's source, to tell apart two events with one id.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 /// `headers`, with `token` from the URL as a bearer token when the request carries none.
@@ -72,8 +94,65 @@ pub async fn graph(State(console): State<Console>, headers: HeaderMap) -> Respon
         return refused;
     }
     let graph = console.topology.read().map(|g| g.clone()).unwrap_or_default();
-    match serde_json::to_string(&graph) {
+    json(&graph)
+}
+
+fn json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// `GET /console/live`: Server-Sent Events, one `data:` frame a second with every node's
+/// figures (`nodes`, by id) and every resource's `Ready` condition (`ready`). While it is
+/// open, the trail records every event's steps for `/console/path`.
+pub async fn live(
+    State(console): State<Console>,
+    Query(token): Query<PageToken>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
+        return refused;
+    }
+    let watching = console.trail.watch(&console.tap);
+    let frames = console.history.frames();
+    let stream = futures::stream::unfold((frames, watching), |(mut frames, watching)| async move {
+        frames.changed().await.ok()?;
+        let frame = frames.borrow_and_update().clone();
+        Some((Ok::<_, Infallible>(SseEvent::default().data(&*frame)), (frames, watching)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// `GET /console/history?node=ID`: the node's last 15 minutes, a point a second, oldest first.
+pub async fn history(
+    State(console): State<Console>,
+    Query(lookup): Query<Lookup>,
+    headers: HeaderMap,
+) -> Response {
+    let token = PageToken { token: lookup.token.clone() };
+    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
+        return refused;
+    }
+    let Some(node) = lookup.node.as_deref() else {
+        return (axum::http::StatusCode::BAD_REQUEST, "name the node: ?node=<id>").into_response();
+    };
+    json(&serde_json::json!({ "node": node, "points": console.history.of(node) }))
+}
+
+/// `GET /console/path?id=ID[&source=S]`: every step the trail holds of that event.
+pub async fn path(
+    State(console): State<Console>,
+    Query(lookup): Query<Lookup>,
+    headers: HeaderMap,
+) -> Response {
+    let token = PageToken { token: lookup.token.clone() };
+    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
+        return refused;
+    }
+    let Some(id) = lookup.id.as_deref().filter(|id| !id.is_empty()) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "name the event: ?id=<id>").into_response();
+    };
+    json(&console.trail.path(id, lookup.source.as_deref()))
 }

@@ -1,27 +1,13 @@
-// Drives the ofe console in headless Chromium (Debian's, through playwright-core) and prints
-// what it saw as one JSON line. Usage: node ui.mjs <console URL> <screenshot path>.
-// OFE_TEST_PLAYWRIGHT names the folder holding node_modules/playwright-core, and
-// OFE_TEST_CHROMIUM the browser.
-import { createRequire } from "node:module";
-import path from "node:path";
+// Drives the ofe console in headless Chromium and prints what it saw as one JSON line.
+// Usage: node ui.mjs <console URL> <screenshot path>.
+import { launch, open } from "./browser.mjs";
 
-const require = createRequire(path.join(process.env.OFE_TEST_PLAYWRIGHT, "index.js"));
-const { chromium } = require("playwright-core");
 const [url, screenshot] = process.argv.slice(2);
-
-const browser = await chromium.launch({
-  executablePath: process.env.OFE_TEST_CHROMIUM,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const result = {};
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 700 } });
   const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(url);
+  const page = await open(browser, url, errors);
   // The graph, with the delivering subscriber's rate above zero, and the failing one's edge red.
   await page.waitForFunction(() => document.querySelectorAll("g.node").length >= 4, null, { timeout: 20000 });
   await page.waitForFunction(() => {
@@ -40,7 +26,6 @@ try {
   result.steps = await page.$$eval("#steps li", (lis) => lis.slice(0, 5).map((li) => li.textContent));
   await page.screenshot({ path: screenshot.replace(/\.png$/, "-subscriber.png"), fullPage: true });
   // Pause the delivering subscriber: its lag grows while events keep coming; resume: it drains.
-  page.on("dialog", (dialog) => dialog.accept());
   const lag = () => page.$eval('g.node[data-id$="/route/0"] [data-figure="rate"]', (t) => Number((t.textContent.match(/lag (\d+)/) || [0, 0])[1]));
   await page.click('#actions button:text("Pause")');
   await page.waitForFunction(() => /Pause .*: done/.test(document.querySelector("#action-result").textContent), null, { timeout: 10000 });

@@ -25,6 +25,8 @@ pub struct Received {
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -35,7 +37,9 @@ impl Received {
 }
 
 /// An HTTP server on a free loopback port that records every request. It answers 500 on
-/// `/fail`, 500 on `/flaky` while [`Receiver::set_flaky`] says so, and 200 elsewhere.
+/// `/fail`, 500 on `/flaky` while [`Receiver::set_flaky`] says so (or since a request to
+/// `/control/break`, until one to `/control/restore`: for a browser test's script), and 200
+/// elsewhere.
 #[derive(Clone, Default)]
 pub struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
@@ -50,15 +54,23 @@ pub async fn record(
     body: Bytes,
 ) -> StatusCode {
     let path = uri.path().to_string();
+    match path.as_str() {
+        "/control/break" => r.set_flaky(true),
+        "/control/restore" => r.set_flaky(false),
+        _ => {}
+    }
     let fail =
         path == "/fail" || (path == "/flaky" && r.flaky.load(std::sync::atomic::Ordering::SeqCst));
     let slow = path == "/slow";
-    r.seen.lock().expect("lock").push(Received { path, headers, body, at: Instant::now() });
+    let status = if fail { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+    let at = Instant::now();
+    let status_code = status.as_u16();
+    r.seen.lock().expect("lock").push(Received { path, headers, body, at, status: status_code });
     if slow {
         // Keeps deliveries in flight, so a crash lands while some are unacknowledged.
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
-    if fail { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+    status
 }
 
 impl Receiver {

@@ -25,6 +25,7 @@ use crate::delivery::{
 };
 use crate::metrics::{SubscriberLabels, TriggerMetrics};
 use crate::runner::{LAG_INTERVAL, SubscriberPlan};
+use ofe_core::tap::Stage;
 
 /// Most letters one store holds in memory at once. More wait on the bus, counted in the
 /// gauge, and come into the store as held ones are redriven or purged.
@@ -464,16 +465,27 @@ impl Keeper {
             .filter(|r| failed.as_deref().is_some_and(|d| d == r.destination.to_string()))
             .collect();
         let routes = if routes.is_empty() { self.plan.routes.iter().collect() } else { routes };
-        let on_retry = || {
-            self.metrics.retried.get_or_create(&self.plan.labels).inc();
-        };
+        let labels = &self.plan.labels;
+        let event = Arc::new(event);
         for route in routes {
+            let on_retry = |failure: &crate::delivery::Failure| {
+                self.metrics.retried.get_or_create(labels).inc();
+                self.metrics.tap(Stage::Retrying, labels, &event, || {
+                    Some(format!("redrive to {}: {}", route.destination, failure.reason))
+                });
+            };
             let outcome = self
                 .deliverer
                 .send(&route.destination, &event, &self.plan.retry, &self.shutdown, on_retry)
                 .await;
             match outcome {
-                Outcome::Delivered(..) => {}
+                Outcome::Delivered(..) => {
+                    // Delivered at last: counted and shown like any delivery.
+                    self.metrics.delivered.get_or_create(labels).inc();
+                    self.metrics.tap(Stage::Delivered, labels, &event, || {
+                        Some(format!("to {} (redriven)", route.destination))
+                    });
+                }
                 Outcome::Failed(failure, attempts) => {
                     return Err(format!("{} (after {attempts} attempts)", failure.reason));
                 }

@@ -253,14 +253,15 @@ impl Deliverer {
     }
 
     /// Attempts until success, a non-retryable failure, the retries run out, or shutdown.
-    /// `on_retry` is called before each retry (for metrics).
+    /// `on_retry` is called before each retry with the failure retried (for metrics and the
+    /// tap).
     pub async fn send(
         &self,
         dest: &Destination,
         event: &Event,
         policy: &RetryPolicy,
         shutdown: &CancellationToken,
-        on_retry: impl Fn(),
+        on_retry: impl Fn(&Failure),
     ) -> Outcome {
         self.send_to(dest, Payload::One(event), policy, shutdown, on_retry, None).await
     }
@@ -274,7 +275,7 @@ impl Deliverer {
         event: &Event,
         policy: &RetryPolicy,
         shutdown: &CancellationToken,
-        on_retry: impl Fn(),
+        on_retry: impl Fn(&Failure),
     ) -> Outcome {
         let health = self.health.as_deref();
         self.send_to(dest, Payload::One(event), policy, shutdown, on_retry, health).await
@@ -288,7 +289,7 @@ impl Deliverer {
         events: &[Arc<Event>],
         policy: &RetryPolicy,
         shutdown: &CancellationToken,
-        on_retry: impl Fn(),
+        on_retry: impl Fn(&Failure),
     ) -> Outcome {
         let health = self.health.as_deref();
         self.send_to(dest, Payload::Batch(events), policy, shutdown, on_retry, health).await
@@ -300,7 +301,7 @@ impl Deliverer {
         payload: Payload<'_>,
         policy: &RetryPolicy,
         shutdown: &CancellationToken,
-        on_retry: impl Fn(),
+        on_retry: impl Fn(&Failure),
         health: Option<&crate::delivering::DeliveryHealth>,
     ) -> Outcome {
         let outcome = retry(policy, shutdown, on_retry, |n| async move {
@@ -365,7 +366,7 @@ pub fn idempotency_key(subscriber: &str, event: &Event) -> String {
 pub async fn retry<F, Fut>(
     policy: &RetryPolicy,
     shutdown: &CancellationToken,
-    on_retry: impl Fn(),
+    on_retry: impl Fn(&Failure),
     mut attempt: F,
 ) -> Outcome
 where
@@ -386,7 +387,7 @@ where
                     () = shutdown.cancelled() => return Outcome::Interrupted,
                     () = tokio::time::sleep(wait) => {}
                 }
-                on_retry();
+                on_retry(&failure);
                 n += 1;
             }
         }

@@ -36,8 +36,8 @@ pub enum CompiledFilter {
     Any(Vec<CompiledFilter>),
     /// The filter does not pass.
     Not(Box<CompiledFilter>),
-    /// The CEL program evaluates to `true`.
-    Cel(Arc<Program>),
+    /// The CEL program evaluates to `true`; with the expression as written, for verdicts.
+    Cel(Arc<Program>, Arc<str>),
     /// The JSONPath query selects at least one node of the event's JSON.
     JsonPath(Box<JpQuery>),
 }
@@ -50,7 +50,7 @@ impl CompiledFilter {
             Self::Exact(_) | Self::Prefix(_) | Self::Suffix(_) => false,
             Self::All(filters) | Self::Any(filters) => filters.iter().any(Self::reads_data),
             Self::Not(filter) => filter.reads_data(),
-            Self::Cel(program) => program.references().has_variable("data"),
+            Self::Cel(program, _) => program.references().has_variable("data"),
             Self::JsonPath(_) => true,
         }
     }
@@ -127,6 +127,7 @@ impl CompiledFilter {
             (.., Some(text)) => Self::Cel(
                 compile_cel(text)
                     .map_err(|e| FilterError { path: ".cel".into(), message: e.message })?,
+                Arc::from(text.as_str()),
             ),
             // Ruled out by the count above.
             (None, None, None, None, None, None, None) => Self::All(Vec::new()),
@@ -150,7 +151,7 @@ impl CompiledFilter {
             Self::All(filters) => filters.iter().all(|f| f.matches(data)),
             Self::Any(filters) => filters.iter().any(|f| f.matches(data)),
             Self::Not(filter) => !filter.matches(data),
-            Self::Cel(program) => {
+            Self::Cel(program, _) => {
                 data.eval(program).is_some_and(|v| matches!(v, Value::Bool(true)))
             }
             Self::JsonPath(query) => data.select(query).is_some_and(|nodes| !nodes.is_empty()),
@@ -165,10 +166,94 @@ impl CompiledFilter {
         match self {
             Self::Exact(pairs) => pairs.first().cloned(),
             Self::All(filters) => filters.iter().find_map(Self::index_key),
-            Self::Cel(program) => cel_index_key(program.expression()),
+            Self::Cel(program, _) => cel_index_key(program.expression()),
             _ => None,
         }
     }
+}
+
+impl CompiledFilter {
+    /// Why the event of `data` does not pass, with what it holds: "`data.speed > 120.0` was
+    /// false; data.speed = 97", "exact {type: a} was false; type = b". For the live flow and
+    /// `ofe test`; call it only for a filter that did not pass.
+    pub fn verdict(&self, data: &EventData<'_>) -> String {
+        let event = data.event();
+        let pairs = |dialect: &str, pairs: &[(String, String)]| {
+            let wanted: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let seen: Vec<String> = pairs
+                .iter()
+                .map(|(k, _)| match attribute(event, k) {
+                    Some(value) => format!("{k} = {value}"),
+                    None => format!("the event has no {k}"),
+                })
+                .collect();
+            format!("{dialect} {{{}}} was false; {}", wanted.join(", "), seen.join(", "))
+        };
+        match self {
+            Self::Exact(p) => pairs("exact", p),
+            Self::Prefix(p) => pairs("prefix", p),
+            Self::Suffix(p) => pairs("suffix", p),
+            Self::All(filters) => match filters.iter().find(|f| !f.matches(data)) {
+                Some(failed) => format!("all: {}", failed.verdict(data)),
+                None => "all: every filter passed".into(),
+            },
+            Self::Any(filters) => {
+                let each: Vec<String> = filters.iter().map(|f| f.verdict(data)).collect();
+                format!("any: none passed ({})", each.join("; "))
+            }
+            Self::Not(_) => "not: the filter inside passed".into(),
+            Self::Cel(program, text) => {
+                let seen = cel_paths(program.expression())
+                    .into_iter()
+                    .map(|path| match data.lookup(&path) {
+                        Some(value) => format!("{path} = {value}"),
+                        None => format!("{path} is missing"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let seen = if seen.is_empty() { String::new() } else { format!("; {seen}") };
+                match data.try_eval(program) {
+                    Ok(Value::Bool(_)) => format!("`{text}` was false{seen}"),
+                    Ok(other) => format!("`{text}` gave {other:?}, not true{seen}"),
+                    Err(e) => format!("`{text}` failed: {e}{seen}"),
+                }
+            }
+            Self::JsonPath(_) => "the jsonpath query selected nothing".into(),
+        }
+    }
+}
+
+/// The variables and field paths a CEL expression reads (`data.speed`, `type`), each once,
+/// in the order they appear.
+fn cel_paths(expr: &cel::IdedExpr) -> Vec<String> {
+    use cel::common::ast::Expr;
+    fn path(expr: &cel::IdedExpr) -> Option<String> {
+        match &expr.expr {
+            Expr::Ident(name) => Some(name.clone()),
+            Expr::Select(select) => Some(format!("{}.{}", path(&select.operand)?, select.field)),
+            _ => None,
+        }
+    }
+    fn walk(expr: &cel::IdedExpr, out: &mut Vec<String>) {
+        if let Some(found) = path(expr) {
+            if !out.contains(&found) {
+                out.push(found);
+            }
+            return;
+        }
+        match &expr.expr {
+            Expr::Call(call) => {
+                call.target.iter().for_each(|t| walk(t, out));
+                call.args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Select(select) => walk(&select.operand, out),
+            Expr::List(list) => list.elements.iter().for_each(|e| walk(e, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(expr, &mut out);
+    out
 }
 
 /// Finds `attribute == 'literal'` among the top-level `&&` operands of a CEL expression.
@@ -340,6 +425,18 @@ impl<'a> EventData<'a> {
             .as_ref()
     }
 
+    /// The value at `path` (`data.speed`, `type`) in the event as JSON, as JSON text.
+    pub fn lookup(&self, path: &str) -> Option<String> {
+        let mut value = self.json();
+        for part in path.split('.') {
+            value = value.get(part)?;
+        }
+        Some(match value {
+            serde_json::Value::String(s) if !path.starts_with("data") => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
     /// Runs `program` over the event; `None` when it fails (a missing field, a type
     /// mismatch) or the data cannot be represented in CEL.
     pub fn eval(&self, program: &Program) -> Option<Value> {
@@ -475,11 +572,39 @@ mod tests {
         assert!(
             EventData::new(&with("application/json", "{\"speed\":1}")).invalid_json().is_none()
         );
-        let compile = |cel: &str| CompiledFilter::Cel(compile_cel(cel).expect("cel"));
+        let compile =
+            |cel: &str| CompiledFilter::Cel(compile_cel(cel).expect("cel"), Arc::from(cel));
         assert!(compile("data.speed > 120.0").reads_data());
         assert!(!compile("type == 'a' && subject == 'b'").reads_data());
         let exact = CompiledFilter::Exact(vec![("type".into(), "a".into())]);
         assert!(!exact.reads_data());
         assert!(CompiledFilter::Not(Box::new(compile("data.x == 1"))).reads_data());
+    }
+
+    #[test]
+    fn a_false_filter_says_what_the_event_held() {
+        let filter = |yaml: &str| {
+            CompiledFilter::compile(&serde_saphyr::from_str::<Filter>(yaml).expect("filter"))
+                .expect("compiles")
+        };
+        let slow = event(97.0);
+        let data = EventData::new(&slow);
+        assert_eq!(
+            filter("cel: data.speed > 120.0 && type == 'com.example.telemetry'").verdict(&data),
+            "`data.speed > 120.0 && type == 'com.example.telemetry'` was false; \
+             data.speed = 97, type = com.example.telemetry"
+        );
+        assert_eq!(
+            filter("cel: data.missing.depth > 1").verdict(&data),
+            "`data.missing.depth > 1` failed: No such key: missing; data.missing.depth is missing"
+        );
+        assert_eq!(
+            filter("exact: {type: a, region: north}").verdict(&data),
+            "exact {region: north, type: a} was false; region = north, type = com.example.telemetry"
+        );
+        assert_eq!(
+            filter("all: [{prefix: {subject: fleet/}}, {suffix: {subject: x}}]").verdict(&data),
+            "all: suffix {subject: x} was false; subject = fleet/v1"
+        );
     }
 }

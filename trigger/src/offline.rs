@@ -14,7 +14,7 @@ use ofe_crds::diagnostic::Diagnostic;
 use ofe_crds::trigger::Trigger;
 use serde::Serialize;
 
-use crate::filter::{CompiledFilter, EventData};
+use crate::filter::EventData;
 use crate::metrics::TriggerMetrics;
 use crate::router::{EXT_POISON, Router, Routing};
 use crate::transform::Transform;
@@ -146,15 +146,7 @@ impl Offline {
                     topic: None,
                 };
                 let Some(fired) = fired.iter().find(|f| f.routing == i) else {
-                    verdict.why_not = Some(why_not(
-                        &loaded.trigger,
-                        &loaded.router,
-                        i,
-                        routing,
-                        subject,
-                        event,
-                        at,
-                    ));
+                    verdict.why_not = Some(why_not(&loaded.router, i, routing, subject, event, at));
                     out.push(verdict);
                     continue;
                 };
@@ -207,11 +199,10 @@ impl Offline {
     }
 }
 
-/// Why subscriber `r` (`routing`) of `trigger` did not fire on `event`: the first filter that
-/// is false, with what it saw; an input without its correlation key; or the condition, with
-/// the value of each input.
+/// Why subscriber `r` (`routing`) did not fire on `event`: the first filter that is false,
+/// with what it saw; an input without its correlation key; or the condition, with the value of
+/// each input.
 fn why_not(
-    trigger: &Trigger,
     router: &Router,
     r: usize,
     routing: &Routing,
@@ -225,16 +216,7 @@ fn why_not(
     for input in routing.inputs.iter().filter(|input| input.subject == *subject) {
         let failed = input.filters.iter().enumerate().find(|(_, f)| !f.matches(&data));
         if let Some((n, filter)) = failed {
-            let spec = trigger.spec.inputs.get(&input.name).and_then(|i| i.filters.as_ref());
-            let text = spec
-                .and_then(|filters| filters.get(n))
-                .and_then(|f| serde_json::to_string(f).ok())
-                .unwrap_or_default();
-            reasons.push(format!(
-                "input `{}`: filter [{n}] {text} is false{}",
-                input.name,
-                detail(filter, &data)
-            ));
+            reasons.push(format!("input `{}`: filter [{n}] {}", input.name, filter.verdict(&data)));
             continue;
         }
         match &input.key {
@@ -265,33 +247,6 @@ fn why_not(
         String::new()
     };
     format!("the condition `{}` is false: {}{within}", routing.condition.text(), values.join(", "))
-}
-
-/// What a false filter saw: a CEL expression's value, or the attribute an exact, prefix or
-/// suffix filter compared.
-fn detail(filter: &CompiledFilter, data: &EventData<'_>) -> String {
-    match filter {
-        CompiledFilter::Cel(program) => match data.try_eval(program) {
-            Ok(value) => format!(
-                " (it gives {})",
-                crate::sink::http::request::scalar(&value).unwrap_or_else(|_| format!("{value:?}"))
-            ),
-            Err(e) => format!(" ({e})"),
-        },
-        CompiledFilter::Exact(pairs)
-        | CompiledFilter::Prefix(pairs)
-        | CompiledFilter::Suffix(pairs) => {
-            let seen: Vec<String> = pairs
-                .iter()
-                .map(|(name, _)| match crate::filter::attribute(data.event(), name) {
-                    Some(value) => format!("`{name}` is `{value}`"),
-                    None => format!("the event has no `{name}`"),
-                })
-                .collect();
-            format!(" ({})", seen.join(", "))
-        }
-        _ => String::new(),
-    }
 }
 
 /// The request `sink` (at `path`) would get for `event`, credentials as `***`.

@@ -331,7 +331,7 @@ impl Router {
                 if self.metrics.tap.is_listened() {
                     let event = Arc::new(event.clone());
                     self.metrics.tap(Stage::Filtered, &routing.labels, &event, || {
-                        Some("no input's filters matched".into())
+                        Some(filtered_verdict(routing, group, &data))
                     });
                 }
                 continue;
@@ -486,7 +486,7 @@ impl Router {
             return self
                 .fires(&routing, 1)
                 .then(|| event.clone())
-                .or_else(|| self.not_fired(&routing, event));
+                .or_else(|| self.not_fired(&routing, event, 1));
         }
         let at = at.timestamp_millis();
         let window = i64::try_from(routing.window.as_millis()).unwrap_or(i64::MAX);
@@ -524,7 +524,7 @@ impl Router {
         }
         self.metrics.join_keys.get_or_create(&routing.labels).set(as_i64(keys));
         if !self.fires(&routing, bits) {
-            return self.not_fired(&routing, event);
+            return self.not_fired(&routing, event, bits);
         }
         let entry = self.state[touch.routing].keys.entry(touch.key.clone()).or_default();
         let joined: Vec<String> = routing
@@ -573,13 +573,39 @@ impl Router {
         })
     }
 
-    /// Counts an event that did not fire `routing`.
-    fn not_fired(&self, routing: &Routing, event: &Arc<Event>) -> Option<Arc<Event>> {
+    /// Counts an event that did not fire `routing`, whose inputs were `bits`.
+    fn not_fired(&self, routing: &Routing, event: &Arc<Event>, bits: u64) -> Option<Arc<Event>> {
         self.metrics.filtered.get_or_create(&routing.labels).inc();
-        self.metrics
-            .tap(Stage::Filtered, &routing.labels, event, || Some("the condition is false".into()));
+        self.metrics.tap(Stage::Filtered, &routing.labels, event, || {
+            let inputs: Vec<String> = routing
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| format!("{}={}", input.name, bits & (1 << i) != 0))
+                .collect();
+            Some(format!(
+                "the condition `{}` was false: {}",
+                routing.condition.text(),
+                inputs.join(", ")
+            ))
+        });
         None
     }
+}
+
+/// Why no input of `group` (all of `routing`'s) let the event in: each input's first false
+/// filter with what the event holds (`input `overspeed`: `data.speed > 120.0` was false;
+/// data.speed = 97`). Built only while the tap is listened to.
+fn filtered_verdict(routing: &Routing, group: &[InputRef], data: &EventData<'_>) -> String {
+    let each: Vec<String> = group
+        .iter()
+        .map(|(_, i)| &routing.inputs[*i as usize])
+        .map(|input| match input.filters.iter().find(|f| !f.matches(data)) {
+            Some(filter) => format!("input `{}`: {}", input.name, filter.verdict(data)),
+            None => format!("input `{}`: passed", input.name),
+        })
+        .collect();
+    each.join(" · ")
 }
 
 /// `event`, with [`EXT_JOINED`] set to `joined`; the same shared event, not a copy, when

@@ -569,7 +569,7 @@ impl Subscriber {
             return true;
         };
         let dead = dead_letter_event(event, &route.destination, failure, attempts);
-        let on_retry = || {
+        let on_retry = |_: &Failure| {
             metrics.retried.get_or_create(labels).inc();
         };
         match deliverer.send(target, &dead, &plan.retry, interrupt, on_retry).await {
@@ -645,7 +645,7 @@ impl Subscriber {
         let outcome = crate::delivery::retry(
             &plan.retry,
             interrupt,
-            || {},
+            |_| {},
             |_| {
                 let (bus, reply) = (bus.clone(), &reply);
                 async move {
@@ -739,11 +739,16 @@ impl Subscriber {
             let span =
                 deliver_span(labels, &route.destination, &first.event, first.delivery.attempt);
             span.set(KeyValue::new("messaging.batch.message_count", events.len() as i64));
-            let on_retry = || {
+            let on_retry = |failure: &Failure| {
                 metrics.retried.get_or_create(labels).inc();
                 for event in &events {
                     metrics.tap(Stage::Retrying, labels, event, || {
-                        Some(format!("to {} (a batch of {})", route.destination, events.len()))
+                        Some(format!(
+                            "to {} (a batch of {}): {}",
+                            route.destination,
+                            events.len(),
+                            failure.reason
+                        ))
                     });
                 }
             };
@@ -802,10 +807,10 @@ impl Subscriber {
         let Some(Prepared { delivery, event, key }) = self.prepare(delivery).await else { return };
         for route in &plan.routes {
             let span = deliver_span(labels, &route.destination, &event, delivery.attempt);
-            let on_retry = || {
+            let on_retry = |failure: &Failure| {
                 metrics.retried.get_or_create(labels).inc();
                 metrics.tap(Stage::Retrying, labels, &event, || {
-                    Some(format!("to {}", route.destination))
+                    Some(format!("to {}: {}", route.destination, failure.reason))
                 });
             };
             let sent = deliverer.send_reported(

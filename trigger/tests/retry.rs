@@ -21,7 +21,7 @@ async fn script(
     let outcome = retry(
         &policy,
         &shutdown,
-        || {},
+        |_| {},
         |_| {
             times.lock().expect("lock").push(start.elapsed());
             let next = results.lock().expect("lock").next().unwrap_or(Ok(()));
@@ -125,7 +125,7 @@ async fn shutdown_interrupts_a_wait() {
     });
     let start = Instant::now();
     let policy = RetryPolicy { delay: Duration::from_secs(60), ..RetryPolicy::default() };
-    let outcome = retry(&policy, &shutdown, || {}, |_| async { status(500).map(|()| None) }).await;
+    let outcome = retry(&policy, &shutdown, |_| {}, |_| async { status(500).map(|()| None) }).await;
     assert!(matches!(outcome, Outcome::Interrupted), "{outcome:?}");
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }

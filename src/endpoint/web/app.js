@@ -1,19 +1,29 @@
-// The ofe console: the mesh from /console/graph, figures from /metrics and /status every
-// second, and a node's events live from /tail. No dependencies: plain ES module and SVG.
+// The ofe console: the mesh from /console/graph, every node's figures and readiness live from
+// /console/live (Server-Sent Events, a frame a second), a node's last 15 minutes from
+// /console/history, an event's path from /console/path, and a node's events live from /tail.
+// No dependencies: a plain ES module and SVG.
 
 const token = new URLSearchParams(location.search).get("token");
 const auth = token ? { Authorization: `Bearer ${token}` } : {};
+const withToken = (path) => (token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path);
 const svgNS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
+// Seconds of history the charts show.
+const SPAN = 900;
+// A node's width, and the distance between columns.
+const WIDE = 200;
+const PITCH = 270;
 
 const state = {
   graph: { nodes: [], edges: [] },
-  // Per series key, the last value and when it was read, to turn counters into rates.
-  last: new Map(),
-  rates: new Map(),
-  gauges: new Map(),
+  // The newest /console/live frame: figures by node id, and each resource's Ready.
+  frame: { nodes: {}, ready: [] },
   ready: new Map(),
   selected: null,
+  // The selected node's points, oldest first, for its charts.
+  series: [],
+  // The nodes and edges of the event last looked up by id.
+  path: new Set(),
   tail: null,
 };
 
@@ -23,79 +33,18 @@ async function get(path) {
   return response;
 }
 
-// OpenMetrics text: each sample as [name, labels, value].
-function samples(text) {
-  const out = [];
-  for (const line of text.split("\n")) {
-    if (!line || line.startsWith("#")) continue;
-    const m = line.match(/^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/);
-    if (!m) continue;
-    const labels = {};
-    for (const pair of (m[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]] = pair[2];
-    out.push([m[1], labels, Number(m[3])]);
-  }
-  return out;
-}
-
-const seriesKey = (name, labels) => `${name}|${Object.keys(labels).sort().map((k) => `${k}=${labels[k]}`).join(",")}`;
-
-// The labels a node's series carry, as a key: every label the node names must match.
-function nodeKey(name, node) {
-  const keys = Object.keys(node.metrics || {});
-  if (!keys.length) return null;
-  return seriesKey(name, node.metrics);
-}
-
-function readMetrics(text, now) {
-  const counters = new Map();
-  for (const [name, labels, value] of samples(text)) {
-    const wanted = {};
-    for (const k of ["namespace", "eventsource", "event", "kind", "trigger", "subscriber"]) {
-      if (k in labels) wanted[k] = labels[k];
-    }
-    const key = seriesKey(name, wanted);
-    counters.set(key, (counters.get(key) || 0) + value);
-  }
-  for (const [key, value] of counters) {
-    if (key.includes("_total|")) {
-      const before = state.last.get(key);
-      if (before && now > before.at) {
-        const rate = Math.max(0, (value - before.value) / ((now - before.at) / 1000));
-        // A little smoothing, so one slow scrape does not make the graph flicker.
-        const previous = state.rates.get(key);
-        state.rates.set(key, previous === undefined ? rate : previous * 0.3 + rate * 0.7);
-      }
-      state.last.set(key, { value, at: now });
-    } else {
-      state.gauges.set(key, value);
-    }
-  }
-}
-
+// A node's figures in the newest frame: rate, and for a subscriber fired, errors, lag, dead
+// letters and latency.
 function figures(node) {
-  const rate = (name) => state.rates.get(nodeKey(name, node)) || 0;
-  const gauge = (name) => state.gauges.get(nodeKey(name, node)) || 0;
-  if (node.kind === "event") {
-    return { rate: rate("ofe_eventsource_events_published_total"), errors: rate("ofe_eventsource_publish_errors_total") };
-  }
-  if (node.kind === "subscriber") {
-    return {
-      rate: rate("ofe_trigger_events_delivered_total"),
-      fired: rate("ofe_trigger_events_received_total"),
-      errors: rate("ofe_trigger_delivery_retries_total") + rate("ofe_trigger_events_dead_lettered_total") + rate("ofe_trigger_events_dropped_total"),
-      lag: gauge("ofe_trigger_bus_lag"),
-      deadLetters: gauge("ofe_trigger_dead_letters"),
-    };
-  }
-  return null;
+  if (node.kind !== "event" && node.kind !== "subscriber") return null;
+  const f = state.frame.nodes[node.id];
+  if (!f) return { rate: 0, errors: 0 };
+  return f;
 }
 
-function readStatus(json) {
+function readStatus(ready) {
   state.ready.clear();
-  for (const r of json.resources || []) {
-    const ready = (r.conditions || []).find((c) => c.type === "Ready");
-    state.ready.set(`${r.kind}|${r.namespace}|${r.name}`, ready || null);
-  }
+  for (const r of ready || []) state.ready.set(`${r.kind}|${r.namespace}|${r.name}`, r);
 }
 
 function readiness(node) {
@@ -148,16 +97,20 @@ function layout(nodes, edges) {
       if (n.namespace !== namespace) {
         namespace = n.namespace;
         y += 18;
-        labels.push({ x: 20 + l * 300, y: y - 6, text: namespace });
+        labels.push({ x: 20 + l * PITCH, y: y - 6, text: namespace });
       }
-      at.set(n.id, { x: 20 + l * 300, y });
-      y += 66;
+      at.set(n.id, { x: 20 + l * PITCH, y });
+      y += 74;
     }
   }
   return { at, labels };
 }
 
-const fmt = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+const fmt = (value) => {
+  const x = Number(value) || 0;
+  return x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2);
+};
+const ms = (seconds) => `${fmt(seconds * 1000)} ms`;
 
 function el(name, attrs = {}, text) {
   const e = document.createElementNS(svgNS, name);
@@ -181,47 +134,55 @@ function render() {
   for (const e of edges) {
     const a = at.get(e.from);
     const b = at.get(e.to);
-    const x1 = a.x + 240, y1 = a.y + 24, x2 = b.x, y2 = b.y + 24;
+    const x1 = a.x + WIDE, y1 = a.y + 30, x2 = b.x, y2 = b.y + 30;
     const sub = byId.get(e.kind === "input" ? e.to : e.from);
     const f = sub && sub.kind === "subscriber" ? figures(sub) : null;
     const failing = f && e.kind === "sink" && f.errors > 0;
-    const cls = `edge ${failing ? "failing" : ""} ${e.kind === "reply" ? "reply" : ""}`;
+    const onPath = state.path.has(e.from) && state.path.has(e.to);
+    const cls = `edge ${failing ? "failing" : ""} ${e.kind === "reply" ? "reply" : ""} ${onPath ? "onpath" : ""}`;
     svg.append(el("path", { class: cls, d: `M${x1},${y1} C${x1 + 40},${y1} ${x2 - 40},${y2} ${x2},${y2}`, "data-from": e.from, "data-to": e.to }));
     if (f) {
-      const value = e.kind === "input" ? f.fired : f.rate;
+      const value = e.kind === "input" ? f.fired ?? 0 : f.rate;
       const text = failing ? `${fmt(f.errors)} err/s` : `${fmt(value)}/s`;
-      // Near the edge's start, where edges from one node have not yet met others.
-      svg.append(el("text", { class: `edge-label ${failing ? "failing" : ""}`, x: x1 + 6, y: y1 - 4, "data-edge": `${e.from}>${e.to}` }, text));
+      // An input edge's figure near its subscriber (edges from one event fan out from one
+      // point), any other's near its subscriber too: its start.
+      const [lx, anchor] = e.kind === "input" ? [x2 - 6, "end"] : [x1 + 6, "start"];
+      const ly = e.kind === "input" ? y2 - 4 : y1 - 4;
+      svg.append(el("text", { class: `edge-label ${failing ? "failing" : ""}`, x: lx, y: ly, "text-anchor": anchor, "data-edge": `${e.from}>${e.to}` }, text));
     }
   }
   for (const l of labels) svg.append(el("text", { class: "namespace-label", x: l.x, y: l.y }, l.text));
   for (const n of nodes) {
     const { x, y } = at.get(n.id);
     const dim = query && !n.label.toLowerCase().includes(query) && !n.id.toLowerCase().includes(query);
-    const g = el("g", { class: `node ${n.kind} ${dim ? "dim" : ""} ${state.selected === n.id ? "selected" : ""}`, transform: `translate(${x},${y})`, "data-id": n.id, tabindex: 0 });
-    g.append(el("rect", { width: 240, height: 48 }));
+    const g = el("g", { class: `node ${n.kind} ${dim ? "dim" : ""} ${state.selected === n.id ? "selected" : ""} ${state.path.has(n.id) ? "onpath" : ""}`, transform: `translate(${x},${y})`, "data-id": n.id, tabindex: 0 });
+    g.append(el("rect", { width: WIDE, height: 60 }));
     const r = readiness(n);
     const dot = el("circle", { class: `ready-${r.status}`, cx: 12, cy: 14, r: 5 });
     dot.append(el("title", {}, r.status === "true" ? "Ready" : `not ready ${r.reason}`));
     g.append(dot);
-    g.append(el("text", { x: 22, y: 18 }, n.label.length > 34 ? `${n.label.slice(0, 33)}…` : n.label));
+    g.append(el("text", { x: 22, y: 18 }, n.label.length > 30 ? `${n.label.slice(0, 29)}…` : n.label));
     const f = figures(n);
     if (f) {
       let line = `${fmt(f.rate)}/s`;
       if (f.lag !== undefined) line += `  lag ${f.lag}`;
-      if (f.deadLetters) line += `  dead letters ${f.deadLetters}`;
-      g.append(el("text", { class: "figures", x: 12, y: 38, "data-figure": "rate" }, line));
-      if (f.errors > 0) g.append(el("text", { class: "errors", x: 236, y: 38, "text-anchor": "end" }, `${fmt(f.errors)} err/s`));
+      if (f.p99 !== undefined) line += `  p99 ${ms(f.p99)}`;
+      g.append(el("text", { class: "figures", x: 12, y: 36, "data-figure": "rate" }, line));
+      const trouble = [];
+      if (f.errors > 0) trouble.push(`${fmt(f.errors)} err/s`);
+      if (f.deadLetters) trouble.push(`dead letters ${f.deadLetters}`);
+      if (trouble.length) g.append(el("text", { class: "errors", x: 12, y: 52, "data-figure": "errors" }, trouble.join("  ")));
     } else {
-      g.append(el("text", { class: "figures", x: 12, y: 38 }, n.kind));
+      g.append(el("text", { class: "figures", x: 12, y: 36 }, n.kind));
     }
     g.addEventListener("click", () => select(n.id));
     svg.append(g);
-    width = Math.max(width, x + 260);
-    height = Math.max(height, y + 70);
+    width = Math.max(width, x + WIDE + 20);
+    height = Math.max(height, y + 80);
   }
+  // Drawn at its natural size, the box scrolling: scaled down to fit, a large mesh would be
+  // unreadable.
   svg.setAttribute("viewBox", `0 0 ${Math.max(width, 600)} ${Math.max(height, 400)}`);
-  svg.setAttribute("preserveAspectRatio", "xMinYMin meet");
   svg.setAttribute("width", Math.max(width, 600));
   svg.setAttribute("height", Math.max(height, 400));
   const subscribers = state.graph.nodes.filter((n) => n.kind === "subscriber");
@@ -242,11 +203,76 @@ function panelFigures() {
   const r = readiness(n);
   add("ready", r.status === "true" ? "yes" : `no ${r.reason}`);
   const f = figures(n);
-  if (f) for (const [k, v] of Object.entries(f)) add(k, typeof v === "number" ? fmt(v) : v);
+  if (f) {
+    add(n.kind === "event" ? "published" : "delivered", `${fmt(f.rate)}/s`);
+    if (f.fired !== undefined) add("fired", `${fmt(f.fired)}/s`);
+    add("errors", `${fmt(f.errors)}/s`);
+    if (f.lag !== undefined) add("lag", String(f.lag));
+    if (f.deadLetters !== undefined) add("dead letters", String(f.deadLetters));
+    if (f.p50 !== undefined) add("latency", `p50 ${ms(f.p50)} · p99 ${ms(f.p99)}`);
+  }
+  charts();
+}
+
+// A line chart of `lines` (each [label, class, value of a point]) over the last SPAN seconds.
+function chart(title, lines, unit) {
+  const width = 380, height = 90, now = Date.now();
+  const x = (at) => width - ((now - at) / 1000 / SPAN) * width;
+  let top = 0;
+  for (const [, , value] of lines) for (const p of state.series) top = Math.max(top, value(p) ?? 0);
+  top = top > 0 ? top * 1.1 : 1;
+  const y = (v) => height - (v / top) * height;
+  const svg = el("svg", { class: "chart", viewBox: `0 0 ${width} ${height + 14}`, width, height: height + 14 });
+  svg.append(el("rect", { class: "frame", width, height }));
+  for (const [label, cls, value] of lines) {
+    // A gap where a second has no value (no deliveries, so no latency).
+    let d = "";
+    let pen = false;
+    for (const p of state.series) {
+      const v = value(p);
+      if (v === undefined || v === null) { pen = false; continue; }
+      d += `${pen ? "L" : "M"}${x(p.at).toFixed(1)},${y(v).toFixed(1)}`;
+      pen = true;
+    }
+    svg.append(el("path", { class: `line ${cls}`, d, "data-line": label }));
+  }
+  svg.append(el("text", { class: "axis", x: 2, y: 11 }, `${fmt(unit(top))}`));
+  svg.append(el("text", { class: "axis", x: 2, y: height + 12 }, "15 min ago"));
+  svg.append(el("text", { class: "axis", x: width - 2, y: height + 12, "text-anchor": "end" }, "now"));
+  const box = document.createElement("figure");
+  const caption = document.createElement("figcaption");
+  caption.textContent = `${title}: ${lines.map(([label, cls]) => label).join(", ")}`;
+  box.append(caption, svg);
+  return box;
+}
+
+function charts() {
+  const box = $("charts");
+  const n = state.graph.nodes.find((x) => x.id === state.selected);
+  if (!n || (n.kind !== "event" && n.kind !== "subscriber")) { box.replaceChildren(); return; }
+  const parts = [chart("throughput /s", [["events", "rate", (p) => p.rate], ["errors", "errors", (p) => p.errors]], (v) => v)];
+  if (n.kind === "subscriber") {
+    parts.push(chart("latency ms", [["p50", "p50", (p) => p.p50], ["p99", "p99", (p) => p.p99]], (v) => v * 1000));
+  }
+  box.replaceChildren(...parts);
+}
+
+async function history(id) {
+  try {
+    const answer = await (await get(`/console/history?node=${encodeURIComponent(id)}`)).json();
+    if (state.selected === id) {
+      state.series = answer.points;
+      charts();
+    }
+  } catch (e) {
+    $("charts").textContent = `history: ${e.message}`;
+  }
 }
 
 function select(id) {
   state.selected = id;
+  state.series = [];
+  history(id);
   const n = state.graph.nodes.find((x) => x.id === id);
   $("panel").hidden = false;
   $("panel-title").textContent = n ? n.label : id;
@@ -299,7 +325,9 @@ function actions(node) {
       button("Replay", () => {
         if (!from.value) { $("action-result").textContent = "choose when the replay starts"; return; }
         const at = new Date(from.value).toISOString();
-        act(`Replay ${node.label} from ${at}`, "POST", `/replay?${q}&from=${encodeURIComponent(at)}`);
+        act(`Replay ${node.label} from ${at}`, "POST", `/replay?${q}&from=${encodeURIComponent(at)}`).then((text) => {
+          if (text) replayProgress(node, JSON.parse(text).replays.map((r) => r.id));
+        });
       }),
     ));
     const letters = document.createElement("div");
@@ -317,6 +345,64 @@ function actions(node) {
       const q = `namespace=${encodeURIComponent(m.namespace)}&eventsource=${encodeURIComponent(m.eventsource)}&event=${encodeURIComponent(m.event)}`;
       act(`Send a test event to ${node.label}`, "POST", `/send?${q}`, JSON.stringify(event));
     })));
+  }
+}
+
+// A replay's progress from /replays, once a second until it ends.
+async function replayProgress(node, ids) {
+  for (;;) {
+    let replays;
+    try {
+      replays = (await (await get("/replays")).json()).replays.filter((r) => ids.includes(r.id));
+    } catch (e) {
+      $("action-result").textContent = `replay: ${e.message}`;
+      return;
+    }
+    if (state.selected !== node.id) return;
+    $("action-result").textContent = replays
+      .map((r) => `replay ${r.id}: ${r.state}, read ${r.read}, fired ${r.fired}, delivered ${r.delivered}, dead-lettered ${r.dead_lettered}${r.error ? ` (${r.error})` : ""}`)
+      .join("; ");
+    if (!replays.some((r) => r.state === "running")) return;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+// A redrive's outcome, from its answer.
+function redriven(text) {
+  const answer = JSON.parse(text);
+  const each = answer.subscribers.map((s) => s.result).filter((r) => r && r.delivered);
+  const delivered = each.reduce((n, r) => n + r.delivered.length, 0);
+  const failed = each.reduce((n, r) => n + r.failed.length, 0);
+  const remaining = each.reduce((n, r) => n + r.remaining, 0);
+  $("action-result").textContent = `redriven: ${delivered} delivered, ${failed} failed again, ${remaining} left`;
+}
+
+// One dead letter whole: the error, the response body, the attempts, and the event.
+async function inspect(q, id) {
+  const box = $("letter");
+  try {
+    const answer = await (await get(`/deadletters/show?${q}&id=${encodeURIComponent(id)}`)).json();
+    const events = answer.subscribers.flatMap((s) => (Array.isArray(s.result) ? s.result : []));
+    const e = events[0];
+    if (!e) { box.textContent = `${id}: no longer held`; return; }
+    let body = "";
+    try { body = e.ofeerrordata ? atob(e.ofeerrordata) : ""; } catch { body = e.ofeerrordata; }
+    box.replaceChildren();
+    const dl = document.createElement("dl");
+    const add = (k, v) => {
+      dl.append(Object.assign(document.createElement("dt"), { textContent: k }));
+      dl.append(Object.assign(document.createElement("dd"), { textContent: v ?? "" }));
+    };
+    add("event", `${e.id} (${e.type} from ${e.source})`);
+    add("destination", e.ofeerrordest);
+    add("status", e.ofeerrorcode);
+    add("attempts", e.ofeerrorattempts);
+    add("reason", e.ofeerrorreason);
+    add("response body", body);
+    add("data", typeof e.data === "string" ? e.data : JSON.stringify(e.data));
+    box.append(dl);
+  } catch (err) {
+    box.textContent = `${id}: ${err.message}`;
   }
 }
 
@@ -339,19 +425,31 @@ async function deadLetters(node, q) {
   table.id = "letters-table";
   for (const l of list.slice(0, 50)) {
     const tr = table.insertRow();
-    tr.insertCell().textContent = l.id;
+    const idCell = tr.insertCell();
+    idCell.append(button(l.id, () => inspect(q, l.id), "link"));
     tr.insertCell().textContent = l.reason;
+    tr.insertCell().textContent = String(l.attempts);
     const cell = tr.insertCell();
     cell.append(
-      button("redrive", async () => { if (await act(`Redrive ${l.id}`, "POST", `/deadletters/redrive?${q}&id=${encodeURIComponent(l.id)}`)) refresh(); }),
+      button("redrive", async () => {
+        const text = await act(`Redrive ${l.id}`, "POST", `/deadletters/redrive?${q}&id=${encodeURIComponent(l.id)}`);
+        if (text) { redriven(text); refresh(); }
+      }),
       button("purge", async () => { if (await act(`Purge ${l.id}`, "POST", `/deadletters/purge?${q}&id=${encodeURIComponent(l.id)}`)) refresh(); }, "danger"),
     );
   }
   const all = list.length ? row(
-    button("Redrive all", async () => { if (await act(`Redrive every dead letter of ${node.label}`, "POST", `/deadletters/redrive?${q}&all=true`)) refresh(); }),
+    button("Redrive all", async () => {
+      const text = await act(`Redrive every dead letter of ${node.label}`, "POST", `/deadletters/redrive?${q}&all=true`);
+      if (text) { redriven(text); refresh(); }
+    }),
     button("Purge all", async () => { if (await act(`Purge every dead letter of ${node.label}`, "POST", `/deadletters/purge?${q}&all=true`)) refresh(); }, "danger"),
   ) : document.createTextNode("");
-  box.replaceChildren(head, all, table);
+  const detail = document.createElement("div");
+  detail.id = "letter";
+  const kept = $("letter");
+  if (kept) detail.replaceChildren(...kept.childNodes);
+  box.replaceChildren(head, all, table, detail);
   // Kept current while the node is shown: letters come, and a store just opened is still
   // reading them back from the bus.
   clearTimeout(state.lettersTimer);
@@ -398,27 +496,96 @@ async function follow(node) {
   }
 }
 
-async function refresh(withGraph) {
-  const now = Date.now();
+// The mesh changes only when manifests are applied: read every 5 s.
+async function graph() {
   try {
-    if (withGraph) {
-      state.graph = await (await get("/console/graph")).json();
-      const select = $("namespace");
-      const chosen = select.value;
-      const namespaces = [...new Set(state.graph.nodes.map((n) => n.namespace))].sort();
-      select.replaceChildren(new Option("all", ""), ...namespaces.map((ns) => new Option(ns, ns)));
-      select.value = namespaces.includes(chosen) ? chosen : "";
-    }
-    const [metrics, status] = await Promise.all([get("/metrics"), get("/status")]);
-    readMetrics(await metrics.text(), now);
-    readStatus(await status.json());
-    $("updated").textContent = `updated ${new Date(now).toLocaleTimeString()}`;
+    state.graph = await (await get("/console/graph")).json();
+    const select = $("namespace");
+    const chosen = select.value;
+    const namespaces = [...new Set(state.graph.nodes.map((n) => n.namespace))].sort();
+    select.replaceChildren(new Option("all", ""), ...namespaces.map((ns) => new Option(ns, ns)));
+    select.value = namespaces.includes(chosen) ? chosen : "";
     render();
   } catch (e) {
     $("updated").textContent = `cannot reach ofe: ${e.message}`;
   }
 }
 
+// The figures, pushed by ofe once a second. EventSource reconnects by itself.
+function live() {
+  const source = new EventSource(withToken("/console/live"));
+  source.onmessage = (message) => {
+    state.frame = JSON.parse(message.data);
+    readStatus(state.frame.ready);
+    const point = state.selected && state.frame.nodes[state.selected];
+    if (point && (!state.series.length || state.series[state.series.length - 1].at < point.at)) {
+      state.series.push(point);
+      if (state.series.length > SPAN) state.series.shift();
+    }
+    $("updated").textContent = `live ${new Date(state.frame.at).toLocaleTimeString()}`;
+    render();
+  };
+  source.onerror = () => {
+    $("updated").textContent = "cannot reach ofe; reconnecting…";
+  };
+}
+
+// The node a step happened at.
+function stepNode(step) {
+  // An EventSource's part is `<kind>.<event>`.
+  if (step.kind === "EventSource") return `event:${step.namespace}/${step.name}/${step.part.slice(step.part.indexOf(".") + 1)}`;
+  if (/^\d+$/.test(step.part)) return `sub:${step.namespace}/${step.name}/${step.part}`;
+  return null;
+}
+
+// Finds an event by id among the steps ofe recorded since the console opened, and shows its
+// path: the nodes and edges it went through, and every step in order.
+async function find(id) {
+  id = id.trim();
+  if (!id) return;
+  let answer;
+  try {
+    answer = await (await get(`/console/path?id=${encodeURIComponent(id)}`)).json();
+  } catch (e) {
+    $("path-result").textContent = e.message;
+    return;
+  }
+  state.path = new Set();
+  for (const step of answer.steps) {
+    const node = stepNode(step);
+    if (node) state.path.add(node);
+    // What a subscriber delivered to: its sink or topic nodes.
+    if (node && step.stage === "delivered") {
+      for (const e of state.graph.edges) if (e.from === node && e.kind !== "dead-letter") state.path.add(e.to);
+    }
+  }
+  const box = $("path");
+  box.hidden = false;
+  $("path-title").textContent = `Event ${id}`;
+  const since = answer.since ? new Date(answer.since).toLocaleTimeString() : "now";
+  $("path-result").textContent = answer.steps.length
+    ? `${answer.steps.length} steps${answer.lost ? ` (${answer.lost} steps of all events lost to bursts)` : ""}`
+    : `not seen since the console opened (${since})`;
+  const list = $("path-steps");
+  list.replaceChildren(...answer.steps.map((step) => {
+    const li = document.createElement("li");
+    li.className = `stage-${step.stage}`;
+    const where = step.kind === "EventSource" ? `${step.namespace}/${step.name} ${step.part}` : `${step.namespace}/${step.name}[${step.part}]`;
+    li.textContent = `${step.at.slice(11, 23)} ${step.stage} at ${where}${step.detail ? ` — ${step.detail}` : ""}`;
+    return li;
+  }));
+  render();
+}
+
+$("find").addEventListener("submit", (e) => {
+  e.preventDefault();
+  find($("find-id").value);
+});
+$("path-close").addEventListener("click", () => {
+  state.path = new Set();
+  $("path").hidden = true;
+  render();
+});
 $("search").addEventListener("input", render);
 $("namespace").addEventListener("change", render);
 $("close").addEventListener("click", () => {
@@ -428,6 +595,6 @@ $("close").addEventListener("click", () => {
   render();
 });
 
-let tick = 0;
-refresh(true);
-setInterval(() => refresh(++tick % 5 === 0), 1000);
+graph();
+live();
+setInterval(graph, 5000);

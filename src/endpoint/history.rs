@@ -1,0 +1,421 @@
+//! The console's live figures and their history, kept in the process: once a second, each
+//! node's rate, errors, lag, dead letters and delivery latency (p50, p99), and every
+//! resource's readiness.
+//!
+//! They come from the process's own metrics registry, read the way a scraper reads it (the
+//! OpenMetrics text), so the console shows exactly what `/metrics` says and no metric needs a
+//! second code path. The last [`SPAN`] seconds of each node are kept for the charts, so a
+//! console opened now shows the last 15 minutes without a Prometheus. The newest second is
+//! also sent to every open console over Server-Sent Events (`/console/live`) as one JSON
+//! frame, encoded once however many consoles are open.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ofe_core::health::Health;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Seconds of history kept per node: 15 minutes.
+pub const SPAN: usize = 900;
+
+/// How often a sample is taken.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// One node's figures over one second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Point {
+    /// The end of the second, in milliseconds since the Unix epoch.
+    pub at: i64,
+    /// Events per second: delivered, for a subscriber; published, for an EventSource event.
+    pub rate: f64,
+    /// Events per second that fired a subscriber (it received them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fired: Option<f64>,
+    /// Failures per second: retries, dead letters and drops, or failed publishes.
+    pub errors: f64,
+    /// Events the subscriber has not settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<f64>,
+    /// Events held in its dead-letter store.
+    #[serde(skip_serializing_if = "Option::is_none", rename = "deadLetters")]
+    pub dead_letters: Option<f64>,
+    /// Median receive-to-delivered time of the second's deliveries, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50: Option<f64>,
+    /// Their 99th percentile, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+}
+
+/// A resource's `Ready` condition, as the console shows it.
+#[derive(Clone, Debug, Serialize)]
+struct Readiness {
+    kind: String,
+    namespace: String,
+    name: String,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// What one `/console/live` frame holds.
+#[derive(Serialize)]
+struct Frame<'a> {
+    at: i64,
+    nodes: &'a BTreeMap<String, Point>,
+    ready: Vec<Readiness>,
+}
+
+/// The history, shared by the sampler and the endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct History {
+    series: Arc<Mutex<HashMap<String, VecDeque<Point>>>>,
+    live: watch::Sender<Arc<str>>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self { series: Arc::default(), live: watch::channel(Arc::from("")).0 }
+    }
+}
+
+impl History {
+    /// The kept seconds of node `id`, oldest first.
+    pub fn of(&self, id: &str) -> Vec<Point> {
+        self.series
+            .lock()
+            .map(|s| s.get(id).map(|points| points.iter().copied().collect()).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The newest frame from now on: the first at once (once a sample was taken), then one a
+    /// second.
+    pub fn frames(&self) -> watch::Receiver<Arc<str>> {
+        let mut rx = self.live.subscribe();
+        if !rx.borrow().is_empty() {
+            rx.mark_changed();
+        }
+        rx
+    }
+
+    /// Keeps `points` (one per node), dropping what is older than [`SPAN`] seconds and the
+    /// nodes that no longer exist.
+    fn keep(&self, points: &BTreeMap<String, Point>) {
+        let Ok(mut series) = self.series.lock() else { return };
+        series.retain(|id, _| points.contains_key(id));
+        for (id, point) in points {
+            let ring = series.entry(id.clone()).or_default();
+            if ring.len() == SPAN {
+                ring.pop_front();
+            }
+            ring.push_back(*point);
+        }
+    }
+}
+
+/// A node's cumulative counters at the last sample.
+#[derive(Clone, Debug, Default)]
+struct Totals {
+    done: f64,
+    fired: f64,
+    errors: f64,
+    lag: Option<f64>,
+    dead_letters: Option<f64>,
+    /// The latency histogram's cumulative buckets: (upper bound, count).
+    buckets: Vec<(f64, f64)>,
+}
+
+/// How each metric counts towards a node's figures.
+#[derive(Clone, Copy)]
+enum Role {
+    Done,
+    Fired,
+    Error,
+    Lag,
+    DeadLetters,
+    Bucket,
+}
+
+fn role(name: &str) -> Option<Role> {
+    Some(match name {
+        "ofe_trigger_events_delivered_total" | "ofe_eventsource_events_published_total" => {
+            Role::Done
+        }
+        "ofe_trigger_events_received_total" => Role::Fired,
+        "ofe_trigger_delivery_retries_total"
+        | "ofe_trigger_events_dead_lettered_total"
+        | "ofe_trigger_events_dropped_total"
+        | "ofe_eventsource_publish_errors_total" => Role::Error,
+        "ofe_trigger_bus_lag" => Role::Lag,
+        "ofe_trigger_dead_letters" => Role::DeadLetters,
+        "ofe_trigger_delivery_duration_seconds_bucket" => Role::Bucket,
+        _ => return None,
+    })
+}
+
+/// The labels that name a node: a subscriber's, or an EventSource event's.
+const NODE_LABELS: [&str; 6] =
+    ["namespace", "trigger", "subscriber", "eventsource", "event", "kind"];
+
+/// `labels` reduced to those that name a node, as one key.
+fn node_key<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut wanted: Vec<(&str, &str)> = labels.filter(|(k, _)| NODE_LABELS.contains(k)).collect();
+    wanted.sort_unstable();
+    wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// A sample line of the OpenMetrics text: its name, labels (name, value) and value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// One sample line of the OpenMetrics text. Label values keep their escapes, which is what the
+/// keys compare.
+fn parse_line(line: &str) -> Option<Sample<'_>> {
+    if line.starts_with('#') || line.is_empty() {
+        return None;
+    }
+    let (head, value) = match line.find('{') {
+        Some(_) => {
+            let close = line.rfind('}')?;
+            (&line[..close + 1], line[close + 1..].trim())
+        }
+        None => line.split_once(' ').map(|(h, v)| (h, v.trim()))?,
+    };
+    let value: f64 = value.split_whitespace().next()?.parse().ok()?;
+    let (name, mut rest) = match head.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (head, ""),
+    };
+    let mut labels = Vec::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        // The value ends at the first quote no backslash escapes.
+        let bytes = after.as_bytes();
+        let mut end = 0;
+        while end < bytes.len() && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\')) {
+            end += 1;
+        }
+        labels.push((key.trim_start_matches(','), &after[..end.min(after.len())]));
+        rest = after.get(end + 1..).unwrap_or("").trim_start_matches(',');
+    }
+    Some((name, labels, value))
+}
+
+/// Every node's cumulative totals in `text`, by node key.
+fn totals(text: &str) -> HashMap<String, Totals> {
+    let mut out: HashMap<String, Totals> = HashMap::new();
+    for (name, labels, value) in text.lines().filter_map(parse_line) {
+        let Some(role) = role(name) else { continue };
+        let totals = out.entry(node_key(labels.iter().copied())).or_default();
+        match role {
+            Role::Done => totals.done += value,
+            Role::Fired => totals.fired += value,
+            Role::Error => totals.errors += value,
+            Role::Lag => *totals.lag.get_or_insert(0.0) += value,
+            Role::DeadLetters => *totals.dead_letters.get_or_insert(0.0) += value,
+            Role::Bucket => {
+                let bound = labels.iter().find(|(k, _)| *k == "le").and_then(|(_, v)| {
+                    if *v == "+Inf" { Some(f64::INFINITY) } else { v.parse().ok() }
+                });
+                if let Some(bound) = bound {
+                    totals.buckets.push((bound, value));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `q` quantile of the observations between two readings of one histogram's cumulative
+/// buckets, interpolated within its bucket as Prometheus's `histogram_quantile` does; `None`
+/// when nothing was observed.
+fn quantile(q: f64, now: &[(f64, f64)], before: &[(f64, f64)]) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = now
+        .iter()
+        .map(|(bound, n)| {
+            let was = before.iter().find(|(b, _)| b == bound).map_or(0.0, |(_, c)| *c);
+            (*bound, (n - was).max(0.0))
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, count) in &counts {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower.0);
+            }
+            let within = count - lower.1;
+            let share = if within > 0.0 { (rank - lower.1) / within } else { 1.0 };
+            return Some(lower.0 + (bound - lower.0) * share);
+        }
+        lower = (bound, count);
+    }
+    Some(lower.0)
+}
+
+/// Node ids by their metric labels' key, from the mesh.
+fn node_ids(topology: &ofe_runtime::Topology) -> HashMap<String, String> {
+    topology
+        .read()
+        .map(|graph| {
+            graph
+                .nodes
+                .iter()
+                .filter(|n| !n.metrics.is_empty())
+                .map(|n| {
+                    let key = node_key(n.metrics.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    (key, n.id.clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The figures of one second, from the totals before and after it.
+fn point(at: i64, seconds: f64, now: &Totals, before: Option<&Totals>) -> Point {
+    let per_second = |n: f64, b: f64| ((n - b) / seconds).max(0.0);
+    let base =
+        before.cloned().unwrap_or_else(|| Totals { buckets: now.buckets.clone(), ..now.clone() });
+    Point {
+        at,
+        rate: per_second(now.done, base.done),
+        fired: now.lag.map(|_| per_second(now.fired, base.fired)),
+        errors: per_second(now.errors, base.errors),
+        lag: now.lag,
+        dead_letters: now.dead_letters,
+        p50: quantile(0.5, &now.buckets, &base.buckets),
+        p99: quantile(0.99, &now.buckets, &base.buckets),
+    }
+}
+
+/// Samples the registry once a second into `history` until `shutdown`.
+pub async fn sample(
+    registry: Arc<Registry>,
+    health: Health,
+    topology: ofe_runtime::Topology,
+    history: History,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: HashMap<String, Totals> = HashMap::new();
+    let mut last_at = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+            tracing::warn!(%error, "the console cannot read the metrics");
+            continue;
+        }
+        let now = std::time::Instant::now();
+        let seconds = now.duration_since(last_at).as_secs_f64().max(0.001);
+        last_at = now;
+        let at = chrono::Utc::now().timestamp_millis();
+        let ids = node_ids(&topology);
+        let read = totals(&text);
+        let mut points = BTreeMap::new();
+        for (key, id) in &ids {
+            let current = read.get(key).cloned().unwrap_or_default();
+            points.insert(id.clone(), point(at, seconds, &current, last.get(key)));
+        }
+        last = read;
+        history.keep(&points);
+        let ready = readiness(&health);
+        match serde_json::to_string(&Frame { at, nodes: &points, ready }) {
+            Ok(frame) => {
+                history.live.send_replace(Arc::from(frame));
+            }
+            Err(error) => tracing::warn!(%error, "the console's frame does not encode"),
+        }
+    }
+}
+
+/// Every resource's `Ready` condition.
+fn readiness(health: &Health) -> Vec<Readiness> {
+    health
+        .snapshot()
+        .into_iter()
+        .filter_map(|(key, conditions)| {
+            let ready = conditions.into_iter().find(|c| c.r#type == "Ready")?;
+            Some(Readiness {
+                kind: key.kind.clone(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                status: ready.status,
+                reason: ready.reason,
+                message: ready.message,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_line_is_read_with_its_labels() {
+        let line = r#"ofe_trigger_events_delivered_total{namespace="a",trigger="t",subscriber="0",x="q\"}"} 12"#;
+        let (name, labels, value) = parse_line(line).expect("a sample");
+        assert_eq!(name, "ofe_trigger_events_delivered_total");
+        assert_eq!(value, 12.0);
+        assert_eq!(labels[..3], [("namespace", "a"), ("trigger", "t"), ("subscriber", "0")]);
+        assert_eq!(labels[3], ("x", r#"q\"}"#));
+        assert_eq!(parse_line("up 1").map(|s| s.2), Some(1.0));
+        assert!(parse_line("# TYPE x counter").is_none());
+    }
+
+    #[test]
+    fn quantiles_come_from_the_seconds_observations_only() {
+        // Before: 100 fast observations. This second: 10 more, 9 under 10 ms, 1 under 100 ms.
+        let before = [(0.01, 100.0), (0.1, 100.0), (f64::INFINITY, 100.0)];
+        let now = [(0.01, 109.0), (0.1, 110.0), (f64::INFINITY, 110.0)];
+        let p50 = quantile(0.5, &now, &before).expect("observed");
+        assert!((p50 - 0.01 * 5.0 / 9.0).abs() < 1e-9, "{p50}");
+        let p99 = quantile(0.99, &now, &before).expect("observed");
+        assert!(p99 > 0.01 && p99 <= 0.1, "{p99}");
+        assert_eq!(quantile(0.5, &before, &before), None, "nothing this second");
+        let slow = [(0.01, 0.0), (f64::INFINITY, 3.0)];
+        assert_eq!(quantile(0.5, &slow, &[]), Some(0.01), "beyond the last bound: the bound");
+    }
+
+    #[test]
+    fn a_node_gets_its_rate_errors_and_lag_and_the_ring_keeps_fifteen_minutes() {
+        let text = "\
+ofe_trigger_events_delivered_total{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 30
+ofe_trigger_delivery_retries_total{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 4
+ofe_trigger_events_dead_lettered_total{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 2
+ofe_trigger_bus_lag{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 7
+ofe_trigger_events_received_total{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 40
+";
+        let before = totals(
+            "ofe_trigger_events_delivered_total{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 10
+ofe_trigger_events_received_total{namespace=\"n\",trigger=\"t\",subscriber=\"0\"} 34
+",
+        );
+        let now = totals(text);
+        let key = "namespace=n,subscriber=0,trigger=t";
+        let p = point(5, 2.0, &now[key], before.get(key));
+        assert_eq!((p.rate, p.errors, p.lag, p.fired), (10.0, 3.0, Some(7.0), Some(3.0)));
+        let history = History::default();
+        for at in 0..(SPAN as i64 + 5) {
+            history.keep(&BTreeMap::from([("sub:n/t/0".to_string(), Point { at, ..p })]));
+        }
+        let kept = history.of("sub:n/t/0");
+        assert_eq!((kept.len(), kept[0].at), (SPAN, 5), "the oldest seconds are dropped");
+        history.keep(&BTreeMap::new());
+        assert!(history.of("sub:n/t/0").is_empty(), "a node gone is forgotten");
+    }
+}
