@@ -101,6 +101,9 @@ pub struct Process {
     /// The replays, whose progress the operator writes into status.
     #[cfg_attr(not(feature = "operator"), expect(dead_code))]
     pub replays: ofe_runtime::Replays,
+    /// The console's history, whose frames say this replica's role in the operator.
+    #[cfg_attr(not(feature = "operator"), expect(dead_code))]
+    pub history: endpoint::history::History,
     shutdown: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -143,6 +146,7 @@ impl Process {
         let (targets, pauses) = (console.targets.clone(), console.pauses.clone());
         let (dead_letters, replays) = (console.dead_letters.clone(), console.replays.clone());
         let topology = console.topology.clone();
+        let history = console.history.clone();
         let http = tokio::spawn(endpoint::serve(
             listener,
             Arc::new(registry),
@@ -163,7 +167,7 @@ impl Process {
             .with_dead_letters(dead_letters)
             .with_replays(replays.clone())
             .with_topology(topology);
-        Ok(Self { plane, health, ready, replays, shutdown, http })
+        Ok(Self { plane, health, ready, replays, history, shutdown, http })
     }
 
     /// Marks the process ready for `/healthz`.

@@ -227,6 +227,43 @@ async fn the_flagship_example_runs_from_the_api_server_and_its_status_tells_the_
     assert_eq!(alert["vehicle"], "car-1", "{alert}");
     assert_eq!(alert["kmh"], 130, "{alert}");
 
+    // The web console on the operator shows the mesh it runs from the API server, live, with
+    // the Ready the leader writes into status, and says this replica leads.
+    let graph: Value =
+        serde_json::from_str(&get(&format!("http://{}/console/graph", operator.listen)).await)
+            .expect("the graph");
+    let ids: Vec<&str> =
+        graph["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["id"].as_str()).collect();
+    for id in [
+        format!("event:{ns}/fleet/telemetry"),
+        format!("sub:{ns}/fleet-router/0"),
+        format!("sub:{ns}/metrics-feed/0"),
+        format!("topic:{ns}/vehicle-telemetry"),
+    ] {
+        assert!(ids.contains(&id.as_str()), "{id} in {ids:?}");
+    }
+    // A frame a second: the first may be from before the operator's first apply.
+    let frame = support::console_frame(operator.listen, |f| {
+        !f["ready"].as_array().is_none_or(Vec::is_empty)
+    })
+    .await;
+    assert_eq!(frame["role"]["mode"], "leader", "{frame}");
+    assert_eq!(frame["role"]["identity"], "replica-a", "{frame}");
+    assert!(frame["nodes"][format!("sub:{ns}/fleet-router/0")]["rate"].is_number(), "{frame}");
+    let ready = frame["ready"].as_array().expect("ready");
+    assert!(
+        ready.iter().any(|r| r["name"] == "fleet-router"
+            && r["namespace"] == json!(ns)
+            && r["status"] == "True"),
+        "{frame}"
+    );
+    let page = support::http()
+        .get(format!("http://{}/console", operator.listen))
+        .send()
+        .await
+        .expect("the console");
+    assert_eq!(page.status().as_u16(), 200);
+
     // A broken bus URL: every resource on the bus turns not Ready, saying why.
     kube.apply_yaml(&support::jetstream_bus(&ns, "nats://127.0.0.1:9")).await;
     let broken =
@@ -575,6 +612,10 @@ async fn two_replicas_share_a_trigger_and_fire_each_cron_tick_once() {
     );
     // The leader goes away: the other takes over, and the ticks go on, each once.
     let (mut leader, follower) = if fired_a > 0 { (a, b) } else { (b, a) };
+    // Each replica's console says which one it is.
+    let role = |f: &Value| f["role"]["mode"] != "standalone";
+    assert_eq!(support::console_frame(leader.listen, role).await["role"]["mode"], "leader");
+    assert_eq!(support::console_frame(follower.listen, role).await["role"]["mode"], "follower");
     let before = receiver.on("/tick").len();
     assert!(support::terminate(&mut leader.process.0).success());
     let start = Instant::now();

@@ -64,10 +64,27 @@ struct Readiness {
     message: Option<String>,
 }
 
+/// What this process is: `ofe run`, or an operator replica that leads or follows.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Role {
+    /// `standalone`, `leader` or `follower`.
+    pub mode: &'static str,
+    /// The replica's identity in the leader election.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Self { mode: "standalone", identity: None }
+    }
+}
+
 /// What one `/console/live` frame holds.
 #[derive(Serialize)]
 struct Frame<'a> {
     at: i64,
+    role: &'a Role,
     nodes: &'a BTreeMap<String, Point>,
     ready: Vec<Readiness>,
 }
@@ -77,15 +94,28 @@ struct Frame<'a> {
 pub struct History {
     series: Arc<Mutex<HashMap<String, VecDeque<Point>>>>,
     live: watch::Sender<Arc<str>>,
+    role: Arc<Mutex<Role>>,
 }
 
 impl Default for History {
     fn default() -> Self {
-        Self { series: Arc::default(), live: watch::channel(Arc::from("")).0 }
+        Self { series: Arc::default(), live: watch::channel(Arc::from("")).0, role: Arc::default() }
     }
 }
 
 impl History {
+    /// Says, from the next frame on, what this process is: in the operator, whether this
+    /// replica leads (fires cron schedules and writes status) or follows.
+    pub fn set_role(&self, role: Role) {
+        if let Ok(mut kept) = self.role.lock() {
+            *kept = role;
+        }
+    }
+
+    fn role(&self) -> Role {
+        self.role.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
     /// The kept seconds of node `id`, oldest first.
     pub fn of(&self, id: &str) -> Vec<Point> {
         self.series
@@ -133,7 +163,7 @@ struct Totals {
 
 /// How each metric counts towards a node's figures.
 #[derive(Clone, Copy)]
-enum Role {
+enum Counts {
     Done,
     Fired,
     Error,
@@ -142,19 +172,19 @@ enum Role {
     Bucket,
 }
 
-fn role(name: &str) -> Option<Role> {
+fn counts(name: &str) -> Option<Counts> {
     Some(match name {
         "ofe_trigger_events_delivered_total" | "ofe_eventsource_events_published_total" => {
-            Role::Done
+            Counts::Done
         }
-        "ofe_trigger_events_received_total" => Role::Fired,
+        "ofe_trigger_events_received_total" => Counts::Fired,
         "ofe_trigger_delivery_retries_total"
         | "ofe_trigger_events_dead_lettered_total"
         | "ofe_trigger_events_dropped_total"
-        | "ofe_eventsource_publish_errors_total" => Role::Error,
-        "ofe_trigger_bus_lag" => Role::Lag,
-        "ofe_trigger_dead_letters" => Role::DeadLetters,
-        "ofe_trigger_delivery_duration_seconds_bucket" => Role::Bucket,
+        | "ofe_eventsource_publish_errors_total" => Counts::Error,
+        "ofe_trigger_bus_lag" => Counts::Lag,
+        "ofe_trigger_dead_letters" => Counts::DeadLetters,
+        "ofe_trigger_delivery_duration_seconds_bucket" => Counts::Bucket,
         _ => return None,
     })
 }
@@ -210,15 +240,15 @@ fn parse_line(line: &str) -> Option<Sample<'_>> {
 fn totals(text: &str) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
     for (name, labels, value) in text.lines().filter_map(parse_line) {
-        let Some(role) = role(name) else { continue };
+        let Some(counts) = counts(name) else { continue };
         let totals = out.entry(node_key(labels.iter().copied())).or_default();
-        match role {
-            Role::Done => totals.done += value,
-            Role::Fired => totals.fired += value,
-            Role::Error => totals.errors += value,
-            Role::Lag => *totals.lag.get_or_insert(0.0) += value,
-            Role::DeadLetters => *totals.dead_letters.get_or_insert(0.0) += value,
-            Role::Bucket => {
+        match counts {
+            Counts::Done => totals.done += value,
+            Counts::Fired => totals.fired += value,
+            Counts::Error => totals.errors += value,
+            Counts::Lag => *totals.lag.get_or_insert(0.0) += value,
+            Counts::DeadLetters => *totals.dead_letters.get_or_insert(0.0) += value,
+            Counts::Bucket => {
                 let bound = labels.iter().find(|(k, _)| *k == "le").and_then(|(_, v)| {
                     if *v == "+Inf" { Some(f64::INFINITY) } else { v.parse().ok() }
                 });
@@ -333,7 +363,8 @@ pub async fn sample(
         last = read;
         history.keep(&points);
         let ready = readiness(&health);
-        match serde_json::to_string(&Frame { at, nodes: &points, ready }) {
+        let role = history.role();
+        match serde_json::to_string(&Frame { at, role: &role, nodes: &points, ready }) {
             Ok(frame) => {
                 history.live.send_replace(Arc::from(frame));
             }

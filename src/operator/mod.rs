@@ -129,6 +129,12 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         replays: process.replays.clone(),
         written_replays: BTreeMap::new(),
     };
+    let replica = writer.identity.clone();
+    let role = |leads: bool| crate::endpoint::history::Role {
+        mode: if leads { "leader" } else { "follower" },
+        identity: Some(replica.clone()),
+    };
+    process.history.set_role(role(*leading.borrow()));
     let mut desired = Desired::default();
     let mut snapshot = Snapshot::default();
     let mut failing = false;
@@ -160,6 +166,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
             }
             changed = leading.changed() => {
                 if changed.is_err() { break }
+                process.history.set_role(role(*leading.borrow()));
                 // A new leader writes everything once: another replica may have written since.
                 writer.written.clear();
                 apply = true;

@@ -741,6 +741,38 @@ pub fn mqtt_publisher(url: &str, client_id: &str) -> rumqttc::AsyncClient {
     client
 }
 
+/// The first frame of the web console's live stream (`/console/live`, Server-Sent Events) at
+/// `listen` for which `wanted` holds (frames come once a second, each with every node's
+/// figures and every resource's readiness); panics after 10 s.
+pub async fn console_frame(
+    listen: SocketAddr,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut response =
+        http().get(format!("http://{listen}/console/live")).send().await.expect("/console/live");
+    assert_eq!(response.status().as_u16(), 200, "/console/live");
+    let (mut text, mut last) = (String::new(), serde_json::Value::Null);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(chunk) = tokio::time::timeout(left, response.chunk()).await else {
+            panic!("no wanted frame within 10 s; the last: {last}");
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream").expect("open")));
+        // Whole events only: each ends with a blank line.
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            last = serde_json::from_str(data).expect("a frame is JSON");
+            if wanted(&last) {
+                return last;
+            }
+        }
+    }
+}
+
 /// A Kafka record as a test reads it: its headers, key and value as text.
 #[derive(Debug, Default)]
 pub struct KafkaRecord {

@@ -319,6 +319,12 @@ function actions(node) {
       button("Pause", () => act(`Pause ${node.label}`, "POST", `/pause?${q}`)),
       button("Resume", () => act(`Resume ${node.label}`, "POST", `/resume?${q}`)),
     ));
+    // The whole Trigger: every subscriber of it.
+    const whole = `namespace=${encodeURIComponent(m.namespace)}&trigger=${encodeURIComponent(m.trigger)}`;
+    box.append(row(
+      button("Pause Trigger", () => act(`Pause every subscriber of Trigger ${m.namespace}/${m.trigger}`, "POST", `/pause?${whole}`)),
+      button("Resume Trigger", () => act(`Resume every subscriber of Trigger ${m.namespace}/${m.trigger}`, "POST", `/resume?${whole}`)),
+    ));
     const from = Object.assign(document.createElement("input"), { type: "datetime-local", id: "replay-from" });
     box.append(row(
       document.createTextNode("replay from"), from,
@@ -523,6 +529,10 @@ function live() {
       if (state.series.length > SPAN) state.series.shift();
     }
     $("updated").textContent = `live ${new Date(state.frame.at).toLocaleTimeString()}`;
+    // In the operator: whether this replica leads (fires cron and writes status) or follows.
+    const role = state.frame.role || { mode: "standalone" };
+    $("role").textContent = role.mode === "standalone" ? "" : `${role.mode} · ${role.identity}`;
+    $("role").className = role.mode;
     render();
   };
   source.onerror = () => {
