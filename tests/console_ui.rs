@@ -11,8 +11,8 @@
 //!
 //! The browser tests need OFE_TEST_CHROMIUM (Debian's chromium) and OFE_TEST_PLAYWRIGHT (a
 //! folder with playwright-core from npm), which `scripts/services.sh` provides; unset, they
-//! are skipped and say so. Their screenshots are kept in `target/tmp/console/`; the README's
-//! is the flagship's `console.png`.
+//! are skipped and say so. Their screenshots are kept in `target/tmp/console/`. With
+//! `OFE_BLESS=1`, the flagship test also writes the README's, `docs/console.png`.
 
 mod support;
 
@@ -252,6 +252,11 @@ async fn the_vehicle_telemetry_flagship_in_the_console() {
     assert_eq!(seen["latencyDrawn"], true, "{seen}");
     assert_eq!(seen["errors"], serde_json::json!([]), "no script errors");
     assert!(shots.join("console.png").exists(), "the screenshot");
+    // The README's screenshot: the flagship with its alert function down.
+    if std::env::var_os("OFE_BLESS").is_some() {
+        let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png");
+        std::fs::copy(shots.join("flagship-broken.png"), docs).expect("docs/console.png");
+    }
 
     // Nothing was lost: every overspeed message reached the alert function with a 200 (some
     // only through the redrive), and every message reached the metrics function.
