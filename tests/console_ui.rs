@@ -6,7 +6,8 @@
 //!   whole path; the router's live flow shows a filter's verdict; pausing the metrics
 //!   subscriber grows its lag and resuming drains it; its charts show the history;
 //! - with events flowing, a subscriber's events stream live, a failing subscriber's dead
-//!   letters are listed and purged, and search dims what it does not match;
+//!   letters are listed and purged, a test event is sent, a subscriber is replayed from a
+//!   minute ago (its progress shown until done), and search dims what it does not match;
 //! - the console is refused outside loopback without the token.
 //!
 //! The browser tests need OFE_TEST_CHROMIUM (Debian's chromium) and OFE_TEST_PLAYWRIGHT (a
@@ -19,6 +20,25 @@ mod support;
 use std::time::Duration;
 
 use support::{Receiver, Running, manifests};
+
+/// A folder for a test's screenshots, under the build's temporary folder.
+fn screenshots(name: &str) -> std::path::PathBuf {
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    shots
+}
+
+/// Runs the browser script `tests/console/<script>` with `args`; returns the JSON it prints
+/// of what it saw, or panics with its output.
+async fn browse(script: &str, args: &[String]) -> serde_json::Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console").join(script);
+    let out =
+        tokio::process::Command::new("node").arg(&script).args(args).output().await.expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -56,23 +76,11 @@ async fn the_console_shows_the_live_mesh_and_a_failing_sink() {
         .wait_for(Duration::from_secs(20), "the first deliveries", |r| !r.on("/fn").is_empty())
         .await;
 
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
-    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let shots = screenshots("console");
     let screenshot = shots.join("mesh.png");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/ui.mjs");
     let page = format!("http://{}/console", run.listen);
-    let out = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(&page)
-        .arg(&screenshot)
-        .output()
-        .await
-        .expect("node");
+    let seen = browse("ui.mjs", &[page, screenshot.display().to_string()]).await;
     sender.abort();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON");
     let nodes: Vec<String> = serde_json::from_value(seen["nodes"].clone()).expect("nodes");
     for id in [
         format!("event:{ns}/fleet/telemetry"),
@@ -101,6 +109,31 @@ async fn the_console_shows_the_live_mesh_and_a_failing_sink() {
     let letters: Vec<String> = serde_json::from_value(seen["letters"].clone()).expect("letters");
     assert!(!letters.is_empty() && letters.iter().all(|r| r.contains("HTTP 500")), "{letters:?}");
     assert!(seen["purged"].as_str().is_some_and(|t| t.ends_with("done")), "{seen}");
+    // The test event sent from the console reached the subscriber's function.
+    assert!(seen["sent"].as_str().is_some_and(|t| t.ends_with("done")), "{seen}");
+    let from_console: Vec<_> = receiver
+        .on("/fn")
+        .into_iter()
+        .filter(|r| r.header("ce-source") == "/ofe/console")
+        .collect();
+    assert!(
+        from_console.iter().any(|r| &r.body[..] == br#"{"from":"the console"}"#),
+        "the console's test event at the function"
+    );
+    // The replay from a minute ago delivered again what the subscriber had delivered.
+    let replay = seen["replay"].as_str().unwrap_or_default();
+    let delivered: u64 = replay
+        .split("delivered ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(delivered > 0, "{replay}");
+    let mut ids: Vec<String> = receiver.on("/fn").iter().map(|r| r.header("ce-id")).collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert!(all >= ids.len() + delivered as usize, "replayed events came again: {replay}");
     assert_eq!(seen["errors"], serde_json::json!([]), "no script errors");
     assert!(screenshot.exists(), "the screenshot");
 }
@@ -163,23 +196,10 @@ async fn the_vehicle_telemetry_flagship_in_the_console() {
         .wait_for(Duration::from_secs(30), "the first alerts", |r| !r.on("/flaky").is_empty())
         .await;
 
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console/flagship");
-    std::fs::create_dir_all(&shots).expect("screenshot folder");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/flagship.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(format!("http://{}/console", run.listen))
-        .arg(&base)
-        .arg(&shots)
-        .output()
-        .await
-        .expect("node");
+    let shots = screenshots("console/flagship");
+    let page = format!("http://{}/console", run.listen);
+    let seen = browse("flagship.mjs", &[page, base.clone(), shots.display().to_string()]).await;
     fleet_task.abort();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON");
     let strings = |key: &str| -> Vec<String> {
         serde_json::from_value(seen[key].clone()).unwrap_or_else(|e| panic!("{key}: {e}: {seen}"))
     };

@@ -12,6 +12,8 @@
 //! - **W4** fan-out to 10 matching subscribers. Baseline: W1's deliveries/s.
 //! - **B** W1 with the subscriber delivering in batches of 10 and of 100 (`delivery.batch`).
 //!   Baseline: W1 (one event a request).
+//! - **C** W1 while a web console is open (its live stream read), so that ofe records every
+//!   event's steps for finding an event by id. Baseline: W1 (no console open).
 //! - **W5** latency under an open-loop fixed rate (1k events/s, and 50% of W1's rate): p50,
 //!   p99 and p99.9 added over the forwarder at the same rate. Each event's latency is counted
 //!   from the time it was *scheduled* to be sent, so a stall is not hidden by the sender
@@ -142,6 +144,9 @@ async fn run(cli: &Cli) -> anyhow::Result<(Vec<Row>, Notes)> {
     }
     if wanted(&cli.only, "B") {
         bench.batches(w1).await?;
+    }
+    if wanted(&cli.only, "C") {
+        bench.console(w1).await?;
     }
     if wanted(&cli.only, "W3") {
         bench.w3().await?;

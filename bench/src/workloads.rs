@@ -366,6 +366,31 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
+    /// C: W1 while a web console is open: its live stream read, so ofe records every
+    /// event's steps for finding an event by id (the trail, which only runs while a console
+    /// is open).
+    pub(crate) async fn console(&mut self, w1: f64) -> anyhow::Result<()> {
+        self.say("C: W1 with a web console open");
+        let ofe = self.ofe(&self.one_trigger("console", "bench.c")).await?;
+        let live = ofe.metrics.replace("/metrics", "/console/live");
+        let mut stream = reqwest::get(&live).await?.error_for_status()?;
+        // The first frame: the console is open, and the trail listens.
+        stream.chunk().await?;
+        let reader = tokio::spawn(async move { while let Ok(Some(_)) = stream.chunk().await {} });
+        let measured =
+            self.throughput(&ofe.webhook, &[&ofe.process], &self.same("bench.c"), None).await;
+        reader.abort();
+        let measured = measured?;
+        self.note_errors("C through ofe", &measured.retries);
+        self.rows.push(Row::info(
+            "C",
+            "W1 with a web console open (every step recorded for find-by-id)",
+            (measured.rate, "events/s"),
+            ("W1, no console open", w1),
+        ));
+        Ok(())
+    }
+
     /// W4: one input fanned out to 10 subscribers, in deliveries/s.
     pub(crate) async fn w4(&mut self, w1: f64) -> anyhow::Result<()> {
         self.say("W4: fan-out to 10 subscribers");

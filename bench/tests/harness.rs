@@ -61,9 +61,9 @@ fn every_workload_reports_a_figure_and_its_baseline() {
     workloads.sort_unstable();
     workloads.dedup();
     let expected: &[&str] = if argo.is_some() {
-        &["B", "P", "S", "W1", "W2", "W3", "W4", "W5"]
+        &["B", "C", "P", "S", "W1", "W2", "W3", "W4", "W5"]
     } else {
-        &["B", "S", "W1", "W2", "W3", "W4", "W5"]
+        &["B", "C", "S", "W1", "W2", "W3", "W4", "W5"]
     };
     assert_eq!(workloads, expected);
     if argo.is_some() {

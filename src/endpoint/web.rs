@@ -12,8 +12,8 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::Query;
+use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -27,18 +27,9 @@ const APP: &str = include_str!("web/app.js");
 /// Its style.
 const STYLE: &str = include_str!("web/style.css");
 
-/// The token a browser gives in the URL, where it cannot set a header.
-#[derive(Debug, Default, Deserialize)]
-pub struct PageToken {
-    #[serde(default)]
-    token: Option<String>,
-}
-
 /// `/console/history`'s and `/console/path`'s query.
 #[derive(Debug, Default, Deserialize)]
 pub struct Lookup {
-    #[serde(default)]
-    token: Option<String>,
     /// The node, for the history.
     #[serde(default)]
     node: Option<String>,
@@ -50,15 +41,34 @@ pub struct Lookup {
     source: Option<String>,
 }
 
-/// `headers`, with `token` from the URL as a bearer token when the request carries none.
-fn with_token(mut headers: HeaderMap, token: &PageToken) -> HeaderMap {
-    if !headers.contains_key(header::AUTHORIZATION)
-        && let Some(Ok(value)) =
-            token.token.as_deref().map(|t| HeaderValue::try_from(format!("Bearer {t}")))
-    {
-        headers.insert(header::AUTHORIZATION, value);
+/// A request the console's access rule lets in, with the process's console. The token may
+/// also come in the URL (`?token=`), where a browser cannot set a header (the page itself, and
+/// `EventSource`).
+pub struct Viewer(Console);
+
+impl axum::extract::FromRequestParts<Console> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        console: &Console,
+    ) -> Result<Self, Response> {
+        #[derive(Deserialize)]
+        struct PageToken {
+            token: Option<String>,
+        }
+        let mut headers = parts.headers.clone();
+        let given = Query::<PageToken>::try_from_uri(&parts.uri).ok().and_then(|q| q.0.token);
+        if !headers.contains_key(header::AUTHORIZATION)
+            && let Some(Ok(value)) = given.map(|t| HeaderValue::try_from(format!("Bearer {t}")))
+        {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        match console.refuse(&headers) {
+            Some(refused) => Err(refused),
+            None => Ok(Self(console.clone())),
+        }
     }
-    headers
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
@@ -66,14 +76,7 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /console`: the page, under the console's access rule.
-pub async fn index(
-    State(console): State<Console>,
-    Query(token): Query<PageToken>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
-        return refused;
-    }
+pub async fn index(_: Viewer) -> Response {
     asset("text/html; charset=utf-8", INDEX)
 }
 
@@ -89,10 +92,7 @@ pub async fn style() -> Response {
 }
 
 /// `GET /console/graph`: the mesh as of the last apply, as JSON.
-pub async fn graph(State(console): State<Console>, headers: HeaderMap) -> Response {
-    if let Some(refused) = console.refuse(&headers) {
-        return refused;
-    }
+pub async fn graph(Viewer(console): Viewer) -> Response {
     let graph = console.topology.read().map(|g| g.clone()).unwrap_or_default();
     json(&graph)
 }
@@ -107,14 +107,7 @@ fn json(value: &impl serde::Serialize) -> Response {
 /// `GET /console/live`: Server-Sent Events, one `data:` frame a second with every node's
 /// figures (`nodes`, by id) and every resource's `Ready` condition (`ready`). While it is
 /// open, the trail records every event's steps for `/console/path`.
-pub async fn live(
-    State(console): State<Console>,
-    Query(token): Query<PageToken>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
-        return refused;
-    }
+pub async fn live(Viewer(console): Viewer) -> Response {
     let watching = console.trail.watch(&console.tap);
     let frames = console.history.frames();
     let stream = futures::stream::unfold((frames, watching), |(mut frames, watching)| async move {
@@ -126,15 +119,7 @@ pub async fn live(
 }
 
 /// `GET /console/history?node=ID`: the node's last 15 minutes, a point a second, oldest first.
-pub async fn history(
-    State(console): State<Console>,
-    Query(lookup): Query<Lookup>,
-    headers: HeaderMap,
-) -> Response {
-    let token = PageToken { token: lookup.token.clone() };
-    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
-        return refused;
-    }
+pub async fn history(Viewer(console): Viewer, Query(lookup): Query<Lookup>) -> Response {
     let Some(node) = lookup.node.as_deref() else {
         return (axum::http::StatusCode::BAD_REQUEST, "name the node: ?node=<id>").into_response();
     };
@@ -142,15 +127,7 @@ pub async fn history(
 }
 
 /// `GET /console/path?id=ID[&source=S]`: every step the trail holds of that event.
-pub async fn path(
-    State(console): State<Console>,
-    Query(lookup): Query<Lookup>,
-    headers: HeaderMap,
-) -> Response {
-    let token = PageToken { token: lookup.token.clone() };
-    if let Some(refused) = console.refuse(&with_token(headers, &token)) {
-        return refused;
-    }
+pub async fn path(Viewer(console): Viewer, Query(lookup): Query<Lookup>) -> Response {
     let Some(id) = lookup.id.as_deref().filter(|id| !id.is_empty()) else {
         return (axum::http::StatusCode::BAD_REQUEST, "name the event: ?id=<id>").into_response();
     };

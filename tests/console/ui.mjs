@@ -1,6 +1,6 @@
 // Drives the ofe console in headless Chromium and prints what it saw as one JSON line.
 // Usage: node ui.mjs <console URL> <screenshot path>.
-import { launch, open } from "./browser.mjs";
+import { launch, open, until } from "./browser.mjs";
 
 const [url, screenshot] = process.argv.slice(2);
 const browser = await launch();
@@ -49,6 +49,19 @@ try {
   await page.click('#actions button:text("Purge all")');
   await page.waitForFunction(() => /Purge every dead letter .*: done/.test(document.querySelector("#action-result").textContent), null, { timeout: 10000 });
   result.purged = await page.textContent("#action-result");
+  // Send a test event from the input's panel, as `ofe send` does.
+  await page.click('g.node[data-id^="event:"]');
+  await page.fill("#send-data", '{"from":"the console"}');
+  await page.click('#actions button:text("Send a test event")');
+  await until(page, "the test event sent", () => /Send a test event .*: done/.test(document.querySelector("#action-result").textContent));
+  result.sent = await page.textContent("#action-result");
+  // Replay the delivering subscriber from a minute ago; its progress shows until it is done.
+  await page.click('g.node[data-id$="/route/0"]');
+  const from = new Date(Date.now() - 60000 - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  await page.fill("#replay-from", from);
+  await page.click('#actions button:text("Replay")');
+  await until(page, "the replay done", () => /^replay \S+: done, read [1-9]/.test(document.querySelector("#action-result").textContent), null, 60000);
+  result.replay = await page.textContent("#action-result");
   // Search dims what does not match.
   await page.fill("#search", "fail");
   result.dimmed = await page.$$eval("g.node.dim", (gs) => gs.length);
