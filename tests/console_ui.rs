@@ -8,6 +8,8 @@
 //! - with events flowing, a subscriber's events stream live, a failing subscriber's dead
 //!   letters are listed and purged, a test event is sent, a subscriber is replayed from a
 //!   minute ago (its progress shown until done), and search dims what it does not match;
+//! - with 200 Triggers in four namespaces, it keeps updating every second, the namespace
+//!   filter shows one team's, and search finds one Trigger;
 //! - the console is refused outside loopback without the token.
 //!
 //! The browser tests need OFE_TEST_CHROMIUM (Debian's chromium) and OFE_TEST_PLAYWRIGHT (a
@@ -303,6 +305,70 @@ async fn the_vehicle_telemetry_flagship_in_the_console() {
             answered(r).is_superset(&wanted) && metrics(r).len() as u64 >= published
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(ofe_test_chromium, ofe_test_playwright)),
+    ignore = "needs OFE_TEST_CHROMIUM and OFE_TEST_PLAYWRIGHT (scripts/test.sh installs them)"
+)]
+async fn the_console_stays_readable_with_200_triggers() {
+    let (receiver, base) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Four teams' namespaces, fifty Triggers each, every one reading its namespace's webhook.
+    let namespaces: Vec<String> = (0..4).map(|_| support::unique_namespace()).collect();
+    let mut yaml = String::new();
+    for ns in &namespaces {
+        yaml += "---\n";
+        yaml += &support::webhook_source(ns, "fleet", "telemetry");
+        for n in 0..50 {
+            yaml += &support::trigger(
+                ns,
+                &format!("route-{n}"),
+                "    all: { eventSource: fleet, event: telemetry }",
+                &format!("  - condition: all\n    sink: {{ uri: \"{base}/fn\" }}"),
+            );
+        }
+    }
+    let folder = manifests(dir.path(), &yaml);
+    let run = Running::start(&folder, &dir.path().join("data")).await;
+    let urls: Vec<String> = namespaces
+        .iter()
+        .map(|ns| format!("http://{}/{ns}/fleet/telemetry", run.webhooks))
+        .collect();
+    let sender = tokio::spawn(async move {
+        for n in 0u64.. {
+            let id = format!("e-{n}");
+            let headers = [("ce-id", id.as_str()), ("ce-source", "/cars"), ("ce-type", "t")];
+            let url = &urls[(n % 4) as usize];
+            support::post_event(url, &headers, format!(r#"{{"n":{n}}}"#)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    receiver
+        .wait_for(Duration::from_secs(30), "the first deliveries", |r| r.on("/fn").len() >= 50)
+        .await;
+    let screenshot = screenshots("console").join("scale.png");
+    let page = format!("http://{}/console", run.listen);
+    let seen = browse("scale.mjs", &[page, screenshot.display().to_string()]).await;
+    sender.abort();
+    println!("one redraw of 200 Triggers took {} ms in headless Chromium", seen["renderMs"]);
+    assert_eq!(seen["subscribers"], 200, "{seen}");
+    let mut listed: Vec<String> = serde_json::from_value(seen["namespaces"].clone()).expect("ns");
+    listed.sort_unstable();
+    let mut wanted = namespaces.clone();
+    wanted.sort_unstable();
+    assert_eq!(listed, wanted, "the namespace filter lists every team");
+    assert!(seen["updates"].as_u64().unwrap_or(0) >= 4, "updated about once a second: {seen}");
+    assert_eq!(seen["inNamespace"], 50, "one namespace shows its own: {seen}");
+    assert_eq!(seen["otherNamespaces"], 0, "and nothing of the others: {seen}");
+    assert_eq!(
+        seen["matching"],
+        serde_json::json!([format!("sub:{}/route-37/0", listed[1])]),
+        "search finds the one Trigger"
+    );
+    assert_eq!(seen["matchInView"], true, "and brings it into view: {seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "no script errors");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

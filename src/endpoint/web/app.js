@@ -90,7 +90,7 @@ function layout(nodes, edges) {
   for (const [l, column] of [...columns].sort((a, b) => a[0] - b[0])) {
     const centres = new Map(column.map((n) => [n.id, centre(n)]));
     column.sort((a, b) => a.namespace.localeCompare(b.namespace)
-      || (centres.get(a.id) - centres.get(b.id)) || a.label.localeCompare(b.label));
+      || (centres.get(a.id) - centres.get(b.id)) || a.label.localeCompare(b.label, undefined, { numeric: true }));
     let y = 40;
     let namespace = null;
     for (const n of column) {
@@ -596,7 +596,13 @@ $("path-close").addEventListener("click", () => {
   $("path").hidden = true;
   render();
 });
-$("search").addEventListener("input", render);
+// Searching brings the first match into view: in a mesh of hundreds, it may be far down.
+$("search").addEventListener("input", () => {
+  render();
+  if ($("search").value.trim()) {
+    document.querySelector("g.node:not(.dim)")?.scrollIntoView({ block: "center", inline: "center" });
+  }
+});
 $("namespace").addEventListener("change", render);
 $("close").addEventListener("click", () => {
   state.selected = null;
