@@ -1,6 +1,6 @@
-//! The event mesh a plane runs, as a graph for the console: EventSource events → Trigger
-//! subscribers → sinks, with bus topics between the subscribers that write them and those that
-//! read them. Built from the plans at every apply, after the secrets were read: it names sinks
+//! The event mesh a plane runs, as a graph for the console: EventSource events → the bus
+//! they are published on → Trigger subscribers → sinks, with bus topics between the
+//! subscribers that write them and those that read them. Built from the plans at every apply, after the secrets were read: it names sinks
 //! as logs do (without credentials) and holds no field value of any resource.
 
 use std::collections::BTreeMap;
@@ -14,10 +14,10 @@ use crate::spec::{PlaneSpec, SourcePlan};
 /// One node of the mesh.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Node {
-    /// Unique in the graph: `event:<ns>/<eventsource>/<event>`, `sub:<ns>/<trigger>/<index>`,
-    /// `topic:<ns>/<topic>` or `sink:<destination>`.
+    /// Unique in the graph: `event:<ns>/<eventsource>/<event>`, `bus:<ns>/<eventBus>`,
+    /// `sub:<ns>/<trigger>/<index>`, `topic:<ns>/<topic>` or `sink:<destination>`.
     pub id: String,
-    /// `event`, `subscriber`, `topic` or `sink`.
+    /// `event`, `bus`, `subscriber`, `topic` or `sink`.
     pub kind: &'static str,
     /// Its namespace (a sink's is its subscriber's).
     pub namespace: String,
@@ -38,7 +38,8 @@ pub struct Edge {
     pub from: String,
     /// Where they go.
     pub to: String,
-    /// `input`, `sink`, `topic`, `reply` or `dead-letter`.
+    /// `publish` (an event onto its bus), `input`, `sink`, `topic`, `reply` or
+    /// `dead-letter`.
     pub kind: &'static str,
 }
 
@@ -63,9 +64,23 @@ impl Graph {
     pub(crate) fn of(spec: &PlaneSpec) -> Self {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let mut edges = Vec::new();
-        for (key, SourcePlan { es, .. }) in &spec.sources {
+        // The bus each event is published on, so a subscriber's input is drawn from it.
+        let mut bus_of: BTreeMap<String, String> = BTreeMap::new();
+        for (key, SourcePlan { es, bus, .. }) in &spec.sources {
+            let name = es.spec.event_bus.as_deref().filter(|b| !b.is_empty()).unwrap_or("default");
+            let bus_id = format!("bus:{}/{name}", key.namespace);
+            nodes.entry(bus_id.clone()).or_insert_with(|| Node {
+                id: bus_id.clone(),
+                kind: "bus",
+                namespace: key.namespace.clone(),
+                label: format!("{name} · {} bus", bus.backend()),
+                metrics: BTreeMap::new(),
+                resource: None,
+            });
             for (kind, event) in es.spec.events() {
                 let id = format!("event:{}/{}/{event}", key.namespace, key.name);
+                bus_of.insert(id.clone(), bus_id.clone());
+                edges.push(Edge { from: id.clone(), to: bus_id.clone(), kind: "publish" });
                 nodes.insert(
                     id.clone(),
                     Node {
@@ -132,8 +147,14 @@ impl Graph {
             };
             for subject in inputs {
                 let from = match subject {
+                    // From the bus the event is on; an EventSource's own sink, and an event
+                    // whose EventSource another process runs, straight from the event.
                     Subject::Event { namespace, source, event } => {
-                        format!("event:{namespace}/{source}/{event}")
+                        let event = format!("event:{namespace}/{source}/{event}");
+                        match bus_of.get(&event) {
+                            Some(bus) if trigger.is_none() => bus.clone(),
+                            _ => event,
+                        }
                     }
                     Subject::Topic { namespace, topic: name } => topic(&mut nodes, namespace, name),
                     _ => continue,

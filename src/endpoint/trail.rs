@@ -110,7 +110,8 @@ pub struct Path {
 }
 
 impl Trail {
-    /// Marks a console open, and starts listening to `tap` if the trail does not yet.
+    /// Marks a console open, and starts listening to `tap` if the trail does not yet. The
+    /// count goes up before the check, so a recorder about to stop sees it.
     pub fn watch(&self, tap: &Tap) -> Watching {
         self.watchers.fetch_add(1, Ordering::AcqRel);
         let start = self.kept.lock().is_ok_and(|mut kept| {
@@ -143,8 +144,8 @@ impl Trail {
                     Err(RecvError::Closed) => break,
                 },
                 _ = idle.tick() => {
-                    if self.watchers.load(Ordering::Acquire) == 0 {
-                        break;
+                    if self.watchers.load(Ordering::Acquire) == 0 && self.stop_if_unwatched() {
+                        return;
                     }
                 }
             }
@@ -152,6 +153,17 @@ impl Trail {
         if let Ok(mut kept) = self.kept.lock() {
             kept.listening = false;
         }
+    }
+
+    /// Stops listening if no console is open, deciding under the lock [`Trail::watch`] takes:
+    /// a console opening meanwhile either finds the trail listening, or starts it anew.
+    fn stop_if_unwatched(&self) -> bool {
+        let Ok(mut kept) = self.kept.lock() else { return true };
+        let unwatched = self.watchers.load(Ordering::Acquire) == 0;
+        if unwatched {
+            kept.listening = false;
+        }
+        unwatched
     }
 
     fn keep(&self, step: Recorded) {

@@ -36,7 +36,13 @@ async function get(path) {
 // A node's figures in the newest frame: rate, and for a subscriber fired, errors, lag, dead
 // letters and latency.
 function figures(node) {
-  if (node.kind !== "event" && node.kind !== "subscriber") return null;
+  if (node && node.kind === "bus") {
+    // What its events publish onto it.
+    const events = state.graph.edges.filter((e) => e.to === node.id && e.kind === "publish");
+    const each = events.map((e) => state.frame.nodes[e.from] || { rate: 0, errors: 0 });
+    return { rate: each.reduce((n, f) => n + f.rate, 0), errors: each.reduce((n, f) => n + f.errors, 0) };
+  }
+  if (!node || (node.kind !== "event" && node.kind !== "subscriber")) return null;
   const f = state.frame.nodes[node.id];
   if (!f) return { rate: 0, errors: 0 };
   return f;
@@ -87,23 +93,56 @@ function layout(nodes, edges) {
     const ys = (feeds.get(n.id) || []).map((id) => at.get(id)?.y).filter((y) => y !== undefined);
     return ys.length ? ys.reduce((a, b) => a + b, 0) / ys.length : Infinity;
   };
+  const groups = [];
   for (const [l, column] of [...columns].sort((a, b) => a[0] - b[0])) {
     const centres = new Map(column.map((n) => [n.id, centre(n)]));
+    // A Trigger's subscribers stay together, at the mean height of what feeds them.
+    const sum = new Map();
+    for (const n of column) {
+      const g = group(n) || n.id;
+      const [total, count] = sum.get(g) || [0, 0];
+      const c = centres.get(n.id);
+      sum.set(g, Number.isFinite(c) ? [total + c, count + 1] : [total, count]);
+    }
+    const at_ = (n) => {
+      const [total, count] = sum.get(group(n) || n.id);
+      return count ? total / count : Number.MAX_VALUE;
+    };
+    const natural = (a, b) => a.localeCompare(b, undefined, { numeric: true });
     column.sort((a, b) => a.namespace.localeCompare(b.namespace)
-      || (centres.get(a.id) - centres.get(b.id)) || a.label.localeCompare(b.label, undefined, { numeric: true }));
+      || (at_(a) - at_(b)) || natural(group(a) || a.id, group(b) || b.id) || natural(a.label, b.label));
     let y = 40;
     let namespace = null;
+    let open = null;
     for (const n of column) {
       if (n.namespace !== namespace) {
         namespace = n.namespace;
         y += 18;
         labels.push({ x: 20 + l * PITCH, y: y - 6, text: namespace });
       }
+      const g = group(n);
+      if (g !== (open && open.id)) {
+        if (g) {
+          // Room for the Trigger's name above its subscribers.
+          y += 20;
+          open = { id: g, label: `Trigger ${n.metrics.trigger}`, x: 20 + l * PITCH, top: y - 22, bottom: y };
+          groups.push(open);
+        } else {
+          open = null;
+        }
+      }
       at.set(n.id, { x: 20 + l * PITCH, y });
+      if (open) open.bottom = y + 66;
       y += 74;
     }
   }
-  return { at, labels };
+  return { at, labels, groups };
+}
+
+// The Trigger a subscriber belongs to (an EventSource's own sink belongs to none).
+function group(n) {
+  if (n.kind !== "subscriber" || !n.metrics || n.metrics.trigger.startsWith("eventsource/")) return null;
+  return `trigger:${n.metrics.namespace}/${n.metrics.trigger}`;
 }
 
 const fmt = (value) => {
@@ -126,8 +165,12 @@ function render() {
   const nodes = state.graph.nodes.filter((n) => !namespace || n.namespace === namespace);
   const ids = new Set(nodes.map((n) => n.id));
   const edges = state.graph.edges.filter((e) => ids.has(e.from) && ids.has(e.to));
-  const { at, labels } = layout(nodes, edges);
+  const { at, labels, groups } = layout(nodes, edges);
   svg.replaceChildren();
+  for (const g of groups) {
+    svg.append(el("rect", { class: "trigger-box", x: g.x - 8, y: g.top, width: WIDE + 16, height: g.bottom - g.top, "data-trigger": g.id }));
+    svg.append(el("text", { class: "trigger-label", x: g.x - 2, y: g.top + 14 }, g.label));
+  }
   let width = 0;
   let height = 0;
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -135,8 +178,9 @@ function render() {
     const a = at.get(e.from);
     const b = at.get(e.to);
     const x1 = a.x + WIDE, y1 = a.y + 30, x2 = b.x, y2 = b.y + 30;
-    const sub = byId.get(e.kind === "input" ? e.to : e.from);
-    const f = sub && sub.kind === "subscriber" ? figures(sub) : null;
+    // An edge's figure: what its event publishes, or what its subscriber takes or delivers.
+    const sub = byId.get(e.kind === "input" || e.kind === "publish" ? e.to : e.from);
+    const f = e.kind === "publish" ? figures(byId.get(e.from)) : sub && sub.kind === "subscriber" ? figures(sub) : null;
     const failing = f && e.kind === "sink" && f.errors > 0;
     const onPath = state.path.has(e.from) && state.path.has(e.to);
     const cls = `edge ${failing ? "failing" : ""} ${e.kind === "reply" ? "reply" : ""} ${onPath ? "onpath" : ""}`;
@@ -204,7 +248,7 @@ function panelFigures() {
   add("ready", r.status === "true" ? "yes" : `no ${r.reason}`);
   const f = figures(n);
   if (f) {
-    add(n.kind === "event" ? "published" : "delivered", `${fmt(f.rate)}/s`);
+    add(n.kind === "subscriber" ? "delivered" : "published", `${fmt(f.rate)}/s`);
     if (f.fired !== undefined) add("fired", `${fmt(f.fired)}/s`);
     add("errors", `${fmt(f.errors)}/s`);
     if (f.lag !== undefined) add("lag", String(f.lag));
@@ -564,6 +608,10 @@ async function find(id) {
   for (const step of answer.steps) {
     const node = stepNode(step);
     if (node) state.path.add(node);
+    // The bus an event was published on.
+    if (node && step.stage === "published") {
+      for (const e of state.graph.edges) if (e.from === node && e.kind === "publish") state.path.add(e.to);
+    }
     // What a subscriber delivered to: its sink or topic nodes.
     if (node && step.stage === "delivered") {
       for (const e of state.graph.edges) if (e.from === node && e.kind !== "dead-letter") state.path.add(e.to);
