@@ -22,7 +22,7 @@ const browser = await launch();
 const result = {};
 const errors = [];
 try {
-  const page = await open(browser, url, errors, { width: 1780, height: 820 });
+  const page = await open(browser, url, errors, { width: 1900, height: 820 });
   await until(page, "the flagship's mesh", () => document.querySelectorAll("g.node").length >= 7);
   result.nodes = await page.$$eval("g.node", (gs) => gs.map((g) => g.dataset.id));
   await until(page, "live rates", ([a, m]) => [a, m].every((id) => {

@@ -11,8 +11,8 @@ const $ = (id) => document.getElementById(id);
 // Seconds of history the charts show.
 const SPAN = 900;
 // A node's width, and the distance between columns.
-const WIDE = 200;
-const PITCH = 270;
+const WIDE = 190;
+const PITCH = 250;
 
 const state = {
   graph: { nodes: [], edges: [] },
