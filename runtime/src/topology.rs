@@ -46,11 +46,17 @@ pub struct Edge {
 /// The mesh.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Graph {
+    /// Which build of the mesh this is: a new number at every apply, so that what is derived
+    /// from the mesh (the console's series) is derived again only when it changed.
+    pub generation: u64,
     /// Its nodes, sorted by id.
     pub nodes: Vec<Node>,
     /// Its edges.
     pub edges: Vec<Edge>,
 }
+
+/// The generation of the last mesh built.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The mesh as of the last apply, shared with the endpoint.
 pub type Topology = Arc<RwLock<Graph>>;
@@ -234,6 +240,7 @@ impl Graph {
         }
         edges.sort();
         edges.dedup();
-        Self { nodes: nodes.into_values().collect(), edges }
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Self { generation, nodes: nodes.into_values().collect(), edges }
     }
 }

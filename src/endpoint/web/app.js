@@ -268,15 +268,21 @@ function chart(title, lines, unit) {
   const y = (v) => height - (v / top) * height;
   const svg = el("svg", { class: "chart", viewBox: `0 0 ${width} ${height + 14}`, width, height: height + 14 });
   svg.append(el("rect", { class: "frame", width, height }));
-  for (const [label, cls, value] of lines) {
-    // A gap where a second has no value (no deliveries, so no latency).
+  for (const [label, cls, value, zeroes] of lines) {
+    // A gap where a second has no value (no deliveries, so no latency). ofe keeps no idle
+    // second, so where seconds are missing a rate line goes down to zero.
     let d = "";
     let pen = false;
+    let last = null;
     for (const p of state.series) {
       const v = value(p);
       if (v === undefined || v === null) { pen = false; continue; }
+      if (zeroes && pen && last !== null && p.at - last > 1500) {
+        d += `L${x(last + 1000).toFixed(1)},${y(0).toFixed(1)}L${x(p.at - 1000).toFixed(1)},${y(0).toFixed(1)}`;
+      }
       d += `${pen ? "L" : "M"}${x(p.at).toFixed(1)},${y(v).toFixed(1)}`;
       pen = true;
+      last = p.at;
     }
     svg.append(el("path", { class: `line ${cls}`, d, "data-line": label }));
   }
@@ -294,7 +300,7 @@ function charts() {
   const box = $("charts");
   const n = state.graph.nodes.find((x) => x.id === state.selected);
   if (!n || (n.kind !== "event" && n.kind !== "subscriber")) { box.replaceChildren(); return; }
-  const parts = [chart("throughput /s", [["events", "rate", (p) => p.rate], ["errors", "errors", (p) => p.errors]], (v) => v)];
+  const parts = [chart("throughput /s", [["events", "rate", (p) => p.rate, true], ["errors", "errors", (p) => p.errors, true]], (v) => v)];
   if (n.kind === "subscriber") {
     parts.push(chart("latency ms", [["p50", "p50", (p) => p.p50], ["p99", "p99", (p) => p.p99]], (v) => v * 1000));
   }
