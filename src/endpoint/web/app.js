@@ -54,6 +54,15 @@ function readStatus(ready) {
 }
 
 function readiness(node) {
+  if (node.kind === "bus") {
+    // A bus has no status of its own: it is down when an EventSource on it says so.
+    const on = state.graph.edges.filter((e) => e.to === node.id && e.kind === "publish")
+      .map((e) => state.graph.nodes.find((n) => n.id === e.from)).filter((n) => n && n.resource)
+      .map(readiness);
+    const down = on.find((r) => r.status === "false" && /^Bus/.test(r.reason));
+    if (down) return down;
+    return on.length && on.every((r) => r.status === "true") ? { status: "true", reason: "" } : { status: "unknown", reason: "" };
+  }
   if (!node.resource) return { status: "unknown", reason: "" };
   const c = state.ready.get(`${node.resource[0]}|${node.namespace}|${node.resource[1]}`);
   if (!c) return { status: "unknown", reason: "no status yet" };
