@@ -16,6 +16,11 @@ fn the_fleet_demo_delivers_every_alert_and_every_metric() {
     assert!(line("overspeed sent") > 0, "the run drove over the limit at least once");
     assert_eq!(line("vehicles with gauges"), 20);
     assert!(stdout.contains("t=  1s"), "live progress is printed");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("console  open http://127.0.0.1:")
+            && l.ends_with("/console in a browser while the demo runs")),
+        "the console's URL is printed for a new user: {stdout}"
+    );
     // The alert function counts only alerts the Trigger's transform shaped ({vehicle, kmh,
     // at}, typed as overspeed), and says so of any other.
     assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
