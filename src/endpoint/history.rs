@@ -169,6 +169,7 @@ impl Default for History {
 impl History {
     /// Says, from the next frame on, what this process is: in the operator, whether this
     /// replica leads (fires cron schedules and writes status) or follows.
+    #[cfg_attr(not(feature = "operator"), expect(dead_code))]
     pub fn set_role(&self, role: Role) {
         if let Ok(mut kept) = self.role.lock() {
             *kept = role;
