@@ -243,10 +243,24 @@ pub async fn gauge(listen: SocketAddr, metric: &str, label: &str) -> Option<u64>
         .map(|v| v as u64)
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), for a child process to listen on.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    // Below the kernel's ephemeral range (32768 and up): a port from there, free when asked,
+    // can be taken by any outgoing connection (a Kafka client opens many) before the child
+    // binds it, and the child then exits with "address in use" while the test waits a
+    // minute for it. Each test process starts at its own place in 20000..32000 and never
+    // hands out a port twice; the services' fixed ports are below 20000.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = u32::try_from(u64::from(std::process::id()) * 7919 % 12_000).unwrap_or(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 12_000, "no free test port left in 20000..32000");
+        let port = 20_000 + (start + n) % 12_000;
+        let Ok(port) = u16::try_from(port) else { continue };
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("addr");
+        }
+    }
 }
 
 /// The `ofe` binary built for these tests.
