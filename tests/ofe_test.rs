@@ -100,7 +100,7 @@ fn a_join_follows_the_fixture_order_and_says_why_not() {
     // v-2 never started: the condition says which input is false.
     let why = verdict("e-2", 0)["why_not"].as_str().unwrap_or_default().to_string();
     assert!(
-        why.starts_with("the condition `start && stop` is false: start=false, stop=true"),
+        why.starts_with("the condition `start && stop` was false: start=false, stop=true"),
         "{why}"
     );
     // A filter that is false says what it saw.
@@ -147,7 +147,7 @@ fn a_join_follows_the_fixture_order_and_says_why_not() {
     ]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("expected, but did not fire: event e-2 → fleet/trips[0]: the condition `start && stop` is false"),
+        stderr.contains("expected, but did not fire: event e-2 → fleet/trips[0]: the condition `start && stop` was false"),
         "{stderr}"
     );
     assert!(stderr.contains("fired, but not expected: event e-1 → fleet/trips[0]"), "{stderr}");

@@ -232,21 +232,11 @@ fn why_not(
         }
     }
     let Some(key) = key else { return reasons.join("; ") };
-    let values: Vec<String> = if routing.joins() {
-        router
-            .inputs_true(r, &key, at)
-            .into_iter()
-            .map(|(name, on)| format!("{name}={on}"))
-            .collect()
-    } else {
-        routing.inputs.iter().map(|i| format!("{}=true", i.name)).collect()
-    };
-    let within = if routing.joins() {
-        format!(" (an input is true for {:?} after its latest event)", routing.window)
-    } else {
-        String::new()
-    };
-    format!("the condition `{}` is false: {}{within}", routing.condition.text(), values.join(", "))
+    if !routing.joins() {
+        return routing.condition_verdict(|_| true);
+    }
+    let values = router.inputs_true(r, &key, at);
+    routing.condition_verdict(|i| values.get(i).is_some_and(|(_, on)| *on))
 }
 
 /// The request `sink` (at `path`) would get for `event`, credentials as `***`.

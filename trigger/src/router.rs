@@ -93,6 +93,24 @@ impl Routing {
     pub fn joins(&self) -> bool {
         self.condition.names().len() > 1
     }
+
+    /// Why its condition did not fire, with each input's value (`on(i)` for input `i`):
+    /// ``the condition `start && stop` was false: start=false, stop=true``, and the window
+    /// when it joins. The live flow and `ofe test` say it alike.
+    pub fn condition_verdict(&self, on: impl Fn(usize) -> bool) -> String {
+        let values: Vec<String> =
+            self.inputs.iter().enumerate().map(|(i, x)| format!("{}={}", x.name, on(i))).collect();
+        let within = if self.joins() {
+            format!(" (an input is true for {:?} after its latest event)", self.window)
+        } else {
+            String::new()
+        };
+        format!(
+            "the condition `{}` was false: {}{within}",
+            self.condition.text(),
+            values.join(", ")
+        )
+    }
 }
 
 /// An event a subscriber fired on, to be put on its queue.
@@ -577,17 +595,7 @@ impl Router {
     fn not_fired(&self, routing: &Routing, event: &Arc<Event>, bits: u64) -> Option<Arc<Event>> {
         self.metrics.filtered.get_or_create(&routing.labels).inc();
         self.metrics.tap(Stage::Filtered, &routing.labels, event, || {
-            let inputs: Vec<String> = routing
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(i, input)| format!("{}={}", input.name, bits & (1 << i) != 0))
-                .collect();
-            Some(format!(
-                "the condition `{}` was false: {}",
-                routing.condition.text(),
-                inputs.join(", ")
-            ))
+            Some(routing.condition_verdict(|i| bits & (1 << i) != 0))
         });
         None
     }
