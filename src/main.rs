@@ -11,6 +11,7 @@
 mod client;
 mod endpoint;
 mod logging;
+mod openmetrics;
 #[cfg(feature = "operator")]
 mod operator;
 mod run;

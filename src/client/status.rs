@@ -104,19 +104,8 @@ struct Metrics(Vec<(String, BTreeMap<String, String>, f64)>);
 impl Metrics {
     /// Reads the text exposition format (what `/metrics` serves).
     fn parse(text: &str) -> Self {
-        let mut samples = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-            let (series, value) = match line.rsplit_once(' ') {
-                Some((series, value)) => (series, value.parse::<f64>().unwrap_or(0.0)),
-                None => continue,
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, labels(rest.trim_end_matches('}'))),
-                None => (series, BTreeMap::new()),
-            };
-            samples.push((name.to_string(), labels, value));
-        }
-        Self(samples)
+        let samples = text.lines().filter_map(crate::openmetrics::sample);
+        Self(samples.map(|(name, labels, value)| (name.to_string(), labels, value)).collect())
     }
 
     /// The sum of `name` over the series whose labels include `want`.
@@ -126,34 +115,6 @@ impl Metrics {
         });
         matching.map(|(.., v)| *v).reduce(|a, b| a + b)
     }
-}
-
-/// `a="x",b="y"` into a map; values are unescaped.
-fn labels(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = text;
-    while let Some((name, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, other)) => value.push(other),
-                    None => {}
-                },
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        out.insert(name.trim_start_matches(',').trim().to_string(), value);
-        rest = &after[end..];
-    }
-    out
 }
 
 fn rows(status: &serde_json::Value, before: &Metrics, after: &Metrics, seconds: f64) -> Vec<Row> {

@@ -280,48 +280,15 @@ fn node_key<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-/// A sample line of the OpenMetrics text: its name, labels (name, value) and value.
-type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
-
-/// One sample line of the OpenMetrics text. Label values keep their escapes, which is what the
-/// keys compare.
-fn parse_line(line: &str) -> Option<Sample<'_>> {
-    if line.starts_with('#') || line.is_empty() {
-        return None;
-    }
-    let (head, value) = match line.find('{') {
-        Some(_) => {
-            let close = line.rfind('}')?;
-            (&line[..close + 1], line[close + 1..].trim())
-        }
-        None => line.split_once(' ').map(|(h, v)| (h, v.trim()))?,
-    };
-    let value: f64 = value.split_whitespace().next()?.parse().ok()?;
-    let (name, mut rest) = match head.split_once('{') {
-        Some((name, rest)) => (name, rest.strip_suffix('}')?),
-        None => (head, ""),
-    };
-    let mut labels = Vec::new();
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once("=\"")?;
-        // The value ends at the first quote no backslash escapes.
-        let bytes = after.as_bytes();
-        let mut end = 0;
-        while end < bytes.len() && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\')) {
-            end += 1;
-        }
-        labels.push((key.trim_start_matches(','), &after[..end.min(after.len())]));
-        rest = after.get(end + 1..).unwrap_or("").trim_start_matches(',');
-    }
-    Some((name, labels, value))
-}
-
 /// Every node's cumulative totals in `text`, by node key.
 fn totals(text: &str) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
-    for (name, labels, value) in text.lines().filter_map(parse_line) {
-        let Some(counts) = counts(name) else { continue };
-        let totals = out.entry(node_key(labels.iter().copied())).or_default();
+    for line in text.lines() {
+        // The name first: only the few metrics a node shows have their labels read.
+        let Some(counts) = counts(crate::openmetrics::name(line)) else { continue };
+        let Some((_, labels, value)) = crate::openmetrics::sample(line) else { continue };
+        let key = node_key(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let totals = out.entry(key).or_default();
         match counts {
             Counts::Done => totals.done += value,
             Counts::Fired => totals.fired += value,
@@ -329,9 +296,9 @@ fn totals(text: &str) -> HashMap<String, Totals> {
             Counts::Lag => *totals.lag.get_or_insert(0.0) += value,
             Counts::DeadLetters => *totals.dead_letters.get_or_insert(0.0) += value,
             Counts::Bucket => {
-                let bound = labels.iter().find(|(k, _)| *k == "le").and_then(|(_, v)| {
-                    if *v == "+Inf" { Some(f64::INFINITY) } else { v.parse().ok() }
-                });
+                let bound = labels
+                    .get("le")
+                    .and_then(|v| if v == "+Inf" { Some(f64::INFINITY) } else { v.parse().ok() });
                 if let Some(bound) = bound {
                     totals.buckets.push((bound, value));
                 }
@@ -483,18 +450,6 @@ fn readiness(health: &Health) -> Vec<Readiness> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sample_line_is_read_with_its_labels() {
-        let line = r#"ofe_trigger_events_delivered_total{namespace="a",trigger="t",subscriber="0",x="q\"}"} 12"#;
-        let (name, labels, value) = parse_line(line).expect("a sample");
-        assert_eq!(name, "ofe_trigger_events_delivered_total");
-        assert_eq!(value, 12.0);
-        assert_eq!(labels[..3], [("namespace", "a"), ("trigger", "t"), ("subscriber", "0")]);
-        assert_eq!(labels[3], ("x", r#"q\"}"#));
-        assert_eq!(parse_line("up 1").map(|s| s.2), Some(1.0));
-        assert!(parse_line("# TYPE x counter").is_none());
-    }
 
     #[test]
     fn quantiles_come_from_the_seconds_observations_only() {
